@@ -1,0 +1,207 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Parameter-efficient fine-tuning of Llama-family models, headless.
+#[derive(Debug, Parser)]
+#[command(name = "peft-studio-cli", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print trainable and total parameter counts (PEFT's line) from config.json alone.
+    Plan(PlanArgs),
+    /// Train a run from a config file and/or flags.
+    Train(TrainArgs),
+    /// Continue a run from its newest checkpoint.
+    Resume(ResumeArgs),
+    /// Export a run's adapter or a checkpoint.
+    Export(ExportArgs),
+    /// Generate text with a base model, optionally with an adapter.
+    Generate(GenerateArgs),
+    /// Measure training throughput and peak memory for one config.
+    Bench(BenchArgs),
+}
+
+/// Method settings shared by `plan` and `train`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct MethodArgs {
+    /// lora, freeze or full.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// LoRA rank.
+    #[arg(long)]
+    pub r: Option<usize>,
+    /// LoRA alpha.
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// LoRA dropout.
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
+    /// Scale by alpha/√r (rsLoRA).
+    #[arg(long)]
+    pub use_rslora: bool,
+    /// Comma-separated module names, `all-linear`, or a regex over full module paths.
+    #[arg(long)]
+    pub target_modules: Option<String>,
+    /// Layers to adapt, e.g. `0-15` or `0,2,4`.
+    #[arg(long)]
+    pub layers_to_transform: Option<String>,
+    /// Freeze method: comma-separated modules to train fully (e.g. lm_head).
+    #[arg(long)]
+    pub trainable_modules: Option<String>,
+    /// Freeze method: also train the last N layers fully.
+    #[arg(long)]
+    pub trainable_last_layers: Option<usize>,
+}
+
+/// `plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A model folder or its config.json.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Method settings.
+    #[command(flatten)]
+    pub method: MethodArgs,
+}
+
+/// How training progress is shown.
+#[derive(Debug, Args, Default, Clone)]
+pub struct OutputArgs {
+    /// Print events as JSON lines instead of a progress bar.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A run config (TOML); flags override its fields.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Base model folder.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Dataset (JSONL).
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// Run folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Method settings.
+    #[command(flatten)]
+    pub method: MethodArgs,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Examples per micro-batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimiser step.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Longest sequence in tokens.
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Stop after N optimiser steps.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Passes over the data.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output style.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The run folder (holding run.toml and checkpoints/).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Output style.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A run: its folder, or its name under ./runs.
+    #[arg(
+        long,
+        conflicts_with = "checkpoint",
+        required_unless_present = "checkpoint"
+    )]
+    pub run: Option<String>,
+    /// A checkpoint folder (`<run>/checkpoints/step-N`).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Export format: peft.
+    #[arg(long, default_value = "peft")]
+    pub format: String,
+    /// Destination folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Base model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A PEFT LoRA adapter folder to apply.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Wrap the prompt in the model's chat template as a user turn.
+    #[arg(long)]
+    pub chat: bool,
+}
+
+/// `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Base model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Method settings.
+    #[command(flatten)]
+    pub method: MethodArgs,
+    /// Examples per batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Tokens per example.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+}

@@ -1,0 +1,87 @@
+//! `bench`: training throughput and peak memory for one config on synthetic tokens, with
+//! the step split into forward, backward and optimiser time.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var};
+use peft_studio_engine::data::Batch;
+use peft_studio_engine::model::load_model;
+use peft_studio_engine::model::ops::SplitMix64;
+use peft_studio_engine::model::ForwardCtx;
+use peft_studio_engine::peft::MethodConfig;
+use peft_studio_engine::run::default_device;
+use peft_studio_engine::train::batch_loss;
+use peft_studio_engine::train::optimizer::{collect_grads, AdamW};
+use peft_studio_engine::Result;
+
+use crate::args::BenchArgs;
+use crate::commands::apply_method_args;
+
+/// Peak resident set size of this process in bytes (Linux `VmHWM`), if known.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Runs the benchmark and prints one summary line per figure.
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    let device = default_device();
+    let mut model = load_model(&a.model, DType::F32, &device)?;
+    let mut method = MethodConfig::default();
+    apply_method_args(&mut method, &a.method)?;
+    let trainables = method.apply(&mut model, 0)?;
+    let vars: Vec<&Var> = trainables.iter().map(|(_, v)| v).collect();
+    let mut opt = AdamW::new(&vars, 0.9, 0.999, 1e-8, 0.0)?;
+    let vocab = model.config().vocab_size as u64;
+    let mut rng = SplitMix64::new(1);
+    let n = a.batch_size * a.seq_len;
+    let ids: Vec<u32> = (0..n).map(|_| (rng.next_u64() % vocab) as u32).collect();
+    let input_ids = Tensor::from_vec(ids.clone(), (a.batch_size, a.seq_len), &device)?;
+    let targets = Tensor::from_vec(ids, (a.batch_size, a.seq_len), &device)?;
+    let weights = Tensor::ones((a.batch_size, a.seq_len), DType::F32, &device)?;
+    let batch = Batch {
+        input_ids,
+        targets,
+        weights,
+        tokens: n,
+    };
+    let (mut fwd, mut bwd, mut optim) = (0.0, 0.0, 0.0);
+    for step in 0..=a.steps {
+        let t0 = Instant::now();
+        let (loss, _) = batch_loss(&model, &batch, &ForwardCtx::train(step as u64))?;
+        loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = collect_grads(&vars, &loss.backward()?)?;
+        let t2 = Instant::now();
+        opt.step(&vars, &grads, 1e-4)?;
+        let t3 = Instant::now();
+        if step > 0 {
+            fwd += (t1 - t0).as_secs_f64();
+            bwd += (t2 - t1).as_secs_f64();
+            optim += (t3 - t2).as_secs_f64();
+        }
+    }
+    let steps = a.steps.max(1) as f64;
+    let total = fwd + bwd + optim;
+    println!(
+        "steps={} batch={} seq_len={} trainable_params={}",
+        a.steps,
+        a.batch_size,
+        a.seq_len,
+        vars.iter().map(|v| v.elem_count()).sum::<usize>()
+    );
+    println!(
+        "step_s={:.4} forward_s={:.4} backward_s={:.4} optimizer_s={:.4}",
+        total / steps,
+        fwd / steps,
+        bwd / steps,
+        optim / steps
+    );
+    if let Some(rss) = peak_rss_bytes() {
+        println!("peak_rss_mb={:.1}", rss as f64 / (1024.0 * 1024.0));
+    }
+    println!("tokens_per_s={:.1}", n as f64 * steps / total.max(1e-9));
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The subcommands, each a thin layer over the engine.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use candle_core::DType;
+use peft_studio_engine::chat::{self, Message};
+use peft_studio_engine::generate::{generate, GenerateOptions};
+use peft_studio_engine::model::{load_model, LlamaConfig};
+use peft_studio_engine::peft::{load::attach_lora, target, MethodConfig, TargetModules};
+use peft_studio_engine::plan::count_params;
+use peft_studio_engine::run::{self, RunConfig};
+use peft_studio_engine::tokenizer::TextTokenizer;
+use peft_studio_engine::train::TrainSink;
+use peft_studio_engine::{EngineError, Result};
+
+use crate::args::{Cli, Command, ExportArgs, GenerateArgs, MethodArgs, OutputArgs, TrainArgs};
+use crate::progress::{Bar, JsonLines};
+
+/// Runs one subcommand.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Plan(a) => {
+            let cfg = LlamaConfig::from_path(&a.model)?;
+            let mut method = MethodConfig::default();
+            apply_method_args(&mut method, &a.method)?;
+            let counts = count_params(&cfg, &method)?;
+            println!("{counts}");
+            Ok(())
+        }
+        Command::Train(a) => train(a),
+        Command::Resume(a) => {
+            let cfg = run::load_run(&a.run)?;
+            train_with_output(&cfg, true, &a.output)
+        }
+        Command::Export(a) => export(a),
+        Command::Generate(a) => generate_cmd(a),
+        Command::Bench(a) => crate::bench::bench(&a),
+    }
+}
+
+/// Applies method flags on top of a method config.
+pub fn apply_method_args(m: &mut MethodConfig, a: &MethodArgs) -> Result<()> {
+    if let Some(k) = &a.method {
+        m.kind = k.parse()?;
+    }
+    if let Some(r) = a.r {
+        m.r = r;
+    }
+    if let Some(alpha) = a.lora_alpha {
+        m.lora_alpha = alpha;
+    }
+    if let Some(d) = a.lora_dropout {
+        m.lora_dropout = d;
+    }
+    if a.use_rslora {
+        m.use_rslora = true;
+    }
+    if let Some(t) = &a.target_modules {
+        m.target_modules = TargetModules::parse_cli(t);
+    }
+    if let Some(l) = &a.layers_to_transform {
+        m.layers_to_transform = Some(target::parse_layers(l)?);
+    }
+    if let Some(t) = &a.trainable_modules {
+        m.trainable_modules = t
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+    }
+    if let Some(n) = a.trainable_last_layers {
+        m.trainable_last_layers = n;
+    }
+    Ok(())
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(path) => RunConfig::from_toml_file(path)?,
+        None => {
+            let missing = |f: &str| EngineError::config(f, format!("give --{f} or --config"));
+            RunConfig {
+                model: a.model.clone().ok_or_else(|| missing("model"))?,
+                dataset: a.dataset.clone().ok_or_else(|| missing("dataset"))?,
+                out: a.out.clone().ok_or_else(|| missing("out"))?,
+                method: MethodConfig::default(),
+                train: Default::default(),
+            }
+        }
+    };
+    if let Some(m) = &a.model {
+        cfg.model = m.clone();
+    }
+    if let Some(d) = &a.dataset {
+        cfg.dataset = d.clone();
+    }
+    if let Some(o) = &a.out {
+        cfg.out = o.clone();
+    }
+    apply_method_args(&mut cfg.method, &a.method)?;
+    let t = &mut cfg.train;
+    if let Some(v) = a.lr {
+        t.lr = v;
+    }
+    if let Some(v) = a.batch_size {
+        t.batch_size = v;
+    }
+    if let Some(v) = a.grad_accum {
+        t.grad_accum = v;
+    }
+    if let Some(v) = a.seq_len {
+        t.seq_len = v;
+    }
+    if let Some(v) = a.max_steps {
+        t.max_steps = Some(v);
+    }
+    if let Some(v) = a.epochs {
+        t.epochs = v;
+    }
+    if let Some(v) = a.seed {
+        t.seed = v;
+    }
+    train_with_output(&cfg, false, &a.output)
+}
+
+fn train_with_output(cfg: &RunConfig, resume: bool, output: &OutputArgs) -> Result<()> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut json = JsonLines;
+    let mut bar = Bar::default();
+    let sink: &mut dyn TrainSink = if output.json { &mut json } else { &mut bar };
+    let adapter = run::train(cfg, resume, sink, &cancel)?;
+    if !output.json {
+        eprintln!("adapter written to {}", adapter.display());
+    }
+    Ok(())
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    if a.format != "peft" {
+        return Err(EngineError::config(
+            "format",
+            format!("`{}` is not supported; supported: peft", a.format),
+        ));
+    }
+    let checkpoint = match (&a.checkpoint, &a.run) {
+        (Some(c), _) => c.clone(),
+        (None, Some(id)) => {
+            let dir = resolve_run(id);
+            let cfg = run::load_run(&dir)?;
+            peft_studio_engine::train::checkpoint::list(&cfg.checkpoints_dir())
+                .pop()
+                .map(|(_, p)| p)
+                .ok_or_else(|| {
+                    EngineError::bad_file(
+                        cfg.checkpoints_dir(),
+                        "the run has no checkpoint to export",
+                    )
+                })?
+        }
+        (None, None) => return Err(EngineError::config("run", "give --run or --checkpoint")),
+    };
+    run::export_checkpoint(&checkpoint, &a.out)?;
+    eprintln!("exported {} to {}", checkpoint.display(), a.out.display());
+    Ok(())
+}
+
+/// A run given as a folder, or as a name under ./runs.
+fn resolve_run(id: &str) -> PathBuf {
+    let p = Path::new(id);
+    if p.join("run.toml").is_file() {
+        p.to_path_buf()
+    } else {
+        Path::new("runs").join(id)
+    }
+}
+
+fn generate_cmd(a: GenerateArgs) -> Result<()> {
+    use std::io::Write;
+    let device = run::default_device();
+    let mut model = load_model(&a.model, DType::F32, &device)?;
+    let tok = TextTokenizer::load(&a.model, &model.config().eos_token_ids)?;
+    if let Some(dir) = &a.adapter {
+        attach_lora(&mut model, dir, Some(0.0))?;
+    }
+    let prompt = if a.chat {
+        let template = tok.chat_template().ok_or_else(|| {
+            EngineError::bad_file(
+                a.model.join("tokenizer_config.json"),
+                "has no chat_template; drop --chat",
+            )
+        })?;
+        chat::render(
+            template,
+            &[Message {
+                role: "user".into(),
+                content: a.prompt.clone(),
+            }],
+            true,
+        )?
+    } else {
+        a.prompt.clone()
+    };
+    let ids = tok.encode(&prompt, !a.chat)?;
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    // Stream text as it forms: decode the whole continuation and print what is new.
+    let mut produced: Vec<u32> = Vec::new();
+    let mut printed = 0usize;
+    let mut stdout = std::io::stdout();
+    generate(&model, &ids, tok.eos_ids(), &opts, |id| {
+        produced.push(id);
+        if let Ok(text) = tok.decode(&produced) {
+            if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{fffd}')
+            {
+                let _ = write!(stdout, "{}", &text[printed..]);
+                let _ = stdout.flush();
+                printed = text.len();
+            }
+        }
+    })?;
+    let text = tok.decode(&produced)?;
+    if text.len() > printed {
+        print!("{}", text.get(printed..).unwrap_or(""));
+    }
+    println!();
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! `peft-studio-cli`: the studio without a window, for servers and scripts.
+
+mod args;
+mod bench;
+mod commands;
+mod progress;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = args::Cli::parse();
+    match commands::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

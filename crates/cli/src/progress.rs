@@ -1,0 +1,83 @@
+//! Terminal sinks for training events: a progress bar with loss and ETA, or JSON lines.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use peft_studio_engine::train::{TrainEvent, TrainSink};
+
+/// Prints each event as one JSON object on stdout.
+pub struct JsonLines;
+
+impl TrainSink for JsonLines {
+    fn event(&mut self, event: &TrainEvent) {
+        if let Ok(line) = serde_json::to_string(event) {
+            println!("{line}");
+        }
+    }
+}
+
+/// A progress bar on stderr showing step, loss, throughput and ETA.
+#[derive(Default)]
+pub struct Bar {
+    bar: Option<ProgressBar>,
+}
+
+impl TrainSink for Bar {
+    fn event(&mut self, event: &TrainEvent) {
+        match event {
+            TrainEvent::Started {
+                total_steps,
+                start_step,
+                trainable_params,
+                train_examples,
+                val_examples,
+            } => {
+                eprintln!("training {trainable_params} parameters on {train_examples} examples ({val_examples} held out)");
+                let bar = ProgressBar::new(*total_steps as u64);
+                bar.set_style(
+                    ProgressStyle::with_template("{bar:32} {pos}/{len} steps  {msg}  eta {eta}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                bar.set_position(*start_step as u64);
+                bar.reset_eta();
+                self.bar = Some(bar);
+            }
+            TrainEvent::Step(m) => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(m.step as u64);
+                    bar.set_message(format!(
+                        "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                        m.loss, m.lr, m.tokens_per_s
+                    ));
+                }
+            }
+            TrainEvent::Eval { step, eval_loss } => {
+                self.println(&format!("step {step}: eval loss {eval_loss:.4}"))
+            }
+            TrainEvent::Checkpoint { step, path } => {
+                self.println(&format!("step {step}: checkpoint {path}"))
+            }
+            TrainEvent::Finished {
+                steps,
+                final_loss,
+                cancelled,
+            } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                let loss = final_loss
+                    .map(|l| format!("{l:.4}"))
+                    .unwrap_or_else(|| "-".into());
+                let how = if *cancelled { "cancelled" } else { "finished" };
+                eprintln!("{how} after {steps} steps, final loss {loss}");
+            }
+        }
+    }
+}
+
+impl Bar {
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Writing trained adapters in the formats other tools load.
+
+pub mod peft;
+
+pub use peft::{write_peft_dir, ExportInfo};

@@ -1,0 +1,106 @@
+//! Export of a LoRA adapter as a PEFT directory: `adapter_config.json` (sorted keys,
+//! indent 2, only keys PEFT ≥ 0.10 knows) and `adapter_model.safetensors` (F32 tensors named
+//! `base_model.model.<module>.lora_{A,B}.weight`, metadata `format = pt`). See
+//! shared/PEFT-FORMATS.md §1.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use serde_json::{json, Value};
+
+use crate::error::{EngineError, Result};
+use crate::fsutil::{safetensors_bytes, write_atomic};
+use crate::peft::{MethodConfig, MethodKind, TargetModules};
+
+/// What the exported config records about the base model.
+#[derive(Debug, Clone)]
+pub struct ExportInfo {
+    /// `base_model_name_or_path`: the model folder or hub id the adapter was trained on.
+    pub base_model: String,
+}
+
+/// The `adapter_config.json` PEFT writes for `method`. `all-linear` is recorded as the list
+/// of module names it expanded to, as PEFT records it.
+pub fn adapter_config(
+    method: &MethodConfig,
+    info: &ExportInfo,
+    trained_modules: &[String],
+) -> Value {
+    let target_modules = match &method.target_modules {
+        TargetModules::Pattern(p) if p != "all-linear" => json!(p),
+        _ => {
+            let mut names: Vec<&str> = trained_modules
+                .iter()
+                .map(|m| m.rsplit('.').next().unwrap_or(m))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            json!(names)
+        }
+    };
+    let config: BTreeMap<&str, Value> = BTreeMap::from([
+        ("alpha_pattern", json!({})),
+        ("auto_mapping", Value::Null),
+        ("base_model_name_or_path", json!(info.base_model)),
+        ("bias", json!("none")),
+        ("fan_in_fan_out", json!(false)),
+        ("inference_mode", json!(true)),
+        ("init_lora_weights", json!(true)),
+        ("layer_replication", Value::Null),
+        ("layers_pattern", Value::Null),
+        ("layers_to_transform", json!(method.layers_to_transform)),
+        ("loftq_config", json!({})),
+        ("lora_alpha", json!(method.lora_alpha)),
+        ("lora_dropout", json!(method.lora_dropout)),
+        ("megatron_config", Value::Null),
+        ("megatron_core", json!("megatron.core")),
+        ("modules_to_save", Value::Null),
+        ("peft_type", json!("LORA")),
+        ("r", json!(method.r)),
+        ("rank_pattern", json!({})),
+        ("revision", Value::Null),
+        ("target_modules", target_modules),
+        ("task_type", json!("CAUSAL_LM")),
+        ("use_dora", json!(false)),
+        ("use_rslora", json!(method.use_rslora)),
+    ]);
+    json!(config)
+}
+
+/// Writes a PEFT directory for the LoRA `tensors` (named `<module>.lora_{A,B}.weight`).
+pub fn write_peft_dir(
+    dir: &Path,
+    method: &MethodConfig,
+    info: &ExportInfo,
+    tensors: &[(String, Tensor)],
+) -> Result<()> {
+    if method.kind != MethodKind::Lora {
+        return Err(EngineError::config(
+            "format",
+            format!(
+                "the PEFT format holds LoRA adapters; this run trained with `{:?}`",
+                method.kind
+            )
+            .to_lowercase(),
+        ));
+    }
+    let mut named = Vec::with_capacity(tensors.len());
+    let mut modules = Vec::new();
+    for (name, t) in tensors {
+        if let Some(m) = name.strip_suffix(".lora_A.weight") {
+            modules.push(m.to_string());
+        }
+        named.push((format!("base_model.model.{name}"), t.to_dtype(DType::F32)?));
+    }
+    let config = adapter_config(method, info, &modules);
+    let config_text = serde_json::to_string_pretty(&config)
+        .map_err(|e| EngineError::config("adapter_config", e.to_string()))?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_atomic(
+        &dir.join("adapter_model.safetensors"),
+        &safetensors_bytes(&named, Some(metadata))?,
+    )?;
+    write_atomic(&dir.join("adapter_config.json"), config_text.as_bytes())?;
+    Ok(())
+}

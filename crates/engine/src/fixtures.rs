@@ -1,0 +1,171 @@
+//! Tiny models made in code (config.json, random safetensors weights, a byte-level
+//! tokenizer), so that tests and demos need no download.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde_json::json;
+
+use crate::error::{EngineError, Result};
+use crate::fsutil::{safetensors_bytes, write_atomic};
+use crate::model::ops::SplitMix64;
+use crate::model::LlamaConfig;
+
+/// The shape of a tiny test model.
+#[derive(Debug, Clone)]
+pub struct TinySpec {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Decoder blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads.
+    pub num_key_value_heads: usize,
+    /// Share lm_head with the embeddings.
+    pub tie_word_embeddings: bool,
+    /// Qwen2-style q/k/v bias.
+    pub qkv_bias: bool,
+    /// Weight seed.
+    pub seed: u64,
+}
+
+impl Default for TinySpec {
+    fn default() -> Self {
+        Self {
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            tie_word_embeddings: false,
+            qkv_bias: false,
+            seed: 7,
+        }
+    }
+}
+
+/// Number of byte tokens; the end-of-text token comes right after them.
+pub const BYTE_TOKENS: usize = 256;
+/// Id of `<|endoftext|>` in the tiny tokenizer.
+pub const EOS_ID: u32 = 256;
+/// Vocabulary size of tiny models (bytes, EOS, and padding up to a multiple of 4).
+pub const TINY_VOCAB: usize = 260;
+
+/// GPT-2's byte → printable character map used by byte-level BPE.
+fn bytes_to_unicode() -> Vec<char> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut map = vec![' '; 256];
+    for (b, c) in printable.iter().zip(chars) {
+        map[*b as usize] = char::from_u32(c).unwrap_or(' ');
+    }
+    map
+}
+
+/// A byte-level BPE tokenizer.json with no merges: every byte is one token, plus
+/// `<|endoftext|>`.
+pub fn tokenizer_json() -> serde_json::Value {
+    let vocab: serde_json::Map<String, serde_json::Value> = bytes_to_unicode()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), json!(i)))
+        .collect();
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [{"id": EOS_ID, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    })
+}
+
+/// The config.json of a tiny model.
+pub fn config_json(spec: &TinySpec) -> serde_json::Value {
+    let arch = if spec.qkv_bias {
+        "Qwen2ForCausalLM"
+    } else {
+        "LlamaForCausalLM"
+    };
+    let model_type = if spec.qkv_bias { "qwen2" } else { "llama" };
+    json!({
+        "architectures": [arch],
+        "model_type": model_type,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_hidden_layers,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "vocab_size": TINY_VOCAB,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": spec.tie_word_embeddings,
+        "attention_bias": spec.qkv_bias,
+        "hidden_act": "silu",
+        "bos_token_id": EOS_ID,
+        "eos_token_id": EOS_ID,
+        "torch_dtype": "float32"
+    })
+}
+
+/// Writes a complete tiny model folder to `dir`.
+pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
+    let config = config_json(spec);
+    let cfg = LlamaConfig::from_json(&config.to_string())?;
+    let mut rng = SplitMix64::new(spec.seed);
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for (name, shape) in cfg.weight_shapes() {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if name.ends_with("norm.weight") {
+            vec![1.0; n]
+        } else {
+            // Uniform with std 0.1: large enough for distinct logits, small enough to train.
+            (0..n)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * 0.173) as f32)
+                .collect()
+        };
+        tensors.push((name, Tensor::from_vec(data, shape, &Device::Cpu)?));
+    }
+    let text = |v: &serde_json::Value| {
+        serde_json::to_vec_pretty(v).map_err(|e| EngineError::config("fixture", e.to_string()))
+    };
+    write_atomic(&dir.join("config.json"), &text(&config)?)?;
+    write_atomic(
+        &dir.join("model.safetensors"),
+        &safetensors_bytes(
+            &tensors,
+            Some(HashMap::from([("format".into(), "pt".into())])),
+        )?,
+    )?;
+    write_atomic(&dir.join("tokenizer.json"), &text(&tokenizer_json())?)?;
+    let tok_cfg = json!({
+        "eos_token": "<|endoftext|>",
+        "bos_token": "<|endoftext|>",
+        "add_bos_token": false,
+        "chat_template": "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    });
+    write_atomic(&dir.join("tokenizer_config.json"), &text(&tok_cfg)?)?;
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! PEFT Studio's engine: a Llama-family decoder written for training, parameter-efficient
+//! methods, data, the trainer, generation and adapter export. No async runtime, no database,
+//! no GUI: the catalog, the app and the front ends build on it.
+#![warn(missing_docs)]
+
+pub mod chat;
+pub mod data;
+pub mod error;
+pub mod export;
+pub mod fixtures;
+pub mod fsutil;
+pub mod generate;
+pub mod model;
+pub mod peft;
+pub mod plan;
+pub mod run;
+pub mod tokenizer;
+pub mod train;
+
+pub use error::{EngineError, Result};

@@ -1,0 +1,44 @@
+//! A linear layer that PEFT methods can wrap without copying the base weight.
+
+use candle_core::Tensor;
+
+use super::ops::{linear_matmul, ForwardCtx};
+use crate::error::Result;
+use crate::peft::lora::LoraAdapter;
+
+/// `y = x Wᵀ + b`, plus the adapter's contribution when one is attached.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// Module path as in transformers, e.g. `model.layers.0.self_attn.q_proj`.
+    pub name: String,
+    /// Weight [out_features, in_features].
+    pub weight: Tensor,
+    /// Optional bias [out_features].
+    pub bias: Option<Tensor>,
+    /// The LoRA adapter wrapping this layer, if any.
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    /// Input width.
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// Output width.
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Applies the layer to `x` [..., in_features].
+    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let mut y = linear_matmul(x, &self.weight)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(lora) = &self.lora {
+            y = (y + lora.delta(x, ctx)?)?;
+        }
+        Ok(y)
+    }
+}

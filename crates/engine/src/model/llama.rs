@@ -1,0 +1,425 @@
+//! The Llama-family decoder written for training.
+//!
+//! Reference: transformers `models/llama/modeling_llama.py` (Llama 2/3, Mistral, SmolLM,
+//! TinyLlama) and `models/qwen2/modeling_qwen2.py` (q/k/v bias). Weight names mirror
+//! transformers' module tree so that PEFT's target matching and key names apply unchanged.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::config::LlamaConfig;
+use super::linear::Linear;
+use super::ops::{rms_norm, softmax_last_dim, ForwardCtx};
+use super::rope::{apply_rope, Rope};
+use crate::error::{EngineError, Result};
+
+/// Keys and values of every layer for incremental decoding.
+#[derive(Debug, Default, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dims()[2])
+            .unwrap_or(0)
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    input_layernorm: Tensor,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_attention_layernorm: Tensor,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// A causal language model of the Llama family.
+#[derive(Debug, Clone)]
+pub struct LlamaModel {
+    cfg: LlamaConfig,
+    embed_tokens: Tensor,
+    layers: Vec<Block>,
+    norm: Tensor,
+    /// `lm_head`; its weight is `embed_tokens` itself when embeddings are tied.
+    lm_head: Linear,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+}
+
+/// Takes named weights out of a map, checking each shape against the config.
+struct WeightSource<'a> {
+    tensors: &'a mut HashMap<String, Tensor>,
+    origin: &'a str,
+    dtype: DType,
+    device: &'a Device,
+}
+
+impl WeightSource<'_> {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.tensors.remove(name).ok_or_else(|| {
+            EngineError::bad_file(self.origin, format!("tensor `{name}` is missing"))
+        })?;
+        if t.dims() != shape {
+            return Err(EngineError::bad_file(
+                self.origin,
+                format!(
+                    "tensor `{name}` has shape {:?}, the config implies {shape:?}",
+                    t.dims()
+                ),
+            ));
+        }
+        Ok(t.to_device(self.device)?.to_dtype(self.dtype)?)
+    }
+
+    fn linear(
+        &mut self,
+        name: String,
+        fan_in: usize,
+        fan_out: usize,
+        bias: bool,
+    ) -> Result<Linear> {
+        let weight = self.take(&format!("{name}.weight"), &[fan_out, fan_in])?;
+        let bias = if bias {
+            Some(self.take(&format!("{name}.bias"), &[fan_out])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            name,
+            weight,
+            bias,
+            lora: None,
+        })
+    }
+}
+
+impl LlamaModel {
+    /// Builds the model from named tensors (transformers names). `origin` names the files
+    /// they came from, for error messages.
+    pub fn from_tensors(
+        cfg: &LlamaConfig,
+        mut tensors: HashMap<String, Tensor>,
+        origin: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let mut src = WeightSource {
+            tensors: &mut tensors,
+            origin,
+            dtype,
+            device,
+        };
+        let embed_tokens = src.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let b = cfg.qkv_bias;
+            layers.push(Block {
+                input_layernorm: src.take(&format!("{p}.input_layernorm.weight"), &[h])?,
+                q_proj: src.linear(format!("{p}.self_attn.q_proj"), h, cfg.q_dim(), b)?,
+                k_proj: src.linear(format!("{p}.self_attn.k_proj"), h, cfg.kv_dim(), b)?,
+                v_proj: src.linear(format!("{p}.self_attn.v_proj"), h, cfg.kv_dim(), b)?,
+                o_proj: src.linear(format!("{p}.self_attn.o_proj"), cfg.q_dim(), h, false)?,
+                post_attention_layernorm: src
+                    .take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate_proj: src.linear(format!("{p}.mlp.gate_proj"), h, i, false)?,
+                up_proj: src.linear(format!("{p}.mlp.up_proj"), h, i, false)?,
+                down_proj: src.linear(format!("{p}.mlp.down_proj"), i, h, false)?,
+            });
+        }
+        let norm = src.take("model.norm.weight", &[h])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear {
+                name: "lm_head".into(),
+                weight: embed_tokens.clone(),
+                bias: None,
+                lora: None,
+            }
+        } else {
+            src.linear("lm_head".into(), h, cfg.vocab_size, false)?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope: Rope::new(cfg),
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Every linear layer (the targets PEFT methods can wrap), `lm_head` last.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut out = Vec::new();
+        for b in &mut self.layers {
+            out.extend([
+                &mut b.q_proj,
+                &mut b.k_proj,
+                &mut b.v_proj,
+                &mut b.o_proj,
+                &mut b.gate_proj,
+                &mut b.up_proj,
+                &mut b.down_proj,
+            ]);
+        }
+        out.push(&mut self.lm_head);
+        out
+    }
+
+    /// Every linear layer, read-only.
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut out: Vec<&Linear> = Vec::new();
+        for b in &self.layers {
+            out.extend([
+                &b.q_proj,
+                &b.k_proj,
+                &b.v_proj,
+                &b.o_proj,
+                &b.gate_proj,
+                &b.up_proj,
+                &b.down_proj,
+            ]);
+        }
+        out.push(&self.lm_head);
+        out
+    }
+
+    /// Every base weight by its transformers name (a tied `lm_head` is not listed twice).
+    /// Used to make chosen weights trainable and to write a merged model.
+    pub fn base_weights_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut out: Vec<(String, &mut Tensor)> =
+            vec![("model.embed_tokens.weight".into(), &mut self.embed_tokens)];
+        for (l, b) in self.layers.iter_mut().enumerate() {
+            out.push((
+                format!("model.layers.{l}.input_layernorm.weight"),
+                &mut b.input_layernorm,
+            ));
+            out.push((
+                format!("model.layers.{l}.post_attention_layernorm.weight"),
+                &mut b.post_attention_layernorm,
+            ));
+            for lin in [
+                &mut b.q_proj,
+                &mut b.k_proj,
+                &mut b.v_proj,
+                &mut b.o_proj,
+                &mut b.gate_proj,
+                &mut b.up_proj,
+                &mut b.down_proj,
+            ] {
+                out.push((format!("{}.weight", lin.name), &mut lin.weight));
+                if let Some(bias) = lin.bias.as_mut() {
+                    out.push((format!("{}.bias", lin.name), bias));
+                }
+            }
+        }
+        out.push(("model.norm.weight".into(), &mut self.norm));
+        if !self.cfg.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), &mut self.lm_head.weight));
+        }
+        out
+    }
+
+    /// Re-points a tied `lm_head` at the (possibly replaced) embedding tensor.
+    pub fn retie(&mut self) {
+        if self.cfg.tie_word_embeddings {
+            self.lm_head.weight = self.embed_tokens.clone();
+        }
+    }
+
+    /// Final hidden states [batch, seq, hidden] for `input_ids` [batch, seq] (u32).
+    /// With a cache, the ids continue the cached positions and the cache is extended.
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        let start = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let mut x = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((batch, seq, self.cfg.hidden_size))?;
+        let (cos, sin) = self.rope.tables(start, seq, self.dtype, &self.device)?;
+        let mask = if seq > 1 {
+            Some(self.causal_mask(seq, start)?)
+        } else {
+            None
+        };
+        let mut cache = cache;
+        if let Some(c) = cache.as_mut() {
+            c.layers.resize(self.layers.len(), None);
+        }
+        for (l, block) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_mut().map(|c| &mut c.layers[l]);
+            x = self.block_forward(block, &x, &cos, &sin, mask.as_ref(), layer_cache, ctx)?;
+        }
+        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
+    }
+
+    /// Logits [batch, seq, vocab] for `input_ids` [batch, seq].
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        let h = self.hidden_states(input_ids, cache, ctx)?;
+        self.lm_head.forward(&h, ctx)
+    }
+
+    /// Applies `lm_head` to hidden states.
+    pub fn logits(&self, hidden: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        self.lm_head.forward(hidden, ctx)
+    }
+
+    /// Additive mask [seq, start + seq]: 0 where query i may see key j, -inf elsewhere.
+    fn causal_mask(&self, seq: usize, start: usize) -> Result<Tensor> {
+        let total = start + seq;
+        let mask: Vec<f32> = (0..seq)
+            .flat_map(|i| {
+                (0..total).map(move |j| {
+                    if j <= start + i {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        Ok(Tensor::from_vec(mask, (seq, total), &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block_forward(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        let h = rms_norm(x, &b.input_layernorm, eps)?;
+        let attn = self.attention(b, &h, cos, sin, mask, cache, ctx)?;
+        let x = (x + attn)?;
+        let h = rms_norm(&x, &b.post_attention_layernorm, eps)?;
+        let act = (b.gate_proj.forward(&h, ctx)?.silu()? * b.up_proj.forward(&h, ctx)?)?;
+        Ok((x + b.down_proj.forward(&act, ctx)?)?)
+    }
+
+    /// Grouped-query attention without repeating keys: the query heads that share a key
+    /// head are stacked along the sequence axis, so one matmul serves the whole group.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (batch, seq, _) = x.dims3()?;
+        let (hq, hkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let group = hq / hkv;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((batch, seq, n, d))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = apply_rope(&heads(b.q_proj.forward(x, ctx)?, hq)?, cos, sin)?;
+        let mut k = apply_rope(&heads(b.k_proj.forward(x, ctx)?, hkv)?, cos, sin)?;
+        let mut v = heads(b.v_proj.forward(x, ctx)?, hkv)?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let total = k.dim(2)?;
+        // [b, hkv, group·seq, d]: query heads of one group one after another.
+        let q = q.reshape((batch, hkv, group * seq, d))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+        let scores = match mask {
+            Some(m) => {
+                let m = m
+                    .unsqueeze(0)?
+                    .broadcast_as((group, seq, total))?
+                    .reshape((group * seq, total))?;
+                scores.broadcast_add(&m)?
+            }
+            None => scores,
+        };
+        let probs = softmax_last_dim(&scores)?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((batch, hq, seq, d))?
+            .transpose(1, 2)?
+            .reshape((batch, seq, hq * d))?;
+        b.o_proj.forward(&out, ctx)
+    }
+
+    /// The embedding matrix [vocab, hidden].
+    pub fn embed_tokens(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// Reads the last-dim size of `lm_head` (the vocabulary).
+    pub fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    /// Logits [batch, vocab] of the last position only, for decoding.
+    pub fn last_logits(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let ctx = ForwardCtx::eval();
+        let h = self.hidden_states(input_ids, Some(cache), &ctx)?;
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?;
+        Ok(self
+            .lm_head
+            .forward(&last, &ctx)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?)
+    }
+}

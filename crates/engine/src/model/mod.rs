@@ -1,0 +1,14 @@
+//! The Llama-family decoder: configuration, layers, differentiable ops and loading.
+
+pub mod config;
+pub mod linear;
+pub mod llama;
+pub mod load;
+pub mod ops;
+pub mod rope;
+
+pub use config::LlamaConfig;
+pub use linear::Linear;
+pub use llama::{KvCache, LlamaModel};
+pub use load::load_model;
+pub use ops::ForwardCtx;

@@ -1,0 +1,145 @@
+//! Differentiable building blocks. candle's fused `softmax_last_dim`, `rms_norm` and `rope`
+//! have no backward and silently cut the graph, so training uses these compositions of ops
+//! whose backward candle implements (see docs/ARCHITECTURE.md).
+
+use std::cell::Cell;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::error::Result;
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv_rms)?.broadcast_mul(weight)?)
+}
+
+/// Softmax over the last dimension. The max is detached: softmax is shift-invariant, so
+/// the gradient is unchanged and the max needs no backward.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Log-softmax over the last dimension (same detached-max trick).
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// Mean cross-entropy of `logits` [n, vocab] against `targets` [n] (u32), counting only
+/// positions whose `weights` [n] entry is 1. Returns `(loss, counted positions)`.
+pub fn masked_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+) -> Result<(Tensor, f64)> {
+    let logp = log_softmax_last_dim(logits)?;
+    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let count = weights
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    let total = (picked * weights.to_dtype(logits.dtype())?)?.sum_all()?;
+    let loss = (total.neg()? / count.max(1.0))?;
+    Ok((loss, count))
+}
+
+/// `x @ wᵀ` for `x` [..., in] and `w` [out, in], flattening the leading dims so that one
+/// 2-D matmul runs whatever the batch shape.
+pub fn linear_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let fan_in = dims[dims.len() - 1];
+    let rows = x.elem_count() / fan_in.max(1);
+    let y = x.reshape((rows, fan_in))?.matmul(&w.t()?)?;
+    let mut out_dims = dims.to_vec();
+    let last = out_dims.len() - 1;
+    out_dims[last] = w.dim(0)?;
+    Ok(y.reshape(out_dims)?)
+}
+
+/// SplitMix64: a tiny, seedable generator. Every random draw in training derives from
+/// (seed, step) through it, which makes resume exact without saving generator state.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator started at `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform float in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Mixes two words into a seed (for per-step, per-use streams).
+    pub fn mix(a: u64, b: u64) -> u64 {
+        SplitMix64::new(a ^ b.wrapping_mul(0xD6E8_FEB8_6659_FD93)).next_u64()
+    }
+}
+
+/// Per-forward state: whether dropout is active, and its random stream.
+#[derive(Debug)]
+pub struct ForwardCtx {
+    train: bool,
+    seed: u64,
+    draws: Cell<u64>,
+}
+
+impl ForwardCtx {
+    /// Inference: dropout off.
+    pub fn eval() -> Self {
+        Self {
+            train: false,
+            seed: 0,
+            draws: Cell::new(0),
+        }
+    }
+
+    /// Training: dropout on, masks derived from `seed`.
+    pub fn train(seed: u64) -> Self {
+        Self {
+            train: true,
+            seed,
+            draws: Cell::new(0),
+        }
+    }
+
+    /// Inverted dropout with probability `p`; the identity in eval mode or when `p` is 0.
+    pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if !self.train || p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let draw = self.draws.get();
+        self.draws.set(draw + 1);
+        let mut rng = SplitMix64::new(SplitMix64::mix(self.seed, draw));
+        let keep = 1.0 - p;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if rng.next_f64() < keep {
+                    (1.0 / keep) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
+            .to_device(x.device())?
+            .to_dtype(x.dtype())?;
+        Ok((x * mask)?)
+    }
+}

@@ -1,0 +1,75 @@
+//! Rotary position embeddings in transformers' "rotate half" layout, with Llama 3 scaling.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::config::LlamaConfig;
+use crate::error::Result;
+
+/// Inverse frequencies of the rotary embedding, one per pair of head dimensions.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f64>,
+}
+
+impl Rope {
+    /// Frequencies from `rope_theta`, adjusted by Llama 3 `rope_scaling` when present
+    /// (transformers `_compute_llama3_parameters`).
+    pub fn new(cfg: &LlamaConfig) -> Self {
+        let d = cfg.head_dim;
+        let mut inv_freq: Vec<f64> = (0..d / 2)
+            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64))
+            .collect();
+        if let Some(s) = &cfg.rope_scaling {
+            let old_ctx = s.original_max_position_embeddings as f64;
+            let low_wavelen = old_ctx / s.low_freq_factor;
+            let high_wavelen = old_ctx / s.high_freq_factor;
+            for f in inv_freq.iter_mut() {
+                let wavelen = 2.0 * std::f64::consts::PI / *f;
+                *f = if wavelen < high_wavelen {
+                    *f
+                } else if wavelen > low_wavelen {
+                    *f / s.factor
+                } else {
+                    let smooth = (old_ctx / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    (1.0 - smooth) * *f / s.factor + smooth * *f
+                };
+            }
+        }
+        Self { inv_freq }
+    }
+
+    /// `(cos, sin)` tables [len, head_dim] for positions `start..start + len`.
+    pub fn tables(
+        &self,
+        start: usize,
+        len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(len * half * 2);
+        let mut sin = Vec::with_capacity(len * half * 2);
+        for p in start..start + len {
+            for _ in 0..2 {
+                for f in &self.inv_freq {
+                    let angle = p as f64 * f;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (len, half * 2), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (len, half * 2), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+/// Applies the rotation to `x` [batch, heads, seq, head_dim]: `x·cos + rotate_half(x)·sin`.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}

@@ -1,0 +1,85 @@
+//! Freezing: train chosen weights fully and keep the rest fixed. Full fine-tuning is the
+//! case where every weight is chosen.
+
+use candle_core::Var;
+
+use super::{MethodConfig, Trainables};
+use crate::error::{EngineError, Result};
+use crate::model::{LlamaConfig, LlamaModel};
+use crate::peft::target::layer_index;
+
+/// Whether module path `module` is selected by `pattern` (equal, a prefix at a `.`, or a suffix after a `.`).
+fn selects(pattern: &str, module: &str) -> bool {
+    module == pattern
+        || module.starts_with(&format!("{pattern}."))
+        || module.ends_with(&format!(".{pattern}"))
+}
+
+/// The weight names the freeze method trains.
+pub fn trainable_weight_names(cfg: &LlamaConfig, method: &MethodConfig) -> Result<Vec<String>> {
+    if method.trainable_modules.is_empty() && method.trainable_last_layers == 0 {
+        return Err(EngineError::config(
+            "trainable_modules",
+            "the freeze method needs trainable_modules (e.g. lm_head) or trainable_last_layers > 0",
+        ));
+    }
+    if method.trainable_last_layers > cfg.num_hidden_layers {
+        return Err(EngineError::config(
+            "trainable_last_layers",
+            format!(
+                "{} exceeds the model's {} layers",
+                method.trainable_last_layers, cfg.num_hidden_layers
+            ),
+        ));
+    }
+    let first_trained_layer = cfg.num_hidden_layers - method.trainable_last_layers;
+    // A tied lm_head is the embedding matrix.
+    let alias = |p: &str| {
+        if p == "lm_head" && cfg.tie_word_embeddings {
+            "model.embed_tokens".to_string()
+        } else {
+            p.to_string()
+        }
+    };
+    let weights = cfg.weight_shapes();
+    for pattern in &method.trainable_modules {
+        let p = alias(pattern);
+        if !weights
+            .iter()
+            .any(|(w, _)| selects(&p, w.rsplit_once('.').map(|x| x.0).unwrap_or(w)))
+        {
+            return Err(EngineError::config(
+                "trainable_modules",
+                format!("`{pattern}` matches no module of the model"),
+            ));
+        }
+    }
+    Ok(weights
+        .into_iter()
+        .map(|(w, _)| w)
+        .filter(|w| {
+            let module = w.rsplit_once('.').map(|x| x.0).unwrap_or(w);
+            let by_layer = method.trainable_last_layers > 0
+                && layer_index(module).is_some_and(|l| l >= first_trained_layer);
+            by_layer
+                || method
+                    .trainable_modules
+                    .iter()
+                    .any(|p| selects(&alias(p), module))
+        })
+        .collect())
+}
+
+/// Turns the named base weights into variables and returns them in model order.
+pub fn make_trainable(model: &mut LlamaModel, names: &[String]) -> Result<Trainables> {
+    let mut out = Vec::new();
+    for (name, tensor) in model.base_weights_mut() {
+        if names.contains(&name) {
+            let var = Var::from_tensor(tensor)?;
+            *tensor = var.as_tensor().clone();
+            out.push((name, var));
+        }
+    }
+    model.retie();
+    Ok(out)
+}

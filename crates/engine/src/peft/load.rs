@@ -1,0 +1,170 @@
+//! Loading a PEFT LoRA directory (`adapter_config.json` + `adapter_model.safetensors`)
+//! onto a model, for generation, evaluation and resumed training.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Tensor, Var};
+use regex::Regex;
+use serde::Deserialize;
+
+use super::{LoraAdapter, LoraSettings, TargetModules, Trainables};
+use crate::error::{EngineError, Result};
+use crate::model::load::read_safetensors;
+use crate::model::LlamaModel;
+
+/// The fields of PEFT's adapter_config.json the studio uses; others are ignored, as PEFT does.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PeftAdapterConfig {
+    /// Must be `LORA`.
+    pub peft_type: String,
+    /// Default rank (per-module ranks come from the tensor shapes).
+    #[serde(default = "eight")]
+    pub r: usize,
+    /// Default alpha.
+    #[serde(default = "eight_f")]
+    pub lora_alpha: f64,
+    /// Input dropout (training only).
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// rsLoRA scaling.
+    #[serde(default)]
+    pub use_rslora: bool,
+    /// DoRA (not supported yet).
+    #[serde(default)]
+    pub use_dora: bool,
+    /// Per-module alpha overrides, keys matched as `(.*\.)?(key)$`.
+    #[serde(default)]
+    pub alpha_pattern: HashMap<String, f64>,
+    /// The targets recorded at training time.
+    pub target_modules: Option<TargetModules>,
+    /// The base model the adapter was trained on.
+    pub base_model_name_or_path: Option<String>,
+}
+
+fn eight() -> usize {
+    8
+}
+
+fn eight_f() -> f64 {
+    8.0
+}
+
+/// Strips PEFT's `base_model.model.` prefix and a stray adapter name (`.default`).
+fn module_key(key: &str) -> String {
+    key.strip_prefix("base_model.model.")
+        .unwrap_or(key)
+        .replace(".default.", ".")
+        .replace(".default", "")
+}
+
+/// Reads adapter_config.json from `dir`.
+pub fn read_adapter_config(dir: &Path) -> Result<PeftAdapterConfig> {
+    let path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
+    let cfg: PeftAdapterConfig =
+        serde_json::from_str(&text).map_err(|e| EngineError::bad_file(&path, e.to_string()))?;
+    if cfg.peft_type != "LORA" {
+        return Err(EngineError::bad_file(
+            &path,
+            format!(
+                "peft_type `{}` is not supported here; only LORA",
+                cfg.peft_type
+            ),
+        ));
+    }
+    if cfg.use_dora {
+        return Err(EngineError::bad_file(
+            &path,
+            "DoRA adapters are not supported yet",
+        ));
+    }
+    Ok(cfg)
+}
+
+/// Attaches the LoRA adapter in `dir` to `model`. Returns the adapter's variables (named as
+/// in training) so that training can continue from them.
+pub fn attach_lora(model: &mut LlamaModel, dir: &Path, dropout: Option<f64>) -> Result<Trainables> {
+    let cfg = read_adapter_config(dir)?;
+    let weights_path = dir.join("adapter_model.safetensors");
+    let tensors = read_safetensors(&weights_path)?;
+    let mut by_module: HashMap<String, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+    for (key, t) in tensors {
+        let k = module_key(&key);
+        if let Some(m) = k.strip_suffix(".lora_A.weight") {
+            by_module.entry(m.to_string()).or_default().0 = Some(t);
+        } else if let Some(m) = k.strip_suffix(".lora_B.weight") {
+            by_module.entry(m.to_string()).or_default().1 = Some(t);
+        } else {
+            return Err(EngineError::bad_file(
+                &weights_path,
+                format!("tensor `{key}` is not a LoRA A/B matrix"),
+            ));
+        }
+    }
+    let alpha_patterns: Vec<(Regex, f64)> = cfg
+        .alpha_pattern
+        .iter()
+        .map(|(k, v)| Regex::new(&format!(r"^(.*\.)?({k})$")).map(|r| (r, *v)))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| {
+            EngineError::bad_file(
+                dir.join("adapter_config.json"),
+                format!("alpha_pattern: {e}"),
+            )
+        })?;
+    let (dtype, device) = (model.dtype(), model.device().clone());
+    let mut linears: HashMap<String, &mut crate::model::Linear> = model
+        .linears_mut()
+        .into_iter()
+        .map(|l| (l.name.clone(), l))
+        .collect();
+    let mut modules: Vec<String> = by_module.keys().cloned().collect();
+    modules.sort();
+    let mut out = Vec::new();
+    for m in modules {
+        let (a, b) = by_module.remove(&m).unwrap_or_default();
+        let (Some(a), Some(b)) = (a, b) else {
+            return Err(EngineError::bad_file(
+                &weights_path,
+                format!("module `{m}` lacks lora_A or lora_B"),
+            ));
+        };
+        let lin = linears.get_mut(&m).ok_or_else(|| {
+            EngineError::bad_file(&weights_path, format!("module `{m}` does not exist in this base model; is the adapter for another model?"))
+        })?;
+        let r = a.dim(0)?;
+        if a.dims() != [r, lin.in_features()] || b.dims() != [lin.out_features(), r] {
+            return Err(EngineError::bad_file(
+                &weights_path,
+                format!(
+                    "module `{m}`: lora_A {:?} / lora_B {:?} do not fit a layer of {} → {}; the adapter was made for another base model",
+                    a.dims(), b.dims(), lin.in_features(), lin.out_features()
+                ),
+            ));
+        }
+        let alpha = alpha_patterns
+            .iter()
+            .find(|(re, _)| re.is_match(&m))
+            .map(|(_, v)| *v)
+            .unwrap_or(cfg.lora_alpha);
+        let settings = LoraSettings {
+            r,
+            lora_alpha: alpha,
+            lora_dropout: dropout.unwrap_or(cfg.lora_dropout),
+            use_rslora: cfg.use_rslora,
+        };
+        let a = Var::from_tensor(&a.to_device(&device)?.to_dtype(dtype)?)?;
+        let b = Var::from_tensor(&b.to_device(&device)?.to_dtype(dtype)?)?;
+        lin.lora = Some(LoraAdapter::from_vars(&a, &b, &settings));
+        out.push((format!("{m}.lora_A.weight"), a));
+        out.push((format!("{m}.lora_B.weight"), b));
+    }
+    if out.is_empty() {
+        return Err(EngineError::bad_file(
+            &weights_path,
+            "holds no LoRA tensors",
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,192 @@
+//! Parameter-efficient methods. A method wraps the model's layers in place (the base model
+//! is never copied) and returns the named variables it trains.
+
+pub mod freeze;
+pub mod load;
+pub mod lora;
+pub mod target;
+
+use candle_core::Var;
+use serde::{Deserialize, Serialize};
+
+pub use lora::{LoraAdapter, LoraSettings};
+pub use target::TargetModules;
+
+use crate::error::{EngineError, Result};
+use crate::model::ops::SplitMix64;
+use crate::model::{LlamaConfig, LlamaModel};
+
+/// The training method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodKind {
+    /// Low-rank adapters on the target modules; everything else frozen.
+    #[default]
+    Lora,
+    /// Train chosen modules fully; everything else frozen.
+    Freeze,
+    /// Train every weight (the baseline savings are measured against).
+    Full,
+}
+
+impl std::str::FromStr for MethodKind {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lora" => Ok(Self::Lora),
+            "freeze" => Ok(Self::Freeze),
+            "full" => Ok(Self::Full),
+            other => Err(EngineError::config(
+                "method",
+                format!("`{other}` is unknown; use lora, freeze or full"),
+            )),
+        }
+    }
+}
+
+/// A method and its settings (the `[method]` table of a run config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodConfig {
+    /// `lora`, `freeze` or `full`.
+    pub kind: MethodKind,
+    /// LoRA rank.
+    pub r: usize,
+    /// LoRA scaling numerator (`s = lora_alpha / r`).
+    pub lora_alpha: f64,
+    /// Dropout on the LoRA input.
+    pub lora_dropout: f64,
+    /// rsLoRA scaling `lora_alpha / √r`.
+    pub use_rslora: bool,
+    /// Modules LoRA wraps: names, a regex, or `all-linear`.
+    pub target_modules: TargetModules,
+    /// Only wrap modules in these layers.
+    pub layers_to_transform: Option<Vec<usize>>,
+    /// Freeze: module paths (or suffixes) to train fully, e.g. `lm_head`, `model.norm`.
+    pub trainable_modules: Vec<String>,
+    /// Freeze: also train the last N decoder layers fully.
+    pub trainable_last_layers: usize,
+}
+
+impl Default for MethodConfig {
+    fn default() -> Self {
+        let lora = LoraSettings::default();
+        Self {
+            kind: MethodKind::Lora,
+            r: lora.r,
+            lora_alpha: lora.lora_alpha,
+            lora_dropout: lora.lora_dropout,
+            use_rslora: lora.use_rslora,
+            target_modules: TargetModules::default(),
+            layers_to_transform: None,
+            trainable_modules: Vec::new(),
+            trainable_last_layers: 0,
+        }
+    }
+}
+
+/// The variables a method trains, in a fixed order, with the names they are saved under.
+pub type Trainables = Vec<(String, Var)>;
+
+/// Full module paths of a config's linear layers, in the order `LlamaModel::linears` lists them.
+pub fn linear_module_names(cfg: &LlamaConfig) -> Vec<(String, usize, usize)> {
+    let mut out = Vec::new();
+    for l in 0..cfg.num_hidden_layers {
+        for (name, fan_in, fan_out, _) in cfg.block_linears() {
+            out.push((format!("model.layers.{l}.{name}"), fan_in, fan_out));
+        }
+    }
+    out.push(("lm_head".to_string(), cfg.hidden_size, cfg.vocab_size));
+    out
+}
+
+impl MethodConfig {
+    /// The LoRA settings of this config.
+    pub fn lora(&self) -> LoraSettings {
+        LoraSettings {
+            r: self.r,
+            lora_alpha: self.lora_alpha,
+            lora_dropout: self.lora_dropout,
+            use_rslora: self.use_rslora,
+        }
+    }
+
+    /// Checks the settings against the model's config.
+    pub fn validate(&self, cfg: &LlamaConfig) -> Result<()> {
+        if let Some(layers) = &self.layers_to_transform {
+            if let Some(bad) = layers.iter().find(|&&l| l >= cfg.num_hidden_layers) {
+                return Err(EngineError::config(
+                    "layers_to_transform",
+                    format!(
+                        "layer {bad} does not exist; the model has {} layers",
+                        cfg.num_hidden_layers
+                    ),
+                ));
+            }
+        }
+        match self.kind {
+            MethodKind::Lora => {
+                self.lora().validate()?;
+                self.lora_targets(cfg).map(|_| ())
+            }
+            MethodKind::Freeze => freeze::trainable_weight_names(cfg, self).map(|_| ()),
+            MethodKind::Full => Ok(()),
+        }
+    }
+
+    /// The linear modules LoRA wraps, as `(path, in, out)`.
+    pub fn lora_targets(&self, cfg: &LlamaConfig) -> Result<Vec<(String, usize, usize)>> {
+        let all = linear_module_names(cfg);
+        let names: Vec<String> = all.iter().map(|(n, _, _)| n.clone()).collect();
+        let picked = target::select_modules(
+            &names,
+            &self.target_modules,
+            self.layers_to_transform.as_deref(),
+        )?;
+        Ok(picked.into_iter().map(|i| all[i].clone()).collect())
+    }
+
+    /// Wraps `model` with this method and returns what it trains. LoRA matrices are
+    /// initialised from `seed`.
+    pub fn apply(&self, model: &mut LlamaModel, seed: u64) -> Result<Trainables> {
+        self.validate(model.config())?;
+        match self.kind {
+            MethodKind::Lora => {
+                let targets = self.lora_targets(model.config())?;
+                let settings = self.lora();
+                let (dtype, device) = (model.dtype(), model.device().clone());
+                let mut out = Vec::new();
+                for (i, lin) in model.linears_mut().into_iter().enumerate() {
+                    if !targets.iter().any(|(n, _, _)| *n == lin.name) {
+                        continue;
+                    }
+                    let (ad, a, b) = LoraAdapter::init(
+                        lin.in_features(),
+                        lin.out_features(),
+                        &settings,
+                        SplitMix64::mix(seed, i as u64),
+                        dtype,
+                        &device,
+                    )?;
+                    lin.lora = Some(ad);
+                    out.push((format!("{}.lora_A.weight", lin.name), a));
+                    out.push((format!("{}.lora_B.weight", lin.name), b));
+                }
+                Ok(out)
+            }
+            MethodKind::Freeze => {
+                let names = freeze::trainable_weight_names(model.config(), self)?;
+                freeze::make_trainable(model, &names)
+            }
+            MethodKind::Full => {
+                let names: Vec<String> = model
+                    .config()
+                    .weight_shapes()
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect();
+                freeze::make_trainable(model, &names)
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Parameter counts from config.json alone, printed exactly as PEFT's
+//! `print_trainable_parameters` prints them.
+
+use crate::error::Result;
+use crate::model::LlamaConfig;
+use crate::peft::{freeze, MethodConfig, MethodKind};
+
+/// Trainable and total parameter counts of a model wrapped by a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamCounts {
+    /// Parameters the method trains.
+    pub trainable: u64,
+    /// All parameters, adapter included; tied embeddings count once.
+    pub total: u64,
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl std::fmt::Display for ParamCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = if self.total == 0 {
+            0.0
+        } else {
+            100.0 * self.trainable as f64 / self.total as f64
+        };
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {pct:.4}",
+            thousands(self.trainable),
+            thousands(self.total)
+        )
+    }
+}
+
+/// Counts parameters for `method` on the model described by `cfg`, without loading weights.
+pub fn count_params(cfg: &LlamaConfig, method: &MethodConfig) -> Result<ParamCounts> {
+    method.validate(cfg)?;
+    let weights = cfg.weight_shapes();
+    let size = |s: &Vec<usize>| s.iter().product::<usize>() as u64;
+    let base: u64 = weights.iter().map(|(_, s)| size(s)).sum();
+    Ok(match method.kind {
+        MethodKind::Lora => {
+            let r = method.r as u64;
+            let adapter: u64 = method
+                .lora_targets(cfg)?
+                .iter()
+                .map(|(_, i, o)| r * (*i as u64 + *o as u64))
+                .sum();
+            ParamCounts {
+                trainable: adapter,
+                total: base + adapter,
+            }
+        }
+        MethodKind::Freeze => {
+            let names = freeze::trainable_weight_names(cfg, method)?;
+            let trainable = weights
+                .iter()
+                .filter(|(n, _)| names.contains(n))
+                .map(|(_, s)| size(s))
+                .sum();
+            ParamCounts {
+                trainable,
+                total: base,
+            }
+        }
+        MethodKind::Full => ParamCounts {
+            trainable: base,
+            total: base,
+        },
+    })
+}

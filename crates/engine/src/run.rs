@@ -1,0 +1,230 @@
+//! A training run on disk: its config (`run.toml`), checkpoints and exported adapter.
+//!
+//! ```text
+//! <out>/run.toml            the resolved config (what resume reads)
+//! <out>/events.jsonl        every training event, one JSON object a line
+//! <out>/checkpoints/step-N  resumable checkpoints
+//! <out>/adapter/            the final adapter in PEFT format (LoRA runs)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{read_jsonl, Examples};
+use crate::error::{EngineError, Result};
+use crate::export::{write_peft_dir, ExportInfo};
+use crate::fsutil::write_atomic;
+use crate::model::{load_model, LlamaModel};
+use crate::peft::{MethodConfig, MethodKind, Trainables};
+use crate::tokenizer::TextTokenizer;
+use crate::train::{checkpoint, TrainConfig, TrainSink, Trainer};
+
+/// Everything a run needs; the TOML form of it is what `train --config` reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The base model: a Hugging Face folder (config.json, safetensors, tokenizer.json).
+    pub model: PathBuf,
+    /// The training data: a JSONL file of `text` or `prompt`/`completion` records.
+    pub dataset: PathBuf,
+    /// The run folder (created; checkpoints and the adapter go inside).
+    pub out: PathBuf,
+    /// The method and its settings.
+    #[serde(default)]
+    pub method: MethodConfig,
+    /// Optimiser, schedule, batching and bookkeeping.
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+impl RunConfig {
+    /// Reads a run config from a TOML file; unknown keys are errors naming the key.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+        let mut cfg: RunConfig =
+            toml::from_str(&text).map_err(|e| EngineError::bad_file(path, e.to_string()))?;
+        // Relative paths in a config file are relative to the file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.model, &mut cfg.dataset, &mut cfg.out] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The config as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| EngineError::config("run config", e.to_string()))
+    }
+
+    /// Checkpoints folder of the run.
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.out.join("checkpoints")
+    }
+
+    /// Where the final adapter is written.
+    pub fn adapter_dir(&self) -> PathBuf {
+        self.out.join("adapter")
+    }
+}
+
+/// A model with its method applied, its tokenizer, and the data, ready to train.
+pub struct Prepared {
+    /// The wrapped model.
+    pub model: LlamaModel,
+    /// What the method trains.
+    pub trainables: Trainables,
+    /// Training examples.
+    pub train: Examples,
+    /// Validation examples.
+    pub val: Option<Examples>,
+}
+
+/// The compute device: the first CUDA/Metal GPU when built with that feature, else the CPU.
+pub fn default_device() -> Device {
+    Device::Cpu
+}
+
+/// Loads the model, applies the method and reads the dataset.
+pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
+    cfg.train.validate()?;
+    let device = default_device();
+    let mut model = load_model(&cfg.model, DType::F32, &device)?;
+    let tok = TextTokenizer::load(&cfg.model, &model.config().eos_token_ids)?;
+    let trainables = cfg.method.apply(&mut model, cfg.train.seed)?;
+    let examples = read_jsonl(&cfg.dataset, &tok)?;
+    let examples = Examples::new(
+        examples,
+        cfg.train.seq_len,
+        cfg.train.batch_size,
+        cfg.train.seed,
+    )
+    .map_err(|e| match e {
+        EngineError::Config { message, .. } => EngineError::bad_file(&cfg.dataset, message),
+        other => other,
+    })?;
+    let (train, val) = examples.split(cfg.train.val_fraction)?;
+    Ok(Prepared {
+        model,
+        trainables,
+        train,
+        val,
+    })
+}
+
+/// Trains (from scratch, or from the newest checkpoint when `resume`), then exports the
+/// adapter. Events go to `sink` and to `<out>/events.jsonl`.
+pub fn train(
+    cfg: &RunConfig,
+    resume: bool,
+    sink: &mut dyn TrainSink,
+    cancel: &AtomicBool,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(&cfg.out).map_err(|e| EngineError::io(&cfg.out, e))?;
+    let run_toml = cfg.out.join("run.toml");
+    if !resume && checkpoint::list(&cfg.checkpoints_dir()).last().is_some() {
+        return Err(EngineError::bad_file(
+            &cfg.out,
+            "already holds a run with checkpoints; resume it or choose another folder",
+        ));
+    }
+    write_atomic(&run_toml, cfg.to_toml()?.as_bytes())?;
+    let p = prepare(cfg)?;
+    let mut trainer = Trainer::new(&p.model, p.trainables, cfg.train.clone(), p.train, p.val)?;
+    if resume {
+        let (_, latest) = checkpoint::list(&cfg.checkpoints_dir())
+            .pop()
+            .ok_or_else(|| {
+                EngineError::bad_file(cfg.checkpoints_dir(), "no checkpoint to resume from")
+            })?;
+        trainer.restore(&latest)?;
+    }
+    let mut log = EventLog::open(&cfg.out.join("events.jsonl"))?;
+    let mut fan = crate::train::events::Fanout(vec![sink, &mut log]);
+    trainer.run(&mut fan, cancel, Some(&cfg.checkpoints_dir()))?;
+    if trainer.step() < trainer.total_steps() {
+        return Err(EngineError::Cancelled);
+    }
+    export_params(cfg, &trainer.params(), &cfg.adapter_dir())?;
+    Ok(cfg.adapter_dir())
+}
+
+/// Reads `run.toml` of a run folder.
+pub fn load_run(dir: &Path) -> Result<RunConfig> {
+    let path = dir.join("run.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
+    toml::from_str(&text).map_err(|e| EngineError::bad_file(&path, e.to_string()))
+}
+
+/// Writes trained parameters in the run's export format (PEFT for LoRA runs; the trained
+/// tensors as safetensors under their transformers names for freeze and full runs).
+pub fn export_params(
+    cfg: &RunConfig,
+    params: &[(String, candle_core::Tensor)],
+    out: &Path,
+) -> Result<()> {
+    match cfg.method.kind {
+        MethodKind::Lora => {
+            let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
+            write_peft_dir(
+                out,
+                &cfg.method,
+                &ExportInfo {
+                    base_model: base.display().to_string(),
+                },
+                params,
+            )
+        }
+        MethodKind::Freeze | MethodKind::Full => write_atomic(
+            &out.join("trained.safetensors"),
+            &crate::fsutil::safetensors_bytes(params, None)?,
+        ),
+    }
+}
+
+/// Exports a checkpoint folder (`<run>/checkpoints/step-N`) to `out`.
+pub fn export_checkpoint(checkpoint_dir: &Path, out: &Path) -> Result<()> {
+    let run_dir = checkpoint_dir
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| {
+            EngineError::bad_file(
+                checkpoint_dir,
+                "is not inside a run folder (<run>/checkpoints/step-N)",
+            )
+        })?;
+    let cfg = load_run(run_dir)?;
+    let ck = checkpoint::load(checkpoint_dir)?;
+    let mut params: Vec<(String, candle_core::Tensor)> = ck.params.into_iter().collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    export_params(&cfg, &params, out)
+}
+
+/// Appends events to a JSONL file, flushing each line so that a crash loses nothing.
+struct EventLog {
+    file: std::fs::File,
+}
+
+impl EventLog {
+    fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| EngineError::io(path, e))?;
+        Ok(Self { file })
+    }
+}
+
+impl TrainSink for EventLog {
+    fn event(&mut self, event: &crate::train::TrainEvent) {
+        use std::io::Write;
+        if let Ok(line) = serde_json::to_string(event) {
+            let _ = writeln!(self.file, "{line}");
+        }
+    }
+}

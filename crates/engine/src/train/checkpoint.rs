@@ -1,0 +1,132 @@
+//! Resumable checkpoints: trained tensors, optimiser moments and the step counters. Data
+//! order and dropout derive from (seed, step), so nothing else is needed for exact resume.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::fsutil::{safetensors_bytes, write_atomic};
+use crate::model::load::read_safetensors;
+
+/// `state.json` of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Optimiser steps completed.
+    pub step: usize,
+    /// Input tokens seen so far.
+    pub tokens_seen: u64,
+    /// The run's seed (checked on resume).
+    pub seed: u64,
+    /// Last training loss.
+    pub last_loss: Option<f64>,
+}
+
+/// The contents of a checkpoint.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// Counters.
+    pub state: CheckpointState,
+    /// Trained tensors by name.
+    pub params: HashMap<String, Tensor>,
+    /// First moments by parameter name.
+    pub m: HashMap<String, Tensor>,
+    /// Second moments by parameter name.
+    pub v: HashMap<String, Tensor>,
+}
+
+/// The folder name of the checkpoint after `step`.
+pub fn checkpoint_name(step: usize) -> String {
+    format!("step-{step:08}")
+}
+
+/// Writes a checkpoint folder under `root` atomically (a temporary folder renamed into place).
+pub fn save(
+    root: &Path,
+    state: &CheckpointState,
+    params: &[(String, Tensor)],
+    m: &[Tensor],
+    v: &[Tensor],
+) -> Result<PathBuf> {
+    let final_dir = root.join(checkpoint_name(state.step));
+    let tmp = root.join(format!(".{}.tmp", checkpoint_name(state.step)));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
+    }
+    let moments: Vec<(String, Tensor)> = params
+        .iter()
+        .zip(m.iter().zip(v))
+        .flat_map(|((n, _), (m, v))| [(format!("m.{n}"), m.clone()), (format!("v.{n}"), v.clone())])
+        .collect();
+    write_atomic(
+        &tmp.join("params.safetensors"),
+        &safetensors_bytes(params, None)?,
+    )?;
+    write_atomic(
+        &tmp.join("optimizer.safetensors"),
+        &safetensors_bytes(&moments, None)?,
+    )?;
+    let json = serde_json::to_vec_pretty(state)
+        .map_err(|e| EngineError::config("checkpoint", e.to_string()))?;
+    write_atomic(&tmp.join("state.json"), &json)?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| EngineError::io(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| EngineError::io(&final_dir, e))?;
+    Ok(final_dir)
+}
+
+/// Reads a checkpoint folder; a missing or damaged file is an error naming it.
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| EngineError::io(&state_path, e))?;
+    let state: CheckpointState = serde_json::from_str(&text).map_err(|e| {
+        EngineError::bad_file(&state_path, format!("damaged checkpoint state: {e}"))
+    })?;
+    let params = read_safetensors(&dir.join("params.safetensors"))?;
+    let moments = read_safetensors(&dir.join("optimizer.safetensors"))?;
+    let (mut m, mut v) = (HashMap::new(), HashMap::new());
+    for (k, t) in moments {
+        if let Some(n) = k.strip_prefix("m.") {
+            m.insert(n.to_string(), t);
+        } else if let Some(n) = k.strip_prefix("v.") {
+            v.insert(n.to_string(), t);
+        }
+    }
+    Ok(Checkpoint {
+        state,
+        params,
+        m,
+        v,
+    })
+}
+
+/// Checkpoint folders under `root`, oldest first.
+pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
+    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Deletes all but the newest `keep` checkpoints (0 keeps all).
+pub fn prune(root: &Path, keep: usize) -> Result<()> {
+    if keep == 0 {
+        return Ok(());
+    }
+    let all = list(root);
+    for (_, dir) in all.iter().take(all.len().saturating_sub(keep)) {
+        std::fs::remove_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+    }
+    Ok(())
+}

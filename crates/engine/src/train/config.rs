@@ -1,0 +1,170 @@
+//! Training hyper-parameters (the `[train]` table of a run config).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+/// How the learning rate moves over the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Warm up, then hold.
+    Constant,
+    /// Warm up, then fall linearly to 0 (transformers' default).
+    #[default]
+    Linear,
+    /// Warm up, then follow a half cosine to 0.
+    Cosine,
+}
+
+/// Optimiser, schedule, batching and bookkeeping settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW β₁.
+    pub beta1: f64,
+    /// AdamW β₂.
+    pub beta2: f64,
+    /// AdamW ε.
+    pub eps: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Learning-rate schedule after warm-up.
+    pub schedule: Schedule,
+    /// Warm-up steps (takes precedence over `warmup_ratio`).
+    pub warmup_steps: usize,
+    /// Warm-up as a fraction of all steps.
+    pub warmup_ratio: f64,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are averaged into one optimiser step.
+    pub grad_accum: usize,
+    /// Longest sequence in tokens; longer examples are cut.
+    pub seq_len: usize,
+    /// Clip the global gradient norm to this value (0 = no clipping).
+    pub max_grad_norm: f64,
+    /// Passes over the training set (used when `max_steps` is not set).
+    pub epochs: usize,
+    /// Stop after this many optimiser steps.
+    pub max_steps: Option<usize>,
+    /// Seed for data order, dropout and adapter initialisation.
+    pub seed: u64,
+    /// Fraction of the dataset held out for validation (0 = none).
+    pub val_fraction: f64,
+    /// Evaluate on the validation set every N steps (0 = only at the end).
+    pub eval_every: usize,
+    /// Save a resumable checkpoint every N steps (0 = only at the end).
+    pub checkpoint_every: usize,
+    /// How many checkpoints to keep (0 = all).
+    pub keep_checkpoints: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            lr: 2e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            schedule: Schedule::Linear,
+            warmup_steps: 0,
+            warmup_ratio: 0.0,
+            batch_size: 4,
+            grad_accum: 1,
+            seq_len: 256,
+            max_grad_norm: 1.0,
+            epochs: 1,
+            max_steps: None,
+            seed: 42,
+            val_fraction: 0.0,
+            eval_every: 0,
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Rejects out-of-range settings, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let check = |ok: bool, field: &str, msg: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(EngineError::config(field, msg))
+            }
+        };
+        check(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr",
+            "must be a positive number",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.beta1),
+            "beta1",
+            "must be in [0, 1)",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.beta2),
+            "beta2",
+            "must be in [0, 1)",
+        )?;
+        check(self.eps > 0.0, "eps", "must be positive")?;
+        check(
+            self.weight_decay >= 0.0,
+            "weight_decay",
+            "must not be negative",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.warmup_ratio),
+            "warmup_ratio",
+            "must be in [0, 1)",
+        )?;
+        check(self.batch_size > 0, "batch_size", "must be at least 1")?;
+        check(self.grad_accum > 0, "grad_accum", "must be at least 1")?;
+        check(self.seq_len > 0, "seq_len", "must be at least 1")?;
+        check(
+            self.max_grad_norm >= 0.0,
+            "max_grad_norm",
+            "must not be negative",
+        )?;
+        check(self.max_steps != Some(0), "max_steps", "must be at least 1")?;
+        check(
+            self.max_steps.is_some() || self.epochs > 0,
+            "epochs",
+            "must be at least 1",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.val_fraction),
+            "val_fraction",
+            "must be in [0, 1)",
+        )?;
+        Ok(())
+    }
+
+    /// Warm-up length for a run of `total` steps.
+    pub fn warmup(&self, total: usize) -> usize {
+        if self.warmup_steps > 0 {
+            self.warmup_steps
+        } else {
+            (self.warmup_ratio * total as f64).ceil() as usize
+        }
+    }
+
+    /// The learning rate at 0-based `step` of `total` (transformers' schedules).
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        let warmup = self.warmup(total);
+        if step < warmup {
+            return self.lr * step as f64 / warmup.max(1) as f64;
+        }
+        let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Linear => self.lr * (1.0 - progress).max(0.0),
+            Schedule::Cosine => self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        }
+    }
+}

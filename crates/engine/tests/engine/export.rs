@@ -1,0 +1,230 @@
+//! Exported PEFT directories: PEFT's key names, shapes, dtype, metadata and config; and an
+//! exported adapter loads back onto the base model with the same logits.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use peft_studio_engine::export::{write_peft_dir, ExportInfo};
+use peft_studio_engine::fixtures::TinySpec;
+use peft_studio_engine::model::ops::SplitMix64;
+use peft_studio_engine::model::{load_model, ForwardCtx};
+use peft_studio_engine::peft::load::attach_lora;
+
+use crate::common::{lora_method, tiny_model};
+
+#[test]
+fn peft_keys_shapes_and_config_for_all_seven_targets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = TinySpec::default();
+    let path = tiny_model(dir.path(), &spec);
+    let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    let method = lora_method(4, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
+    let vars = method.apply(&mut model, 0).expect("apply");
+    let params: Vec<(String, Tensor)> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let out = dir.path().join("adapter");
+    write_peft_dir(
+        &out,
+        &method,
+        &ExportInfo {
+            base_model: "tiny".into(),
+        },
+        &params,
+    )
+    .expect("export");
+
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let (h, i, kv) = (32usize, 64usize, 16usize);
+    let shapes = [
+        ("self_attn.q_proj", h, h),
+        ("self_attn.k_proj", h, kv),
+        ("self_attn.v_proj", h, kv),
+        ("self_attn.o_proj", h, h),
+        ("mlp.gate_proj", h, i),
+        ("mlp.up_proj", h, i),
+        ("mlp.down_proj", i, h),
+    ];
+    let mut expected: Vec<(String, Vec<usize>)> = Vec::new();
+    for l in 0..2 {
+        for (m, fan_in, fan_out) in shapes {
+            expected.push((
+                format!("base_model.model.model.layers.{l}.{m}.lora_A.weight"),
+                vec![4, fan_in],
+            ));
+            expected.push((
+                format!("base_model.model.model.layers.{l}.{m}.lora_B.weight"),
+                vec![fan_out, 4],
+            ));
+        }
+    }
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let mut want_names: Vec<String> = expected.iter().map(|e| e.0.clone()).collect();
+    want_names.sort();
+    assert_eq!(names, want_names);
+    for (name, shape) in &expected {
+        let t = st.tensor(name).expect("tensor");
+        assert_eq!(t.shape(), shape.as_slice(), "{name}");
+        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+    }
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).expect("metadata");
+    assert_eq!(
+        meta.metadata()
+            .as_ref()
+            .and_then(|m| m.get("format"))
+            .map(String::as_str),
+        Some("pt")
+    );
+
+    let text = std::fs::read_to_string(out.join("adapter_config.json")).expect("config");
+    let cfg: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["lora_alpha"], 8.0);
+    assert_eq!(cfg["base_model_name_or_path"], "tiny");
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!([
+            "down_proj",
+            "gate_proj",
+            "k_proj",
+            "o_proj",
+            "q_proj",
+            "up_proj",
+            "v_proj"
+        ])
+    );
+    let keys: Vec<&String> = cfg.as_object().expect("object").keys().collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "keys are written sorted, as PEFT writes them");
+    assert!(text.contains("\n  \"alpha_pattern\""), "indent 2");
+}
+
+fn randomise_b(vars: &[(String, candle_core::Var)]) {
+    let mut rng = SplitMix64::new(5);
+    for (name, var) in vars {
+        if name.ends_with("lora_B.weight") {
+            let data: Vec<f32> = (0..var.elem_count())
+                .map(|_| (rng.next_f64() * 0.2 - 0.1) as f32)
+                .collect();
+            var.set(&Tensor::from_vec(data, var.shape().clone(), &Device::Cpu).expect("t"))
+                .expect("set");
+        }
+    }
+}
+
+fn logits(model: &peft_studio_engine::model::LlamaModel) -> Tensor {
+    let ids = Tensor::new(&[[4u32, 8, 15, 16, 23, 42]], &Device::Cpu).expect("ids");
+    model
+        .forward(&ids, None, &ForwardCtx::eval())
+        .expect("forward")
+}
+
+fn roundtrip(path: &Path, out: &Path, targets: &str, rslora: bool) {
+    let mut model = load_model(path, DType::F32, &Device::Cpu).expect("load");
+    let mut method = lora_method(4, targets);
+    method.use_rslora = rslora;
+    let vars = method.apply(&mut model, 9).expect("apply");
+    randomise_b(&vars);
+    let want = logits(&model);
+    let params: Vec<(String, Tensor)> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    write_peft_dir(
+        out,
+        &method,
+        &ExportInfo {
+            base_model: "tiny".into(),
+        },
+        &params,
+    )
+    .expect("export");
+
+    let mut fresh = load_model(path, DType::F32, &Device::Cpu).expect("load");
+    let base = logits(&fresh);
+    attach_lora(&mut fresh, out, None).expect("attach");
+    let got = logits(&fresh);
+    let diff = (&want - &got)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .max_all()
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("s");
+    let moved = (&want - &base)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .max_all()
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("s");
+    assert!(
+        diff < 1e-6,
+        "{targets}: reloaded adapter changes logits by {diff}"
+    );
+    assert!(
+        moved > 1e-4,
+        "{targets}: the adapter must change the logits (moved {moved})"
+    );
+}
+
+#[test]
+fn exported_adapter_reloads_with_identical_logits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(
+        dir.path(),
+        &TinySpec {
+            qkv_bias: true,
+            ..Default::default()
+        },
+    );
+    roundtrip(&path, &dir.path().join("a"), "all-linear", false);
+    roundtrip(&path, &dir.path().join("b"), ".*\\.(q_proj|v_proj)", true);
+}
+
+#[test]
+fn adapter_for_another_base_model_is_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = tiny_model(dir.path(), &TinySpec::default());
+    let mut model = load_model(&small, DType::F32, &Device::Cpu).expect("load");
+    let method = lora_method(4, "q_proj");
+    let vars = method.apply(&mut model, 0).expect("apply");
+    let params: Vec<(String, Tensor)> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let out = dir.path().join("adapter");
+    write_peft_dir(
+        &out,
+        &method,
+        &ExportInfo {
+            base_model: "tiny".into(),
+        },
+        &params,
+    )
+    .expect("export");
+
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir_all(&other_dir).expect("mkdir");
+    let wide = tiny_model(
+        &other_dir,
+        &TinySpec {
+            hidden_size: 48,
+            ..Default::default()
+        },
+    );
+    let mut other = load_model(&wide, DType::F32, &Device::Cpu).expect("load");
+    let err = attach_lora(&mut other, &out, None)
+        .expect_err("mismatched adapter must be rejected")
+        .to_string();
+    assert!(err.contains("another base model"), "{err}");
+    assert!(err.contains("adapter_model.safetensors"), "{err}");
+}

@@ -1,0 +1,74 @@
+//! Generation: the KV cache gives the same tokens as full recomputation; EOS stops it.
+
+use candle_core::{DType, Device, Tensor};
+use peft_studio_engine::fixtures::TinySpec;
+use peft_studio_engine::generate::{generate, GenerateOptions};
+use peft_studio_engine::model::{load_model, ForwardCtx};
+use peft_studio_engine::tokenizer::TextTokenizer;
+
+use crate::common::tiny_model;
+
+#[test]
+fn cached_greedy_decoding_equals_recomputation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(dir.path(), &TinySpec::default());
+    let model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    let prompt = vec![10u32, 20, 30, 40];
+    let opts = GenerateOptions {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    let cached = generate(&model, &prompt, &[], &opts, |_| {}).expect("generate");
+    let mut ids = prompt.clone();
+    for _ in 0..12 {
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .expect("ids")
+            .unsqueeze(0)
+            .expect("b");
+        let logits = model
+            .forward(&input, None, &ForwardCtx::eval())
+            .expect("forward");
+        let last: Vec<f32> = logits
+            .squeeze(0)
+            .expect("s")
+            .get(ids.len() - 1)
+            .expect("last")
+            .to_vec1()
+            .expect("v");
+        let next = last
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
+            .0 as u32;
+        ids.push(next);
+    }
+    assert_eq!(cached, ids[prompt.len()..].to_vec());
+}
+
+#[test]
+fn sampling_is_seeded_and_eos_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(dir.path(), &TinySpec::default());
+    let model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    let tok = TextTokenizer::load(&path, &model.config().eos_token_ids).expect("tokenizer");
+    assert_eq!(tok.eos_ids(), &[256]);
+    let prompt = tok.encode("hello", false).expect("encode");
+    assert_eq!(prompt.len(), 5, "byte-level: one token per byte");
+    let opts = GenerateOptions {
+        max_new_tokens: 20,
+        temperature: 0.8,
+        top_p: 0.9,
+        seed: 3,
+    };
+    let a = generate(&model, &prompt, tok.eos_ids(), &opts, |_| {}).expect("a");
+    let b = generate(&model, &prompt, tok.eos_ids(), &opts, |_| {}).expect("b");
+    assert_eq!(a, b, "same seed, same tokens");
+    // With every token an EOS, generation stops at once.
+    let all: Vec<u32> = (0..260).collect();
+    assert!(generate(&model, &prompt, &all, &opts, |_| {})
+        .expect("c")
+        .is_empty());
+}

@@ -1,0 +1,139 @@
+//! LoRA gradients against central finite differences, in f64.
+
+use candle_core::{DType, Device, Tensor, Var};
+use peft_studio_engine::data::{Example, Examples};
+use peft_studio_engine::fixtures::TinySpec;
+use peft_studio_engine::model::ops::SplitMix64;
+use peft_studio_engine::model::{load_model, ForwardCtx, LlamaModel};
+use peft_studio_engine::train::batch_loss;
+
+use crate::common::{lora_method, tiny_model};
+
+fn loss_of(model: &LlamaModel, examples: &Examples) -> (Tensor, f64) {
+    let batch = examples.batch_at(0, model.device()).expect("batch");
+    let (loss, _) = batch_loss(model, &batch, &ForwardCtx::eval()).expect("loss");
+    let v = loss.to_scalar::<f64>().expect("scalar");
+    (loss, v)
+}
+
+fn bump(var: &Var, index: usize, delta: f64) {
+    let shape = var.shape().clone();
+    let mut data: Vec<f64> = var
+        .as_tensor()
+        .flatten_all()
+        .expect("flat")
+        .to_vec1()
+        .expect("vec");
+    data[index] += delta;
+    var.set(&Tensor::from_vec(data, shape, var.device()).expect("tensor"))
+        .expect("set");
+}
+
+#[test]
+fn lora_gradients_match_central_finite_differences() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(
+        dir.path(),
+        &TinySpec {
+            qkv_bias: true,
+            tie_word_embeddings: true,
+            ..Default::default()
+        },
+    );
+    let mut model = load_model(&path, DType::F64, &Device::Cpu).expect("load in f64");
+    let mut method = lora_method(4, "all-linear");
+    method.use_rslora = true;
+    let vars = method.apply(&mut model, 3).expect("apply lora");
+    // B starts at zero, which would make every A gradient zero: give B random values.
+    let mut rng = SplitMix64::new(11);
+    for (name, var) in &vars {
+        if name.ends_with("lora_B.weight") {
+            let n = var.elem_count();
+            let data: Vec<f64> = (0..n).map(|_| rng.next_f64() * 0.2 - 0.1).collect();
+            var.set(&Tensor::from_vec(data, var.shape().clone(), var.device()).expect("b"))
+                .expect("set");
+        }
+    }
+    let examples = Examples::new(
+        vec![
+            Example {
+                ids: vec![1, 50, 60, 70, 80, 90, 100],
+                loss_mask: vec![0, 0, 1, 1, 1, 1, 1],
+            },
+            Example {
+                ids: vec![3, 4, 5, 6],
+                loss_mask: vec![1, 1, 1, 1],
+            },
+        ],
+        16,
+        2,
+        0,
+    )
+    .expect("examples");
+    let (loss, _) = loss_of(&model, &examples);
+    let grads = loss.backward().expect("backward");
+    let eps = 1e-5;
+    let mut checked = 0;
+    let mut worst: f64 = 0.0;
+    for (name, var) in &vars {
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"))
+            .flatten_all()
+            .expect("flat")
+            .to_vec1()
+            .expect("vec");
+        for &i in &[0, var.elem_count() / 2, var.elem_count() - 1] {
+            bump(var, i, eps);
+            let (_, up) = loss_of(&model, &examples);
+            bump(var, i, -2.0 * eps);
+            let (_, down) = loss_of(&model, &examples);
+            bump(var, i, eps);
+            let numeric = (up - down) / (2.0 * eps);
+            let rel = (numeric - g[i]).abs() / (numeric.abs() + g[i].abs()).max(1e-7);
+            worst = worst.max(rel);
+            assert!(
+                rel < 1e-3,
+                "{name}[{i}]: analytic {} vs numeric {numeric} (rel {rel})",
+                g[i]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6 * 7 * 2, "checked {checked} entries");
+    eprintln!("checked {checked} gradient entries, worst relative error {worst:e}");
+}
+
+#[test]
+fn every_trainable_tensor_receives_a_gradient() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(dir.path(), &TinySpec::default());
+    for method in [lora_method(2, "all-linear"), {
+        let mut m = lora_method(2, "q_proj");
+        m.kind = peft_studio_engine::peft::MethodKind::Full;
+        m
+    }] {
+        let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+        let vars = method.apply(&mut model, 0).expect("apply");
+        let examples = Examples::new(
+            vec![Example {
+                ids: vec![1, 2, 3, 4, 5],
+                loss_mask: vec![1; 5],
+            }],
+            8,
+            1,
+            0,
+        )
+        .expect("ex");
+        let batch = examples.batch_at(0, &Device::Cpu).expect("batch");
+        let (loss, _) = batch_loss(&model, &batch, &ForwardCtx::eval()).expect("loss");
+        let grads = loss.backward().expect("backward");
+        for (name, var) in &vars {
+            assert!(
+                grads.get(var.as_tensor()).is_some(),
+                "{:?}: `{name}` got no gradient",
+                method.kind
+            );
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Parameter counts printed exactly as PEFT prints them.
+
+use peft_studio_engine::model::LlamaConfig;
+use peft_studio_engine::peft::{MethodConfig, MethodKind};
+use peft_studio_engine::plan::count_params;
+
+use crate::common::lora_method;
+
+const LLAMA2_7B: &str = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":4096,"intermediate_size":11008,
+ "num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":32,"vocab_size":32000,
+ "tie_word_embeddings":false,"rms_norm_eps":1e-5,"model_type":"llama"}"#;
+
+const QWEN2_05B: &str = r#"{"architectures":["Qwen2ForCausalLM"],"hidden_size":896,"intermediate_size":4864,
+ "num_hidden_layers":24,"num_attention_heads":14,"num_key_value_heads":2,"vocab_size":151936,
+ "tie_word_embeddings":true,"model_type":"qwen2","rope_theta":1000000.0}"#;
+
+const SMOLLM2_135M: &str = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":576,"intermediate_size":1536,
+ "num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,"vocab_size":49152,
+ "tie_word_embeddings":true,"model_type":"llama","rope_theta":100000}"#;
+
+fn line(config: &str, method: &MethodConfig) -> String {
+    count_params(&LlamaConfig::from_json(config).expect("config"), method)
+        .expect("count")
+        .to_string()
+}
+
+#[test]
+fn llama2_7b_lora_q_v_matches_peft() {
+    assert_eq!(
+        line(LLAMA2_7B, &lora_method(8, "q_proj,v_proj")),
+        "trainable params: 4,194,304 || all params: 6,742,609,920 || trainable%: 0.0622"
+    );
+}
+
+#[test]
+fn tied_embeddings_count_once() {
+    // SmolLM2-135M has 134,515,008 parameters with its tied embedding counted once.
+    let full = MethodConfig {
+        kind: MethodKind::Full,
+        ..Default::default()
+    };
+    assert_eq!(
+        line(SMOLLM2_135M, &full),
+        "trainable params: 134,515,008 || all params: 134,515,008 || trainable%: 100.0000"
+    );
+    assert_eq!(
+        line(SMOLLM2_135M, &lora_method(8, "q_proj,v_proj")),
+        "trainable params: 460,800 || all params: 134,975,808 || trainable%: 0.3414"
+    );
+}
+
+#[test]
+fn qwen2_biases_are_counted() {
+    // Qwen2-0.5B: 494,032,768 parameters including q/k/v biases, tied embeddings once.
+    assert_eq!(
+        line(QWEN2_05B, &lora_method(8, "q_proj,v_proj")),
+        "trainable params: 540,672 || all params: 494,573,440 || trainable%: 0.1093"
+    );
+}
+
+#[test]
+fn layers_to_transform_and_all_linear() {
+    let mut m = lora_method(8, "all-linear");
+    m.layers_to_transform = Some((0..16).collect());
+    // all-linear skips lm_head; per layer r·(in+out) over the 7 projections.
+    let per_layer = 8 * ((4096 + 4096) * 4 + (4096 + 11008) * 2 + (11008 + 4096));
+    let want = 16 * per_layer;
+    let counts = count_params(&LlamaConfig::from_json(LLAMA2_7B).expect("c"), &m).expect("count");
+    assert_eq!(counts.trainable, want as u64);
+}
+
+#[test]
+fn freeze_counts_the_trained_modules() {
+    let m = MethodConfig {
+        kind: MethodKind::Freeze,
+        trainable_modules: vec!["lm_head".into()],
+        ..Default::default()
+    };
+    let counts = count_params(&LlamaConfig::from_json(LLAMA2_7B).expect("c"), &m).expect("count");
+    assert_eq!(counts.trainable, 32000 * 4096);
+    assert_eq!(counts.total, 6_738_415_616);
+}

@@ -1,0 +1,131 @@
+//! Training reduces the loss for LoRA, freezing and full fine-tuning.
+
+use std::sync::atomic::AtomicBool;
+
+use peft_studio_engine::fixtures::TinySpec;
+use peft_studio_engine::peft::{MethodConfig, MethodKind};
+use peft_studio_engine::run::{self, prepare};
+use peft_studio_engine::train::{Recorder, Schedule, TrainConfig, Trainer};
+
+use crate::common::{lora_method, memorisable_dataset, run_config, tiny_model};
+
+fn train_losses(method: MethodConfig, lr: f64, steps: usize) -> Vec<f64> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_model(
+        dir.path(),
+        &TinySpec {
+            hidden_size: 64,
+            intermediate_size: 128,
+            ..Default::default()
+        },
+    );
+    let data = memorisable_dataset(dir.path());
+    let train = TrainConfig {
+        lr,
+        max_steps: Some(steps),
+        batch_size: 4,
+        seq_len: 64,
+        schedule: Schedule::Constant,
+        ..Default::default()
+    };
+    let cfg = run_config(dir.path(), model, data, method, train);
+    let p = prepare(&cfg).expect("prepare");
+    let mut trainer =
+        Trainer::new(&p.model, p.trainables, cfg.train.clone(), p.train, p.val).expect("trainer");
+    let mut rec = Recorder::default();
+    trainer
+        .run(&mut rec, &AtomicBool::new(false), None)
+        .expect("train");
+    rec.losses()
+}
+
+fn assert_memorises(kind: &str, losses: &[f64]) {
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    eprintln!(
+        "{kind}: loss {first:.4} -> {last:.4} in {} steps",
+        losses.len()
+    );
+    assert!(
+        last < 0.1 * first,
+        "{kind}: loss went from {first} to {last}, not below 10%"
+    );
+}
+
+#[test]
+fn lora_memorises_a_small_dataset() {
+    assert_memorises(
+        "lora",
+        &train_losses(lora_method(8, "all-linear"), 2e-2, 150),
+    );
+}
+
+#[test]
+fn freeze_memorises_with_trained_lm_head_and_last_layer() {
+    let method = MethodConfig {
+        kind: MethodKind::Freeze,
+        trainable_modules: vec!["lm_head".into()],
+        trainable_last_layers: 1,
+        ..Default::default()
+    };
+    assert_memorises("freeze", &train_losses(method, 3e-3, 150));
+}
+
+#[test]
+fn full_fine_tuning_memorises() {
+    let method = MethodConfig {
+        kind: MethodKind::Full,
+        ..Default::default()
+    };
+    assert_memorises("full", &train_losses(method, 3e-3, 100));
+}
+
+#[test]
+fn run_writes_events_checkpoints_and_a_peft_adapter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = tiny_model(dir.path(), &TinySpec::default());
+    let data = memorisable_dataset(dir.path());
+    let train = TrainConfig {
+        max_steps: Some(4),
+        checkpoint_every: 2,
+        batch_size: 2,
+        val_fraction: 0.25,
+        eval_every: 2,
+        ..Default::default()
+    };
+    let cfg = run_config(
+        dir.path(),
+        model,
+        data,
+        lora_method(4, "q_proj,v_proj"),
+        train,
+    );
+    let mut rec = Recorder::default();
+    let adapter = run::train(&cfg, false, &mut rec, &AtomicBool::new(false)).expect("train");
+    assert!(adapter.join("adapter_model.safetensors").is_file());
+    assert!(adapter.join("adapter_config.json").is_file());
+    let events = std::fs::read_to_string(cfg.out.join("events.jsonl")).expect("events");
+    assert_eq!(
+        events
+            .lines()
+            .filter(|l| l.contains("\"event\":\"step\""))
+            .count(),
+        4
+    );
+    assert!(
+        events.lines().any(|l| l.contains("\"event\":\"eval\"")),
+        "eval events logged"
+    );
+    let checkpoints = peft_studio_engine::train::checkpoint::list(&cfg.checkpoints_dir());
+    assert_eq!(
+        checkpoints.iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec![2, 4]
+    );
+    // Starting a fresh run over a folder with checkpoints is refused rather than overwriting it.
+    let again = run::train(
+        &cfg,
+        false,
+        &mut Recorder::default(),
+        &AtomicBool::new(false),
+    );
+    assert!(again.is_err());
+}
