@@ -28,6 +28,16 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Measure training throughput and peak memory for one config.
     Bench(BenchArgs),
+    /// Write a demo model, dataset and run config to try the studio with.
+    Demo(DemoArgs),
+}
+
+/// `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder to write `model/`, `dataset.jsonl` and `run.toml` into.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Method settings shared by `plan` and `train`.

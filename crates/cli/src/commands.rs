@@ -37,6 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export(a),
         Command::Generate(a) => generate_cmd(a),
         Command::Bench(a) => crate::bench::bench(&a),
+        Command::Demo(a) => demo(&a.out),
     }
 }
 
@@ -229,5 +230,48 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         print!("{}", text.get(printed..).unwrap_or(""));
     }
     println!();
+    Ok(())
+}
+
+/// The demo dataset shipped with the studio.
+const DEMO_DATASET: &str = include_str!("../../../assets/demo/dataset.jsonl");
+
+/// Writes a small model made in code, the demo dataset and a run config that trains on them.
+fn demo(out: &Path) -> Result<()> {
+    use peft_studio_engine::fixtures::{write_tiny_model, TinySpec};
+    use peft_studio_engine::fsutil::write_atomic;
+    let model = out.join("model");
+    if !model.join("config.json").is_file() {
+        let spec = TinySpec {
+            hidden_size: 64,
+            intermediate_size: 128,
+            ..Default::default()
+        };
+        write_tiny_model(&model, &spec)?;
+    }
+    write_atomic(&out.join("dataset.jsonl"), DEMO_DATASET.as_bytes())?;
+    let mut method = MethodConfig::default();
+    method.target_modules = TargetModules::Pattern("all-linear".into());
+    let cfg = RunConfig {
+        model,
+        dataset: out.join("dataset.jsonl"),
+        out: out.join("runs").join("demo"),
+        method,
+        train: peft_studio_engine::train::TrainConfig {
+            lr: 1e-2,
+            epochs: 20,
+            batch_size: 4,
+            seq_len: 128,
+            val_fraction: 0.1,
+            eval_every: 10,
+            checkpoint_every: 25,
+            ..Default::default()
+        },
+    };
+    write_atomic(&out.join("run.toml"), cfg.to_toml()?.as_bytes())?;
+    eprintln!(
+        "demo model, dataset and run config written to {}",
+        out.display()
+    );
     Ok(())
 }

@@ -190,30 +190,31 @@ impl LlamaConfig {
                     .and_then(|v| v.as_f64())
             })
             .unwrap_or(10_000.0);
-        let rope_scaling =
-            match rope_params {
-                Some(p) => {
-                    let kind = p
-                        .get("rope_type")
-                        .or_else(|| p.get("type"))
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("default");
-                    match kind {
-                        "default" => None,
-                        "llama3" => Some(
-                            serde_json::from_value::<Llama3RopeScaling>(p.clone())
-                                .map_err(|e| EngineError::config("rope_scaling", e.to_string()))?,
-                        ),
-                        other => return Err(EngineError::config(
+        let rope_scaling = match rope_params {
+            Some(p) => {
+                let kind = p
+                    .get("rope_type")
+                    .or_else(|| p.get("type"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
+                match kind {
+                    "default" => None,
+                    "llama3" => Some(
+                        serde_json::from_value::<Llama3RopeScaling>(p.clone())
+                            .map_err(|e| EngineError::config("rope_scaling", e.to_string()))?,
+                    ),
+                    other => {
+                        return Err(EngineError::config(
                             "rope_scaling",
                             format!(
                                 "rope_type `{other}` is not supported; supported: default, llama3"
                             ),
-                        )),
+                        ))
                     }
                 }
-                None => None,
-            };
+            }
+            None => None,
+        };
         let model_type = raw.model_type.unwrap_or_else(|| "llama".to_string());
         let qkv_bias = raw
             .attention_bias

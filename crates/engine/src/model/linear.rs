@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 
+use super::frozen::frozen_linear;
 use super::ops::{linear_matmul, ForwardCtx};
 use crate::error::Result;
 use crate::peft::lora::LoraAdapter;
@@ -32,7 +33,12 @@ impl Linear {
 
     /// Applies the layer to `x` [..., in_features].
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let mut y = linear_matmul(x, &self.weight)?;
+        // A trained weight needs its gradient; a frozen one must not pay for it.
+        let mut y = if self.weight.is_variable() {
+            linear_matmul(x, &self.weight)?
+        } else {
+            frozen_linear(x, &self.weight)?
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

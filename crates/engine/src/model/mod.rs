@@ -1,6 +1,7 @@
 //! The Llama-family decoder: configuration, layers, differentiable ops and loading.
 
 pub mod config;
+pub mod frozen;
 pub mod linear;
 pub mod llama;
 pub mod load;

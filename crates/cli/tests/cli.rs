@@ -1,0 +1,352 @@
+//! The command line as scripts use it: real files, the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use peft_studio_engine::fixtures::{write_tiny_model, TinySpec};
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peft-studio-cli"))
+        .args(args)
+        .output()
+        .expect("run peft-studio-cli")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: Output) -> Output {
+    assert!(
+        o.status.success(),
+        "command failed:\nstdout: {}\nstderr: {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
+const LLAMA2_7B: &str = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":4096,"intermediate_size":11008,
+ "num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":32,"vocab_size":32000,
+ "tie_word_embeddings":false,"model_type":"llama"}"#;
+
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model");
+    write_tiny_model(&model, &TinySpec::default()).expect("tiny model");
+    let data = dir.path().join("data.jsonl");
+    let lines = [
+        "{\"text\": \"hello world\"}",
+        "{\"prompt\": \"Q: hi\\nA:\", \"completion\": \" hello world\"}",
+    ];
+    std::fs::write(&data, lines.join("\n")).expect("dataset");
+    (dir, model, data)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn plan_prints_peft_line_for_a_config_or_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, LLAMA2_7B).expect("config");
+    let want = "trainable params: 4,194,304 || all params: 6,742,609,920 || trainable%: 0.0622";
+    for target in [s(&config), s(dir.path())] {
+        let o = ok(cli(&[
+            "plan",
+            "--model",
+            target,
+            "--method",
+            "lora",
+            "--r",
+            "8",
+            "--lora-alpha",
+            "16",
+            "--target-modules",
+            "q_proj,v_proj",
+        ]));
+        assert_eq!(stdout(&o).lines().last(), Some(want));
+    }
+    let o = ok(cli(&[
+        "plan",
+        "--model",
+        s(&config),
+        "--method",
+        "lora",
+        "--r",
+        "8",
+        "--target-modules",
+        "all-linear",
+        "--layers-to-transform",
+        "0-15",
+    ]));
+    assert!(
+        stdout(&o)
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("trainable params: 9,994,240 ||")),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn train_export_generate_with_flags() {
+    let (dir, model, data) = setup();
+    let out = dir.path().join("run");
+    let o = ok(cli(&[
+        "train",
+        "--model",
+        s(&model),
+        "--dataset",
+        s(&data),
+        "--method",
+        "lora",
+        "--r",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--target-modules",
+        "q_proj,k_proj,v_proj,o_proj",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--max-steps",
+        "6",
+        "--seed",
+        "1",
+        "--out",
+        s(&out),
+        "--json",
+    ]));
+    let events: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let steps: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "step").collect();
+    assert_eq!(steps.len(), 6);
+    for key in [
+        "step",
+        "epoch",
+        "tokens_seen",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "elapsed_s",
+    ] {
+        assert!(steps[0].get(key).is_some(), "step event lacks {key}");
+    }
+    assert_eq!(
+        events.last().map(|e| e["event"].clone()),
+        Some(serde_json::json!("finished"))
+    );
+    assert!(out.join("adapter/adapter_model.safetensors").is_file());
+
+    let exported = dir.path().join("exported");
+    ok(cli(&[
+        "export",
+        "--run",
+        s(&out),
+        "--format",
+        "peft",
+        "--out",
+        s(&exported),
+    ]));
+    let a = std::fs::read(out.join("adapter/adapter_model.safetensors")).expect("a");
+    let b = std::fs::read(exported.join("adapter_model.safetensors")).expect("b");
+    assert_eq!(
+        a, b,
+        "exporting the last checkpoint gives the run's adapter"
+    );
+
+    let base = ok(cli(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "hello",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+    ]));
+    let tuned = ok(cli(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--adapter",
+        s(&exported),
+        "--prompt",
+        "hello",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+    ]));
+    assert_ne!(
+        stdout(&base),
+        stdout(&tuned),
+        "the adapter changes greedy output"
+    );
+    ok(cli(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "4",
+        "--chat",
+    ]));
+}
+
+#[test]
+fn train_from_config_file_then_resume() {
+    let (dir, model, data) = setup();
+    let config = dir.path().join("run.toml");
+    let text = format!(
+        "model = {:?}\ndataset = {:?}\nout = \"runs/demo\"\n\n[method]\nkind = \"lora\"\nr = 4\nlora_alpha = 8\ntarget_modules = \"all-linear\"\n\n[train]\nlr = 0.01\nbatch_size = 1\nmax_steps = 3\ncheckpoint_every = 1\n",
+        s(&model), s(&data)
+    );
+    std::fs::write(&config, text).expect("config");
+    // A flag overrides the file.
+    let o = ok(cli(&[
+        "train",
+        "--config",
+        s(&config),
+        "--max-steps",
+        "2",
+        "--json",
+    ]));
+    assert_eq!(
+        stdout(&o)
+            .lines()
+            .filter(|l| l.contains("\"event\":\"step\""))
+            .count(),
+        2
+    );
+    let run = dir.path().join("runs/demo");
+    assert!(
+        run.join("run.toml").is_file(),
+        "relative `out` resolves next to the config file"
+    );
+    // Raise the step budget in the saved config and resume.
+    let saved = std::fs::read_to_string(run.join("run.toml"))
+        .expect("run.toml")
+        .replace("max_steps = 2", "max_steps = 4");
+    std::fs::write(run.join("run.toml"), saved).expect("edit");
+    let o = ok(cli(&["resume", "--run", s(&run), "--json"]));
+    let steps: Vec<String> = stdout(&o)
+        .lines()
+        .filter(|l| l.contains("\"event\":\"step\""))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(steps.len(), 2);
+    assert!(steps[0].contains("\"step\":3"), "{}", steps[0]);
+}
+
+#[test]
+fn bad_input_exits_with_a_clear_message() {
+    let (dir, model, data) = setup();
+    let missing = cli(&["plan", "--model", s(&dir.path().join("nope"))]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("error:") && stderr(&missing).contains("nope"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let bad_target = cli(&["plan", "--model", s(&model), "--target-modules", "c_attn"]);
+    assert!(!bad_target.status.success());
+    assert!(
+        stderr(&bad_target).contains("q_proj"),
+        "{}",
+        stderr(&bad_target)
+    );
+
+    let bad_line = dir.path().join("bad.jsonl");
+    std::fs::write(&bad_line, "{\"text\": \"fine\"}\n{oops}\n").expect("write");
+    let o = cli(&[
+        "train",
+        "--model",
+        s(&model),
+        "--dataset",
+        s(&bad_line),
+        "--out",
+        s(&dir.path().join("r")),
+        "--max-steps",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bad.jsonl:2:"), "{}", stderr(&o));
+
+    let o = cli(&[
+        "train",
+        "--model",
+        s(&model),
+        "--dataset",
+        s(&data),
+        "--out",
+        s(&dir.path().join("r0")),
+        "--r",
+        "0",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("rank"),
+        "{}",
+        stderr(&o)
+    );
+
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        format!(
+            "model = {:?}\ndataset = {:?}\nout = \"x\"\n[train]\nlearning_rate = 1e-4\n",
+            s(&model),
+            s(&data)
+        ),
+    )
+    .expect("w");
+    let o = cli(&["train", "--config", s(&typo)]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("learning_rate"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bench_prints_throughput_and_memory() {
+    let (_dir, model, _) = setup();
+    let o = ok(cli(&[
+        "bench",
+        "--model",
+        s(&model),
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--steps",
+        "2",
+    ]));
+    let text = stdout(&o);
+    for key in [
+        "tokens_per_s=",
+        "peak_rss_mb=",
+        "forward_s=",
+        "backward_s=",
+        "optimizer_s=",
+    ] {
+        assert!(text.contains(key), "{text}");
+    }
+}

@@ -1,0 +1,92 @@
+//! `x @ Wᵀ` for a frozen weight, with a backward that returns dL/dx only.
+//!
+//! candle's matmul backward always computes the weight gradient too, even for a weight no
+//! one trains: a third of the linear layers' training FLOPs and a weight-sized buffer per
+//! layer, wasted. Here the product is computed outside the graph and re-enters it through a
+//! custom op whose backward is `dL/dx = dL/dy · W`.
+
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Shape, Storage, Tensor,
+};
+
+use super::ops::linear_matmul;
+use crate::error::Result;
+
+struct FrozenProduct {
+    weight: Tensor,
+    product: Tensor,
+}
+
+impl FrozenProduct {
+    fn stored<S>(
+        &self,
+        pick: impl Fn(&Storage, &Layout) -> Option<candle_core::Result<S>>,
+    ) -> candle_core::Result<(S, Shape)> {
+        let (storage, layout) = self.product.storage_and_layout();
+        match pick(&storage, layout) {
+            Some(s) => Ok((s?, layout.shape().clone())),
+            None => candle_core::bail!("frozen-linear: product on an unexpected device"),
+        }
+    }
+}
+
+impl CustomOp1 for FrozenProduct {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.stored(|s, l| match s {
+            Storage::Cpu(c) => Some(candle_core::backend::BackendStorage::try_clone(c, l)),
+            _ => None,
+        })
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        self.stored(|s, l| match s {
+            Storage::Cuda(c) => Some(candle_core::backend::BackendStorage::try_clone(c, l)),
+            _ => None,
+        })
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(MetalStorage, Shape)> {
+        self.stored(|s, l| match s {
+            Storage::Metal(c) => Some(candle_core::backend::BackendStorage::try_clone(c, l)),
+            _ => None,
+        })
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        // grad [..., out] · W [out, in] = [..., in]
+        let dims = grad.dims();
+        let out = dims[dims.len() - 1];
+        let rows = grad.elem_count() / out.max(1);
+        let gx = grad.reshape((rows, out))?.matmul(&self.weight)?;
+        let mut in_dims = dims.to_vec();
+        let last = in_dims.len() - 1;
+        in_dims[last] = self.weight.dim(1)?;
+        Ok(Some(gx.reshape(in_dims)?))
+    }
+}
+
+/// `x @ wᵀ` where `w` is never trained. Falls back to the plain product when no gradient
+/// flows through `x` (inference, or layers below every trainable tensor).
+pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return linear_matmul(x, w);
+    }
+    let product = linear_matmul(&x.detach(), w)?;
+    Ok(x.apply_op1(FrozenProduct {
+        weight: w.clone(),
+        product,
+    })?)
+}

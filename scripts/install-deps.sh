@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing PEFT Studio needs on Debian/Ubuntu: the WebKitGTK
+# stack Tauri links against, Xvfb and the WebKit WebDriver for end-to-end tests, and the
+# C toolchain. Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config file curl
+  libwebkit2gtk-4.1-dev libxdo-dev libssl-dev libayatana-appindicator3-dev librsvg2-dev
+  xvfb xauth webkit2gtk-driver
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    echo "cargo is in ~/.cargo/bin: add it to PATH (source ~/.cargo/env)" >&2
+  else
+    echo "PEFT Studio needs a Rust toolchain (1.85 or newer, from rustup)." >&2
+  fi
+  exit 1
+fi

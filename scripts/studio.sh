@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up and launches PEFT Studio: installs dependencies, builds the release binaries,
+# prepares a demo model and dataset, prints the command that trains on them, and opens the
+# window.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ -f "$HOME/.cargo/env" ]] && source "$HOME/.cargo/env"
+bash scripts/install-deps.sh
+
+cargo build --release --locked -p peft-studio-cli
+cargo build --release --locked -p peft-studio --features tauri/custom-protocol
+
+demo="${PEFT_STUDIO_HOME:-$HOME/.local/share/peft-studio}/demo"
+./target/release/peft-studio-cli demo --out "$demo"
+cat <<MSG
+
+Demo ready in $demo. Train it from a terminal with:
+  ./target/release/peft-studio-cli train --config $demo/run.toml
+MSG
+
+if [[ -z "${DISPLAY:-}" && -z "${WAYLAND_DISPLAY:-}" ]]; then
+  echo "no display found: starting the studio under Xvfb"
+  exec xvfb-run -a ./target/release/peft-studio
+fi
+exec ./target/release/peft-studio

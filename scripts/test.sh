@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sets up and runs every test: formatting, clippy with warnings denied, then the whole
+# workspace's tests (engine, CLI, desktop shell).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ -f "$HOME/.cargo/env" ]] && source "$HOME/.cargo/env"
+bash scripts/install-deps.sh
+
+export CARGO_TERM_COLOR=never
+start=$(date +%s)
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
+echo "all checks passed in $(( $(date +%s) - start )) s"

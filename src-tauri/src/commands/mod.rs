@@ -1,0 +1,3 @@
+//! Commands the web UI may invoke; each is a one-liner into the crates.
+
+pub mod about;

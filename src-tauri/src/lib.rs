@@ -1,0 +1,16 @@
+//! The desktop shell: registers commands and opens the window. Logic lives in the crates.
+
+pub mod commands;
+
+/// Registers every command on `builder` (the real one, or Tauri's mock in tests).
+pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
+    builder.invoke_handler(tauri::generate_handler![commands::about::app_info])
+}
+
+/// Starts the studio.
+pub fn run() {
+    if let Err(e) = builder_for(tauri::Builder::default()).run(tauri::generate_context!()) {
+        eprintln!("PEFT Studio could not start: {e}");
+        std::process::exit(1);
+    }
+}
