@@ -250,8 +250,10 @@ fn demo(out: &Path) -> Result<()> {
         write_tiny_model(&model, &spec)?;
     }
     write_atomic(&out.join("dataset.jsonl"), DEMO_DATASET.as_bytes())?;
-    let mut method = MethodConfig::default();
-    method.target_modules = TargetModules::Pattern("all-linear".into());
+    let method = MethodConfig {
+        target_modules: TargetModules::Pattern("all-linear".into()),
+        ..Default::default()
+    };
     let cfg = RunConfig {
         model,
         dataset: out.join("dataset.jsonl"),

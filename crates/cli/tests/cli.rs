@@ -1,4 +1,5 @@
 //! The command line as scripts use it: real files, the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code may panic
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

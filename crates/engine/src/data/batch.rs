@@ -57,7 +57,7 @@ impl Examples {
                 e.loss_mask.truncate(seq_len + 1);
                 e
             })
-            .filter(|e| e.ids.len() >= 2 && e.loss_mask[1..].iter().any(|&m| m == 1))
+            .filter(|e| e.ids.len() >= 2 && e.loss_mask[1..].contains(&1))
             .collect();
         if examples.is_empty() {
             return Err(EngineError::config(

@@ -157,7 +157,7 @@ impl LlamaConfig {
             "num_key_value_heads",
             raw.num_key_value_heads.unwrap_or(heads),
         )?;
-        if heads % kv_heads != 0 {
+        if !heads.is_multiple_of(kv_heads) {
             return Err(EngineError::config(
                 "num_key_value_heads",
                 format!("{kv_heads} does not divide num_attention_heads = {heads}"),
@@ -165,7 +165,7 @@ impl LlamaConfig {
         }
         let head_dim = match raw.head_dim {
             Some(d) => positive("head_dim", d)?,
-            None if raw.hidden_size % heads == 0 => raw.hidden_size / heads,
+            None if raw.hidden_size.is_multiple_of(heads) => raw.hidden_size / heads,
             None => {
                 return Err(EngineError::config(
                     "num_attention_heads",
@@ -173,7 +173,7 @@ impl LlamaConfig {
                 ))
             }
         };
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(EngineError::config(
                 "head_dim",
                 "must be even for rotary embeddings",

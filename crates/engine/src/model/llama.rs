@@ -49,6 +49,53 @@ struct Block {
     down_proj: Linear,
 }
 
+impl Block {
+    fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+
+    fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        self.parts_mut().1
+    }
+
+    /// The two norm weights and the seven linears, borrowed together.
+    fn parts_mut(&mut self) -> ([&mut Tensor; 2], [&mut Linear; 7]) {
+        let Block {
+            input_layernorm,
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            post_attention_layernorm,
+            gate_proj,
+            up_proj,
+            down_proj,
+        } = self;
+        (
+            [input_layernorm, post_attention_layernorm],
+            [
+                q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj,
+            ],
+        )
+    }
+}
+
+/// What every block needs about the positions of the current tokens.
+struct Positions {
+    cos: Tensor,
+    sin: Tensor,
+    /// Causal mask; absent when a single token is decoded.
+    mask: Option<Tensor>,
+}
+
 /// A causal language model of the Llama family.
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
@@ -185,36 +232,18 @@ impl LlamaModel {
 
     /// Every linear layer (the targets PEFT methods can wrap), `lm_head` last.
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        let mut out = Vec::new();
-        for b in &mut self.layers {
-            out.extend([
-                &mut b.q_proj,
-                &mut b.k_proj,
-                &mut b.v_proj,
-                &mut b.o_proj,
-                &mut b.gate_proj,
-                &mut b.up_proj,
-                &mut b.down_proj,
-            ]);
-        }
+        let mut out: Vec<&mut Linear> = self
+            .layers
+            .iter_mut()
+            .flat_map(Block::linears_mut)
+            .collect();
         out.push(&mut self.lm_head);
         out
     }
 
     /// Every linear layer, read-only.
     pub fn linears(&self) -> Vec<&Linear> {
-        let mut out: Vec<&Linear> = Vec::new();
-        for b in &self.layers {
-            out.extend([
-                &b.q_proj,
-                &b.k_proj,
-                &b.v_proj,
-                &b.o_proj,
-                &b.gate_proj,
-                &b.up_proj,
-                &b.down_proj,
-            ]);
-        }
+        let mut out: Vec<&Linear> = self.layers.iter().flat_map(Block::linears).collect();
         out.push(&self.lm_head);
         out
     }
@@ -225,23 +254,16 @@ impl LlamaModel {
         let mut out: Vec<(String, &mut Tensor)> =
             vec![("model.embed_tokens.weight".into(), &mut self.embed_tokens)];
         for (l, b) in self.layers.iter_mut().enumerate() {
+            let ([input_norm, post_norm], linears) = b.parts_mut();
             out.push((
                 format!("model.layers.{l}.input_layernorm.weight"),
-                &mut b.input_layernorm,
+                input_norm,
             ));
             out.push((
                 format!("model.layers.{l}.post_attention_layernorm.weight"),
-                &mut b.post_attention_layernorm,
+                post_norm,
             ));
-            for lin in [
-                &mut b.q_proj,
-                &mut b.k_proj,
-                &mut b.v_proj,
-                &mut b.o_proj,
-                &mut b.gate_proj,
-                &mut b.up_proj,
-                &mut b.down_proj,
-            ] {
+            for lin in linears {
                 out.push((format!("{}.weight", lin.name), &mut lin.weight));
                 if let Some(bias) = lin.bias.as_mut() {
                     out.push((format!("{}.bias", lin.name), bias));
@@ -282,13 +304,14 @@ impl LlamaModel {
         } else {
             None
         };
+        let pos = Positions { cos, sin, mask };
         let mut cache = cache;
         if let Some(c) = cache.as_mut() {
             c.layers.resize(self.layers.len(), None);
         }
         for (l, block) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[l]);
-            x = self.block_forward(block, &x, &cos, &sin, mask.as_ref(), layer_cache, ctx)?;
+            x = self.block_forward(block, &x, &pos, layer_cache, ctx)?;
         }
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
     }
@@ -326,20 +349,17 @@ impl LlamaModel {
         Ok(Tensor::from_vec(mask, (seq, total), &self.device)?.to_dtype(self.dtype)?)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn block_forward(
         &self,
         b: &Block,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
+        pos: &Positions,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps;
         let h = rms_norm(x, &b.input_layernorm, eps)?;
-        let attn = self.attention(b, &h, cos, sin, mask, cache, ctx)?;
+        let attn = self.attention(b, &h, pos, cache, ctx)?;
         let x = (x + attn)?;
         let h = rms_norm(&x, &b.post_attention_layernorm, eps)?;
         let act = (b.gate_proj.forward(&h, ctx)?.silu()? * b.up_proj.forward(&h, ctx)?)?;
@@ -348,17 +368,15 @@ impl LlamaModel {
 
     /// Grouped-query attention without repeating keys: the query heads that share a key
     /// head are stacked along the sequence axis, so one matmul serves the whole group.
-    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         b: &Block,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
+        pos: &Positions,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
+        let Positions { cos, sin, mask } = pos;
         let c = &self.cfg;
         let (batch, seq, _) = x.dims3()?;
         let (hq, hkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
@@ -382,7 +400,7 @@ impl LlamaModel {
         // [b, hkv, group·seq, d]: query heads of one group one after another.
         let q = q.reshape((batch, hkv, group * seq, d))?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
-        let scores = match mask {
+        let scores = match mask.as_ref() {
             Some(m) => {
                 let m = m
                     .unsqueeze(0)?

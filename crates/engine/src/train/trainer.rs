@@ -259,7 +259,7 @@ impl<'a> Trainer<'a> {
             }
             let metrics = self.train_step(total, started)?;
             sink.event(&TrainEvent::Step(metrics));
-            let every = |n: usize| n > 0 && self.step % n == 0 && self.step < total;
+            let every = |n: usize| n > 0 && self.step.is_multiple_of(n) && self.step < total;
             if every(self.cfg.eval_every) {
                 if let Some(eval_loss) = self.evaluate()? {
                     sink.event(&TrainEvent::Eval {

@@ -3,14 +3,32 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use peft_studio_engine::export::{write_peft_dir, ExportInfo};
 use peft_studio_engine::fixtures::TinySpec;
 use peft_studio_engine::model::ops::SplitMix64;
 use peft_studio_engine::model::{load_model, ForwardCtx};
 use peft_studio_engine::peft::load::attach_lora;
+use peft_studio_engine::peft::MethodConfig;
 
 use crate::common::{lora_method, tiny_model};
+
+/// Writes `vars` as a PEFT directory at `out`.
+fn write_adapter(out: &Path, method: &MethodConfig, vars: &[(String, Var)]) {
+    let params: Vec<(String, Tensor)> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    write_peft_dir(
+        out,
+        method,
+        &ExportInfo {
+            base_model: "tiny".into(),
+        },
+        &params,
+    )
+    .expect("export");
+}
 
 #[test]
 fn peft_keys_shapes_and_config_for_all_seven_targets() {
@@ -20,20 +38,8 @@ fn peft_keys_shapes_and_config_for_all_seven_targets() {
     let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
     let method = lora_method(4, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
     let vars = method.apply(&mut model, 0).expect("apply");
-    let params: Vec<(String, Tensor)> = vars
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
     let out = dir.path().join("adapter");
-    write_peft_dir(
-        &out,
-        &method,
-        &ExportInfo {
-            base_model: "tiny".into(),
-        },
-        &params,
-    )
-    .expect("export");
+    write_adapter(&out, &method, &vars);
 
     let bytes = std::fs::read(out.join("adapter_model.safetensors")).expect("read");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
@@ -132,19 +138,7 @@ fn roundtrip(path: &Path, out: &Path, targets: &str, rslora: bool) {
     let vars = method.apply(&mut model, 9).expect("apply");
     randomise_b(&vars);
     let want = logits(&model);
-    let params: Vec<(String, Tensor)> = vars
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    write_peft_dir(
-        out,
-        &method,
-        &ExportInfo {
-            base_model: "tiny".into(),
-        },
-        &params,
-    )
-    .expect("export");
+    write_adapter(out, &method, &vars);
 
     let mut fresh = load_model(path, DType::F32, &Device::Cpu).expect("load");
     let base = logits(&fresh);
@@ -197,20 +191,8 @@ fn adapter_for_another_base_model_is_rejected() {
     let mut model = load_model(&small, DType::F32, &Device::Cpu).expect("load");
     let method = lora_method(4, "q_proj");
     let vars = method.apply(&mut model, 0).expect("apply");
-    let params: Vec<(String, Tensor)> = vars
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
     let out = dir.path().join("adapter");
-    write_peft_dir(
-        &out,
-        &method,
-        &ExportInfo {
-            base_model: "tiny".into(),
-        },
-        &params,
-    )
-    .expect("export");
+    write_adapter(&out, &method, &vars);
 
     let other_dir = dir.path().join("other");
     std::fs::create_dir_all(&other_dir).expect("mkdir");

@@ -1,4 +1,5 @@
 //! Integration tests of the engine, on tiny models written to real files.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code may panic
 
 mod common;
 mod errors;
