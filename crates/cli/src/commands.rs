@@ -128,10 +128,25 @@ fn train(a: TrainArgs) -> Result<()> {
 
 fn train_with_output(cfg: &RunConfig, resume: bool, output: &OutputArgs) -> Result<()> {
     let cancel = Arc::new(AtomicBool::new(false));
+    // Ctrl-C stops after the current step and writes a checkpoint that `resume` continues.
+    let flag = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        eprintln!("\nstopping after this step; resume later with `peft-studio-cli resume`");
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
     let mut json = JsonLines;
     let mut bar = Bar::default();
     let sink: &mut dyn TrainSink = if output.json { &mut json } else { &mut bar };
-    let adapter = run::train(cfg, resume, sink, &cancel)?;
+    let adapter = match run::train(cfg, resume, sink, &cancel) {
+        Err(EngineError::Cancelled) => {
+            eprintln!(
+                "run stopped; its last checkpoint is in {}",
+                cfg.checkpoints_dir().display()
+            );
+            return Err(EngineError::Cancelled);
+        }
+        other => other?,
+    };
     if !output.json {
         eprintln!("adapter written to {}", adapter.display());
     }

@@ -29,8 +29,12 @@ impl TrainSink for Bar {
                 trainable_params,
                 train_examples,
                 val_examples,
+                dropped_examples,
             } => {
                 eprintln!("training {trainable_params} parameters on {train_examples} examples ({val_examples} held out)");
+                if *dropped_examples > 0 {
+                    eprintln!("warning: {dropped_examples} examples have no trained token within seq_len and were left out");
+                }
                 let bar = ProgressBar::new(*total_steps as u64);
                 bar.set_style(
                     ProgressStyle::with_template("{bar:32} {pos}/{len} steps  {msg}  eta {eta}")

@@ -351,3 +351,60 @@ fn bench_prints_throughput_and_memory() {
         assert!(text.contains(key), "{text}");
     }
 }
+
+#[test]
+fn ctrl_c_stops_with_a_checkpoint_that_resume_continues() {
+    use std::io::BufRead;
+    let (dir, model, data) = setup();
+    let out = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_peft-studio-cli"))
+        .args([
+            "train",
+            "--model",
+            s(&model),
+            "--dataset",
+            s(&data),
+            "--out",
+            s(&out),
+            "--max-steps",
+            "100000",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    // Wait for the first finished step, then interrupt as a terminal would.
+    for line in lines.by_ref() {
+        if line.expect("line").contains("\"event\":\"step\"") {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(|l| l.expect("line")).collect();
+    let done = child.wait_with_output().expect("wait");
+    assert!(
+        !done.status.success(),
+        "an interrupted run does not report success"
+    );
+    assert!(stderr(&done).contains("resume"), "{}", stderr(&done));
+    assert!(
+        rest.iter().any(|l| l.contains("\"event\":\"checkpoint\"")),
+        "a checkpoint is written on the way out"
+    );
+    let finished = rest
+        .iter()
+        .find(|l| l.contains("\"event\":\"finished\""))
+        .expect("finished event");
+    assert!(finished.contains("\"cancelled\":true"), "{finished}");
+    let checkpoints = std::fs::read_dir(out.join("checkpoints"))
+        .expect("checkpoints")
+        .count();
+    assert_eq!(checkpoints, 1);
+}

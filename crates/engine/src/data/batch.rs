@@ -31,6 +31,8 @@ pub struct Batch {
 #[derive(Debug, Clone)]
 pub struct Examples {
     examples: Vec<Example>,
+    /// Examples dropped because nothing in them was left to train on.
+    dropped: usize,
     batch_size: usize,
     seed: u64,
 }
@@ -50,6 +52,7 @@ impl Examples {
         if seq_len < 1 {
             return Err(EngineError::config("seq_len", "must be at least 1"));
         }
+        let given = examples.len();
         let examples: Vec<Example> = examples
             .into_iter()
             .map(|mut e| {
@@ -65,11 +68,19 @@ impl Examples {
                 "no example has a token to train on (all empty or fully masked)",
             ));
         }
+        let dropped = given - examples.len();
         Ok(Self {
             examples,
+            dropped,
             batch_size,
             seed,
         })
+    }
+
+    /// Examples dropped because no trained token was left after truncation to `seq_len`
+    /// (a prompt longer than the limit, an empty text).
+    pub fn dropped(&self) -> usize {
+        self.dropped
     }
 
     /// Number of examples.
@@ -104,16 +115,13 @@ impl Examples {
                 .collect::<Vec<_>>()
         };
         let (train_idx, val_idx) = order.split_at(self.examples.len() - n_val);
-        let train = Self {
-            examples: pick(train_idx),
+        let part = |idx: &[usize], dropped: usize| Self {
+            examples: pick(idx),
+            dropped,
             batch_size: self.batch_size,
             seed: self.seed,
         };
-        let val = Self {
-            examples: pick(val_idx),
-            batch_size: self.batch_size,
-            seed: self.seed,
-        };
+        let (train, val) = (part(train_idx, self.dropped), part(val_idx, 0));
         Ok((train, Some(val)))
     }
 

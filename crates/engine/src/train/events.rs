@@ -42,6 +42,8 @@ pub enum TrainEvent {
         train_examples: usize,
         /// Validation examples.
         val_examples: usize,
+        /// Examples left out: nothing to train on within `seq_len`.
+        dropped_examples: usize,
     },
     /// A step finished.
     Step(StepMetrics),

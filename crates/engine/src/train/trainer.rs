@@ -249,6 +249,7 @@ impl<'a> Trainer<'a> {
             trainable_params: self.trainable_params(),
             train_examples: self.train.len(),
             val_examples: self.val.as_ref().map(Examples::len).unwrap_or(0),
+            dropped_examples: self.train.dropped(),
         });
         let started = Instant::now();
         let mut cancelled = false;
