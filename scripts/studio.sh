@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 [[ -f "$HOME/.cargo/env" ]] && source "$HOME/.cargo/env"
 bash scripts/install-deps.sh
 
-cargo build --release --locked -p peft-studio-cli
-cargo build --release --locked -p peft-studio --features tauri/custom-protocol
+# One invocation for both binaries, so shared dependencies build once.
+cargo build --release --locked -p peft-studio -p peft-studio-cli --features peft-studio/custom-protocol
 
 demo="${PEFT_STUDIO_HOME:-$HOME/.local/share/peft-studio}/demo"
 ./target/release/peft-studio-cli demo --out "$demo"
