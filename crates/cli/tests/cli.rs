@@ -97,6 +97,25 @@ fn plan_prints_peft_line_for_a_config_or_folder() {
     );
 }
 
+/// Eight greedy tokens after "hello", with or without an adapter.
+fn greedy(model: &Path, adapter: Option<&Path>) -> Output {
+    let mut args = vec![
+        "generate",
+        "--model",
+        s(model),
+        "--prompt",
+        "hello",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+    ];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", s(a)]);
+    }
+    ok(cli(&args))
+}
+
 #[test]
 fn train_export_generate_with_flags() {
     let (dir, model, data) = setup();
@@ -170,30 +189,8 @@ fn train_export_generate_with_flags() {
         "exporting the last checkpoint gives the run's adapter"
     );
 
-    let base = ok(cli(&[
-        "generate",
-        "--model",
-        s(&model),
-        "--prompt",
-        "hello",
-        "--max-new-tokens",
-        "8",
-        "--temperature",
-        "0",
-    ]));
-    let tuned = ok(cli(&[
-        "generate",
-        "--model",
-        s(&model),
-        "--adapter",
-        s(&exported),
-        "--prompt",
-        "hello",
-        "--max-new-tokens",
-        "8",
-        "--temperature",
-        "0",
-    ]));
+    let base = greedy(&model, None);
+    let tuned = greedy(&model, Some(&exported));
     assert_ne!(
         stdout(&base),
         stdout(&tuned),
