@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod frozen;
+pub mod gguf;
 pub mod linear;
 pub mod llama;
 pub mod load;

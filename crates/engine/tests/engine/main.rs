@@ -8,5 +8,6 @@ mod generate;
 mod gradients;
 mod model;
 mod plan;
+mod reference;
 mod resume;
 mod training;

@@ -1,0 +1,116 @@
+//! GGUF tensors to transformers tensors: names, dequantisation and the Q/K row order.
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{EngineError, Result};
+
+/// GGUF block tensor names and their transformers names below `model.layers.{i}.`
+/// (PEFT-FORMATS.md §8).
+const BLOCK_NAMES: &[(&str, &str)] = &[
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+];
+
+/// The transformers name of a GGUF tensor, or `None` when the decoder has no such weight.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    match gguf {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (part, suffix) = rest.rsplit_once('.')?;
+    if suffix != "weight" && suffix != "bias" {
+        return None;
+    }
+    let (_, hf) = BLOCK_NAMES.iter().find(|(g, _)| *g == part)?;
+    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// Undoes llama.cpp's rotary row permutation of a q/k weight or bias: GGUF rows pair
+/// adjacent dimensions, transformers pairs the two halves of each head (§8).
+pub fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    if heads == 0 || !rows.is_multiple_of(heads * 2) {
+        return Err(EngineError::config(
+            "attention.head_count",
+            format!("{rows} rows do not split into {heads} heads of even width"),
+        ));
+    }
+    let half = rows / heads / 2;
+    let mut split = vec![heads, half, 2];
+    split.extend_from_slice(&dims[1..]);
+    Ok(t.reshape(split)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
+}
+
+/// Recovers Llama 3 rope scaling from llama.cpp's `rope_freqs.weight` (one divisor per
+/// frequency), trying the settings Llama 3.x models ship with.
+pub fn llama3_scaling(
+    divisors: &[f32],
+    head_dim: usize,
+    rope_theta: f64,
+    context: usize,
+) -> Option<serde_json::Value> {
+    let factor = divisors.iter().fold(1f32, |m, &x| m.max(x)) as f64;
+    let mut originals = vec![8192usize, 4096, 2048];
+    if factor > 0.0 {
+        originals.push((context as f64 / factor).round() as usize);
+    }
+    for original in originals {
+        for (low, high) in [(1.0, 4.0), (1.0, 2.0)] {
+            let fits = divisors.iter().enumerate().all(|(i, &d)| {
+                let freq = 1.0 / rope_theta.powf(2.0 * i as f64 / head_dim as f64);
+                let want = llama3_divisor(freq, factor, low, high, original as f64);
+                (want - f64::from(d)).abs() <= 1e-3 * want.abs().max(1.0)
+            });
+            if fits && divisors.len() == head_dim / 2 {
+                return Some(serde_json::json!({
+                    "rope_type": "llama3",
+                    "factor": factor,
+                    "low_freq_factor": low,
+                    "high_freq_factor": high,
+                    "original_max_position_embeddings": original,
+                }));
+            }
+        }
+    }
+    None
+}
+
+/// The divisor llama.cpp's converter stores for one frequency (`LlamaModel.generate_extra_tensors`).
+fn llama3_divisor(freq: f64, factor: f64, low: f64, high: f64, original: f64) -> f64 {
+    let wavelen = 2.0 * std::f64::consts::PI / freq;
+    if wavelen < original / high {
+        1.0
+    } else if wavelen > original / low {
+        factor
+    } else {
+        let smooth = (original / wavelen - low) / (high - low);
+        1.0 / ((1.0 - smooth) / factor + smooth)
+    }
+}
+
+/// Reads one tensor and dequantises it to f32 on the CPU.
+pub fn dequantized<R: std::io::Read + std::io::Seek>(
+    content: &candle_core::quantized::gguf_file::Content,
+    reader: &mut R,
+    name: &str,
+) -> candle_core::Result<Tensor> {
+    content
+        .tensor(reader, name, &Device::Cpu)?
+        .dequantize(&Device::Cpu)
+}
