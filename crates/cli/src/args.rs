@@ -30,14 +30,55 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a demo model, dataset and run config to try the studio with.
     Demo(DemoArgs),
+    /// The model library: list, import a folder or GGUF file, download from the hub, remove.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+/// `models …`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List installed models.
+    List {
+        /// One JSON object per model instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a Hugging Face model folder (used in place) or a GGUF file (converted).
+    Import {
+        /// The folder or the .gguf file.
+        path: PathBuf,
+        /// Library name (default: the file or folder name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Download a model from the Hugging Face hub (HF_HOME, HF_ENDPOINT, HF_TOKEN apply).
+    Download {
+        /// Repository id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct.
+        repo: String,
+        /// Branch, tag or commit.
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// Library name (default: the repository name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove a model from the library (files the studio converted are deleted too).
+    Remove {
+        /// Library name.
+        name: String,
+    },
 }
 
 /// `demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Folder to write `model/`, `dataset.jsonl` and `run.toml` into.
+    /// Folder to write `dataset.jsonl` and `run.toml` (and the made-up `model/`) into.
     #[arg(long)]
     pub out: PathBuf,
+    /// Train this model (folder or library name) instead of a small one made in code.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
 }
 
 /// Method settings shared by `plan` and `train`.

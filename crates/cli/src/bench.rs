@@ -28,7 +28,11 @@ fn peak_rss_bytes() -> Option<u64> {
 /// Runs the benchmark and prints one summary line per figure.
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let device = default_device();
-    let mut model = load_model(&a.model, DType::F32, &device)?;
+    let mut model = load_model(
+        &crate::commands::resolve_model(&a.model)?,
+        DType::F32,
+        &device,
+    )?;
     let mut method = MethodConfig::default();
     apply_method_args(&mut method, &a.method)?;
     let trainables = method.apply(&mut model, 0)?;

@@ -22,7 +22,7 @@ use crate::progress::{Bar, JsonLines};
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Plan(a) => {
-            let cfg = LlamaConfig::from_path(&a.model)?;
+            let cfg = LlamaConfig::from_path(&resolve_model(&a.model)?)?;
             let mut method = MethodConfig::default();
             apply_method_args(&mut method, &a.method)?;
             let counts = count_params(&cfg, &method)?;
@@ -37,8 +37,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export(a),
         Command::Generate(a) => generate_cmd(a),
         Command::Bench(a) => crate::bench::bench(&a),
-        Command::Demo(a) => demo(&a.out),
+        Command::Demo(a) => demo(&a.out, a.model.as_deref()),
+        Command::Models(c) => crate::models::run(c),
     }
+}
+
+/// A model folder as given, or the folder of the installed model of that name.
+pub fn resolve_model(model: &Path) -> Result<PathBuf> {
+    peft_studio_engine::library::resolve(&peft_studio_engine::library::studio_home(), model)
 }
 
 /// Applies method flags on top of a method config.
@@ -100,6 +106,7 @@ fn train(a: TrainArgs) -> Result<()> {
     if let Some(o) = &a.out {
         cfg.out = o.clone();
     }
+    cfg.model = resolve_model(&cfg.model)?;
     apply_method_args(&mut cfg.method, &a.method)?;
     let t = &mut cfg.train;
     if let Some(v) = a.lr {
@@ -192,8 +199,9 @@ fn resolve_run(id: &str) -> PathBuf {
     }
 }
 
-fn generate_cmd(a: GenerateArgs) -> Result<()> {
+fn generate_cmd(mut a: GenerateArgs) -> Result<()> {
     use std::io::Write;
+    a.model = resolve_model(&a.model)?;
     let device = run::default_device();
     let mut model = load_model(&a.model, DType::F32, &device)?;
     let tok = TextTokenizer::load(&a.model, &model.config().eos_token_ids)?;
@@ -251,10 +259,31 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
 /// The demo dataset shipped with the studio.
 const DEMO_DATASET: &str = include_str!("../../../assets/demo/dataset.jsonl");
 
-/// Writes a small model made in code, the demo dataset and a run config that trains on them.
-fn demo(out: &Path) -> Result<()> {
+/// Writes the demo dataset and a run config that trains on it: with `model` (a folder or an
+/// installed model's name) LoRA on q/k/v/o at a rate suited to a pretrained model, otherwise
+/// all-linear LoRA on a small model made in code.
+fn demo(out: &Path, model: Option<&Path>) -> Result<()> {
     use peft_studio_engine::fixtures::{write_tiny_model, TinySpec};
     use peft_studio_engine::fsutil::write_atomic;
+    if let Some(model) = model {
+        let model = resolve_model(model)?;
+        write_atomic(&out.join("dataset.jsonl"), DEMO_DATASET.as_bytes())?;
+        let cfg = RunConfig {
+            model,
+            dataset: out.join("dataset.jsonl"),
+            out: out.join("runs").join("demo"),
+            method: MethodConfig {
+                r: 8,
+                lora_alpha: 16.0,
+                target_modules: TargetModules::parse_cli("q_proj,k_proj,v_proj,o_proj"),
+                ..Default::default()
+            },
+            train: demo_train(2e-3, 2),
+        };
+        write_atomic(&out.join("run.toml"), cfg.to_toml()?.as_bytes())?;
+        eprintln!("demo dataset and run config written to {}", out.display());
+        return Ok(());
+    }
     let model = out.join("model");
     if !model.join("config.json").is_file() {
         let spec = TinySpec {
@@ -274,16 +303,7 @@ fn demo(out: &Path) -> Result<()> {
         dataset: out.join("dataset.jsonl"),
         out: out.join("runs").join("demo"),
         method,
-        train: peft_studio_engine::train::TrainConfig {
-            lr: 1e-2,
-            epochs: 20,
-            batch_size: 4,
-            seq_len: 128,
-            val_fraction: 0.1,
-            eval_every: 10,
-            checkpoint_every: 25,
-            ..Default::default()
-        },
+        train: demo_train(1e-2, 20),
     };
     write_atomic(&out.join("run.toml"), cfg.to_toml()?.as_bytes())?;
     eprintln!(
@@ -291,4 +311,18 @@ fn demo(out: &Path) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// The demo's training settings: small batches, a held-out tenth, frequent evaluation.
+fn demo_train(lr: f64, epochs: usize) -> peft_studio_engine::train::TrainConfig {
+    peft_studio_engine::train::TrainConfig {
+        lr,
+        epochs,
+        batch_size: 4,
+        seq_len: 128,
+        val_fraction: 0.2,
+        eval_every: 4,
+        checkpoint_every: 25,
+        ..Default::default()
+    }
 }

@@ -253,6 +253,12 @@ impl<'a> Trainer<'a> {
         });
         let started = Instant::now();
         let mut cancelled = false;
+        // The untrained model's validation loss: the baseline every curve is read against.
+        if self.step == 0 && self.cfg.eval_every > 0 {
+            if let Some(eval_loss) = self.evaluate()? {
+                sink.event(&TrainEvent::Eval { step: 0, eval_loss });
+            }
+        }
         while self.step < total {
             if cancel.load(Ordering::Relaxed) {
                 cancelled = true;

@@ -6,6 +6,7 @@ mod errors;
 mod export;
 mod generate;
 mod gradients;
+mod library;
 mod model;
 mod plan;
 mod reference;

@@ -1,0 +1,78 @@
+//! Adding models to the library: a local Hugging Face folder (checked, used in place) or a
+//! GGUF file (converted into a Hugging Face folder in the studio's home).
+
+use std::path::{Path, PathBuf};
+
+use super::weights::check_folder;
+use super::{check_name, ModelEntry};
+use crate::error::{EngineError, Result};
+use crate::model::gguf::GgufModel;
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Checks a Hugging Face folder and describes it as a library entry.
+pub fn describe_folder(dir: &Path, name: &str, source: &str) -> Result<ModelEntry> {
+    check_name(name)?;
+    let summary = check_folder(dir)?;
+    let path = dir.canonicalize().map_err(|e| EngineError::io(dir, e))?;
+    Ok(ModelEntry {
+        name: name.to_string(),
+        path,
+        source: source.to_string(),
+        architecture: summary.config.architecture.clone(),
+        parameters: summary.parameters,
+        dtype: summary.dtype,
+        context_length: summary.config.max_position_embeddings,
+        size_bytes: summary.size_bytes,
+        added_unix: now_unix(),
+    })
+}
+
+/// The default library name of a file or folder: its stem.
+pub fn default_name(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    stem.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Converts a GGUF file into `<home>/models/<name>/` and describes it. The folder is written
+/// under a temporary name and renamed when complete, so a failure leaves nothing behind.
+pub fn import_gguf(
+    file: &Path,
+    home: &Path,
+    name: &str,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ModelEntry> {
+    check_name(name)?;
+    let model = GgufModel::read(file, progress)?;
+    let models = home.join("models");
+    let target = models.join(name);
+    let partial: PathBuf = models.join(format!(".{name}.partial"));
+    let _ = std::fs::remove_dir_all(&partial);
+    let written = model.write_hf_folder(&partial).and_then(|()| {
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(|e| EngineError::io(&target, e))?;
+        }
+        std::fs::rename(&partial, &target).map_err(|e| EngineError::io(&target, e))
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    describe_folder(&target, name, &format!("gguf:{}", file.display()))
+}

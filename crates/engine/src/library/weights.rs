@@ -1,0 +1,127 @@
+//! Checking a model folder without loading it: config, weight headers against the shapes
+//! the config implies, and the tokenizer.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{EngineError, Result};
+use crate::model::config::LlamaConfig;
+use crate::model::load::weight_files;
+use crate::tokenizer::TextTokenizer;
+
+/// Safetensors headers larger than this are refused (real ones are well under 10 MB).
+const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+/// `(dtype, shape)` of every tensor in one safetensors file, from its header alone.
+pub fn header(path: &Path) -> Result<HashMap<String, (String, Vec<usize>)>> {
+    let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let size = file.metadata().map_err(|e| EngineError::io(path, e))?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| EngineError::bad_file(path, "truncated: shorter than a safetensors header"))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER_BYTES || len + 8 > size {
+        return Err(EngineError::bad_file(
+            path,
+            format!("corrupt safetensors header: it claims {len} bytes in a {size}-byte file"),
+        ));
+    }
+    let mut text = vec![0u8; len as usize];
+    file.read_exact(&mut text)
+        .map_err(|e| EngineError::io(path, e))?;
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&text)
+        .map_err(|e| EngineError::bad_file(path, format!("corrupt safetensors header: {e}")))?;
+    let mut out = HashMap::new();
+    for (name, info) in json {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .unwrap_or("?")
+            .to_string();
+        let shape = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .map(|s| {
+                s.iter()
+                    .filter_map(|d| d.as_u64())
+                    .map(|d| d as usize)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(end) = info
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .and_then(|o| o.get(1))
+            .and_then(|e| e.as_u64())
+        {
+            if end + len + 8 > size {
+                return Err(EngineError::bad_file(
+                    path,
+                    format!("truncated: tensor `{name}` ends past the end of the file"),
+                ));
+            }
+        }
+        out.insert(name, (dtype, shape));
+    }
+    Ok(out)
+}
+
+/// What a checked model folder holds.
+pub struct FolderSummary {
+    /// The validated configuration.
+    pub config: LlamaConfig,
+    /// Weight storage type (the first tensor's).
+    pub dtype: String,
+    /// Number of weights.
+    pub parameters: u64,
+    /// Bytes of weight files.
+    pub size_bytes: u64,
+}
+
+/// Checks config.json, every weight file's header against the shapes the config implies,
+/// and the tokenizer; the errors name the file and the tensor.
+pub fn check_folder(dir: &Path) -> Result<FolderSummary> {
+    if !dir.is_dir() {
+        return Err(EngineError::bad_file(dir, "model folder not found"));
+    }
+    let config = LlamaConfig::from_path(&dir.join("config.json"))?;
+    let mut found = HashMap::new();
+    let mut size_bytes = 0;
+    for file in weight_files(dir)? {
+        size_bytes += std::fs::metadata(&file)
+            .map_err(|e| EngineError::io(&file, e))?
+            .len();
+        found.extend(header(&file)?);
+    }
+    let mut dtype = String::new();
+    let mut parameters = 0u64;
+    for (name, shape) in config.weight_shapes() {
+        let Some((d, s)) = found.get(&name) else {
+            return Err(EngineError::bad_file(
+                dir,
+                format!("weights lack tensor `{name}`"),
+            ));
+        };
+        if *s != shape {
+            return Err(EngineError::bad_file(
+                dir,
+                format!("tensor `{name}` has shape {s:?}, config.json implies {shape:?}"),
+            ));
+        }
+        if dtype.is_empty() {
+            dtype = d.clone();
+        }
+        parameters += shape.iter().product::<usize>() as u64;
+    }
+    TextTokenizer::load(dir, &config.eos_token_ids)?;
+    Ok(FolderSummary {
+        config,
+        dtype,
+        parameters,
+        size_bytes,
+    })
+}

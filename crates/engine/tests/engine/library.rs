@@ -1,0 +1,210 @@
+//! The model library: importing GGUF files and folders, the registry, and bad input.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use peft_studio_engine::library::import::{describe_folder, import_gguf};
+use peft_studio_engine::library::{resolve, Registry};
+use peft_studio_engine::model::gguf::GgufModel;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/reference")
+        .join(rel)
+}
+
+fn read_error(path: &Path) -> String {
+    match GgufModel::read(path, &mut |_, _| {}) {
+        Ok(_) => panic!("{} was accepted", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn gguf_import_registers_a_loadable_model_by_name() {
+    let home = tempfile::tempdir().unwrap();
+    let gguf = fixture("gguf/tiny-llama-spm.gguf");
+    let mut calls = 0;
+    let entry = import_gguf(&gguf, home.path(), "tiny", &mut |_, _| calls += 1).unwrap();
+    assert!(calls > 0, "progress is reported");
+    assert_eq!(entry.architecture, "LlamaForCausalLM");
+    assert_eq!(entry.dtype, "F32");
+    assert!(entry.parameters > 0 && entry.size_bytes >= entry.parameters * 4);
+    let mut registry = Registry::open(home.path()).unwrap();
+    registry.put(entry.clone()).unwrap();
+    let reopened = Registry::open(home.path()).unwrap();
+    assert_eq!(reopened.get("tiny"), Some(&entry));
+    assert_eq!(resolve(home.path(), Path::new("tiny")).unwrap(), entry.path);
+    let unknown = resolve(home.path(), Path::new("nope"))
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("models list"), "{unknown}");
+}
+
+#[test]
+fn truncated_gguf_is_refused_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("gguf/tiny-llama-spm.gguf")).unwrap();
+    for keep in [16, 3000, bytes.len() * 9 / 10] {
+        let path = dir.path().join(format!("cut-{keep}.gguf"));
+        std::fs::write(&path, &bytes[..keep]).unwrap();
+        let err = read_error(&path);
+        assert!(
+            err.contains(&path.display().to_string()),
+            "names the file: {err}"
+        );
+        assert!(
+            err.contains("truncated") || err.contains("remaining"),
+            "{err}"
+        );
+        let home = dir.path().join("home");
+        assert!(import_gguf(&path, &home, "cut", &mut |_, _| {}).is_err());
+        let left: Vec<_> = std::fs::read_dir(home.join("models"))
+            .map(|d| d.collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "a failed import leaves no folder");
+    }
+}
+
+#[test]
+fn wrong_magic_says_it_is_not_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    std::fs::write(&path, b"PK\x03\x04 this is a zip file, not a model").unwrap();
+    assert!(read_error(&path).contains("not a GGUF file"));
+}
+
+#[test]
+fn unknown_tensor_type_is_named() {
+    // A minimal GGUF v3 header whose one tensor claims type 99.
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&1u64.to_le_bytes()); // metadata entries
+    let key = b"general.architecture";
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(&8u32.to_le_bytes()); // string
+    b.extend_from_slice(&5u64.to_le_bytes());
+    b.extend_from_slice(b"llama");
+    let name = b"token_embd.weight";
+    b.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    b.extend_from_slice(name);
+    b.extend_from_slice(&2u32.to_le_bytes());
+    b.extend_from_slice(&32u64.to_le_bytes());
+    b.extend_from_slice(&4u64.to_le_bytes());
+    b.extend_from_slice(&99u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.resize(b.len() + 1024, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.gguf");
+    std::fs::write(&path, b).unwrap();
+    let err = read_error(&path);
+    assert!(
+        err.contains("tensor type this version cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn non_llama_architecture_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpt2.gguf");
+    let t = QTensor::quantize(
+        &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
+    let arch = Value::String("gpt2".into());
+    let mut f = std::fs::File::create(&path).unwrap();
+    gguf_file::write(
+        &mut f,
+        &[("general.architecture", &arch)],
+        &[("token_embd.weight", &t)],
+    )
+    .unwrap();
+    drop(f);
+    let err = read_error(&path);
+    assert!(
+        err.contains("architecture `gpt2` is not supported"),
+        "{err}"
+    );
+    assert!(err.contains("llama"), "lists what is supported: {err}");
+}
+
+#[test]
+fn folder_checks_name_the_missing_or_broken_part() {
+    let dir = tempfile::tempdir().unwrap();
+    // The transformers checkpoint has no tokenizer.
+    let no_tok = dir.path().join("no-tokenizer");
+    copy_dir(&fixture("archs/llama2"), &no_tok);
+    let err = describe_folder(&no_tok, "x", "folder")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tokenizer.json"), "{err}");
+
+    // An architecture the decoder does not implement.
+    let gpt2 = dir.path().join("gpt2");
+    copy_dir(&fixture("archs/llama2"), &gpt2);
+    let cfg = std::fs::read_to_string(gpt2.join("config.json")).unwrap();
+    std::fs::write(
+        gpt2.join("config.json"),
+        cfg.replace("LlamaForCausalLM", "GPT2LMHeadModel"),
+    )
+    .unwrap();
+    let err = describe_folder(&gpt2, "x", "folder")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("GPT2LMHeadModel") && err.contains("not supported"),
+        "{err}"
+    );
+
+    // A weights file whose header claims more than the file holds.
+    let corrupt = dir.path().join("corrupt");
+    copy_dir(&fixture("archs/llama2"), &corrupt);
+    let weights = corrupt.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    std::fs::write(&weights, bytes).unwrap();
+    let err = describe_folder(&corrupt, "x", "folder")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("corrupt"),
+        "{err}"
+    );
+
+    // A truncated weights file.
+    let short = dir.path().join("short");
+    copy_dir(&fixture("archs/llama2"), &short);
+    let weights = short.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 100]).unwrap();
+    let err = describe_folder(&short, "x", "folder")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("truncated"), "{err}");
+
+    // Names that would escape the library folder.
+    for bad in ["../evil", "", ".hidden", "a/b"] {
+        assert!(import_gguf(
+            &fixture("gguf/tiny-llama-spm.gguf"),
+            dir.path(),
+            bad,
+            &mut |_, _| {}
+        )
+        .is_err());
+    }
+}
