@@ -33,13 +33,15 @@ pub fn describe_folder(dir: &Path, name: &str, source: &str) -> Result<ModelEntr
     })
 }
 
-/// The default library name of a file or folder: its stem.
+/// The default library name of a GGUF file, folder or hub repository: its last path part
+/// without `.gguf`, e.g. `Qwen/Qwen2.5-0.5B` gives `Qwen2.5-0.5B`.
 pub fn default_name(path: &Path) -> String {
-    let stem = path
-        .file_stem()
+    let last = path
+        .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    stem.chars()
+    let last = last.strip_suffix(".gguf").unwrap_or(&last);
+    last.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
                 c

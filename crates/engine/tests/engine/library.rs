@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use peft_studio_engine::library::import::{describe_folder, import_gguf};
+use peft_studio_engine::library::import::{default_name, describe_folder, import_gguf};
 use peft_studio_engine::library::{resolve, Registry};
 use peft_studio_engine::model::gguf::GgufModel;
 
@@ -207,4 +207,11 @@ fn folder_checks_name_the_missing_or_broken_part() {
         )
         .is_err());
     }
+}
+
+#[test]
+fn default_names_keep_dots_and_drop_the_gguf_extension() {
+    assert_eq!(default_name(Path::new("Qwen/Qwen2.5-0.5B")), "Qwen2.5-0.5B");
+    assert_eq!(default_name(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")), "SmolLM2-135M-Instruct.Q4_1");
+    assert_eq!(default_name(Path::new("my model")), "my-model");
 }
