@@ -4,7 +4,10 @@ pub mod commands;
 
 /// Registers every command on `builder` (the real one, or Tauri's mock in tests).
 pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
-    builder.invoke_handler(tauri::generate_handler![commands::about::app_info])
+    builder.invoke_handler(tauri::generate_handler![
+        commands::about::app_info,
+        commands::models::list_models
+    ])
 }
 
 /// Starts the studio.

@@ -212,6 +212,9 @@ fn folder_checks_name_the_missing_or_broken_part() {
 #[test]
 fn default_names_keep_dots_and_drop_the_gguf_extension() {
     assert_eq!(default_name(Path::new("Qwen/Qwen2.5-0.5B")), "Qwen2.5-0.5B");
-    assert_eq!(default_name(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")), "SmolLM2-135M-Instruct.Q4_1");
+    assert_eq!(
+        default_name(Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")),
+        "SmolLM2-135M-Instruct.Q4_1"
+    );
     assert_eq!(default_name(Path::new("my model")), "my-model");
 }
