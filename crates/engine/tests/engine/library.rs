@@ -143,58 +143,53 @@ fn non_llama_architecture_is_named() {
     assert!(err.contains("llama"), "lists what is supported: {err}");
 }
 
+/// A copy of the transformers llama2 fixture (which has no tokenizer) with `edit` applied.
+fn broken_copy(dir: &Path, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+    let copy = dir.join(name);
+    copy_dir(&fixture("archs/llama2"), &copy);
+    edit(&copy);
+    copy
+}
+
+fn folder_error(folder: &Path) -> String {
+    describe_folder(folder, "x", "folder")
+        .unwrap_err()
+        .to_string()
+}
+
 #[test]
 fn folder_checks_name_the_missing_or_broken_part() {
     let dir = tempfile::tempdir().unwrap();
-    // The transformers checkpoint has no tokenizer.
-    let no_tok = dir.path().join("no-tokenizer");
-    copy_dir(&fixture("archs/llama2"), &no_tok);
-    let err = describe_folder(&no_tok, "x", "folder")
-        .unwrap_err()
-        .to_string();
+    let err = folder_error(&broken_copy(dir.path(), "no-tokenizer", |_| {}));
     assert!(err.contains("tokenizer.json"), "{err}");
 
-    // An architecture the decoder does not implement.
-    let gpt2 = dir.path().join("gpt2");
-    copy_dir(&fixture("archs/llama2"), &gpt2);
-    let cfg = std::fs::read_to_string(gpt2.join("config.json")).unwrap();
-    std::fs::write(
-        gpt2.join("config.json"),
-        cfg.replace("LlamaForCausalLM", "GPT2LMHeadModel"),
-    )
-    .unwrap();
-    let err = describe_folder(&gpt2, "x", "folder")
-        .unwrap_err()
-        .to_string();
+    let err = folder_error(&broken_copy(dir.path(), "gpt2", |f| {
+        let cfg = std::fs::read_to_string(f.join("config.json")).unwrap();
+        std::fs::write(
+            f.join("config.json"),
+            cfg.replace("LlamaForCausalLM", "GPT2LMHeadModel"),
+        )
+        .unwrap();
+    }));
     assert!(
         err.contains("GPT2LMHeadModel") && err.contains("not supported"),
         "{err}"
     );
 
-    // A weights file whose header claims more than the file holds.
-    let corrupt = dir.path().join("corrupt");
-    copy_dir(&fixture("archs/llama2"), &corrupt);
-    let weights = corrupt.join("model.safetensors");
-    let mut bytes = std::fs::read(&weights).unwrap();
-    bytes[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
-    std::fs::write(&weights, bytes).unwrap();
-    let err = describe_folder(&corrupt, "x", "folder")
-        .unwrap_err()
-        .to_string();
+    // A header claiming more than the file holds, and a file cut short.
+    let err = folder_error(&broken_copy(dir.path(), "corrupt", |f| {
+        let mut bytes = std::fs::read(f.join("model.safetensors")).unwrap();
+        bytes[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        std::fs::write(f.join("model.safetensors"), bytes).unwrap();
+    }));
     assert!(
         err.contains("model.safetensors") && err.contains("corrupt"),
         "{err}"
     );
-
-    // A truncated weights file.
-    let short = dir.path().join("short");
-    copy_dir(&fixture("archs/llama2"), &short);
-    let weights = short.join("model.safetensors");
-    let bytes = std::fs::read(&weights).unwrap();
-    std::fs::write(&weights, &bytes[..bytes.len() - 100]).unwrap();
-    let err = describe_folder(&short, "x", "folder")
-        .unwrap_err()
-        .to_string();
+    let err = folder_error(&broken_copy(dir.path(), "short", |f| {
+        let bytes = std::fs::read(f.join("model.safetensors")).unwrap();
+        std::fs::write(f.join("model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
+    }));
     assert!(err.contains("truncated"), "{err}");
 
     // Names that would escape the library folder.

@@ -110,55 +110,48 @@ impl<'a> Metadata<'a> {
         }
     }
 
-    /// An array of strings.
-    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>> {
-        match self.values.get(key) {
-            None => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s.clone()),
-                    _ => Err(self.file_error(format!("metadata `{key}` holds a non-string"))),
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-            Some(_) => Err(self.file_error(format!("metadata `{key}` is not an array"))),
-        }
-    }
-
-    /// An array of integers.
-    pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
-        match self.values.get(key) {
-            None => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| match v {
-                    Value::I32(x) => Ok(i64::from(*x)),
-                    other => as_u64(other).map(|x| x as i64).ok_or_else(|| {
-                        self.file_error(format!("metadata `{key}` holds a non-integer"))
-                    }),
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-            Some(_) => Err(self.file_error(format!("metadata `{key}` is not an array"))),
-        }
-    }
-
-    /// An array of numbers.
-    pub fn floats(&self, key: &str) -> Result<Option<Vec<f64>>> {
+    /// An array whose every element `convert` accepts; `what` names the element kind.
+    fn array<T>(
+        &self,
+        key: &str,
+        what: &str,
+        convert: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Option<Vec<T>>> {
         match self.values.get(key) {
             None => Ok(None),
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|v| {
-                    as_f64(v).ok_or_else(|| {
-                        self.file_error(format!("metadata `{key}` holds a non-number"))
+                    convert(v).ok_or_else(|| {
+                        self.file_error(format!("metadata `{key}` holds a non-{what}"))
                     })
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(_) => Err(self.file_error(format!("metadata `{key}` is not an array"))),
         }
+    }
+
+    /// An array of strings.
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<String>>> {
+        self.array(key, "string", |v| match v {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        })
+    }
+
+    /// An array of integers.
+    pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        self.array(key, "integer", |v| match v {
+            Value::I32(x) => Some(i64::from(*x)),
+            Value::I64(x) => Some(*x),
+            other => as_u64(other).map(|x| x as i64),
+        })
+    }
+
+    /// An array of numbers.
+    pub fn floats(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        self.array(key, "number", as_f64)
     }
 
     /// `general.architecture`, checked against the ones the decoder implements.
