@@ -51,3 +51,87 @@ pub fn safetensors_bytes(
     safetensors::tensor::serialize(views.iter().map(|(n, t)| (n.as_str(), t)), metadata)
         .map_err(|e| EngineError::config("safetensors", e.to_string()))
 }
+
+/// Writes an F32 safetensors file (with `format=pt`) whose tensors are produced one at a time
+/// by `tensor(index)` in the order of `shapes`, so only one is in memory. Written through a
+/// temporary file, fsynced and renamed like [`write_atomic`].
+pub fn write_safetensors_streaming(
+    path: &Path,
+    shapes: &[(String, Vec<usize>)],
+    mut tensor: impl FnMut(usize) -> Result<candle_core::Tensor>,
+) -> Result<()> {
+    use std::io::{BufWriter, Seek};
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for (name, shape) in shapes {
+        let bytes = shape.iter().product::<usize>() * 4;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut text = serde_json::to_vec(&header)
+        .map_err(|e| EngineError::config("safetensors", e.to_string()))?;
+    // The data must start 8-byte aligned; the format pads the header with spaces.
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = (|| -> Result<()> {
+        let file = std::fs::File::create(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let io = |e| EngineError::io(path, e);
+        out.write_all(&(text.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        out.write_all(&text).map_err(io)?;
+        for (index, (name, shape)) in shapes.iter().enumerate() {
+            let t = tensor(index)?.to_dtype(candle_core::DType::F32)?;
+            if t.dims() != shape.as_slice() {
+                return Err(EngineError::config(
+                    "safetensors",
+                    format!(
+                        "tensor `{name}` has shape {:?}, announced {shape:?}",
+                        t.dims()
+                    ),
+                ));
+            }
+            let mut values = t.flatten_all()?.to_vec1::<f32>()?;
+            if cfg!(target_endian = "big") {
+                values
+                    .iter_mut()
+                    .for_each(|v| *v = f32::from_bits(v.to_bits().swap_bytes()));
+            }
+            out.write_all(bytemuck::cast_slice(&values)).map_err(io)?;
+        }
+        let mut file = out
+            .into_inner()
+            .map_err(|e| EngineError::io(path, e.into_error()))?;
+        let end = file.stream_position().map_err(io)?;
+        if end != 8 + text.len() as u64 + offset as u64 {
+            return Err(EngineError::config(
+                "safetensors",
+                "written size differs from the header",
+            ));
+        }
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -61,12 +61,12 @@ pub fn import_gguf(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ModelEntry> {
     check_name(name)?;
-    let model = GgufModel::read(file, progress)?;
+    let model = GgufModel::open(file)?;
     let models = home.join("models");
     let target = models.join(name);
     let partial: PathBuf = models.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
-    let written = model.write_hf_folder(&partial).and_then(|()| {
+    let written = model.write_hf_folder(&partial, progress).and_then(|()| {
         if target.exists() {
             std::fs::remove_dir_all(&target).map_err(|e| EngineError::io(&target, e))?;
         }

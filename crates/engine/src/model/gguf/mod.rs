@@ -1,6 +1,7 @@
 //! Importing GGUF files (llama.cpp, Ollama, LM Studio) as transformers-layout models:
 //! configuration from the metadata, f32 weights in transformers' names and row order, and
-//! the tokenizer rebuilt from its metadata.
+//! the tokenizer rebuilt from its metadata. Tensors are dequantised one at a time, so a
+//! conversion needs the memory of one tensor, not of the model.
 
 pub mod meta;
 pub mod tensors;
@@ -14,10 +15,10 @@ use candle_core::Tensor;
 
 use super::config::LlamaConfig;
 use crate::error::{EngineError, Result};
-use crate::fsutil::{safetensors_bytes, write_atomic};
+use crate::fsutil::{write_atomic, write_safetensors_streaming};
 use meta::Metadata;
 
-/// A GGUF model read into memory in transformers' layout.
+/// A GGUF model whose header has been read; tensors are read on demand.
 pub struct GgufModel {
     /// The file it came from.
     pub path: PathBuf,
@@ -25,10 +26,12 @@ pub struct GgufModel {
     pub config_json: serde_json::Value,
     /// The validated configuration.
     pub config: LlamaConfig,
-    /// Dequantised f32 weights under transformers' names.
-    pub tensors: HashMap<String, Tensor>,
     /// `tokenizer.json` and `tokenizer_config.json`.
     pub tokenizer: vocab::GgufTokenizer,
+    content: Content,
+    arch: String,
+    /// (GGUF name, transformers name, shape), sorted by transformers name.
+    weights: Vec<(String, String, Vec<usize>)>,
 }
 
 /// Reads the header of a GGUF file, with errors that name the file.
@@ -49,81 +52,120 @@ fn read_content(path: &Path, file: &mut std::fs::File) -> Result<Content> {
 }
 
 impl GgufModel {
-    /// Reads and dequantises a GGUF file; `progress(done, total)` is called per tensor.
-    pub fn read(path: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+    /// Reads the header: configuration, tokenizer and the tensor list, all checked.
+    pub fn open(path: &Path) -> Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
         let content = read_content(path, &mut file)?;
         let meta = Metadata::new(path, &content.metadata);
         let (arch, _) = meta.architecture()?;
         let tokenizer = vocab::tokenizer(&meta)?;
-        let heads = meta.count(&format!("{arch}.attention.head_count"))?;
-        let kv_heads = match meta.uint(&format!("{arch}.attention.head_count_kv"))? {
-            Some(_) => meta.count(&format!("{arch}.attention.head_count_kv"))?,
-            None => heads,
-        };
-
-        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-        names.sort();
-        let total = names.len();
-        let mut tensors = HashMap::new();
-        let mut rope_divisors = None;
-        for (done, name) in names.into_iter().enumerate() {
-            let read = |file: &mut std::fs::File| {
-                tensors::dequantized(&content, file, name)
-                    .map_err(|e| EngineError::bad_file(path, format!("tensor `{name}`: {e}")))
-            };
+        let mut weights = Vec::new();
+        for (name, info) in &content.tensor_infos {
             if name == "rope_freqs.weight" {
-                rope_divisors = Some(read(&mut file)?.flatten_all()?.to_vec1::<f32>()?);
                 continue;
             }
-            let Some(hf) = tensors::hf_name(name) else {
-                return Err(EngineError::bad_file(
+            let hf = tensors::hf_name(name).ok_or_else(|| {
+                EngineError::bad_file(
                     path,
                     format!("tensor `{name}` is not part of a {arch} model this version reads"),
-                ));
-            };
-            let mut t = read(&mut file)?;
-            // llama.cpp's `llama` rope pairs adjacent dimensions; transformers pairs halves.
-            if arch == "llama" && hf.contains(".self_attn.q_proj.") {
-                t = tensors::unpermute(&t, heads)?;
-            } else if arch == "llama" && hf.contains(".self_attn.k_proj.") {
-                t = tensors::unpermute(&t, kv_heads)?;
-            }
-            tensors.insert(hf, t);
-            progress(done + 1, total);
+                )
+            })?;
+            weights.push((name.clone(), hf, info.shape.dims().to_vec()));
         }
-
-        let tied = !tensors.contains_key("lm_head.weight");
-        let rope_scaling = match rope_divisors {
-            None => None,
-            Some(divisors) => {
+        weights.sort_by(|a, b| a.1.cmp(&b.1));
+        let tied = !weights.iter().any(|w| w.1 == "lm_head.weight");
+        let rope_scaling = match content.tensor_infos.contains_key("rope_freqs.weight") {
+            false => None,
+            true => {
+                let divisors = tensors::dequantized(&content, &mut file, "rope_freqs.weight")
+                    .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                    .map_err(|e| {
+                        EngineError::bad_file(path, format!("tensor `rope_freqs.weight`: {e}"))
+                    })?;
                 let cfg = meta.config_json(tied, None)?;
                 let num = |k: &str| cfg.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
-                let found = tensors::llama3_scaling(
-                    &divisors,
-                    num("head_dim") as usize,
-                    num("rope_theta"),
-                    num("max_position_embeddings") as usize,
-                );
-                Some(found.ok_or_else(|| {
-                    EngineError::bad_file(
-                        path,
-                        "`rope_freqs.weight` does not match Llama 3 rope scaling; this rope scaling is not supported",
+                Some(
+                    tensors::llama3_scaling(
+                        &divisors,
+                        num("head_dim") as usize,
+                        num("rope_theta"),
+                        num("max_position_embeddings") as usize,
                     )
-                })?)
+                    .ok_or_else(|| {
+                        EngineError::bad_file(
+                            path,
+                            "`rope_freqs.weight` does not match Llama 3 rope scaling; this rope scaling is not supported",
+                        )
+                    })?,
+                )
             }
         };
         let config_json = meta.config_json(tied, rope_scaling)?;
         let config = LlamaConfig::from_json(&config_json.to_string()).map_err(|e| {
             EngineError::bad_file(path, format!("its hyper-parameters are not usable: {e}"))
         })?;
+        // Every tensor the config implies must be there with its shape, before any is read.
+        let found: HashMap<&str, &Vec<usize>> =
+            weights.iter().map(|(_, hf, s)| (hf.as_str(), s)).collect();
+        for (name, shape) in config.weight_shapes() {
+            match found.get(name.as_str()) {
+                Some(s) if **s == shape => {}
+                Some(s) => {
+                    return Err(EngineError::bad_file(
+                        path,
+                        format!(
+                            "tensor for `{name}` has shape {s:?}, the metadata implies {shape:?}"
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(EngineError::bad_file(
+                        path,
+                        format!("no tensor for `{name}`"),
+                    ))
+                }
+            }
+        }
         Ok(Self {
             path: path.to_path_buf(),
             config_json,
             config,
-            tensors,
             tokenizer,
+            content,
+            arch,
+            weights,
         })
+    }
+
+    /// One weight, dequantised to f32 and in transformers' row order.
+    fn weight(&self, file: &mut std::fs::File, gguf: &str, hf: &str) -> Result<Tensor> {
+        let t = tensors::dequantized(&self.content, file, gguf)
+            .map_err(|e| EngineError::bad_file(&self.path, format!("tensor `{gguf}`: {e}")))?;
+        // llama.cpp's `llama` rope pairs adjacent dimensions; transformers pairs halves.
+        if self.arch != "llama" {
+            Ok(t)
+        } else if hf.contains(".self_attn.q_proj.") {
+            tensors::unpermute(&t, self.config.num_attention_heads)
+        } else if hf.contains(".self_attn.k_proj.") {
+            tensors::unpermute(&t, self.config.num_key_value_heads)
+        } else {
+            Ok(t)
+        }
+    }
+
+    /// Every weight under its transformers name; `progress(done, total)` per tensor.
+    pub fn tensors(
+        &self,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<HashMap<String, Tensor>> {
+        let mut file =
+            std::fs::File::open(&self.path).map_err(|e| EngineError::io(&self.path, e))?;
+        let mut out = HashMap::new();
+        for (done, (gguf, hf, _)) in self.weights.iter().enumerate() {
+            out.insert(hf.clone(), self.weight(&mut file, gguf, hf)?);
+            progress(done + 1, self.weights.len());
+        }
+        Ok(out)
     }
 
     /// The tokenizer, ready to use.
@@ -135,22 +177,32 @@ impl GgufModel {
     }
 
     /// Writes a Hugging Face model folder (config.json, model.safetensors, tokenizer.json,
-    /// tokenizer_config.json) that transformers and the studio both load.
-    pub fn write_hf_folder(&self, dir: &Path) -> Result<()> {
+    /// tokenizer_config.json) that transformers and the studio both load; the weights are
+    /// dequantised and written one tensor at a time.
+    pub fn write_hf_folder(
+        &self,
+        dir: &Path,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
         // Check the tokenizer before anything is written.
         self.text_tokenizer()?;
         std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
-        let mut named: Vec<(String, Tensor)> = self
-            .tensors
+        let mut file =
+            std::fs::File::open(&self.path).map_err(|e| EngineError::io(&self.path, e))?;
+        let shapes: Vec<(String, Vec<usize>)> = self
+            .weights
             .iter()
-            .map(|(n, t)| (n.clone(), t.clone()))
+            .map(|(_, hf, s)| (hf.clone(), s.clone()))
             .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        write_atomic(
-            &dir.join("model.safetensors"),
-            &safetensors_bytes(&named, Some(metadata))?,
-        )?;
+        let total = self.weights.len();
+        let mut done = 0;
+        write_safetensors_streaming(&dir.join("model.safetensors"), &shapes, |index| {
+            let (gguf, hf, _) = &self.weights[index];
+            let t = self.weight(&mut file, gguf, hf)?;
+            done += 1;
+            progress(done, total);
+            Ok(t)
+        })?;
         let pretty = |v: &serde_json::Value| {
             serde_json::to_vec_pretty(v).map_err(|e| EngineError::config("json", e.to_string()))
         };
