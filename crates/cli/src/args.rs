@@ -33,6 +33,54 @@ pub enum Command {
     /// The model library: list, import a folder or GGUF file, download from the hub, remove.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Datasets: check every record, preview what will be trained.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+/// How a dataset file is read (shared by `data check` and `data preview`).
+#[derive(Debug, Args, Clone)]
+pub struct DataArgs {
+    /// The dataset: .jsonl, .json, .csv, .tsv or .txt.
+    pub file: PathBuf,
+    /// auto, text, prompt-completion, alpaca, messages or sharegpt.
+    #[arg(long, default_value = "auto")]
+    pub format: String,
+    /// Field renames, e.g. `question=prompt,answer=completion`.
+    #[arg(long)]
+    pub columns: Option<String>,
+    /// Train every token, not only completions and assistant turns.
+    #[arg(long)]
+    pub train_on_all: bool,
+}
+
+/// `data …`.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Report every unusable record as FILE:LINE: message, then a summary; exits 1 if any.
+    Check {
+        /// The dataset and how to read it.
+        #[command(flatten)]
+        data: DataArgs,
+        /// Also render chat records with this model's template (folder or library name).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// Print records as the model will see them, trained text marked, and token statistics.
+    Preview {
+        /// The dataset and how to read it.
+        #[command(flatten)]
+        data: DataArgs,
+        /// The model whose tokenizer and chat template apply (folder or library name).
+        #[arg(long)]
+        model: PathBuf,
+        /// How many records to print.
+        #[arg(long, default_value_t = 3)]
+        n: usize,
+        /// Length limit the statistics count over-long examples against.
+        #[arg(long, default_value_t = 2048)]
+        seq_len: usize,
+    },
 }
 
 /// `models …`.

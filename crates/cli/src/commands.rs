@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use candle_core::DType;
-use peft_studio_engine::chat::{self, Message};
+use peft_studio_engine::chat::Message;
 use peft_studio_engine::generate::{generate, GenerateOptions};
 use peft_studio_engine::model::{load_model, LlamaConfig};
 use peft_studio_engine::peft::{load::attach_lora, target, MethodConfig, TargetModules};
@@ -39,6 +39,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => crate::bench::bench(&a),
         Command::Demo(a) => demo(&a.out, a.model.as_deref()),
         Command::Models(c) => crate::models::run(c),
+        Command::Data(c) => crate::data::run(c),
     }
 }
 
@@ -94,6 +95,7 @@ fn train(a: TrainArgs) -> Result<()> {
                 out: a.out.clone().ok_or_else(|| missing("out"))?,
                 method: MethodConfig::default(),
                 train: Default::default(),
+                data: Default::default(),
             }
         }
     };
@@ -209,14 +211,7 @@ fn generate_cmd(mut a: GenerateArgs) -> Result<()> {
         attach_lora(&mut model, dir, Some(0.0))?;
     }
     let prompt = if a.chat {
-        let template = tok.chat_template().ok_or_else(|| {
-            EngineError::bad_file(
-                a.model.join("tokenizer_config.json"),
-                "has no chat_template; drop --chat",
-            )
-        })?;
-        chat::render(
-            template,
+        tok.compiled_chat_template()?.render(
             &[Message {
                 role: "user".into(),
                 content: a.prompt.clone(),
@@ -279,6 +274,7 @@ fn demo(out: &Path, model: Option<&Path>) -> Result<()> {
                 ..Default::default()
             },
             train: demo_train(2e-3, 2),
+            data: Default::default(),
         };
         write_atomic(&out.join("run.toml"), cfg.to_toml()?.as_bytes())?;
         eprintln!("demo dataset and run config written to {}", out.display());
@@ -304,6 +300,7 @@ fn demo(out: &Path, model: Option<&Path>) -> Result<()> {
         out: out.join("runs").join("demo"),
         method,
         train: demo_train(1e-2, 20),
+        data: Default::default(),
     };
     write_atomic(&out.join("run.toml"), cfg.to_toml()?.as_bytes())?;
     eprintln!(

@@ -3,6 +3,7 @@
 mod args;
 mod bench;
 mod commands;
+mod data;
 mod models;
 mod progress;
 

@@ -30,8 +30,12 @@ impl TrainSink for Bar {
                 train_examples,
                 val_examples,
                 dropped_examples,
+                truncated_examples,
             } => {
                 eprintln!("training {trainable_params} parameters on {train_examples} examples ({val_examples} held out)");
+                if *truncated_examples > 0 {
+                    eprintln!("note: {truncated_examples} examples are longer than seq_len and were cut (data.truncation decides which end)");
+                }
                 if *dropped_examples > 0 {
                     eprintln!("warning: {dropped_examples} examples have no trained token within seq_len and were left out");
                 }

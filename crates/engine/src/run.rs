@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{read_jsonl, Examples};
+use crate::data::{load_examples, DataConfig, Examples};
 use crate::error::{EngineError, Result};
 use crate::export::{write_peft_dir, ExportInfo};
 use crate::fsutil::write_atomic;
@@ -28,7 +28,7 @@ use crate::train::{checkpoint, TrainConfig, TrainSink, Trainer};
 pub struct RunConfig {
     /// The base model: a Hugging Face folder (config.json, safetensors, tokenizer.json).
     pub model: PathBuf,
-    /// The training data: a JSONL file of `text` or `prompt`/`completion` records.
+    /// The training data: JSONL, JSON, CSV/TSV or text (see `[data]` for formats).
     pub dataset: PathBuf,
     /// The run folder (created; checkpoints and the adapter go inside).
     pub out: PathBuf,
@@ -38,6 +38,9 @@ pub struct RunConfig {
     /// Optimiser, schedule, batching and bookkeeping.
     #[serde(default)]
     pub train: TrainConfig,
+    /// Record format, masking, bad-record policy, validation file, truncation side.
+    #[serde(default)]
+    pub data: DataConfig,
 }
 
 impl RunConfig {
@@ -48,7 +51,11 @@ impl RunConfig {
             toml::from_str(&text).map_err(|e| EngineError::bad_file(path, e.to_string()))?;
         // Relative paths in a config file are relative to the file.
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.model, &mut cfg.dataset, &mut cfg.out] {
+        let val = cfg.data.val_dataset.as_mut();
+        for p in [&mut cfg.model, &mut cfg.dataset, &mut cfg.out]
+            .into_iter()
+            .chain(val)
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -96,18 +103,25 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     let mut model = load_model(&cfg.model, DType::F32, &device)?;
     let tok = TextTokenizer::load(&cfg.model, &model.config().eos_token_ids)?;
     let trainables = cfg.method.apply(&mut model, cfg.train.seed)?;
-    let examples = read_jsonl(&cfg.dataset, &tok)?;
-    let examples = Examples::new(
-        examples,
-        cfg.train.seq_len,
-        cfg.train.batch_size,
-        cfg.train.seed,
-    )
-    .map_err(|e| match e {
-        EngineError::Config { message, .. } => EngineError::bad_file(&cfg.dataset, message),
-        other => other,
-    })?;
-    let (train, val) = examples.split(cfg.train.val_fraction)?;
+    let examples_of = |path: &Path| -> Result<Examples> {
+        let (examples, _report) = load_examples(path, &tok, &cfg.data)?;
+        Examples::with_truncation(
+            examples,
+            cfg.train.seq_len,
+            cfg.train.batch_size,
+            cfg.train.seed,
+            cfg.data.truncation,
+        )
+        .map_err(|e| match e {
+            EngineError::Config { message, .. } => EngineError::bad_file(path, message),
+            other => other,
+        })
+    };
+    let examples = examples_of(&cfg.dataset)?;
+    let (train, val) = match &cfg.data.val_dataset {
+        Some(path) => (examples, Some(examples_of(path)?)),
+        None => examples.split(cfg.train.val_fraction)?,
+    };
     Ok(Prepared {
         model,
         trainables,

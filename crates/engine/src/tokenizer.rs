@@ -4,11 +4,16 @@ use std::path::Path;
 
 use crate::error::{EngineError, Result};
 
+/// Byte range in the text of each token.
+pub type Offsets = Vec<(usize, usize)>;
+
 /// A Hugging Face tokenizer plus the end-of-sequence tokens generation stops at.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     eos_ids: Vec<u32>,
     bos_id: Option<u32>,
+    bos_token: String,
+    eos_token: String,
     chat_template: Option<String>,
 }
 
@@ -47,15 +52,18 @@ impl TextTokenizer {
         let mut eos_ids = extra_eos.to_vec();
         let mut bos_id = None;
         let mut chat_template = None;
+        let (mut bos_token, mut eos_token) = (String::new(), String::new());
         let cfg_path = dir.join("tokenizer_config.json");
         if cfg_path.is_file() {
             let text =
                 std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
             let cfg: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| EngineError::bad_file(&cfg_path, e.to_string()))?;
-            if let Some(id) = token_text(cfg.get("eos_token")).and_then(|t| inner.token_to_id(&t)) {
-                eos_ids.push(id);
+            if let Some(text) = token_text(cfg.get("eos_token")) {
+                eos_ids.extend(inner.token_to_id(&text));
+                eos_token = text;
             }
+            bos_token = token_text(cfg.get("bos_token")).unwrap_or_default();
             if cfg
                 .get("add_bos_token")
                 .and_then(|v| v.as_bool())
@@ -70,10 +78,23 @@ impl TextTokenizer {
         }
         eos_ids.sort_unstable();
         eos_ids.dedup();
+        // Chat templates in a separate file (transformers 5 writes chat_template.jinja).
+        let jinja = dir.join("chat_template.jinja");
+        if chat_template.is_none() && jinja.is_file() {
+            chat_template =
+                Some(std::fs::read_to_string(&jinja).map_err(|e| EngineError::io(&jinja, e))?);
+        }
+        if eos_token.is_empty() {
+            if let Some(&id) = eos_ids.first() {
+                eos_token = inner.id_to_token(id).unwrap_or_default();
+            }
+        }
         Ok(Self {
             inner,
             eos_ids,
             bos_id,
+            bos_token,
+            eos_token,
             chat_template,
         })
     }
@@ -100,6 +121,11 @@ impl TextTokenizer {
             .map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 
+    /// The end-of-sequence token's text (what training appends after text and completions).
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
+    }
+
     /// The tokens that end generation.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids
@@ -108,6 +134,24 @@ impl TextTokenizer {
     /// The Jinja chat template, when the model has one.
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
+    }
+
+    /// The model's chat template compiled with its special tokens, or ChatML when it has none.
+    pub fn compiled_chat_template(&self) -> Result<crate::chat::ChatTemplate> {
+        crate::chat::ChatTemplate::new(
+            self.chat_template().unwrap_or(crate::chat::CHATML),
+            &self.bos_token,
+            &self.eos_token,
+        )
+    }
+
+    /// Token ids of `text` (no BOS added) with each token's byte range in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     /// The vocabulary size including added tokens.

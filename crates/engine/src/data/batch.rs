@@ -2,6 +2,7 @@
 
 use candle_core::{Device, Tensor};
 
+use super::load::Truncation;
 use crate::error::{EngineError, Result};
 use crate::model::ops::SplitMix64;
 
@@ -33,18 +34,32 @@ pub struct Examples {
     examples: Vec<Example>,
     /// Examples dropped because nothing in them was left to train on.
     dropped: usize,
+    /// Examples cut to the length limit.
+    truncated: usize,
     batch_size: usize,
     seed: u64,
 }
 
 impl Examples {
-    /// Truncates examples to `seq_len + 1` tokens (inputs plus one shifted target) and drops
-    /// those with nothing to learn. Errors when none remain.
+    /// Truncates examples to `seq_len + 1` tokens (inputs plus one shifted target), cutting
+    /// the end (`Right`) or the start (`Left`), and drops those with nothing to learn.
+    /// Errors when none remain.
     pub fn new(
         examples: Vec<Example>,
         seq_len: usize,
         batch_size: usize,
         seed: u64,
+    ) -> Result<Self> {
+        Self::with_truncation(examples, seq_len, batch_size, seed, Truncation::Right)
+    }
+
+    /// [`Examples::new`] with the side to cut chosen.
+    pub fn with_truncation(
+        examples: Vec<Example>,
+        seq_len: usize,
+        batch_size: usize,
+        seed: u64,
+        side: Truncation,
     ) -> Result<Self> {
         if batch_size == 0 {
             return Err(EngineError::config("batch_size", "must be at least 1"));
@@ -53,11 +68,21 @@ impl Examples {
             return Err(EngineError::config("seq_len", "must be at least 1"));
         }
         let given = examples.len();
+        let mut truncated = 0;
         let examples: Vec<Example> = examples
             .into_iter()
             .map(|mut e| {
-                e.ids.truncate(seq_len + 1);
-                e.loss_mask.truncate(seq_len + 1);
+                let keep = seq_len + 1;
+                if e.ids.len() > keep {
+                    truncated += 1;
+                    if side == Truncation::Left {
+                        let cut = e.ids.len() - keep;
+                        e.ids.drain(..cut);
+                        e.loss_mask.drain(..cut);
+                    }
+                    e.ids.truncate(keep);
+                    e.loss_mask.truncate(keep);
+                }
                 e
             })
             .filter(|e| e.ids.len() >= 2 && e.loss_mask[1..].contains(&1))
@@ -72,6 +97,7 @@ impl Examples {
         Ok(Self {
             examples,
             dropped,
+            truncated,
             batch_size,
             seed,
         })
@@ -81,6 +107,11 @@ impl Examples {
     /// (a prompt longer than the limit, an empty text).
     pub fn dropped(&self) -> usize {
         self.dropped
+    }
+
+    /// Examples longer than `seq_len` that were cut.
+    pub fn truncated(&self) -> usize {
+        self.truncated
     }
 
     /// Number of examples.
@@ -115,13 +146,17 @@ impl Examples {
                 .collect::<Vec<_>>()
         };
         let (train_idx, val_idx) = order.split_at(self.examples.len() - n_val);
-        let part = |idx: &[usize], dropped: usize| Self {
+        let part = |idx: &[usize], dropped: usize, truncated: usize| Self {
             examples: pick(idx),
             dropped,
+            truncated,
             batch_size: self.batch_size,
             seed: self.seed,
         };
-        let (train, val) = (part(train_idx, self.dropped), part(val_idx, 0));
+        let (train, val) = (
+            part(train_idx, self.dropped, self.truncated),
+            part(val_idx, 0, 0),
+        );
         Ok((train, Some(val)))
     }
 

@@ -1,7 +1,14 @@
-//! Training data: reading records, tokenizing them with a loss mask, and batching.
+//! Training data: reading files (JSONL, JSON, CSV/TSV, text), record formats, chat templates
+//! and loss masks, validation reports, statistics, and batching.
 
 pub mod batch;
-pub mod jsonl;
+pub mod encode;
+pub mod format;
+pub mod load;
+pub mod read;
+pub mod stats;
 
 pub use batch::{Batch, Example, Examples};
-pub use jsonl::read_jsonl;
+pub use encode::{Encoder, TrainOn};
+pub use format::{Format, Record};
+pub use load::{load_examples, DataConfig, DataReport, OnBadRecords, Truncation};

@@ -44,6 +44,9 @@ pub enum TrainEvent {
         val_examples: usize,
         /// Examples left out: nothing to train on within `seq_len`.
         dropped_examples: usize,
+        /// Training examples longer than `seq_len`, cut to it.
+        #[serde(default)]
+        truncated_examples: usize,
     },
     /// A step finished.
     Step(StepMetrics),

@@ -250,6 +250,7 @@ impl<'a> Trainer<'a> {
             train_examples: self.train.len(),
             val_examples: self.val.as_ref().map(Examples::len).unwrap_or(0),
             dropped_examples: self.train.dropped(),
+            truncated_examples: self.train.truncated(),
         });
         let started = Instant::now();
         let mut cancelled = false;

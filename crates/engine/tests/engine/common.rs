@@ -53,5 +53,6 @@ pub fn run_config(
         out: dir.join("run"),
         method,
         train,
+        data: Default::default(),
     }
 }

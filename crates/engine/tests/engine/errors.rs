@@ -1,6 +1,6 @@
 //! Bad input gets a clear error naming the file, line or field — never a panic.
 
-use peft_studio_engine::data::read_jsonl;
+use peft_studio_engine::data::{load_examples, DataConfig};
 use peft_studio_engine::fixtures::TinySpec;
 use peft_studio_engine::model::{load_model, LlamaConfig};
 use peft_studio_engine::peft::MethodConfig;
@@ -105,7 +105,9 @@ fn empty_dataset_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tok = tokenizer(dir.path());
     let path = write(dir.path(), "empty.jsonl", "\n  \n");
-    let err = read_jsonl(&path, &tok).expect_err("empty").to_string();
+    let err = load_examples(&path, &tok, &DataConfig::default())
+        .expect_err("empty")
+        .to_string();
     assert!(
         err.contains("empty.jsonl") && err.contains("empty"),
         "{err}"
@@ -123,13 +125,27 @@ fn malformed_jsonl_names_the_line() {
             "not valid JSON",
         ),
         ("{\"text\": \"ok\"}\n[1, 2]\n", ":2:", "JSON object"),
-        ("{\"prompt\": \"p\"}\n", ":1:", "no `completion`"),
-        ("{\"text\": 5}\n", ":1:", "must be a string"),
-        ("{\"question\": \"q\"}\n", ":1:", "question"),
+        (
+            "{\"prompt\": \"p\"}\n",
+            ":1:",
+            "prompt-completion record has no \"completion\"",
+        ),
+        (
+            "{\"text\": 5}\n",
+            ":1:",
+            "field \"text\" is a number, expected a string",
+        ),
+        (
+            "{\"question\": \"q\"}\n",
+            ":1:",
+            "cannot tell the record format from the fields (question)",
+        ),
     ];
     for (text, line, what) in cases {
         let path = write(dir.path(), "bad.jsonl", text);
-        let err = read_jsonl(&path, &tok).expect_err("malformed").to_string();
+        let err = load_examples(&path, &tok, &DataConfig::default())
+            .expect_err("malformed")
+            .to_string();
         assert!(
             err.contains(&format!("bad.jsonl{line}")) && err.contains(what),
             "{err}"

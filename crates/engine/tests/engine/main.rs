@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code may panic
 
 mod common;
+mod data;
 mod errors;
 mod export;
 mod generate;

@@ -1,0 +1,141 @@
+//! Records to token ids with a loss mask. Prompt/completion: the completion and EOS are
+//! trained. Chat: the conversation is rendered once with the model's template and the tokens
+//! inside assistant turns (their end-of-turn tokens included) are trained, so the model learns
+//! to stop. With `TrainOn::All` every token is trained.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+use super::batch::Example;
+use super::format::Record;
+use crate::chat::{ChatTemplate, Message};
+use crate::error::{EngineError, Result};
+use crate::tokenizer::TextTokenizer;
+
+/// Which tokens are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainOn {
+    /// Completions and assistant turns only.
+    #[default]
+    Completions,
+    /// Every token, prompts and user turns included.
+    All,
+}
+
+/// A record as text, with the byte ranges that are trained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// The text the model sees (for chat: the template's output).
+    pub text: String,
+    /// Byte ranges of `text` that are trained.
+    pub trained: Vec<Range<usize>>,
+}
+
+/// A list of one byte range.
+fn one(range: Range<usize>) -> Vec<Range<usize>> {
+    std::iter::once(range).collect()
+}
+
+/// Tokenizes records for one model.
+pub struct Encoder<'a> {
+    tok: &'a TextTokenizer,
+    template: ChatTemplate,
+    train_on: TrainOn,
+}
+
+impl<'a> Encoder<'a> {
+    /// An encoder using the model's chat template (ChatML when it has none).
+    pub fn new(tok: &'a TextTokenizer, train_on: TrainOn) -> Result<Self> {
+        Ok(Self {
+            tok,
+            template: tok.compiled_chat_template()?,
+            train_on,
+        })
+    }
+
+    /// The text of a chat record and the byte ranges of its assistant turns, found by
+    /// rendering each prefix of the conversation the way generation would see it.
+    fn render_chat(&self, messages: &[Message]) -> Result<Rendered> {
+        let text = self.template.render(messages, false)?;
+        let mut trained = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            if m.role != "assistant" {
+                continue;
+            }
+            let before = self.template.render(&messages[..i], true)?;
+            let through = self.template.render(&messages[..=i], false)?;
+            if !through.starts_with(&before) || !text.starts_with(&through) {
+                return Err(EngineError::config(
+                    "chat_template",
+                    "renders earlier turns differently once later turns follow, so assistant turns cannot be located; use train_on = \"all\"",
+                ));
+            }
+            trained.push(before.len()..through.len());
+        }
+        Ok(Rendered { text, trained })
+    }
+
+    /// The record as the model sees it, with the trained byte ranges (for previews).
+    pub fn render(&self, record: &Record) -> Result<Rendered> {
+        // Text and completions end with the EOS token that `encode` appends.
+        let eos = self.tok.eos_token();
+        let mut rendered = match record {
+            Record::Text(t) => Rendered {
+                text: format!("{t}{eos}"),
+                trained: one(0..t.len() + eos.len()),
+            },
+            Record::PromptCompletion { prompt, completion } => Rendered {
+                text: format!("{prompt}{completion}{eos}"),
+                trained: one(prompt.len()..prompt.len() + completion.len() + eos.len()),
+            },
+            Record::Chat(messages) => self.render_chat(messages)?,
+        };
+        if self.train_on == TrainOn::All {
+            rendered.trained = one(0..rendered.text.len());
+        }
+        Ok(rendered)
+    }
+
+    /// Token ids and loss mask of one record.
+    pub fn encode(&self, record: &Record) -> Result<Example> {
+        let all = self.train_on == TrainOn::All;
+        let eos: Vec<u32> = self.tok.eos_ids().first().copied().into_iter().collect();
+        let (mut ids, mut mask) = match record {
+            Record::Text(t) => (self.tok.encode(t, true)?, Vec::new()),
+            Record::PromptCompletion { prompt, completion } => {
+                // Tokenized apart so the first completion token never merges into the prompt.
+                let mut ids = self.tok.encode(prompt, true)?;
+                let mask = vec![u8::from(all); ids.len()];
+                ids.extend(self.tok.encode(completion, false)?);
+                (ids, mask)
+            }
+            Record::Chat(messages) => {
+                let rendered = self.render_chat(messages)?;
+                let (ids, offsets) = self.tok.encode_with_offsets(&rendered.text)?;
+                let mask = offsets
+                    .iter()
+                    .map(|&(start, end)| {
+                        let inside = rendered
+                            .trained
+                            .iter()
+                            .any(|r| start < r.end && end.max(start + 1) > r.start);
+                        u8::from(all || inside)
+                    })
+                    .collect();
+                // The template writes its own end-of-turn tokens.
+                return Ok(Example {
+                    ids,
+                    loss_mask: mask,
+                });
+            }
+        };
+        ids.extend(&eos);
+        mask.resize(ids.len(), 1u8);
+        Ok(Example {
+            ids,
+            loss_mask: mask,
+        })
+    }
+}

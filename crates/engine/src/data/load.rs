@@ -1,0 +1,217 @@
+//! A dataset file to training examples, with a report of every record that could not be
+//! used (file, line, message) and a summary by reason. Bad records stop the load unless the
+//! user chose to skip them; nothing is dropped silently.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::batch::Example;
+use super::encode::{Encoder, TrainOn};
+use super::format::{detect, to_record, Format, Record};
+use super::read::read_rows;
+use crate::error::{EngineError, Result};
+use crate::tokenizer::TextTokenizer;
+
+/// What to do with records that cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnBadRecords {
+    /// Refuse the dataset, listing the problems.
+    #[default]
+    Stop,
+    /// Train on the rest; the report still lists every skipped record.
+    Skip,
+}
+
+/// How a dataset is read (the `[data]` table of a run config).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Record format; `auto` detects it from the fields.
+    pub format: Format,
+    /// Field renames, e.g. `{ question = "prompt", answer = "completion" }`.
+    pub columns: BTreeMap<String, String>,
+    /// Which tokens are trained.
+    pub train_on: TrainOn,
+    /// Skip unusable records or stop.
+    pub on_bad_records: OnBadRecords,
+    /// A separate validation file (instead of splitting off `train.val_fraction`).
+    pub val_dataset: Option<PathBuf>,
+    /// Keep the end (`left`: drop the start) or the start (`right`) of over-long examples.
+    pub truncation: Truncation,
+}
+
+/// Which end of an over-long example is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Truncation {
+    /// Cut the end (keep the start).
+    #[default]
+    Right,
+    /// Cut the start (keep the end, e.g. the last turns of a long chat).
+    Left,
+}
+
+/// One unusable record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// 1-based line or element.
+    pub line: usize,
+    /// Summary group.
+    pub reason: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What reading a dataset found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataReport {
+    /// The file.
+    pub path: PathBuf,
+    /// The format used (detected or chosen).
+    pub format: Format,
+    /// Records usable for training.
+    pub usable: usize,
+    /// Records rejected, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl DataReport {
+    /// One `FILE:LINE: message` line per problem.
+    pub fn problem_lines(&self) -> Vec<String> {
+        self.problems
+            .iter()
+            .map(|p| format!("{}:{}: {}", self.path.display(), p.line, p.message))
+            .collect()
+    }
+
+    /// `N usable, M rejected (k missing field, …)`.
+    pub fn summary(&self) -> String {
+        let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+        for p in &self.problems {
+            *by_reason.entry(p.reason.as_str()).or_default() += 1;
+        }
+        let reasons: Vec<String> = by_reason.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        let mut s = format!(
+            "{}: {} format, {} usable, {} rejected",
+            self.path.display(),
+            self.format,
+            self.usable,
+            self.problems.len()
+        );
+        if !reasons.is_empty() {
+            s.push_str(&format!(" ({})", reasons.join(", ")));
+        }
+        s
+    }
+}
+
+/// Reads the records of `path` and checks each against the format.
+pub fn read_records(path: &Path, cfg: &DataConfig) -> Result<(Vec<(usize, Record)>, DataReport)> {
+    let columns: Vec<(String, String)> = cfg
+        .columns
+        .iter()
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .collect();
+    let read = read_rows(path, &columns)?;
+    let mut problems: Vec<Problem> = read
+        .unreadable
+        .iter()
+        .map(|u| Problem {
+            line: u.line,
+            reason: "unreadable".into(),
+            message: u.message.clone(),
+        })
+        .collect();
+    // `auto` decides per record, so files mixing text and prompt/completion records work.
+    let mut records = Vec::with_capacity(read.rows.len());
+    let mut seen: BTreeMap<String, (usize, Format)> = BTreeMap::new();
+    for row in &read.rows {
+        let format = match cfg.format {
+            Format::Auto => match detect(&row.fields) {
+                Some(f) => f,
+                None => {
+                    let keys: Vec<&str> = row.fields.keys().map(String::as_str).collect();
+                    problems.push(Problem {
+                        line: row.line,
+                        reason: "unknown format".into(),
+                        message: format!(
+                            "cannot tell the record format from the fields ({}); expected text, prompt/completion, instruction/output, messages or conversations, or choose the format and map the columns",
+                            keys.join(", ")
+                        ),
+                    });
+                    continue;
+                }
+            },
+            chosen => chosen,
+        };
+        seen.entry(format.to_string()).or_insert((0, format)).0 += 1;
+        match to_record(&row.fields, format) {
+            Ok(r) => records.push((row.line, r)),
+            Err(rej) => problems.push(Problem {
+                line: row.line,
+                reason: rej.reason.into(),
+                message: rej.message,
+            }),
+        }
+    }
+    let format = match cfg.format {
+        Format::Auto => seen
+            .values()
+            .max_by_key(|(n, _)| *n)
+            .map(|(_, f)| *f)
+            .unwrap_or(Format::Auto),
+        chosen => chosen,
+    };
+    problems.sort_by_key(|p| p.line);
+    let report = DataReport {
+        path: path.to_path_buf(),
+        format,
+        usable: records.len(),
+        problems,
+    };
+    Ok((records, report))
+}
+
+/// Reads and tokenizes a dataset. Records the template cannot render are problems too.
+/// With `OnBadRecords::Stop` any problem is an error that lists them.
+pub fn load_examples(
+    path: &Path,
+    tok: &TextTokenizer,
+    cfg: &DataConfig,
+) -> Result<(Vec<Example>, DataReport)> {
+    let (records, mut report) = read_records(path, cfg)?;
+    let encoder = Encoder::new(tok, cfg.train_on)?;
+    let mut examples = Vec::with_capacity(records.len());
+    for (line, record) in &records {
+        match encoder.encode(record) {
+            Ok(e) => examples.push(e),
+            Err(e) => report.problems.push(Problem {
+                line: *line,
+                reason: "template error".into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+    report.problems.sort_by_key(|p| p.line);
+    report.usable = examples.len();
+    if cfg.on_bad_records == OnBadRecords::Stop && !report.problems.is_empty() {
+        let mut lines = report.problem_lines();
+        let more = lines.len().saturating_sub(20);
+        lines.truncate(20);
+        if more > 0 {
+            lines.push(format!("… and {more} more"));
+        }
+        return Err(EngineError::bad_file(
+            path,
+            format!(
+                "{}\n{}\nfix these records, or set on_bad_records = \"skip\" to train on the rest",
+                report.summary(),
+                lines.join("\n")
+            ),
+        ));
+    }
+    Ok((examples, report))
+}
