@@ -57,6 +57,15 @@ pub struct DataArgs {
 /// `data …`.
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
+    /// Download a dataset's data files (Parquet, JSONL, CSV, TSV) from the Hugging Face hub
+    /// into the hub cache and print their paths.
+    Download {
+        /// Dataset repository id, e.g. org/name.
+        repo: String,
+        /// Branch, tag or commit.
+        #[arg(long, default_value = "main")]
+        revision: String,
+    },
     /// Report every unusable record as FILE:LINE: message, then a summary; exits 1 if any.
     Check {
         /// The dataset and how to read it.

@@ -16,6 +16,19 @@ use crate::commands::resolve_model;
 /// Runs one `data` subcommand.
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
+        DataCommand::Download { repo, revision } => {
+            let mut progress = crate::models::BytesBar::default();
+            let paths = peft_studio_engine::library::hub::download_dataset(
+                &repo,
+                &revision,
+                &mut progress,
+            )?;
+            progress.finish();
+            for p in paths {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
         DataCommand::Check { data, model } => check(&data, model.as_deref()),
         DataCommand::Preview {
             data,

@@ -38,9 +38,7 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             let name = name.unwrap_or_else(|| default_name(Path::new(&repo)));
             let mut progress = BytesBar::default();
             let snapshot = hub::download(&repo, &revision, &mut progress)?;
-            if let Some(b) = progress.bar.take() {
-                b.finish_and_clear();
-            }
+            progress.finish();
             add(
                 &home,
                 describe_folder(&snapshot, &name, &format!("hub:{repo}@{revision}"))?,
@@ -70,8 +68,17 @@ fn bar(template: &str) -> ProgressBar {
 
 /// A progress bar per downloaded file.
 #[derive(Default)]
-struct BytesBar {
+pub struct BytesBar {
     bar: Option<ProgressBar>,
+}
+
+impl BytesBar {
+    /// Clears the last bar.
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
 }
 
 impl DownloadProgress for BytesBar {

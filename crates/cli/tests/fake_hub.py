@@ -2,8 +2,9 @@
 
     python3 fake_hub.py ROOT LOG [--cut FILE:BYTES] [--gated ORG/NAME]
 
-Serves every folder ROOT/ORG/NAME as a model repository: `/api/models/ORG/NAME/revision/REV`
-lists its files, `/ORG/NAME/resolve/REV/FILE` serves them with Range support. `--cut` ends the
+Serves every folder ROOT/ORG/NAME as a model repository (`/api/models/ORG/NAME/revision/REV`
+lists its files, `/ORG/NAME/resolve/REV/FILE` serves them with Range support) and every folder
+ROOT/datasets/ORG/NAME as a dataset repository (the same under `/api/datasets/` and `/datasets/`). `--cut` ends the
 first full transfer of FILE after BYTES bytes (an interrupted download); `--gated` answers 401
 for that repository. Prints the port on stdout; logs each request line and Range header to LOG.
 """
@@ -45,19 +46,26 @@ class Hub(BaseHTTPRequestHandler):
         with open(LOG, "a") as log:
             log.write(f"{self.path} range={self.headers.get('Range')}\n")
         parts = self.path.lstrip("/").split("/")
+        kind = "models"
+        if parts[0] == "datasets" or (parts[0] == "api" and parts[1:2] == ["datasets"]):
+            kind = "datasets"
+            parts = [p for i, p in enumerate(parts) if not (p == "datasets" and i <= 1)]
         if parts[0] == "api" and len(parts) >= 6 and parts[1] == "models":
             repo = f"{parts[2]}/{parts[3]}"
+        elif parts[0] == "api" and len(parts) >= 5:
+            repo = f"{parts[1]}/{parts[2]}"
         elif len(parts) >= 5 and parts[2] == "resolve":
             repo = f"{parts[0]}/{parts[1]}"
         else:
             return self.send(404, b"not found")
         if repo in GATED:
             return self.send(401, b'{"error": "Access to this model is restricted."}')
-        folder = os.path.join(ROOT, repo)
+        folder = os.path.join(ROOT, repo) if kind == "models" else os.path.join(ROOT, "datasets", repo)
         if not os.path.isdir(folder):
             return self.send(404, b'{"error": "Repository not found"}')
         if parts[0] == "api":
-            files = sorted(os.listdir(folder))
+            files = sorted(os.path.relpath(os.path.join(d, f), folder)
+                           for d, _, fs in os.walk(folder) for f in fs)
             body = json.dumps({"sha": COMMIT, "siblings": [{"rfilename": f} for f in files]}).encode()
             return self.send(200, body, [("Content-Type", "application/json")])
         name = "/".join(parts[4:])

@@ -151,3 +151,37 @@ fn gated_missing_and_unreachable_repositories_explain_what_to_do() {
     );
     assert!(!said.contains("panicked"), "{said}");
 }
+
+#[test]
+fn dataset_parquet_files_download_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repos/datasets/org/chats/data");
+    std::fs::create_dir_all(&repo).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../engine/tests/fixtures/reference/data/chat.parquet");
+    std::fs::copy(&fixture, repo.join("train-00000-of-00001.parquet")).unwrap();
+    std::fs::write(repo.join("../README.md"), "# chats").unwrap();
+    let hub = fake_hub(dir.path(), &[]);
+
+    let got = cli(dir.path(), &hub.url, &["data", "download", "org/chats"]);
+    assert!(got.status.success(), "{}", text(&got));
+    let stdout = String::from_utf8_lossy(&got.stdout);
+    let paths: Vec<&str> = stdout.lines().collect();
+    assert_eq!(paths.len(), 1, "only data files: {stdout}");
+    assert!(
+        paths[0].contains("datasets--org--chats/snapshots/")
+            && paths[0].ends_with("data/train-00000-of-00001.parquet")
+    );
+    assert_eq!(
+        std::fs::read(paths[0]).unwrap(),
+        std::fs::read(&fixture).unwrap()
+    );
+
+    let check = cli(dir.path(), &hub.url, &["data", "check", paths[0]]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains("messages format, 2 usable, 0 rejected"),
+        "{}",
+        text(&check)
+    );
+}

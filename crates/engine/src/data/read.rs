@@ -35,16 +35,21 @@ pub struct ReadOutcome {
 }
 
 /// Reads `path` by its extension: `.jsonl`, `.json` (an array, or JSON lines), `.csv`, `.tsv`,
-/// `.txt`/`.md` (one record per blank-line-separated block, in field `text`).
+/// `.txt`/`.md` (one record per blank-line-separated block, in field `text`), `.parquet`
+/// (rows numbered from 1).
 /// `columns` renames fields (`(from, to)`), e.g. `question` → `prompt`.
 pub fn read_rows(path: &Path, columns: &[(String, String)]) -> Result<ReadOutcome> {
-    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default();
+    let bytes = match ext.as_str() {
+        "parquet" => Vec::new(),
+        _ => std::fs::read(path).map_err(|e| EngineError::io(path, e))?,
+    };
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut out = match ext.as_str() {
+        "parquet" => parquet_rows(path)?,
         "csv" => delimited(bytes, b','),
         "tsv" => delimited(bytes, b'\t'),
         "txt" | "md" | "text" => text_blocks(path, bytes)?,
@@ -244,5 +249,36 @@ fn text_blocks(path: &Path, bytes: &[u8]) -> Result<ReadOutcome> {
         }
     }
     flush(&mut block, start, &mut out);
+    Ok(out)
+}
+
+/// Parquet (as the hub stores datasets): every row as JSON; lists and structs nest.
+fn parquet_rows(path: &Path) -> Result<ReadOutcome> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let bad = |e: parquet::errors::ParquetError| {
+        EngineError::bad_file(path, format!("not a readable Parquet file: {e}"))
+    };
+    let reader = SerializedFileReader::new(file).map_err(bad)?;
+    let mut out = ReadOutcome::default();
+    for (i, row) in reader.get_row_iter(None).map_err(bad)?.enumerate() {
+        match row.map(|r| r.to_json_value()) {
+            Ok(Value::Object(fields)) => out.rows.push(Row {
+                line: i + 1,
+                fields,
+            }),
+            Ok(other) => out.unreadable.push(Unreadable {
+                line: i + 1,
+                message: format!("row is {}, expected a record", kind(&other)),
+            }),
+            Err(e) => {
+                out.unreadable.push(Unreadable {
+                    line: i + 1,
+                    message: format!("unreadable row: {e}"),
+                });
+                break;
+            }
+        }
+    }
     Ok(out)
 }

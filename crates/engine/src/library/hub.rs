@@ -55,12 +55,14 @@ fn hub_error(repo: &str, e: ApiError) -> EngineError {
     EngineError::config("hub", message)
 }
 
-/// Downloads the model files of `repo` at `revision`; returns the snapshot folder.
-pub fn download(
+/// Downloads the files of a repository that `wanted` accepts; returns their local paths.
+fn fetch(
     repo: &str,
     revision: &str,
+    kind: RepoType,
+    wanted: impl Fn(&str) -> bool,
     progress: &mut dyn DownloadProgress,
-) -> Result<PathBuf> {
+) -> Result<Vec<PathBuf>> {
     let mut builder = ApiBuilder::from_env().with_progress(false);
     if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
         builder = builder.with_token(Some(token));
@@ -68,24 +70,23 @@ pub fn download(
     let api = builder.build().map_err(|e| hub_error(repo, e))?;
     let handle = api.repo(Repo::with_revision(
         repo.to_string(),
-        RepoType::Model,
+        kind,
         revision.to_string(),
     ));
     let info = handle.info().map_err(|e| hub_error(repo, e))?;
-    let files: Vec<String> = info
+    let mut paths = Vec::new();
+    for file in info
         .siblings
         .iter()
-        .map(|s| s.rfilename.clone())
+        .map(|s| s.rfilename.as_str())
         .filter(|f| wanted(f))
-        .collect();
-    if !files.iter().any(|f| f.ends_with(".safetensors")) {
-        return Err(EngineError::config(
-            "hub",
-            format!("`{repo}` has no safetensors weights; pickled .bin weights are not loaded because they can run code"),
-        ));
-    }
-    let mut snapshot = None;
-    for file in &files {
+    {
+        if file.split('/').any(|part| part == ".." || part.is_empty()) {
+            return Err(EngineError::config(
+                "hub",
+                format!("`{repo}` lists an unsafe file name `{file}`"),
+            ));
+        }
         // hf-hub panics on a few malformed server answers; turn those into errors.
         let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             handle.download_with_progress(file, Adapter(&mut *progress))
@@ -94,7 +95,54 @@ pub fn download(
             EngineError::config("hub", format!("malformed answer from the hub for `{file}`"))
         })?
         .map_err(|e| hub_error(repo, e))?;
-        snapshot = got.parent().map(PathBuf::from);
+        paths.push(got);
     }
-    snapshot.ok_or_else(|| EngineError::config("hub", format!("`{repo}` lists no files")))
+    Ok(paths)
+}
+
+/// Downloads the model files of `repo` at `revision`; returns the snapshot folder.
+pub fn download(
+    repo: &str,
+    revision: &str,
+    progress: &mut dyn DownloadProgress,
+) -> Result<PathBuf> {
+    let has_safetensors = |paths: &[PathBuf]| {
+        paths
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "safetensors"))
+    };
+    let paths = fetch(repo, revision, RepoType::Model, wanted, progress)?;
+    if !has_safetensors(&paths) {
+        return Err(EngineError::config(
+            "hub",
+            format!("`{repo}` has no safetensors weights; pickled .bin weights are not loaded because they can run code"),
+        ));
+    }
+    paths
+        .first()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .ok_or_else(|| EngineError::config("hub", format!("`{repo}` lists no files")))
+}
+
+/// Downloads the data files (Parquet, JSONL, CSV, TSV) of a dataset repository at `revision`
+/// into the hub cache; returns them in the repository's order.
+pub fn download_dataset(
+    repo: &str,
+    revision: &str,
+    progress: &mut dyn DownloadProgress,
+) -> Result<Vec<PathBuf>> {
+    let data_file = |f: &str| {
+        [".parquet", ".jsonl", ".csv", ".tsv"]
+            .iter()
+            .any(|ext| f.ends_with(ext))
+    };
+    let paths = fetch(repo, revision, RepoType::Dataset, data_file, progress)?;
+    if paths.is_empty() {
+        return Err(EngineError::config(
+            "hub",
+            format!("dataset `{repo}` has no Parquet, JSONL, CSV or TSV files"),
+        ));
+    }
+    Ok(paths)
 }

@@ -508,3 +508,40 @@ fn hostile_files_give_located_errors_without_panics() {
         "{err}"
     );
 }
+
+#[test]
+fn parquet_files_written_by_pyarrow_read_with_nested_turns() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference/data");
+    assert_eq!(
+        records(&data.join("chat.parquet"), Format::Auto),
+        vec![
+            Record::Chat(vec![
+                msg("user", "Capital of Peru?"),
+                msg("assistant", "Lima.")
+            ]),
+            Record::Chat(vec![msg("user", "naïve 🤖"), msg("assistant", "ok")]),
+        ]
+    );
+    assert_eq!(
+        records(&data.join("pc.zstd.parquet"), Format::Auto),
+        vec![
+            Record::PromptCompletion {
+                prompt: "1+1=".into(),
+                completion: " 2".into()
+            },
+            Record::PromptCompletion {
+                prompt: "2+2=".into(),
+                completion: " 4".into()
+            },
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fake = write(dir.path(), "fake.parquet", "PAR1 not really");
+    let err = read_records(&fake, &DataConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fake.parquet") && err.contains("not a readable Parquet file"),
+        "{err}"
+    );
+}
