@@ -11,6 +11,9 @@ start=$(date +%s)
 # The real SmolLM2 the GGUF reference test compares against transformers with.
 PEFT_STUDIO_SMOLLM2_GGUF="$(bash scripts/fetch-smollm2.sh)"
 export PEFT_STUDIO_SMOLLM2_GGUF PEFT_STUDIO_REQUIRE_REAL_MODEL=1
+# Tests never touch the user's studio home (model library, token cache).
+PEFT_STUDIO_HOME="$(mktemp -d)"
+export PEFT_STUDIO_HOME
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -73,14 +73,26 @@ fn tokenizer(model: &Path) -> Result<TextTokenizer> {
 
 fn check(a: &DataArgs, model: Option<&Path>) -> Result<()> {
     let cfg = config(a)?;
-    let report = match model {
-        Some(m) => load_examples(&a.file, &tokenizer(m)?, &cfg)?.1,
-        None => read_records(&a.file, &cfg)?.1,
+    let started = std::time::Instant::now();
+    let (report, examples) = match model {
+        Some(m) => {
+            let (examples, report) = load_examples(&a.file, &tokenizer(m)?, &cfg)?;
+            (report, Some(examples))
+        }
+        None => (read_records(&a.file, &cfg)?.1, None),
     };
     for line in report.problem_lines() {
         println!("{line}");
     }
     println!("{}", report.summary());
+    if let Some(examples) = examples {
+        let s = token_stats(&examples, usize::MAX);
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        println!(
+            "tokenized {} records, {} tokens ({} trained) in {:.2} s: {:.0} records/s, {:.0} tokens/s",
+            s.examples, s.total_tokens, s.trained_tokens, secs, s.examples as f64 / secs, s.total_tokens as f64 / secs
+        );
+    }
     if report.problems.is_empty() {
         Ok(())
     } else {

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{load_examples, DataConfig, Examples};
+use crate::data::{load_examples_cached, DataConfig, Examples, TokenCache};
 use crate::error::{EngineError, Result};
 use crate::export::{write_peft_dir, ExportInfo};
 use crate::fsutil::write_atomic;
@@ -103,8 +103,9 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     let mut model = load_model(&cfg.model, DType::F32, &device)?;
     let tok = TextTokenizer::load(&cfg.model, &model.config().eos_token_ids)?;
     let trainables = cfg.method.apply(&mut model, cfg.train.seed)?;
+    let cache = TokenCache::new(crate::library::studio_home().join("cache").join("tokens"));
     let examples_of = |path: &Path| -> Result<Examples> {
-        let (examples, _report) = load_examples(path, &tok, &cfg.data)?;
+        let (examples, _report) = load_examples_cached(path, &tok, &cfg.data, Some(&cache))?;
         Examples::with_truncation(
             examples,
             cfg.train.seq_len,

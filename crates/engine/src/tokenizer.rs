@@ -15,6 +15,7 @@ pub struct TextTokenizer {
     bos_token: String,
     eos_token: String,
     chat_template: Option<String>,
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -47,8 +48,11 @@ impl TextTokenizer {
                 "missing: the model folder needs tokenizer.json",
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
+        let bytes = std::fs::read(&path).map_err(|e| EngineError::io(&path, e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| EngineError::bad_file(&path, format!("not a valid tokenizer: {e}")))?;
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut hasher, &bytes);
         let mut eos_ids = extra_eos.to_vec();
         let mut bos_id = None;
         let mut chat_template = None;
@@ -57,6 +61,7 @@ impl TextTokenizer {
         if cfg_path.is_file() {
             let text =
                 std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
+            sha2::Digest::update(&mut hasher, text.as_bytes());
             let cfg: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| EngineError::bad_file(&cfg_path, e.to_string()))?;
             if let Some(text) = token_text(cfg.get("eos_token")) {
@@ -89,6 +94,10 @@ impl TextTokenizer {
                 eos_token = inner.id_to_token(id).unwrap_or_default();
             }
         }
+        if let Some(t) = &chat_template {
+            sha2::Digest::update(&mut hasher, t.as_bytes());
+        }
+        let fingerprint = format!("{:x}", sha2::Digest::finalize(hasher));
         Ok(Self {
             inner,
             eos_ids,
@@ -96,6 +105,7 @@ impl TextTokenizer {
             bos_token,
             eos_token,
             chat_template,
+            fingerprint,
         })
     }
 
@@ -119,6 +129,11 @@ impl TextTokenizer {
         self.inner
             .decode(ids, true)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+
+    /// A hash of the tokenizer files and chat template: equal fingerprints tokenize alike.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// The end-of-sequence token's text (what training appends after text and completions).

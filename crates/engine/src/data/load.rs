@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::batch::Example;
+use super::cache::TokenCache;
 use super::encode::{Encoder, TrainOn};
 use super::format::{detect, to_record, Format, Record};
 use super::read::read_rows;
@@ -55,7 +56,7 @@ pub enum Truncation {
 }
 
 /// One unusable record.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Problem {
     /// 1-based line or element.
     pub line: usize,
@@ -66,7 +67,7 @@ pub struct Problem {
 }
 
 /// What reading a dataset found.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataReport {
     /// The file.
     pub path: PathBuf,
@@ -175,28 +176,75 @@ pub fn read_records(path: &Path, cfg: &DataConfig) -> Result<(Vec<(usize, Record
     Ok((records, report))
 }
 
+/// Tokenizes records on every core, keeping their order.
+fn encode_parallel(encoder: &Encoder, records: &[(usize, Record)]) -> Vec<Result<Example>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let chunk = records.len().div_ceil(threads).max(256);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = records
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(_, r)| encoder.encode(r))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(EngineError::Tokenizer(
+                        "a tokenizer thread failed".into(),
+                    ))]
+                })
+            })
+            .collect()
+    })
+}
+
 /// Reads and tokenizes a dataset. Records the template cannot render are problems too.
-/// With `OnBadRecords::Stop` any problem is an error that lists them.
-pub fn load_examples(
+/// With `OnBadRecords::Stop` any problem is an error that lists them. With a cache, an
+/// earlier tokenization of the same file, tokenizer, template and settings is reused.
+pub fn load_examples_cached(
     path: &Path,
     tok: &TextTokenizer,
     cfg: &DataConfig,
+    cache: Option<&TokenCache>,
 ) -> Result<(Vec<Example>, DataReport)> {
-    let (records, mut report) = read_records(path, cfg)?;
-    let encoder = Encoder::new(tok, cfg.train_on)?;
-    let mut examples = Vec::with_capacity(records.len());
-    for (line, record) in &records {
-        match encoder.encode(record) {
-            Ok(e) => examples.push(e),
-            Err(e) => report.problems.push(Problem {
-                line: *line,
-                reason: "template error".into(),
-                message: e.to_string(),
-            }),
+    let key = match cache {
+        Some(_) => Some(TokenCache::key(path, tok, cfg)?),
+        None => None,
+    };
+    let hit = cache.zip(key.as_deref()).and_then(|(c, k)| c.get(k));
+    let (examples, report) = match hit {
+        Some(found) => found,
+        None => {
+            let (records, mut report) = read_records(path, cfg)?;
+            let encoder = Encoder::new(tok, cfg.train_on)?;
+            let mut examples = Vec::with_capacity(records.len());
+            for ((line, _), encoded) in records.iter().zip(encode_parallel(&encoder, &records)) {
+                match encoded {
+                    Ok(e) => examples.push(e),
+                    Err(e) => report.problems.push(Problem {
+                        line: *line,
+                        reason: "template error".into(),
+                        message: e.to_string(),
+                    }),
+                }
+            }
+            report.problems.sort_by_key(|p| p.line);
+            report.usable = examples.len();
+            if let (Some(c), Some(k)) = (cache, key.as_deref()) {
+                // A cache that cannot be written only costs time next run.
+                let _ = c.put(k, &examples, &report);
+            }
+            (examples, report)
         }
-    }
-    report.problems.sort_by_key(|p| p.line);
-    report.usable = examples.len();
+    };
     if cfg.on_bad_records == OnBadRecords::Stop && !report.problems.is_empty() {
         let mut lines = report.problem_lines();
         let more = lines.len().saturating_sub(20);
@@ -214,4 +262,13 @@ pub fn load_examples(
         ));
     }
     Ok((examples, report))
+}
+
+/// [`load_examples_cached`] without a cache.
+pub fn load_examples(
+    path: &Path,
+    tok: &TextTokenizer,
+    cfg: &DataConfig,
+) -> Result<(Vec<Example>, DataReport)> {
+    load_examples_cached(path, tok, cfg, None)
 }

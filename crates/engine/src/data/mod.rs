@@ -2,6 +2,7 @@
 //! and loss masks, validation reports, statistics, and batching.
 
 pub mod batch;
+pub mod cache;
 pub mod encode;
 pub mod format;
 pub mod load;
@@ -9,6 +10,9 @@ pub mod read;
 pub mod stats;
 
 pub use batch::{Batch, Example, Examples};
+pub use cache::TokenCache;
 pub use encode::{Encoder, TrainOn};
 pub use format::{Format, Record};
-pub use load::{load_examples, DataConfig, DataReport, OnBadRecords, Truncation};
+pub use load::{
+    load_examples, load_examples_cached, DataConfig, DataReport, OnBadRecords, Truncation,
+};

@@ -545,3 +545,38 @@ fn parquet_files_written_by_pyarrow_read_with_nested_turns() {
         "{err}"
     );
 }
+
+#[test]
+fn tokenization_is_cached_by_content_tokenizer_and_settings() {
+    use peft_studio_engine::data::{load_examples_cached, TokenCache};
+    let dir = tempfile::tempdir().unwrap();
+    let tok = tiny_tokenizer(dir.path());
+    // Enough records to be split across threads; order must survive.
+    let lines: Vec<String> = (0..2000)
+        .map(|i| format!("{{\"prompt\": \"q{i} \", \"completion\": \"a{i}\"}}"))
+        .collect();
+    let path = write(dir.path(), "big.jsonl", &lines.join("\n"));
+    let cache = TokenCache::new(dir.path().join("cache"));
+    let cfg = DataConfig::default();
+    let (fresh, report) = load_examples_cached(&path, &tok, &cfg, Some(&cache)).unwrap();
+    let (plain, _) = load_examples(&path, &tok, &cfg).unwrap();
+    assert_eq!(fresh, plain, "parallel tokenization keeps record order");
+    assert_eq!(fresh[1999].ids[..tok.encode("q1999 ", true).unwrap().len()], tok.encode("q1999 ", true).unwrap()[..]);
+    let key = TokenCache::key(&path, &tok, &cfg).unwrap();
+    let (cached, cached_report) = cache.get(&key).expect("written on first load");
+    assert_eq!((cached, cached_report), (fresh.clone(), report));
+
+    // Other settings or other content: another key.
+    let all = DataConfig { train_on: TrainOn::All, ..Default::default() };
+    assert_ne!(TokenCache::key(&path, &tok, &all).unwrap(), key);
+    let other = write(dir.path(), "other.jsonl", "{\"text\": \"x\"}");
+    assert_ne!(TokenCache::key(&other, &tok, &cfg).unwrap(), key);
+
+    // A damaged entry is a miss, not an error.
+    let entry = dir.path().join("cache").join(format!("{key}.tokens"));
+    let bytes = std::fs::read(&entry).unwrap();
+    std::fs::write(&entry, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(cache.get(&key).is_none());
+    let (again, _) = load_examples_cached(&path, &tok, &cfg, Some(&cache)).unwrap();
+    assert_eq!(again, fresh);
+}
