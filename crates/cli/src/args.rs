@@ -19,7 +19,7 @@ pub enum Command {
     /// Print trainable and total parameter counts (PEFT's line) from config.json alone.
     Plan(PlanArgs),
     /// Train a run from a config file and/or flags.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Continue a run from its newest checkpoint.
     Resume(ResumeArgs),
     /// Export a run's adapter or a checkpoint.
@@ -228,6 +228,15 @@ pub struct TrainArgs {
     /// Seed.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Dataset record format (auto, text, prompt-completion, alpaca, messages, sharegpt).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// A separate validation file.
+    #[arg(long)]
+    pub val_dataset: Option<PathBuf>,
+    /// Train on the remaining records when some cannot be used (they are still listed).
+    #[arg(long)]
+    pub skip_bad_records: bool,
     /// Output style.
     #[command(flatten)]
     pub output: OutputArgs,

@@ -29,7 +29,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{counts}");
             Ok(())
         }
-        Command::Train(a) => train(a),
+        Command::Train(a) => train(*a),
         Command::Resume(a) => {
             let cfg = run::load_run(&a.run)?;
             train_with_output(&cfg, true, &a.output)
@@ -109,6 +109,15 @@ fn train(a: TrainArgs) -> Result<()> {
         cfg.out = o.clone();
     }
     cfg.model = resolve_model(&cfg.model)?;
+    if let Some(f) = &a.format {
+        cfg.data.format = f.parse()?;
+    }
+    if let Some(v) = &a.val_dataset {
+        cfg.data.val_dataset = Some(v.clone());
+    }
+    if a.skip_bad_records {
+        cfg.data.on_bad_records = peft_studio_engine::data::OnBadRecords::Skip;
+    }
     apply_method_args(&mut cfg.method, &a.method)?;
     let t = &mut cfg.train;
     if let Some(v) = a.lr {

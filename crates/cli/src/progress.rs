@@ -23,6 +23,12 @@ pub struct Bar {
 impl TrainSink for Bar {
     fn event(&mut self, event: &TrainEvent) {
         match event {
+            TrainEvent::Data { summary, problems } => {
+                for line in problems {
+                    eprintln!("skipped {line}");
+                }
+                eprintln!("{summary}");
+            }
             TrainEvent::Started {
                 total_steps,
                 start_step,

@@ -405,3 +405,71 @@ fn ctrl_c_stops_with_a_checkpoint_that_resume_continues() {
         .count();
     assert_eq!(checkpoints, 1);
 }
+
+#[test]
+fn data_check_lists_problems_and_preview_marks_trained_text() {
+    let (dir, model, _) = setup();
+    let data = dir.path().join("chat.jsonl");
+    std::fs::write(
+        &data,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}\n{\"messages\": [{\"role\": \"user\"}]}\n",
+    )
+    .unwrap();
+    let check = cli(&["data", "check", s(&data), "--model", s(&model)]);
+    assert!(!check.status.success(), "a rejected record fails the check");
+    let out = stdout(&check);
+    assert!(
+        out.contains(&format!(
+            "{}:2: messages[0] has no string \"content\"",
+            data.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("messages format, 1 usable, 1 rejected (1 missing field)"),
+        "{out}"
+    );
+
+    let preview = ok(cli(&["data", "preview", s(&data), "--model", s(&model)]));
+    let out = stdout(&preview);
+    assert!(out.contains("<|user|>hi\n<|assistant|>⟦yo\n⟧"), "{out}");
+    assert!(out.contains("per record min"), "{out}");
+
+    // Training skips the bad record only when asked, and says which it skipped.
+    let refused = cli(&[
+        "train",
+        "--model",
+        s(&model),
+        "--dataset",
+        s(&data),
+        "--out",
+        s(&dir.path().join("r1")),
+        "--max-steps",
+        "1",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("on_bad_records"),
+        "{}",
+        stderr(&refused)
+    );
+    let trained = ok(cli(&[
+        "train",
+        "--model",
+        s(&model),
+        "--dataset",
+        s(&data),
+        "--out",
+        s(&dir.path().join("r2")),
+        "--max-steps",
+        "1",
+        "--skip-bad-records",
+        "--target-modules",
+        "q_proj",
+    ]));
+    assert!(
+        stderr(&trained).contains("skipped") && stderr(&trained).contains(":2: messages[0]"),
+        "{}",
+        stderr(&trained)
+    );
+}

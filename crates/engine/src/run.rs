@@ -13,14 +13,14 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{load_examples_cached, DataConfig, Examples, TokenCache};
+use crate::data::{load_examples_cached, DataConfig, DataReport, Examples, TokenCache};
 use crate::error::{EngineError, Result};
 use crate::export::{write_peft_dir, ExportInfo};
 use crate::fsutil::write_atomic;
 use crate::model::{load_model, LlamaModel};
 use crate::peft::{MethodConfig, MethodKind, Trainables};
 use crate::tokenizer::TextTokenizer;
-use crate::train::{checkpoint, TrainConfig, TrainSink, Trainer};
+use crate::train::{checkpoint, TrainConfig, TrainEvent, TrainSink, Trainer};
 
 /// Everything a run needs; the TOML form of it is what `train --config` reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +89,8 @@ pub struct Prepared {
     pub train: Examples,
     /// Validation examples.
     pub val: Option<Examples>,
+    /// What reading each dataset found (training, then a separate validation file).
+    pub reports: Vec<DataReport>,
 }
 
 /// The compute device: the first CUDA/Metal GPU when built with that feature, else the CPU.
@@ -104,8 +106,10 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     let tok = TextTokenizer::load(&cfg.model, &model.config().eos_token_ids)?;
     let trainables = cfg.method.apply(&mut model, cfg.train.seed)?;
     let cache = TokenCache::new(crate::library::studio_home().join("cache").join("tokens"));
-    let examples_of = |path: &Path| -> Result<Examples> {
-        let (examples, _report) = load_examples_cached(path, &tok, &cfg.data, Some(&cache))?;
+    let mut reports = Vec::new();
+    let mut examples_of = |path: &Path| -> Result<Examples> {
+        let (examples, report) = load_examples_cached(path, &tok, &cfg.data, Some(&cache))?;
+        reports.push(report);
         Examples::with_truncation(
             examples,
             cfg.train.seq_len,
@@ -128,6 +132,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
         trainables,
         train,
         val,
+        reports,
     })
 }
 
@@ -160,6 +165,12 @@ pub fn train(
     }
     let mut log = EventLog::open(&cfg.out.join("events.jsonl"))?;
     let mut fan = crate::train::events::Fanout(vec![sink, &mut log]);
+    for report in &p.reports {
+        fan.event(&TrainEvent::Data {
+            summary: report.summary(),
+            problems: report.problem_lines(),
+        });
+    }
     trainer.run(&mut fan, cancel, Some(&cfg.checkpoints_dir()))?;
     if trainer.step() < trainer.total_steps() {
         return Err(EngineError::Cancelled);

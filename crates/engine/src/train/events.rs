@@ -30,6 +30,13 @@ pub struct StepMetrics {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum TrainEvent {
+    /// A dataset was read: its summary and every record left out, as `FILE:LINE: message`.
+    Data {
+        /// `FILE: FORMAT format, N usable, M rejected (…)`.
+        summary: String,
+        /// One line per rejected record.
+        problems: Vec<String>,
+    },
     /// The run starts (or resumes at `start_step`).
     Started {
         /// Total optimiser steps.

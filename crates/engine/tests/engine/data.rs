@@ -561,13 +561,19 @@ fn tokenization_is_cached_by_content_tokenizer_and_settings() {
     let (fresh, report) = load_examples_cached(&path, &tok, &cfg, Some(&cache)).unwrap();
     let (plain, _) = load_examples(&path, &tok, &cfg).unwrap();
     assert_eq!(fresh, plain, "parallel tokenization keeps record order");
-    assert_eq!(fresh[1999].ids[..tok.encode("q1999 ", true).unwrap().len()], tok.encode("q1999 ", true).unwrap()[..]);
+    assert_eq!(
+        fresh[1999].ids[..tok.encode("q1999 ", true).unwrap().len()],
+        tok.encode("q1999 ", true).unwrap()[..]
+    );
     let key = TokenCache::key(&path, &tok, &cfg).unwrap();
     let (cached, cached_report) = cache.get(&key).expect("written on first load");
     assert_eq!((cached, cached_report), (fresh.clone(), report));
 
     // Other settings or other content: another key.
-    let all = DataConfig { train_on: TrainOn::All, ..Default::default() };
+    let all = DataConfig {
+        train_on: TrainOn::All,
+        ..Default::default()
+    };
     assert_ne!(TokenCache::key(&path, &tok, &all).unwrap(), key);
     let other = write(dir.path(), "other.jsonl", "{\"text\": \"x\"}");
     assert_ne!(TokenCache::key(&other, &tok, &cfg).unwrap(), key);
