@@ -117,6 +117,13 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
             cfg.train.seed,
             cfg.data.truncation,
         )
+        .map(|e| {
+            if cfg.data.packing {
+                e.packed(cfg.train.seq_len)
+            } else {
+                e
+            }
+        })
         .map_err(|e| match e {
             EngineError::Config { message, .. } => EngineError::bad_file(path, message),
             other => other,

@@ -109,6 +109,31 @@ impl Examples {
         self.dropped
     }
 
+    /// Packs consecutive examples into rows of at most `seq_len + 1` tokens (first fit, file
+    /// order), so short examples stop wasting padding. Packed examples share a row: later ones
+    /// attend to earlier ones and positions run on (TRL's classic packing); each keeps its own
+    /// loss mask and ends with its own EOS.
+    pub fn packed(mut self, seq_len: usize) -> Self {
+        let limit = seq_len + 1;
+        let mut rows: Vec<Example> = Vec::new();
+        for e in self.examples.drain(..) {
+            match rows.last_mut() {
+                Some(row) if row.ids.len() + e.ids.len() <= limit => {
+                    row.ids.extend(e.ids);
+                    row.loss_mask.extend(e.loss_mask);
+                }
+                _ => rows.push(e),
+            }
+        }
+        self.examples = rows;
+        self
+    }
+
+    /// The examples (rows, once packed) in stored order.
+    pub fn iter(&self) -> impl Iterator<Item = &Example> {
+        self.examples.iter()
+    }
+
     /// Examples longer than `seq_len` that were cut.
     pub fn truncated(&self) -> usize {
         self.truncated

@@ -42,6 +42,8 @@ pub struct DataConfig {
     pub val_dataset: Option<PathBuf>,
     /// Keep the end (`left`: drop the start) or the start (`right`) of over-long examples.
     pub truncation: Truncation,
+    /// Pack short examples into shared rows of `seq_len` tokens (see `Examples::packed`).
+    pub packing: bool,
 }
 
 /// Which end of an over-long example is cut.

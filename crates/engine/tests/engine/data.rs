@@ -586,3 +586,31 @@ fn tokenization_is_cached_by_content_tokenizer_and_settings() {
     let (again, _) = load_examples_cached(&path, &tok, &cfg, Some(&cache)).unwrap();
     assert_eq!(again, fresh);
 }
+
+#[test]
+fn packing_fills_rows_in_order_and_keeps_masks() {
+    let ex = |n: u32, trained: u8| Example {
+        ids: vec![n; n as usize],
+        loss_mask: vec![trained; n as usize],
+    };
+    let prompt_then_answer = Example {
+        ids: vec![4; 4],
+        loss_mask: vec![0, 0, 1, 1],
+    };
+    let examples = Examples::new(
+        vec![ex(3, 1), prompt_then_answer, ex(2, 1), ex(6, 1), ex(2, 1)],
+        8,
+        1,
+        0,
+    )
+    .unwrap();
+    let packed = examples.packed(8);
+    let rows: Vec<&Example> = packed.iter().collect();
+    assert_eq!(rows.len(), 2, "rows of at most 9 tokens: [3,4,2] and [6,2]");
+    assert_eq!(rows[0].ids, [vec![3; 3], vec![4; 4], vec![2; 2]].concat());
+    assert_eq!(
+        rows[0].loss_mask,
+        [vec![1; 3], vec![0, 0, 1, 1], vec![1; 2]].concat()
+    );
+    assert_eq!(rows[1].ids, [vec![6; 6], vec![2; 2]].concat());
+}
