@@ -52,6 +52,23 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// `train` for one step on `data` into `out`, with extra flags.
+fn train_one_step(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--model",
+        s(model),
+        "--dataset",
+        s(data),
+        "--out",
+        s(out),
+        "--max-steps",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
 #[test]
 fn plan_prints_peft_line_for_a_config_or_folder() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -274,17 +291,7 @@ fn bad_input_exits_with_a_clear_message() {
 
     let bad_line = dir.path().join("bad.jsonl");
     std::fs::write(&bad_line, "{\"text\": \"fine\"}\n{oops}\n").expect("write");
-    let o = cli(&[
-        "train",
-        "--model",
-        s(&model),
-        "--dataset",
-        s(&bad_line),
-        "--out",
-        s(&dir.path().join("r")),
-        "--max-steps",
-        "1",
-    ]);
+    let o = train_one_step(&model, &bad_line, &dir.path().join("r"), &[]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("bad.jsonl:2:"), "{}", stderr(&o));
 
@@ -436,37 +443,19 @@ fn data_check_lists_problems_and_preview_marks_trained_text() {
     assert!(out.contains("per record min"), "{out}");
 
     // Training skips the bad record only when asked, and says which it skipped.
-    let refused = cli(&[
-        "train",
-        "--model",
-        s(&model),
-        "--dataset",
-        s(&data),
-        "--out",
-        s(&dir.path().join("r1")),
-        "--max-steps",
-        "1",
-    ]);
+    let refused = train_one_step(&model, &data, &dir.path().join("r1"), &[]);
     assert!(!refused.status.success());
     assert!(
         stderr(&refused).contains("on_bad_records"),
         "{}",
         stderr(&refused)
     );
-    let trained = ok(cli(&[
-        "train",
-        "--model",
-        s(&model),
-        "--dataset",
-        s(&data),
-        "--out",
-        s(&dir.path().join("r2")),
-        "--max-steps",
-        "1",
-        "--skip-bad-records",
-        "--target-modules",
-        "q_proj",
-    ]));
+    let trained = ok(train_one_step(
+        &model,
+        &data,
+        &dir.path().join("r2"),
+        &["--skip-bad-records", "--target-modules", "q_proj"],
+    ));
     assert!(
         stderr(&trained).contains("skipped") && stderr(&trained).contains(":2: messages[0]"),
         "{}",

@@ -121,14 +121,19 @@ pub fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// A JSON array of objects; rows are numbered by element (1-based).
-fn json_array(path: &Path, bytes: &[u8]) -> Result<ReadOutcome> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
+/// The whole file as UTF-8 text, or an error naming the first bad byte.
+fn utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|e| {
         EngineError::bad_file(
             path,
             format!("not valid UTF-8 at byte {}", e.valid_up_to() + 1),
         )
-    })?;
+    })
+}
+
+/// A JSON array of objects; rows are numbered by element (1-based).
+fn json_array(path: &Path, bytes: &[u8]) -> Result<ReadOutcome> {
+    let text = utf8(path, bytes)?;
     let items: Vec<Value> = serde_json::from_str(text).map_err(|e| EngineError::Dataset {
         path: path.to_path_buf(),
         line: e.line(),
@@ -218,12 +223,7 @@ fn csv_reason(e: &csv::Error) -> String {
 
 /// Plain text: one record per block of lines separated by blank lines.
 fn text_blocks(path: &Path, bytes: &[u8]) -> Result<ReadOutcome> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        EngineError::bad_file(
-            path,
-            format!("not valid UTF-8 at byte {}", e.valid_up_to() + 1),
-        )
-    })?;
+    let text = utf8(path, bytes)?;
     let mut out = ReadOutcome::default();
     let mut block: Vec<&str> = Vec::new();
     let mut start = 0;
