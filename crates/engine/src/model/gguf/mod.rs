@@ -36,7 +36,10 @@ pub struct GgufModel {
 
 /// Reads the header of a GGUF file, with errors that name the file.
 fn read_content(path: &Path, file: &mut std::fs::File) -> Result<Content> {
-    Content::read(file).map_err(|e| {
+    // candle's reader divides by `general.alignment` unchecked; a hostile 0 must not abort us.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(file)))
+        .map_err(|_| EngineError::bad_file(path, "corrupt GGUF header (invalid alignment)"))?;
+    read.map_err(|e| {
         let text = e.to_string();
         let hint = if text.contains("magic") {
             "not a GGUF file (wrong magic number)".to_string()
@@ -74,7 +77,14 @@ impl GgufModel {
         }
         weights.sort_by(|a, b| a.1.cmp(&b.1));
         let tied = !weights.iter().any(|w| w.1 == "lm_head.weight");
-        let rope_scaling = match content.tensor_infos.contains_key("rope_freqs.weight") {
+        let rope_freqs = content.tensor_infos.get("rope_freqs.weight");
+        if rope_freqs.is_some_and(|info| info.shape.dims().iter().any(|&d| d > 1 << 16)) {
+            return Err(EngineError::bad_file(
+                path,
+                "`rope_freqs.weight` has an absurd shape",
+            ));
+        }
+        let rope_scaling = match rope_freqs.is_some() {
             false => None,
             true => {
                 let divisors = tensors::dequantized(&content, &mut file, "rope_freqs.weight")
