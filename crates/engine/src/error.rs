@@ -42,6 +42,9 @@ pub enum EngineError {
         /// What is wrong with the line.
         message: String,
     },
+    /// The Hugging Face hub could not serve a download; the message says what to do.
+    #[error("hub: {0}")]
+    Hub(String),
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -52,7 +52,7 @@ fn hub_error(repo: &str, e: ApiError) -> EngineError {
         },
         other => format!("download of `{repo}` failed: {other}"),
     };
-    EngineError::config("hub", message)
+    EngineError::Hub(message)
 }
 
 /// Downloads the files of a repository that `wanted` accepts; returns their local paths.
@@ -82,18 +82,15 @@ fn fetch(
         .filter(|f| wanted(f))
     {
         if file.split('/').any(|part| part == ".." || part.is_empty()) {
-            return Err(EngineError::config(
-                "hub",
-                format!("`{repo}` lists an unsafe file name `{file}`"),
-            ));
+            return Err(EngineError::Hub(format!(
+                "`{repo}` lists an unsafe file name `{file}`"
+            )));
         }
         // hf-hub panics on a few malformed server answers; turn those into errors.
         let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             handle.download_with_progress(file, Adapter(&mut *progress))
         }))
-        .map_err(|_| {
-            EngineError::config("hub", format!("malformed answer from the hub for `{file}`"))
-        })?
+        .map_err(|_| EngineError::Hub(format!("malformed answer from the hub for `{file}`")))?
         .map_err(|e| hub_error(repo, e))?;
         paths.push(got);
     }
@@ -113,16 +110,15 @@ pub fn download(
     };
     let paths = fetch(repo, revision, RepoType::Model, wanted, progress)?;
     if !has_safetensors(&paths) {
-        return Err(EngineError::config(
-            "hub",
-            format!("`{repo}` has no safetensors weights; pickled .bin weights are not loaded because they can run code"),
-        ));
+        return Err(EngineError::Hub(format!(
+            "`{repo}` has no safetensors weights; pickled .bin weights are not loaded because they can run code"
+        )));
     }
     paths
         .first()
         .and_then(|p| p.parent())
         .map(PathBuf::from)
-        .ok_or_else(|| EngineError::config("hub", format!("`{repo}` lists no files")))
+        .ok_or_else(|| EngineError::Hub(format!("`{repo}` lists no files")))
 }
 
 /// Downloads the data files (Parquet, JSONL, CSV, TSV) of a dataset repository at `revision`
@@ -139,10 +135,9 @@ pub fn download_dataset(
     };
     let paths = fetch(repo, revision, RepoType::Dataset, data_file, progress)?;
     if paths.is_empty() {
-        return Err(EngineError::config(
-            "hub",
-            format!("dataset `{repo}` has no Parquet, JSONL, CSV or TSV files"),
-        ));
+        return Err(EngineError::Hub(format!(
+            "dataset `{repo}` has no Parquet, JSONL, CSV or TSV files"
+        )));
     }
     Ok(paths)
 }
