@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use peft_studio_engine::data::load::{read_records, DataConfig};
+use peft_studio_engine::data::load::{encode_records, read_records, DataConfig};
 use peft_studio_engine::data::stats::{mark_trained, token_stats};
 use peft_studio_engine::data::{load_examples, Encoder, OnBadRecords, TrainOn};
 use peft_studio_engine::model::LlamaConfig;
@@ -106,7 +106,7 @@ fn check(a: &DataArgs, model: Option<&Path>) -> Result<()> {
 fn preview(a: &DataArgs, model: &Path, n: usize, seq_len: usize) -> Result<()> {
     let cfg = config(a)?;
     let tok = tokenizer(model)?;
-    let (records, _) = read_records(&a.file, &cfg)?;
+    let (records, mut report) = read_records(&a.file, &cfg)?;
     let encoder = Encoder::new(&tok, cfg.train_on)?;
     let (open, close) = if std::io::stdout().is_terminal() {
         ("\x1b[1;32m", "\x1b[0m")
@@ -122,7 +122,7 @@ fn preview(a: &DataArgs, model: &Path, n: usize, seq_len: usize) -> Result<()> {
         );
         println!("{}", mark_trained(&rendered, open, close));
     }
-    let (examples, report) = load_examples(&a.file, &tok, &cfg)?;
+    let examples = encode_records(&records, &mut report, &tok, cfg.train_on)?;
     let s = token_stats(&examples, seq_len);
     println!("── {}", report.summary());
     println!(

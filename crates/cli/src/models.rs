@@ -48,9 +48,11 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             let mut registry = Registry::open(&home)?;
             let entry = registry.remove(&name)?;
             // Only folders the studio itself wrote are deleted; others are the user's.
-            let owned = home.join("models").join(&name);
-            if entry.path.starts_with(&owned) || entry.path == owned {
-                let _ = std::fs::remove_dir_all(&owned);
+            // Entries hold canonical paths, so compare against the canonical owned folder.
+            if let Ok(owned) = home.join("models").join(&name).canonicalize() {
+                if entry.path.starts_with(&owned) {
+                    let _ = std::fs::remove_dir_all(&owned);
+                }
             }
             eprintln!("removed {name}");
             Ok(())

@@ -5,9 +5,10 @@ use std::path::Path;
 
 use crate::error::{EngineError, Result};
 
-/// Writes `bytes` to `path` through a temporary file in the same folder, fsyncs it and
-/// renames it into place, so that a crash or a full disk never leaves a half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `path` through a temporary file in the same folder: `fill` writes the content,
+/// which is then fsynced and renamed into place, so that a crash or a full disk never leaves
+/// a half-written file. A failed write removes the temporary file.
+fn write_via_temp(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -19,18 +20,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| EngineError::io(path, e))?;
+        fill(&mut f)?;
+        f.sync_all().map_err(|e| EngineError::io(path, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| EngineError::io(path, e))?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
         Ok(())
     })();
-    result.map_err(|e: std::io::Error| {
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        EngineError::io(path, e)
+    }
+    result
+}
+
+/// Writes `bytes` to `path` atomically (see [`write_via_temp`]).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_temp(path, |f| {
+        f.write_all(bytes).map_err(|e| EngineError::io(path, e))
     })
 }
 
@@ -53,8 +61,8 @@ pub fn safetensors_bytes(
 }
 
 /// Writes an F32 safetensors file (with `format=pt`) whose tensors are produced one at a time
-/// by `tensor(index)` in the order of `shapes`, so only one is in memory. Written through a
-/// temporary file, fsynced and renamed like [`write_atomic`].
+/// by `tensor(index)` in the order of `shapes`, so only one is in memory; atomically like
+/// [`write_atomic`].
 pub fn write_safetensors_streaming(
     path: &Path,
     shapes: &[(String, Vec<usize>)],
@@ -76,21 +84,9 @@ pub fn write_safetensors_streaming(
         .map_err(|e| EngineError::config("safetensors", e.to_string()))?;
     // The data must start 8-byte aligned; the format pads the header with spaces.
     text.resize(text.len().div_ceil(8) * 8, b' ');
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        let file = std::fs::File::create(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+    write_via_temp(path, |file| {
         let io = |e| EngineError::io(path, e);
+        let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&(text.len() as u64).to_le_bytes())
             .map_err(io)?;
         out.write_all(&text).map_err(io)?;
@@ -113,7 +109,7 @@ pub fn write_safetensors_streaming(
             }
             out.write_all(bytemuck::cast_slice(&values)).map_err(io)?;
         }
-        let mut file = out
+        let file = out
             .into_inner()
             .map_err(|e| EngineError::io(path, e.into_error()))?;
         let end = file.stream_position().map_err(io)?;
@@ -123,15 +119,6 @@ pub fn write_safetensors_streaming(
                 "written size differs from the header",
             ));
         }
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    })
 }

@@ -41,9 +41,9 @@ impl TokenCache {
             hasher.update(&buf[..n]);
         }
         hasher.update(tok.fingerprint().as_bytes());
-        let settings =
-            serde_json::to_string(&(cfg.format, &cfg.columns, cfg.train_on, cfg.on_bad_records))
-                .map_err(|e| EngineError::config("data", e.to_string()))?;
+        // Only what changes the tokens or the report; stop/skip is decided after the cache.
+        let settings = serde_json::to_string(&(cfg.format, &cfg.columns, cfg.train_on))
+            .map_err(|e| EngineError::config("data", e.to_string()))?;
         hasher.update(settings.as_bytes());
         // The report names the file, so the path is part of the key too.
         hasher.update(dataset.to_string_lossy().as_bytes());

@@ -113,12 +113,7 @@ impl DataReport {
 
 /// Reads the records of `path` and checks each against the format.
 pub fn read_records(path: &Path, cfg: &DataConfig) -> Result<(Vec<(usize, Record)>, DataReport)> {
-    let columns: Vec<(String, String)> = cfg
-        .columns
-        .iter()
-        .map(|(a, b)| (a.clone(), b.clone()))
-        .collect();
-    let read = read_rows(path, &columns)?;
+    let read = read_rows(path, &cfg.columns)?;
     let mut problems: Vec<Problem> = read
         .unreadable
         .iter()
@@ -130,7 +125,7 @@ pub fn read_records(path: &Path, cfg: &DataConfig) -> Result<(Vec<(usize, Record
         .collect();
     // `auto` decides per record, so files mixing text and prompt/completion records work.
     let mut records = Vec::with_capacity(read.rows.len());
-    let mut seen: BTreeMap<String, (usize, Format)> = BTreeMap::new();
+    let mut seen: BTreeMap<Format, usize> = BTreeMap::new();
     for row in &read.rows {
         let format = match cfg.format {
             Format::Auto => match detect(&row.fields) {
@@ -150,7 +145,7 @@ pub fn read_records(path: &Path, cfg: &DataConfig) -> Result<(Vec<(usize, Record
             },
             chosen => chosen,
         };
-        seen.entry(format.to_string()).or_insert((0, format)).0 += 1;
+        *seen.entry(format).or_default() += 1;
         match to_record(&row.fields, format) {
             Ok(r) => records.push((row.line, r)),
             Err(rej) => problems.push(Problem {
@@ -162,9 +157,9 @@ pub fn read_records(path: &Path, cfg: &DataConfig) -> Result<(Vec<(usize, Record
     }
     let format = match cfg.format {
         Format::Auto => seen
-            .values()
-            .max_by_key(|(n, _)| *n)
-            .map(|(_, f)| *f)
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(f, _)| f)
             .unwrap_or(Format::Auto),
         chosen => chosen,
     };
@@ -178,7 +173,7 @@ pub fn read_records(path: &Path, cfg: &DataConfig) -> Result<(Vec<(usize, Record
     Ok((records, report))
 }
 
-/// Tokenizes records on every core, keeping their order.
+/// Tokenizes records on every core, keeping their order; one result per record.
 fn encode_parallel(encoder: &Encoder, records: &[(usize, Record)]) -> Vec<Result<Example>> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -188,24 +183,51 @@ fn encode_parallel(encoder: &Encoder, records: &[(usize, Record)]) -> Vec<Result
         let handles: Vec<_> = records
             .chunks(chunk)
             .map(|part| {
-                scope.spawn(move || {
+                let handle = scope.spawn(move || {
                     part.iter()
                         .map(|(_, r)| encoder.encode(r))
                         .collect::<Vec<_>>()
-                })
+                });
+                (part.len(), handle)
             })
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| {
+            .flat_map(|(len, h)| {
+                // A failed thread fails each of its records, so none is lost or misnamed.
                 h.join().unwrap_or_else(|_| {
-                    vec![Err(EngineError::Tokenizer(
-                        "a tokenizer thread failed".into(),
-                    ))]
+                    (0..len)
+                        .map(|_| Err(EngineError::Tokenizer("a tokenizer thread failed".into())))
+                        .collect()
                 })
             })
             .collect()
     })
+}
+
+/// Tokenizes records read by [`read_records`]; records the template cannot render join the
+/// report's problems.
+pub fn encode_records(
+    records: &[(usize, Record)],
+    report: &mut DataReport,
+    tok: &TextTokenizer,
+    train_on: TrainOn,
+) -> Result<Vec<Example>> {
+    let encoder = Encoder::new(tok, train_on)?;
+    let mut examples = Vec::with_capacity(records.len());
+    for ((line, _), encoded) in records.iter().zip(encode_parallel(&encoder, records)) {
+        match encoded {
+            Ok(e) => examples.push(e),
+            Err(e) => report.problems.push(Problem {
+                line: *line,
+                reason: "template error".into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+    report.problems.sort_by_key(|p| p.line);
+    report.usable = examples.len();
+    Ok(examples)
 }
 
 /// Reads and tokenizes a dataset. Records the template cannot render are problems too.
@@ -226,20 +248,7 @@ pub fn load_examples_cached(
         Some(found) => found,
         None => {
             let (records, mut report) = read_records(path, cfg)?;
-            let encoder = Encoder::new(tok, cfg.train_on)?;
-            let mut examples = Vec::with_capacity(records.len());
-            for ((line, _), encoded) in records.iter().zip(encode_parallel(&encoder, &records)) {
-                match encoded {
-                    Ok(e) => examples.push(e),
-                    Err(e) => report.problems.push(Problem {
-                        line: *line,
-                        reason: "template error".into(),
-                        message: e.to_string(),
-                    }),
-                }
-            }
-            report.problems.sort_by_key(|p| p.line);
-            report.usable = examples.len();
+            let examples = encode_records(&records, &mut report, tok, cfg.train_on)?;
             if let (Some(c), Some(k)) = (cache, key.as_deref()) {
                 // A cache that cannot be written only costs time next run.
                 let _ = c.put(k, &examples, &report);

@@ -1,6 +1,7 @@
 //! Dataset files to rows of named fields: JSONL, JSON arrays, CSV/TSV and plain text.
 //! Every row keeps the line it started on, so every later problem can name it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -37,24 +38,24 @@ pub struct ReadOutcome {
 /// Reads `path` by its extension: `.jsonl`, `.json` (an array, or JSON lines), `.csv`, `.tsv`,
 /// `.txt`/`.md` (one record per blank-line-separated block, in field `text`), `.parquet`
 /// (rows numbered from 1).
-/// `columns` renames fields (`(from, to)`), e.g. `question` → `prompt`.
-pub fn read_rows(path: &Path, columns: &[(String, String)]) -> Result<ReadOutcome> {
+/// `columns` renames fields (`from` → `to`), e.g. `question` → `prompt`.
+pub fn read_rows(path: &Path, columns: &BTreeMap<String, String>) -> Result<ReadOutcome> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    let bytes = match ext.as_str() {
-        "parquet" => Vec::new(),
-        _ => std::fs::read(path).map_err(|e| EngineError::io(path, e))?,
-    };
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
-    let mut out = match ext.as_str() {
-        "parquet" => parquet_rows(path)?,
-        "csv" => delimited(bytes, b','),
-        "tsv" => delimited(bytes, b'\t'),
-        "txt" | "md" | "text" => text_blocks(path, bytes)?,
-        "json" if first_non_space(bytes) == Some(b'[') => json_array(path, bytes)?,
-        _ => json_lines(bytes),
+    let mut out = if ext == "parquet" {
+        parquet_rows(path)?
+    } else {
+        let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+        match ext.as_str() {
+            "csv" => delimited(bytes, b','),
+            "tsv" => delimited(bytes, b'\t'),
+            "txt" | "md" | "text" => text_blocks(path, bytes)?,
+            "json" if first_non_space(bytes) == Some(b'[') => json_array(path, bytes)?,
+            _ => json_lines(bytes),
+        }
     };
     if !columns.is_empty() {
         for row in &mut out.rows {

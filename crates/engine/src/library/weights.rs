@@ -58,7 +58,7 @@ pub fn header(path: &Path) -> Result<HashMap<String, (String, Vec<usize>)>> {
             .and_then(|o| o.get(1))
             .and_then(|e| e.as_u64())
         {
-            if end + len + 8 > size {
+            if end.saturating_add(len + 8) > size {
                 return Err(EngineError::bad_file(
                     path,
                     format!("truncated: tensor `{name}` ends past the end of the file"),
@@ -115,7 +115,14 @@ pub fn check_folder(dir: &Path) -> Result<FolderSummary> {
         if dtype.is_empty() {
             dtype = d.clone();
         }
-        parameters += shape.iter().product::<usize>() as u64;
+        // Shapes equal the config's, whose sizes a hostile config.json may make absurd.
+        let count = shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| {
+                EngineError::bad_file(dir, format!("tensor `{name}` is absurdly large"))
+            })?;
+        parameters = parameters.saturating_add(count);
     }
     TextTokenizer::load(dir, &config.eos_token_ids)?;
     Ok(FolderSummary {

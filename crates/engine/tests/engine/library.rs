@@ -117,28 +117,30 @@ fn unknown_tensor_type_is_named() {
     );
 }
 
-#[test]
-fn zero_alignment_is_a_corrupt_header_not_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("align0.gguf");
+/// A GGUF file with `metadata` and one small F32 `token_embd.weight`, written by candle.
+fn small_gguf(path: &Path, metadata: &[(&str, &Value)]) {
     let t = QTensor::quantize(
         &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
         GgmlDType::F32,
     )
     .unwrap();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, metadata, &[("token_embd.weight", &t)]).unwrap();
+}
+
+#[test]
+fn zero_alignment_is_a_corrupt_header_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("align0.gguf");
     let arch = Value::String("llama".into());
     let zero = Value::U32(0);
-    let mut f = std::fs::File::create(&path).unwrap();
-    gguf_file::write(
-        &mut f,
+    small_gguf(
+        &path,
         &[
             ("general.architecture", &arch),
             ("general.alignment", &zero),
         ],
-        &[("token_embd.weight", &t)],
-    )
-    .unwrap();
-    drop(f);
+    );
     let err = read_error(&path);
     assert!(err.contains("corrupt GGUF header"), "{err}");
 }
@@ -147,20 +149,8 @@ fn zero_alignment_is_a_corrupt_header_not_a_crash() {
 fn non_llama_architecture_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gpt2.gguf");
-    let t = QTensor::quantize(
-        &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
-        GgmlDType::F32,
-    )
-    .unwrap();
     let arch = Value::String("gpt2".into());
-    let mut f = std::fs::File::create(&path).unwrap();
-    gguf_file::write(
-        &mut f,
-        &[("general.architecture", &arch)],
-        &[("token_embd.weight", &t)],
-    )
-    .unwrap();
-    drop(f);
+    small_gguf(&path, &[("general.architecture", &arch)]);
     let err = read_error(&path);
     assert!(
         err.contains("architecture `gpt2` is not supported"),

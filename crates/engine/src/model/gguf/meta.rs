@@ -90,6 +90,14 @@ impl<'a> Metadata<'a> {
         Ok(v as usize)
     }
 
+    /// An optional positive count (see [`Metadata::count`]).
+    pub fn optional_count(&self, key: &str) -> Result<Option<usize>> {
+        match self.values.contains_key(key) {
+            true => self.count(key).map(Some),
+            false => Ok(None),
+        }
+    }
+
     /// A floating-point value.
     pub fn float(&self, key: &str) -> Result<Option<f64>> {
         match self.values.get(key) {
@@ -173,29 +181,20 @@ impl<'a> Metadata<'a> {
     }
 
     /// The transformers `config.json` this file's hyper-parameters describe.
-    /// `tied` says whether the file has no separate `output.weight`; `rope_scaling` is the
-    /// Llama 3 scaling recovered from `rope_freqs.weight`, if any.
-    pub fn config_json(
-        &self,
-        tied: bool,
-        rope_scaling: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value> {
+    /// `tied` says whether the file has no separate `output.weight`.
+    pub fn config_json(&self, tied: bool) -> Result<serde_json::Value> {
         let (arch, class) = self.architecture()?;
         let key = |k: &str| format!("{arch}.{k}");
         let hidden = self.count(&key("embedding_length"))?;
         let heads = self.count(&key("attention.head_count"))?;
-        let kv_heads = match self.uint(&key("attention.head_count_kv"))? {
-            Some(v) => self
-                .count(&key("attention.head_count_kv"))
-                .map(|_| v as usize)?,
-            None => heads,
-        };
-        let head_dim = match self.uint(&key("attention.key_length"))? {
-            Some(_) => self.count(&key("attention.key_length"))?,
-            None => hidden / heads,
-        };
-        let vocab = match self.uint(&key("vocab_size"))? {
-            Some(_) => self.count(&key("vocab_size"))?,
+        let kv_heads = self
+            .optional_count(&key("attention.head_count_kv"))?
+            .unwrap_or(heads);
+        let head_dim = self
+            .optional_count(&key("attention.key_length"))?
+            .unwrap_or(hidden / heads);
+        let vocab = match self.optional_count(&key("vocab_size"))? {
+            Some(v) => v,
             None => self
                 .strings("tokenizer.ggml.tokens")?
                 .map(|t| t.len())
@@ -223,9 +222,6 @@ impl<'a> Metadata<'a> {
         });
         if arch == "qwen2" {
             cfg["attention_bias"] = json!(true);
-        }
-        if let Some(scaling) = rope_scaling {
-            cfg["rope_scaling"] = scaling;
         }
         for (name, k) in [
             ("bos_token_id", "tokenizer.ggml.bos_token_id"),

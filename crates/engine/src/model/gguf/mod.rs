@@ -84,40 +84,48 @@ impl GgufModel {
                 "`rope_freqs.weight` has an absurd shape",
             ));
         }
-        let rope_scaling = match rope_freqs.is_some() {
-            false => None,
-            true => {
-                let divisors = tensors::dequantized(&content, &mut file, "rope_freqs.weight")
-                    .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-                    .map_err(|e| {
-                        EngineError::bad_file(path, format!("tensor `rope_freqs.weight`: {e}"))
-                    })?;
-                let cfg = meta.config_json(tied, None)?;
-                let num = |k: &str| cfg.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
-                Some(
-                    tensors::llama3_scaling(
-                        &divisors,
-                        num("head_dim") as usize,
-                        num("rope_theta"),
-                        num("max_position_embeddings") as usize,
-                    )
-                    .ok_or_else(|| {
-                        EngineError::bad_file(
-                            path,
-                            "`rope_freqs.weight` does not match Llama 3 rope scaling; this rope scaling is not supported",
-                        )
-                    })?,
+        let mut config_json = meta.config_json(tied)?;
+        if rope_freqs.is_some() {
+            let divisors = tensors::dequantized(&content, &mut file, "rope_freqs.weight")
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .map_err(|e| {
+                    EngineError::bad_file(path, format!("tensor `rope_freqs.weight`: {e}"))
+                })?;
+            let num = |k: &str| config_json.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+            let scaling = tensors::llama3_scaling(
+                &divisors,
+                num("head_dim") as usize,
+                num("rope_theta"),
+                num("max_position_embeddings") as usize,
+            )
+            .ok_or_else(|| {
+                EngineError::bad_file(
+                    path,
+                    "`rope_freqs.weight` does not match Llama 3 rope scaling; this rope scaling is not supported",
                 )
-            }
-        };
-        let config_json = meta.config_json(tied, rope_scaling)?;
+            })?;
+            config_json["rope_scaling"] = scaling;
+        }
         let config = LlamaConfig::from_json(&config_json.to_string()).map_err(|e| {
             EngineError::bad_file(path, format!("its hyper-parameters are not usable: {e}"))
         })?;
-        // Every tensor the config implies must be there with its shape, before any is read.
+        // The tensors must be exactly those the config implies, with their shapes, before
+        // any is read: an unexpected one would be written out unchecked.
         let found: HashMap<&str, &Vec<usize>> =
             weights.iter().map(|(_, hf, s)| (hf.as_str(), s)).collect();
-        for (name, shape) in config.weight_shapes() {
+        let implied = config.weight_shapes();
+        if let Some((extra, _, _)) = weights
+            .iter()
+            .find(|(_, hf, _)| !implied.iter().any(|(n, _)| n == hf))
+        {
+            return Err(EngineError::bad_file(
+                path,
+                format!(
+                    "tensor `{extra}` is not part of a {arch} model with these hyper-parameters"
+                ),
+            ));
+        }
+        for (name, shape) in implied {
             match found.get(name.as_str()) {
                 Some(s) if **s == shape => {}
                 Some(s) => {
