@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 
 export CARGO_TERM_COLOR=never
+# A fresh CI clone gains nothing from incremental caches, which cost gigabytes of disk.
+export CARGO_INCREMENTAL=0
 start=$(date +%s)
 # The real SmolLM2 the GGUF reference test compares against transformers with.
 PEFT_STUDIO_SMOLLM2_GGUF="$(bash scripts/fetch-smollm2.sh)"

@@ -2,5 +2,5 @@
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
 fn main() {
-    peft_studio_app::run();
+    peft_studio_shell::run();
 }

@@ -5,7 +5,7 @@ use tauri::test::{get_ipc_response, mock_builder, mock_context, noop_assets, INV
 use tauri::webview::InvokeRequest;
 
 fn invoke(cmd: &str) -> tauri::ipc::InvokeResponseBody {
-    let app = peft_studio_app::builder_for(mock_builder())
+    let app = peft_studio_shell::builder_for(mock_builder())
         .build(mock_context(noop_assets()))
         .expect("app");
     let webview = tauri::WebviewWindowBuilder::new(&app, "main", Default::default())

@@ -8,6 +8,10 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "peft-studio-cli", version, about)]
 pub struct Cli {
+    /// The run catalog (default: PEFT_STUDIO_CATALOG, else catalog.sqlite in the studio's
+    /// data folder).
+    #[arg(long, global = true)]
+    pub catalog: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -20,8 +24,16 @@ pub enum Command {
     Plan(PlanArgs),
     /// Train a run from a config file and/or flags.
     Train(Box<TrainArgs>),
-    /// Continue a run from its newest checkpoint.
+    /// Continue a stopped run from its newest checkpoint.
     Resume(ResumeArgs),
+    /// The run catalog: list, show, tag, note, cancel, delete, watch.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Compare runs: final figures, the config fields that differ, and a loss chart.
+    Compare(CompareArgs),
+    /// Train one queued run (started by `train` and `resume`; not for direct use).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
     /// Export a run's adapter or a checkpoint.
     Export(ExportArgs),
     /// Generate text with a base model, optionally with an adapter.
@@ -201,9 +213,15 @@ pub struct TrainArgs {
     /// Dataset (JSONL).
     #[arg(long)]
     pub dataset: Option<PathBuf>,
-    /// Run folder.
+    /// Run folder (default: runs/<time>-<method> in the studio's data folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// A name for the run in the catalog (default: method and model).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Start the worker and return at once, printing the run id (follow with `runs watch`).
+    #[arg(long)]
+    pub detach: bool,
     /// Method settings.
     #[command(flatten)]
     pub method: MethodArgs,
@@ -245,18 +263,129 @@ pub struct TrainArgs {
 /// `resume`.
 #[derive(Debug, Args)]
 pub struct ResumeArgs {
-    /// The run folder (holding run.toml and checkpoints/).
+    /// The run: its catalog id or its folder.
+    pub run: String,
+    /// Train to this many steps in all (to continue a finished run further).
     #[arg(long)]
-    pub run: PathBuf,
+    pub max_steps: Option<usize>,
+    /// Start the worker and return at once (follow with `runs watch`).
+    #[arg(long)]
+    pub detach: bool,
     /// Output style.
     #[command(flatten)]
     pub output: OutputArgs,
 }
 
+/// `runs …`.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Runs, newest first (dead workers are noticed and their runs marked failed).
+    List {
+        /// One JSON object per run instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only runs with this status (queued, running, completed, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// One run: status, progress, error, checkpoints, adapters, notes.
+    Show {
+        /// Run id or folder.
+        run: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add tags to a run.
+    Tag {
+        /// Run id or folder.
+        run: String,
+        /// Tags to add.
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Remove tags from a run.
+    Untag {
+        /// Run id or folder.
+        run: String,
+        /// Tags to remove.
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Add a note to a run.
+    Note {
+        /// Run id or folder.
+        run: String,
+        /// The text.
+        text: String,
+    },
+    /// Stop a run after its current step (it writes a checkpoint first).
+    Cancel {
+        /// Run id or folder.
+        run: String,
+    },
+    /// Delete a stopped run from the catalog, and its folder unless --keep-files.
+    Delete {
+        /// Run id or folder.
+        run: String,
+        /// Keep the run folder (checkpoints, adapter) on disk.
+        #[arg(long)]
+        keep_files: bool,
+    },
+    /// Follow a run live from the catalog (history first), until it stops.
+    Watch {
+        /// Run id or folder.
+        run: String,
+        /// Print metric rows as JSON lines instead of a progress bar.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Run ids or folders.
+    #[arg(required = true)]
+    pub runs: Vec<String>,
+    /// Write a loss chart here (.png or .svg).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// X axis: step, epoch, tokens or time.
+    #[arg(long, default_value = "step")]
+    pub x: String,
+    /// EMA smoothing weight in [0, 1) (TensorBoard's slider).
+    #[arg(long, default_value_t = 0.0)]
+    pub smoothing: f64,
+    /// Logarithmic loss axis.
+    #[arg(long)]
+    pub log_y: bool,
+    /// Most points per series.
+    #[arg(long, default_value_t = 2000)]
+    pub points: usize,
+    /// Chart size in pixels, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1600x900")]
+    pub size: String,
+    /// Print the series and the config diff as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The run to train.
+    #[arg(long)]
+    pub run: i64,
+}
+
 /// `export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// A run: its folder, or its name under ./runs.
+    /// A run: its catalog id or its folder.
     #[arg(
         long,
         conflicts_with = "checkpoint",

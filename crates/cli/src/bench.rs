@@ -10,20 +10,13 @@ use peft_studio_engine::model::ops::SplitMix64;
 use peft_studio_engine::model::ForwardCtx;
 use peft_studio_engine::peft::MethodConfig;
 use peft_studio_engine::run::default_device;
+use peft_studio_engine::sysinfo::peak_rss_bytes;
 use peft_studio_engine::train::batch_loss;
 use peft_studio_engine::train::optimizer::{collect_grads, AdamW};
 use peft_studio_engine::Result;
 
 use crate::args::BenchArgs;
 use crate::commands::apply_method_args;
-
-/// Peak resident set size of this process in bytes (Linux `VmHWM`), if known.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
 
 /// Runs the benchmark and prints one summary line per figure.
 pub fn bench(a: &BenchArgs) -> Result<()> {

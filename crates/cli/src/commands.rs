@@ -1,8 +1,6 @@
-//! The subcommands, each a thin layer over the engine.
+//! The subcommands, each a thin layer over the engine and the app layer.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use candle_core::DType;
 use peft_studio_engine::chat::Message;
@@ -12,14 +10,16 @@ use peft_studio_engine::peft::{load::attach_lora, target, MethodConfig, TargetMo
 use peft_studio_engine::plan::count_params;
 use peft_studio_engine::run::{self, RunConfig};
 use peft_studio_engine::tokenizer::TextTokenizer;
-use peft_studio_engine::train::TrainSink;
 use peft_studio_engine::{EngineError, Result};
 
-use crate::args::{Cli, Command, ExportArgs, GenerateArgs, MethodArgs, OutputArgs, TrainArgs};
-use crate::progress::{Bar, JsonLines};
+use crate::args::{Cli, Command, ExportArgs, GenerateArgs, MethodArgs, TrainArgs};
 
 /// Runs one subcommand.
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
+    let catalog = cli
+        .catalog
+        .clone()
+        .unwrap_or_else(peft_studio_app::default_catalog_path);
     match cli.command {
         Command::Plan(a) => {
             let cfg = LlamaConfig::from_path(&resolve_model(&a.model)?)?;
@@ -29,17 +29,22 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{counts}");
             Ok(())
         }
-        Command::Train(a) => train(*a),
-        Command::Resume(a) => {
-            let cfg = run::load_run(&a.run)?;
-            train_with_output(&cfg, true, &a.output)
+        Command::Train(a) => {
+            let cfg = train_config(&a)?;
+            crate::runs::train(&catalog, &cfg, a.name.as_deref(), a.detach, &a.output)
         }
-        Command::Export(a) => export(a),
-        Command::Generate(a) => generate_cmd(a),
-        Command::Bench(a) => crate::bench::bench(&a),
-        Command::Demo(a) => demo(&a.out, a.model.as_deref()),
-        Command::Models(c) => crate::models::run(c),
-        Command::Data(c) => crate::data::run(c),
+        Command::Resume(a) => {
+            crate::runs::resume(&catalog, &a.run, a.max_steps, a.detach, &a.output)
+        }
+        Command::Runs(c) => crate::runs::runs(&catalog, c),
+        Command::Compare(a) => crate::runs::compare(&catalog, &a),
+        Command::Worker(a) => crate::runs::worker(&catalog, a.run),
+        Command::Export(a) => export(&catalog, a),
+        Command::Generate(a) => Ok(generate_cmd(a)?),
+        Command::Bench(a) => Ok(crate::bench::bench(&a)?),
+        Command::Demo(a) => Ok(demo(&a.out, a.model.as_deref())?),
+        Command::Models(c) => Ok(crate::models::run(c)?),
+        Command::Data(c) => Ok(crate::data::run(c)?),
     }
 }
 
@@ -84,7 +89,8 @@ pub fn apply_method_args(m: &mut MethodConfig, a: &MethodArgs) -> Result<()> {
     Ok(())
 }
 
-fn train(a: TrainArgs) -> Result<()> {
+/// The run config `train` starts: the config file (if any) with the flags applied on top.
+fn train_config(a: &TrainArgs) -> Result<RunConfig> {
     let mut cfg = match &a.config {
         Some(path) => RunConfig::from_toml_file(path)?,
         None => {
@@ -92,7 +98,7 @@ fn train(a: TrainArgs) -> Result<()> {
             RunConfig {
                 model: a.model.clone().ok_or_else(|| missing("model"))?,
                 dataset: a.dataset.clone().ok_or_else(|| missing("dataset"))?,
-                out: a.out.clone().ok_or_else(|| missing("out"))?,
+                out: PathBuf::new(),
                 method: MethodConfig::default(),
                 train: Default::default(),
                 data: Default::default(),
@@ -141,47 +147,29 @@ fn train(a: TrainArgs) -> Result<()> {
     if let Some(v) = a.seed {
         t.seed = v;
     }
-    train_with_output(&cfg, false, &a.output)
-}
-
-fn train_with_output(cfg: &RunConfig, resume: bool, output: &OutputArgs) -> Result<()> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    // Ctrl-C stops after the current step and writes a checkpoint that `resume` continues.
-    let flag = cancel.clone();
-    let _ = ctrlc::set_handler(move || {
-        eprintln!("\nstopping after this step; resume later with `peft-studio-cli resume`");
-        flag.store(true, std::sync::atomic::Ordering::Relaxed);
-    });
-    let mut json = JsonLines;
-    let mut bar = Bar::default();
-    let sink: &mut dyn TrainSink = if output.json { &mut json } else { &mut bar };
-    let adapter = match run::train(cfg, resume, sink, &cancel) {
-        Err(EngineError::Cancelled) => {
-            eprintln!(
-                "run stopped; its last checkpoint is in {}",
-                cfg.checkpoints_dir().display()
-            );
-            return Err(EngineError::Cancelled);
-        }
-        other => other?,
-    };
-    if !output.json {
-        eprintln!("adapter written to {}", adapter.display());
+    if cfg.out.as_os_str().is_empty() {
+        cfg.out = peft_studio_app::launch::default_out_dir(cfg.method.kind.as_str());
     }
-    Ok(())
+    Ok(cfg)
 }
 
-fn export(a: ExportArgs) -> Result<()> {
+fn export(catalog: &Path, a: ExportArgs) -> peft_studio_app::Result<()> {
     if a.format != "peft" {
         return Err(EngineError::config(
             "format",
             format!("`{}` is not supported; supported: peft", a.format),
-        ));
+        )
+        .into());
     }
     let checkpoint = match (&a.checkpoint, &a.run) {
         (Some(c), _) => c.clone(),
-        (None, Some(id)) => {
-            let dir = resolve_run(id);
+        (None, Some(key)) => {
+            let dir = if Path::new(key).join("run.toml").is_file() {
+                PathBuf::from(key)
+            } else {
+                let catalog = crate::runs::open(catalog)?;
+                PathBuf::from(crate::runs::find_run(&catalog, key)?.out_dir)
+            };
             let cfg = run::load_run(&dir)?;
             peft_studio_engine::train::checkpoint::list(&cfg.checkpoints_dir())
                 .pop()
@@ -193,21 +181,11 @@ fn export(a: ExportArgs) -> Result<()> {
                     )
                 })?
         }
-        (None, None) => return Err(EngineError::config("run", "give --run or --checkpoint")),
+        (None, None) => return Err(EngineError::config("run", "give --run or --checkpoint").into()),
     };
     run::export_checkpoint(&checkpoint, &a.out)?;
     eprintln!("exported {} to {}", checkpoint.display(), a.out.display());
     Ok(())
-}
-
-/// A run given as a folder, or as a name under ./runs.
-fn resolve_run(id: &str) -> PathBuf {
-    let p = Path::new(id);
-    if p.join("run.toml").is_file() {
-        p.to_path_buf()
-    } else {
-        Path::new("runs").join(id)
-    }
 }
 
 fn generate_cmd(mut a: GenerateArgs) -> Result<()> {

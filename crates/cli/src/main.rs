@@ -6,6 +6,7 @@ mod commands;
 mod data;
 mod models;
 mod progress;
+mod runs;
 
 use clap::Parser;
 

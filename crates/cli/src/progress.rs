@@ -1,18 +1,7 @@
-//! Terminal sinks for training events: a progress bar with loss and ETA, or JSON lines.
+//! The terminal sink for training events: a progress bar with loss and ETA.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use peft_studio_engine::train::{TrainEvent, TrainSink};
-
-/// Prints each event as one JSON object on stdout.
-pub struct JsonLines;
-
-impl TrainSink for JsonLines {
-    fn event(&mut self, event: &TrainEvent) {
-        if let Ok(line) = serde_json::to_string(event) {
-            println!("{line}");
-        }
-    }
-}
 
 /// A progress bar on stderr showing step, loss, throughput and ETA.
 #[derive(Default)]

@@ -15,6 +15,7 @@ pub mod model;
 pub mod peft;
 pub mod plan;
 pub mod run;
+pub mod sysinfo;
 pub mod tokenizer;
 pub mod train;
 

@@ -29,6 +29,23 @@ pub enum MethodKind {
     Full,
 }
 
+impl MethodKind {
+    /// The name used in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lora => "lora",
+            Self::Freeze => "freeze",
+            Self::Full => "full",
+        }
+    }
+}
+
+impl std::fmt::Display for MethodKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::str::FromStr for MethodKind {
     type Err = EngineError;
     fn from_str(s: &str) -> Result<Self> {

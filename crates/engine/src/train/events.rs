@@ -1,10 +1,10 @@
 //! What the trainer reports, and the sink trait its reports go to (a progress bar, JSON
 //! lines, the catalog and the UI stream are all sinks of the same events).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One optimiser step's figures.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
     /// 1-based step number.
     pub step: usize,
@@ -27,7 +27,7 @@ pub struct StepMetrics {
 }
 
 /// An event of a training run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum TrainEvent {
     /// A dataset was read: its summary and every record left out, as `FILE:LINE: message`.

@@ -6,8 +6,23 @@ use std::process::{Command, Output};
 
 use peft_studio_engine::fixtures::{write_tiny_model, TinySpec};
 
+mod runs;
+
+thread_local! {
+    /// Each test has a catalog of its own, so that runs of tests running side by side do not
+    /// queue behind each other.
+    static CATALOG: tempfile::TempDir = tempfile::tempdir().expect("tempdir");
+}
+
+/// The CLI with this test's catalog.
+fn cli_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peft-studio-cli"));
+    CATALOG.with(|d| cmd.env("PEFT_STUDIO_CATALOG", d.path().join("catalog.sqlite")));
+    cmd
+}
+
 fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_peft-studio-cli"))
+    cli_command()
         .args(args)
         .output()
         .expect("run peft-studio-cli")
@@ -183,17 +198,37 @@ fn train_export_generate_with_flags() {
     ] {
         assert!(steps[0].get(key).is_some(), "step event lacks {key}");
     }
+    assert!(events.iter().any(|e| e["event"] == "finished"));
+    let end = events.last().expect("events");
     assert_eq!(
-        events.last().map(|e| e["event"].clone()),
-        Some(serde_json::json!("finished"))
+        (&end["event"], &end["status"]),
+        (
+            &serde_json::json!("status"),
+            &serde_json::json!("completed")
+        )
     );
     assert!(out.join("adapter/adapter_model.safetensors").is_file());
+    // The catalog has the run, its metrics and its adapter.
+    let run_id = events[0]["run"]
+        .as_i64()
+        .expect("the worker names its run first");
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&ok(cli(&[
+        "runs",
+        "show",
+        &run_id.to_string(),
+        "--json",
+    ]))))
+    .expect("json");
+    assert_eq!(shown["run"]["status"], "completed");
+    assert_eq!(shown["run"]["last_step"], 6);
+    assert_eq!(shown["run"]["total_steps"], 6);
+    assert_eq!(shown["adapters"].as_array().map(Vec::len), Some(1));
 
     let exported = dir.path().join("exported");
     ok(cli(&[
         "export",
         "--run",
-        s(&out),
+        &run_id.to_string(),
         "--format",
         "peft",
         "--out",
@@ -255,12 +290,8 @@ fn train_from_config_file_then_resume() {
         run.join("run.toml").is_file(),
         "relative `out` resolves next to the config file"
     );
-    // Raise the step budget in the saved config and resume.
-    let saved = std::fs::read_to_string(run.join("run.toml"))
-        .expect("run.toml")
-        .replace("max_steps = 2", "max_steps = 4");
-    std::fs::write(run.join("run.toml"), saved).expect("edit");
-    let o = ok(cli(&["resume", "--run", s(&run), "--json"]));
+    // Train the finished run further: resume it (by folder) with a larger step budget.
+    let o = ok(cli(&["resume", s(&run), "--max-steps", "4", "--json"]));
     let steps: Vec<String> = stdout(&o)
         .lines()
         .filter(|l| l.contains("\"event\":\"step\""))
@@ -361,7 +392,7 @@ fn ctrl_c_stops_with_a_checkpoint_that_resume_continues() {
     use std::io::BufRead;
     let (dir, model, data) = setup();
     let out = dir.path().join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_peft-studio-cli"))
+    let mut child = cli_command()
         .args([
             "train",
             "--model",

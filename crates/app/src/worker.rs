@@ -1,0 +1,307 @@
+//! The worker: the process that trains one run. It waits for its turn on the device, trains
+//! (resuming from the run's newest checkpoint when there is one), writes its own metrics and
+//! heartbeat to the catalog, and prints every event as a JSON line for an attached parent.
+//! A parent that goes away does not stop it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use peft_studio_catalog::{Catalog, MetricRow, NewAdapter, RunStatus};
+use peft_studio_engine::run::{self, RunConfig};
+use peft_studio_engine::train::{checkpoint, TrainEvent, TrainSink};
+use peft_studio_engine::EngineError;
+use serde_json::json;
+
+use crate::error::{AppError, Result};
+
+/// How often buffered metrics are written: often enough for a live view (< 200 ms behind),
+/// rarely enough that a fast run does not write a transaction per step.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// How often the worker proves it is alive and checks for a stop request.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How often a queued worker checks whether its turn has come.
+const QUEUE_POLL: Duration = Duration::from_millis(300);
+
+/// Prints one JSON line for the parent, ignoring a parent that has gone away.
+fn emit(line: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+}
+
+/// Trains run `run_id` of the catalog at `catalog_path`. `cancel` is set by a signal handler
+/// (Ctrl-C) or by a stop request seen in the catalog. Returns how the run ended (a training
+/// error is recorded in the catalog as the failure's reason, not returned); an error means the
+/// run could not be worked on at all.
+pub fn run_worker(catalog_path: &Path, run_id: i64, cancel: Arc<AtomicBool>) -> Result<RunStatus> {
+    let catalog = Catalog::open(catalog_path)?;
+    let run = catalog.run(run_id)?;
+    if run.status != RunStatus::Queued {
+        return Err(AppError::Invalid(format!(
+            "run {run_id} is {}, not queued; `resume {run_id}` queues a stopped run",
+            run.status.as_str()
+        )));
+    }
+    let pid = std::process::id();
+    catalog.set_pid(run_id, pid)?;
+    emit(&json!({"event": "worker", "run": run_id, "pid": pid}));
+    if !wait_for_turn(&catalog, run_id, pid)? {
+        return Ok(catalog.run(run_id)?.status);
+    }
+    let result = train_claimed(&catalog, catalog_path, run_id, run.config, cancel);
+    let (status, error) = match &result {
+        Ok(()) => (RunStatus::Completed, None),
+        Err(AppError::Engine(EngineError::Cancelled)) => (RunStatus::Cancelled, None),
+        Err(e) => (RunStatus::Failed, Some(e.to_string())),
+    };
+    catalog.finish(run_id, status, error.as_deref())?;
+    emit(&json!({"event": "status", "status": status.as_str(), "error": error}));
+    Ok(status)
+}
+
+/// Waits until the run may use its device; `false` when it was cancelled while queued.
+fn wait_for_turn(catalog: &Catalog, run_id: i64, pid: u32) -> Result<bool> {
+    let mut said = false;
+    let mut last_beat = Instant::now();
+    loop {
+        catalog.reap_dead()?;
+        if catalog.claim(run_id, pid)? {
+            return Ok(true);
+        }
+        if catalog.run(run_id)?.status != RunStatus::Queued {
+            return Ok(false);
+        }
+        if !said {
+            emit(&json!({"event": "queued", "reason": "another run is training on this device"}));
+            said = true;
+        }
+        if last_beat.elapsed() >= HEARTBEAT_EVERY {
+            catalog.heartbeat(run_id, None)?;
+            last_beat = Instant::now();
+        }
+        std::thread::sleep(QUEUE_POLL);
+    }
+}
+
+fn train_claimed(
+    catalog: &Catalog,
+    catalog_path: &Path,
+    run_id: i64,
+    config: serde_json::Value,
+    cancel: Arc<AtomicBool>,
+) -> Result<()> {
+    let cfg: RunConfig = serde_json::from_value(config).map_err(|e| {
+        AppError::Invalid(format!("run {run_id}: stored config is unreadable: {e}"))
+    })?;
+    // Continue from the newest complete checkpoint; the steps after it are trained again,
+    // so their old metrics go.
+    let resume_from = checkpoint::list(&cfg.checkpoints_dir())
+        .last()
+        .map(|(s, _)| *s as i64);
+    let kept_until = resume_from.unwrap_or(-1);
+    let wall_offset = catalog
+        .metrics(run_id, kept_until - 1)?
+        .first()
+        .filter(|r| r.step == kept_until)
+        .and_then(|r| r.wall_s)
+        .unwrap_or(0.0);
+    catalog.truncate_metrics_after(run_id, kept_until)?;
+
+    let (tx, rx) = mpsc::channel();
+    let recorder = {
+        let (path, cancel, ckpt_dir) = (
+            catalog_path.to_path_buf(),
+            cancel.clone(),
+            cfg.checkpoints_dir(),
+        );
+        std::thread::spawn(move || record(&path, run_id, rx, &cancel, wall_offset, &ckpt_dir))
+    };
+    let mut sink = WorkerSink { tx };
+    let trained = run::train(&cfg, resume_from.is_some(), &mut sink, &cancel);
+    drop(sink);
+    let recorded = recorder
+        .join()
+        .map_err(|_| AppError::Invalid("the metrics recorder thread crashed".into()))?;
+    let adapter = trained?;
+    recorded?;
+    record_adapter(catalog, run_id, &cfg, &adapter)?;
+    Ok(())
+}
+
+/// Passes events to the recorder thread and to the parent.
+struct WorkerSink {
+    tx: mpsc::Sender<TrainEvent>,
+}
+
+impl TrainSink for WorkerSink {
+    fn event(&mut self, event: &TrainEvent) {
+        if let Ok(v) = serde_json::to_value(event) {
+            emit(&v);
+        }
+        let _ = self.tx.send(event.clone());
+    }
+}
+
+/// The catalog row an event adds to, if any.
+fn metric_of(event: &TrainEvent, wall_offset: f64) -> Option<MetricRow> {
+    match event {
+        TrainEvent::Step(m) => Some(MetricRow {
+            step: m.step as i64,
+            epoch: Some(m.epoch as i64),
+            tokens_seen: Some(m.tokens_seen as i64),
+            wall_s: Some(wall_offset + m.elapsed_s),
+            loss: Some(m.loss),
+            eval_loss: None,
+            lr: Some(m.lr),
+            grad_norm: Some(m.grad_norm),
+            tokens_per_s: Some(m.tokens_per_s),
+        }),
+        TrainEvent::Eval { step, eval_loss } => Some(MetricRow {
+            step: *step as i64,
+            eval_loss: Some(*eval_loss),
+            ..MetricRow::default()
+        }),
+        _ => None,
+    }
+}
+
+/// The recorder thread: writes metrics in batches, beats, and turns a stop request in the
+/// catalog into the cancel flag. A failed write (a full disk) keeps the rows for the next try.
+fn record(
+    catalog_path: &Path,
+    run_id: i64,
+    rx: Receiver<TrainEvent>,
+    cancel: &AtomicBool,
+    wall_offset: f64,
+    checkpoints: &Path,
+) -> Result<()> {
+    let catalog = Catalog::open(catalog_path)?;
+    let mut pending: Vec<MetricRow> = Vec::new();
+    let mut checkpoints_changed = false;
+    let (mut last_flush, mut last_beat) = (Instant::now(), Instant::now());
+    let mut last_error: Option<AppError> = None;
+    loop {
+        let done = match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(event) => {
+                match &event {
+                    TrainEvent::Started { total_steps, .. } => {
+                        if let Err(e) = catalog.set_total_steps(run_id, *total_steps as u64) {
+                            eprintln!(
+                                "warning: could not record the step count of run {run_id}: {e}"
+                            );
+                        }
+                    }
+                    TrainEvent::Checkpoint { .. } => checkpoints_changed = true,
+                    _ => {}
+                }
+                pending.extend(metric_of(&event, wall_offset));
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if done || last_flush.elapsed() >= FLUSH_EVERY {
+            last_flush = Instant::now();
+            match flush(&catalog, run_id, &pending, checkpoints_changed, checkpoints) {
+                Ok(()) => {
+                    pending.clear();
+                    checkpoints_changed = false;
+                    last_error = None;
+                }
+                Err(e) => {
+                    eprintln!("warning: could not record metrics of run {run_id} yet: {e}");
+                    last_error = Some(e);
+                }
+            }
+        }
+        if last_beat.elapsed() >= HEARTBEAT_EVERY {
+            last_beat = Instant::now();
+            let peak = peft_studio_engine::sysinfo::peak_rss_bytes();
+            if catalog.heartbeat(run_id, peak).unwrap_or(false) {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+        if done {
+            let peak = peft_studio_engine::sysinfo::peak_rss_bytes();
+            let _ = catalog.heartbeat(run_id, peak);
+            return last_error.map_or(Ok(()), Err);
+        }
+    }
+}
+
+fn flush(
+    catalog: &Catalog,
+    run_id: i64,
+    rows: &[MetricRow],
+    checkpoints_changed: bool,
+    checkpoints: &Path,
+) -> Result<()> {
+    catalog.write_metrics(run_id, rows)?;
+    if checkpoints_changed {
+        let list: Vec<(i64, String)> = checkpoint::list(checkpoints)
+            .into_iter()
+            .map(|(s, p)| (s as i64, p.display().to_string()))
+            .collect();
+        catalog.set_checkpoints(run_id, &list)?;
+    }
+    Ok(())
+}
+
+/// Records the adapter folder a completed run wrote.
+fn record_adapter(catalog: &Catalog, run_id: i64, cfg: &RunConfig, dir: &Path) -> Result<()> {
+    let weights = ["adapter_model.safetensors", "trained.safetensors"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            AppError::Invalid(format!("{}: the run wrote no weights file", dir.display()))
+        })?;
+    let (sha256, size_bytes) = sha256_file(&weights)?;
+    catalog.add_adapter(&NewAdapter {
+        run_id: Some(run_id),
+        path: dir.display().to_string(),
+        method: cfg.method.kind.to_string(),
+        base_model: cfg.model.display().to_string(),
+        sha256,
+        size_bytes,
+    })?;
+    Ok(())
+}
+
+/// SHA-256 (hex) and size of a file, read in blocks.
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| AppError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| AppError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    let hex = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((hex, size))
+}
+
+/// The arguments that start a worker for `run_id` (after the program's own path).
+pub fn worker_args(catalog_path: &Path, run_id: i64) -> Vec<std::ffi::OsString> {
+    vec![
+        "worker".into(),
+        "--catalog".into(),
+        PathBuf::from(catalog_path).into_os_string(),
+        "--run".into(),
+        run_id.to_string().into(),
+    ]
+}

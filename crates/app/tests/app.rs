@@ -1,0 +1,118 @@
+//! The app layer without a worker process: charts from real catalog data, run folders.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code may panic
+
+use peft_studio_app::catalog::series::{SeriesOptions, XAxis};
+use peft_studio_app::catalog::{Catalog, MetricRow, NewRun};
+use peft_studio_app::chart::{render, series_color, ChartOptions};
+use peft_studio_app::launch::utc_stamp;
+
+fn run_with_curve(c: &Catalog, name: &str, scale: f64, steps: i64) -> i64 {
+    let id = c
+        .add_run(&NewRun {
+            name: name.into(),
+            model_name: "tiny".into(),
+            model_path: "/m".into(),
+            architecture: None,
+            dataset_path: "/d.jsonl".into(),
+            dataset_sha256: "00".repeat(32),
+            dataset_bytes: 1,
+            method: "lora".into(),
+            config: serde_json::json!({}),
+            out_dir: format!("/runs/{name}"),
+            device: "cpu".into(),
+        })
+        .unwrap();
+    let rows: Vec<MetricRow> = (1..=steps)
+        .map(|s| MetricRow {
+            step: s,
+            epoch: Some(s / 50),
+            tokens_seen: Some(s * 256),
+            wall_s: Some(s as f64),
+            loss: Some(
+                scale * (3.0 / (1.0 + s as f64 / 40.0) + 0.2 * ((s * 7919) % 13) as f64 / 13.0),
+            ),
+            eval_loss: (s % 100 == 0).then_some(scale * 3.0 / (1.0 + s as f64 / 40.0)),
+            ..Default::default()
+        })
+        .collect();
+    c.write_metrics(id, &rows).unwrap();
+    id
+}
+
+#[test]
+fn comparison_chart_png_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Catalog::open(&dir.path().join("c.sqlite")).unwrap();
+    let ids = [
+        run_with_curve(&c, "r8", 1.0, 3000),
+        run_with_curve(&c, "r16", 0.7, 3000),
+    ];
+    let opts = SeriesOptions {
+        x: XAxis::Step,
+        max_points: 400,
+        smoothing: 0.3,
+    };
+    let series: Vec<_> = ids
+        .iter()
+        .map(|&id| c.series(id, &format!("run {id}"), &opts).unwrap())
+        .collect();
+    let png = dir.path().join("chart.png");
+    render(&series, &ChartOptions::default(), &png).unwrap();
+    let img = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (1600, 900));
+    let non_white = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+    assert!(
+        non_white > 20_000,
+        "the chart is drawn ({non_white} non-white pixels)"
+    );
+    for i in 0..series.len() {
+        let want = series_color(i);
+        let hits = img
+            .pixels()
+            .filter(|p| p.0 == [want.0, want.1, want.2])
+            .count();
+        assert!(
+            hits > 500,
+            "series {i} is drawn in its colour ({hits} pixels)"
+        );
+    }
+    let svg = dir.path().join("chart.svg");
+    render(
+        &series,
+        &ChartOptions {
+            log_y: true,
+            ..Default::default()
+        },
+        &svg,
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.contains("<svg") && text.contains("run 1: loss") && text.contains("run 2: eval loss")
+    );
+    assert!(text.contains("loss (log scale)"));
+    // Bad requests are errors naming the file.
+    let err = render(
+        &series,
+        &ChartOptions::default(),
+        &dir.path().join("chart.gif"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("chart.gif") && err.contains(".png or .svg"),
+        "{err}"
+    );
+    let empty = c.series(999, "none", &opts).unwrap();
+    let err = render(&[empty], &ChartOptions::default(), &png)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no metrics"), "{err}");
+}
+
+#[test]
+fn utc_stamps() {
+    assert_eq!(utc_stamp(0), "19700101-000000");
+    assert_eq!(utc_stamp(951_782_400), "20000229-000000");
+    assert_eq!(utc_stamp(1_795_941_296), "20261129-083456");
+}

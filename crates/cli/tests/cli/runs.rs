@@ -1,0 +1,288 @@
+//! Runs through the catalog and worker processes: a killed worker resumes to the same
+//! losses, a killed parent leaves its run training, runs queue one at a time per device.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::{cli, cli_command, ok, s, setup, stderr, stdout};
+
+/// A run config of `steps` steps that checkpoints every 20 and evaluates every 10 on a
+/// quarter of an 8-record dataset written beside `data`.
+fn run_config(dir: &Path, model: &Path, data: &Path, name: &str, steps: usize) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let data = data.with_file_name("eight.jsonl");
+    let records: Vec<String> = (0..8)
+        .map(|i| format!("{{\"prompt\": \"Q{i}: hi\", \"completion\": \" hello {i} world\"}}"))
+        .collect();
+    if !data.exists() {
+        std::fs::write(&data, records.join("\n")).expect("dataset");
+    }
+    let data = data.as_path();
+    let text = format!(
+        "model = {:?}\ndataset = {:?}\nout = {name:?}\n\n[method]\nkind = \"lora\"\nr = 4\nlora_alpha = 8\ntarget_modules = \"all-linear\"\n\n[train]\nlr = 0.01\nbatch_size = 2\nseq_len = 32\nmax_steps = {steps}\ncheckpoint_every = 20\neval_every = 10\nval_fraction = 0.25\nseed = 3\n",
+        s(model),
+        s(data)
+    );
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn show(id: i64) -> serde_json::Value {
+    json(&stdout(&ok(cli(&[
+        "runs",
+        "show",
+        &id.to_string(),
+        "--json",
+    ]))))
+}
+
+fn kill(signal: &str, pid: u64) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Training losses of each run as the catalog has them, via `compare --json`.
+fn losses(ids: &[i64]) -> Vec<Vec<f64>> {
+    let mut args = vec![
+        "compare".to_string(),
+        "--json".into(),
+        "--points".into(),
+        "100000".into(),
+    ];
+    args.extend(ids.iter().map(i64::to_string));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let v = json(&stdout(&ok(cli(&args))));
+    v["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .map(|s| {
+            s["loss"]
+                .as_array()
+                .expect("loss")
+                .iter()
+                .map(|p| p["y"].as_f64().expect("y"))
+                .collect()
+        })
+        .collect()
+}
+
+/// Starts an attached `train --json` and reads up to the first step at or after `step`;
+/// returns the parent process, the worker's pid and the run id.
+fn train_until(config: &Path, step: u64) -> (std::process::Child, u64, i64) {
+    let mut child = cli_command()
+        .args(["train", "--config", s(config), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(out).lines();
+    let first = json(&lines.next().expect("a first line").expect("line"));
+    assert_eq!(first["event"], "worker", "{first}");
+    let (pid, id) = (
+        first["pid"].as_u64().expect("pid"),
+        first["run"].as_i64().expect("run"),
+    );
+    for line in lines.by_ref() {
+        let v = json(&line.expect("line"));
+        if v["event"] == "step" && v["step"].as_u64().expect("step") >= step {
+            break;
+        }
+        assert_ne!(
+            v["event"], "status",
+            "the run ended before step {step}: {v}"
+        );
+    }
+    // Keep draining in the background so that the parent never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, pid, id)
+}
+
+#[test]
+fn a_killed_worker_resumes_to_the_losses_of_an_uninterrupted_run() {
+    let (dir, model, data) = setup();
+    let steps = 400;
+    let reference = ok(cli(&[
+        "train",
+        "--config",
+        s(&run_config(dir.path(), &model, &data, "whole", steps)),
+        "--json",
+    ]));
+    let whole = json(stdout(&reference).lines().next().expect("line"))["run"]
+        .as_i64()
+        .expect("id");
+
+    let config = run_config(dir.path(), &model, &data, "killed", steps);
+    let (parent, worker, id) = train_until(&config, 50);
+    kill("-KILL", worker);
+    let done = parent.wait_with_output().expect("wait");
+    assert!(!done.status.success());
+    assert!(stderr(&done).contains("signal 9"), "{}", stderr(&done));
+    let run = show(id);
+    assert_eq!(run["run"]["status"], "failed");
+    assert!(
+        run["run"]["error"]
+            .as_str()
+            .expect("error")
+            .contains("SIGKILL"),
+        "{run}"
+    );
+    assert!(
+        !run["checkpoints"]
+            .as_array()
+            .expect("checkpoints")
+            .is_empty(),
+        "{run}"
+    );
+
+    // A checkpoint being written when the worker died is a hidden temporary folder, which
+    // resume must ignore: plant one with a half-written file.
+    let partial = dir.path().join("killed/checkpoints/.step-00000390.tmp");
+    std::fs::create_dir_all(&partial).expect("mkdir");
+    std::fs::write(partial.join("params.safetensors"), b"\x10\x00\x00").expect("write");
+
+    let resumed = ok(cli(&["resume", &id.to_string(), "--json"]));
+    let first_step = stdout(&resumed)
+        .lines()
+        .map(json)
+        .find(|v| v["event"] == "step")
+        .expect("a step");
+    assert!(
+        first_step["step"].as_u64().expect("step") > 1,
+        "resume continues from a checkpoint: {first_step}"
+    );
+    assert_eq!(show(id)["run"]["status"], "completed");
+    let curves = losses(&[whole, id]);
+    assert_eq!(curves[0].len(), steps);
+    assert_eq!(curves[1].len(), steps, "every step has exactly one loss");
+    let worst = curves[0]
+        .iter()
+        .zip(&curves[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst <= 1e-6,
+        "the resumed run's losses differ by up to {worst}"
+    );
+}
+
+#[test]
+fn a_run_outlives_its_killed_parent() {
+    let (dir, model, data) = setup();
+    let config = run_config(dir.path(), &model, &data, "orphan", 300);
+    let (mut parent, _worker, id) = train_until(&config, 5);
+    kill("-KILL", u64::from(parent.id()));
+    parent.wait().expect("wait");
+    // A new client sees the run go on and complete with every step recorded.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let run = loop {
+        let v = show(id);
+        if v["run"]["status"] != "running" && v["run"]["status"] != "queued" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the run did not finish: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(run["run"]["status"], "completed", "{run}");
+    assert_eq!(run["run"]["last_step"], 300);
+    assert_eq!(losses(&[id])[0].len(), 300);
+    assert!(dir
+        .path()
+        .join("orphan/adapter/adapter_model.safetensors")
+        .is_file());
+}
+
+#[test]
+fn runs_queue_and_the_catalog_commands_work_on_them() {
+    let (dir, model, data) = setup();
+    let start = |name: &str| -> i64 {
+        let o = ok(cli(&[
+            "train",
+            "--config",
+            s(&run_config(dir.path(), &model, &data, name, 30)),
+            "--detach",
+            "--name",
+            name,
+        ]));
+        stdout(&o).trim().parse().expect("the run id")
+    };
+    let (a, b) = (start("first"), start("second"));
+    // Following b from the catalog alone ends when it completes, after a.
+    let watched = ok(cli(&["runs", "watch", &b.to_string(), "--json"]));
+    let rows: Vec<serde_json::Value> = stdout(&watched).lines().map(json).collect();
+    assert!(
+        rows.iter().any(|r| r["step"] == 30),
+        "watch sees the last step"
+    );
+    let (ra, rb) = (show(a)["run"].clone(), show(b)["run"].clone());
+    assert_eq!(
+        (&ra["status"], &rb["status"]),
+        (&"completed".into(), &"completed".into())
+    );
+    assert!(
+        rb["started_at"].as_f64() >= ra["finished_at"].as_f64(),
+        "one run at a time per device: {ra} {rb}"
+    );
+
+    ok(cli(&["runs", "tag", &a.to_string(), "baseline", "r4"]));
+    ok(cli(&["runs", "note", &a.to_string(), "lr 1e-2 is fine"]));
+    let tagged = stdout(&ok(cli(&["runs", "list", "--json", "--tag", "baseline"])));
+    assert_eq!(tagged.lines().count(), 1);
+    assert_eq!(
+        json(tagged.trim())["tags"],
+        serde_json::json!(["baseline", "r4"])
+    );
+    let table = stdout(&ok(cli(&["runs", "list"])));
+    assert!(
+        table.contains("first") && table.contains("second") && table.contains("30/30"),
+        "{table}"
+    );
+    assert!(stdout(&ok(cli(&["runs", "show", &a.to_string()]))).contains("lr 1e-2 is fine"));
+
+    let chart = dir.path().join("compare.png");
+    let o = ok(cli(&[
+        "compare",
+        &a.to_string(),
+        &b.to_string(),
+        "--out",
+        s(&chart),
+        "--x",
+        "tokens",
+    ]));
+    assert!(
+        stdout(&o).contains("the configs are identical") || stdout(&o).contains("out:"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(std::fs::read(&chart)
+        .expect("chart")
+        .starts_with(b"\x89PNG"));
+    let bad = cli(&["compare", &a.to_string(), "--x", "furlongs"]);
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("furlongs"),
+        "{}",
+        stderr(&bad)
+    );
+
+    ok(cli(&["runs", "delete", &a.to_string()]));
+    assert!(
+        !dir.path().join("first").exists(),
+        "the run folder goes with it"
+    );
+    let missing = cli(&["runs", "show", &a.to_string()]);
+    assert!(
+        !missing.status.success() && stderr(&missing).contains(&format!("no run {a}")),
+        "{}",
+        stderr(&missing)
+    );
+}
