@@ -135,6 +135,16 @@ fn bounds(series: &[RunSeries], log_y: bool) -> Option<((f64, f64), (f64, f64))>
     Some(((x0, x1), (y0 - pad, y1 + pad)))
 }
 
+/// An x tick: whole numbers for counts (with k/M for large ones), one decimal for epochs.
+fn x_label(v: f64, axis: XAxis) -> String {
+    match axis {
+        XAxis::Epoch => format!("{v:.1}"),
+        _ if v.abs() >= 1e6 => format!("{:.1}M", v / 1e6),
+        _ if v.abs() >= 1e4 => format!("{:.0}k", v / 1e3),
+        _ => format!("{v:.0}"),
+    }
+}
+
 fn label(v: f64, log_y: bool) -> String {
     let v = if log_y { 10f64.powf(v) } else { v };
     if v.abs() >= 100.0 {
@@ -172,6 +182,7 @@ fn draw<DB: DrawingBackend>(
         .light_line_style(RGBColor(235, 235, 235))
         .bold_line_style(RGBColor(215, 215, 215))
         .y_label_formatter(&|v| label(*v, log_y))
+        .x_label_formatter(&|v| x_label(*v, opts.x))
         .draw()
         .map_err(e)?;
     let xy = |p: &Point, y: f64| Some((p.x, plotted(y, log_y)?));

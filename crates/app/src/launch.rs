@@ -52,7 +52,8 @@ pub fn create_run(catalog: &Catalog, cfg: &RunConfig, name: Option<&str>) -> Res
     }
     if cfg.out.is_relative() {
         let cwd = std::env::current_dir().map_err(|e| AppError::io(".", e))?;
-        cfg.out = cwd.join(&cfg.out);
+        // Joined and rid of `.` parts, so that the folder reads as the user would write it.
+        cfg.out = cwd.join(&cfg.out).components().collect();
     }
     if checkpoint::list(&cfg.checkpoints_dir()).last().is_some() {
         return Err(EngineError::bad_file(

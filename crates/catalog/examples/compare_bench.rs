@@ -1,6 +1,8 @@
 //! Benchmark: fetch a comparison of many long runs, downsampled, and report the catalog's
 //! size. `cargo run --release -p peft-studio-catalog --example compare_bench [RUNS STEPS POINTS]`
-//! (default 50 runs × 100,000 steps, 2,000 points per series; goal: under 100 ms).
+//! (default 50 runs × 100,000 steps, 2,000 points per series; goal: under 100 ms). With
+//! `BENCH_CATALOG=path` the catalog is kept there and reused by the next run (writing it
+//! takes minutes).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark may stop on failure
 
 use std::time::Instant;
@@ -17,11 +19,21 @@ fn main() {
     };
     let (runs, steps, points) = (arg(1, 50), arg(2, 100_000), arg(3, 2000));
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("catalog.sqlite");
+    let path = std::env::var_os("BENCH_CATALOG")
+        .map_or_else(|| dir.path().join("catalog.sqlite"), Into::into);
+    let reuse = path.exists();
     let catalog = Catalog::open(&path).expect("open");
     let started = Instant::now();
-    let mut ids = Vec::new();
-    for r in 0..runs {
+    let mut ids: Vec<i64> = Vec::new();
+    if reuse {
+        ids = catalog
+            .runs(&Default::default())
+            .expect("runs")
+            .iter()
+            .map(|r| r.id)
+            .collect();
+    }
+    for r in 0..if reuse { 0 } else { runs } {
         let id = catalog
             .add_run(&NewRun {
                 name: format!("run {r}"),
@@ -63,10 +75,12 @@ fn main() {
         ids.push(id);
     }
     let write_s = started.elapsed().as_secs_f64();
-    println!(
-        "wrote {runs} runs x {steps} steps in {write_s:.1} s ({:.0} rows/s)",
-        (runs * steps) as f64 / write_s
-    );
+    if !reuse {
+        println!(
+            "wrote {runs} runs x {steps} steps in {write_s:.1} s ({:.0} rows/s)",
+            (runs * steps) as f64 / write_s
+        );
+    }
     let opts = SeriesOptions {
         max_points: points,
         ..Default::default()
@@ -91,9 +105,14 @@ fn main() {
         times[2], times[0], times[4]
     );
     drop(catalog);
-    let size: u64 = std::fs::read_dir(dir.path())
+    let size: u64 = std::fs::read_dir(path.parent().expect("a folder"))
         .expect("dir")
         .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("catalog.sqlite")
+        })
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum();

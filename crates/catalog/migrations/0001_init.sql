@@ -55,7 +55,10 @@ CREATE TABLE metrics (
     tokens_per_s REAL,
     PRIMARY KEY (run_id, step)
 ) WITHOUT ROWID;
-CREATE INDEX metrics_evals ON metrics (run_id, step) WHERE eval_loss IS NOT NULL;
+-- Validation rows are a few hundred among many thousand steps: a covering index reads them
+-- without touching the rest.
+CREATE INDEX metrics_evals ON metrics (run_id, step, eval_loss, epoch, tokens_seen, wall_s)
+    WHERE eval_loss IS NOT NULL;
 
 -- Training loss summarised over buckets of `level` steps (mean, min, max), kept up to date
 -- as metrics arrive, so that comparing long runs reads thousands of rows, not millions.

@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+mod bulk;
 mod db;
 mod error;
 pub mod liveness;

@@ -49,6 +49,19 @@ fn metric_from_row(row: &SqliteRow) -> Result<MetricRow> {
     })
 }
 
+/// A bulk-read cell as an integer column's value (`None` for NULL).
+fn int(v: f64) -> Option<i64> {
+    (!v.is_nan()).then_some(v as i64)
+}
+
+/// A bulk-read cell as a real column's value (`None` for NULL).
+fn real(v: f64) -> Option<f64> {
+    (!v.is_nan()).then_some(v)
+}
+
+/// A step's (step, epoch, tokens seen, wall time, value).
+pub(crate) type RawPoint = (i64, Option<i64>, Option<i64>, Option<f64>, f64);
+
 /// A bucket of training loss.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Rollup {
@@ -175,7 +188,9 @@ impl Catalog {
     pub fn evals(&self, run_id: i64) -> Result<Vec<MetricRow>> {
         let rows = self.block(
             sqlx::query(
-                "SELECT * FROM metrics WHERE run_id = ? AND eval_loss IS NOT NULL ORDER BY step",
+                // The planner otherwise walks every step of the run for a few hundred rows.
+                "SELECT * FROM metrics INDEXED BY metrics_evals
+                 WHERE run_id = ? AND eval_loss IS NOT NULL ORDER BY step",
             )
             .bind(run_id)
             .fetch_all(&self.pool),
@@ -197,33 +212,52 @@ impl Catalog {
         Ok(step.unwrap_or(0))
     }
 
+    /// Runs a bulk numeric read on a pooled connection.
+    fn numeric(&self, sql: &str, params: &[i64], ncols: usize) -> Result<Vec<f64>> {
+        self.block(async {
+            let mut conn = self.pool.acquire().await?;
+            crate::bulk::numeric_rows(&mut conn, sql, params, ncols).await
+        })
+    }
+
     /// Training-loss buckets of `level` steps, in step order.
     pub(crate) fn rollups(&self, run_id: i64, level: i64) -> Result<Vec<Rollup>> {
-        let rows = self.block(
-            sqlx::query(
-                "SELECT n, step_max, epoch_max, tokens_max, wall_max, loss_sum, loss_min, loss_max
-                 FROM metric_rollups WHERE run_id = ? AND level = ? ORDER BY bucket",
-            )
-            .bind(run_id)
-            .bind(level)
-            .fetch_all(&self.pool),
+        let cells = self.numeric(
+            "SELECT n, step_max, epoch_max, tokens_max, wall_max, loss_sum, loss_min, loss_max
+             FROM metric_rollups WHERE run_id = ? AND level = ? ORDER BY bucket",
+            &[run_id, level],
+            8,
         )?;
-        let get = |e: sqlx::Error| CatalogError::Invalid(format!("unreadable rollup row: {e}"));
-        rows.iter()
-            .map(|row| {
-                let n: i64 = row.try_get("n").map_err(get)?;
-                let sum: f64 = row.try_get("loss_sum").map_err(get)?;
-                Ok(Rollup {
-                    n,
-                    step_max: row.try_get("step_max").map_err(get)?,
-                    epoch_max: row.try_get("epoch_max").map_err(get)?,
-                    tokens_max: row.try_get("tokens_max").map_err(get)?,
-                    wall_max: row.try_get("wall_max").map_err(get)?,
-                    mean: sum / n.max(1) as f64,
-                    min: row.try_get("loss_min").map_err(get)?,
-                    max: row.try_get("loss_max").map_err(get)?,
-                })
+        Ok(cells
+            .chunks_exact(8)
+            .map(|c| Rollup {
+                n: c[0] as i64,
+                step_max: c[1] as i64,
+                epoch_max: int(c[2]),
+                tokens_max: int(c[3]),
+                wall_max: real(c[4]),
+                mean: c[5] / c[0].max(1.0),
+                min: c[6],
+                max: c[7],
             })
-            .collect()
+            .collect())
+    }
+
+    /// Every training loss (`eval` false) or validation loss (`eval` true) of a run with its
+    /// step, epoch, tokens and wall time, in step order.
+    pub(crate) fn points(&self, run_id: i64, eval: bool) -> Result<Vec<RawPoint>> {
+        let sql = if eval {
+            // Forced: the planner would otherwise walk every step of the run.
+            "SELECT step, epoch, tokens_seen, wall_s, eval_loss FROM metrics
+             INDEXED BY metrics_evals WHERE run_id = ? AND eval_loss IS NOT NULL ORDER BY step"
+        } else {
+            "SELECT step, epoch, tokens_seen, wall_s, loss FROM metrics
+             WHERE run_id = ? AND loss IS NOT NULL ORDER BY step"
+        };
+        let cells = self.numeric(sql, &[run_id], 5)?;
+        Ok(cells
+            .chunks_exact(5)
+            .map(|c| (c[0] as i64, int(c[1]), int(c[2]), real(c[3]), c[4]))
+            .collect())
     }
 }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use crate::error::{CatalogError, Result};
-use crate::metrics::{MetricRow, Rollup, ROLLUP_LEVELS};
+use crate::metrics::{RawPoint, Rollup, ROLLUP_LEVELS};
 use crate::Catalog;
 
 /// What the x axis measures.
@@ -36,12 +36,16 @@ impl XAxis {
         }
     }
 
-    fn of_row(self, r: &MetricRow) -> Option<f64> {
+    fn of_point(self, &(step, epoch, tokens, wall, _): &RawPoint) -> Option<f64> {
+        // Step 0 (the evaluation before training) is at the origin of every axis.
+        if step == 0 {
+            return Some(0.0);
+        }
         match self {
-            Self::Step => Some(r.step as f64),
-            Self::Epoch => r.epoch.map(|e| e as f64),
-            Self::Tokens => r.tokens_seen.map(|t| t as f64),
-            Self::WallTime => r.wall_s,
+            Self::Step => Some(step as f64),
+            Self::Epoch => epoch.map(|e| e as f64),
+            Self::Tokens => tokens.map(|t| t as f64),
+            Self::WallTime => wall,
         }
     }
 
@@ -160,12 +164,12 @@ pub fn smooth(points: &mut [Point], weight: f64) {
     }
 }
 
-fn raw_points(rows: &[MetricRow], x: XAxis, value: fn(&MetricRow) -> Option<f64>) -> Vec<Point> {
+fn raw_points(rows: &[RawPoint], x: XAxis) -> Vec<Point> {
     rows.iter()
         .filter_map(|r| {
-            let y = value(r)?;
+            let y = r.4;
             Some(Point {
-                x: x.of_row(r)?,
+                x: x.of_point(r)?,
                 y,
                 min: y,
                 max: y,
@@ -199,14 +203,11 @@ impl Catalog {
                     })
                 })
                 .collect(),
-            _ => raw_points(&self.metrics(run_id, -1)?, opts.x, |r| r.loss),
+            _ => raw_points(&self.points(run_id, false)?, opts.x),
         };
         loss = merge_to(&loss, k);
         smooth(&mut loss, opts.smoothing);
-        let eval_loss = merge_to(
-            &raw_points(&self.evals(run_id)?, opts.x, |r| r.eval_loss),
-            k,
-        );
+        let eval_loss = merge_to(&raw_points(&self.points(run_id, true)?, opts.x), k);
         Ok(RunSeries {
             run_id,
             label: label.to_string(),

@@ -391,7 +391,17 @@ pub fn compare(catalog_path: &Path, a: &CompareArgs) -> Result<()> {
         .iter()
         .map(|r| catalog.series(r.id, &format!("{} {}", r.id, r.name), &opts))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let configs: Vec<serde_json::Value> = runs.iter().map(|r| r.config.clone()).collect();
+    // Every run has a folder of its own; that difference says nothing.
+    let configs: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|r| {
+            let mut c = r.config.clone();
+            if let Some(map) = c.as_object_mut() {
+                map.remove("out");
+            }
+            c
+        })
+        .collect();
     let diff = config_diff(&configs);
     if a.json {
         println!(
