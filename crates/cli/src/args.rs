@@ -168,6 +168,9 @@ pub struct MethodArgs {
     /// Scale by alpha/√r (rsLoRA).
     #[arg(long)]
     pub use_rslora: bool,
+    /// DoRA: learn a magnitude per output row too (weight-decomposed LoRA).
+    #[arg(long)]
+    pub use_dora: bool,
     /// Comma-separated module names, `all-linear`, or a regex over full module paths.
     #[arg(long)]
     pub target_modules: Option<String>,

@@ -70,6 +70,9 @@ pub fn apply_method_args(m: &mut MethodConfig, a: &MethodArgs) -> Result<()> {
     if a.use_rslora {
         m.use_rslora = true;
     }
+    if a.use_dora {
+        m.use_dora = true;
+    }
     if let Some(t) = &a.target_modules {
         m.target_modules = TargetModules::parse_cli(t);
     }

@@ -55,7 +55,9 @@ pub fn count_params(cfg: &LlamaConfig, method: &MethodConfig) -> Result<ParamCou
             let adapter: u64 = method
                 .lora_targets(cfg)?
                 .iter()
-                .map(|(_, i, o)| r * (*i as u64 + *o as u64))
+                .map(|(_, i, o)| {
+                    r * (*i as u64 + *o as u64) + u64::from(method.use_dora) * *o as u64
+                })
                 .sum();
             ParamCounts {
                 trainable: adapter,

@@ -1,6 +1,7 @@
 //! Export of a LoRA adapter as a PEFT directory: `adapter_config.json` (sorted keys,
 //! indent 2, only keys PEFT ≥ 0.10 knows) and `adapter_model.safetensors` (F32 tensors named
-//! `base_model.model.<module>.lora_{A,B}.weight`, metadata `format = pt`). See
+//! `base_model.model.<module>.lora_{A,B}.weight`, with DoRA also
+//! `base_model.model.<module>.lora_magnitude_vector`, metadata `format = pt`). See
 //! shared/PEFT-FORMATS.md §1.
 
 use std::collections::{BTreeMap, HashMap};
@@ -62,7 +63,7 @@ pub fn adapter_config(
         ("revision", Value::Null),
         ("target_modules", target_modules),
         ("task_type", json!("CAUSAL_LM")),
-        ("use_dora", json!(false)),
+        ("use_dora", json!(method.use_dora)),
         ("use_rslora", json!(method.use_rslora)),
     ]);
     json!(config)

@@ -39,11 +39,11 @@ impl Linear {
         } else {
             frozen_linear(x, &self.weight)?
         };
+        if let Some(lora) = &self.lora {
+            y = lora.forward(x, &self.weight, &y, ctx)?;
+        }
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
-        }
-        if let Some(lora) = &self.lora {
-            y = (y + lora.delta(x, ctx)?)?;
         }
         Ok(y)
     }

@@ -119,6 +119,11 @@ impl ForwardCtx {
         }
     }
 
+    /// Whether [`Self::dropout`] with probability `p` changes anything.
+    pub fn dropout_active(&self, p: f64) -> bool {
+        self.train && p > 0.0
+    }
+
     /// Inverted dropout with probability `p`; the identity in eval mode or when `p` is 0.
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if !self.train || p <= 0.0 {

@@ -8,7 +8,7 @@ use candle_core::{Tensor, Var};
 use regex::Regex;
 use serde::Deserialize;
 
-use super::{LoraAdapter, LoraSettings, TargetModules, Trainables};
+use super::{lora_trainables, LoraAdapter, LoraSettings, LoraVars, TargetModules, Trainables};
 use crate::error::{EngineError, Result};
 use crate::model::load::read_safetensors;
 use crate::model::LlamaModel;
@@ -30,7 +30,7 @@ pub struct PeftAdapterConfig {
     /// rsLoRA scaling.
     #[serde(default)]
     pub use_rslora: bool,
-    /// DoRA (not supported yet).
+    /// DoRA: each module also has a `lora_magnitude_vector`.
     #[serde(default)]
     pub use_dora: bool,
     /// Per-module alpha overrides, keys matched as `(.*\.)?(key)$`.
@@ -48,6 +48,14 @@ fn eight() -> usize {
 
 fn eight_f() -> f64 {
     8.0
+}
+
+/// The tensors of one wrapped module in an adapter file.
+#[derive(Default)]
+struct ModuleTensors {
+    a: Option<Tensor>,
+    b: Option<Tensor>,
+    magnitude: Option<Tensor>,
 }
 
 /// Strips PEFT's `base_model.model.` prefix and a stray adapter name (`.default`).
@@ -73,12 +81,6 @@ pub fn read_adapter_config(dir: &Path) -> Result<PeftAdapterConfig> {
             ),
         ));
     }
-    if cfg.use_dora {
-        return Err(EngineError::bad_file(
-            &path,
-            "DoRA adapters are not supported yet",
-        ));
-    }
     Ok(cfg)
 }
 
@@ -88,17 +90,19 @@ pub fn attach_lora(model: &mut LlamaModel, dir: &Path, dropout: Option<f64>) -> 
     let cfg = read_adapter_config(dir)?;
     let weights_path = dir.join("adapter_model.safetensors");
     let tensors = read_safetensors(&weights_path)?;
-    let mut by_module: HashMap<String, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+    let mut by_module: HashMap<String, ModuleTensors> = HashMap::new();
     for (key, t) in tensors {
         let k = module_key(&key);
         if let Some(m) = k.strip_suffix(".lora_A.weight") {
-            by_module.entry(m.to_string()).or_default().0 = Some(t);
+            by_module.entry(m.to_string()).or_default().a = Some(t);
         } else if let Some(m) = k.strip_suffix(".lora_B.weight") {
-            by_module.entry(m.to_string()).or_default().1 = Some(t);
+            by_module.entry(m.to_string()).or_default().b = Some(t);
+        } else if let Some(m) = k.strip_suffix(".lora_magnitude_vector") {
+            by_module.entry(m.to_string()).or_default().magnitude = Some(t);
         } else {
             return Err(EngineError::bad_file(
                 &weights_path,
-                format!("tensor `{key}` is not a LoRA A/B matrix"),
+                format!("tensor `{key}` is not a LoRA A/B matrix or a DoRA magnitude"),
             ));
         }
     }
@@ -123,7 +127,7 @@ pub fn attach_lora(model: &mut LlamaModel, dir: &Path, dropout: Option<f64>) -> 
     modules.sort();
     let mut out = Vec::new();
     for m in modules {
-        let (a, b) = by_module.remove(&m).unwrap_or_default();
+        let ModuleTensors { a, b, magnitude } = by_module.remove(&m).unwrap_or_default();
         let (Some(a), Some(b)) = (a, b) else {
             return Err(EngineError::bad_file(
                 &weights_path,
@@ -148,17 +152,49 @@ pub fn attach_lora(model: &mut LlamaModel, dir: &Path, dropout: Option<f64>) -> 
             .find(|(re, _)| re.is_match(&m))
             .map(|(_, v)| *v)
             .unwrap_or(cfg.lora_alpha);
+        let magnitude = match (cfg.use_dora, magnitude) {
+            (true, Some(v)) if v.dims() == [lin.out_features()] => Some(v),
+            (true, Some(v)) => {
+                return Err(EngineError::bad_file(
+                    &weights_path,
+                    format!(
+                        "module `{m}`: lora_magnitude_vector {:?} does not fit a layer of {} outputs",
+                        v.dims(),
+                        lin.out_features()
+                    ),
+                ))
+            }
+            (true, None) => {
+                return Err(EngineError::bad_file(
+                    &weights_path,
+                    format!("module `{m}` lacks lora_magnitude_vector, which DoRA (use_dora) needs"),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(EngineError::bad_file(
+                    &weights_path,
+                    format!("module `{m}` has a DoRA magnitude but adapter_config.json says use_dora is false"),
+                ))
+            }
+            (false, None) => None,
+        };
         let settings = LoraSettings {
             r,
             lora_alpha: alpha,
             lora_dropout: dropout.unwrap_or(cfg.lora_dropout),
             use_rslora: cfg.use_rslora,
+            use_dora: cfg.use_dora,
         };
-        let a = Var::from_tensor(&a.to_device(&device)?.to_dtype(dtype)?)?;
-        let b = Var::from_tensor(&b.to_device(&device)?.to_dtype(dtype)?)?;
-        lin.lora = Some(LoraAdapter::from_vars(&a, &b, &settings));
-        out.push((format!("{m}.lora_A.weight"), a));
-        out.push((format!("{m}.lora_B.weight"), b));
+        let var = |t: Tensor| -> Result<Var> {
+            Ok(Var::from_tensor(&t.to_device(&device)?.to_dtype(dtype)?)?)
+        };
+        let vars = LoraVars {
+            a: var(a)?,
+            b: var(b)?,
+            magnitude: magnitude.map(var).transpose()?,
+        };
+        lin.lora = Some(LoraAdapter::from_vars(&vars, &settings));
+        out.extend(lora_trainables(&m, vars));
     }
     if out.is_empty() {
         return Err(EngineError::bad_file(

@@ -1,9 +1,15 @@
 //! LoRA (Hu et al. 2021) with PEFT's semantics: `y = Wx + s·B(A(dropout(x)))`,
 //! `s = alpha / r` (or `alpha / √r` with rsLoRA), A Kaiming-uniform, B zero.
+//!
+//! DoRA (Liu et al. 2024) as PEFT computes it (`tuners/lora/dora.py`): a magnitude vector `m`
+//! per output row, initialised to the row norms of `W + s·BA`, and
+//! `y = Wx + b + (g − 1)·W·dropout(x) + g·s·B(A(dropout(x)))` with `g = m / ‖W + s·BA‖_row`,
+//! the norm detached from the graph (without dropout this is `b + g·(Wx + s·BAx)`).
 
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::{EngineError, Result};
+use crate::model::frozen::frozen_linear;
 use crate::model::ops::{linear_matmul, ForwardCtx, SplitMix64};
 
 /// The LoRA hyper-parameters, as in PEFT's `LoraConfig`.
@@ -22,6 +28,9 @@ pub struct LoraSettings {
     /// Scale by `alpha / √r` instead of `alpha / r`.
     #[serde(default)]
     pub use_rslora: bool,
+    /// Weight-decomposed LoRA: also learn a magnitude per output row.
+    #[serde(default)]
+    pub use_dora: bool,
 }
 
 fn default_r() -> usize {
@@ -39,6 +48,7 @@ impl Default for LoraSettings {
             lora_alpha: default_alpha(),
             lora_dropout: 0.0,
             use_rslora: false,
+            use_dora: false,
         }
     }
 }
@@ -82,19 +92,31 @@ pub struct LoraAdapter {
     pub scale: f64,
     /// Dropout probability on the input.
     pub dropout: f64,
+    /// DoRA's magnitude vector [out_features], when DoRA is on.
+    pub magnitude: Option<Tensor>,
+}
+
+/// An adapter's trainable variables: A, B and (DoRA) the magnitude.
+pub struct LoraVars {
+    /// A [r, in_features].
+    pub a: Var,
+    /// B [out_features, r].
+    pub b: Var,
+    /// Magnitude [out_features].
+    pub magnitude: Option<Var>,
 }
 
 impl LoraAdapter {
     /// PEFT's default initialisation: A ~ U(-1/√in, 1/√in) (Kaiming-uniform with a = √5),
-    /// B = 0. Returns the adapter and its two trainable variables.
+    /// B = 0, and with DoRA the magnitude = row norms of the base `weight` [out, in].
     pub fn init(
-        fan_in: usize,
-        fan_out: usize,
+        weight: &Tensor,
         settings: &LoraSettings,
         seed: u64,
         dtype: DType,
         device: &Device,
-    ) -> Result<(Self, Var, Var)> {
+    ) -> Result<(Self, LoraVars)> {
+        let (fan_out, fan_in) = weight.dims2()?;
         let bound = 1.0 / (fan_in as f64).sqrt();
         let mut rng = SplitMix64::new(seed);
         let a: Vec<f32> = (0..settings.r * fan_in)
@@ -103,17 +125,53 @@ impl LoraAdapter {
         let a =
             Var::from_tensor(&Tensor::from_vec(a, (settings.r, fan_in), device)?.to_dtype(dtype)?)?;
         let b = Var::zeros((fan_out, settings.r), dtype, device)?;
-        Ok((Self::from_vars(&a, &b, settings), a, b))
+        let magnitude = if settings.use_dora {
+            // B = 0, so ‖W + s·BA‖ = ‖W‖.
+            let norms = row_norms(&weight.to_dtype(dtype)?.to_device(device)?)?;
+            Some(Var::from_tensor(&norms)?)
+        } else {
+            None
+        };
+        let vars = LoraVars { a, b, magnitude };
+        Ok((Self::from_vars(&vars, settings), vars))
     }
 
     /// An adapter over existing variables (loaded or resumed weights).
-    pub fn from_vars(a: &Var, b: &Var, settings: &LoraSettings) -> Self {
+    pub fn from_vars(vars: &LoraVars, settings: &LoraSettings) -> Self {
         Self {
-            a: a.as_tensor().clone(),
-            b: b.as_tensor().clone(),
+            a: vars.a.as_tensor().clone(),
+            b: vars.b.as_tensor().clone(),
             scale: settings.scale(),
             dropout: settings.lora_dropout,
+            magnitude: vars.magnitude.as_ref().map(|m| m.as_tensor().clone()),
         }
+    }
+
+    /// The layer's output: `base` is `x Wᵀ` (no bias) of the wrapped `weight`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        base: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
+        let Some(m) = &self.magnitude else {
+            return Ok((base + self.delta(x, ctx)?)?);
+        };
+        let xd = ctx.dropout(x, self.dropout)?;
+        let lora = (linear_matmul(&linear_matmul(&xd, &self.a)?, &self.b)? * self.scale)?;
+        // The norm is a constant to the gradient, as in PEFT.
+        let delta_w = (self.b.detach().matmul(&self.a.detach())? * self.scale)?;
+        let norm = row_norms(&(weight.detach() + delta_w)?)?.detach();
+        let g = m.broadcast_div(&norm)?;
+        // With dropout the base term needs W applied to the dropped-out input.
+        let base_d = if ctx.dropout_active(self.dropout) {
+            frozen_linear(&xd, weight)?
+        } else {
+            base.clone()
+        };
+        let scaled = (base_d.broadcast_mul(&(&g - 1.0)?)? + lora.broadcast_mul(&g)?)?;
+        Ok((base + scaled)?)
     }
 
     /// The adapter's contribution `s·B(A(dropout(x)))`.
@@ -122,4 +180,9 @@ impl LoraAdapter {
         let h = linear_matmul(&x, &self.a)?;
         Ok((linear_matmul(&h, &self.b)? * self.scale)?)
     }
+}
+
+/// The L2 norm of each row of a [out, in] matrix, as [out].
+pub fn row_norms(w: &Tensor) -> Result<Tensor> {
+    Ok(w.sqr()?.sum(1)?.sqrt()?)
 }

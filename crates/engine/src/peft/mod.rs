@@ -9,7 +9,7 @@ pub mod target;
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
-pub use lora::{LoraAdapter, LoraSettings};
+pub use lora::{LoraAdapter, LoraSettings, LoraVars};
 pub use target::TargetModules;
 
 use crate::error::{EngineError, Result};
@@ -75,6 +75,8 @@ pub struct MethodConfig {
     pub lora_dropout: f64,
     /// rsLoRA scaling `lora_alpha / √r`.
     pub use_rslora: bool,
+    /// DoRA: a learned magnitude per output row of each wrapped layer.
+    pub use_dora: bool,
     /// Modules LoRA wraps: names, a regex, or `all-linear`.
     pub target_modules: TargetModules,
     /// Only wrap modules in these layers.
@@ -94,6 +96,7 @@ impl Default for MethodConfig {
             lora_alpha: lora.lora_alpha,
             lora_dropout: lora.lora_dropout,
             use_rslora: lora.use_rslora,
+            use_dora: lora.use_dora,
             target_modules: TargetModules::default(),
             layers_to_transform: None,
             trainable_modules: Vec::new(),
@@ -104,6 +107,19 @@ impl Default for MethodConfig {
 
 /// The variables a method trains, in a fixed order, with the names they are saved under.
 pub type Trainables = Vec<(String, Var)>;
+
+/// An adapter's variables under the names PEFT saves them with (without its
+/// `base_model.model.` prefix).
+pub fn lora_trainables(module: &str, vars: LoraVars) -> Trainables {
+    let mut out = vec![
+        (format!("{module}.lora_A.weight"), vars.a),
+        (format!("{module}.lora_B.weight"), vars.b),
+    ];
+    if let Some(m) = vars.magnitude {
+        out.push((format!("{module}.lora_magnitude_vector"), m));
+    }
+    out
+}
 
 /// Full module paths of a config's linear layers, in the order `LlamaModel::linears` lists them.
 pub fn linear_module_names(cfg: &LlamaConfig) -> Vec<(String, usize, usize)> {
@@ -125,6 +141,7 @@ impl MethodConfig {
             lora_alpha: self.lora_alpha,
             lora_dropout: self.lora_dropout,
             use_rslora: self.use_rslora,
+            use_dora: self.use_dora,
         }
     }
 
@@ -177,17 +194,15 @@ impl MethodConfig {
                     if !targets.iter().any(|(n, _, _)| *n == lin.name) {
                         continue;
                     }
-                    let (ad, a, b) = LoraAdapter::init(
-                        lin.in_features(),
-                        lin.out_features(),
+                    let (ad, vars) = LoraAdapter::init(
+                        &lin.weight,
                         &settings,
                         SplitMix64::mix(seed, i as u64),
                         dtype,
                         &device,
                     )?;
                     lin.lora = Some(ad);
-                    out.push((format!("{}.lora_A.weight", lin.name), a));
-                    out.push((format!("{}.lora_B.weight", lin.name), b));
+                    out.extend(lora_trainables(&lin.name, vars));
                 }
                 Ok(out)
             }

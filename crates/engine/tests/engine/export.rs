@@ -131,10 +131,11 @@ fn logits(model: &peft_studio_engine::model::LlamaModel) -> Tensor {
         .expect("forward")
 }
 
-fn roundtrip(path: &Path, out: &Path, targets: &str, rslora: bool) {
+fn roundtrip(path: &Path, out: &Path, targets: &str, rslora: bool, dora: bool) {
     let mut model = load_model(path, DType::F32, &Device::Cpu).expect("load");
     let mut method = lora_method(4, targets);
     method.use_rslora = rslora;
+    method.use_dora = dora;
     let vars = method.apply(&mut model, 9).expect("apply");
     randomise_b(&vars);
     let want = logits(&model);
@@ -180,8 +181,78 @@ fn exported_adapter_reloads_with_identical_logits() {
             ..Default::default()
         },
     );
-    roundtrip(&path, &dir.path().join("a"), "all-linear", false);
-    roundtrip(&path, &dir.path().join("b"), ".*\\.(q_proj|v_proj)", true);
+    roundtrip(&path, &dir.path().join("a"), "all-linear", false, false);
+    roundtrip(
+        &path,
+        &dir.path().join("b"),
+        ".*\\.(q_proj|v_proj)",
+        true,
+        false,
+    );
+    roundtrip(&path, &dir.path().join("c"), "all-linear", false, true);
+}
+
+/// A DoRA export: PEFT's names and shapes for the magnitudes, and `use_dora` in the config.
+#[test]
+fn dora_export_has_magnitudes_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(dir.path(), &TinySpec::default());
+    let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    let mut method = lora_method(4, "q_proj,down_proj");
+    method.use_dora = true;
+    let vars = method.apply(&mut model, 0).expect("apply");
+    let out = dir.path().join("adapter");
+    write_adapter(&out, &method, &vars);
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let mut magnitudes: Vec<(String, Vec<usize>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n.ends_with("lora_magnitude_vector"))
+        .map(|(n, t)| (n, t.shape().to_vec()))
+        .collect();
+    magnitudes.sort();
+    assert_eq!(
+        magnitudes,
+        vec![
+            (
+                "base_model.model.model.layers.0.mlp.down_proj.lora_magnitude_vector".to_string(),
+                vec![32]
+            ),
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"
+                    .to_string(),
+                vec![32]
+            ),
+            (
+                "base_model.model.model.layers.1.mlp.down_proj.lora_magnitude_vector".to_string(),
+                vec![32]
+            ),
+            (
+                "base_model.model.model.layers.1.self_attn.q_proj.lora_magnitude_vector"
+                    .to_string(),
+                vec![32]
+            ),
+        ]
+    );
+    assert_eq!(st.tensors().len(), 12);
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("adapter_config.json")).expect("cfg"),
+    )
+    .expect("json");
+    assert_eq!(cfg["use_dora"], true);
+    // A DoRA file whose config lost `use_dora` is refused, not half-applied.
+    let text = std::fs::read_to_string(out.join("adapter_config.json")).expect("cfg");
+    std::fs::write(
+        out.join("adapter_config.json"),
+        text.replace("\"use_dora\": true", "\"use_dora\": false"),
+    )
+    .expect("w");
+    let mut fresh = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    let err = attach_lora(&mut fresh, &out, None)
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("use_dora"), "{err}");
 }
 
 #[test]

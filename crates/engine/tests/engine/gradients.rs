@@ -1,4 +1,4 @@
-//! LoRA gradients against central finite differences, in f64.
+//! LoRA and DoRA gradients against central finite differences, in f64.
 
 use candle_core::{DType, Device, Tensor, Var};
 use peft_studio_engine::data::{Example, Examples};
@@ -31,6 +31,30 @@ fn bump(var: &Var, index: usize, delta: f64) {
 
 #[test]
 fn lora_gradients_match_central_finite_differences() {
+    let mut method = lora_method(4, "all-linear");
+    method.use_rslora = true;
+    check_gradients(&method, 6 * 7 * 2, |_| true);
+}
+
+/// DoRA's magnitudes against finite differences. Its A and B are not: PEFT holds the row norm
+/// constant in the backward pass, so their gradient is not the forward function's derivative;
+/// `reference::dora_gradients_match_peft` checks them against PEFT's autograd instead.
+#[test]
+fn dora_magnitude_gradients_match_central_finite_differences() {
+    let mut method = lora_method(4, "all-linear");
+    method.use_dora = true;
+    check_gradients(&method, 6 * 7, |name| {
+        name.ends_with("lora_magnitude_vector")
+    });
+}
+
+/// Compares three entries of each trainable tensor of `method` that `checked_names` picks
+/// with central differences.
+fn check_gradients(
+    method: &peft_studio_engine::peft::MethodConfig,
+    min_checked: usize,
+    checked_names: fn(&str) -> bool,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = tiny_model(
         dir.path(),
@@ -41,10 +65,9 @@ fn lora_gradients_match_central_finite_differences() {
         },
     );
     let mut model = load_model(&path, DType::F64, &Device::Cpu).expect("load in f64");
-    let mut method = lora_method(4, "all-linear");
-    method.use_rslora = true;
     let vars = method.apply(&mut model, 3).expect("apply lora");
-    // B starts at zero, which would make every A gradient zero: give B random values.
+    // B starts at zero, which would make every A gradient zero: give B random values. (A
+    // DoRA layer then no longer has m = ‖W + s·BA‖, so its magnitude gradient is not trivial.)
     let mut rng = SplitMix64::new(11);
     for (name, var) in &vars {
         if name.ends_with("lora_B.weight") {
@@ -75,7 +98,7 @@ fn lora_gradients_match_central_finite_differences() {
     let eps = 1e-5;
     let mut checked = 0;
     let mut worst: f64 = 0.0;
-    for (name, var) in &vars {
+    for (name, var) in vars.iter().filter(|(n, _)| checked_names(n)) {
         let g: Vec<f64> = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("no gradient for {name}"))
@@ -100,7 +123,7 @@ fn lora_gradients_match_central_finite_differences() {
             checked += 1;
         }
     }
-    assert!(checked >= 6 * 7 * 2, "checked {checked} entries");
+    assert!(checked >= min_checked, "checked {checked} entries");
     eprintln!("checked {checked} gradient entries, worst relative error {worst:e}");
 }
 

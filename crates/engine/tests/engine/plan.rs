@@ -80,3 +80,38 @@ fn freeze_counts_the_trained_modules() {
     assert_eq!(counts.trainable, 32000 * 4096);
     assert_eq!(counts.total, 6_738_415_616);
 }
+
+/// DoRA adds one magnitude per output row of each wrapped layer (PEFT 0.21's own lines).
+#[test]
+fn dora_counts_match_peft() {
+    let dora = |r, targets| {
+        let mut m = lora_method(r, targets);
+        m.lora_alpha = 16.0;
+        m.use_dora = true;
+        m
+    };
+    for (config, targets, want) in [
+        (
+            LLAMA2_7B,
+            "q_proj,v_proj",
+            "trainable params: 4,456,448 || all params: 6,742,872,064 || trainable%: 0.0661",
+        ),
+        (
+            LLAMA2_7B,
+            "all-linear",
+            "trainable params: 21,348,352 || all params: 6,759,763,968 || trainable%: 0.3158",
+        ),
+        (
+            SMOLLM2_135M,
+            "q_proj,v_proj",
+            "trainable params: 483,840 || all params: 134,998,848 || trainable%: 0.3584",
+        ),
+        (
+            SMOLLM2_135M,
+            "all-linear",
+            "trainable params: 2,597,760 || all params: 137,112,768 || trainable%: 1.8946",
+        ),
+    ] {
+        assert_eq!(line(config, &dora(8, targets)), want, "{targets}");
+    }
+}

@@ -220,3 +220,53 @@ fn llama3_rope_scaling_is_recovered_from_rope_freqs() {
     assert_eq!(found["original_max_position_embeddings"], 8192);
     assert!(tensors::llama3_scaling(&[1.0, 7.0, 2.0], 6, theta, 4096).is_none());
 }
+
+/// DoRA adapters written by PEFT (peft_adapters.py): loaded onto their base model they give
+/// PEFT's logits, and the gradients of a fixed function of those logits equal PEFT's autograd
+/// (which holds DoRA's row norm constant).
+#[test]
+fn peft_dora_adapters_give_peft_logits_and_gradients() {
+    use peft_studio_engine::peft::load::attach_lora;
+    for (case, arch) in [("dora_qwen2", "qwen2"), ("dora_rslora_llama3", "llama3")] {
+        let mut model =
+            load_model(&fixture(&format!("archs/{arch}")), DType::F32, &Device::Cpu).unwrap();
+        let vars = attach_lora(&mut model, &fixture(&format!("peft/{case}")), Some(0.0)).unwrap();
+        let want =
+            read_safetensors(&fixture(&format!("peft/{case}/expected.safetensors"))).unwrap();
+        let got = logits(&model, &[1, 5, 9, 33, 60, 2, 17, 40, 8, 3, 44, 12]);
+        let diff = max_diff(&got, &want["logits"]);
+        assert!(diff < 1e-4, "{case}: logits differ from PEFT by {diff}");
+        let grads = (got * &want["weights"])
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let mut worst = 0f32;
+        for (name, var) in &vars {
+            // PEFT's magnitude is a module whose parameter is `weight`.
+            let key = match name.ends_with("lora_magnitude_vector") {
+                true => format!("grad.{name}.weight"),
+                false => format!("grad.{name}"),
+            };
+            let reference = &want[&key];
+            let scale = reference
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let rel = max_diff(grads.get(var.as_tensor()).unwrap(), reference) / scale.max(1e-6);
+            worst = worst.max(rel);
+            assert!(
+                rel < 1e-4,
+                "{case} {name}: gradient differs from PEFT's by {rel} (relative)"
+            );
+        }
+        assert!(vars.len() >= 24, "{case}: {} tensors", vars.len());
+        eprintln!("{case}: logits within {diff}, gradients within {worst} (relative)");
+    }
+}

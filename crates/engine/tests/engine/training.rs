@@ -75,6 +75,16 @@ fn lora_memorises_a_small_dataset() {
 }
 
 #[test]
+fn dora_memorises_a_small_dataset() {
+    let mut method = lora_method(
+        8,
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head",
+    );
+    method.use_dora = true;
+    assert_memorises("dora", &train_losses(method, 1e-2, 150));
+}
+
+#[test]
 fn freeze_memorises_with_trained_lm_head_and_last_layer() {
     let method = MethodConfig {
         kind: MethodKind::Freeze,
