@@ -153,7 +153,7 @@ pub struct DemoArgs {
 /// Method settings shared by `plan` and `train`.
 #[derive(Debug, Args, Default, Clone)]
 pub struct MethodArgs {
-    /// lora, freeze or full.
+    /// lora, ia3, freeze or full.
     #[arg(long)]
     pub method: Option<String>,
     /// LoRA rank.
@@ -171,9 +171,13 @@ pub struct MethodArgs {
     /// DoRA: learn a magnitude per output row too (weight-decomposed LoRA).
     #[arg(long)]
     pub use_dora: bool,
-    /// Comma-separated module names, `all-linear`, or a regex over full module paths.
+    /// Comma-separated module names, `all-linear`, or a regex over full module paths
+    /// (default: PEFT's for the method: q_proj,v_proj for LoRA; k_proj,v_proj,down_proj for IA3).
     #[arg(long)]
     pub target_modules: Option<String>,
+    /// IA3: target modules whose input (not output) is scaled (default: down_proj).
+    #[arg(long)]
+    pub feedforward_modules: Option<String>,
     /// Layers to adapt, e.g. `0-15` or `0,2,4`.
     #[arg(long)]
     pub layers_to_transform: Option<String>,

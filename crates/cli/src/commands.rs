@@ -6,7 +6,7 @@ use candle_core::DType;
 use peft_studio_engine::chat::Message;
 use peft_studio_engine::generate::{generate, GenerateOptions};
 use peft_studio_engine::model::{load_model, LlamaConfig};
-use peft_studio_engine::peft::{load::attach_lora, target, MethodConfig, TargetModules};
+use peft_studio_engine::peft::{load::attach_adapter, target, MethodConfig, TargetModules};
 use peft_studio_engine::plan::count_params;
 use peft_studio_engine::run::{self, RunConfig};
 use peft_studio_engine::tokenizer::TextTokenizer;
@@ -74,7 +74,10 @@ pub fn apply_method_args(m: &mut MethodConfig, a: &MethodArgs) -> Result<()> {
         m.use_dora = true;
     }
     if let Some(t) = &a.target_modules {
-        m.target_modules = TargetModules::parse_cli(t);
+        m.target_modules = Some(TargetModules::parse_cli(t));
+    }
+    if let Some(t) = &a.feedforward_modules {
+        m.feedforward_modules = Some(TargetModules::parse_cli(t));
     }
     if let Some(l) = &a.layers_to_transform {
         m.layers_to_transform = Some(target::parse_layers(l)?);
@@ -198,7 +201,7 @@ fn generate_cmd(mut a: GenerateArgs) -> Result<()> {
     let mut model = load_model(&a.model, DType::F32, &device)?;
     let tok = TextTokenizer::load(&a.model, &model.config().eos_token_ids)?;
     if let Some(dir) = &a.adapter {
-        attach_lora(&mut model, dir, Some(0.0))?;
+        attach_adapter(&mut model, dir, Some(0.0))?;
     }
     let prompt = if a.chat {
         tok.compiled_chat_template()?.render(
@@ -260,7 +263,7 @@ fn demo(out: &Path, model: Option<&Path>) -> Result<()> {
             method: MethodConfig {
                 r: 8,
                 lora_alpha: 16.0,
-                target_modules: TargetModules::parse_cli("q_proj,k_proj,v_proj,o_proj"),
+                target_modules: Some(TargetModules::parse_cli("q_proj,k_proj,v_proj,o_proj")),
                 ..Default::default()
             },
             train: demo_train(2e-3, 2),
@@ -281,7 +284,7 @@ fn demo(out: &Path, model: Option<&Path>) -> Result<()> {
     }
     write_atomic(&out.join("dataset.jsonl"), DEMO_DATASET.as_bytes())?;
     let method = MethodConfig {
-        target_modules: TargetModules::Pattern("all-linear".into()),
+        target_modules: Some(TargetModules::Pattern("all-linear".into())),
         ..Default::default()
     };
     let cfg = RunConfig {

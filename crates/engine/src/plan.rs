@@ -64,6 +64,17 @@ pub fn count_params(cfg: &LlamaConfig, method: &MethodConfig) -> Result<ParamCou
                 total: base + adapter,
             }
         }
+        MethodKind::Ia3 => {
+            let adapter: u64 = method
+                .ia3_targets(cfg)?
+                .iter()
+                .map(|(_, i, o, ff)| if *ff { *i as u64 } else { *o as u64 })
+                .sum();
+            ParamCounts {
+                trainable: adapter,
+                total: base + adapter,
+            }
+        }
         MethodKind::Freeze => {
             let names = freeze::trainable_weight_names(cfg, method)?;
             let trainable = weights

@@ -1,8 +1,8 @@
-//! Export of a LoRA adapter as a PEFT directory: `adapter_config.json` (sorted keys,
-//! indent 2, only keys PEFT ≥ 0.10 knows) and `adapter_model.safetensors` (F32 tensors named
-//! `base_model.model.<module>.lora_{A,B}.weight`, with DoRA also
-//! `base_model.model.<module>.lora_magnitude_vector`, metadata `format = pt`). See
-//! shared/PEFT-FORMATS.md §1.
+//! Export of a LoRA, DoRA or IA³ adapter as a PEFT directory: `adapter_config.json` (sorted
+//! keys, indent 2, only keys PEFT ≥ 0.10 knows) and `adapter_model.safetensors` (F32 tensors
+//! named `base_model.model.<module>.lora_{A,B}.weight`, with DoRA also
+//! `base_model.model.<module>.lora_magnitude_vector`, for IA³ `base_model.model.<module>.ia3_l`;
+//! metadata `format = pt`). See shared/PEFT-FORMATS.md §1 and §3.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -21,17 +21,13 @@ pub struct ExportInfo {
     pub base_model: String,
 }
 
-/// The `adapter_config.json` PEFT writes for `method`. `all-linear` is recorded as the list
-/// of module names it expanded to, as PEFT records it.
-pub fn adapter_config(
-    method: &MethodConfig,
-    info: &ExportInfo,
-    trained_modules: &[String],
-) -> Value {
-    let target_modules = match &method.target_modules {
+/// `target_modules` as PEFT records it: a regex as given, otherwise the sorted names of the
+/// modules actually wrapped (PEFT expands `all-linear` and stores names, not paths).
+fn recorded_targets(targets: &TargetModules, wrapped: &[String]) -> Value {
+    match targets {
         TargetModules::Pattern(p) if p != "all-linear" => json!(p),
         _ => {
-            let mut names: Vec<&str> = trained_modules
+            let mut names: Vec<&str> = wrapped
                 .iter()
                 .map(|m| m.rsplit('.').next().unwrap_or(m))
                 .collect();
@@ -39,7 +35,16 @@ pub fn adapter_config(
             names.dedup();
             json!(names)
         }
-    };
+    }
+}
+
+/// The `adapter_config.json` PEFT writes for a LoRA (or DoRA) `method`. `all-linear` is
+/// recorded as the list of module names it expanded to, as PEFT records it.
+pub fn adapter_config(
+    method: &MethodConfig,
+    info: &ExportInfo,
+    trained_modules: &[String],
+) -> Value {
     let config: BTreeMap<&str, Value> = BTreeMap::from([
         ("alpha_pattern", json!({})),
         ("auto_mapping", Value::Null),
@@ -61,7 +66,10 @@ pub fn adapter_config(
         ("r", json!(method.r)),
         ("rank_pattern", json!({})),
         ("revision", Value::Null),
-        ("target_modules", target_modules),
+        (
+            "target_modules",
+            recorded_targets(&method.targets(), trained_modules),
+        ),
         ("task_type", json!("CAUSAL_LM")),
         ("use_dora", json!(method.use_dora)),
         ("use_rslora", json!(method.use_rslora)),
@@ -69,32 +77,70 @@ pub fn adapter_config(
     json!(config)
 }
 
-/// Writes a PEFT directory for the LoRA `tensors` (named `<module>.lora_{A,B}.weight`).
+/// The `adapter_config.json` PEFT writes for an IA³ `method` (PEFT-FORMATS.md §3).
+pub fn ia3_adapter_config(
+    method: &MethodConfig,
+    info: &ExportInfo,
+    trained_modules: &[String],
+    feedforward_modules: &[String],
+) -> Value {
+    let config: BTreeMap<&str, Value> = BTreeMap::from([
+        ("auto_mapping", Value::Null),
+        ("base_model_name_or_path", json!(info.base_model)),
+        ("fan_in_fan_out", json!(false)),
+        (
+            "feedforward_modules",
+            recorded_targets(&method.feedforward(), feedforward_modules),
+        ),
+        ("inference_mode", json!(true)),
+        ("init_ia3_weights", json!(true)),
+        ("modules_to_save", Value::Null),
+        ("peft_type", json!("IA3")),
+        ("revision", Value::Null),
+        (
+            "target_modules",
+            recorded_targets(&method.targets(), trained_modules),
+        ),
+        ("task_type", json!("CAUSAL_LM")),
+    ]);
+    json!(config)
+}
+
+/// Writes a PEFT directory for the LoRA `tensors` (named `<module>.lora_{A,B}.weight`, with
+/// DoRA also `<module>.lora_magnitude_vector`) or IA³ `tensors` (`<module>.ia3_l`).
 pub fn write_peft_dir(
     dir: &Path,
     method: &MethodConfig,
     info: &ExportInfo,
     tensors: &[(String, Tensor)],
 ) -> Result<()> {
-    if method.kind != MethodKind::Lora {
+    if !matches!(method.kind, MethodKind::Lora | MethodKind::Ia3) {
         return Err(EngineError::config(
             "format",
             format!(
-                "the PEFT format holds LoRA adapters; this run trained with `{:?}`",
+                "the PEFT format holds LoRA, DoRA and IA3 adapters; this run trained with `{}`",
                 method.kind
-            )
-            .to_lowercase(),
+            ),
         ));
     }
     let mut named = Vec::with_capacity(tensors.len());
-    let mut modules = Vec::new();
+    let (mut modules, mut feedforward) = (Vec::new(), Vec::new());
     for (name, t) in tensors {
         if let Some(m) = name.strip_suffix(".lora_A.weight") {
             modules.push(m.to_string());
+        } else if let Some(m) = name.strip_suffix(".ia3_l") {
+            modules.push(m.to_string());
+            // A feed-forward module's vector scales its input: [1, in].
+            if t.dims().first() == Some(&1) && t.dims().get(1).is_some_and(|&d| d > 1) {
+                feedforward.push(m.to_string());
+            }
         }
         named.push((format!("base_model.model.{name}"), t.to_dtype(DType::F32)?));
     }
-    let config = adapter_config(method, info, &modules);
+    let config = match method.kind {
+        MethodKind::Ia3 => ia3_adapter_config(method, info, &modules, &feedforward),
+        _ => adapter_config(method, info, &modules),
+    };
     let config_text = serde_json::to_string_pretty(&config)
         .map_err(|e| EngineError::config("adapter_config", e.to_string()))?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);

@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use super::frozen::frozen_linear;
 use super::ops::{linear_matmul, ForwardCtx};
 use crate::error::Result;
+use crate::peft::ia3::Ia3Scale;
 use crate::peft::lora::LoraAdapter;
 
 /// `y = x Wᵀ + b`, plus the adapter's contribution when one is attached.
@@ -18,6 +19,8 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// The LoRA adapter wrapping this layer, if any.
     pub lora: Option<LoraAdapter>,
+    /// The IA³ vector scaling this layer, if any.
+    pub ia3: Option<Ia3Scale>,
 }
 
 impl Linear {
@@ -33,6 +36,14 @@ impl Linear {
 
     /// Applies the layer to `x` [..., in_features].
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let scaled_input;
+        let x = match &self.ia3 {
+            Some(ia3) => {
+                scaled_input = ia3.scale_input(x)?;
+                &scaled_input
+            }
+            None => x,
+        };
         // A trained weight needs its gradient; a frozen one must not pay for it.
         let mut y = if self.weight.is_variable() {
             linear_matmul(x, &self.weight)?
@@ -44,6 +55,9 @@ impl Linear {
         }
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
+        }
+        if let Some(ia3) = &self.ia3 {
+            y = ia3.scale_output(&y)?;
         }
         Ok(y)
     }

@@ -153,6 +153,7 @@ impl WeightSource<'_> {
             weight,
             bias,
             lora: None,
+            ia3: None,
         })
     }
 }
@@ -199,6 +200,7 @@ impl LlamaModel {
                 weight: embed_tokens.clone(),
                 bias: None,
                 lora: None,
+                ia3: None,
             }
         } else {
             src.linear("lm_head".into(), h, cfg.vocab_size, false)?

@@ -1,5 +1,5 @@
-//! Loading a PEFT LoRA directory (`adapter_config.json` + `adapter_model.safetensors`)
-//! onto a model, for generation, evaluation and resumed training.
+//! Loading a PEFT LoRA, DoRA or IA³ directory (`adapter_config.json` +
+//! `adapter_model.safetensors`) onto a model, for generation, evaluation and resumed training.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,7 +8,9 @@ use candle_core::{Tensor, Var};
 use regex::Regex;
 use serde::Deserialize;
 
-use super::{lora_trainables, LoraAdapter, LoraSettings, LoraVars, TargetModules, Trainables};
+use super::{
+    lora_trainables, Ia3Scale, LoraAdapter, LoraSettings, LoraVars, TargetModules, Trainables,
+};
 use crate::error::{EngineError, Result};
 use crate::model::load::read_safetensors;
 use crate::model::LlamaModel;
@@ -72,11 +74,11 @@ pub fn read_adapter_config(dir: &Path) -> Result<PeftAdapterConfig> {
     let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
     let cfg: PeftAdapterConfig =
         serde_json::from_str(&text).map_err(|e| EngineError::bad_file(&path, e.to_string()))?;
-    if cfg.peft_type != "LORA" {
+    if cfg.peft_type != "LORA" && cfg.peft_type != "IA3" {
         return Err(EngineError::bad_file(
             &path,
             format!(
-                "peft_type `{}` is not supported here; only LORA",
+                "peft_type `{}` is not supported here; LORA (with DoRA) and IA3 are",
                 cfg.peft_type
             ),
         ));
@@ -84,10 +86,79 @@ pub fn read_adapter_config(dir: &Path) -> Result<PeftAdapterConfig> {
     Ok(cfg)
 }
 
-/// Attaches the LoRA adapter in `dir` to `model`. Returns the adapter's variables (named as
-/// in training) so that training can continue from them.
+/// Attaches the PEFT adapter in `dir` (LoRA, DoRA or IA³, as its config says) to `model`.
+/// Returns the adapter's variables (named as in training) so that training can continue from
+/// them. `dropout` overrides LoRA's configured dropout.
+pub fn attach_adapter(
+    model: &mut LlamaModel,
+    dir: &Path,
+    dropout: Option<f64>,
+) -> Result<Trainables> {
+    match read_adapter_config(dir)?.peft_type.as_str() {
+        "IA3" => attach_ia3(model, dir),
+        _ => attach_lora(model, dir, dropout),
+    }
+}
+
+/// Attaches the IA³ adapter in `dir`: each `ia3_l` is [out, 1] (scales the output) or, for a
+/// feed-forward module, [1, in] (scales the input).
+fn attach_ia3(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {
+    let weights_path = dir.join("adapter_model.safetensors");
+    let tensors = read_safetensors(&weights_path)?;
+    let (dtype, device) = (model.dtype(), model.device().clone());
+    let mut linears: HashMap<String, &mut crate::model::Linear> = model
+        .linears_mut()
+        .into_iter()
+        .map(|l| (l.name.clone(), l))
+        .collect();
+    let mut keys: Vec<&String> = tensors.keys().collect();
+    keys.sort();
+    let mut out = Vec::new();
+    for key in keys {
+        let k = module_key(key);
+        let m = k.strip_suffix(".ia3_l").ok_or_else(|| {
+            EngineError::bad_file(
+                &weights_path,
+                format!("tensor `{key}` is not an IA3 vector"),
+            )
+        })?;
+        let lin = linears.get_mut(m).ok_or_else(|| {
+            EngineError::bad_file(&weights_path, format!("module `{m}` does not exist in this base model; is the adapter for another model?"))
+        })?;
+        let t = &tensors[key];
+        let feedforward = if t.dims() == [lin.out_features(), 1] {
+            false
+        } else if t.dims() == [1, lin.in_features()] {
+            true
+        } else {
+            return Err(EngineError::bad_file(
+                &weights_path,
+                format!(
+                    "module `{m}`: ia3_l {:?} fits neither its outputs [{}, 1] nor its inputs [1, {}]; the adapter was made for another base model",
+                    t.dims(), lin.out_features(), lin.in_features()
+                ),
+            ));
+        };
+        let var = Var::from_tensor(&t.to_device(&device)?.to_dtype(dtype)?)?;
+        lin.ia3 = Some(Ia3Scale::from_var(&var, feedforward));
+        out.push((format!("{m}.ia3_l"), var));
+    }
+    if out.is_empty() {
+        return Err(EngineError::bad_file(&weights_path, "holds no IA3 vectors"));
+    }
+    Ok(out)
+}
+
+/// Attaches the LoRA (or DoRA) adapter in `dir` to `model`. Returns the adapter's variables
+/// (named as in training) so that training can continue from them.
 pub fn attach_lora(model: &mut LlamaModel, dir: &Path, dropout: Option<f64>) -> Result<Trainables> {
     let cfg = read_adapter_config(dir)?;
+    if cfg.peft_type != "LORA" {
+        return Err(EngineError::bad_file(
+            dir.join("adapter_config.json"),
+            format!("is a {} adapter, not LoRA", cfg.peft_type),
+        ));
+    }
     let weights_path = dir.join("adapter_model.safetensors");
     let tensors = read_safetensors(&weights_path)?;
     let mut by_module: HashMap<String, ModuleTensors> = HashMap::new();

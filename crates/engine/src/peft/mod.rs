@@ -2,6 +2,7 @@
 //! is never copied) and returns the named variables it trains.
 
 pub mod freeze;
+pub mod ia3;
 pub mod load;
 pub mod lora;
 pub mod target;
@@ -9,6 +10,7 @@ pub mod target;
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
+pub use ia3::Ia3Scale;
 pub use lora::{LoraAdapter, LoraSettings, LoraVars};
 pub use target::TargetModules;
 
@@ -23,6 +25,8 @@ pub enum MethodKind {
     /// Low-rank adapters on the target modules; everything else frozen.
     #[default]
     Lora,
+    /// IA³: learned vectors scaling the target modules' outputs (feed-forward: inputs).
+    Ia3,
     /// Train chosen modules fully; everything else frozen.
     Freeze,
     /// Train every weight (the baseline savings are measured against).
@@ -34,6 +38,7 @@ impl MethodKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Lora => "lora",
+            Self::Ia3 => "ia3",
             Self::Freeze => "freeze",
             Self::Full => "full",
         }
@@ -51,11 +56,12 @@ impl std::str::FromStr for MethodKind {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "lora" => Ok(Self::Lora),
+            "ia3" => Ok(Self::Ia3),
             "freeze" => Ok(Self::Freeze),
             "full" => Ok(Self::Full),
             other => Err(EngineError::config(
                 "method",
-                format!("`{other}` is unknown; use lora, freeze or full"),
+                format!("`{other}` is unknown; use lora, ia3, freeze or full"),
             )),
         }
     }
@@ -77,8 +83,13 @@ pub struct MethodConfig {
     pub use_rslora: bool,
     /// DoRA: a learned magnitude per output row of each wrapped layer.
     pub use_dora: bool,
-    /// Modules LoRA wraps: names, a regex, or `all-linear`.
-    pub target_modules: TargetModules,
+    /// Modules LoRA or IA³ wraps: names, a regex, or `all-linear` (default: PEFT's for the
+    /// method, see [`MethodConfig::targets`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_modules: Option<TargetModules>,
+    /// IA³: the targets whose input (not output) is scaled (default: `down_proj`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedforward_modules: Option<TargetModules>,
     /// Only wrap modules in these layers.
     pub layers_to_transform: Option<Vec<usize>>,
     /// Freeze: module paths (or suffixes) to train fully, e.g. `lm_head`, `model.norm`.
@@ -97,7 +108,8 @@ impl Default for MethodConfig {
             lora_dropout: lora.lora_dropout,
             use_rslora: lora.use_rslora,
             use_dora: lora.use_dora,
-            target_modules: TargetModules::default(),
+            target_modules: None,
+            feedforward_modules: None,
             layers_to_transform: None,
             trainable_modules: Vec::new(),
             trainable_last_layers: 0,
@@ -163,20 +175,69 @@ impl MethodConfig {
                 self.lora().validate()?;
                 self.lora_targets(cfg).map(|_| ())
             }
+            MethodKind::Ia3 => self.ia3_targets(cfg).map(|_| ()),
             MethodKind::Freeze => freeze::trainable_weight_names(cfg, self).map(|_| ()),
             MethodKind::Full => Ok(()),
         }
     }
 
-    /// The linear modules LoRA wraps, as `(path, in, out)`.
+    /// The target modules: as configured, or PEFT's default for Llama-family models.
+    pub fn targets(&self) -> TargetModules {
+        match (&self.target_modules, self.kind) {
+            (Some(t), _) => t.clone(),
+            (None, MethodKind::Ia3) => {
+                TargetModules::List(ia3::DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect())
+            }
+            (None, _) => TargetModules::default(),
+        }
+    }
+
+    /// IA³'s feed-forward modules: as configured, or PEFT's default (`down_proj`).
+    pub fn feedforward(&self) -> TargetModules {
+        self.feedforward_modules.clone().unwrap_or_else(|| {
+            TargetModules::List(
+                ia3::DEFAULT_FEEDFORWARD
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            )
+        })
+    }
+
+    /// The modules IA³ scales, as `(path, in, out, feedforward)`. Feed-forward modules must be
+    /// among the targets, as PEFT requires.
+    pub fn ia3_targets(&self, cfg: &LlamaConfig) -> Result<Vec<(String, usize, usize, bool)>> {
+        let targets = self.lora_targets(cfg)?;
+        let names: Vec<String> = targets.iter().map(|(n, _, _)| n.clone()).collect();
+        let all_names: Vec<String> = linear_module_names(cfg)
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
+        let ff: Vec<String> = target::select_modules(&all_names, &self.feedforward(), None)?
+            .into_iter()
+            .map(|i| all_names[i].clone())
+            .collect();
+        if let Some(stray) = ff.iter().find(|f| !names.contains(f)) {
+            return Err(EngineError::config(
+                "feedforward_modules",
+                format!("`{stray}` is not among the target modules; feed-forward modules must be targets too"),
+            ));
+        }
+        Ok(targets
+            .into_iter()
+            .map(|(n, i, o)| {
+                let is_ff = ff.contains(&n);
+                (n, i, o, is_ff)
+            })
+            .collect())
+    }
+
+    /// The linear modules the method wraps (LoRA, IA³), as `(path, in, out)`.
     pub fn lora_targets(&self, cfg: &LlamaConfig) -> Result<Vec<(String, usize, usize)>> {
         let all = linear_module_names(cfg);
         let names: Vec<String> = all.iter().map(|(n, _, _)| n.clone()).collect();
-        let picked = target::select_modules(
-            &names,
-            &self.target_modules,
-            self.layers_to_transform.as_deref(),
-        )?;
+        let picked =
+            target::select_modules(&names, &self.targets(), self.layers_to_transform.as_deref())?;
         Ok(picked.into_iter().map(|i| all[i].clone()).collect())
     }
 
@@ -203,6 +264,21 @@ impl MethodConfig {
                     )?;
                     lin.lora = Some(ad);
                     out.extend(lora_trainables(&lin.name, vars));
+                }
+                Ok(out)
+            }
+            MethodKind::Ia3 => {
+                let targets = self.ia3_targets(model.config())?;
+                let (dtype, device) = (model.dtype(), model.device().clone());
+                let mut out = Vec::new();
+                for lin in model.linears_mut() {
+                    let Some((_, _, _, ff)) = targets.iter().find(|t| t.0 == lin.name) else {
+                        continue;
+                    };
+                    let (scale, var) =
+                        Ia3Scale::init(lin.in_features(), lin.out_features(), *ff, dtype, &device)?;
+                    lin.ia3 = Some(scale);
+                    out.push((format!("{}.ia3_l", lin.name), var));
                 }
                 Ok(out)
             }

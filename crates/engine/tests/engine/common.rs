@@ -35,7 +35,7 @@ pub fn lora_method(r: usize, targets: &str) -> MethodConfig {
         kind: MethodKind::Lora,
         r,
         lora_alpha: 2.0 * r as f64,
-        target_modules: TargetModules::parse_cli(targets),
+        target_modules: Some(TargetModules::parse_cli(targets)),
         ..Default::default()
     }
 }

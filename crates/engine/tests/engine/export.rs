@@ -281,3 +281,77 @@ fn adapter_for_another_base_model_is_rejected() {
     assert!(err.contains("another base model"), "{err}");
     assert!(err.contains("adapter_model.safetensors"), "{err}");
 }
+
+/// An IA3 export: PEFT's names, [out, 1] / [1, in] shapes and config; reloaded it gives the
+/// same logits.
+#[test]
+fn ia3_export_follows_peft_and_reloads() {
+    use peft_studio_engine::peft::{load::attach_adapter, MethodKind};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(dir.path(), &TinySpec::default());
+    let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    let method = MethodConfig {
+        kind: MethodKind::Ia3,
+        ..MethodConfig::default()
+    };
+    let vars = method.apply(&mut model, 0).expect("apply");
+    let mut rng = SplitMix64::new(2);
+    for (_, var) in &vars {
+        let data: Vec<f32> = (0..var.elem_count())
+            .map(|_| (0.5 + rng.next_f64()) as f32)
+            .collect();
+        var.set(&Tensor::from_vec(data, var.shape().clone(), &Device::Cpu).expect("t"))
+            .expect("set");
+    }
+    let want = logits(&model);
+    let out = dir.path().join("ia3");
+    write_adapter(&out, &method, &vars);
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let mut shapes: Vec<(String, Vec<usize>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.shape().to_vec()))
+        .collect();
+    shapes.sort();
+    let (i, kv) = (64usize, 16usize);
+    let mut expected = Vec::new();
+    for l in 0..2 {
+        expected.push((
+            format!("base_model.model.model.layers.{l}.mlp.down_proj.ia3_l"),
+            vec![1, i],
+        ));
+        expected.push((
+            format!("base_model.model.model.layers.{l}.self_attn.k_proj.ia3_l"),
+            vec![kv, 1],
+        ));
+        expected.push((
+            format!("base_model.model.model.layers.{l}.self_attn.v_proj.ia3_l"),
+            vec![kv, 1],
+        ));
+    }
+    assert_eq!(shapes, expected);
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("adapter_config.json")).expect("cfg"),
+    )
+    .expect("json");
+    assert_eq!(cfg["peft_type"], "IA3");
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["down_proj", "k_proj", "v_proj"])
+    );
+    assert_eq!(cfg["feedforward_modules"], serde_json::json!(["down_proj"]));
+    assert_eq!(cfg["init_ia3_weights"], true);
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    let mut fresh = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    attach_adapter(&mut fresh, &out, None).expect("attach");
+    let diff = (&want - &logits(&fresh))
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .max_all()
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("s");
+    assert!(diff < 1e-6, "reloaded IA3 changes logits by {diff}");
+}

@@ -48,6 +48,21 @@ fn dora_magnitude_gradients_match_central_finite_differences() {
     });
 }
 
+#[test]
+fn ia3_gradients_match_central_finite_differences() {
+    let method = peft_studio_engine::peft::MethodConfig {
+        kind: peft_studio_engine::peft::MethodKind::Ia3,
+        target_modules: Some(peft_studio_engine::peft::TargetModules::parse_cli(
+            "all-linear",
+        )),
+        feedforward_modules: Some(peft_studio_engine::peft::TargetModules::parse_cli(
+            "down_proj,up_proj",
+        )),
+        ..Default::default()
+    };
+    check_gradients(&method, 6 * 7, |_| true);
+}
+
 /// Compares three entries of each trainable tensor of `method` that `checked_names` picks
 /// with central differences.
 fn check_gradients(

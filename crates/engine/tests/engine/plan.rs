@@ -1,7 +1,7 @@
 //! Parameter counts printed exactly as PEFT prints them.
 
 use peft_studio_engine::model::LlamaConfig;
-use peft_studio_engine::peft::{MethodConfig, MethodKind};
+use peft_studio_engine::peft::{MethodConfig, MethodKind, TargetModules};
 use peft_studio_engine::plan::count_params;
 
 use crate::common::lora_method;
@@ -114,4 +114,54 @@ fn dora_counts_match_peft() {
     ] {
         assert_eq!(line(config, &dora(8, targets)), want, "{targets}");
     }
+}
+
+/// IA3: one scale per output of each target, per input of each feed-forward target (PEFT
+/// 0.21's own lines; the defaults are PEFT's k_proj, v_proj, down_proj with down_proj
+/// feed-forward).
+#[test]
+fn ia3_counts_match_peft() {
+    let ia3 = |targets: Option<&str>, ff: Option<&str>| MethodConfig {
+        kind: MethodKind::Ia3,
+        target_modules: targets.map(TargetModules::parse_cli),
+        feedforward_modules: ff.map(TargetModules::parse_cli),
+        ..MethodConfig::default()
+    };
+    let other = ia3(
+        Some("q_proj,o_proj,gate_proj,up_proj"),
+        Some("gate_proj,up_proj"),
+    );
+    for (config, method, want) in [
+        (
+            LLAMA2_7B,
+            ia3(None, None),
+            "trainable params: 614,400 || all params: 6,739,030,016 || trainable%: 0.0091",
+        ),
+        (
+            LLAMA2_7B,
+            other.clone(),
+            "trainable params: 524,288 || all params: 6,738,939,904 || trainable%: 0.0078",
+        ),
+        (
+            SMOLLM2_135M,
+            ia3(None, None),
+            "trainable params: 57,600 || all params: 134,572,608 || trainable%: 0.0428",
+        ),
+        (
+            SMOLLM2_135M,
+            other,
+            "trainable params: 69,120 || all params: 134,584,128 || trainable%: 0.0514",
+        ),
+    ] {
+        assert_eq!(line(config, &method), want);
+    }
+    // Feed-forward modules must be targets, as PEFT requires.
+    let bad = ia3(Some("k_proj,v_proj"), Some("down_proj"));
+    let err = count_params(&LlamaConfig::from_json(LLAMA2_7B).expect("config"), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("feedforward_modules") && err.contains("down_proj"),
+        "{err}"
+    );
 }

@@ -221,16 +221,22 @@ fn llama3_rope_scaling_is_recovered_from_rope_freqs() {
     assert!(tensors::llama3_scaling(&[1.0, 7.0, 2.0], 6, theta, 4096).is_none());
 }
 
-/// DoRA adapters written by PEFT (peft_adapters.py): loaded onto their base model they give
-/// PEFT's logits, and the gradients of a fixed function of those logits equal PEFT's autograd
-/// (which holds DoRA's row norm constant).
+/// DoRA and IA3 adapters written by PEFT (peft_adapters.py): loaded onto their base model
+/// they give PEFT's logits, and the gradients of a fixed function of those logits equal PEFT's
+/// autograd (which holds DoRA's row norm constant).
 #[test]
-fn peft_dora_adapters_give_peft_logits_and_gradients() {
-    use peft_studio_engine::peft::load::attach_lora;
-    for (case, arch) in [("dora_qwen2", "qwen2"), ("dora_rslora_llama3", "llama3")] {
+fn peft_written_adapters_give_peft_logits_and_gradients() {
+    use peft_studio_engine::peft::load::attach_adapter;
+    for (case, arch, n_tensors) in [
+        ("dora_qwen2", "qwen2", 42),
+        ("dora_rslora_llama3", "llama3", 24),
+        ("ia3_qwen2", "qwen2", 6),
+        ("ia3_llama3", "llama3", 8),
+    ] {
         let mut model =
             load_model(&fixture(&format!("archs/{arch}")), DType::F32, &Device::Cpu).unwrap();
-        let vars = attach_lora(&mut model, &fixture(&format!("peft/{case}")), Some(0.0)).unwrap();
+        let vars =
+            attach_adapter(&mut model, &fixture(&format!("peft/{case}")), Some(0.0)).unwrap();
         let want =
             read_safetensors(&fixture(&format!("peft/{case}/expected.safetensors"))).unwrap();
         let got = logits(&model, &[1, 5, 9, 33, 60, 2, 17, 40, 8, 3, 44, 12]);
@@ -266,7 +272,7 @@ fn peft_dora_adapters_give_peft_logits_and_gradients() {
                 "{case} {name}: gradient differs from PEFT's by {rel} (relative)"
             );
         }
-        assert!(vars.len() >= 24, "{case}: {} tensors", vars.len());
+        assert_eq!(vars.len(), n_tensors, "{case}");
         eprintln!("{case}: logits within {diff}, gradients within {worst} (relative)");
     }
 }

@@ -84,6 +84,24 @@ fn dora_memorises_a_small_dataset() {
     assert_memorises("dora", &train_losses(method, 1e-2, 150));
 }
 
+/// IA3 trains a few thousand scales: the loss falls, far less than with LoRA.
+#[test]
+fn ia3_lowers_the_loss() {
+    let method = MethodConfig {
+        kind: MethodKind::Ia3,
+        target_modules: Some(peft_studio_engine::peft::TargetModules::parse_cli(
+            "k_proj,v_proj,gate_proj,up_proj,down_proj",
+        )),
+        feedforward_modules: Some(peft_studio_engine::peft::TargetModules::parse_cli(
+            "down_proj",
+        )),
+        ..MethodConfig::default()
+    };
+    let losses = train_losses(method, 5e-2, 60);
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(last < 0.8 * first, "ia3: loss went from {first} to {last}");
+}
+
 #[test]
 fn freeze_memorises_with_trained_lm_head_and_last_layer() {
     let method = MethodConfig {
