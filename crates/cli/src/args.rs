@@ -402,7 +402,8 @@ pub struct ExportArgs {
     /// A checkpoint folder (`<run>/checkpoints/step-N`).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Export format: peft.
+    /// Export format: peft (the adapter, as PEFT loads it) or merged (the base model with the
+    /// adapter folded in, as a Hugging Face folder).
     #[arg(long, default_value = "peft")]
     pub format: String,
     /// Destination folder.

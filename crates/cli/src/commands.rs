@@ -160,10 +160,10 @@ fn train_config(a: &TrainArgs) -> Result<RunConfig> {
 }
 
 fn export(catalog: &Path, a: ExportArgs) -> peft_studio_app::Result<()> {
-    if a.format != "peft" {
+    if a.format != "peft" && a.format != "merged" {
         return Err(EngineError::config(
             "format",
-            format!("`{}` is not supported; supported: peft", a.format),
+            format!("`{}` is not supported; supported: peft, merged", a.format),
         )
         .into());
     }
@@ -189,7 +189,11 @@ fn export(catalog: &Path, a: ExportArgs) -> peft_studio_app::Result<()> {
         }
         (None, None) => return Err(EngineError::config("run", "give --run or --checkpoint").into()),
     };
-    run::export_checkpoint(&checkpoint, &a.out)?;
+    if a.format == "merged" {
+        run::export_merged(&checkpoint, &a.out)?;
+    } else {
+        run::export_checkpoint(&checkpoint, &a.out)?;
+    }
     eprintln!("exported {} to {}", checkpoint.display(), a.out.display());
     Ok(())
 }

@@ -261,3 +261,32 @@ impl TrainSink for EventLog {
         }
     }
 }
+
+/// Writes the run's base model with a checkpoint's trained parameters merged in, as a Hugging
+/// Face folder at `out` (LoRA, DoRA and IA³ adapters folded into the weights; freeze and full
+/// runs' trained weights in place).
+pub fn export_merged(checkpoint_dir: &Path, out: &Path) -> Result<()> {
+    let run_dir = checkpoint_dir
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| {
+            EngineError::bad_file(
+                checkpoint_dir,
+                "is not inside a run folder (<run>/checkpoints/step-N)",
+            )
+        })?;
+    let cfg = load_run(run_dir)?;
+    let ck = checkpoint::load(checkpoint_dir)?;
+    let mut model = load_model(&cfg.model, DType::F32, &default_device())?;
+    let vars = cfg.method.apply(&mut model, cfg.train.seed)?;
+    for (name, var) in &vars {
+        let trained = ck.params.get(name).ok_or_else(|| {
+            EngineError::bad_file(
+                checkpoint_dir,
+                format!("lacks `{name}`; it belongs to another run"),
+            )
+        })?;
+        var.set(&trained.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    crate::export::merged::write_merged_model(&mut model, &cfg.model, out)
+}

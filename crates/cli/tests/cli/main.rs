@@ -243,6 +243,19 @@ fn train_export_generate_with_flags() {
 
     let base = greedy(&model, None);
     let tuned = greedy(&model, Some(&exported));
+    // The merged model (a Hugging Face folder) generates what base + adapter generates.
+    let merged = dir.path().join("merged");
+    ok(cli(&[
+        "export",
+        "--run",
+        &run_id.to_string(),
+        "--format",
+        "merged",
+        "--out",
+        s(&merged),
+    ]));
+    assert!(merged.join("model.safetensors").is_file() && merged.join("tokenizer.json").is_file());
+    assert_eq!(stdout(&greedy(&merged, None)), stdout(&tuned));
     assert_ne!(
         stdout(&base),
         stdout(&tuned),

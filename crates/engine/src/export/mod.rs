@@ -1,5 +1,6 @@
 //! Writing trained adapters in the formats other tools load.
 
+pub mod merged;
 pub mod peft;
 
 pub use peft::{write_peft_dir, ExportInfo};

@@ -5,6 +5,7 @@ pub mod freeze;
 pub mod ia3;
 pub mod load;
 pub mod lora;
+pub mod merge;
 pub mod target;
 
 use candle_core::Var;

@@ -355,3 +355,140 @@ fn ia3_export_follows_peft_and_reloads() {
         .expect("s");
     assert!(diff < 1e-6, "reloaded IA3 changes logits by {diff}");
 }
+
+/// Merging folds each adapter in exactly as PEFT's formulas say (computed here on their own),
+/// and the merged model gives the adapted model's logits.
+#[test]
+fn merged_weights_equal_w_plus_delta_and_keep_the_logits() {
+    use peft_studio_engine::peft::merge::merge_adapters;
+    use peft_studio_engine::peft::MethodKind;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(
+        dir.path(),
+        &TinySpec {
+            qkv_bias: true,
+            ..Default::default()
+        },
+    );
+    let mut dora = lora_method(4, "all-linear");
+    dora.use_dora = true;
+    let mut rslora = lora_method(4, "q_proj,v_proj");
+    rslora.use_rslora = true;
+    let ia3 = MethodConfig {
+        kind: MethodKind::Ia3,
+        ..MethodConfig::default()
+    };
+    for (label, method) in [
+        ("lora", lora_method(4, "all-linear")),
+        ("rslora", rslora),
+        ("dora", dora),
+        ("ia3", ia3),
+    ] {
+        let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+        let vars = method.apply(&mut model, 4).expect("apply");
+        randomise_b(&vars);
+        let mut rng = SplitMix64::new(8);
+        for (name, var) in &vars {
+            if name.ends_with("ia3_l") || name.ends_with("lora_magnitude_vector") {
+                let old: Vec<f32> = var
+                    .as_tensor()
+                    .flatten_all()
+                    .expect("f")
+                    .to_vec1()
+                    .expect("v");
+                let new: Vec<f32> = old
+                    .iter()
+                    .map(|v| v * (0.8 + 0.4 * rng.next_f64() as f32))
+                    .collect();
+                var.set(&Tensor::from_vec(new, var.shape().clone(), &Device::Cpu).expect("t"))
+                    .expect("set");
+            }
+        }
+        let want = logits(&model);
+        // Independent expectations from the raw tensors.
+        let q = "model.layers.1.self_attn.v_proj";
+        let lin = model
+            .linears()
+            .into_iter()
+            .find(|l| l.name == q)
+            .expect("v_proj")
+            .clone();
+        let get = |suffix: &str| {
+            vars.iter()
+                .find(|(n, _)| n == &format!("{q}.{suffix}"))
+                .map(|(_, v)| v.as_tensor().clone())
+        };
+        let w = lin.weight.clone();
+        let (expected_w, expected_b) = match label {
+            "ia3" => {
+                let l = get("ia3_l").expect("l");
+                (
+                    w.broadcast_mul(&l).expect("w"),
+                    lin.bias
+                        .as_ref()
+                        .map(|b| b.mul(&l.flatten_all().expect("f")).expect("b")),
+                )
+            }
+            _ => {
+                let (a, b) = (
+                    get("lora_A.weight").expect("a"),
+                    get("lora_B.weight").expect("b"),
+                );
+                let s = if label == "rslora" {
+                    8.0 / 2.0
+                } else {
+                    8.0 / 4.0
+                };
+                let updated = (&w + (b.matmul(&a).expect("ba") * s).expect("s")).expect("w");
+                let w = match get("lora_magnitude_vector") {
+                    Some(m) => {
+                        let norm = updated
+                            .sqr()
+                            .expect("sq")
+                            .sum_keepdim(1)
+                            .expect("sum")
+                            .sqrt()
+                            .expect("sqrt");
+                        updated
+                            .broadcast_mul(
+                                &m.unsqueeze(1)
+                                    .expect("u")
+                                    .broadcast_div(&norm)
+                                    .expect("div"),
+                            )
+                            .expect("mul")
+                    }
+                    None => updated,
+                };
+                (w, lin.bias.clone())
+            }
+        };
+        assert!(merge_adapters(&mut model).expect("merge") > 0);
+        let merged = model
+            .linears()
+            .into_iter()
+            .find(|l| l.name == q)
+            .expect("v_proj")
+            .clone();
+        assert!(merged.lora.is_none() && merged.ia3.is_none());
+        let max = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .expect("sub")
+                .abs()
+                .expect("abs")
+                .max_all()
+                .expect("max")
+                .to_scalar::<f32>()
+                .expect("s")
+        };
+        assert!(
+            max(&merged.weight, &expected_w) < 1e-6,
+            "{label}: merged weight differs"
+        );
+        if let (Some(got), Some(want)) = (&merged.bias, &expected_b) {
+            assert!(max(got, want) < 1e-6, "{label}: merged bias differs");
+        }
+        let diff = max(&logits(&model), &want);
+        assert!(diff < 1e-4, "{label}: merged logits differ by {diff}");
+    }
+}
