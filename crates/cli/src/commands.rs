@@ -76,6 +76,21 @@ pub fn apply_method_args(m: &mut MethodConfig, a: &MethodArgs) -> Result<()> {
     if let Some(t) = &a.target_modules {
         m.target_modules = Some(TargetModules::parse_cli(t));
     }
+    if let Some(n) = a.num_virtual_tokens {
+        m.num_virtual_tokens = n;
+    }
+    if let Some(init) = &a.prompt_tuning_init {
+        m.prompt_tuning_init = match init.to_ascii_uppercase().replace('-', "_").as_str() {
+            "RANDOM" => peft_studio_engine::peft::PromptInit::Random,
+            "SAMPLE_VOCAB" => peft_studio_engine::peft::PromptInit::SampleVocab,
+            other => {
+                return Err(EngineError::config(
+                    "prompt_tuning_init",
+                    format!("`{other}` is not RANDOM or SAMPLE_VOCAB"),
+                ))
+            }
+        };
+    }
     if let Some(t) = &a.feedforward_modules {
         m.feedforward_modules = Some(TargetModules::parse_cli(t));
     }

@@ -75,6 +75,13 @@ pub fn count_params(cfg: &LlamaConfig, method: &MethodConfig) -> Result<ParamCou
                 total: base + adapter,
             }
         }
+        MethodKind::PromptTuning => {
+            let adapter = (method.num_virtual_tokens * cfg.hidden_size) as u64;
+            ParamCounts {
+                trainable: adapter,
+                total: base + adapter,
+            }
+        }
         MethodKind::Freeze => {
             let names = freeze::trainable_weight_names(cfg, method)?;
             let trainable = weights

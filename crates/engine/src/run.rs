@@ -193,7 +193,8 @@ pub fn load_run(dir: &Path) -> Result<RunConfig> {
     toml::from_str(&text).map_err(|e| EngineError::bad_file(&path, e.to_string()))
 }
 
-/// Writes trained parameters in the run's export format (PEFT for LoRA and IA³ runs; the trained
+/// Writes trained parameters in the run's export format (PEFT for LoRA, IA³ and prompt-tuning
+/// runs; the trained
 /// tensors as safetensors under their transformers names for freeze and full runs).
 pub fn export_params(
     cfg: &RunConfig,
@@ -201,7 +202,7 @@ pub fn export_params(
     out: &Path,
 ) -> Result<()> {
     match cfg.method.kind {
-        MethodKind::Lora | MethodKind::Ia3 => {
+        MethodKind::Lora | MethodKind::Ia3 | MethodKind::PromptTuning => {
             let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
             write_peft_dir(
                 out,

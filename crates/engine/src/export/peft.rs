@@ -1,8 +1,9 @@
-//! Export of a LoRA, DoRA or IA³ adapter as a PEFT directory: `adapter_config.json` (sorted
+//! Export of a LoRA, DoRA, IA³ or prompt-tuning adapter as a PEFT directory: `adapter_config.json` (sorted
 //! keys, indent 2, only keys PEFT ≥ 0.10 knows) and `adapter_model.safetensors` (F32 tensors
 //! named `base_model.model.<module>.lora_{A,B}.weight`, with DoRA also
 //! `base_model.model.<module>.lora_magnitude_vector`, for IA³ `base_model.model.<module>.ia3_l`;
-//! metadata `format = pt`). See shared/PEFT-FORMATS.md §1 and §3.
+//! metadata `format = pt`), or prompt tuning's bare `prompt_embeddings`. See
+//! shared/PEFT-FORMATS.md §1, §3 and §4.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -12,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::error::{EngineError, Result};
 use crate::fsutil::{safetensors_bytes, write_atomic};
+use crate::peft::prompt::PROMPT_EMBEDDINGS;
 use crate::peft::{MethodConfig, MethodKind, TargetModules};
 
 /// What the exported config records about the base model.
@@ -106,6 +108,39 @@ pub fn ia3_adapter_config(
     json!(config)
 }
 
+/// The `adapter_config.json` PEFT writes for prompt tuning with `tokens` virtual tokens of
+/// width `token_dim` (PEFT-FORMATS.md §4). `num_layers` and `num_attention_heads` are left
+/// null: PEFT fills them in from the base model's config when it loads the adapter.
+pub fn prompt_adapter_config(
+    method: &MethodConfig,
+    info: &ExportInfo,
+    tokens: usize,
+    token_dim: usize,
+) -> Value {
+    let config: BTreeMap<&str, Value> = BTreeMap::from([
+        ("auto_mapping", Value::Null),
+        ("base_model_name_or_path", json!(info.base_model)),
+        ("inference_mode", json!(true)),
+        ("modules_to_save", Value::Null),
+        ("num_attention_heads", Value::Null),
+        ("num_layers", Value::Null),
+        ("num_transformer_submodules", json!(1)),
+        ("num_virtual_tokens", json!(tokens)),
+        ("peft_type", json!("PROMPT_TUNING")),
+        (
+            "prompt_tuning_init",
+            json!(method.prompt_tuning_init.as_str()),
+        ),
+        ("prompt_tuning_init_text", Value::Null),
+        ("revision", Value::Null),
+        ("task_type", json!("CAUSAL_LM")),
+        ("token_dim", json!(token_dim)),
+        ("tokenizer_kwargs", Value::Null),
+        ("tokenizer_name_or_path", Value::Null),
+    ]);
+    json!(config)
+}
+
 /// Writes a PEFT directory for the LoRA `tensors` (named `<module>.lora_{A,B}.weight`, with
 /// DoRA also `<module>.lora_magnitude_vector`) or IA³ `tensors` (`<module>.ia3_l`).
 pub fn write_peft_dir(
@@ -114,15 +149,19 @@ pub fn write_peft_dir(
     info: &ExportInfo,
     tensors: &[(String, Tensor)],
 ) -> Result<()> {
-    if !matches!(method.kind, MethodKind::Lora | MethodKind::Ia3) {
+    if !matches!(
+        method.kind,
+        MethodKind::Lora | MethodKind::Ia3 | MethodKind::PromptTuning
+    ) {
         return Err(EngineError::config(
             "format",
             format!(
-                "the PEFT format holds LoRA, DoRA and IA3 adapters; this run trained with `{}`",
+                "the PEFT format holds LoRA, DoRA, IA3 and prompt-tuning adapters; this run trained with `{}`",
                 method.kind
             ),
         ));
     }
+    let mut prompt_shape = None;
     let mut named = Vec::with_capacity(tensors.len());
     let (mut modules, mut feedforward) = (Vec::new(), Vec::new());
     for (name, t) in tensors {
@@ -135,10 +174,25 @@ pub fn write_peft_dir(
                 feedforward.push(m.to_string());
             }
         }
-        named.push((format!("base_model.model.{name}"), t.to_dtype(DType::F32)?));
+        if name == PROMPT_EMBEDDINGS {
+            // PEFT saves the prompt encoder's table under this bare name.
+            prompt_shape = Some(t.dims2()?);
+            named.push((name.clone(), t.to_dtype(DType::F32)?));
+        } else {
+            named.push((format!("base_model.model.{name}"), t.to_dtype(DType::F32)?));
+        }
     }
-    let config = match method.kind {
-        MethodKind::Ia3 => ia3_adapter_config(method, info, &modules, &feedforward),
+    let config = match (method.kind, prompt_shape) {
+        (MethodKind::Ia3, _) => ia3_adapter_config(method, info, &modules, &feedforward),
+        (MethodKind::PromptTuning, Some((tokens, dim))) => {
+            prompt_adapter_config(method, info, tokens, dim)
+        }
+        (MethodKind::PromptTuning, None) => {
+            return Err(EngineError::config(
+                "format",
+                "a prompt-tuning export needs the `prompt_embeddings` tensor",
+            ))
+        }
         _ => adapter_config(method, info, &modules),
     };
     let config_text = serde_json::to_string_pretty(&config)

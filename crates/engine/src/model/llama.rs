@@ -108,6 +108,8 @@ pub struct LlamaModel {
     rope: Rope,
     dtype: DType,
     device: Device,
+    /// Prompt tuning's virtual-token embeddings [tokens, hidden], put before the input.
+    prompt: Option<Tensor>,
 }
 
 /// Takes named weights out of a map, checking each shape against the config.
@@ -214,7 +216,19 @@ impl LlamaModel {
             rope: Rope::new(cfg),
             dtype,
             device: device.clone(),
+            prompt: None,
         })
+    }
+
+    /// Sets (or clears) the virtual-token embeddings [tokens, hidden] that prompt tuning puts
+    /// before every input; outputs cover the real tokens only.
+    pub fn set_prompt(&mut self, prompt: Option<Tensor>) {
+        self.prompt = prompt;
+    }
+
+    /// The virtual-token embeddings, if prompt tuning is on.
+    pub fn prompt(&self) -> Option<&Tensor> {
+        self.prompt.as_ref()
     }
 
     /// The configuration the model was built from.
@@ -300,6 +314,20 @@ impl LlamaModel {
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((batch, seq, self.cfg.hidden_size))?;
+        // Prompt tuning: the virtual tokens come first (once; a cache already holds them), at
+        // positions 0..T, as PEFT concatenates them to the input embeddings.
+        let virtual_tokens = match (&self.prompt, start) {
+            (Some(p), 0) => {
+                let t = p.dim(0)?;
+                let p = p
+                    .unsqueeze(0)?
+                    .broadcast_as((batch, t, self.cfg.hidden_size))?;
+                x = Tensor::cat(&[&p.contiguous()?, &x], 1)?;
+                t
+            }
+            _ => 0,
+        };
+        let seq = seq + virtual_tokens;
         let (cos, sin) = self.rope.tables(start, seq, self.dtype, &self.device)?;
         let mask = if seq > 1 {
             Some(self.causal_mask(seq, start)?)
@@ -315,7 +343,8 @@ impl LlamaModel {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[l]);
             x = self.block_forward(block, &x, &pos, layer_cache, ctx)?;
         }
-        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)
+        let h = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
+        Ok(h.narrow(1, virtual_tokens, seq - virtual_tokens)?)
     }
 
     /// Logits [batch, seq, vocab] for `input_ids` [batch, seq].

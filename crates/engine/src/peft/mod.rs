@@ -6,6 +6,7 @@ pub mod ia3;
 pub mod load;
 pub mod lora;
 pub mod merge;
+pub mod prompt;
 pub mod target;
 
 use candle_core::Var;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use ia3::Ia3Scale;
 pub use lora::{LoraAdapter, LoraSettings, LoraVars};
+pub use prompt::PromptInit;
 pub use target::TargetModules;
 
 use crate::error::{EngineError, Result};
@@ -28,6 +30,9 @@ pub enum MethodKind {
     Lora,
     /// IA³: learned vectors scaling the target modules' outputs (feed-forward: inputs).
     Ia3,
+    /// Prompt tuning: learned virtual-token embeddings put before every input.
+    #[serde(rename = "prompt-tuning")]
+    PromptTuning,
     /// Train chosen modules fully; everything else frozen.
     Freeze,
     /// Train every weight (the baseline savings are measured against).
@@ -40,6 +45,7 @@ impl MethodKind {
         match self {
             Self::Lora => "lora",
             Self::Ia3 => "ia3",
+            Self::PromptTuning => "prompt-tuning",
             Self::Freeze => "freeze",
             Self::Full => "full",
         }
@@ -58,11 +64,12 @@ impl std::str::FromStr for MethodKind {
         match s {
             "lora" => Ok(Self::Lora),
             "ia3" => Ok(Self::Ia3),
+            "prompt-tuning" | "prompt_tuning" => Ok(Self::PromptTuning),
             "freeze" => Ok(Self::Freeze),
             "full" => Ok(Self::Full),
             other => Err(EngineError::config(
                 "method",
-                format!("`{other}` is unknown; use lora, ia3, freeze or full"),
+                format!("`{other}` is unknown; use lora, ia3, prompt-tuning, freeze or full"),
             )),
         }
     }
@@ -91,6 +98,10 @@ pub struct MethodConfig {
     /// IA³: the targets whose input (not output) is scaled (default: `down_proj`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feedforward_modules: Option<TargetModules>,
+    /// Prompt tuning: how many virtual tokens.
+    pub num_virtual_tokens: usize,
+    /// Prompt tuning: how the virtual tokens start.
+    pub prompt_tuning_init: PromptInit,
     /// Only wrap modules in these layers.
     pub layers_to_transform: Option<Vec<usize>>,
     /// Freeze: module paths (or suffixes) to train fully, e.g. `lm_head`, `model.norm`.
@@ -111,6 +122,8 @@ impl Default for MethodConfig {
             use_dora: lora.use_dora,
             target_modules: None,
             feedforward_modules: None,
+            num_virtual_tokens: 20,
+            prompt_tuning_init: PromptInit::Random,
             layers_to_transform: None,
             trainable_modules: Vec::new(),
             trainable_last_layers: 0,
@@ -177,6 +190,11 @@ impl MethodConfig {
                 self.lora_targets(cfg).map(|_| ())
             }
             MethodKind::Ia3 => self.ia3_targets(cfg).map(|_| ()),
+            MethodKind::PromptTuning if self.num_virtual_tokens == 0 => Err(EngineError::config(
+                "num_virtual_tokens",
+                "prompt tuning needs at least one virtual token",
+            )),
+            MethodKind::PromptTuning => Ok(()),
             MethodKind::Freeze => freeze::trainable_weight_names(cfg, self).map(|_| ()),
             MethodKind::Full => Ok(()),
         }
@@ -282,6 +300,19 @@ impl MethodConfig {
                     out.push((format!("{}.ia3_l", lin.name), var));
                 }
                 Ok(out)
+            }
+            MethodKind::PromptTuning => {
+                let embed = model.embed_tokens().clone();
+                let var = prompt::init_prompt(
+                    self.num_virtual_tokens,
+                    self.prompt_tuning_init,
+                    &embed,
+                    seed,
+                    model.dtype(),
+                    &model.device().clone(),
+                )?;
+                model.set_prompt(Some(var.as_tensor().clone()));
+                Ok(vec![(prompt::PROMPT_EMBEDDINGS.to_string(), var)])
             }
             MethodKind::Freeze => {
                 let names = freeze::trainable_weight_names(model.config(), self)?;

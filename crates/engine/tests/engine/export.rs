@@ -492,3 +492,66 @@ fn merged_weights_equal_w_plus_delta_and_keep_the_logits() {
         assert!(diff < 1e-4, "{label}: merged logits differ by {diff}");
     }
 }
+
+/// A prompt-tuning export: the bare `prompt_embeddings` tensor and PEFT's config; reloaded
+/// it gives the same logits (of the real tokens only), and it cannot be merged.
+#[test]
+fn prompt_tuning_export_follows_peft_and_reloads() {
+    use peft_studio_engine::peft::{load::attach_adapter, merge::merge_adapters, MethodKind};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(dir.path(), &TinySpec::default());
+    let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    let base = logits(&model);
+    let method = MethodConfig {
+        kind: MethodKind::PromptTuning,
+        num_virtual_tokens: 4,
+        ..MethodConfig::default()
+    };
+    let vars = method.apply(&mut model, 0).expect("apply");
+    let want = logits(&model);
+    assert_eq!(
+        want.dims(),
+        base.dims(),
+        "outputs cover the real tokens only"
+    );
+    let out = dir.path().join("prompt");
+    write_adapter(&out, &method, &vars);
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let names: Vec<(String, Vec<usize>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.shape().to_vec()))
+        .collect();
+    assert_eq!(names, vec![("prompt_embeddings".to_string(), vec![4, 32])]);
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("adapter_config.json")).expect("cfg"),
+    )
+    .expect("json");
+    assert_eq!(cfg["peft_type"], "PROMPT_TUNING");
+    assert_eq!(cfg["num_virtual_tokens"], 4);
+    assert_eq!(cfg["token_dim"], 32);
+    assert_eq!(cfg["num_transformer_submodules"], 1);
+    assert_eq!(cfg["prompt_tuning_init"], "RANDOM");
+    let mut fresh = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    attach_adapter(&mut fresh, &out, None).expect("attach");
+    let max = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .expect("sub")
+            .abs()
+            .expect("abs")
+            .max_all()
+            .expect("max")
+            .to_scalar::<f32>()
+            .expect("s")
+    };
+    assert!(max(&logits(&fresh), &want) < 1e-6);
+    assert!(
+        max(&base, &want) > 1e-4,
+        "the virtual tokens change the outputs"
+    );
+    let err = merge_adapters(&mut fresh)
+        .expect_err("no merge")
+        .to_string();
+    assert!(err.contains("prompt tuning"), "{err}");
+}

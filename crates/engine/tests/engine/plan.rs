@@ -165,3 +165,42 @@ fn ia3_counts_match_peft() {
         "{err}"
     );
 }
+
+/// Prompt tuning trains num_virtual_tokens × hidden (PEFT 0.21's own lines).
+#[test]
+fn prompt_tuning_counts_match_peft() {
+    let prompt = |tokens| MethodConfig {
+        kind: MethodKind::PromptTuning,
+        num_virtual_tokens: tokens,
+        ..MethodConfig::default()
+    };
+    for (config, tokens, want) in [
+        (
+            LLAMA2_7B,
+            20,
+            "trainable params: 81,920 || all params: 6,738,497,536 || trainable%: 0.0012",
+        ),
+        (
+            LLAMA2_7B,
+            8,
+            "trainable params: 32,768 || all params: 6,738,448,384 || trainable%: 0.0005",
+        ),
+        (
+            SMOLLM2_135M,
+            20,
+            "trainable params: 11,520 || all params: 134,526,528 || trainable%: 0.0086",
+        ),
+        (
+            SMOLLM2_135M,
+            8,
+            "trainable params: 4,608 || all params: 134,519,616 || trainable%: 0.0034",
+        ),
+    ] {
+        assert_eq!(line(config, &prompt(tokens)), want);
+    }
+    assert!(count_params(
+        &LlamaConfig::from_json(LLAMA2_7B).expect("config"),
+        &prompt(0)
+    )
+    .is_err());
+}

@@ -221,7 +221,8 @@ fn llama3_rope_scaling_is_recovered_from_rope_freqs() {
     assert!(tensors::llama3_scaling(&[1.0, 7.0, 2.0], 6, theta, 4096).is_none());
 }
 
-/// DoRA and IA3 adapters written by PEFT (peft_adapters.py): loaded onto their base model
+/// DoRA, IA3 and prompt-tuning adapters written by PEFT (peft_adapters.py): loaded onto their
+/// base model
 /// they give PEFT's logits, and the gradients of a fixed function of those logits equal PEFT's
 /// autograd (which holds DoRA's row norm constant).
 #[test]
@@ -232,6 +233,8 @@ fn peft_written_adapters_give_peft_logits_and_gradients() {
         ("dora_rslora_llama3", "llama3", 24),
         ("ia3_qwen2", "qwen2", 6),
         ("ia3_llama3", "llama3", 8),
+        ("prompt_qwen2", "qwen2", 1),
+        ("prompt_llama3", "llama3", 1),
     ] {
         let mut model =
             load_model(&fixture(&format!("archs/{arch}")), DType::F32, &Device::Cpu).unwrap();

@@ -102,6 +102,22 @@ fn ia3_lowers_the_loss() {
     assert!(last < 0.8 * first, "ia3: loss went from {first} to {last}");
 }
 
+/// Prompt tuning trains only a few virtual tokens: the loss falls.
+#[test]
+fn prompt_tuning_lowers_the_loss() {
+    let method = MethodConfig {
+        kind: MethodKind::PromptTuning,
+        num_virtual_tokens: 8,
+        ..MethodConfig::default()
+    };
+    let losses = train_losses(method, 1e-1, 60);
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(
+        last < 0.8 * first,
+        "prompt tuning: loss went from {first} to {last}"
+    );
+}
+
 #[test]
 fn freeze_memorises_with_trained_lm_head_and_last_layer() {
     let method = MethodConfig {
