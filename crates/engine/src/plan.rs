@@ -75,8 +75,12 @@ pub fn count_params(cfg: &LlamaConfig, method: &MethodConfig) -> Result<ParamCou
                 total: base + adapter,
             }
         }
-        MethodKind::PromptTuning => {
-            let adapter = (method.num_virtual_tokens * cfg.hidden_size) as u64;
+        MethodKind::PromptTuning | MethodKind::PrefixTuning => {
+            let width = match method.kind {
+                MethodKind::PrefixTuning => crate::peft::prompt::prefix_width(cfg),
+                _ => cfg.hidden_size,
+            };
+            let adapter = (method.num_virtual_tokens * width) as u64;
             ParamCounts {
                 trainable: adapter,
                 total: base + adapter,

@@ -202,7 +202,10 @@ pub fn export_params(
     out: &Path,
 ) -> Result<()> {
     match cfg.method.kind {
-        MethodKind::Lora | MethodKind::Ia3 | MethodKind::PromptTuning => {
+        MethodKind::Lora
+        | MethodKind::Ia3
+        | MethodKind::PromptTuning
+        | MethodKind::PrefixTuning => {
             let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
             write_peft_dir(
                 out,

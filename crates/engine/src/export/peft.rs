@@ -1,9 +1,9 @@
-//! Export of a LoRA, DoRA, IA³ or prompt-tuning adapter as a PEFT directory: `adapter_config.json` (sorted
+//! Export of a LoRA, DoRA, IA³, prompt- or prefix-tuning adapter as a PEFT directory: `adapter_config.json` (sorted
 //! keys, indent 2, only keys PEFT ≥ 0.10 knows) and `adapter_model.safetensors` (F32 tensors
 //! named `base_model.model.<module>.lora_{A,B}.weight`, with DoRA also
 //! `base_model.model.<module>.lora_magnitude_vector`, for IA³ `base_model.model.<module>.ia3_l`;
-//! metadata `format = pt`), or prompt tuning's bare `prompt_embeddings`. See
-//! shared/PEFT-FORMATS.md §1, §3 and §4.
+//! metadata `format = pt`), or prompt and prefix tuning's bare `prompt_embeddings`. See
+//! shared/PEFT-FORMATS.md §1–§4.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -141,6 +141,30 @@ pub fn prompt_adapter_config(
     json!(config)
 }
 
+/// The `adapter_config.json` PEFT writes for prefix tuning with `tokens` virtual tokens
+/// (PEFT-FORMATS.md §2). The shape fields (`num_layers`, `num_attention_heads`, `token_dim`,
+/// `encoder_hidden_size`) are left null: PEFT derives them from the base model's config when
+/// it loads the adapter, grouped-query attention included.
+pub fn prefix_adapter_config(info: &ExportInfo, tokens: usize) -> Value {
+    let config: BTreeMap<&str, Value> = BTreeMap::from([
+        ("auto_mapping", Value::Null),
+        ("base_model_name_or_path", json!(info.base_model)),
+        ("encoder_hidden_size", Value::Null),
+        ("inference_mode", json!(true)),
+        ("modules_to_save", Value::Null),
+        ("num_attention_heads", Value::Null),
+        ("num_layers", Value::Null),
+        ("num_transformer_submodules", json!(1)),
+        ("num_virtual_tokens", json!(tokens)),
+        ("peft_type", json!("PREFIX_TUNING")),
+        ("prefix_projection", json!(false)),
+        ("revision", Value::Null),
+        ("task_type", json!("CAUSAL_LM")),
+        ("token_dim", Value::Null),
+    ]);
+    json!(config)
+}
+
 /// Writes a PEFT directory for the LoRA `tensors` (named `<module>.lora_{A,B}.weight`, with
 /// DoRA also `<module>.lora_magnitude_vector`) or IA³ `tensors` (`<module>.ia3_l`).
 pub fn write_peft_dir(
@@ -151,12 +175,12 @@ pub fn write_peft_dir(
 ) -> Result<()> {
     if !matches!(
         method.kind,
-        MethodKind::Lora | MethodKind::Ia3 | MethodKind::PromptTuning
+        MethodKind::Lora | MethodKind::Ia3 | MethodKind::PromptTuning | MethodKind::PrefixTuning
     ) {
         return Err(EngineError::config(
             "format",
             format!(
-                "the PEFT format holds LoRA, DoRA, IA3 and prompt-tuning adapters; this run trained with `{}`",
+                "the PEFT format holds LoRA, DoRA, IA3, prompt- and prefix-tuning adapters; this run trained with `{}`",
                 method.kind
             ),
         ));
@@ -187,10 +211,11 @@ pub fn write_peft_dir(
         (MethodKind::PromptTuning, Some((tokens, dim))) => {
             prompt_adapter_config(method, info, tokens, dim)
         }
-        (MethodKind::PromptTuning, None) => {
+        (MethodKind::PrefixTuning, Some((tokens, _))) => prefix_adapter_config(info, tokens),
+        (MethodKind::PromptTuning | MethodKind::PrefixTuning, None) => {
             return Err(EngineError::config(
                 "format",
-                "a prompt-tuning export needs the `prompt_embeddings` tensor",
+                "a prompt- or prefix-tuning export needs the `prompt_embeddings` tensor",
             ))
         }
         _ => adapter_config(method, info, &modules),

@@ -110,6 +110,8 @@ pub struct LlamaModel {
     device: Device,
     /// Prompt tuning's virtual-token embeddings [tokens, hidden], put before the input.
     prompt: Option<Tensor>,
+    /// Prefix tuning's keys and values [tokens, layers·2·kv_heads·head_dim] (PEFT's layout).
+    prefix: Option<Tensor>,
 }
 
 /// Takes named weights out of a map, checking each shape against the config.
@@ -217,6 +219,7 @@ impl LlamaModel {
             dtype,
             device: device.clone(),
             prompt: None,
+            prefix: None,
         })
     }
 
@@ -224,6 +227,39 @@ impl LlamaModel {
     /// before every input; outputs cover the real tokens only.
     pub fn set_prompt(&mut self, prompt: Option<Tensor>) {
         self.prompt = prompt;
+    }
+
+    /// Sets (or clears) prefix tuning's keys and values [tokens, layers·2·kv_heads·head_dim],
+    /// which every layer's attention sees before the input (PEFT-FORMATS.md §2).
+    pub fn set_prefix(&mut self, prefix: Option<Tensor>) {
+        self.prefix = prefix;
+    }
+
+    /// Prefix tuning's keys and values, if prefix tuning is on.
+    pub fn prefix(&self) -> Option<&Tensor> {
+        self.prefix.as_ref()
+    }
+
+    /// A cache holding the prefix as PEFT lays it out: viewed as [T, 2L, H, D], layer ℓ's keys
+    /// are entry 2ℓ and its values 2ℓ + 1, used as they are (no rotary embedding).
+    fn prefix_cache(&self, prefix: &Tensor, batch: usize) -> Result<KvCache> {
+        let c = &self.cfg;
+        let (l, h, d) = (c.num_hidden_layers, c.num_key_value_heads, c.head_dim);
+        let t = prefix.dim(0)?;
+        let kv = prefix.reshape((t, 2 * l, h, d))?;
+        let part = |i: usize| -> Result<Tensor> {
+            Ok(kv
+                .narrow(1, i, 1)?
+                .squeeze(1)?
+                .transpose(0, 1)?
+                .unsqueeze(0)?
+                .broadcast_as((batch, h, t, d))?
+                .contiguous()?)
+        };
+        let layers = (0..l)
+            .map(|i| Ok(Some((part(2 * i)?, part(2 * i + 1)?))))
+            .collect::<Result<_>>()?;
+        Ok(KvCache { layers })
     }
 
     /// The virtual-token embeddings, if prompt tuning is on.
@@ -309,6 +345,23 @@ impl LlamaModel {
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
+        // Prefix tuning: every layer starts from the prefix's keys and values (a caller's
+        // cache gets them on its first use).
+        let mut cache = cache;
+        let mut own_cache = None;
+        if let Some(prefix) = &self.prefix {
+            if cache.as_ref().is_none_or(|c| c.is_empty()) {
+                let filled = self.prefix_cache(prefix, batch)?;
+                match cache.as_mut() {
+                    Some(c) => **c = filled,
+                    None => own_cache = Some(filled),
+                }
+            }
+        }
+        let mut cache = match cache {
+            Some(c) => Some(c),
+            None => own_cache.as_mut(),
+        };
         let start = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let mut x = self
             .embed_tokens
@@ -335,7 +388,6 @@ impl LlamaModel {
             None
         };
         let pos = Positions { cos, sin, mask };
-        let mut cache = cache;
         if let Some(c) = cache.as_mut() {
             c.layers.resize(self.layers.len(), None);
         }

@@ -75,11 +75,11 @@ pub fn read_adapter_config(dir: &Path) -> Result<PeftAdapterConfig> {
     let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
     let cfg: PeftAdapterConfig =
         serde_json::from_str(&text).map_err(|e| EngineError::bad_file(&path, e.to_string()))?;
-    if !["LORA", "IA3", "PROMPT_TUNING"].contains(&cfg.peft_type.as_str()) {
+    if !["LORA", "IA3", "PROMPT_TUNING", "PREFIX_TUNING"].contains(&cfg.peft_type.as_str()) {
         return Err(EngineError::bad_file(
             &path,
             format!(
-                "peft_type `{}` is not supported here; LORA (with DoRA), IA3 and PROMPT_TUNING are",
+                "peft_type `{}` is not supported here; LORA (with DoRA), IA3, PROMPT_TUNING and PREFIX_TUNING are",
                 cfg.peft_type
             ),
         ));
@@ -97,13 +97,15 @@ pub fn attach_adapter(
 ) -> Result<Trainables> {
     match read_adapter_config(dir)?.peft_type.as_str() {
         "IA3" => attach_ia3(model, dir),
-        "PROMPT_TUNING" => attach_prompt(model, dir),
+        "PROMPT_TUNING" => attach_prompt(model, dir, false),
+        "PREFIX_TUNING" => attach_prompt(model, dir, true),
         _ => attach_lora(model, dir, dropout),
     }
 }
 
-/// Attaches prompt-tuning virtual tokens: `prompt_embeddings` [tokens, hidden].
-fn attach_prompt(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {
+/// Attaches prompt tuning's virtual tokens (`prompt_embeddings` [tokens, hidden]) or, with
+/// `prefix`, prefix tuning's keys and values ([tokens, layers·2·kv_heads·head_dim]).
+fn attach_prompt(model: &mut LlamaModel, dir: &Path, prefix: bool) -> Result<Trainables> {
     let weights_path = dir.join("adapter_model.safetensors");
     let mut tensors = read_safetensors(&weights_path)?;
     let t = tensors.remove(PROMPT_EMBEDDINGS).ok_or_else(|| {
@@ -115,21 +117,30 @@ fn attach_prompt(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {
     if let Some(stray) = tensors.keys().next() {
         return Err(EngineError::bad_file(
             &weights_path,
-            format!("tensor `{stray}` is not part of a prompt-tuning adapter"),
+            format!("tensor `{stray}` is not part of a prompt- or prefix-tuning adapter"),
         ));
     }
-    let hidden = model.config().hidden_size;
-    if t.rank() != 2 || t.dim(1)? != hidden || t.dim(0)? == 0 {
+    let width = match prefix {
+        true => super::prompt::prefix_width(model.config()),
+        false => model.config().hidden_size,
+    };
+    if t.rank() != 2 || t.dim(1)? != width || t.dim(0)? == 0 {
         return Err(EngineError::bad_file(
             &weights_path,
-            format!("prompt_embeddings {:?} does not fit a model of hidden size {hidden}; the adapter was made for another base model", t.dims()),
+            format!(
+                "prompt_embeddings {:?} does not fit this model (rows of {width}); the adapter was made for another base model",
+                t.dims()
+            ),
         ));
     }
     let var = Var::from_tensor(
         &t.to_device(&model.device().clone())?
             .to_dtype(model.dtype())?,
     )?;
-    model.set_prompt(Some(var.as_tensor().clone()));
+    match prefix {
+        true => model.set_prefix(Some(var.as_tensor().clone())),
+        false => model.set_prompt(Some(var.as_tensor().clone())),
+    }
     Ok(vec![(PROMPT_EMBEDDINGS.to_string(), var)])
 }
 

@@ -38,11 +38,11 @@ pub fn merged_weight(lin: &Linear) -> Result<(Tensor, Option<Tensor>)> {
 /// how many layers changed. A tied `lm_head` cannot take an adapter's change without changing
 /// the embeddings too, so that is refused.
 pub fn merge_adapters(model: &mut LlamaModel) -> Result<usize> {
-    if model.prompt().is_some() {
+    if model.prompt().is_some() || model.prefix().is_some() {
         return Err(EngineError::config(
             "merge",
-            "prompt tuning adds virtual tokens, which no weight can hold; export the adapter \
-             instead of a merged model",
+            "prompt and prefix tuning add virtual tokens, which no weight can hold; export the \
+             adapter instead of a merged model",
         ));
     }
     let tied = model.config().tie_word_embeddings;

@@ -33,6 +33,9 @@ pub enum MethodKind {
     /// Prompt tuning: learned virtual-token embeddings put before every input.
     #[serde(rename = "prompt-tuning")]
     PromptTuning,
+    /// Prefix tuning: learned keys and values every layer's attention sees first.
+    #[serde(rename = "prefix-tuning")]
+    PrefixTuning,
     /// Train chosen modules fully; everything else frozen.
     Freeze,
     /// Train every weight (the baseline savings are measured against).
@@ -46,6 +49,7 @@ impl MethodKind {
             Self::Lora => "lora",
             Self::Ia3 => "ia3",
             Self::PromptTuning => "prompt-tuning",
+            Self::PrefixTuning => "prefix-tuning",
             Self::Freeze => "freeze",
             Self::Full => "full",
         }
@@ -65,11 +69,14 @@ impl std::str::FromStr for MethodKind {
             "lora" => Ok(Self::Lora),
             "ia3" => Ok(Self::Ia3),
             "prompt-tuning" | "prompt_tuning" => Ok(Self::PromptTuning),
+            "prefix-tuning" | "prefix_tuning" => Ok(Self::PrefixTuning),
             "freeze" => Ok(Self::Freeze),
             "full" => Ok(Self::Full),
             other => Err(EngineError::config(
                 "method",
-                format!("`{other}` is unknown; use lora, ia3, prompt-tuning, freeze or full"),
+                format!(
+                    "`{other}` is unknown; use lora, ia3, prompt-tuning, prefix-tuning, freeze or full"
+                ),
             )),
         }
     }
@@ -190,11 +197,13 @@ impl MethodConfig {
                 self.lora_targets(cfg).map(|_| ())
             }
             MethodKind::Ia3 => self.ia3_targets(cfg).map(|_| ()),
-            MethodKind::PromptTuning if self.num_virtual_tokens == 0 => Err(EngineError::config(
-                "num_virtual_tokens",
-                "prompt tuning needs at least one virtual token",
-            )),
-            MethodKind::PromptTuning => Ok(()),
+            MethodKind::PromptTuning | MethodKind::PrefixTuning if self.num_virtual_tokens == 0 => {
+                Err(EngineError::config(
+                    "num_virtual_tokens",
+                    "prompt and prefix tuning need at least one virtual token",
+                ))
+            }
+            MethodKind::PromptTuning | MethodKind::PrefixTuning => Ok(()),
             MethodKind::Freeze => freeze::trainable_weight_names(cfg, self).map(|_| ()),
             MethodKind::Full => Ok(()),
         }
@@ -312,6 +321,18 @@ impl MethodConfig {
                     &model.device().clone(),
                 )?;
                 model.set_prompt(Some(var.as_tensor().clone()));
+                Ok(vec![(prompt::PROMPT_EMBEDDINGS.to_string(), var)])
+            }
+            MethodKind::PrefixTuning => {
+                let width = prompt::prefix_width(model.config());
+                let var = prompt::init_prefix(
+                    self.num_virtual_tokens,
+                    width,
+                    seed,
+                    model.dtype(),
+                    &model.device().clone(),
+                )?;
+                model.set_prefix(Some(var.as_tensor().clone()));
                 Ok(vec![(prompt::PROMPT_EMBEDDINGS.to_string(), var)])
             }
             MethodKind::Freeze => {

@@ -1,6 +1,8 @@
-//! Prompt tuning (Lester et al. 2021) as PEFT does it (`tuners/prompt_tuning`): learned
-//! embeddings of `num_virtual_tokens` virtual tokens, put before every input's embeddings
-//! (PEFT-FORMATS.md §4). Saved as one tensor, `prompt_embeddings` [tokens, hidden].
+//! PEFT's prompt-learning methods, both saved as one tensor named `prompt_embeddings`:
+//! - prompt tuning (Lester et al. 2021, `tuners/prompt_tuning`, PEFT-FORMATS.md §4): learned
+//!   embeddings [tokens, hidden] of virtual tokens put before every input's embeddings;
+//! - prefix tuning (Li & Liang 2021, `tuners/prefix_tuning`, §2): learned keys and values
+//!   [tokens, layers·2·kv_heads·head_dim] that every layer's attention sees before the input.
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -50,16 +52,12 @@ pub fn init_prompt(
     let (vocab, hidden) = embed_tokens.dims2()?;
     let mut rng = SplitMix64::new(seed);
     let values = match init {
-        PromptInit::Random => {
-            // Box–Muller: standard normal values.
-            let v: Vec<f32> = (0..tokens * hidden)
-                .map(|_| {
-                    let (u1, u2) = (rng.next_f64().max(1e-12), rng.next_f64());
-                    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-                })
-                .collect();
-            Tensor::from_vec(v, (tokens, hidden), device)?.to_dtype(dtype)?
-        }
+        PromptInit::Random => Tensor::from_vec(
+            standard_normal(tokens * hidden, &mut rng),
+            (tokens, hidden),
+            device,
+        )?
+        .to_dtype(dtype)?,
         PromptInit::SampleVocab => {
             let ids: Vec<u32> = (0..tokens)
                 .map(|_| (rng.next_f64() * vocab as f64) as u32 % vocab as u32)
@@ -73,4 +71,44 @@ pub fn init_prompt(
         }
     };
     Ok(Var::from_tensor(&values)?)
+}
+
+/// `n` standard normal values (Box–Muller), as a fresh `torch.nn.Embedding` holds.
+fn standard_normal(n: usize, rng: &mut SplitMix64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let (u1, u2) = (rng.next_f64().max(1e-12), rng.next_f64());
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect()
+}
+
+/// The initial prefix [tokens, width] (standard normal, PEFT's embedding init) as a trainable
+/// variable; `width` is layers·2·kv_heads·head_dim.
+pub fn init_prefix(
+    tokens: usize,
+    width: usize,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Var> {
+    if tokens == 0 {
+        return Err(EngineError::config(
+            "num_virtual_tokens",
+            "prefix tuning needs at least one virtual token",
+        ));
+    }
+    let mut rng = SplitMix64::new(seed);
+    let values = Tensor::from_vec(
+        standard_normal(tokens * width, &mut rng),
+        (tokens, width),
+        device,
+    )?;
+    Ok(Var::from_tensor(&values.to_dtype(dtype)?)?)
+}
+
+/// The width of a prefix row for a model: layers·2·kv_heads·head_dim (PEFT stores
+/// `token_dim = head_dim·kv_heads` for grouped-query attention).
+pub fn prefix_width(cfg: &crate::model::LlamaConfig) -> usize {
+    cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim
 }

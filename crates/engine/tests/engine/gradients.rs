@@ -73,6 +73,16 @@ fn prompt_tuning_gradients_match_central_finite_differences() {
     check_gradients(&method, 3, |_| true);
 }
 
+#[test]
+fn prefix_tuning_gradients_match_central_finite_differences() {
+    let method = peft_studio_engine::peft::MethodConfig {
+        kind: peft_studio_engine::peft::MethodKind::PrefixTuning,
+        num_virtual_tokens: 3,
+        ..Default::default()
+    };
+    check_gradients(&method, 3, |_| true);
+}
+
 /// Compares three entries of each trainable tensor of `method` that `checked_names` picks
 /// with central differences.
 fn check_gradients(

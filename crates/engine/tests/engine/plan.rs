@@ -204,3 +204,38 @@ fn prompt_tuning_counts_match_peft() {
     )
     .is_err());
 }
+
+/// Prefix tuning trains num_virtual_tokens × layers × 2 × kv_heads·head_dim (PEFT 0.21's own
+/// lines; SmolLM2 has grouped-query attention, so its prefix is a third of the hidden size).
+#[test]
+fn prefix_tuning_counts_match_peft() {
+    let prefix = |tokens| MethodConfig {
+        kind: MethodKind::PrefixTuning,
+        num_virtual_tokens: tokens,
+        ..MethodConfig::default()
+    };
+    for (config, tokens, want) in [
+        (
+            LLAMA2_7B,
+            20,
+            "trainable params: 5,242,880 || all params: 6,743,658,496 || trainable%: 0.0777",
+        ),
+        (
+            LLAMA2_7B,
+            8,
+            "trainable params: 2,097,152 || all params: 6,740,512,768 || trainable%: 0.0311",
+        ),
+        (
+            SMOLLM2_135M,
+            20,
+            "trainable params: 230,400 || all params: 134,745,408 || trainable%: 0.1710",
+        ),
+        (
+            SMOLLM2_135M,
+            8,
+            "trainable params: 92,160 || all params: 134,607,168 || trainable%: 0.0685",
+        ),
+    ] {
+        assert_eq!(line(config, &prefix(tokens)), want);
+    }
+}

@@ -221,7 +221,7 @@ fn llama3_rope_scaling_is_recovered_from_rope_freqs() {
     assert!(tensors::llama3_scaling(&[1.0, 7.0, 2.0], 6, theta, 4096).is_none());
 }
 
-/// DoRA, IA3 and prompt-tuning adapters written by PEFT (peft_adapters.py): loaded onto their
+/// DoRA, IA3, prompt- and prefix-tuning adapters written by PEFT (peft_adapters.py): loaded onto their
 /// base model
 /// they give PEFT's logits, and the gradients of a fixed function of those logits equal PEFT's
 /// autograd (which holds DoRA's row norm constant).
@@ -235,6 +235,8 @@ fn peft_written_adapters_give_peft_logits_and_gradients() {
         ("ia3_llama3", "llama3", 8),
         ("prompt_qwen2", "qwen2", 1),
         ("prompt_llama3", "llama3", 1),
+        ("prefix_qwen2", "qwen2", 1),
+        ("prefix_llama3", "llama3", 1),
     ] {
         let mut model =
             load_model(&fixture(&format!("archs/{arch}")), DType::F32, &Device::Cpu).unwrap();

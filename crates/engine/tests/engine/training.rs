@@ -118,6 +118,22 @@ fn prompt_tuning_lowers_the_loss() {
     );
 }
 
+/// Prefix tuning trains every layer's extra keys and values: the loss falls.
+#[test]
+fn prefix_tuning_lowers_the_loss() {
+    let method = MethodConfig {
+        kind: MethodKind::PrefixTuning,
+        num_virtual_tokens: 8,
+        ..MethodConfig::default()
+    };
+    let losses = train_losses(method, 5e-2, 60);
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(
+        last < 0.8 * first,
+        "prefix tuning: loss went from {first} to {last}"
+    );
+}
+
 #[test]
 fn freeze_memorises_with_trained_lm_head_and_last_layer() {
     let method = MethodConfig {
