@@ -56,7 +56,13 @@ pub fn resolve_model(model: &Path) -> Result<PathBuf> {
 /// Applies method flags on top of a method config.
 pub fn apply_method_args(m: &mut MethodConfig, a: &MethodArgs) -> Result<()> {
     if let Some(k) = &a.method {
-        m.kind = k.parse()?;
+        let kind = k.parse()?;
+        if kind != m.kind && a.target_modules.is_none() {
+            // Targets belong to a method: switching methods starts from the new one's defaults.
+            m.target_modules = None;
+            m.feedforward_modules = None;
+        }
+        m.kind = kind;
     }
     if let Some(r) = a.r {
         m.r = r;

@@ -144,11 +144,9 @@ pub fn worker(catalog_path: &Path, run_id: i64) -> Result<()> {
     let cancel = cancel_on_ctrl_c();
     match peft_studio_app::worker::run_worker(catalog_path, run_id, cancel)? {
         RunStatus::Completed => Ok(()),
-        RunStatus::Cancelled => Err(EngineError::Cancelled.into()),
-        status => Err(AppError::Invalid(format!(
-            "run {run_id} {}",
-            status.as_str()
-        ))),
+        // How it ended, and why, is in the catalog and in the last JSON line; the attached
+        // parent prints it, so the worker only says it with its exit status.
+        _ => std::process::exit(1),
     }
 }
 
