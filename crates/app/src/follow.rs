@@ -15,7 +15,8 @@ pub const POLL: Duration = Duration::from_millis(50);
 
 /// Calls `on_rows` with the run's metrics so far, then with new rows as they arrive, until
 /// the run stops or `stop` is set; returns the run as it ended. The last step seen may be
-/// sent again with more fields (its validation loss comes after its training loss).
+/// sent again with more fields (its validation loss comes after its training loss), and after
+/// a resume the steps past its checkpoint are sent again as they are retrained.
 pub fn follow(
     catalog: &Catalog,
     run_id: i64,
@@ -28,6 +29,12 @@ pub fn follow(
     loop {
         // Read the run before its rows: a run seen ending has all its rows written.
         let run = catalog.run(run_id)?;
+        // A resumed run trains the steps after its checkpoint again: start over from there.
+        let last = catalog.last_step(run_id)?;
+        if last < seen {
+            seen = last;
+            last_sent = None;
+        }
         let rows = catalog.metrics(run_id, seen - 1)?;
         let fresh: Vec<MetricRow> = rows
             .into_iter()

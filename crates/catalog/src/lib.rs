@@ -3,7 +3,8 @@
 //! app, the CLI, one worker per run); WAL and a busy timeout let them.
 //!
 //! The API is blocking: each [`Catalog`] drives its own small tokio runtime, so the trainer's
-//! threads and the CLI call it without being async themselves.
+//! threads and the CLI call it without being async themselves. Async callers (the desktop
+//! shell) call it from blocking threads (`spawn_blocking`).
 //!
 //! Queries are checked at run time against the real schema by this crate's tests (every query
 //! is exercised there) rather than at compile time with `query!`: that would need a database or
@@ -73,9 +74,13 @@ impl Catalog {
 
 impl Drop for Catalog {
     fn drop(&mut self) {
-        // Close connections inside the runtime so that SQLite checkpoints the WAL cleanly.
-        let pool = self.pool.clone();
-        self.rt.block_on(pool.close());
+        // Close connections inside the runtime so that SQLite checkpoints the WAL cleanly;
+        // inside another runtime (an async caller) blocking would panic, so the connections
+        // are left to close as the pool drops.
+        if tokio::runtime::Handle::try_current().is_err() {
+            let pool = self.pool.clone();
+            self.rt.block_on(pool.close());
+        }
     }
 }
 
