@@ -16,7 +16,8 @@ pub const POLL: Duration = Duration::from_millis(50);
 /// Calls `on_rows` with the run's metrics so far, then with new rows as they arrive, until
 /// the run stops or `stop` is set; returns the run as it ended. The last step seen may be
 /// sent again with more fields (its validation loss comes after its training loss), and after
-/// a resume the steps past its checkpoint are sent again as they are retrained.
+/// a resume the history is sent again, then the retrained steps as they come: keep the newest
+/// row per step.
 pub fn follow(
     catalog: &Catalog,
     run_id: i64,
@@ -25,16 +26,19 @@ pub fn follow(
 ) -> Result<Run> {
     let mut seen = -1i64;
     let mut last_sent: Option<MetricRow> = None;
+    let mut queued_at: Option<f64> = None;
     let mut last_reap = Instant::now();
     loop {
         // Read the run before its rows: a run seen ending has all its rows written.
         let run = catalog.run(run_id)?;
-        // A resumed run trains the steps after its checkpoint again: start over from there.
+        // A resumed run is queued anew and trains the steps after its checkpoint again: send
+        // the history again (receivers keep the newest row per step).
         let last = catalog.last_step(run_id)?;
-        if last < seen {
-            seen = last;
+        if last < seen || queued_at.is_some_and(|t| t != run.queued_at) {
+            seen = -1;
             last_sent = None;
         }
+        queued_at = Some(run.queued_at);
         let rows = catalog.metrics(run_id, seen - 1)?;
         let fresh: Vec<MetricRow> = rows
             .into_iter()

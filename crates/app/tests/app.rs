@@ -116,3 +116,62 @@ fn utc_stamps() {
     assert_eq!(utc_stamp(951_782_400), "20000229-000000");
     assert_eq!(utc_stamp(1_795_941_296), "20261129-083456");
 }
+
+/// A follower sees live rows as they are written, and after a resume (metrics truncated to
+/// the checkpoint) the retrained steps again, ending when the run ends.
+#[test]
+fn follow_streams_rows_and_starts_over_after_a_resume() {
+    use peft_studio_app::catalog::RunStatus;
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.sqlite");
+    let id = run_with_curve(&Catalog::open(&path).unwrap(), "live", 1.0, 0);
+    let reader = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let c = Catalog::open(&path).unwrap();
+            let mut seen: Vec<MetricRow> = Vec::new();
+            let run = peft_studio_app::follow::follow(
+                &c,
+                id,
+                &mut |rows| seen.extend_from_slice(rows),
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+            (run.status, seen)
+        })
+    };
+    let c = Catalog::open(&path).unwrap();
+    c.set_pid(id, std::process::id()).unwrap();
+    let row = |step: i64, loss: f64| MetricRow {
+        step,
+        loss: Some(loss),
+        ..Default::default()
+    };
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(150));
+    c.write_metrics(id, &(1..=10).map(|s| row(s, 1.0)).collect::<Vec<_>>())
+        .unwrap();
+    pause();
+    c.truncate_metrics_after(id, 5).unwrap();
+    c.write_metrics(id, &(6..=8).map(|s| row(s, 2.0)).collect::<Vec<_>>())
+        .unwrap();
+    pause();
+    c.finish(id, RunStatus::Completed, None).unwrap();
+    let (status, seen) = reader.join().unwrap();
+    assert_eq!(status, RunStatus::Completed);
+    assert!(
+        seen.iter().any(|r| r.step == 10),
+        "the first rows were streamed"
+    );
+    let last_of = |step: i64| {
+        seen.iter()
+            .rev()
+            .find(|r| r.step == step)
+            .and_then(|r| r.loss)
+    };
+    assert_eq!(
+        (last_of(6), last_of(8)),
+        (Some(2.0), Some(2.0)),
+        "retrained steps are sent again"
+    );
+}
