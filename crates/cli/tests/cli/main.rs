@@ -312,6 +312,32 @@ fn train_from_config_file_then_resume() {
         .collect();
     assert_eq!(steps.len(), 2);
     assert!(steps[0].contains("\"step\":3"), "{}", steps[0]);
+
+    // Switching the method on the command line drops the file's LoRA targets: IA3 then
+    // uses its own defaults (k_proj, v_proj, down_proj) instead of failing on them.
+    let lora_qv = dir.path().join("qv.toml");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("\"all-linear\"", "[\"q_proj\", \"v_proj\"]");
+    std::fs::write(&lora_qv, text).expect("config");
+    let o = ok(cli(&[
+        "train",
+        "--config",
+        s(&lora_qv),
+        "--method",
+        "ia3",
+        "--max-steps",
+        "1",
+        "--out",
+        s(&dir.path().join("ia3")),
+    ]));
+    let adapter = std::fs::read_to_string(dir.path().join("ia3/adapter/adapter_config.json"))
+        .expect("adapter config");
+    assert!(
+        adapter.contains("\"IA3\"") && adapter.contains("down_proj"),
+        "{adapter}\n{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -338,6 +364,12 @@ fn bad_input_exits_with_a_clear_message() {
     let o = train_one_step(&model, &bad_line, &dir.path().join("r"), &[]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("bad.jsonl:2:"), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).matches("error:").count(),
+        1,
+        "the failure is told once (by the parent, not again by the worker): {}",
+        stderr(&o)
+    );
 
     let o = cli(&[
         "train",
