@@ -252,13 +252,17 @@ fn flush(
 
 /// Records the adapter folder a completed run wrote.
 fn record_adapter(catalog: &Catalog, run_id: i64, cfg: &RunConfig, dir: &Path) -> Result<()> {
-    let weights = ["adapter_model.safetensors", "trained.safetensors"]
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            AppError::Invalid(format!("{}: the run wrote no weights file", dir.display()))
-        })?;
+    let weights = [
+        "adapter_model.safetensors",
+        "adapter.safetensors",
+        "trained.safetensors",
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .find(|p| p.is_file())
+    .ok_or_else(|| {
+        AppError::Invalid(format!("{}: the run wrote no weights file", dir.display()))
+    })?;
     let (sha256, size_bytes) = sha256_file(&weights)?;
     catalog.add_adapter(&NewAdapter {
         run_id: Some(run_id),

@@ -153,7 +153,7 @@ pub struct DemoArgs {
 /// Method settings shared by `plan` and `train`.
 #[derive(Debug, Args, Default, Clone)]
 pub struct MethodArgs {
-    /// lora, ia3, prompt-tuning, prefix-tuning, freeze or full.
+    /// lora, ia3, prompt-tuning, prefix-tuning, houlsby, pfeiffer, freeze or full.
     #[arg(long)]
     pub method: Option<String>,
     /// LoRA rank.
@@ -175,6 +175,9 @@ pub struct MethodArgs {
     /// (default: PEFT's for the method: q_proj,v_proj for LoRA; k_proj,v_proj,down_proj for IA3).
     #[arg(long)]
     pub target_modules: Option<String>,
+    /// Houlsby/Pfeiffer: bottleneck width is hidden / this (default 16).
+    #[arg(long)]
+    pub reduction_factor: Option<usize>,
     /// Prompt and prefix tuning: number of virtual tokens (default 20).
     #[arg(long)]
     pub num_virtual_tokens: Option<usize>,

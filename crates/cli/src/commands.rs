@@ -82,6 +82,9 @@ pub fn apply_method_args(m: &mut MethodConfig, a: &MethodArgs) -> Result<()> {
     if let Some(t) = &a.target_modules {
         m.target_modules = Some(TargetModules::parse_cli(t));
     }
+    if let Some(f) = a.reduction_factor {
+        m.reduction_factor = f;
+    }
     if let Some(n) = a.num_virtual_tokens {
         m.num_virtual_tokens = n;
     }

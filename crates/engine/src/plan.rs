@@ -86,6 +86,20 @@ pub fn count_params(cfg: &LlamaConfig, method: &MethodConfig) -> Result<ParamCou
                 total: base + adapter,
             }
         }
+        MethodKind::Houlsby | MethodKind::Pfeiffer => {
+            let (h, w) = (
+                cfg.hidden_size as u64,
+                crate::peft::bottleneck::width(cfg.hidden_size, method.reduction_factor) as u64,
+            );
+            let per_adapter = 2 * h * w + w + h;
+            let sites =
+                crate::peft::bottleneck::sites(method.kind == MethodKind::Houlsby).len() as u64;
+            let adapter = per_adapter * sites * cfg.num_hidden_layers as u64;
+            ParamCounts {
+                trainable: adapter,
+                total: base + adapter,
+            }
+        }
         MethodKind::Freeze => {
             let names = freeze::trainable_weight_names(cfg, method)?;
             let trainable = weights

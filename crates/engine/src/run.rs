@@ -193,8 +193,8 @@ pub fn load_run(dir: &Path) -> Result<RunConfig> {
     toml::from_str(&text).map_err(|e| EngineError::bad_file(&path, e.to_string()))
 }
 
-/// Writes trained parameters in the run's export format (PEFT for LoRA, IA³ and prompt-tuning
-/// runs; the trained
+/// Writes trained parameters in the run's export format (PEFT for LoRA, IA³, prompt and prefix
+/// tuning; the adapters library's for Houlsby and Pfeiffer; the trained
 /// tensors as safetensors under their transformers names for freeze and full runs).
 pub fn export_params(
     cfg: &RunConfig,
@@ -213,6 +213,16 @@ pub fn export_params(
                 &ExportInfo {
                     base_model: base.display().to_string(),
                 },
+                params,
+            )
+        }
+        MethodKind::Houlsby | MethodKind::Pfeiffer => {
+            let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
+            crate::export::adapters_lib::write_adapters_dir(
+                out,
+                &cfg.method,
+                &crate::model::LlamaConfig::from_path(&cfg.model)?,
+                &base.display().to_string(),
                 params,
             )
         }

@@ -1,5 +1,6 @@
 //! Writing trained adapters in the formats other tools load.
 
+pub mod adapters_lib;
 pub mod merged;
 pub mod peft;
 

@@ -13,6 +13,7 @@ use super::linear::Linear;
 use super::ops::{rms_norm, softmax_last_dim, ForwardCtx};
 use super::rope::{apply_rope, Rope};
 use crate::error::{EngineError, Result};
+use crate::peft::bottleneck::{LayerAdapters, Site};
 
 /// Keys and values of every layer for incremental decoding.
 #[derive(Debug, Default, Clone)]
@@ -112,6 +113,8 @@ pub struct LlamaModel {
     prompt: Option<Tensor>,
     /// Prefix tuning's keys and values [tokens, layers·2·kv_heads·head_dim] (PEFT's layout).
     prefix: Option<Tensor>,
+    /// Bottleneck adapters per decoder layer (empty when none).
+    adapters: Vec<LayerAdapters>,
 }
 
 /// Takes named weights out of a map, checking each shape against the config.
@@ -220,6 +223,7 @@ impl LlamaModel {
             device: device.clone(),
             prompt: None,
             prefix: None,
+            adapters: Vec::new(),
         })
     }
 
@@ -233,6 +237,26 @@ impl LlamaModel {
     /// which every layer's attention sees before the input (PEFT-FORMATS.md §2).
     pub fn set_prefix(&mut self, prefix: Option<Tensor>) {
         self.prefix = prefix;
+    }
+
+    /// The bottleneck adapters of each decoder layer, created empty on first use.
+    pub fn layer_adapters_mut(&mut self) -> &mut Vec<LayerAdapters> {
+        if self.adapters.is_empty() {
+            self.adapters = vec![LayerAdapters::default(); self.layers.len()];
+        }
+        &mut self.adapters
+    }
+
+    /// The bottleneck adapters of each decoder layer (empty when none).
+    pub fn layer_adapters(&self) -> &[LayerAdapters] {
+        &self.adapters
+    }
+
+    /// Whether any bottleneck adapter is attached.
+    pub fn has_bottleneck_adapters(&self) -> bool {
+        self.adapters
+            .iter()
+            .any(|a| a.attention.is_some() || a.output.is_some())
     }
 
     /// Prefix tuning's keys and values, if prefix tuning is on.
@@ -393,7 +417,7 @@ impl LlamaModel {
         }
         for (l, block) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[l]);
-            x = self.block_forward(block, &x, &pos, layer_cache, ctx)?;
+            x = self.block_forward(block, self.adapters.get(l), &x, &pos, layer_cache, ctx)?;
         }
         let h = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
         Ok(h.narrow(1, virtual_tokens, seq - virtual_tokens)?)
@@ -435,18 +459,26 @@ impl LlamaModel {
     fn block_forward(
         &self,
         b: &Block,
+        adapters: Option<&LayerAdapters>,
         x: &Tensor,
         pos: &Positions,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps;
+        // The residual stream after a sublayer: plain, or through its bottleneck adapter.
+        let join = |out: Tensor, input: &Tensor, site: Site| -> Result<Tensor> {
+            match adapters.and_then(|a| a.at(site)) {
+                Some(adapter) => adapter.apply(&out, input),
+                None => Ok((input + out)?),
+            }
+        };
         let h = rms_norm(x, &b.input_layernorm, eps)?;
         let attn = self.attention(b, &h, pos, cache, ctx)?;
-        let x = (x + attn)?;
+        let x = join(attn, x, Site::Attention)?;
         let h = rms_norm(&x, &b.post_attention_layernorm, eps)?;
         let act = (b.gate_proj.forward(&h, ctx)?.silu()? * b.up_proj.forward(&h, ctx)?)?;
-        Ok((x + b.down_proj.forward(&act, ctx)?)?)
+        join(b.down_proj.forward(&act, ctx)?, &x, Site::Output)
     }
 
     /// Grouped-query attention without repeating keys: the query heads that share a key

@@ -95,12 +95,121 @@ pub fn attach_adapter(
     dir: &Path,
     dropout: Option<f64>,
 ) -> Result<Trainables> {
+    if dir.join("adapter.safetensors").is_file() {
+        return attach_bottleneck(model, dir);
+    }
     match read_adapter_config(dir)?.peft_type.as_str() {
         "IA3" => attach_ia3(model, dir),
         "PROMPT_TUNING" => attach_prompt(model, dir, false),
         "PREFIX_TUNING" => attach_prompt(model, dir, true),
         _ => attach_lora(model, dir, dropout),
     }
+}
+
+/// Attaches Houlsby or Pfeiffer adapters saved by the adapters library (or the studio):
+/// `adapter_config.json` with the library's `config`, `adapter.safetensors`.
+fn attach_bottleneck(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {
+    use super::bottleneck::{self, Bottleneck, Site};
+    let config_path = dir.join("adapter_config.json");
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| EngineError::io(&config_path, e))?;
+    let wrapper: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| EngineError::bad_file(&config_path, e.to_string()))?;
+    let cfg = &wrapper["config"];
+    let name = wrapper["name"].as_str().ok_or_else(|| {
+        EngineError::bad_file(
+            &config_path,
+            "has no adapter `name`; is it an adapters-library adapter?",
+        )
+    })?;
+    let plain = |key: &str, want: serde_json::Value| cfg.get(key).is_none_or(|v| *v == want);
+    let houlsby = match (cfg["mh_adapter"].as_bool(), cfg["non_linearity"].as_str(), cfg["original_ln_before"].as_bool()) {
+        (Some(true), Some("swish"), Some(false)) => true,
+        (Some(false), Some("relu"), Some(true)) => false,
+        _ => {
+            return Err(EngineError::bad_file(
+                &config_path,
+                "is a bottleneck configuration the studio does not implement; Houlsby (double_seq_bn) and Pfeiffer (seq_bn) are",
+            ))
+        }
+    };
+    let simple = plain("ln_before", false.into())
+        && plain("ln_after", false.into())
+        && plain("use_gating", false.into())
+        && plain("is_parallel", false.into())
+        && plain("phm_layer", false.into())
+        && plain("scaling", 1.0.into());
+    if !simple {
+        return Err(EngineError::bad_file(
+            &config_path,
+            "uses layer norms, gating, parallel placement, PHM layers or a scaling other than 1.0, which the studio does not implement",
+        ));
+    }
+    let weights_path = dir.join("adapter.safetensors");
+    let mut tensors: HashMap<String, Tensor> = read_safetensors(&weights_path)?
+        .into_iter()
+        .map(|(k, t)| {
+            let k = k
+                .strip_prefix("model.")
+                .unwrap_or(&k)
+                .replace(&format!(".adapters.{name}."), ".");
+            (format!("model.{k}"), t)
+        })
+        .collect();
+    let hidden = model.config().hidden_size;
+    let (dtype, device) = (model.dtype(), model.device().clone());
+    let mut out = Vec::new();
+    for (l, layer) in model.layer_adapters_mut().iter_mut().enumerate() {
+        for site in [Site::Attention, Site::Output] {
+            let names: Vec<String> = bottleneck::PARTS
+                .iter()
+                .map(|p| bottleneck::tensor_name(l, site, p))
+                .collect();
+            let parts: Vec<Option<Tensor>> = names.iter().map(|n| tensors.remove(n)).collect();
+            if parts.iter().all(Option::is_none) {
+                continue;
+            }
+            let parts: Vec<Tensor> = parts.into_iter().collect::<Option<_>>().ok_or_else(|| {
+                EngineError::bad_file(
+                    &weights_path,
+                    format!(
+                        "layer {l} {}: some adapter tensors are missing",
+                        site.module()
+                    ),
+                )
+            })?;
+            let width = parts[0].dim(0)?;
+            let fits = parts[0].dims() == [width, hidden]
+                && parts[1].dims() == [width]
+                && parts[2].dims() == [hidden, width]
+                && parts[3].dims() == [hidden];
+            if !fits {
+                return Err(EngineError::bad_file(
+                    &weights_path,
+                    format!("layer {l} {}: shapes do not fit a hidden size of {hidden}; the adapter was made for another base model", site.module()),
+                ));
+            }
+            let vars = parts
+                .into_iter()
+                .map(|t| Ok(Var::from_tensor(&t.to_device(&device)?.to_dtype(dtype)?)?))
+                .collect::<Result<Vec<Var>>>()?;
+            layer.set(site, Bottleneck::from_vars(&vars, houlsby));
+            out.extend(names.into_iter().zip(vars));
+        }
+    }
+    if let Some(stray) = tensors.keys().next() {
+        return Err(EngineError::bad_file(
+            &weights_path,
+            format!("tensor `{stray}` does not belong to this model's adapters"),
+        ));
+    }
+    if out.is_empty() {
+        return Err(EngineError::bad_file(
+            &weights_path,
+            "holds no adapter tensors",
+        ));
+    }
+    Ok(out)
 }
 
 /// Attaches prompt tuning's virtual tokens (`prompt_embeddings` [tokens, hidden]) or, with

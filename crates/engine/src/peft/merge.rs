@@ -38,6 +38,13 @@ pub fn merged_weight(lin: &Linear) -> Result<(Tensor, Option<Tensor>)> {
 /// how many layers changed. A tied `lm_head` cannot take an adapter's change without changing
 /// the embeddings too, so that is refused.
 pub fn merge_adapters(model: &mut LlamaModel) -> Result<usize> {
+    if model.has_bottleneck_adapters() {
+        return Err(EngineError::config(
+            "merge",
+            "bottleneck adapters are non-linear and cannot be folded into weights; export the \
+             adapter instead of a merged model",
+        ));
+    }
     if model.prompt().is_some() || model.prefix().is_some() {
         return Err(EngineError::config(
             "merge",

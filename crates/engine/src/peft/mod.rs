@@ -1,6 +1,7 @@
 //! Parameter-efficient methods. A method wraps the model's layers in place (the base model
 //! is never copied) and returns the named variables it trains.
 
+pub mod bottleneck;
 pub mod freeze;
 pub mod ia3;
 pub mod load;
@@ -36,6 +37,10 @@ pub enum MethodKind {
     /// Prefix tuning: learned keys and values every layer's attention sees first.
     #[serde(rename = "prefix-tuning")]
     PrefixTuning,
+    /// Houlsby bottleneck adapters (after attention and after the MLP; adapters library).
+    Houlsby,
+    /// Pfeiffer bottleneck adapters (after the MLP; adapters library).
+    Pfeiffer,
     /// Train chosen modules fully; everything else frozen.
     Freeze,
     /// Train every weight (the baseline savings are measured against).
@@ -50,6 +55,8 @@ impl MethodKind {
             Self::Ia3 => "ia3",
             Self::PromptTuning => "prompt-tuning",
             Self::PrefixTuning => "prefix-tuning",
+            Self::Houlsby => "houlsby",
+            Self::Pfeiffer => "pfeiffer",
             Self::Freeze => "freeze",
             Self::Full => "full",
         }
@@ -70,12 +77,14 @@ impl std::str::FromStr for MethodKind {
             "ia3" => Ok(Self::Ia3),
             "prompt-tuning" | "prompt_tuning" => Ok(Self::PromptTuning),
             "prefix-tuning" | "prefix_tuning" => Ok(Self::PrefixTuning),
+            "houlsby" => Ok(Self::Houlsby),
+            "pfeiffer" => Ok(Self::Pfeiffer),
             "freeze" => Ok(Self::Freeze),
             "full" => Ok(Self::Full),
             other => Err(EngineError::config(
                 "method",
                 format!(
-                    "`{other}` is unknown; use lora, ia3, prompt-tuning, prefix-tuning, freeze or full"
+                    "`{other}` is unknown; use lora, ia3, prompt-tuning, prefix-tuning, houlsby, pfeiffer, freeze or full"
                 ),
             )),
         }
@@ -109,6 +118,8 @@ pub struct MethodConfig {
     pub num_virtual_tokens: usize,
     /// Prompt tuning: how the virtual tokens start.
     pub prompt_tuning_init: PromptInit,
+    /// Houlsby/Pfeiffer: the bottleneck is hidden / reduction_factor wide (default 16).
+    pub reduction_factor: usize,
     /// Only wrap modules in these layers.
     pub layers_to_transform: Option<Vec<usize>>,
     /// Freeze: module paths (or suffixes) to train fully, e.g. `lm_head`, `model.norm`.
@@ -130,6 +141,7 @@ impl Default for MethodConfig {
             target_modules: None,
             feedforward_modules: None,
             num_virtual_tokens: 20,
+            reduction_factor: 16,
             prompt_tuning_init: PromptInit::Random,
             layers_to_transform: None,
             trainable_modules: Vec::new(),
@@ -204,6 +216,18 @@ impl MethodConfig {
                 ))
             }
             MethodKind::PromptTuning | MethodKind::PrefixTuning => Ok(()),
+            MethodKind::Houlsby | MethodKind::Pfeiffer
+                if self.reduction_factor == 0 || self.reduction_factor > cfg.hidden_size =>
+            {
+                Err(EngineError::config(
+                    "reduction_factor",
+                    format!(
+                        "{} is not between 1 and the hidden size {}",
+                        self.reduction_factor, cfg.hidden_size
+                    ),
+                ))
+            }
+            MethodKind::Houlsby | MethodKind::Pfeiffer => Ok(()),
             MethodKind::Freeze => freeze::trainable_weight_names(cfg, self).map(|_| ()),
             MethodKind::Full => Ok(()),
         }
@@ -334,6 +358,26 @@ impl MethodConfig {
                 )?;
                 model.set_prefix(Some(var.as_tensor().clone()));
                 Ok(vec![(prompt::PROMPT_EMBEDDINGS.to_string(), var)])
+            }
+            MethodKind::Houlsby | MethodKind::Pfeiffer => {
+                let houlsby = self.kind == MethodKind::Houlsby;
+                let hidden = model.config().hidden_size;
+                let width = bottleneck::width(hidden, self.reduction_factor);
+                let (dtype, device) = (model.dtype(), model.device().clone());
+                let mut out = Vec::new();
+                for (l, layer) in model.layer_adapters_mut().iter_mut().enumerate() {
+                    for (k, site) in bottleneck::sites(houlsby).iter().enumerate() {
+                        let seed = SplitMix64::mix(seed, (2 * l + k) as u64);
+                        let (adapter, vars) = bottleneck::Bottleneck::init(
+                            hidden, width, houlsby, seed, dtype, &device,
+                        )?;
+                        layer.set(*site, adapter);
+                        for (part, var) in bottleneck::PARTS.iter().zip(vars) {
+                            out.push((bottleneck::tensor_name(l, *site, part), var));
+                        }
+                    }
+                }
+                Ok(out)
             }
             MethodKind::Freeze => {
                 let names = freeze::trainable_weight_names(model.config(), self)?;

@@ -636,3 +636,70 @@ fn prefix_tuning_export_follows_peft_and_reloads() {
     }
     assert_eq!(cached, ids[3..].to_vec());
 }
+
+/// A Houlsby export in the adapters library's format: its key names and config; reloaded it
+/// gives the same logits; merging refuses it.
+#[test]
+fn bottleneck_export_follows_the_adapters_library_and_reloads() {
+    use peft_studio_engine::export::adapters_lib::write_adapters_dir;
+    use peft_studio_engine::model::LlamaConfig;
+    use peft_studio_engine::peft::{load::attach_adapter, merge::merge_adapters, MethodKind};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(dir.path(), &TinySpec::default());
+    let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    let method = MethodConfig {
+        kind: MethodKind::Houlsby,
+        reduction_factor: 4,
+        ..MethodConfig::default()
+    };
+    let vars = method.apply(&mut model, 0).expect("apply");
+    let want = logits(&model);
+    let out = dir.path().join("houlsby");
+    let params: Vec<(String, Tensor)> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let cfg = LlamaConfig::from_path(&path).expect("config");
+    write_adapters_dir(&out, &method, &cfg, "tiny", &params).expect("export");
+    let bytes = std::fs::read(out.join("adapter.safetensors")).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(names.len(), 16);
+    assert_eq!(
+        names[0],
+        "model.layers.0.attention_adapters.adapters.houlsby.adapter_down.0.bias"
+    );
+    assert_eq!(
+        st.tensor("model.layers.1.output_adapters.adapters.houlsby.adapter_up.weight")
+            .expect("t")
+            .shape(),
+        &[32, 8]
+    );
+    let cfg_json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("adapter_config.json")).expect("cfg"),
+    )
+    .expect("json");
+    assert_eq!(cfg_json["name"], "houlsby");
+    assert_eq!(cfg_json["config"]["non_linearity"], "swish");
+    assert_eq!(cfg_json["config"]["mh_adapter"], true);
+    assert_eq!(cfg_json["config"]["reduction_factor"], 4);
+    assert_eq!(cfg_json["hidden_size"], 32);
+    let mut fresh = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    attach_adapter(&mut fresh, &out, None).expect("attach");
+    let max = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .expect("sub")
+            .abs()
+            .expect("abs")
+            .max_all()
+            .expect("max")
+            .to_scalar::<f32>()
+            .expect("s")
+    };
+    assert!(max(&logits(&fresh), &want) < 1e-6);
+    let err = merge_adapters(&mut fresh)
+        .expect_err("no merge")
+        .to_string();
+    assert!(err.contains("non-linear"), "{err}");
+}

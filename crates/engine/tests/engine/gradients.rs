@@ -83,6 +83,19 @@ fn prefix_tuning_gradients_match_central_finite_differences() {
     check_gradients(&method, 3, |_| true);
 }
 
+#[test]
+fn bottleneck_gradients_match_central_finite_differences() {
+    use peft_studio_engine::peft::{MethodConfig, MethodKind};
+    for kind in [MethodKind::Houlsby, MethodKind::Pfeiffer] {
+        let method = MethodConfig {
+            kind,
+            reduction_factor: 4,
+            ..Default::default()
+        };
+        check_gradients(&method, 3 * 8, |_| true);
+    }
+}
+
 /// Compares three entries of each trainable tensor of `method` that `checked_names` picks
 /// with central differences.
 fn check_gradients(

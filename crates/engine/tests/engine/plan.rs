@@ -239,3 +239,36 @@ fn prefix_tuning_counts_match_peft() {
         assert_eq!(line(config, &prefix(tokens)), want);
     }
 }
+
+/// Houlsby and Pfeiffer adapters (reduction factor 16) count as the adapters library counts
+/// them (its own figures, written by bottleneck_adapters.py into counts.json).
+#[test]
+fn bottleneck_counts_match_the_adapters_library() {
+    let counts: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/reference/adapters/counts.json"),
+        )
+        .expect("counts.json"),
+    )
+    .expect("json");
+    for (model, config) in [("llama2_7b", LLAMA2_7B), ("smollm2_135m", SMOLLM2_135M)] {
+        for (name, kind) in [
+            ("houlsby", MethodKind::Houlsby),
+            ("pfeiffer", MethodKind::Pfeiffer),
+        ] {
+            let method = MethodConfig {
+                kind,
+                ..MethodConfig::default()
+            };
+            let got = count_params(&LlamaConfig::from_json(config).expect("config"), &method)
+                .expect("count");
+            let want = &counts[format!("{model}_{name}")];
+            assert_eq!(
+                (got.trainable, got.total),
+                (want[0].as_u64().expect("t"), want[1].as_u64().expect("a")),
+                "{model} {name}"
+            );
+        }
+    }
+}

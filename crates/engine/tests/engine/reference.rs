@@ -281,3 +281,48 @@ fn peft_written_adapters_give_peft_logits_and_gradients() {
         eprintln!("{case}: logits within {diff}, gradients within {worst} (relative)");
     }
 }
+
+/// Houlsby and Pfeiffer adapters written by the adapters library itself
+/// (bottleneck_adapters.py) load with every tensor in place, and each adapter site computes
+/// from its inputs what the library's did in a real forward pass. (Whole-model logits are no
+/// reference: with the library's pinned transformers 4.51.3 on torch 2.15, `adapters.init`
+/// alone changes the plain model's logits.)
+#[test]
+fn adapters_library_bottlenecks_compute_what_the_library_computes() {
+    use peft_studio_engine::peft::bottleneck::Site;
+    use peft_studio_engine::peft::load::attach_adapter;
+    for (name, n_tensors) in [("pfeiffer", 8), ("houlsby", 16)] {
+        let mut model = load_model(&fixture("adapters/base"), DType::F32, &Device::Cpu).unwrap();
+        let vars = attach_adapter(&mut model, &fixture(&format!("adapters/{name}")), None).unwrap();
+        assert_eq!(vars.len(), n_tensors, "{name}");
+        let want =
+            read_safetensors(&fixture(&format!("adapters/{name}/expected.safetensors"))).unwrap();
+        let mut worst = 0f32;
+        for (l, layer) in model.layer_adapters().iter().enumerate() {
+            for site in [Site::Attention, Site::Output] {
+                let key = |part: &str| {
+                    &want[&format!(
+                        "layer{l}.{}.{part}",
+                        if site == Site::Attention {
+                            "attention"
+                        } else {
+                            "output"
+                        }
+                    )]
+                };
+                let (h, r) = (key("h"), key("r"));
+                let got = match layer.at(site) {
+                    Some(adapter) => adapter.apply(h, r).unwrap(),
+                    None => (h + r).unwrap(),
+                };
+                let diff = max_diff(&got, key("out"));
+                worst = worst.max(diff);
+                assert!(
+                    diff < 1e-5,
+                    "{name} layer {l} {site:?}: differs from the library by {diff}"
+                );
+            }
+        }
+        eprintln!("{name}: every site within {worst} of the adapters library");
+    }
+}

@@ -134,6 +134,24 @@ fn prefix_tuning_lowers_the_loss() {
     );
 }
 
+/// Houlsby and Pfeiffer adapters lower the loss.
+#[test]
+fn bottleneck_adapters_lower_the_loss() {
+    for kind in [MethodKind::Houlsby, MethodKind::Pfeiffer] {
+        let method = MethodConfig {
+            kind,
+            reduction_factor: 4,
+            ..MethodConfig::default()
+        };
+        let losses = train_losses(method, 1e-2, 60);
+        let (first, last) = (losses[0], losses[losses.len() - 1]);
+        assert!(
+            last < 0.8 * first,
+            "{kind}: loss went from {first} to {last}"
+        );
+    }
+}
+
 #[test]
 fn freeze_memorises_with_trained_lm_head_and_last_layer() {
     let method = MethodConfig {
