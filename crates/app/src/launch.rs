@@ -15,7 +15,7 @@ use peft_studio_engine::train::checkpoint;
 use peft_studio_engine::EngineError;
 
 use crate::error::{AppError, Result};
-use crate::worker::{sha256_file, worker_args};
+use crate::worker::worker_args;
 
 /// An absolute form of a path that must exist, or an error naming it and its role.
 fn existing(path: &Path, role: &str) -> Result<PathBuf> {
@@ -62,7 +62,7 @@ pub fn create_run(catalog: &Catalog, cfg: &RunConfig, name: Option<&str>) -> Res
         )
         .into());
     }
-    let (dataset_sha256, dataset_bytes) = sha256_file(&cfg.dataset)?;
+    let (dataset_sha256, dataset_bytes) = peft_studio_engine::hash::sha256_file(&cfg.dataset)?;
     let model_name = cfg.model.file_name().map_or_else(
         || cfg.model.display().to_string(),
         |n| n.to_string_lossy().into_owned(),

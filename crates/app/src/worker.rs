@@ -263,7 +263,7 @@ fn record_adapter(catalog: &Catalog, run_id: i64, cfg: &RunConfig, dir: &Path) -
     .ok_or_else(|| {
         AppError::Invalid(format!("{}: the run wrote no weights file", dir.display()))
     })?;
-    let (sha256, size_bytes) = sha256_file(&weights)?;
+    let (sha256, size_bytes) = peft_studio_engine::hash::sha256_file(&weights)?;
     catalog.add_adapter(&NewAdapter {
         run_id: Some(run_id),
         path: dir.display().to_string(),
@@ -273,30 +273,6 @@ fn record_adapter(catalog: &Catalog, run_id: i64, cfg: &RunConfig, dir: &Path) -
         size_bytes,
     })?;
     Ok(())
-}
-
-/// SHA-256 (hex) and size of a file, read in blocks.
-pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| AppError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(|e| AppError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    let hex = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((hex, size))
 }
 
 /// The arguments that start a worker for `run_id` (after the program's own path).

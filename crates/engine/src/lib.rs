@@ -10,6 +10,7 @@ pub mod export;
 pub mod fixtures;
 pub mod fsutil;
 pub mod generate;
+pub mod hash;
 pub mod library;
 pub mod model;
 pub mod peft;

@@ -233,8 +233,8 @@ pub fn export_params(
     }
 }
 
-/// Exports a checkpoint folder (`<run>/checkpoints/step-N`) to `out`.
-pub fn export_checkpoint(checkpoint_dir: &Path, out: &Path) -> Result<()> {
+/// The run config and the contents of a checkpoint folder (`<run>/checkpoints/step-N`).
+fn run_and_checkpoint(checkpoint_dir: &Path) -> Result<(RunConfig, checkpoint::Checkpoint)> {
     let run_dir = checkpoint_dir
         .parent()
         .and_then(Path::parent)
@@ -244,8 +244,12 @@ pub fn export_checkpoint(checkpoint_dir: &Path, out: &Path) -> Result<()> {
                 "is not inside a run folder (<run>/checkpoints/step-N)",
             )
         })?;
-    let cfg = load_run(run_dir)?;
-    let ck = checkpoint::load(checkpoint_dir)?;
+    Ok((load_run(run_dir)?, checkpoint::load(checkpoint_dir)?))
+}
+
+/// Exports a checkpoint folder (`<run>/checkpoints/step-N`) to `out`.
+pub fn export_checkpoint(checkpoint_dir: &Path, out: &Path) -> Result<()> {
+    let (cfg, ck) = run_and_checkpoint(checkpoint_dir)?;
     let mut params: Vec<(String, candle_core::Tensor)> = ck.params.into_iter().collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
     export_params(&cfg, &params, out)
@@ -280,17 +284,7 @@ impl TrainSink for EventLog {
 /// Face folder at `out` (LoRA, DoRA and IA³ adapters folded into the weights; freeze and full
 /// runs' trained weights in place).
 pub fn export_merged(checkpoint_dir: &Path, out: &Path) -> Result<()> {
-    let run_dir = checkpoint_dir
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| {
-            EngineError::bad_file(
-                checkpoint_dir,
-                "is not inside a run folder (<run>/checkpoints/step-N)",
-            )
-        })?;
-    let cfg = load_run(run_dir)?;
-    let ck = checkpoint::load(checkpoint_dir)?;
+    let (cfg, ck) = run_and_checkpoint(checkpoint_dir)?;
     let mut model = load_model(&cfg.model, DType::F32, &default_device())?;
     let vars = cfg.method.apply(&mut model, cfg.train.seed)?;
     for (name, var) in &vars {

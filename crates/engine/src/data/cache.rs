@@ -2,7 +2,6 @@
 //! template, and the data settings, so a second run on the same data starts at once.
 //! A missing or damaged cache entry is simply a miss.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -28,18 +27,8 @@ impl TokenCache {
 
     /// The key of (dataset content, tokenizer and template, settings).
     pub fn key(dataset: &Path, tok: &TextTokenizer, cfg: &DataConfig) -> Result<String> {
-        let mut file = std::fs::File::open(dataset).map_err(|e| EngineError::io(dataset, e))?;
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file
-                .read(&mut buf)
-                .map_err(|e| EngineError::io(dataset, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+        crate::hash::hash_file(&mut hasher, dataset)?;
         hasher.update(tok.fingerprint().as_bytes());
         // Only what changes the tokens or the report; stop/skip is decided after the cache.
         let settings = serde_json::to_string(&(cfg.format, &cfg.columns, cfg.train_on))

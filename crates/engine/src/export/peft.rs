@@ -40,6 +40,26 @@ fn recorded_targets(targets: &TargetModules, wrapped: &[String]) -> Value {
     }
 }
 
+/// An `adapter_config.json` of `peft_type`: the fields every PEFT config has, plus the
+/// method's own `fields` (keys sorted, as PEFT writes them).
+fn peft_config(
+    info: &ExportInfo,
+    peft_type: &str,
+    fields: impl IntoIterator<Item = (&'static str, Value)>,
+) -> Value {
+    let mut config: BTreeMap<&str, Value> = BTreeMap::from([
+        ("auto_mapping", Value::Null),
+        ("base_model_name_or_path", json!(info.base_model)),
+        ("inference_mode", json!(true)),
+        ("modules_to_save", Value::Null),
+        ("peft_type", json!(peft_type)),
+        ("revision", Value::Null),
+        ("task_type", json!("CAUSAL_LM")),
+    ]);
+    config.extend(fields);
+    json!(config)
+}
+
 /// The `adapter_config.json` PEFT writes for a LoRA (or DoRA) `method`. `all-linear` is
 /// recorded as the list of module names it expanded to, as PEFT records it.
 pub fn adapter_config(
@@ -47,36 +67,32 @@ pub fn adapter_config(
     info: &ExportInfo,
     trained_modules: &[String],
 ) -> Value {
-    let config: BTreeMap<&str, Value> = BTreeMap::from([
-        ("alpha_pattern", json!({})),
-        ("auto_mapping", Value::Null),
-        ("base_model_name_or_path", json!(info.base_model)),
-        ("bias", json!("none")),
-        ("fan_in_fan_out", json!(false)),
-        ("inference_mode", json!(true)),
-        ("init_lora_weights", json!(true)),
-        ("layer_replication", Value::Null),
-        ("layers_pattern", Value::Null),
-        ("layers_to_transform", json!(method.layers_to_transform)),
-        ("loftq_config", json!({})),
-        ("lora_alpha", json!(method.lora_alpha)),
-        ("lora_dropout", json!(method.lora_dropout)),
-        ("megatron_config", Value::Null),
-        ("megatron_core", json!("megatron.core")),
-        ("modules_to_save", Value::Null),
-        ("peft_type", json!("LORA")),
-        ("r", json!(method.r)),
-        ("rank_pattern", json!({})),
-        ("revision", Value::Null),
-        (
-            "target_modules",
-            recorded_targets(&method.targets(), trained_modules),
-        ),
-        ("task_type", json!("CAUSAL_LM")),
-        ("use_dora", json!(method.use_dora)),
-        ("use_rslora", json!(method.use_rslora)),
-    ]);
-    json!(config)
+    peft_config(
+        info,
+        "LORA",
+        [
+            ("alpha_pattern", json!({})),
+            ("bias", json!("none")),
+            ("fan_in_fan_out", json!(false)),
+            ("init_lora_weights", json!(true)),
+            ("layer_replication", Value::Null),
+            ("layers_pattern", Value::Null),
+            ("layers_to_transform", json!(method.layers_to_transform)),
+            ("loftq_config", json!({})),
+            ("lora_alpha", json!(method.lora_alpha)),
+            ("lora_dropout", json!(method.lora_dropout)),
+            ("megatron_config", Value::Null),
+            ("megatron_core", json!("megatron.core")),
+            ("r", json!(method.r)),
+            ("rank_pattern", json!({})),
+            (
+                "target_modules",
+                recorded_targets(&method.targets(), trained_modules),
+            ),
+            ("use_dora", json!(method.use_dora)),
+            ("use_rslora", json!(method.use_rslora)),
+        ],
+    )
 }
 
 /// The `adapter_config.json` PEFT writes for an IA³ `method` (PEFT-FORMATS.md §3).
@@ -86,26 +102,22 @@ pub fn ia3_adapter_config(
     trained_modules: &[String],
     feedforward_modules: &[String],
 ) -> Value {
-    let config: BTreeMap<&str, Value> = BTreeMap::from([
-        ("auto_mapping", Value::Null),
-        ("base_model_name_or_path", json!(info.base_model)),
-        ("fan_in_fan_out", json!(false)),
-        (
-            "feedforward_modules",
-            recorded_targets(&method.feedforward(), feedforward_modules),
-        ),
-        ("inference_mode", json!(true)),
-        ("init_ia3_weights", json!(true)),
-        ("modules_to_save", Value::Null),
-        ("peft_type", json!("IA3")),
-        ("revision", Value::Null),
-        (
-            "target_modules",
-            recorded_targets(&method.targets(), trained_modules),
-        ),
-        ("task_type", json!("CAUSAL_LM")),
-    ]);
-    json!(config)
+    peft_config(
+        info,
+        "IA3",
+        [
+            ("fan_in_fan_out", json!(false)),
+            (
+                "feedforward_modules",
+                recorded_targets(&method.feedforward(), feedforward_modules),
+            ),
+            ("init_ia3_weights", json!(true)),
+            (
+                "target_modules",
+                recorded_targets(&method.targets(), trained_modules),
+            ),
+        ],
+    )
 }
 
 /// The `adapter_config.json` PEFT writes for prompt tuning with `tokens` virtual tokens of
@@ -117,28 +129,24 @@ pub fn prompt_adapter_config(
     tokens: usize,
     token_dim: usize,
 ) -> Value {
-    let config: BTreeMap<&str, Value> = BTreeMap::from([
-        ("auto_mapping", Value::Null),
-        ("base_model_name_or_path", json!(info.base_model)),
-        ("inference_mode", json!(true)),
-        ("modules_to_save", Value::Null),
-        ("num_attention_heads", Value::Null),
-        ("num_layers", Value::Null),
-        ("num_transformer_submodules", json!(1)),
-        ("num_virtual_tokens", json!(tokens)),
-        ("peft_type", json!("PROMPT_TUNING")),
-        (
-            "prompt_tuning_init",
-            json!(method.prompt_tuning_init.as_str()),
-        ),
-        ("prompt_tuning_init_text", Value::Null),
-        ("revision", Value::Null),
-        ("task_type", json!("CAUSAL_LM")),
-        ("token_dim", json!(token_dim)),
-        ("tokenizer_kwargs", Value::Null),
-        ("tokenizer_name_or_path", Value::Null),
-    ]);
-    json!(config)
+    peft_config(
+        info,
+        "PROMPT_TUNING",
+        [
+            ("num_attention_heads", Value::Null),
+            ("num_layers", Value::Null),
+            ("num_transformer_submodules", json!(1)),
+            ("num_virtual_tokens", json!(tokens)),
+            (
+                "prompt_tuning_init",
+                json!(method.prompt_tuning_init.as_str()),
+            ),
+            ("prompt_tuning_init_text", Value::Null),
+            ("token_dim", json!(token_dim)),
+            ("tokenizer_kwargs", Value::Null),
+            ("tokenizer_name_or_path", Value::Null),
+        ],
+    )
 }
 
 /// The `adapter_config.json` PEFT writes for prefix tuning with `tokens` virtual tokens
@@ -146,23 +154,19 @@ pub fn prompt_adapter_config(
 /// `encoder_hidden_size`) are left null: PEFT derives them from the base model's config when
 /// it loads the adapter, grouped-query attention included.
 pub fn prefix_adapter_config(info: &ExportInfo, tokens: usize) -> Value {
-    let config: BTreeMap<&str, Value> = BTreeMap::from([
-        ("auto_mapping", Value::Null),
-        ("base_model_name_or_path", json!(info.base_model)),
-        ("encoder_hidden_size", Value::Null),
-        ("inference_mode", json!(true)),
-        ("modules_to_save", Value::Null),
-        ("num_attention_heads", Value::Null),
-        ("num_layers", Value::Null),
-        ("num_transformer_submodules", json!(1)),
-        ("num_virtual_tokens", json!(tokens)),
-        ("peft_type", json!("PREFIX_TUNING")),
-        ("prefix_projection", json!(false)),
-        ("revision", Value::Null),
-        ("task_type", json!("CAUSAL_LM")),
-        ("token_dim", Value::Null),
-    ]);
-    json!(config)
+    peft_config(
+        info,
+        "PREFIX_TUNING",
+        [
+            ("encoder_hidden_size", Value::Null),
+            ("num_attention_heads", Value::Null),
+            ("num_layers", Value::Null),
+            ("num_transformer_submodules", json!(1)),
+            ("num_virtual_tokens", json!(tokens)),
+            ("prefix_projection", json!(false)),
+            ("token_dim", Value::Null),
+        ],
+    )
 }
 
 /// Writes a PEFT directory for the LoRA `tensors` (named `<module>.lora_{A,B}.weight`, with

@@ -86,6 +86,12 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// A standard normal value (Box–Muller), as torch's `normal_` draws.
+    pub fn next_normal(&mut self) -> f64 {
+        let (u1, u2) = (self.next_f64().max(1e-12), self.next_f64());
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
     /// Mixes two words into a seed (for per-step, per-use streams).
     pub fn mix(a: u64, b: u64) -> u64 {
         SplitMix64::new(a ^ b.wrapping_mul(0xD6E8_FEB8_6659_FD93)).next_u64()

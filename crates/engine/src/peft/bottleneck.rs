@@ -64,14 +64,8 @@ impl Bottleneck {
         device: &Device,
     ) -> Result<(Self, Vec<Var>)> {
         let mut rng = SplitMix64::new(seed);
-        let mut normal = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    let (u1, u2) = (rng.next_f64().max(1e-12), rng.next_f64());
-                    (0.02 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-                })
-                .collect()
-        };
+        let mut normal =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| (0.02 * rng.next_normal()) as f32).collect() };
         let var = |v: Vec<f32>, shape: &[usize]| -> Result<Var> {
             Ok(Var::from_tensor(
                 &Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?,

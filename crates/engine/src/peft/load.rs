@@ -53,6 +53,20 @@ fn eight_f() -> f64 {
     8.0
 }
 
+/// The model's linear layers by module path.
+fn linears_by_name(model: &mut LlamaModel) -> HashMap<String, &mut crate::model::Linear> {
+    model
+        .linears_mut()
+        .into_iter()
+        .map(|l| (l.name.clone(), l))
+        .collect()
+}
+
+/// A loaded tensor as a trainable variable on the model's device and dtype.
+fn trainable(t: Tensor, dtype: candle_core::DType, device: &candle_core::Device) -> Result<Var> {
+    Ok(Var::from_tensor(&t.to_device(device)?.to_dtype(dtype)?)?)
+}
+
 /// The tensors of one wrapped module in an adapter file.
 #[derive(Default)]
 struct ModuleTensors {
@@ -191,7 +205,7 @@ fn attach_bottleneck(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {
             }
             let vars = parts
                 .into_iter()
-                .map(|t| Ok(Var::from_tensor(&t.to_device(&device)?.to_dtype(dtype)?)?))
+                .map(|t| trainable(t, dtype, &device))
                 .collect::<Result<Vec<Var>>>()?;
             layer.set(site, Bottleneck::from_vars(&vars, houlsby));
             out.extend(names.into_iter().zip(vars));
@@ -242,10 +256,7 @@ fn attach_prompt(model: &mut LlamaModel, dir: &Path, prefix: bool) -> Result<Tra
             ),
         ));
     }
-    let var = Var::from_tensor(
-        &t.to_device(&model.device().clone())?
-            .to_dtype(model.dtype())?,
-    )?;
+    let var = trainable(t, model.dtype(), &model.device().clone())?;
     match prefix {
         true => model.set_prefix(Some(var.as_tensor().clone())),
         false => model.set_prompt(Some(var.as_tensor().clone())),
@@ -259,11 +270,7 @@ fn attach_ia3(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {
     let weights_path = dir.join("adapter_model.safetensors");
     let tensors = read_safetensors(&weights_path)?;
     let (dtype, device) = (model.dtype(), model.device().clone());
-    let mut linears: HashMap<String, &mut crate::model::Linear> = model
-        .linears_mut()
-        .into_iter()
-        .map(|l| (l.name.clone(), l))
-        .collect();
+    let mut linears = linears_by_name(model);
     let mut keys: Vec<&String> = tensors.keys().collect();
     keys.sort();
     let mut out = Vec::new();
@@ -292,7 +299,7 @@ fn attach_ia3(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {
                 ),
             ));
         };
-        let var = Var::from_tensor(&t.to_device(&device)?.to_dtype(dtype)?)?;
+        let var = trainable(t.clone(), dtype, &device)?;
         lin.ia3 = Some(Ia3Scale::from_var(&var, feedforward));
         out.push((format!("{m}.ia3_l"), var));
     }
@@ -342,11 +349,7 @@ pub fn attach_lora(model: &mut LlamaModel, dir: &Path, dropout: Option<f64>) -> 
             )
         })?;
     let (dtype, device) = (model.dtype(), model.device().clone());
-    let mut linears: HashMap<String, &mut crate::model::Linear> = model
-        .linears_mut()
-        .into_iter()
-        .map(|l| (l.name.clone(), l))
-        .collect();
+    let mut linears = linears_by_name(model);
     let mut modules: Vec<String> = by_module.keys().cloned().collect();
     modules.sort();
     let mut out = Vec::new();
@@ -409,9 +412,7 @@ pub fn attach_lora(model: &mut LlamaModel, dir: &Path, dropout: Option<f64>) -> 
             use_rslora: cfg.use_rslora,
             use_dora: cfg.use_dora,
         };
-        let var = |t: Tensor| -> Result<Var> {
-            Ok(Var::from_tensor(&t.to_device(&device)?.to_dtype(dtype)?)?)
-        };
+        let var = |t: Tensor| trainable(t, dtype, &device);
         let vars = LoraVars {
             a: var(a)?,
             b: var(b)?,

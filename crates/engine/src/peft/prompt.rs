@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::model::ops::SplitMix64;
 
 /// The name the virtual-token embeddings are trained and saved under.
@@ -43,17 +43,13 @@ pub fn init_prompt(
     dtype: DType,
     device: &Device,
 ) -> Result<Var> {
-    if tokens == 0 {
-        return Err(EngineError::config(
-            "num_virtual_tokens",
-            "prompt tuning needs at least one virtual token",
-        ));
-    }
     let (vocab, hidden) = embed_tokens.dims2()?;
     let mut rng = SplitMix64::new(seed);
     let values = match init {
         PromptInit::Random => Tensor::from_vec(
-            standard_normal(tokens * hidden, &mut rng),
+            (0..tokens * hidden)
+                .map(|_| rng.next_normal() as f32)
+                .collect(),
             (tokens, hidden),
             device,
         )?
@@ -73,16 +69,6 @@ pub fn init_prompt(
     Ok(Var::from_tensor(&values)?)
 }
 
-/// `n` standard normal values (Box–Muller), as a fresh `torch.nn.Embedding` holds.
-fn standard_normal(n: usize, rng: &mut SplitMix64) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let (u1, u2) = (rng.next_f64().max(1e-12), rng.next_f64());
-            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-        })
-        .collect()
-}
-
 /// The initial prefix [tokens, width] (standard normal, PEFT's embedding init) as a trainable
 /// variable; `width` is layers·2·kv_heads·head_dim.
 pub fn init_prefix(
@@ -92,15 +78,11 @@ pub fn init_prefix(
     dtype: DType,
     device: &Device,
 ) -> Result<Var> {
-    if tokens == 0 {
-        return Err(EngineError::config(
-            "num_virtual_tokens",
-            "prefix tuning needs at least one virtual token",
-        ));
-    }
     let mut rng = SplitMix64::new(seed);
     let values = Tensor::from_vec(
-        standard_normal(tokens * width, &mut rng),
+        (0..tokens * width)
+            .map(|_| rng.next_normal() as f32)
+            .collect::<Vec<f32>>(),
         (tokens, width),
         device,
     )?;

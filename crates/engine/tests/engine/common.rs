@@ -56,3 +56,15 @@ pub fn run_config(
         data: Default::default(),
     }
 }
+
+/// The largest absolute difference between two tensors.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .max_all()
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("s")
+}

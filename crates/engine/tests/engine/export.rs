@@ -11,7 +11,7 @@ use peft_studio_engine::model::{load_model, ForwardCtx};
 use peft_studio_engine::peft::load::attach_lora;
 use peft_studio_engine::peft::MethodConfig;
 
-use crate::common::{lora_method, tiny_model};
+use crate::common::{lora_method, max_abs_diff, tiny_model};
 
 /// Writes `vars` as a PEFT directory at `out`.
 fn write_adapter(out: &Path, method: &MethodConfig, vars: &[(String, Var)]) {
@@ -145,22 +145,8 @@ fn roundtrip(path: &Path, out: &Path, targets: &str, rslora: bool, dora: bool) {
     let base = logits(&fresh);
     attach_lora(&mut fresh, out, None).expect("attach");
     let got = logits(&fresh);
-    let diff = (&want - &got)
-        .expect("sub")
-        .abs()
-        .expect("abs")
-        .max_all()
-        .expect("max")
-        .to_scalar::<f32>()
-        .expect("s");
-    let moved = (&want - &base)
-        .expect("sub")
-        .abs()
-        .expect("abs")
-        .max_all()
-        .expect("max")
-        .to_scalar::<f32>()
-        .expect("s");
+    let diff = max_abs_diff(&want, &got);
+    let moved = max_abs_diff(&want, &base);
     assert!(
         diff < 1e-6,
         "{targets}: reloaded adapter changes logits by {diff}"
@@ -345,14 +331,7 @@ fn ia3_export_follows_peft_and_reloads() {
     assert_eq!(cfg["task_type"], "CAUSAL_LM");
     let mut fresh = load_model(&path, DType::F32, &Device::Cpu).expect("load");
     attach_adapter(&mut fresh, &out, None).expect("attach");
-    let diff = (&want - &logits(&fresh))
-        .expect("sub")
-        .abs()
-        .expect("abs")
-        .max_all()
-        .expect("max")
-        .to_scalar::<f32>()
-        .expect("s");
+    let diff = max_abs_diff(&want, &logits(&fresh));
     assert!(diff < 1e-6, "reloaded IA3 changes logits by {diff}");
 }
 
@@ -471,24 +450,17 @@ fn merged_weights_equal_w_plus_delta_and_keep_the_logits() {
             .expect("v_proj")
             .clone();
         assert!(merged.lora.is_none() && merged.ia3.is_none());
-        let max = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .expect("sub")
-                .abs()
-                .expect("abs")
-                .max_all()
-                .expect("max")
-                .to_scalar::<f32>()
-                .expect("s")
-        };
         assert!(
-            max(&merged.weight, &expected_w) < 1e-6,
+            max_abs_diff(&merged.weight, &expected_w) < 1e-6,
             "{label}: merged weight differs"
         );
         if let (Some(got), Some(want)) = (&merged.bias, &expected_b) {
-            assert!(max(got, want) < 1e-6, "{label}: merged bias differs");
+            assert!(
+                max_abs_diff(got, want) < 1e-6,
+                "{label}: merged bias differs"
+            );
         }
-        let diff = max(&logits(&model), &want);
+        let diff = max_abs_diff(&logits(&model), &want);
         assert!(diff < 1e-4, "{label}: merged logits differ by {diff}");
     }
 }
@@ -535,19 +507,9 @@ fn prompt_tuning_export_follows_peft_and_reloads() {
     assert_eq!(cfg["prompt_tuning_init"], "RANDOM");
     let mut fresh = load_model(&path, DType::F32, &Device::Cpu).expect("load");
     attach_adapter(&mut fresh, &out, None).expect("attach");
-    let max = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .expect("sub")
-            .abs()
-            .expect("abs")
-            .max_all()
-            .expect("max")
-            .to_scalar::<f32>()
-            .expect("s")
-    };
-    assert!(max(&logits(&fresh), &want) < 1e-6);
+    assert!(max_abs_diff(&logits(&fresh), &want) < 1e-6);
     assert!(
-        max(&base, &want) > 1e-4,
+        max_abs_diff(&base, &want) > 1e-4,
         "the virtual tokens change the outputs"
     );
     let err = merge_adapters(&mut fresh)
@@ -595,17 +557,7 @@ fn prefix_tuning_export_follows_peft_and_reloads() {
     assert_eq!(cfg["prefix_projection"], false);
     let mut fresh = load_model(&path, DType::F32, &Device::Cpu).expect("load");
     attach_adapter(&mut fresh, &out, None).expect("attach");
-    let max = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .expect("sub")
-            .abs()
-            .expect("abs")
-            .max_all()
-            .expect("max")
-            .to_scalar::<f32>()
-            .expect("s")
-    };
-    assert!(max(&logits(&fresh), &want) < 1e-6);
+    assert!(max_abs_diff(&logits(&fresh), &want) < 1e-6);
     // Greedy generation through the KV cache picks what full forwards pick.
     let opts = GenerateOptions {
         max_new_tokens: 6,
@@ -687,17 +639,7 @@ fn bottleneck_export_follows_the_adapters_library_and_reloads() {
     assert_eq!(cfg_json["hidden_size"], 32);
     let mut fresh = load_model(&path, DType::F32, &Device::Cpu).expect("load");
     attach_adapter(&mut fresh, &out, None).expect("attach");
-    let max = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .expect("sub")
-            .abs()
-            .expect("abs")
-            .max_all()
-            .expect("max")
-            .to_scalar::<f32>()
-            .expect("s")
-    };
-    assert!(max(&logits(&fresh), &want) < 1e-6);
+    assert!(max_abs_diff(&logits(&fresh), &want) < 1e-6);
     let err = merge_adapters(&mut fresh)
         .expect_err("no merge")
         .to_string();

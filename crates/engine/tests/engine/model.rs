@@ -7,7 +7,7 @@ use candle_transformers::models::llama as reference;
 use peft_studio_engine::fixtures::TinySpec;
 use peft_studio_engine::model::{load_model, ForwardCtx};
 
-use crate::common::tiny_model;
+use crate::common::{max_abs_diff, tiny_model};
 
 fn compare_with_candle_transformers(spec: TinySpec) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -107,14 +107,10 @@ fn batched_forward_equals_single_rows() {
                 &ForwardCtx::eval(),
             )
             .expect("f");
-        let diff = (batched.get(i).expect("row") - single.squeeze(0).expect("s"))
-            .expect("sub")
-            .abs()
-            .expect("abs")
-            .max_all()
-            .expect("max")
-            .to_scalar::<f32>()
-            .expect("scalar");
+        let diff = max_abs_diff(
+            &batched.get(i).expect("row"),
+            &single.squeeze(0).expect("s"),
+        );
         assert!(diff < 1e-5, "row {i} differs by {diff}");
     }
 }
