@@ -20,8 +20,11 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print trainable and total parameter counts (PEFT's line) from config.json alone.
+    /// Print trainable and total parameter counts (PEFT's line) and the predicted peak memory
+    /// from config.json alone.
     Plan(PlanArgs),
+    /// List the training methods with their hyperparameters, defaults and ranges.
+    Methods(MethodsArgs),
     /// Train a run from a config file and/or flags.
     Train(Box<TrainArgs>),
     /// Continue a stopped run from its newest checkpoint.
@@ -181,9 +184,12 @@ pub struct MethodArgs {
     /// Prompt and prefix tuning: number of virtual tokens (default 20).
     #[arg(long)]
     pub num_virtual_tokens: Option<usize>,
-    /// Prompt tuning: RANDOM or SAMPLE_VOCAB initial virtual tokens.
+    /// Prompt tuning: RANDOM, SAMPLE_VOCAB or TEXT initial virtual tokens.
     #[arg(long)]
     pub prompt_tuning_init: Option<String>,
+    /// Prompt tuning: start the virtual tokens from this text's token embeddings (TEXT init).
+    #[arg(long)]
+    pub prompt_tuning_init_text: Option<String>,
     /// IA3: target modules whose input (not output) is scaled (default: down_proj).
     #[arg(long)]
     pub feedforward_modules: Option<String>,
@@ -207,6 +213,20 @@ pub struct PlanArgs {
     /// Method settings.
     #[command(flatten)]
     pub method: MethodArgs,
+    /// Examples per batch, for the memory estimate.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Tokens per example, for the memory estimate.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+}
+
+/// `methods`.
+#[derive(Debug, Args)]
+pub struct MethodsArgs {
+    /// Print the full descriptions as JSON (what the app's method picker reads).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How training progress is shown.

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use peft_studio_engine::chat::Message;
 use peft_studio_engine::generate::{generate, GenerateOptions};
+use peft_studio_engine::memory::{self, StepShape};
 use peft_studio_engine::model::{load_model, LlamaConfig};
+use peft_studio_engine::peft::describe;
 use peft_studio_engine::peft::{load::attach_adapter, target, MethodConfig, TargetModules};
 use peft_studio_engine::plan::count_params;
 use peft_studio_engine::run::{self, RunConfig};
@@ -27,6 +29,21 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
             apply_method_args(&mut method, &a.method)?;
             let counts = count_params(&cfg, &method)?;
             println!("{counts}");
+            let step = StepShape {
+                batch: a.batch_size,
+                seq_len: a.seq_len,
+                dtype: DType::F32,
+            };
+            println!(
+                "{} for batch {} x {} tokens, f32",
+                memory::estimate(&cfg, &method, step)?,
+                a.batch_size,
+                a.seq_len
+            );
+            Ok(())
+        }
+        Command::Methods(a) => {
+            methods(a.json);
             Ok(())
         }
         Command::Train(a) => {
@@ -89,16 +106,11 @@ pub fn apply_method_args(m: &mut MethodConfig, a: &MethodArgs) -> Result<()> {
         m.num_virtual_tokens = n;
     }
     if let Some(init) = &a.prompt_tuning_init {
-        m.prompt_tuning_init = match init.to_ascii_uppercase().replace('-', "_").as_str() {
-            "RANDOM" => peft_studio_engine::peft::PromptInit::Random,
-            "SAMPLE_VOCAB" => peft_studio_engine::peft::PromptInit::SampleVocab,
-            other => {
-                return Err(EngineError::config(
-                    "prompt_tuning_init",
-                    format!("`{other}` is not RANDOM or SAMPLE_VOCAB"),
-                ))
-            }
-        };
+        m.prompt_tuning_init = init.parse()?;
+    }
+    if let Some(text) = &a.prompt_tuning_init_text {
+        m.prompt_tuning_init = peft_studio_engine::peft::PromptInit::Text;
+        m.prompt_tuning_init_text = Some(text.clone());
     }
     if let Some(t) = &a.feedforward_modules {
         m.feedforward_modules = Some(TargetModules::parse_cli(t));
@@ -117,6 +129,34 @@ pub fn apply_method_args(m: &mut MethodConfig, a: &MethodArgs) -> Result<()> {
         m.trainable_last_layers = n;
     }
     Ok(())
+}
+
+/// Prints every method with its hyperparameters (a table, or JSON for the app).
+fn methods(json: bool) {
+    let all = describe::methods();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        return;
+    }
+    for m in all {
+        println!(
+            "{:<14} {} ({} format)",
+            m.kind.as_str(),
+            m.summary,
+            m.exported_as
+        );
+        for p in m.params {
+            let default = match p.default {
+                serde_json::Value::Null => "method default".to_string(),
+                v => v.to_string(),
+            };
+            println!(
+                "    --{:<26} {} [{default}]",
+                p.field.replace('_', "-"),
+                p.help
+            );
+        }
+    }
 }
 
 /// The run config `train` starts: the config file (if any) with the flags applied on top.

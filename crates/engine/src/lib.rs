@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod hash;
 pub mod library;
+pub mod memory;
 pub mod model;
 pub mod peft;
 pub mod plan;

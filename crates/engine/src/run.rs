@@ -104,7 +104,9 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     let device = default_device();
     let mut model = load_model(&cfg.model, DType::F32, &device)?;
     let tok = TextTokenizer::load(&cfg.model, &model.config().eos_token_ids)?;
-    let trainables = cfg.method.apply(&mut model, cfg.train.seed)?;
+    let trainables = cfg
+        .method
+        .apply_with(&mut model, cfg.train.seed, Some(&tok))?;
     let cache = TokenCache::new(crate::library::studio_home().join("cache").join("tokens"));
     let mut reports = Vec::new();
     let mut examples_of = |path: &Path| -> Result<Examples> {

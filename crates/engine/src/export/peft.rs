@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::error::{EngineError, Result};
 use crate::fsutil::{safetensors_bytes, write_atomic};
 use crate::peft::prompt::PROMPT_EMBEDDINGS;
-use crate::peft::{MethodConfig, MethodKind, TargetModules};
+use crate::peft::{MethodConfig, MethodKind, PromptInit, TargetModules};
 
 /// What the exported config records about the base model.
 #[derive(Debug, Clone)]
@@ -141,10 +141,20 @@ pub fn prompt_adapter_config(
                 "prompt_tuning_init",
                 json!(method.prompt_tuning_init.as_str()),
             ),
-            ("prompt_tuning_init_text", Value::Null),
+            (
+                "prompt_tuning_init_text",
+                json!(method.prompt_tuning_init_text),
+            ),
             ("token_dim", json!(token_dim)),
             ("tokenizer_kwargs", Value::Null),
-            ("tokenizer_name_or_path", Value::Null),
+            // PEFT requires a tokenizer for TEXT init: the base model's own.
+            (
+                "tokenizer_name_or_path",
+                match method.prompt_tuning_init {
+                    PromptInit::Text => json!(info.base_model),
+                    _ => Value::Null,
+                },
+            ),
         ],
     )
 }

@@ -2,6 +2,7 @@
 //! is never copied) and returns the named variables it trains.
 
 pub mod bottleneck;
+pub mod describe;
 pub mod freeze;
 pub mod ia3;
 pub mod load;
@@ -21,6 +22,7 @@ pub use target::TargetModules;
 use crate::error::{EngineError, Result};
 use crate::model::ops::SplitMix64;
 use crate::model::{LlamaConfig, LlamaModel};
+use crate::tokenizer::TextTokenizer;
 
 /// The training method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -118,6 +120,9 @@ pub struct MethodConfig {
     pub num_virtual_tokens: usize,
     /// Prompt tuning: how the virtual tokens start.
     pub prompt_tuning_init: PromptInit,
+    /// Prompt tuning with TEXT init: the text whose token embeddings start the virtual tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tuning_init_text: Option<String>,
     /// Houlsby/Pfeiffer: the bottleneck is hidden / reduction_factor wide (default 16).
     pub reduction_factor: usize,
     /// Only wrap modules in these layers.
@@ -143,6 +148,7 @@ impl Default for MethodConfig {
             num_virtual_tokens: 20,
             reduction_factor: 16,
             prompt_tuning_init: PromptInit::Random,
+            prompt_tuning_init_text: None,
             layers_to_transform: None,
             trainable_modules: Vec::new(),
             trainable_last_layers: 0,
@@ -213,6 +219,18 @@ impl MethodConfig {
                 Err(EngineError::config(
                     "num_virtual_tokens",
                     "prompt and prefix tuning need at least one virtual token",
+                ))
+            }
+            MethodKind::PromptTuning
+                if self.prompt_tuning_init == PromptInit::Text
+                    && self
+                        .prompt_tuning_init_text
+                        .as_deref()
+                        .is_none_or(|t| t.trim().is_empty()) =>
+            {
+                Err(EngineError::config(
+                    "prompt_tuning_init_text",
+                    "TEXT initialisation needs a text (e.g. a description of the task)",
                 ))
             }
             MethodKind::PromptTuning | MethodKind::PrefixTuning => Ok(()),
@@ -296,6 +314,17 @@ impl MethodConfig {
     /// Wraps `model` with this method and returns what it trains. LoRA matrices are
     /// initialised from `seed`.
     pub fn apply(&self, model: &mut LlamaModel, seed: u64) -> Result<Trainables> {
+        self.apply_with(model, seed, None)
+    }
+
+    /// [`MethodConfig::apply`] with the model's tokenizer, which prompt tuning's TEXT
+    /// initialisation needs.
+    pub fn apply_with(
+        &self,
+        model: &mut LlamaModel,
+        seed: u64,
+        tokenizer: Option<&TextTokenizer>,
+    ) -> Result<Trainables> {
         self.validate(model.config())?;
         match self.kind {
             MethodKind::Lora => {
@@ -336,9 +365,24 @@ impl MethodConfig {
             }
             MethodKind::PromptTuning => {
                 let embed = model.embed_tokens().clone();
+                let text_ids = match (self.prompt_tuning_init, &self.prompt_tuning_init_text) {
+                    (PromptInit::Text, Some(text)) => Some(
+                        tokenizer
+                            .ok_or_else(|| {
+                                EngineError::config(
+                                    "prompt_tuning_init",
+                                    "TEXT initialisation needs the model's tokenizer",
+                                )
+                            })?
+                            // As PEFT's `tokenizer(text)`: with the BOS the tokenizer adds.
+                            .encode(text, true)?,
+                    ),
+                    _ => None,
+                };
                 let var = prompt::init_prompt(
                     self.num_virtual_tokens,
                     self.prompt_tuning_init,
+                    text_ids.as_deref(),
                     &embed,
                     seed,
                     model.dtype(),

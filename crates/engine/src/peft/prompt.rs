@@ -22,6 +22,9 @@ pub enum PromptInit {
     Random,
     /// Copies of the embeddings of tokens drawn from the vocabulary.
     SampleVocab,
+    /// The embeddings of a text's tokens (`prompt_tuning_init_text`), repeated or cut to
+    /// the number of virtual tokens.
+    Text,
 }
 
 impl PromptInit {
@@ -30,14 +33,38 @@ impl PromptInit {
         match self {
             Self::Random => "RANDOM",
             Self::SampleVocab => "SAMPLE_VOCAB",
+            Self::Text => "TEXT",
         }
     }
 }
 
+impl std::str::FromStr for PromptInit {
+    type Err = crate::error::EngineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_uppercase().replace('-', "_").as_str() {
+            "RANDOM" => Ok(Self::Random),
+            "SAMPLE_VOCAB" => Ok(Self::SampleVocab),
+            "TEXT" => Ok(Self::Text),
+            other => Err(crate::error::EngineError::config(
+                "prompt_tuning_init",
+                format!("`{other}` is not RANDOM, SAMPLE_VOCAB or TEXT"),
+            )),
+        }
+    }
+}
+
+/// PEFT's TEXT initialisation: the text's token ids, repeated until there are `tokens` of
+/// them, then cut to `tokens` (`PromptEmbedding.__init__`).
+pub fn text_init_ids(text_ids: &[u32], tokens: usize) -> Vec<u32> {
+    text_ids.iter().copied().cycle().take(tokens).collect()
+}
+
 /// The initial virtual-token embeddings [tokens, hidden] as a trainable variable.
+/// `text_ids` are the tokens of `prompt_tuning_init_text` (TEXT init only).
 pub fn init_prompt(
     tokens: usize,
     init: PromptInit,
+    text_ids: Option<&[u32]>,
     embed_tokens: &Tensor,
     seed: u64,
     dtype: DType,
@@ -45,6 +72,20 @@ pub fn init_prompt(
 ) -> Result<Var> {
     let (vocab, hidden) = embed_tokens.dims2()?;
     let mut rng = SplitMix64::new(seed);
+    let rows = |ids: Vec<u32>| -> Result<Tensor> {
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(crate::error::EngineError::config(
+                "prompt_tuning_init_text",
+                format!("token {bad} is outside the vocabulary of {vocab}"),
+            ));
+        }
+        let ids = Tensor::from_vec(ids, tokens, embed_tokens.device())?;
+        Ok(embed_tokens
+            .detach()
+            .index_select(&ids, 0)?
+            .to_dtype(dtype)?
+            .to_device(device)?)
+    };
     let values = match init {
         PromptInit::Random => Tensor::from_vec(
             (0..tokens * hidden)
@@ -54,17 +95,20 @@ pub fn init_prompt(
             device,
         )?
         .to_dtype(dtype)?,
-        PromptInit::SampleVocab => {
-            let ids: Vec<u32> = (0..tokens)
+        PromptInit::SampleVocab => rows(
+            (0..tokens)
                 .map(|_| (rng.next_f64() * vocab as f64) as u32 % vocab as u32)
-                .collect();
-            let ids = Tensor::from_vec(ids, tokens, embed_tokens.device())?;
-            embed_tokens
-                .detach()
-                .index_select(&ids, 0)?
-                .to_dtype(dtype)?
-                .to_device(device)?
-        }
+                .collect(),
+        )?,
+        PromptInit::Text => match text_ids {
+            Some(ids) if !ids.is_empty() => rows(text_init_ids(ids, tokens))?,
+            _ => {
+                return Err(crate::error::EngineError::config(
+                    "prompt_tuning_init_text",
+                    "TEXT initialisation needs a text that tokenizes to at least one token",
+                ))
+            }
+        },
     };
     Ok(Var::from_tensor(&values)?)
 }

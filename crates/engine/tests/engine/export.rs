@@ -645,3 +645,77 @@ fn bottleneck_export_follows_the_adapters_library_and_reloads() {
         .to_string();
     assert!(err.contains("non-linear"), "{err}");
 }
+
+/// Prompt tuning's TEXT init starts from the text's token embeddings, repeated to the number
+/// of virtual tokens (PEFT's rule), and the export records the text and the tokenizer.
+#[test]
+fn prompt_tuning_text_init_repeats_the_text_tokens_and_is_recorded() {
+    use peft_studio_engine::peft::{prompt::text_init_ids, MethodKind, PromptInit};
+    use peft_studio_engine::tokenizer::TextTokenizer;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(dir.path(), &TinySpec::default());
+    let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    let tok = TextTokenizer::load(&path, &[]).expect("tokenizer");
+    let method = MethodConfig {
+        kind: MethodKind::PromptTuning,
+        num_virtual_tokens: 7,
+        prompt_tuning_init: PromptInit::Text,
+        prompt_tuning_init_text: Some("ok!".into()),
+        ..MethodConfig::default()
+    };
+    let err = method
+        .apply(&mut model, 0)
+        .expect_err("no tokenizer")
+        .to_string();
+    assert!(err.contains("tokenizer"), "{err}");
+    let vars = method.apply_with(&mut model, 0, Some(&tok)).expect("apply");
+    let ids = text_init_ids(&tok.encode("ok!", true).expect("encode"), 7);
+    assert_eq!(ids.len(), 7);
+    assert_eq!(ids[..3], ids[3..6], "the three text tokens repeat");
+    let want = model
+        .embed_tokens()
+        .index_select(&Tensor::new(ids.as_slice(), &Device::Cpu).expect("ids"), 0)
+        .expect("rows");
+    assert_eq!(max_abs_diff(vars[0].1.as_tensor(), &want), 0.0);
+    let out = dir.path().join("text");
+    write_adapter(&out, &method, &vars);
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("adapter_config.json")).expect("cfg"),
+    )
+    .expect("json");
+    assert_eq!(cfg["prompt_tuning_init"], "TEXT");
+    assert_eq!(cfg["prompt_tuning_init_text"], "ok!");
+    assert_eq!(
+        cfg["tokenizer_name_or_path"],
+        cfg["base_model_name_or_path"]
+    );
+    let empty = MethodConfig {
+        prompt_tuning_init_text: Some("  ".into()),
+        ..method
+    };
+    let err = empty
+        .apply_with(&mut model, 0, Some(&tok))
+        .expect_err("empty text")
+        .to_string();
+    assert!(err.contains("prompt_tuning_init_text"), "{err}");
+}
+
+/// The token ids PEFT initialises from for a text on SmolLM2 (`tokenizer(text)["input_ids"]`
+/// in transformers 5.24, PEFT 0.21), which the studio's tokenizer must reproduce.
+#[test]
+fn prompt_tuning_text_ids_match_peft_on_smollm2() {
+    use peft_studio_engine::peft::prompt::text_init_ids;
+    let Some(gguf) = std::env::var_os("PEFT_STUDIO_SMOLLM2_GGUF") else {
+        assert!(std::env::var("PEFT_STUDIO_REQUIRE_REAL_MODEL").as_deref() != Ok("1"));
+        eprintln!("skipped: set PEFT_STUDIO_SMOLLM2_GGUF");
+        return;
+    };
+    let model = peft_studio_engine::model::gguf::GgufModel::open(Path::new(&gguf)).expect("gguf");
+    let tok = model.text_tokenizer().expect("tokenizer");
+    let text = "Classify whether the review is positive or negative:";
+    let ids = tok.encode(text, false).expect("encode").get_ids().to_vec();
+    let peft = [8530, 1282, 1991, 260, 2523, 314, 2731, 355, 3524, 42];
+    assert_eq!(ids, peft);
+    let sixteen = text_init_ids(&ids, 16);
+    assert_eq!(sixteen[10..], peft[..6]);
+}

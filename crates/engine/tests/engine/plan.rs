@@ -272,3 +272,99 @@ fn bottleneck_counts_match_the_adapters_library() {
         }
     }
 }
+
+/// Every method is described for the picker; each hyperparameter names a real field of the
+/// `[method]` table and its default is the engine's.
+#[test]
+fn method_descriptions_match_the_config() {
+    use peft_studio_engine::peft::describe::{methods, ParamRange};
+    let all = methods();
+    assert_eq!(all.len(), 8);
+    let defaults = serde_json::to_value(MethodConfig::default()).expect("json");
+    let fields = [
+        "target_modules",
+        "feedforward_modules",
+        "prompt_tuning_init_text",
+        "layers_to_transform",
+    ];
+    for m in &all {
+        assert!(
+            !m.summary.is_empty() && m.summary.ends_with('.'),
+            "{}",
+            m.name
+        );
+        let kind: MethodKind = m.kind.as_str().parse().expect("kind");
+        assert_eq!(kind, m.kind);
+        for p in &m.params {
+            assert!(
+                defaults.get(p.field).is_some() || fields.contains(&p.field),
+                "{}: `{}` is not a method field",
+                m.name,
+                p.field
+            );
+            if !p.default.is_null() {
+                assert_eq!(defaults[p.field], p.default, "{}.{}", m.name, p.field);
+            }
+            if let ParamRange::Int { min, max } = p.range {
+                let d = p.default.as_u64().unwrap_or(min);
+                assert!(min <= d && d <= max, "{}.{}", m.name, p.field);
+            }
+        }
+    }
+    // A config built from every default parses back.
+    let json = serde_json::to_string(&all).expect("serialize");
+    assert!(json.contains("\"kind\":\"prompt-tuning\""));
+}
+
+/// The memory estimate has the parts training has: full fine-tuning pays gradients and two
+/// moments for every weight, LoRA for its adapters only; activations grow with the batch and
+/// faster than linearly with the sequence (attention scores); virtual tokens cost activations.
+#[test]
+fn memory_estimate_parts() {
+    use candle_core::DType;
+    use peft_studio_engine::memory::{estimate, StepShape};
+    let cfg = LlamaConfig::from_json(SMOLLM2_135M).expect("config");
+    let shape = |batch, seq_len| StepShape {
+        batch,
+        seq_len,
+        dtype: DType::F32,
+    };
+    let lora = lora_method(8, "q_proj,k_proj,v_proj,o_proj");
+    let full = MethodConfig {
+        kind: MethodKind::Full,
+        ..Default::default()
+    };
+    let l = estimate(&cfg, &lora, shape(4, 256)).expect("lora");
+    let f = estimate(&cfg, &full, shape(4, 256)).expect("full");
+    assert_eq!(f.optimizer, 134_515_008 * 12);
+    assert_eq!(l.optimizer, 921_600 * 12);
+    assert_eq!(f.weights, 134_515_008 * 4);
+    assert!(l.total() < f.total());
+    let double_batch = estimate(&cfg, &lora, shape(8, 256)).expect("b8");
+    assert!(double_batch.activations > 19 * l.activations / 10);
+    let double_seq = estimate(&cfg, &lora, shape(4, 512)).expect("t512");
+    assert!(double_seq.activations > double_batch.activations);
+    let prompt = MethodConfig {
+        kind: MethodKind::PromptTuning,
+        num_virtual_tokens: 64,
+        ..Default::default()
+    };
+    let p = estimate(&cfg, &prompt, shape(4, 256)).expect("prompt");
+    let plain = MethodConfig {
+        kind: MethodKind::Freeze,
+        trainable_modules: vec!["model.norm".into()],
+        ..Default::default()
+    };
+    let n = estimate(&cfg, &plain, shape(4, 256)).expect("freeze");
+    assert!(p.activations > n.activations);
+    assert!(l.to_string().starts_with("estimated peak memory: "));
+    let bf16 = estimate(
+        &cfg,
+        &lora,
+        StepShape {
+            dtype: DType::BF16,
+            ..shape(4, 256)
+        },
+    );
+    assert!(bf16.expect("bf16").weights < l.weights);
+}
