@@ -1,12 +1,25 @@
 //! The desktop shell: registers commands and opens the window. Logic lives in the crates.
 
 pub mod commands;
+pub mod error;
+pub mod worker_mode;
 
 /// Registers every command on `builder` (the real one, or Tauri's mock in tests).
 pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
     builder.invoke_handler(tauri::generate_handler![
         commands::about::app_info,
-        commands::models::list_models
+        commands::models::list_models,
+        commands::methods::list_methods,
+        commands::methods::plan_run,
+        commands::datasets::inspect_dataset,
+        commands::runs::start_run,
+        commands::runs::list_runs,
+        commands::runs::get_run,
+        commands::runs::follow_run,
+        commands::runs::cancel_run,
+        commands::runs::resume_run,
+        commands::runs::compare_runs,
+        commands::demo::demo_setup
     ])
 }
 

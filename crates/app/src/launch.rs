@@ -210,10 +210,23 @@ pub fn utc_stamp(secs: i64) -> String {
     )
 }
 
-/// A fresh run folder under the studio's data folder: `runs/<UTC time>-<method>`.
-pub fn default_out_dir(method: &str) -> PathBuf {
+/// A fresh run folder under the studio's data folder, `runs/<UTC time>-<method>` (`-2`, `-3`…
+/// added when runs start within the same second), created so that the next call picks another.
+pub fn reserve_out_dir(method: &str) -> peft_studio_engine::Result<PathBuf> {
+    let dir = free_out_dir(method);
+    std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
+    Ok(dir)
+}
+
+fn free_out_dir(method: &str) -> PathBuf {
     let stamp = utc_stamp(peft_studio_catalog::now() as i64);
-    peft_studio_engine::library::studio_home()
-        .join("runs")
-        .join(format!("{stamp}-{method}"))
+    let runs = peft_studio_engine::library::studio_home().join("runs");
+    let first = runs.join(format!("{stamp}-{method}"));
+    if !first.exists() {
+        return first;
+    }
+    (2..)
+        .map(|n| runs.join(format!("{stamp}-{method}-{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
 }

@@ -5,6 +5,8 @@
 #![warn(missing_docs)]
 
 pub mod chart;
+pub mod compare;
+pub mod demo;
 mod error;
 pub mod follow;
 pub mod launch;

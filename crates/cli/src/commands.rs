@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::DType;
+use peft_studio_app::demo::{demo_train, write_demo_dataset};
 use peft_studio_engine::chat::Message;
 use peft_studio_engine::generate::{generate, GenerateOptions};
 use peft_studio_engine::memory::{self, StepShape};
@@ -218,7 +219,7 @@ fn train_config(a: &TrainArgs) -> Result<RunConfig> {
         t.seed = v;
     }
     if cfg.out.as_os_str().is_empty() {
-        cfg.out = peft_studio_app::launch::default_out_dir(cfg.method.kind.as_str());
+        cfg.out = peft_studio_app::launch::reserve_out_dir(cfg.method.kind.as_str())?;
     }
     Ok(cfg)
 }
@@ -312,9 +313,6 @@ fn generate_cmd(mut a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The demo dataset shipped with the studio.
-const DEMO_DATASET: &str = include_str!("../../../assets/demo/dataset.jsonl");
-
 /// Writes the demo dataset and a run config that trains on it: with `model` (a folder or an
 /// installed model's name) LoRA on q/k/v/o at a rate suited to a pretrained model, otherwise
 /// all-linear LoRA on a small model made in code.
@@ -323,7 +321,7 @@ fn demo(out: &Path, model: Option<&Path>) -> Result<()> {
     use peft_studio_engine::fsutil::write_atomic;
     if let Some(model) = model {
         let model = resolve_model(model)?;
-        write_atomic(&out.join("dataset.jsonl"), DEMO_DATASET.as_bytes())?;
+        write_demo_dataset(out)?;
         let cfg = RunConfig {
             model,
             dataset: out.join("dataset.jsonl"),
@@ -350,7 +348,7 @@ fn demo(out: &Path, model: Option<&Path>) -> Result<()> {
         };
         write_tiny_model(&model, &spec)?;
     }
-    write_atomic(&out.join("dataset.jsonl"), DEMO_DATASET.as_bytes())?;
+    write_demo_dataset(out)?;
     let method = MethodConfig {
         target_modules: Some(TargetModules::Pattern("all-linear".into())),
         ..Default::default()
@@ -371,16 +369,3 @@ fn demo(out: &Path, model: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// The demo's training settings: small batches, a held-out tenth, frequent evaluation.
-fn demo_train(lr: f64, epochs: usize) -> peft_studio_engine::train::TrainConfig {
-    peft_studio_engine::train::TrainConfig {
-        lr,
-        epochs,
-        batch_size: 4,
-        seq_len: 128,
-        val_fraction: 0.2,
-        eval_every: 4,
-        checkpoint_every: 25,
-        ..Default::default()
-    }
-}

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use peft_studio_app::catalog::series::{config_diff, SeriesOptions};
+use peft_studio_app::catalog::series::SeriesOptions;
 use peft_studio_app::catalog::{Catalog, Run, RunFilter, RunStatus};
 use peft_studio_app::chart::{render, ChartOptions};
+use peft_studio_app::compare::{compare as compare_runs, Comparison};
 use peft_studio_app::launch::{attach_child, create_run, requeue, spawn_worker};
 use peft_studio_app::{AppError, Result};
 use peft_studio_engine::run::RunConfig;
@@ -379,28 +380,11 @@ pub fn compare(catalog_path: &Path, a: &CompareArgs) -> Result<()> {
         max_points: a.points,
         smoothing: a.smoothing,
     };
-    if !(0.0..1.0).contains(&a.smoothing) {
-        return Err(AppError::Invalid(format!(
-            "--smoothing {} is not in [0, 1)",
-            a.smoothing
-        )));
-    }
-    let series = runs
-        .iter()
-        .map(|r| catalog.series(r.id, &format!("{} {}", r.id, r.name), &opts))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    // Every run has a folder of its own; that difference says nothing.
-    let configs: Vec<serde_json::Value> = runs
-        .iter()
-        .map(|r| {
-            let mut c = r.config.clone();
-            if let Some(map) = c.as_object_mut() {
-                map.remove("out");
-            }
-            c
-        })
-        .collect();
-    let diff = config_diff(&configs);
+    let Comparison {
+        runs,
+        series,
+        config_diff: diff,
+    } = compare_runs(&catalog, runs, &opts)?;
     if a.json {
         println!(
             "{}",

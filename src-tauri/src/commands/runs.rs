@@ -1,0 +1,187 @@
+//! Runs: start, list, follow live, cancel, resume, compare. Training happens in a worker
+//! process (this program in worker mode) that records into the catalog, so a closed or
+//! reloaded window loses nothing: following a run reads the catalog, history first.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use peft_studio_app::catalog::series::{SeriesOptions, XAxis};
+use peft_studio_app::catalog::{AdapterRecord, Catalog, MetricRow, Run, RunFilter};
+use peft_studio_app::compare::{compare, Comparison};
+use peft_studio_app::launch::{attach_child, create_run, requeue, reserve_out_dir, spawn_worker};
+use peft_studio_engine::data::DataConfig;
+use peft_studio_engine::library::{resolve, studio_home};
+use peft_studio_engine::peft::MethodConfig;
+use peft_studio_engine::run::RunConfig;
+use peft_studio_engine::train::TrainConfig;
+use serde::{Deserialize, Serialize};
+use tauri::ipc::Channel;
+
+use crate::error::{blocking, CommandError, CommandResult};
+
+fn catalog_path() -> PathBuf {
+    peft_studio_app::default_catalog_path()
+}
+
+fn open() -> CommandResult<Catalog> {
+    let path = catalog_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| CommandError {
+            message: format!("{}: {e}", dir.display()),
+            hint: None,
+        })?;
+    }
+    Ok(Catalog::open(&path)?)
+}
+
+/// What the New run form sends.
+#[derive(Debug, Deserialize)]
+pub struct RunRequest {
+    /// A name for the run list (default: method and model).
+    pub name: Option<String>,
+    /// An installed model's name, or a model folder.
+    pub model: String,
+    /// The training data file.
+    pub dataset: PathBuf,
+    /// The method and its settings.
+    pub method: MethodConfig,
+    /// Optimiser and batching.
+    pub train: TrainConfig,
+}
+
+/// Starts a worker for a queued run; a thread waits for it so that a crash is recorded at
+/// once with its signal (the catalog's liveness check would find it later anyway).
+fn launch(catalog: &Catalog, id: i64) -> CommandResult<()> {
+    let exe = std::env::current_exe().map_err(|e| CommandError {
+        message: format!("cannot find this program to start the worker: {e}"),
+        hint: None,
+    })?;
+    let child = spawn_worker(&exe, catalog.path(), id, false)?;
+    let path = catalog.path().to_path_buf();
+    std::thread::spawn(move || {
+        if let Ok(catalog) = Catalog::open(&path) {
+            let _ = attach_child(child, &catalog, id, &mut |_| {}, &AtomicBool::new(false));
+        }
+    });
+    Ok(())
+}
+
+/// Records a run and starts training it; returns its id.
+#[tauri::command]
+pub async fn start_run(request: RunRequest) -> CommandResult<i64> {
+    blocking(move || {
+        let catalog = open()?;
+        let cfg = RunConfig {
+            model: resolve(&studio_home(), Path::new(&request.model))?,
+            dataset: request.dataset,
+            out: reserve_out_dir(request.method.kind.as_str())?,
+            method: request.method,
+            train: request.train,
+            data: DataConfig::default(),
+        };
+        let id = create_run(&catalog, &cfg, request.name.as_deref())?;
+        launch(&catalog, id)?;
+        Ok(id)
+    })
+    .await
+}
+
+/// Every run, newest first; dead workers are found and their runs marked failed first.
+#[tauri::command]
+pub async fn list_runs() -> CommandResult<Vec<Run>> {
+    blocking(|| {
+        let catalog = open()?;
+        catalog.reap_dead()?;
+        Ok(catalog.runs(&RunFilter::default())?)
+    })
+    .await
+}
+
+/// One run with what it produced.
+#[derive(Debug, Serialize)]
+pub struct RunDetail {
+    /// The run.
+    pub run: Run,
+    /// Its checkpoints, oldest first, as (step, folder).
+    pub checkpoints: Vec<(i64, String)>,
+    /// Adapters it exported.
+    pub adapters: Vec<AdapterRecord>,
+}
+
+/// A run, its checkpoints and adapters.
+#[tauri::command]
+pub async fn get_run(id: i64) -> CommandResult<RunDetail> {
+    blocking(move || {
+        let catalog = open()?;
+        Ok(RunDetail {
+            run: catalog.run(id)?,
+            checkpoints: catalog.checkpoints(id)?,
+            adapters: catalog.adapters(Some(id))?,
+        })
+    })
+    .await
+}
+
+/// Sends the run's metrics so far, then new rows as the worker records them, until the run
+/// stops or the window goes away; returns the run as it ended. Receivers keep the newest row
+/// per step (a resumed run's history is sent again).
+#[tauri::command]
+pub async fn follow_run(id: i64, on_rows: Channel<Vec<MetricRow>>) -> CommandResult<Run> {
+    blocking(move || {
+        let catalog = open()?;
+        let gone = AtomicBool::new(false);
+        let mut send = |rows: &[MetricRow]| {
+            if on_rows.send(rows.to_vec()).is_err() {
+                gone.store(true, Ordering::Relaxed);
+            }
+        };
+        Ok(peft_studio_app::follow::follow(&catalog, id, &mut send, &gone)?)
+    })
+    .await
+}
+
+/// Asks a run to stop (a running one checkpoints first).
+#[tauri::command]
+pub async fn cancel_run(id: i64) -> CommandResult<()> {
+    blocking(move || {
+        open()?.request_cancel(id)?;
+        Ok(())
+    })
+    .await
+}
+
+/// Continues a stopped run from its newest checkpoint, to `max_steps` in all when given.
+#[tauri::command]
+pub async fn resume_run(id: i64, max_steps: Option<usize>) -> CommandResult<()> {
+    blocking(move || {
+        let catalog = open()?;
+        requeue(&catalog, id, max_steps)?;
+        launch(&catalog, id)
+    })
+    .await
+}
+
+/// Curves of several runs on one x axis, smoothed, and the config fields that differ.
+#[tauri::command]
+pub async fn compare_runs(
+    ids: Vec<i64>,
+    x: String,
+    smoothing: f64,
+    max_points: Option<usize>,
+) -> CommandResult<Comparison> {
+    blocking(move || {
+        let catalog = open()?;
+        let runs = ids
+            .iter()
+            .map(|&id| catalog.run(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let x: XAxis = x.parse()?;
+        let opts = SeriesOptions {
+            x,
+            max_points: max_points.unwrap_or(1000).clamp(10, 10_000),
+            smoothing,
+        };
+        Ok(compare(&catalog, runs, &opts)?)
+    })
+    .await
+}
