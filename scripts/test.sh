@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up and runs every test: formatting, clippy with warnings denied, then the whole
-# workspace's tests (engine, CLI, desktop shell).
+# Sets up and runs every test: formatting, clippy with warnings denied, the whole
+# workspace's tests (engine, catalog, app, CLI, desktop shell), the web UI's unit tests, and
+# the desktop end-to-end suite under Xvfb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -f "$HOME/.cargo/env" ]] && source "$HOME/.cargo/env"
@@ -19,4 +20,9 @@ export PEFT_STUDIO_HOME
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The web UI's unit tests, then the end-to-end suite against one release build of the
+# studio (and the CLI that prepares its home) through the real webview.
+(cd ui && npm ci --no-audit --no-fund --loglevel=error && npx vitest run)
+cargo build --release --locked -p peft-studio -p peft-studio-cli --features peft-studio/custom-protocol
+bash tests/desktop/run.sh
 echo "all checks passed in $(( $(date +%s) - start )) s"

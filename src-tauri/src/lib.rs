@@ -6,21 +6,27 @@ pub mod worker_mode;
 
 /// Registers every command on `builder` (the real one, or Tauri's mock in tests).
 pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
-    builder.invoke_handler(tauri::generate_handler![
-        commands::about::app_info,
-        commands::models::list_models,
-        commands::methods::list_methods,
-        commands::methods::plan_run,
-        commands::datasets::inspect_dataset,
-        commands::runs::start_run,
-        commands::runs::list_runs,
-        commands::runs::get_run,
-        commands::runs::follow_run,
-        commands::runs::cancel_run,
-        commands::runs::resume_run,
-        commands::runs::compare_runs,
-        commands::demo::demo_setup
-    ])
+    builder
+        .manage(commands::playground::Playground::default())
+        .invoke_handler(tauri::generate_handler![
+            commands::about::app_info,
+            commands::models::list_models,
+            commands::methods::list_methods,
+            commands::methods::plan_run,
+            commands::datasets::inspect_dataset,
+            commands::runs::start_run,
+            commands::runs::list_runs,
+            commands::runs::get_run,
+            commands::runs::follow_run,
+            commands::runs::cancel_run,
+            commands::runs::resume_run,
+            commands::runs::compare_runs,
+            commands::demo::demo_setup,
+            commands::playground::playground_load,
+            commands::playground::playground_generate,
+            commands::playground::playground_stop,
+            commands::adapters::list_adapters
+        ])
 }
 
 /// Starts the studio.

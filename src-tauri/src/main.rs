@@ -4,7 +4,9 @@
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match peft_studio_shell::worker_mode::parse(&args) {
-        Some(Ok((catalog, run))) => std::process::exit(peft_studio_shell::worker_mode::run(catalog, run)),
+        Some(Ok((catalog, run))) => {
+            std::process::exit(peft_studio_shell::worker_mode::run(catalog, run))
+        }
         Some(Err(message)) => {
             eprintln!("{message}");
             std::process::exit(2);

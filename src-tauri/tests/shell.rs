@@ -5,6 +5,13 @@ use tauri::test::{get_ipc_response, mock_builder, mock_context, noop_assets, INV
 use tauri::webview::InvokeRequest;
 
 fn invoke(cmd: &str) -> tauri::ipc::InvokeResponseBody {
+    invoke_with(cmd, serde_json::json!({})).expect("response")
+}
+
+fn invoke_with(
+    cmd: &str,
+    args: serde_json::Value,
+) -> Result<tauri::ipc::InvokeResponseBody, serde_json::Value> {
     let app = peft_studio_shell::builder_for(mock_builder())
         .build(mock_context(noop_assets()))
         .expect("app");
@@ -18,12 +25,11 @@ fn invoke(cmd: &str) -> tauri::ipc::InvokeResponseBody {
             callback: tauri::ipc::CallbackFn(0),
             error: tauri::ipc::CallbackFn(1),
             url: "tauri://localhost".parse().expect("url"),
-            body: tauri::ipc::InvokeBody::default(),
+            body: tauri::ipc::InvokeBody::Json(args),
             headers: Default::default(),
             invoke_key: INVOKE_KEY.to_string(),
         },
     )
-    .expect("response")
 }
 
 #[test]
@@ -33,24 +39,118 @@ fn app_info_answers_over_ipc() {
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
 }
 
+/// The commands that read the studio home and the catalog, in one test because they share
+/// the process-wide PEFT_STUDIO_HOME.
 #[test]
-fn list_models_reads_the_library_the_cli_writes() {
+fn commands_over_ipc_in_a_fresh_home() {
     let home = tempfile::tempdir().expect("tempdir");
+    std::env::set_var("PEFT_STUDIO_HOME", home.path());
+    std::env::set_var("PEFT_STUDIO_CATALOG", home.path().join("catalog.sqlite"));
+
+    // The model library the CLI writes.
+    let model_dir = home.path().join("models/tiny");
+    peft_studio_engine::fixtures::write_tiny_model(&model_dir, &Default::default()).expect("model");
     let entry = peft_studio_engine::library::ModelEntry {
-        name: "SmolLM2-135M-Instruct".into(),
-        path: home.path().join("models/SmolLM2-135M-Instruct"),
-        source: "gguf:/tmp/x.gguf".into(),
+        name: "tiny".into(),
+        path: model_dir.clone(),
+        source: "local".into(),
         architecture: "LlamaForCausalLM".into(),
-        parameters: 134_515_008,
+        parameters: 1000,
         dtype: "F32".into(),
-        context_length: 8192,
-        size_bytes: 538_090_408,
+        context_length: 256,
+        size_bytes: 4000,
         added_unix: 1,
     };
     let mut registry = peft_studio_engine::library::Registry::open(home.path()).expect("open");
     registry.put(entry).expect("save");
-    std::env::set_var("PEFT_STUDIO_HOME", home.path());
     let models: serde_json::Value = invoke("list_models").deserialize().expect("json");
-    assert_eq!(models[0]["name"], "SmolLM2-135M-Instruct");
-    assert_eq!(models[0]["parameters"], 134_515_008);
+    assert_eq!(models[0]["name"], "tiny");
+
+    // The method step: counts as PEFT prints them and a memory prediction.
+    let plan: serde_json::Value = invoke_with(
+        "plan_run",
+        serde_json::json!({"model": "tiny", "method": {"kind": "lora", "r": 4}, "batchSize": 2, "seqLen": 16}),
+    )
+    .expect("plan")
+    .deserialize()
+    .expect("json");
+    assert!(plan["line"]
+        .as_str()
+        .expect("line")
+        .starts_with("trainable params: "));
+    assert!(plan["memory_total"].as_u64().expect("memory") > 0);
+    let bad = invoke_with(
+        "plan_run",
+        serde_json::json!({"model": "tiny", "method": {"kind": "lora", "r": 0}, "batchSize": 2, "seqLen": 16}),
+    )
+    .expect_err("r = 0");
+    assert!(
+        bad["message"].as_str().expect("message").contains('r'),
+        "{bad}"
+    );
+
+    // The demo: its dataset written once, the installed model picked.
+    let demo: serde_json::Value = invoke("demo_setup").deserialize().expect("json");
+    assert_eq!(demo["model"], "tiny");
+    let dataset = demo["dataset"].as_str().expect("path").to_string();
+    assert!(std::path::Path::new(&dataset).is_file());
+
+    // A broken dataset: every problem with its line.
+    let broken = home.path().join("broken.jsonl");
+    std::fs::write(&broken, "{\"text\": \"fine\"}\n{\"text\": 5}\nnot json\n").expect("write");
+    let view: serde_json::Value = invoke_with(
+        "inspect_dataset",
+        serde_json::json!({"path": broken, "model": "tiny"}),
+    )
+    .expect("inspect")
+    .deserialize()
+    .expect("json");
+    let lines: Vec<u64> = view["report"]["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|p| p["line"].as_u64().expect("line"))
+        .collect();
+    assert_eq!(lines, vec![2, 3]);
+    assert_eq!(view["report"]["usable"], 1);
+    assert_eq!(view["preview"][0]["line"], 1);
+    let missing = invoke_with(
+        "inspect_dataset",
+        serde_json::json!({"path": home.path().join("nope.jsonl"), "model": null}),
+    )
+    .expect_err("missing file");
+    assert!(missing["message"]
+        .as_str()
+        .expect("message")
+        .contains("nope.jsonl"));
+
+    // Runs: an empty catalog lists nothing; an unknown run is an error naming it.
+    let runs: serde_json::Value = invoke("list_runs").deserialize().expect("json");
+    assert_eq!(runs, serde_json::json!([]));
+    let err = invoke_with("get_run", serde_json::json!({"id": 99})).expect_err("no run");
+    assert!(
+        err["message"].as_str().expect("message").contains("99"),
+        "{err}"
+    );
+}
+
+/// The UI's tests read the method descriptions from this snapshot of the backend's answer;
+/// a change on the Rust side that the snapshot does not carry fails here (set
+/// UPDATE_IPC_SNAPSHOTS=1 to rewrite it, then run the UI tests).
+#[test]
+fn ipc_snapshot_of_the_method_picker_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/tests/ipc/methods.json");
+    let now = serde_json::to_string_pretty(&peft_studio_engine::peft::describe::methods())
+        .expect("json")
+        + "\n";
+    if std::env::var_os("UPDATE_IPC_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&path, &now).expect("write");
+    }
+    let saved = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        saved == now,
+        "{} is out of date: run UPDATE_IPC_SNAPSHOTS=1 cargo test --test shell",
+        path.display()
+    );
 }

@@ -149,6 +149,7 @@ fn methods(json: bool) {
         for p in m.params {
             let default = match p.default {
                 serde_json::Value::Null => "method default".to_string(),
+                serde_json::Value::String(s) => s,
                 v => v.to_string(),
             };
             println!(
@@ -368,4 +369,3 @@ fn demo(out: &Path, model: Option<&Path>) -> Result<()> {
     );
     Ok(())
 }
-

@@ -8,7 +8,8 @@ use crate::model::ops::SplitMix64;
 use crate::model::{KvCache, LlamaModel};
 
 /// Decoding settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct GenerateOptions {
     /// Most tokens to produce.
     pub max_new_tokens: usize,
@@ -87,6 +88,20 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
+    generate_until(model, prompt, eos, opts, |id| {
+        on_token(id);
+        true
+    })
+}
+
+/// [`generate`] that stops early when `on_token` returns false (a Stop button).
+pub fn generate_until(
+    model: &LlamaModel,
+    prompt: &[u32],
+    eos: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(EngineError::config("prompt", "is empty"));
     }
@@ -115,7 +130,9 @@ pub fn generate(
             break;
         }
         out.push(next);
-        on_token(next);
+        if !on_token(next) {
+            break;
+        }
         input = Tensor::new(&[next], device)?.unsqueeze(0)?;
     }
     Ok(out)

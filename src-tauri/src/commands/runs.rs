@@ -17,22 +17,8 @@ use peft_studio_engine::train::TrainConfig;
 use serde::{Deserialize, Serialize};
 use tauri::ipc::Channel;
 
+use super::open_catalog;
 use crate::error::{blocking, CommandError, CommandResult};
-
-fn catalog_path() -> PathBuf {
-    peft_studio_app::default_catalog_path()
-}
-
-fn open() -> CommandResult<Catalog> {
-    let path = catalog_path();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| CommandError {
-            message: format!("{}: {e}", dir.display()),
-            hint: None,
-        })?;
-    }
-    Ok(Catalog::open(&path)?)
-}
 
 /// What the New run form sends.
 #[derive(Debug, Deserialize)]
@@ -70,7 +56,7 @@ fn launch(catalog: &Catalog, id: i64) -> CommandResult<()> {
 #[tauri::command]
 pub async fn start_run(request: RunRequest) -> CommandResult<i64> {
     blocking(move || {
-        let catalog = open()?;
+        let catalog = open_catalog()?;
         let cfg = RunConfig {
             model: resolve(&studio_home(), Path::new(&request.model))?,
             dataset: request.dataset,
@@ -90,7 +76,7 @@ pub async fn start_run(request: RunRequest) -> CommandResult<i64> {
 #[tauri::command]
 pub async fn list_runs() -> CommandResult<Vec<Run>> {
     blocking(|| {
-        let catalog = open()?;
+        let catalog = open_catalog()?;
         catalog.reap_dead()?;
         Ok(catalog.runs(&RunFilter::default())?)
     })
@@ -112,7 +98,7 @@ pub struct RunDetail {
 #[tauri::command]
 pub async fn get_run(id: i64) -> CommandResult<RunDetail> {
     blocking(move || {
-        let catalog = open()?;
+        let catalog = open_catalog()?;
         Ok(RunDetail {
             run: catalog.run(id)?,
             checkpoints: catalog.checkpoints(id)?,
@@ -128,14 +114,16 @@ pub async fn get_run(id: i64) -> CommandResult<RunDetail> {
 #[tauri::command]
 pub async fn follow_run(id: i64, on_rows: Channel<Vec<MetricRow>>) -> CommandResult<Run> {
     blocking(move || {
-        let catalog = open()?;
+        let catalog = open_catalog()?;
         let gone = AtomicBool::new(false);
         let mut send = |rows: &[MetricRow]| {
             if on_rows.send(rows.to_vec()).is_err() {
                 gone.store(true, Ordering::Relaxed);
             }
         };
-        Ok(peft_studio_app::follow::follow(&catalog, id, &mut send, &gone)?)
+        Ok(peft_studio_app::follow::follow(
+            &catalog, id, &mut send, &gone,
+        )?)
     })
     .await
 }
@@ -144,7 +132,7 @@ pub async fn follow_run(id: i64, on_rows: Channel<Vec<MetricRow>>) -> CommandRes
 #[tauri::command]
 pub async fn cancel_run(id: i64) -> CommandResult<()> {
     blocking(move || {
-        open()?.request_cancel(id)?;
+        open_catalog()?.request_cancel(id)?;
         Ok(())
     })
     .await
@@ -154,7 +142,7 @@ pub async fn cancel_run(id: i64) -> CommandResult<()> {
 #[tauri::command]
 pub async fn resume_run(id: i64, max_steps: Option<usize>) -> CommandResult<()> {
     blocking(move || {
-        let catalog = open()?;
+        let catalog = open_catalog()?;
         requeue(&catalog, id, max_steps)?;
         launch(&catalog, id)
     })
@@ -170,7 +158,7 @@ pub async fn compare_runs(
     max_points: Option<usize>,
 ) -> CommandResult<Comparison> {
     blocking(move || {
-        let catalog = open()?;
+        let catalog = open_catalog()?;
         let runs = ids
             .iter()
             .map(|&id| catalog.run(id))

@@ -120,6 +120,21 @@ pub fn attach_adapter(
     }
 }
 
+/// Removes every adapter from `model` (LoRA, DoRA, IA³, virtual tokens, prefixes, bottleneck
+/// adapters), leaving the base model as loaded: the playground switches adapters this way
+/// without reloading the base. Merged adapters are part of the weights and stay.
+pub fn detach_adapters(model: &mut LlamaModel) {
+    for lin in model.linears_mut() {
+        lin.lora = None;
+        lin.ia3 = None;
+    }
+    model.set_prompt(None);
+    model.set_prefix(None);
+    for layer in model.layer_adapters_mut().iter_mut() {
+        *layer = Default::default();
+    }
+}
+
 /// Attaches Houlsby or Pfeiffer adapters saved by the adapters library (or the studio):
 /// `adapter_config.json` with the library's `config`, `adapter.safetensors`.
 fn attach_bottleneck(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {

@@ -72,3 +72,66 @@ fn sampling_is_seeded_and_eos_stops() {
         .expect("c")
         .is_empty());
 }
+
+/// A Stop button: generation ends at the token where the callback says so.
+#[test]
+fn generation_stops_when_asked() {
+    use peft_studio_engine::generate::generate_until;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(dir.path(), &TinySpec::default());
+    let model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    let opts = GenerateOptions {
+        max_new_tokens: 20,
+        ..Default::default()
+    };
+    let mut seen = 0;
+    let out = generate_until(&model, &[1, 2, 3], &[], &opts, |_| {
+        seen += 1;
+        seen < 3
+    })
+    .expect("generate");
+    assert_eq!(out.len(), 3);
+}
+
+/// The playground switches adapters on one loaded base: detaching every kind of adapter
+/// gives the base model's logits back exactly.
+#[test]
+fn detaching_adapters_restores_the_base_model() {
+    use peft_studio_engine::peft::load::detach_adapters;
+    use peft_studio_engine::peft::{MethodConfig, MethodKind};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = tiny_model(dir.path(), &TinySpec::default());
+    let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    let input = Tensor::new(&[[5u32, 9, 14, 3]], &Device::Cpu).expect("ids");
+    let logits = |m: &peft_studio_engine::model::LlamaModel| {
+        m.forward(&input, None, &ForwardCtx::eval())
+            .expect("forward")
+            .flatten_all()
+            .expect("flat")
+            .to_vec1::<f32>()
+            .expect("vec")
+    };
+    let base = logits(&model);
+    for kind in [
+        MethodKind::Lora,
+        MethodKind::Ia3,
+        MethodKind::PromptTuning,
+        MethodKind::PrefixTuning,
+        MethodKind::Houlsby,
+    ] {
+        let method = MethodConfig {
+            kind,
+            num_virtual_tokens: 2,
+            ..MethodConfig::default()
+        };
+        let vars = method.apply(&mut model, 1).expect("apply");
+        // Move every variable off its initial value so that each method changes the output.
+        for (_, v) in &vars {
+            let moved = (v.as_tensor() + 0.5).expect("add");
+            v.set(&moved).expect("set");
+        }
+        assert_ne!(logits(&model), base, "{kind} changes the logits");
+        detach_adapters(&mut model);
+        assert_eq!(logits(&model), base, "{kind} detached");
+    }
+}

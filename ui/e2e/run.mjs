@@ -1,0 +1,154 @@
+// End-to-end: drives a release build of the studio through tauri-driver (WebKitWebDriver)
+// the way a person would, saving a screenshot of every screen. Run by tests/desktop/run.sh,
+// which prepares a studio home with a small model and starts the driver.
+//   APP=/abs/peft-studio WEBDRIVER=http://127.0.0.1:4444 SHOTS=dir BROKEN=file node e2e/run.mjs
+
+import { mkdirSync, readFileSync, writeFileSync, readdirSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import { Session, sleep } from "./webdriver.mjs";
+
+const { APP, WEBDRIVER = "http://127.0.0.1:4444", SHOTS = "screenshots", BROKEN } = process.env;
+mkdirSync(SHOTS, { recursive: true });
+const results = [];
+
+async function step(name, f) {
+  const t0 = Date.now();
+  try {
+    await f();
+    results.push({ name, ok: true, ms: Date.now() - t0 });
+    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
+  } catch (e) {
+    results.push({ name, ok: false, error: e.message });
+    console.log(`FAIL ${name}: ${e.message}`);
+    await shot(`failed-${name.replace(/\W+/g, "-")}`).catch(() => {});
+    throw e;
+  }
+}
+
+let s;
+async function shot(name) {
+  writeFileSync(join(SHOTS, `${name}.png`), await s.screenshot());
+}
+
+const go = (hash) => s.exec("location.hash = arguments[0]", hash);
+const points = async () => Number((await (await s.find("#loss-chart")).attr("data-points")) || 0);
+const statusOf = async () => (await s.find("#run-status [data-status]")).attr("data-status");
+
+// Safetensors keys from the file's JSON header.
+function safetensorsKeys(path) {
+  const buf = readFileSync(path);
+  const n = Number(buf.readBigUInt64LE(0));
+  return Object.keys(JSON.parse(buf.subarray(8, 8 + n).toString("utf8"))).filter((k) => k !== "__metadata__");
+}
+
+// Trains the demo by clicks from the first screen: returns the run id.
+async function trainDemo({ epochs, lr }) {
+  await go("#/");
+  await (await s.find("#train-demo")).click();
+  await s.find("#model-choices input:checked");
+  await shot("new-run-1-model");
+  await (await s.find("#step-next")).click();
+  await s.find("#dataset-summary");
+  await shot("new-run-2-dataset");
+  await (await s.find("#step-next")).click();
+  await s.find("#trainable strong");
+  await s.find("#memory");
+  await shot("new-run-3-method");
+  await (await s.find("#step-next")).click();
+  await (await s.find("input[name=epochs]")).type(String(epochs));
+  await (await s.find("input[name=lr]")).type(String(lr));
+  await shot("new-run-4-hyperparameters");
+  await (await s.find("#step-next")).click();
+  await s.find("#review");
+  await shot("new-run-5-review");
+  await (await s.find("#start-run")).click();
+  const hash = await s.waitFor(async () => {
+    const h = await s.exec("return location.hash");
+    return /^#\/runs\/\d+$/.test(h) && h;
+  }, 20000, "the run view");
+  return Number(hash.split("/").pop());
+}
+
+try {
+  const started = Date.now();
+  s = await Session.start(WEBDRIVER, APP);
+  await s.find("#train-demo");
+  console.log(`cold start to an interactive window: ${Date.now() - started} ms (includes the WebDriver session)`);
+  await shot("home");
+
+  let first;
+  await step("(a) train the demo by clicks and watch the live chart", async () => {
+    first = await trainDemo({ epochs: 40, lr: 0.002 });
+    const p1 = await s.waitFor(async () => (await points()) >= 2 && points(), 120000, "two training steps on the chart");
+    await s.waitFor(async () => (await points()) > p1, 60000, "the chart to grow while training");
+    await shot("run-live");
+  });
+
+  await step("(c) reload the window during the run: the curve is back and keeps growing", async () => {
+    const live = await statusOf();
+    if (live !== "running" && live !== "queued") throw new Error(`the run is ${live} before the reload; make it longer`);
+    const before = await points();
+    await s.refresh();
+    await s.waitFor(async () => (await points()) >= before, 30000, "the history after the reload");
+    const after = await points();
+    await s.waitFor(async () => (await points()) > after, 60000, "new steps after the reload");
+    await shot("run-after-reload");
+  });
+
+  await step("(a) the run completes and its adapter is on disk with PEFT's keys", async () => {
+    await s.waitFor(async () => (await statusOf()) === "completed", 600000, "the run to complete");
+    const li = await s.find("#adapters li");
+    const text = await li.text();
+    const dir = text.match(/adapter: (.*) \(/)[1];
+    const file = existsSync(join(dir, "adapter_model.safetensors")) ? join(dir, "adapter_model.safetensors") : dir;
+    const keys = safetensorsKeys(file);
+    if (!keys.some((k) => /^base_model\.model\..*\.lora_A\.weight$/.test(k))) throw new Error(`unexpected keys in ${file}: ${keys.slice(0, 4)}`);
+    console.log(`     ${file}: ${keys.length} tensors, e.g. ${keys[0]}`);
+    await shot("run-completed");
+  });
+
+  await step("(b) compare two runs", async () => {
+    const second = await trainDemo({ epochs: 2, lr: 0.005 });
+    await s.waitFor(async () => (await statusOf()) === "completed", 600000, "the second run to complete");
+    await go("#/runs");
+    await (await s.find(`input[type=checkbox][data-run="${first}"]`)).click();
+    await (await s.find(`input[type=checkbox][data-run="${second}"]`)).click();
+    await shot("runs");
+    await (await s.find("#compare-selected")).click();
+    await s.waitFor(async () => (await s.findAll("#compare-chart path")).length >= 2, 20000, "two curves");
+    const diff = await (await s.find("#config-diff")).text();
+    if (!/train\.lr/.test(diff) || !/train\.epochs/.test(diff)) throw new Error(`config diff lacks lr/epochs: ${diff}`);
+    await (await s.find("#compare-log")).click();
+    await shot("compare");
+  });
+
+  await step("(d) a broken dataset shows its line-numbered problems", async () => {
+    await go("#/datasets");
+    await (await s.find("#inspect-path")).type(BROKEN);
+    await (await s.find("#inspect")).click();
+    await s.find("#dataset-problems");
+    const lines = await Promise.all((await s.findAll("#dataset-problems td.line")).map((e) => e.text()));
+    if (lines.join(",") !== "2,3,4") throw new Error(`expected problems on lines 2, 3 and 4, got ${lines}`);
+    await shot("dataset-problems");
+  });
+
+  await step("(e) the playground: base and adapter side by side give different outputs", async () => {
+    await go("#/playground");
+    await (await s.find("#pg-generate")).click();
+    await s.waitFor(async () => (await s.findAll('.pg-output[data-done="1"]')).length >= 2, 120000, "two finished generations");
+    const [base, tuned] = await Promise.all((await s.findAll(".pg-output")).slice(0, 2).map((e) => e.text()));
+    console.log(`     base: ${JSON.stringify(base.slice(0, 40))} adapter: ${JSON.stringify(tuned.slice(0, 40))}`);
+    if (base === tuned) throw new Error("the adapter did not change the output");
+    await shot("playground");
+    await go("#/adapters");
+    await s.find("#adapters-table");
+    await shot("adapters");
+  });
+} catch (e) {
+  process.exitCode = 1;
+} finally {
+  if (s) await s.close().catch(() => {});
+  const failed = results.filter((r) => !r.ok).length;
+  console.log(`e2e steps=${results.length} failed=${failed} screenshots=${readdirSync(SHOTS).length}`);
+  if (failed) process.exitCode = 1;
+}

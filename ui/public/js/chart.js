@@ -1,0 +1,93 @@
+// Line charts drawn as SVG: training and validation curves, several runs on one axis.
+// `layout` is pure (tested with vitest); `renderChart` builds the SVG element.
+
+const SVG = "http://www.w3.org/2000/svg";
+export const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2", "#65a30d"];
+
+// "Nice" tick values covering [lo, hi].
+export function ticks(lo, hi, count = 5) {
+  if (!(hi > lo)) return [lo];
+  const raw = (hi - lo) / count;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) || 10 * mag;
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+  return out;
+}
+
+// Scales and SVG paths for `series` ([{label, color, dashed, points: [{x, y}]}]) in a
+// width × height box; with logY, non-positive values are dropped.
+export function layout(series, { width, height, logY = false, pad = { l: 56, r: 16, t: 12, b: 36 } }) {
+  const fy = logY ? (y) => Math.log10(y) : (y) => y;
+  const visible = series.map((s) => ({ ...s, points: s.points.filter((p) => Number.isFinite(p.y) && (!logY || p.y > 0)) }));
+  const all = visible.flatMap((s) => s.points);
+  if (all.length === 0) return { empty: true, paths: [], xTicks: [], yTicks: [] };
+  let [x0, x1] = [Math.min(...all.map((p) => p.x)), Math.max(...all.map((p) => p.x))];
+  let [y0, y1] = [Math.min(...all.map((p) => fy(p.y))), Math.max(...all.map((p) => fy(p.y)))];
+  if (x1 === x0) x1 = x0 + 1;
+  if (y1 === y0) [y0, y1] = [y0 - 0.5, y1 + 0.5];
+  const margin = (y1 - y0) * 0.05;
+  [y0, y1] = [y0 - margin, y1 + margin];
+  const sx = (x) => pad.l + ((x - x0) / (x1 - x0)) * (width - pad.l - pad.r);
+  const sy = (v) => pad.t + (1 - (v - y0) / (y1 - y0)) * (height - pad.t - pad.b);
+  const paths = visible.map((s) => ({
+    label: s.label,
+    color: s.color,
+    dashed: Boolean(s.dashed),
+    d: s.points.map((p, i) => `${i ? "L" : "M"}${sx(p.x).toFixed(1)},${sy(fy(p.y)).toFixed(1)}`).join(""),
+    dots: s.dashed ? s.points.map((p) => [sx(p.x), sy(fy(p.y))]) : [],
+  }));
+  const yTicks = logY
+    ? ticks(Math.floor(y0), Math.ceil(y1), 4).filter((v) => v >= y0 && v <= y1 && Number.isInteger(v)).map((v) => ({ v: 10 ** v, at: sy(v) }))
+    : ticks(y0, y1).map((v) => ({ v, at: sy(v) }));
+  const xTicks = ticks(x0, x1).map((v) => ({ v, at: sx(v) }));
+  return { empty: false, paths, xTicks, yTicks, box: { x: pad.l, y: pad.t, w: width - pad.l - pad.r, h: height - pad.t - pad.b } };
+}
+
+function el(name, attrs = {}, text) {
+  const e = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function label(v) {
+  const a = Math.abs(v);
+  if (a !== 0 && (a >= 1e5 || a < 1e-3)) return v.toExponential(1);
+  return String(Number(v.toPrecision(4)));
+}
+
+// An SVG chart element; `xTitle` names the x axis.
+export function renderChart(series, { width = 720, height = 300, logY = false, xTitle = "step", empty = "No data yet" } = {}) {
+  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": `chart of ${series.map((s) => s.label).join(", ")}` });
+  const L = layout(series, { width, height, logY });
+  if (L.empty) {
+    svg.append(el("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "chart-empty" }, empty));
+    return svg;
+  }
+  const grid = el("g", { class: "chart-grid" });
+  for (const t of L.yTicks) {
+    grid.append(el("line", { x1: L.box.x, x2: L.box.x + L.box.w, y1: t.at, y2: t.at }));
+    grid.append(el("text", { x: L.box.x - 6, y: t.at + 4, "text-anchor": "end" }, label(t.v)));
+  }
+  for (const t of L.xTicks) {
+    grid.append(el("text", { x: t.at, y: L.box.y + L.box.h + 16, "text-anchor": "middle" }, label(t.v)));
+  }
+  grid.append(el("text", { x: L.box.x + L.box.w / 2, y: height - 4, "text-anchor": "middle", class: "chart-axis-title" }, xTitle));
+  svg.append(grid);
+  for (const p of L.paths) {
+    const g = el("g", { class: "chart-series", "data-label": p.label });
+    g.append(el("path", { d: p.d, stroke: p.color, fill: "none", "stroke-width": 2, "stroke-dasharray": p.dashed ? "6 4" : "" }));
+    for (const [x, y] of p.dots) g.append(el("circle", { cx: x, cy: y, r: 3, fill: p.color }));
+    svg.append(g);
+  }
+  return svg;
+}
+
+// The SVG as a standalone file's text (for "Export SVG").
+export function svgText(svg) {
+  const copy = svg.cloneNode(true);
+  copy.setAttribute("xmlns", SVG);
+  const style = "<style>.chart-grid line{stroke:#ddd}.chart-grid text{font:11px sans-serif;fill:#555}</style>";
+  return copy.outerHTML.replace(/^<svg([^>]*)>/, `<svg$1>${style}`);
+}
