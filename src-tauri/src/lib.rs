@@ -11,6 +11,8 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
         .invoke_handler(tauri::generate_handler![
             commands::about::app_info,
             commands::models::list_models,
+            commands::models::import_model,
+            commands::models::download_model,
             commands::methods::list_methods,
             commands::methods::plan_run,
             commands::datasets::inspect_dataset,
@@ -21,6 +23,8 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
             commands::runs::cancel_run,
             commands::runs::resume_run,
             commands::runs::compare_runs,
+            commands::runs::run_log,
+            commands::runs::export_run,
             commands::demo::demo_setup,
             commands::playground::playground_load,
             commands::playground::playground_generate,

@@ -32,4 +32,5 @@ done
 shots=$root/target/e2e-screenshots
 rm -rf "$shots"
 cd ui
-APP=$app WEBDRIVER=http://127.0.0.1:$port SHOTS=$shots BROKEN=$work/broken.jsonl node e2e/run.mjs
+APP=$app WEBDRIVER=http://127.0.0.1:$port SHOTS=$shots BROKEN=$work/broken.jsonl EXPORTS=$work/exports MODEL_DIR=$work/demo/model \
+  node e2e/run.mjs

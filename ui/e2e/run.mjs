@@ -7,7 +7,7 @@ import { mkdirSync, readFileSync, writeFileSync, readdirSync, existsSync } from 
 import { join } from "node:path";
 import { Session, sleep } from "./webdriver.mjs";
 
-const { APP, WEBDRIVER = "http://127.0.0.1:4444", SHOTS = "screenshots", BROKEN } = process.env;
+const { APP, WEBDRIVER = "http://127.0.0.1:4444", SHOTS = "screenshots", BROKEN, EXPORTS, MODEL_DIR } = process.env;
 mkdirSync(SHOTS, { recursive: true });
 const results = [];
 
@@ -95,12 +95,15 @@ try {
     await shot("run-after-reload");
   });
 
-  await step("(a) the run completes and its adapter is on disk with PEFT's keys", async () => {
+  await step("(a) the run completes; exported, its adapter is on disk with PEFT's keys", async () => {
     await s.waitFor(async () => (await statusOf()) === "completed", 600000, "the run to complete");
-    const li = await s.find("#adapters li");
-    const text = await li.text();
-    const dir = text.match(/adapter: (.*) \(/)[1];
-    const file = existsSync(join(dir, "adapter_model.safetensors")) ? join(dir, "adapter_model.safetensors") : dir;
+    await s.find("#adapters li");
+    const dest = join(EXPORTS, "first-adapter");
+    await (await s.find("#export-dest")).type(dest);
+    await (await s.find("#export-run")).click();
+    await s.find("#export-done", { timeout: 60000 });
+    const file = join(dest, "adapter_model.safetensors");
+    if (!existsSync(join(dest, "adapter_config.json"))) throw new Error(`no adapter_config.json in ${dest}`);
     const keys = safetensorsKeys(file);
     if (!keys.some((k) => /^base_model\.model\..*\.lora_A\.weight$/.test(k))) throw new Error(`unexpected keys in ${file}: ${keys.slice(0, 4)}`);
     console.log(`     ${file}: ${keys.length} tensors, e.g. ${keys[0]}`);
@@ -130,6 +133,17 @@ try {
     const lines = await Promise.all((await s.findAll("#dataset-problems td.line")).map((e) => e.text()));
     if (lines.join(",") !== "2,3,4") throw new Error(`expected problems on lines 2, 3 and 4, got ${lines}`);
     await shot("dataset-problems");
+  });
+
+  await step("a model imported through the Models screen", async () => {
+    await go("#/models");
+    await (await s.find("#import-path")).type(MODEL_DIR);
+    await (await s.find("#import-name")).type("tiny-imported");
+    await (await s.find("#import-model")).click();
+    await s.find("#model-installed", { timeout: 60000 });
+    const names = await Promise.all((await s.findAll("#models tbody td:first-child")).map((e) => e.text()));
+    if (!names.includes("tiny-imported")) throw new Error(`not listed: ${names}`);
+    await shot("models");
   });
 
   await step("(e) the playground: base and adapter side by side give different outputs", async () => {

@@ -1,6 +1,6 @@
 // @vitest-environment jsdom
 import { describe, expect, it } from "vitest";
-import { ticks, layout, renderChart, svgText } from "../public/js/chart.js";
+import { ticks, logTicks, layout, renderChart, svgText } from "../public/js/chart.js";
 import { bins } from "../public/js/views/datasets.js";
 
 describe("chart", () => {
@@ -19,8 +19,15 @@ describe("chart", () => {
   it("drops non-positive values on a log scale and says when there is nothing", () => {
     const L = layout([{ label: "a", color: "#000", points: [{ x: 1, y: 0 }, { x: 2, y: 10 }, { x: 3, y: 100 }] }], { width: 200, height: 100, logY: true });
     expect(L.paths[0].d.split("L")).toHaveLength(2);
-    expect(L.yTicks.map((t) => t.v)).toEqual([10, 100]);
+    expect(L.yTicks.map((t) => t.v)).toEqual([10, 20, 50, 100]);
     expect(layout([], { width: 10, height: 10 }).empty).toBe(true);
+  });
+
+  it("labels a log axis however narrow its range", () => {
+    expect(logTicks(0, 3)).toEqual([1, 10, 100, 1000]);
+    expect(logTicks(Math.log10(0.9), Math.log10(6))).toEqual([1, 2, 5]);
+    expect(logTicks(Math.log10(0.9), Math.log10(3.5)).length).toBeGreaterThanOrEqual(3);
+    expect(logTicks(Math.log10(5.2), Math.log10(5.8)).length).toBeGreaterThan(1);
   });
 
   it("renders one path per series, dashed validation with dots, and exports standalone SVG", () => {

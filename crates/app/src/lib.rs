@@ -8,6 +8,7 @@ pub mod chart;
 pub mod compare;
 pub mod demo;
 mod error;
+pub mod export;
 pub mod follow;
 pub mod launch;
 pub mod worker;

@@ -10,13 +10,14 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peft_studio_catalog::{Catalog, MetricRow, NewAdapter, RunStatus};
+use peft_studio_catalog::{Catalog, MetricRow, RunStatus};
 use peft_studio_engine::run::{self, RunConfig};
 use peft_studio_engine::train::{checkpoint, TrainEvent, TrainSink};
 use peft_studio_engine::EngineError;
 use serde_json::json;
 
 use crate::error::{AppError, Result};
+use crate::export::record_adapter;
 
 /// How often buffered metrics are written: often enough for a live view (< 200 ms behind),
 /// rarely enough that a fast run does not write a transaction per step.
@@ -247,31 +248,6 @@ fn flush(
             .collect();
         catalog.set_checkpoints(run_id, &list)?;
     }
-    Ok(())
-}
-
-/// Records the adapter folder a completed run wrote.
-fn record_adapter(catalog: &Catalog, run_id: i64, cfg: &RunConfig, dir: &Path) -> Result<()> {
-    let weights = [
-        "adapter_model.safetensors",
-        "adapter.safetensors",
-        "trained.safetensors",
-    ]
-    .iter()
-    .map(|f| dir.join(f))
-    .find(|p| p.is_file())
-    .ok_or_else(|| {
-        AppError::Invalid(format!("{}: the run wrote no weights file", dir.display()))
-    })?;
-    let (sha256, size_bytes) = peft_studio_engine::hash::sha256_file(&weights)?;
-    catalog.add_adapter(&NewAdapter {
-        run_id: Some(run_id),
-        path: dir.display().to_string(),
-        method: cfg.method.kind.to_string(),
-        base_model: cfg.model.display().to_string(),
-        sha256,
-        size_bytes,
-    })?;
     Ok(())
 }
 

@@ -226,13 +226,8 @@ fn train_config(a: &TrainArgs) -> Result<RunConfig> {
 }
 
 fn export(catalog: &Path, a: ExportArgs) -> peft_studio_app::Result<()> {
-    if a.format != "peft" && a.format != "merged" {
-        return Err(EngineError::config(
-            "format",
-            format!("`{}` is not supported; supported: peft, merged", a.format),
-        )
-        .into());
-    }
+    use peft_studio_app::export::{export_checkpoint, latest_checkpoint, ExportFormat};
+    let format: ExportFormat = a.format.parse()?;
     let checkpoint = match (&a.checkpoint, &a.run) {
         (Some(c), _) => c.clone(),
         (None, Some(key)) => {
@@ -242,24 +237,11 @@ fn export(catalog: &Path, a: ExportArgs) -> peft_studio_app::Result<()> {
                 let catalog = crate::runs::open(catalog)?;
                 PathBuf::from(crate::runs::find_run(&catalog, key)?.out_dir)
             };
-            let cfg = run::load_run(&dir)?;
-            peft_studio_engine::train::checkpoint::list(&cfg.checkpoints_dir())
-                .pop()
-                .map(|(_, p)| p)
-                .ok_or_else(|| {
-                    EngineError::bad_file(
-                        cfg.checkpoints_dir(),
-                        "the run has no checkpoint to export",
-                    )
-                })?
+            latest_checkpoint(&dir)?
         }
         (None, None) => return Err(EngineError::config("run", "give --run or --checkpoint").into()),
     };
-    if a.format == "merged" {
-        run::export_merged(&checkpoint, &a.out)?;
-    } else {
-        run::export_checkpoint(&checkpoint, &a.out)?;
-    }
+    export_checkpoint(&checkpoint, format, &a.out)?;
     eprintln!("exported {} to {}", checkpoint.display(), a.out.display());
     Ok(())
 }

@@ -33,6 +33,8 @@ pub struct PlanView {
     pub memory_total: u64,
     /// Memory available on this machine now, in bytes.
     pub available: Option<u64>,
+    /// The device runs train on (this build's: the CPU unless built with a GPU feature).
+    pub device: String,
 }
 
 /// Counts and predicted peak memory of training `method` on `model` (a name or folder).
@@ -60,6 +62,7 @@ pub async fn plan_run(
             memory_total: memory.total(),
             memory,
             available: available_memory_bytes(),
+            device: peft_studio_app::launch::device_name(),
         })
     })
     .await

@@ -173,3 +173,63 @@ pub async fn compare_runs(
     })
     .await
 }
+
+/// The run's last events other than steps (data read, evaluations, checkpoints, the end), as
+/// the worker logged them in `events.jsonl`, oldest first.
+#[tauri::command]
+pub async fn run_log(id: i64, limit: Option<usize>) -> CommandResult<Vec<serde_json::Value>> {
+    blocking(move || {
+        let run = open_catalog()?.run(id)?;
+        let path = Path::new(&run.out_dir).join("events.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(CommandError {
+                    message: format!("{}: {e}", path.display()),
+                    hint: None,
+                })
+            }
+        };
+        let mut events: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] != "step")
+            .collect();
+        let keep = limit.unwrap_or(50);
+        Ok(events.split_off(events.len().saturating_sub(keep)))
+    })
+    .await
+}
+
+/// Exports the run's newest checkpoint to `dest` (a new or empty folder): `peft` writes the
+/// adapter as its reference library loads it (and records it), `merged` the base model with
+/// the adapter folded in.
+#[tauri::command]
+pub async fn export_run(id: i64, format: String, dest: PathBuf) -> CommandResult<PathBuf> {
+    blocking(move || {
+        use peft_studio_app::export::{
+            export_checkpoint, latest_checkpoint, record_adapter, ExportFormat,
+        };
+        let catalog = open_catalog()?;
+        let run = catalog.run(id)?;
+        let format: ExportFormat = format.parse()?;
+        if dest.as_os_str().is_empty() || dest.is_relative() {
+            return Err(CommandError::with_hint(
+                format!("`{}` is not an absolute folder path", dest.display()),
+                "choose a folder with Browse… or type a full path",
+            ));
+        }
+        let checkpoint = latest_checkpoint(Path::new(&run.out_dir))?;
+        export_checkpoint(&checkpoint, format, &dest)?;
+        if format == ExportFormat::Peft {
+            let cfg: RunConfig = serde_json::from_value(run.config).map_err(|e| CommandError {
+                message: format!("run {id}: stored config is unreadable: {e}"),
+                hint: None,
+            })?;
+            record_adapter(&catalog, id, &cfg, &dest)?;
+        }
+        Ok(dest)
+    })
+    .await
+}

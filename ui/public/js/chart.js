@@ -15,6 +15,23 @@ export function ticks(lo, hi, count = 5) {
   return out;
 }
 
+// Ticks for a log axis spanning 10^lo … 10^hi: powers of ten, or 1-2-5 steps, or every
+// digit when the range is narrower than that.
+export function logTicks(lo, hi) {
+  for (const mantissas of [[1], [1, 2, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]]) {
+    const out = [];
+    for (let k = Math.floor(lo); k <= Math.ceil(hi); k++) {
+      for (const m of mantissas) {
+        const v = Number((m * 10 ** k).toPrecision(12));
+        if (Math.log10(v) >= lo && Math.log10(v) <= hi) out.push(v);
+      }
+    }
+    if (out.length >= 3) return out;
+  }
+  // Narrower than one digit step: plain ticks on the values.
+  return ticks(10 ** lo, 10 ** hi, 4).filter((v) => v > 0);
+}
+
 // Scales and SVG paths for `series` ([{label, color, dashed, points: [{x, y}]}]) in a
 // width × height box; with logY, non-positive values are dropped.
 export function layout(series, { width, height, logY = false, pad = { l: 56, r: 16, t: 12, b: 36 } }) {
@@ -37,9 +54,7 @@ export function layout(series, { width, height, logY = false, pad = { l: 56, r: 
     d: s.points.map((p, i) => `${i ? "L" : "M"}${sx(p.x).toFixed(1)},${sy(fy(p.y)).toFixed(1)}`).join(""),
     dots: s.dashed ? s.points.map((p) => [sx(p.x), sy(fy(p.y))]) : [],
   }));
-  const yTicks = logY
-    ? ticks(Math.floor(y0), Math.ceil(y1), 4).filter((v) => v >= y0 && v <= y1 && Number.isInteger(v)).map((v) => ({ v: 10 ** v, at: sy(v) }))
-    : ticks(y0, y1).map((v) => ({ v, at: sy(v) }));
+  const yTicks = logY ? logTicks(y0, y1).map((v) => ({ v, at: sy(Math.log10(v)) })) : ticks(y0, y1).map((v) => ({ v, at: sy(v) }));
   const xTicks = ticks(x0, x1).map((v) => ({ v, at: sx(v) }));
   return { empty: false, paths, xTicks, yTicks, box: { x: pad.l, y: pad.t, w: width - pad.l - pad.r, h: height - pad.t - pad.b } };
 }

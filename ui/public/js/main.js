@@ -9,6 +9,7 @@ import { compareView } from "./views/compare.js";
 import { datasets } from "./views/datasets.js";
 import { playground } from "./views/playground.js";
 import { adaptersView } from "./views/adapters.js";
+import { modelsView } from "./views/models.js";
 
 const main = document.getElementById("main");
 let generation = 0;
@@ -34,6 +35,7 @@ async function route() {
     else if (path === "/datasets") await datasets(root);
     else if (path === "/playground") await playground(root);
     else if (path === "/adapters") await adaptersView(root);
+    else if (path === "/models") await modelsView(root);
     else await home(root);
   } catch (e) {
     root.append(errorBox(describeError(e)));

@@ -20,7 +20,7 @@ export async function home(root) {
   );
   root.append(h("h2", {}, "Installed models"));
   if (!models.length) {
-    root.append(h("p", { class: "empty" }, "No models yet. Add one with ", h("code", {}, "peft-studio-cli models download HuggingFaceTB/SmolLM2-135M-Instruct"), " or ", h("code", {}, "models import PATH"), "."));
+    root.append(h("p", { class: "empty" }, "No models yet. ", h("a", { href: "#/models" }, "Import or download one"), " (SmolLM2-135M-Instruct trains on a laptop CPU)."));
   } else {
     root.append(h("table", { id: "models" },
       h("thead", {}, h("tr", {}, ["Name", "Architecture", "Parameters", "Context", "Size"].map((t) => h("th", {}, t)))),

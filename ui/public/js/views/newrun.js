@@ -76,7 +76,7 @@ export async function newRun(root, params) {
   }
 
   function modelStep() {
-    if (!models.length) return [h("p", { class: "empty" }, "No models are installed. Add one: peft-studio-cli models download HuggingFaceTB/SmolLM2-135M-Instruct")];
+    if (!models.length) return [h("p", { class: "empty" }, "No models are installed. ", h("a", { href: "#/models" }, "Import or download one"), " first.")];
     return [h("fieldset", { class: "choices", id: "model-choices" }, h("legend", {}, "Base model"),
       models.map((m) => h("label", { class: "choice" },
         h("input", { type: "radio", name: "model", value: m.name, checked: m.name === state.model, onchange: () => { state.model = m.name; } }),
@@ -110,7 +110,7 @@ export async function newRun(root, params) {
         const verdict = fitVerdict(p.memory_total, p.available);
         plan.replaceChildren(
           h("p", { id: "trainable" }, h("strong", {}, formatCount(p.trainable)), ` trainable parameters of ${formatCount(p.total)} (${(100 * p.trainable / p.total).toFixed(3)}%)`),
-          h("p", { class: `memory memory-${verdict}`, id: "memory" }, `Predicted peak memory ${formatBytes(p.memory_total)}`,
+          h("p", { class: `memory memory-${verdict}`, id: "memory" }, `Predicted peak memory on ${p.device} ${formatBytes(p.memory_total)}`,
             p.available ? ` of ${formatBytes(p.available)} available` : "",
             verdict === "over" ? " — will not fit: lower the batch size or sequence length, or pick a lighter method." : verdict === "tight" ? " — tight." : ""));
       } catch (e) {

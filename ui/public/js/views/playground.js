@@ -73,7 +73,7 @@ export async function playground(root) {
     stopBtn.disabled = true;
   }
 
-  root.append(h("h1", {}, "Playground"),
+  root.append(...[h("h1", {}, "Playground"),
     models.length ? null : errorBox("No models are installed yet."),
     h("div", { class: "row" }, h("label", {}, "Base model ", model), h("button", { type: "button", id: "pg-load", onclick: load }, "Load"), status),
     h("form", { onsubmit: run },
@@ -83,5 +83,5 @@ export async function playground(root) {
       h("div", { class: "actions" }, generateBtn, stopBtn)),
     errorArea,
     h("div", { class: "pg-columns" }, columns.map((c) => c.box)),
-    usable.length ? null : h("p", { class: "empty" }, "No adapters yet: finish a run and its adapter appears here."));
+    usable.length ? null : h("p", { class: "empty" }, "No adapters yet: finish a run and its adapter appears here.")].filter(Boolean));
 }

@@ -20,8 +20,37 @@ export async function runView(root, id, isCurrent) {
   const cancel = h("button", { type: "button", id: "cancel-run", onclick: async () => { await act(() => invoke("cancel_run", { id })); } }, "Stop");
   const resume = h("button", { type: "button", id: "resume-run", onclick: async () => { await act(() => invoke("resume_run", { id, maxSteps: null })); follow(); } }, "Resume");
   const files = h("div", { class: "files" });
+  const log = h("pre", { class: "log", id: "run-log" });
+  const exportDest = h("input", { type: "text", id: "export-dest", value: `${detail.run.out_dir}/export-peft` });
+  const exportFormat = h("select", { id: "export-format", onchange: (e) => { exportDest.value = `${detail.run.out_dir}/export-${e.target.value}`; } },
+    h("option", { value: "peft" }, "Adapter (PEFT / adapters library format)"), h("option", { value: "merged" }, "Merged model (Hugging Face folder)"));
+  const exportResult = h("div", { id: "export-result", "aria-live": "polite" });
+  const exportBtn = h("button", { type: "submit", class: "primary", id: "export-run" }, "Export");
+  const exportForm = h("form", { class: "export", onsubmit: async (e) => {
+    e.preventDefault();
+    exportBtn.disabled = true;
+    exportResult.replaceChildren(h("p", {}, "Exporting…"));
+    try {
+      const path = await invoke("export_run", { id, format: exportFormat.value, dest: exportDest.value.trim() });
+      exportResult.replaceChildren(h("p", { class: "ok", id: "export-done" }, `Exported to ${path}`));
+      detail = await invoke("get_run", { id });
+      draw();
+    } catch (err) {
+      exportResult.replaceChildren(errorBox(describeError(err)));
+    }
+    exportBtn.disabled = false;
+  } }, h("div", { class: "row" }, exportFormat, exportDest, exportBtn), exportResult);
   root.append(title, h("div", { class: "run-head" }, status, progress, cancel, resume), errorArea, stats,
-    h("h2", {}, "Loss"), lossChart, h("div", { class: "two" }, h("div", {}, h("h3", {}, "Learning rate"), lrChart), h("div", {}, h("h3", {}, "Gradient norm"), gradChart)), files);
+    h("h2", {}, "Loss"), lossChart, h("div", { class: "two" }, h("div", {}, h("h3", {}, "Learning rate"), lrChart), h("div", {}, h("h3", {}, "Gradient norm"), gradChart)),
+    h("h2", {}, "Export"), exportForm, files, h("h2", {}, "Log"), log);
+
+  async function refreshLog() {
+    const events = await invoke("run_log", { id, limit: 30 }).catch(() => []);
+    log.textContent = events.map((e) => {
+      const { event, ...rest } = e;
+      return `${event}: ${Object.entries(rest).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ")}`;
+    }).join("\n") || "(nothing logged yet)";
+  }
 
   async function act(f) {
     try {
@@ -68,6 +97,7 @@ export async function runView(root, id, isCurrent) {
     lossChart.dataset.points = String(loss.length);
     lrChart.replaceChildren(renderChart([{ label: "learning rate", color: COLORS[2], points: pointsOf(rows, "lr") }], { width: 360, height: 160 }));
     gradChart.replaceChildren(renderChart([{ label: "gradient norm", color: COLORS[3], points: pointsOf(rows, "grad_norm") }], { width: 360, height: 160 }));
+    exportForm.hidden = !detail.checkpoints.length;
     files.replaceChildren(h("p", { class: "muted" }, `Folder: ${run.out_dir}`),
       detail.adapters.length ? h("ul", { id: "adapters" }, detail.adapters.map((a) => h("li", {}, `${a.method} adapter: ${a.path} (${formatBytes(a.size_bytes)})`))) : null);
   }
@@ -83,15 +113,20 @@ export async function runView(root, id, isCurrent) {
         if (detail.run.status === "queued") invoke("get_run", { id }).then((d) => { detail = d; redraw(); }, () => {});
         redraw();
       });
+      let ticks = 0;
       const poll = setInterval(async () => {
         if (!isCurrent()) return clearInterval(poll);
         detail = await invoke("get_run", { id }).catch(() => detail);
+        if (ticks++ % 3 === 0) refreshLog();
         redraw();
       }, 1000);
       detail.run = await invoke("follow_run", { id, onRows: ch });
       clearInterval(poll);
       detail = await invoke("get_run", { id });
-      if (isCurrent()) draw();
+      if (isCurrent()) {
+        draw();
+        refreshLog();
+      }
     } catch (e) {
       errorArea.replaceChildren(errorBox(describeError(e)));
     }

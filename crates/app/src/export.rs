@@ -1,0 +1,83 @@
+//! Exporting a run's newest checkpoint: as an adapter in its method's reference format, or as
+//! the base model with the adapter merged in. Exported adapters are recorded in the catalog.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use peft_studio_catalog::{Catalog, NewAdapter};
+use peft_studio_engine::run::{self, RunConfig};
+use peft_studio_engine::train::checkpoint;
+use peft_studio_engine::EngineError;
+
+use crate::error::{AppError, Result};
+
+/// What to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// The adapter as its reference library loads it (PEFT, or the adapters library).
+    Peft,
+    /// The base model with the adapter folded into its weights (a Hugging Face folder).
+    Merged,
+}
+
+impl FromStr for ExportFormat {
+    type Err = AppError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "peft" | "adapter" => Ok(Self::Peft),
+            "merged" => Ok(Self::Merged),
+            other => Err(EngineError::config(
+                "format",
+                format!("`{other}` is not supported; supported: peft, merged"),
+            )
+            .into()),
+        }
+    }
+}
+
+/// The newest complete checkpoint of the run in `run_dir`.
+pub fn latest_checkpoint(run_dir: &Path) -> Result<PathBuf> {
+    let cfg = run::load_run(run_dir)?;
+    Ok(checkpoint::list(&cfg.checkpoints_dir())
+        .pop()
+        .map(|(_, p)| p)
+        .ok_or_else(|| {
+            EngineError::bad_file(cfg.checkpoints_dir(), "the run has no checkpoint to export")
+        })?)
+}
+
+/// Writes `checkpoint` to `out` in `format`. `out` must not hold files already: nothing a
+/// user has is overwritten.
+pub fn export_checkpoint(checkpoint: &Path, format: ExportFormat, out: &Path) -> Result<()> {
+    if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(EngineError::bad_file(out, "is not empty; choose a new folder").into());
+    }
+    match format {
+        ExportFormat::Merged => run::export_merged(checkpoint, out)?,
+        ExportFormat::Peft => run::export_checkpoint(checkpoint, out)?,
+    }
+    Ok(())
+}
+
+/// Records the adapter folder `dir` (a run's own, or an export) as the run's.
+pub fn record_adapter(catalog: &Catalog, run_id: i64, cfg: &RunConfig, dir: &Path) -> Result<()> {
+    let weights = [
+        "adapter_model.safetensors",
+        "adapter.safetensors",
+        "trained.safetensors",
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .find(|p| p.is_file())
+    .ok_or_else(|| AppError::Invalid(format!("{}: holds no adapter weights", dir.display())))?;
+    let (sha256, size_bytes) = peft_studio_engine::hash::sha256_file(&weights)?;
+    catalog.add_adapter(&NewAdapter {
+        run_id: Some(run_id),
+        path: dir.display().to_string(),
+        method: cfg.method.kind.to_string(),
+        base_model: cfg.model.display().to_string(),
+        sha256,
+        size_bytes,
+    })?;
+    Ok(())
+}
