@@ -104,7 +104,13 @@ fn plan_prints_peft_line_for_a_config_or_folder() {
             "--target-modules",
             "q_proj,v_proj",
         ]));
-        assert_eq!(stdout(&o).lines().last(), Some(want));
+        let out = stdout(&o);
+        assert_eq!(out.lines().next(), Some(want));
+        let memory = out.lines().nth(1).expect("memory line");
+        assert!(
+            memory.starts_with("estimated peak memory: ") && memory.contains("GiB"),
+            "{memory}"
+        );
     }
     let o = ok(cli(&[
         "plan",
@@ -122,7 +128,7 @@ fn plan_prints_peft_line_for_a_config_or_folder() {
     assert!(
         stdout(&o)
             .lines()
-            .last()
+            .next()
             .is_some_and(|l| l.starts_with("trainable params: 9,994,240 ||")),
         "{}",
         stdout(&o)
