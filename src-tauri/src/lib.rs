@@ -29,7 +29,10 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
             commands::playground::playground_load,
             commands::playground::playground_generate,
             commands::playground::playground_stop,
-            commands::adapters::list_adapters
+            commands::adapters::list_adapters,
+            commands::adapters::delete_adapter,
+            commands::adapters::reveal_adapter,
+            commands::runs::save_compare_chart
         ])
 }
 

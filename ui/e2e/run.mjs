@@ -123,6 +123,11 @@ try {
     if (!/train\.lr/.test(diff) || !/train\.epochs/.test(diff)) throw new Error(`config diff lacks lr/epochs: ${diff}`);
     await (await s.find("#compare-log")).click();
     await shot("compare");
+    const png = join(EXPORTS, "compare.png");
+    await (await s.find("#compare-dest")).type(png);
+    await (await s.find("#compare-save")).click();
+    await s.waitFor(async () => /saved/.test(await (await s.find("#compare-saved")).text()), 30000, "the chart to be saved");
+    if (readFileSync(png).subarray(1, 4).toString() !== "PNG") throw new Error(`${png} is not a PNG`);
   });
 
   await step("(d) a broken dataset shows its line-numbered problems", async () => {

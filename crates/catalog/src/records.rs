@@ -95,6 +95,21 @@ impl Catalog {
         )
     }
 
+    /// Forgets an adapter; returns its record (its files are the caller's to remove).
+    pub fn delete_adapter(&self, id: i64) -> Result<AdapterRecord> {
+        let record = self
+            .adapters(None)?
+            .into_iter()
+            .find(|a| a.id == id)
+            .ok_or_else(|| CatalogError::Invalid(format!("adapter {id} is not in the catalog")))?;
+        self.block(
+            sqlx::query("DELETE FROM adapters WHERE id = ?")
+                .bind(id)
+                .execute(&self.pool),
+        )?;
+        Ok(record)
+    }
+
     /// Adapters of a run (all adapters with `None`), oldest first.
     pub fn adapters(&self, run_id: Option<i64>) -> Result<Vec<AdapterRecord>> {
         let rows = self.block(

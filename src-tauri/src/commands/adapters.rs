@@ -31,3 +31,53 @@ pub async fn list_adapters() -> CommandResult<Vec<AdapterView>> {
     })
     .await
 }
+
+/// Forgets an adapter; its folder is deleted too when the studio wrote it inside its own data
+/// folder (a run's adapter), and kept when it lies elsewhere (an export the user placed).
+#[tauri::command]
+pub async fn delete_adapter(id: i64) -> CommandResult<bool> {
+    blocking(move || {
+        let record = open_catalog()?.delete_adapter(id)?;
+        let home = peft_studio_engine::library::studio_home();
+        let owned = std::path::Path::new(&record.path)
+            .canonicalize()
+            .ok()
+            .filter(|p| home.canonicalize().is_ok_and(|h| p.starts_with(h)));
+        Ok(match owned {
+            Some(dir) => std::fs::remove_dir_all(dir).is_ok(),
+            None => false,
+        })
+    })
+    .await
+}
+
+/// Opens a recorded adapter's folder in the system's file manager.
+#[tauri::command]
+pub async fn reveal_adapter(id: i64) -> CommandResult<()> {
+    blocking(move || {
+        let record = open_catalog()?
+            .adapters(None)?
+            .into_iter()
+            .find(|a| a.id == id)
+            .ok_or_else(|| crate::error::CommandError {
+                message: format!("adapter {id} is not in the catalog"),
+                hint: None,
+            })?;
+        let opener = if cfg!(target_os = "macos") {
+            "open"
+        } else {
+            "xdg-open"
+        };
+        std::process::Command::new(opener)
+            .arg(&record.path)
+            .spawn()
+            .map(|_| ())
+            .map_err(|e| {
+                crate::error::CommandError::with_hint(
+                    format!("{opener} {}: {e}", record.path),
+                    "open the folder yourself; its path is listed",
+                )
+            })
+    })
+    .await
+}

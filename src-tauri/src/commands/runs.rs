@@ -233,3 +233,36 @@ pub async fn export_run(id: i64, format: String, dest: PathBuf) -> CommandResult
     })
     .await
 }
+
+/// Draws the comparison chart into `dest` (`.png` or `.svg`, by its extension).
+#[tauri::command]
+pub async fn save_compare_chart(
+    ids: Vec<i64>,
+    x: String,
+    smoothing: f64,
+    log_y: bool,
+    dest: PathBuf,
+) -> CommandResult<PathBuf> {
+    blocking(move || {
+        let catalog = open_catalog()?;
+        let runs = ids
+            .iter()
+            .map(|&id| catalog.run(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let x: XAxis = x.parse()?;
+        let opts = SeriesOptions {
+            x,
+            max_points: 2000,
+            smoothing,
+        };
+        let comparison = compare(&catalog, runs, &opts)?;
+        let chart = peft_studio_app::chart::ChartOptions {
+            log_y,
+            x,
+            ..Default::default()
+        };
+        peft_studio_app::chart::render(&comparison.series, &chart, &dest)?;
+        Ok(dest)
+    })
+    .await
+}

@@ -98,11 +98,3 @@ export function renderChart(series, { width = 720, height = 300, logY = false, x
   }
   return svg;
 }
-
-// The SVG as a standalone file's text (for "Export SVG").
-export function svgText(svg) {
-  const copy = svg.cloneNode(true);
-  copy.setAttribute("xmlns", SVG);
-  const style = "<style>.chart-grid line{stroke:#ddd}.chart-grid text{font:11px sans-serif;fill:#555}</style>";
-  return copy.outerHTML.replace(/^<svg([^>]*)>/, `<svg$1>${style}`);
-}

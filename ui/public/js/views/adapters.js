@@ -1,6 +1,6 @@
 // Adapters the runs produced, with where they are and what they need.
-import { invoke } from "../api.js";
-import { h } from "../dom.js";
+import { invoke, describeError } from "../api.js";
+import { h, errorBox } from "../dom.js";
 import { formatBytes } from "../metrics.js";
 
 export async function adaptersView(root) {
@@ -10,10 +10,29 @@ export async function adaptersView(root) {
     root.append(h("p", { class: "empty" }, "No adapters yet. A finished run exports its adapter in its method's reference format (PEFT or the adapters library)."));
     return;
   }
-  root.append(h("table", { id: "adapters-table" },
-    h("thead", {}, h("tr", {}, ["Method", "Base model", "Size", "Run", "Folder"].map((t) => h("th", {}, t)))),
+  const errorArea = h("div", {});
+  const act = (f) => async () => {
+    try {
+      await f();
+      errorArea.replaceChildren();
+    } catch (e) {
+      errorArea.replaceChildren(errorBox(describeError(e)));
+    }
+  };
+  const remove = (a) => act(async () => {
+    if (!confirm(`Delete the ${a.method} adapter at ${a.path}? Folders inside the studio's data folder are removed; others are only forgotten.`)) return;
+    await invoke("delete_adapter", { id: a.id });
+    root.replaceChildren();
+    await adaptersView(root);
+  });
+  root.append(errorArea, h("p", { class: "muted" }, "Export a run's adapter (or the merged model) from its run page; runs list their adapters there too."),
+    h("table", { id: "adapters-table" },
+    h("thead", {}, h("tr", {}, ["Method", "Base model", "Size", "Run", "Folder", ""].map((t) => h("th", {}, t)))),
     h("tbody", {}, adapters.map((a) => h("tr", { class: a.present ? "" : "missing" },
       h("td", {}, a.method), h("td", {}, a.base_model.split("/").pop()), h("td", {}, formatBytes(a.size_bytes)),
       h("td", {}, a.run_id ? h("a", { href: `#/runs/${a.run_id}` }, String(a.run_id)) : "–"),
-      h("td", {}, h("code", {}, a.path), a.present ? "" : " (missing)"))))));
+      h("td", {}, h("code", {}, a.path), a.present ? "" : " (missing)"),
+      h("td", { class: "row-actions" },
+        a.present ? h("button", { type: "button", onclick: act(() => invoke("reveal_adapter", { id: a.id })) }, "Show folder") : null,
+        h("button", { type: "button", class: "danger", "data-delete": a.id, onclick: remove(a) }, "Delete")))))));
 }

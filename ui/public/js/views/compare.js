@@ -2,7 +2,7 @@
 // fields that differ, and the chart saved as SVG.
 import { invoke, describeError } from "../api.js";
 import { h, errorBox } from "../dom.js";
-import { renderChart, svgText, COLORS } from "../chart.js";
+import { renderChart, COLORS } from "../chart.js";
 import { formatLoss } from "../metrics.js";
 
 export async function compareView(root, params) {
@@ -16,10 +16,21 @@ export async function compareView(root, params) {
     ["step", "epoch", "tokens", "time"].map((x) => h("option", { value: x }, x)));
   const smooth = h("input", { type: "range", id: "compare-smoothing", min: 0, max: 0.95, step: 0.05, value: 0, oninput: (e) => { opts.smoothing = Number(e.target.value); load(); } });
   const logY = h("input", { type: "checkbox", id: "compare-log", onchange: (e) => { opts.logY = e.target.checked; draw(); } });
-  const save = h("a", { class: "button", id: "compare-export", download: "comparison.svg", href: "#" }, "Export SVG");
+  const dest = h("input", { type: "text", id: "compare-dest", placeholder: "/path/to/chart.png or .svg" });
+  const saved = h("span", { class: "muted", id: "compare-saved" });
+  const save = h("form", { class: "row", onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      const path = await invoke("save_compare_chart", { ids, x: opts.x, smoothing: opts.smoothing, logY: opts.logY, dest: dest.value.trim() });
+      saved.textContent = `saved ${path}`;
+      errorArea.replaceChildren();
+    } catch (err) {
+      errorArea.replaceChildren(errorBox(describeError(err)));
+    }
+  } }, dest, h("button", { type: "submit", id: "compare-save" }, "Save chart"), saved);
   root.append(h("h1", {}, "Compare runs"),
-    h("div", { class: "toolbar" }, h("label", {}, "x axis ", xSel), h("label", {}, "smoothing ", smooth), h("label", {}, logY, " log scale"), save),
-    errorArea, chart, legend, h("h2", {}, "Config fields that differ"), diff);
+    h("div", { class: "toolbar" }, h("label", {}, "x axis ", xSel), h("label", {}, "smoothing ", smooth), h("label", {}, logY, " log scale")),
+    errorArea, chart, legend, save, h("h2", {}, "Config fields that differ"), diff);
   let data = null;
 
   function seriesList() {
@@ -33,7 +44,6 @@ export async function compareView(root, params) {
     const all = seriesList();
     const svg = renderChart(all.filter((s) => !opts.hidden.has(s.key)), { height: 360, logY: opts.logY, xTitle: opts.x });
     chart.replaceChildren(svg);
-    save.href = `data:image/svg+xml;charset=utf-8,${encodeURIComponent(svgText(svg))}`;
     legend.replaceChildren(...all.map((s) => h("label", { class: "legend-item" },
       h("input", { type: "checkbox", checked: !opts.hidden.has(s.key), onchange: (e) => { e.target.checked ? opts.hidden.delete(s.key) : opts.hidden.add(s.key); draw(); } }),
       h("span", { class: "swatch" + (s.dashed ? " dashed" : ""), style: `border-color:${s.color}` }), s.label)));

@@ -66,6 +66,16 @@ function histogram(lengths) {
   return h("figure", { class: "hist" }, svg);
 }
 
+// A file dropped on the window goes to the dataset screen when it is open (one listener for
+// the page's life; the screen sets where the path goes).
+let onDrop = null;
+if (typeof window !== "undefined") {
+  window.__TAURI__?.event?.listen("tauri://drag-drop", (e) => {
+    const [first] = e.payload?.paths || [];
+    if (first && onDrop) onDrop(first);
+  });
+}
+
 export async function datasets(root) {
   const models = await invoke("list_models").catch(() => []);
   const out = h("div", {});
@@ -80,6 +90,11 @@ export async function datasets(root) {
       out.replaceChildren(errorBox(describeError(err)));
     }
   };
-  root.append(h("h1", {}, "Check a dataset"),
+  onDrop = (file) => {
+    if (!document.body.contains(path)) return;
+    path.value = file;
+    run(new Event("submit"));
+  };
+  root.append(h("h1", {}, "Check a dataset"), h("p", { class: "muted" }, "Type a path or drop a file on the window."),
     h("form", { class: "row", onsubmit: run }, path, model, h("button", { type: "submit", class: "primary", id: "inspect" }, "Check")), out);
 }
