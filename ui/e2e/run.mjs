@@ -31,8 +31,10 @@ async function shot(name) {
 }
 
 const go = (hash) => s.exec("location.hash = arguments[0]", hash);
-const points = async () => Number((await (await s.find("#loss-chart")).attr("data-points")) || 0);
-const statusOf = async () => (await s.find("#run-status [data-status]")).attr("data-status");
+// Read in one script: the run view redraws these elements several times a second, so a
+// found element may be stale by the time it is read.
+const points = async () => Number(await s.exec("return document.querySelector('#loss-chart')?.dataset.points || 0"));
+const statusOf = () => s.exec("return document.querySelector('#run-status [data-status]')?.dataset.status || ''");
 
 // Safetensors keys from the file's JSON header.
 function safetensorsKeys(path) {
