@@ -132,25 +132,117 @@ fn commands_over_ipc_in_a_fresh_home() {
         err["message"].as_str().expect("message").contains("99"),
         "{err}"
     );
+
+    // A recorded run with metrics, as a worker leaves it, read back through every command the
+    // run screens use; their answers' shapes are the UI's contract (see below).
+    let catalog =
+        peft_studio_app::catalog::Catalog::open(&home.path().join("catalog.sqlite")).expect("db");
+    let cfg = peft_studio_engine::run::RunConfig {
+        model: model_dir.clone(),
+        dataset: dataset.clone().into(),
+        out: home.path().join("runs/one"),
+        method: Default::default(),
+        train: Default::default(),
+        data: Default::default(),
+    };
+    let id = peft_studio_app::launch::create_run(&catalog, &cfg, Some("one")).expect("run");
+    let rows: Vec<peft_studio_app::catalog::MetricRow> = (0..5)
+        .map(|step| peft_studio_app::catalog::MetricRow {
+            step,
+            epoch: Some(0),
+            tokens_seen: Some(step * 100),
+            wall_s: Some(step as f64),
+            loss: (step > 0).then_some(3.0 - step as f64 * 0.1),
+            eval_loss: (step % 2 == 0).then_some(3.1 - step as f64 * 0.1),
+            lr: Some(1e-3),
+            grad_norm: Some(1.0),
+            tokens_per_s: Some(1000.0),
+        })
+        .collect();
+    catalog.write_metrics(id, &rows).expect("metrics");
+    let answer = |cmd: &str, args: serde_json::Value| -> serde_json::Value {
+        invoke_with(cmd, args)
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+            .deserialize()
+            .expect("json")
+    };
+    let comparison = answer(
+        "compare_runs",
+        serde_json::json!({"ids": [id], "x": "tokens", "smoothing": 0.5, "maxPoints": 100}),
+    );
+    assert_eq!(
+        comparison["series"][0]["loss"]
+            .as_array()
+            .expect("loss")
+            .len(),
+        4
+    );
+    let bad = invoke_with(
+        "compare_runs",
+        serde_json::json!({"ids": [id], "x": "furlongs", "smoothing": 0.0}),
+    )
+    .expect_err("bad axis");
+    assert!(
+        bad["message"]
+            .as_str()
+            .expect("message")
+            .contains("furlongs"),
+        "{bad}"
+    );
+    let shapes = serde_json::json!({
+        "list_runs": shape(&answer("list_runs", serde_json::json!({}))),
+        "get_run": shape(&answer("get_run", serde_json::json!({"id": id}))),
+        "compare_runs": shape(&comparison),
+        "plan_run": shape(&plan),
+        "inspect_dataset": shape(&view),
+        "demo_setup": shape(&demo),
+        "list_models": shape(&models),
+        "metric_row": shape(&serde_json::to_value(&rows[2]).expect("row")),
+    });
+    check_snapshot(
+        "shapes.json",
+        &(serde_json::to_string_pretty(&shapes).expect("json") + "\n"),
+    );
 }
 
-/// The UI's tests read the method descriptions from this snapshot of the backend's answer;
-/// a change on the Rust side that the snapshot does not carry fails here (set
-/// UPDATE_IPC_SNAPSHOTS=1 to rewrite it, then run the UI tests).
-#[test]
-fn ipc_snapshot_of_the_method_picker_is_current() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/tests/ipc/methods.json");
-    let now = serde_json::to_string_pretty(&peft_studio_engine::peft::describe::methods())
-        .expect("json")
-        + "\n";
+/// The shape of a value: its keys and value kinds, recursively; an array by its first item.
+fn shape(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.first().map(shape).into_iter().collect()),
+        Value::String(_) => "string".into(),
+        Value::Number(_) => "number".into(),
+        Value::Bool(_) => "bool".into(),
+        Value::Null => "null".into(),
+    }
+}
+
+/// Compares `now` with the snapshot `ui/tests/ipc/NAME` that the UI's tests read
+/// (UPDATE_IPC_SNAPSHOTS=1 rewrites it).
+fn check_snapshot(name: &str, now: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("ui/tests/ipc")
+        .join(name);
     if std::env::var_os("UPDATE_IPC_SNAPSHOTS").is_some() {
         std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
-        std::fs::write(&path, &now).expect("write");
+        std::fs::write(&path, now).expect("write");
     }
     let saved = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         saved == now,
-        "{} is out of date: run UPDATE_IPC_SNAPSHOTS=1 cargo test --test shell",
+        "{} is out of date: run UPDATE_IPC_SNAPSHOTS=1 cargo test --test shell, then the UI tests",
         path.display()
     );
+}
+
+/// The UI's tests read the method descriptions from this snapshot of the backend's answer.
+#[test]
+fn ipc_snapshot_of_the_method_picker_is_current() {
+    let now = serde_json::to_string_pretty(&peft_studio_engine::peft::describe::methods())
+        .expect("json")
+        + "\n";
+    check_snapshot("methods.json", &now);
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use peft_studio_engine::data::format::Format;
 use peft_studio_engine::data::load::{encode_records, read_records, DataConfig, DataReport};
 use peft_studio_engine::data::stats::{token_stats, TokenStats};
 use peft_studio_engine::data::Encoder;
@@ -40,12 +41,20 @@ pub struct DatasetView {
     pub lengths: Vec<usize>,
 }
 
-/// Reads `path` as training would (default data settings); with `model`, also renders a
-/// preview with that model's tokenizer and counts tokens.
+/// Reads `path` as training would (default data settings, the record format detected or the
+/// one given); with `model`, also renders a preview with that model's tokenizer and counts
+/// tokens.
 #[tauri::command]
-pub async fn inspect_dataset(path: PathBuf, model: Option<String>) -> CommandResult<DatasetView> {
+pub async fn inspect_dataset(
+    path: PathBuf,
+    model: Option<String>,
+    format: Option<Format>,
+) -> CommandResult<DatasetView> {
     blocking(move || {
-        let cfg = DataConfig::default();
+        let cfg = DataConfig {
+            format: format.unwrap_or_default(),
+            ..DataConfig::default()
+        };
         let (records, mut report) = read_records(&path, &cfg)?;
         let (mut preview, mut tokens, mut lengths) = (Vec::new(), None, Vec::new());
         if let Some(model) = model {

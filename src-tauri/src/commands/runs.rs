@@ -9,7 +9,8 @@ use peft_studio_app::catalog::series::{SeriesOptions, XAxis};
 use peft_studio_app::catalog::{AdapterRecord, Catalog, MetricRow, Run, RunFilter};
 use peft_studio_app::compare::{compare, Comparison};
 use peft_studio_app::launch::{attach_child, create_run, requeue, reserve_out_dir, spawn_worker};
-use peft_studio_engine::data::DataConfig;
+use peft_studio_engine::data::format::Format;
+use peft_studio_engine::data::load::DataConfig;
 use peft_studio_engine::library::{resolve, studio_home};
 use peft_studio_engine::peft::MethodConfig;
 use peft_studio_engine::run::RunConfig;
@@ -33,6 +34,8 @@ pub struct RunRequest {
     pub method: MethodConfig,
     /// Optimiser and batching.
     pub train: TrainConfig,
+    /// The record format (detected per record when absent).
+    pub format: Option<Format>,
 }
 
 /// Starts a worker for a queued run; a thread waits for it so that a crash is recorded at
@@ -63,7 +66,10 @@ pub async fn start_run(request: RunRequest) -> CommandResult<i64> {
             out: reserve_out_dir(request.method.kind.as_str())?,
             method: request.method,
             train: request.train,
-            data: DataConfig::default(),
+            data: DataConfig {
+                format: request.format.unwrap_or_default(),
+                ..DataConfig::default()
+            },
         };
         let id = create_run(&catalog, &cfg, request.name.as_deref())?;
         launch(&catalog, id)?;

@@ -3,6 +3,14 @@
 import { invoke, describeError } from "../api.js";
 import { h, errorBox } from "../dom.js";
 
+// The record formats the reader knows; "auto" decides per record.
+export const FORMATS = ["auto", "text", "prompt-completion", "alpaca", "messages", "sharegpt"];
+
+export function formatSelect(id, value, onchange) {
+  return h("select", { id, "aria-label": "record format", onchange: (e) => onchange(e.target.value) },
+    FORMATS.map((f) => h("option", { value: f, selected: f === value }, f === "auto" ? "format: detect" : `format: ${f}`)));
+}
+
 export function datasetReport(view) {
   const problems = view.report.problems;
   return h("div", { class: "report" },
@@ -81,11 +89,13 @@ export async function datasets(root) {
   const out = h("div", {});
   const path = h("input", { type: "text", id: "inspect-path", placeholder: "/path/to/data.jsonl" });
   const model = h("select", { id: "inspect-model" }, h("option", { value: "" }, "(no tokenizer)"), models.map((m) => h("option", { value: m.name }, m.name)));
+  let format = "auto";
+  const formatPick = formatSelect("inspect-format", format, (f) => { format = f; });
   const run = async (e) => {
     e.preventDefault();
     out.replaceChildren(h("p", {}, "Reading…"));
     try {
-      out.replaceChildren(datasetReport(await invoke("inspect_dataset", { path: path.value.trim(), model: model.value || null })));
+      out.replaceChildren(datasetReport(await invoke("inspect_dataset", { path: path.value.trim(), model: model.value || null, format })));
     } catch (err) {
       out.replaceChildren(errorBox(describeError(err)));
     }
@@ -96,5 +106,5 @@ export async function datasets(root) {
     run(new Event("submit"));
   };
   root.append(h("h1", {}, "Check a dataset"), h("p", { class: "muted" }, "Type a path or drop a file on the window."),
-    h("form", { class: "row", onsubmit: run }, path, model, h("button", { type: "submit", class: "primary", id: "inspect" }, "Check")), out);
+    h("form", { class: "row", onsubmit: run }, path, model, formatPick, h("button", { type: "submit", class: "primary", id: "inspect" }, "Check")), out);
 }

@@ -3,7 +3,7 @@ import { invoke, describeError } from "../api.js";
 import { h, errorBox } from "../dom.js";
 import { PRESETS, fitVerdict, formatBytes, formatCount } from "../metrics.js";
 import { methodConfig, defaultValues } from "../form.js";
-import { datasetReport } from "./datasets.js";
+import { datasetReport, formatSelect } from "./datasets.js";
 
 const STEPS = ["Model", "Dataset", "Method", "Hyperparameters", "Review"];
 
@@ -13,6 +13,7 @@ export async function newRun(root, params) {
     step: 0,
     model: models[0]?.name || "",
     dataset: "",
+    format: "auto",
     kind: "lora",
     values: Object.fromEntries(methods.map((m) => [m.kind, defaultValues(m)])),
     preset: "quick",
@@ -56,6 +57,7 @@ export async function newRun(root, params) {
           dataset: state.dataset,
           method: methodConfig(state.kind, infoOf(state.kind), state.values[state.kind]),
           train: state.train,
+          format: state.format,
         },
       });
       location.hash = `#/runs/${id}`;
@@ -89,14 +91,15 @@ export async function newRun(root, params) {
     const check = async () => {
       report.replaceChildren(h("p", {}, "Reading…"));
       try {
-        report.replaceChildren(datasetReport(await invoke("inspect_dataset", { path: state.dataset, model: state.model })));
+        report.replaceChildren(datasetReport(await invoke("inspect_dataset", { path: state.dataset, model: state.model, format: state.format })));
       } catch (e) {
         report.replaceChildren(errorBox(describeError(e)));
       }
     };
     if (state.dataset) check();
     return [h("label", { for: "dataset-path" }, "Dataset file (JSONL, JSON, CSV, Parquet or text)"),
-      h("div", { class: "row" }, input, h("button", { type: "button", id: "check-dataset", onclick: check }, "Check")), report];
+      h("div", { class: "row" }, input, formatSelect("dataset-format", state.format, (f) => { state.format = f; check(); }),
+        h("button", { type: "button", id: "check-dataset", onclick: check }, "Check")), report];
   }
 
   function methodStep() {
@@ -149,7 +152,13 @@ export async function newRun(root, params) {
         num("eval_every", "Evaluate every", "steps between validation losses", "1"),
         num("weight_decay", "Weight decay", "decoupled, AdamW"),
         num("seed", "Seed", "data order and initialisation", "1"))),
-      h("label", { class: "param" }, h("span", {}, "Run name"), h("input", { type: "text", id: "run-name", value: state.name, oninput: (e) => { state.name = e.target.value; } })),
+      h("div", { class: "params" },
+        h("label", { class: "param" }, h("span", {}, "Run name"), h("input", { type: "text", id: "run-name", value: state.name, oninput: (e) => { state.name = e.target.value; } })),
+        h("label", { class: "param" }, h("span", {}, "Device"),
+          h("select", { id: "device" }, h("option", { value: "cpu", selected: true }, "CPU"),
+            h("option", { disabled: true }, "CUDA GPU (needs a build with --features cuda)"),
+            h("option", { disabled: true }, "Apple GPU (needs a build with --features metal)")),
+          h("small", {}, "where the run trains; runs queue one at a time per device"))),
     ];
   }
 
@@ -160,7 +169,7 @@ export async function newRun(root, params) {
     } catch (e) {
       return [errorBox(e.message)];
     }
-    const rows = [["Model", state.model], ["Dataset", state.dataset], ["Method", infoOf(state.kind).name],
+    const rows = [["Model", state.model], ["Dataset", state.dataset], ["Record format", state.format], ["Method", infoOf(state.kind).name],
       ...Object.entries(method).filter(([k]) => k !== "kind").map(([k, v]) => [k, JSON.stringify(v)]),
       ...Object.entries(state.train).map(([k, v]) => [k, String(v)])];
     return [h("table", { class: "review", id: "review" }, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))))];
