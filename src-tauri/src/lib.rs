@@ -7,6 +7,7 @@ pub mod worker_mode;
 /// Registers every command on `builder` (the real one, or Tauri's mock in tests).
 pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
     builder
+        .plugin(tauri_plugin_dialog::init())
         .manage(commands::playground::Playground::default())
         .invoke_handler(tauri::generate_handler![
             commands::about::app_info,
@@ -31,6 +32,7 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
             commands::playground::playground_stop,
             commands::adapters::list_adapters,
             commands::adapters::delete_adapter,
+            commands::adapters::import_adapter,
             commands::adapters::reveal_adapter,
             commands::runs::save_compare_chart
         ])

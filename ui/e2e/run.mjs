@@ -163,7 +163,16 @@ try {
     await shot("playground");
     await go("#/adapters");
     await s.find("#adapters-table");
+    const before = (await s.findAll("#adapters-table tbody tr")).length;
+    await (await s.find("#adapter-import-path")).type(join(EXPORTS, "first-adapter"));
+    await (await s.find("#import-adapter")).click();
+    await s.waitFor(async () => (await s.findAll("#adapters-table tbody tr")).length === before + 1, 20000, "the imported adapter listed");
     await shot("adapters");
+  });
+
+  await step("native dialogs are wired (Browse… buttons)", async () => {
+    const kind = await s.exec("return typeof (window.__TAURI__.dialog && window.__TAURI__.dialog.open)");
+    if (kind !== "function") throw new Error(`window.__TAURI__.dialog.open is ${kind}`);
   });
 } catch (e) {
   process.exitCode = 1;

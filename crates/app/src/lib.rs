@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod adapters;
 pub mod chart;
 pub mod compare;
 pub mod demo;

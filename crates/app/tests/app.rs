@@ -175,3 +175,76 @@ fn follow_streams_rows_and_starts_over_after_a_resume() {
         "retrained steps are sent again"
     );
 }
+
+/// Shared adapters come into the catalog checked: PEFT's and the adapters library's folders
+/// are recorded with their method and base model; pickles, foreign configs and corrupt
+/// weights are refused with the file named, and nothing is recorded for them.
+#[test]
+fn imported_adapters_are_checked_then_recorded() {
+    use peft_studio_app::adapters::import_adapter;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = Catalog::open(&dir.path().join("c.sqlite")).expect("catalog");
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/reference");
+    import_adapter(&catalog, &fixtures.join("peft/ia3_qwen2")).expect("peft ia3");
+    import_adapter(&catalog, &fixtures.join("adapters/houlsby")).expect("houlsby");
+    let recorded: Vec<(String, Option<i64>)> = catalog
+        .adapters(None)
+        .expect("list")
+        .into_iter()
+        .map(|a| (a.method, a.run_id))
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![("ia3".to_string(), None), ("houlsby".to_string(), None)]
+    );
+
+    let pickled = dir.path().join("pickled");
+    std::fs::create_dir_all(&pickled).expect("mkdir");
+    std::fs::write(pickled.join("adapter_model.bin"), b"\x80\x02}q\x00.").expect("bin");
+    let err = import_adapter(&catalog, &pickled)
+        .expect_err("pickle")
+        .to_string();
+    assert!(
+        err.contains("can run code") && err.contains("pickled"),
+        "{err}"
+    );
+
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign).expect("mkdir");
+    std::fs::copy(
+        fixtures.join("peft/ia3_qwen2/adapter_model.safetensors"),
+        foreign.join("adapter_model.safetensors"),
+    )
+    .expect("copy");
+    std::fs::write(
+        foreign.join("adapter_config.json"),
+        r#"{"peft_type": "LOHA"}"#,
+    )
+    .expect("cfg");
+    let err = import_adapter(&catalog, &foreign)
+        .expect_err("loha")
+        .to_string();
+    assert!(
+        err.contains("LOHA") && err.contains("adapter_config.json"),
+        "{err}"
+    );
+
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir_all(&corrupt).expect("mkdir");
+    std::fs::write(
+        corrupt.join("adapter_config.json"),
+        r#"{"peft_type": "LORA"}"#,
+    )
+    .expect("cfg");
+    std::fs::write(corrupt.join("adapter_model.safetensors"), [255u8; 12]).expect("bad");
+    let err = import_adapter(&catalog, &corrupt)
+        .expect_err("corrupt")
+        .to_string();
+    assert!(err.contains("adapter_model.safetensors"), "{err}");
+    assert_eq!(
+        catalog.adapters(None).expect("list").len(),
+        2,
+        "nothing recorded for refusals"
+    );
+}

@@ -81,3 +81,15 @@ pub async fn reveal_adapter(id: i64) -> CommandResult<()> {
     })
     .await
 }
+
+/// Checks a shared adapter folder (PEFT or adapters library) and adds it to the list.
+#[tauri::command]
+pub async fn import_adapter(path: std::path::PathBuf) -> CommandResult<i64> {
+    blocking(move || {
+        Ok(peft_studio_app::adapters::import_adapter(
+            &open_catalog()?,
+            &path,
+        )?)
+    })
+    .await
+}

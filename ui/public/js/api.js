@@ -26,3 +26,29 @@ export function describeError(e) {
   }
   return String(e);
 }
+
+// A native file or folder dialog; resolves to the chosen path, or null when cancelled or
+// when dialogs are unavailable (then the path is typed).
+export async function pickPath({ directory = false, save = false, filters, defaultPath } = {}) {
+  const dialog = window.__TAURI__ && window.__TAURI__.dialog;
+  if (!dialog) return null;
+  const options = { directory, filters, defaultPath };
+  const picked = save ? await dialog.save(options) : await dialog.open({ ...options, multiple: false });
+  return typeof picked === "string" ? picked : null;
+}
+
+// A "Browse…" button that fills `input` from a dialog.
+export function browseButton(input, options, label = "Browse…") {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.addEventListener("click", async () => {
+    const p = await pickPath({ defaultPath: input.value || undefined, ...options });
+    if (p) {
+      input.value = p;
+      input.dispatchEvent(new Event("input", { bubbles: true }));
+      input.dispatchEvent(new Event("change", { bubbles: true }));
+    }
+  });
+  return b;
+}

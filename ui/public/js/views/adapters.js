@@ -1,11 +1,25 @@
 // Adapters the runs produced, with where they are and what they need.
-import { invoke, describeError } from "../api.js";
+import { invoke, describeError, browseButton } from "../api.js";
 import { h, errorBox } from "../dom.js";
 import { formatBytes } from "../metrics.js";
 
 export async function adaptersView(root) {
   const adapters = await invoke("list_adapters");
-  root.append(h("h1", {}, "Adapters"));
+  const importPath = h("input", { type: "text", id: "adapter-import-path", placeholder: "/path/to/adapter-folder" });
+  const importMsg = h("div", { "aria-live": "polite" });
+  const importForm = h("form", { class: "row", onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      await invoke("import_adapter", { path: importPath.value.trim() });
+      root.replaceChildren();
+      await adaptersView(root);
+    } catch (err) {
+      importMsg.replaceChildren(errorBox(describeError(err)));
+    }
+  } }, importPath, browseButton(importPath, { directory: true }, "Folder…"), h("button", { type: "submit", id: "import-adapter" }, "Import"));
+  root.append(h("h1", {}, "Adapters"), h("h2", {}, "Import a shared adapter"),
+    h("p", { class: "muted" }, "A PEFT folder (adapter_config.json + adapter_model.safetensors) or an adapters-library folder; pickled .bin weights are refused because they can run code."),
+    importForm, importMsg);
   if (!adapters.length) {
     root.append(h("p", { class: "empty" }, "No adapters yet. A finished run exports its adapter in its method's reference format (PEFT or the adapters library)."));
     return;
@@ -20,7 +34,7 @@ export async function adaptersView(root) {
     }
   };
   const remove = (a) => act(async () => {
-    if (!confirm(`Delete the ${a.method} adapter at ${a.path}? Folders inside the studio's data folder are removed; others are only forgotten.`)) return;
+    if (!(await confirm(`Delete the ${a.method} adapter at ${a.path}? Folders inside the studio's data folder are removed; others are only forgotten.`))) return;
     await invoke("delete_adapter", { id: a.id });
     root.replaceChildren();
     await adaptersView(root);

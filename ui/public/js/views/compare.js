@@ -1,6 +1,6 @@
 // Runs on one chart: x axis, smoothing, log scale, series shown or hidden, the config
 // fields that differ, and the chart saved as SVG.
-import { invoke, describeError } from "../api.js";
+import { invoke, describeError, browseButton } from "../api.js";
 import { h, errorBox } from "../dom.js";
 import { renderChart, COLORS } from "../chart.js";
 import { formatLoss } from "../metrics.js";
@@ -27,7 +27,7 @@ export async function compareView(root, params) {
     } catch (err) {
       errorArea.replaceChildren(errorBox(describeError(err)));
     }
-  } }, dest, h("button", { type: "submit", id: "compare-save" }, "Save chart"), saved);
+  } }, dest, browseButton(dest, { save: true, filters: [{ name: "Chart", extensions: ["png", "svg"] }] }), h("button", { type: "submit", id: "compare-save" }, "Save chart"), saved);
   root.append(h("h1", {}, "Compare runs"),
     h("div", { class: "toolbar" }, h("label", {}, "x axis ", xSel), h("label", {}, "smoothing ", smooth), h("label", {}, logY, " log scale")),
     errorArea, chart, legend, save, h("h2", {}, "Config fields that differ"), diff);

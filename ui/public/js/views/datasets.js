@@ -1,6 +1,6 @@
 // Checking a dataset: its problems with line numbers, a preview with the trained text
 // highlighted, and a histogram of token lengths.
-import { invoke, describeError } from "../api.js";
+import { invoke, describeError, browseButton } from "../api.js";
 import { h, errorBox } from "../dom.js";
 
 // The record formats the reader knows; "auto" decides per record.
@@ -106,5 +106,5 @@ export async function datasets(root) {
     run(new Event("submit"));
   };
   root.append(h("h1", {}, "Check a dataset"), h("p", { class: "muted" }, "Type a path or drop a file on the window."),
-    h("form", { class: "row", onsubmit: run }, path, model, formatPick, h("button", { type: "submit", class: "primary", id: "inspect" }, "Check")), out);
+    h("form", { class: "row", onsubmit: run }, path, browseButton(path, { filters: [{ name: "Datasets", extensions: ["jsonl", "json", "csv", "tsv", "parquet", "txt"] }] }), model, formatPick, h("button", { type: "submit", class: "primary", id: "inspect" }, "Check")), out);
 }

@@ -1,6 +1,6 @@
 // The model library: installed models, import (folder or GGUF), download from the hub with
 // a progress bar, and small models recommended for a first run.
-import { invoke, channel, describeError } from "../api.js";
+import { invoke, channel, describeError, browseButton } from "../api.js";
 import { h, errorBox } from "../dom.js";
 import { formatBytes, formatCount } from "../metrics.js";
 
@@ -57,7 +57,8 @@ export async function modelsView(root) {
   root.append(h("h1", {}, "Models"), list, errorArea, progress,
     h("h2", {}, "Import"),
     h("form", { class: "row", onsubmit: (e) => { e.preventDefault(); withProgress("import_model", { path: importPath.value.trim(), name: importName.value.trim() || null }, busy); } },
-      importPath, importName, importBtn),
+      importPath, browseButton(importPath, { directory: true }, "Folder…"),
+      browseButton(importPath, { filters: [{ name: "GGUF", extensions: ["gguf"] }] }, "GGUF file…"), importName, importBtn),
     h("p", { class: "muted" }, "A Hugging Face folder (config.json, safetensors, tokenizer.json) is used in place; a GGUF file (llama, qwen2) is converted."),
     h("h2", {}, "Download from the hub"),
     h("form", { class: "row", onsubmit: (e) => { e.preventDefault(); withProgress("download_model", { repo: repo.value.trim(), name: null }, busy); } }, repo, downloadBtn),

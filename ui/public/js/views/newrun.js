@@ -1,5 +1,5 @@
 // New run: a stepper (model → dataset → method → hyperparameters → review).
-import { invoke, describeError } from "../api.js";
+import { invoke, describeError, browseButton } from "../api.js";
 import { h, errorBox } from "../dom.js";
 import { PRESETS, fitVerdict, formatBytes, formatCount } from "../metrics.js";
 import { methodConfig, defaultValues } from "../form.js";
@@ -98,7 +98,7 @@ export async function newRun(root, params) {
     };
     if (state.dataset) check();
     return [h("label", { for: "dataset-path" }, "Dataset file (JSONL, JSON, CSV, Parquet or text)"),
-      h("div", { class: "row" }, input, formatSelect("dataset-format", state.format, (f) => { state.format = f; check(); }),
+      h("div", { class: "row" }, input, browseButton(input, { filters: [{ name: "Datasets", extensions: ["jsonl", "json", "csv", "tsv", "parquet", "txt"] }] }), formatSelect("dataset-format", state.format, (f) => { state.format = f; check(); }),
         h("button", { type: "button", id: "check-dataset", onclick: check }, "Check")), report];
   }
 

@@ -1,7 +1,7 @@
 // One run, live: loss and validation loss, learning rate and gradient norm, progress, speed,
 // ETA, memory. The curve comes from the catalog (history first), so a reloaded window or a
 // restarted app shows all of it and keeps streaming.
-import { invoke, channel, describeError } from "../api.js";
+import { invoke, channel, describeError, browseButton } from "../api.js";
 import { h, errorBox, statusBadge } from "../dom.js";
 import { renderChart, COLORS } from "../chart.js";
 import { mergeRows, sortedRows, pointsOf, etaSeconds, formatDuration, formatBytes, formatLoss } from "../metrics.js";
@@ -39,7 +39,7 @@ export async function runView(root, id, isCurrent) {
       exportResult.replaceChildren(errorBox(describeError(err)));
     }
     exportBtn.disabled = false;
-  } }, h("div", { class: "row" }, exportFormat, exportDest, exportBtn), exportResult);
+  } }, h("div", { class: "row" }, exportFormat, exportDest, browseButton(exportDest, { directory: true }), exportBtn), exportResult);
   root.append(title, h("div", { class: "run-head" }, status, progress, cancel, resume), errorArea, stats,
     h("h2", {}, "Loss"), lossChart, h("div", { class: "two" }, h("div", {}, h("h3", {}, "Learning rate"), lrChart), h("div", {}, h("h3", {}, "Gradient norm"), gradChart)),
     h("h2", {}, "Export"), exportForm, files, h("h2", {}, "Log"), log);
