@@ -30,6 +30,12 @@ pub struct Progress {
     pub total: u64,
 }
 
+/// The name asked for, or the default one for `source`.
+fn name_or_default(name: Option<String>, source: &Path) -> String {
+    name.filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| default_name(source))
+}
+
 fn install(entry: ModelEntry) -> CommandResult<ModelEntry> {
     let mut registry = Registry::open(&studio_home())?;
     registry.put(entry.clone())?;
@@ -45,9 +51,7 @@ pub async fn import_model(
     on_progress: Channel<Progress>,
 ) -> CommandResult<ModelEntry> {
     blocking(move || {
-        let name = name
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| default_name(&path));
+        let name = name_or_default(name, &path);
         let entry = if path.is_file() {
             import_gguf(&path, &studio_home(), &name, &mut |done, total| {
                 let _ = on_progress.send(Progress {
@@ -92,9 +96,7 @@ pub async fn download_model(
     on_progress: Channel<Progress>,
 ) -> CommandResult<ModelEntry> {
     blocking(move || {
-        let name = name
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| default_name(Path::new(&repo)));
+        let name = name_or_default(name, Path::new(&repo));
         let mut progress = ChannelProgress {
             channel: on_progress,
             current: Progress {

@@ -155,6 +155,26 @@ pub async fn resume_run(id: i64, max_steps: Option<usize>) -> CommandResult<()> 
     .await
 }
 
+/// The comparison of `ids` on the axis named `x`, at most `max_points` per curve.
+fn comparison(
+    ids: &[i64],
+    x: &str,
+    smoothing: f64,
+    max_points: usize,
+) -> CommandResult<Comparison> {
+    let catalog = open_catalog()?;
+    let runs = ids
+        .iter()
+        .map(|&id| catalog.run(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = SeriesOptions {
+        x: x.parse::<XAxis>()?,
+        max_points: max_points.clamp(10, 10_000),
+        smoothing,
+    };
+    Ok(compare(&catalog, runs, &opts)?)
+}
+
 /// Curves of several runs on one x axis, smoothed, and the config fields that differ.
 #[tauri::command]
 pub async fn compare_runs(
@@ -163,21 +183,7 @@ pub async fn compare_runs(
     smoothing: f64,
     max_points: Option<usize>,
 ) -> CommandResult<Comparison> {
-    blocking(move || {
-        let catalog = open_catalog()?;
-        let runs = ids
-            .iter()
-            .map(|&id| catalog.run(id))
-            .collect::<Result<Vec<_>, _>>()?;
-        let x: XAxis = x.parse()?;
-        let opts = SeriesOptions {
-            x,
-            max_points: max_points.unwrap_or(1000).clamp(10, 10_000),
-            smoothing,
-        };
-        Ok(compare(&catalog, runs, &opts)?)
-    })
-    .await
+    blocking(move || comparison(&ids, &x, smoothing, max_points.unwrap_or(1000))).await
 }
 
 /// The run's last events other than steps (data read, evaluations, checkpoints, the end), as
@@ -250,24 +256,13 @@ pub async fn save_compare_chart(
     dest: PathBuf,
 ) -> CommandResult<PathBuf> {
     blocking(move || {
-        let catalog = open_catalog()?;
-        let runs = ids
-            .iter()
-            .map(|&id| catalog.run(id))
-            .collect::<Result<Vec<_>, _>>()?;
-        let x: XAxis = x.parse()?;
-        let opts = SeriesOptions {
-            x,
-            max_points: 2000,
-            smoothing,
-        };
-        let comparison = compare(&catalog, runs, &opts)?;
         let chart = peft_studio_app::chart::ChartOptions {
             log_y,
-            x,
+            x: x.parse::<XAxis>()?,
             ..Default::default()
         };
-        peft_studio_app::chart::render(&comparison.series, &chart, &dest)?;
+        let series = comparison(&ids, &x, smoothing, 2000)?.series;
+        peft_studio_app::chart::render(&series, &chart, &dest)?;
         Ok(dest)
     })
     .await
