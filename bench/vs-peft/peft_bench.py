@@ -1,0 +1,63 @@
+"""One PyTorch + PEFT training benchmark, printed as `key=value` lines like the studio's
+`bench` command: the same synthetic tokens, config, optimiser and timing split.
+
+    python peft_bench.py --model DIR --r 8 --targets q_proj,k_proj,v_proj,o_proj \
+        --batch-size 4 --seq-len 256 --steps 5 --threads 2
+"""
+import argparse
+import resource
+import time
+
+import torch
+import transformers as tf
+from peft import LoraConfig, get_peft_model
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--r", type=int, default=8)
+    p.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32)
+    targets = "all-linear" if a.targets == "all-linear" else a.targets.split(",")
+    model = get_peft_model(model, LoraConfig(r=a.r, lora_alpha=2 * a.r, target_modules=targets, task_type="CAUSAL_LM"))
+    model.train()
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4, weight_decay=0.0)
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (a.batch_size, a.seq_len), generator=g)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16")
+    fwd = bwd = optim = 0.0
+    for step in range(a.steps + 1):
+        t0 = time.perf_counter()
+        with autocast:
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.item()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        if step > 0:  # the first step warms up
+            fwd, bwd, optim = fwd + t1 - t0, bwd + t2 - t1, optim + t3 - t2
+    n = a.batch_size * a.seq_len
+    total = fwd + bwd + optim
+    trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    print(f"steps={a.steps} batch={a.batch_size} seq_len={a.seq_len} trainable_params={trainable}")
+    s = a.steps
+    print(f"step_s={total / s:.4f} forward_s={fwd / s:.4f} backward_s={bwd / s:.4f} optimizer_s={optim / s:.4f}")
+    print(f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+    print(f"tokens_per_s={n * s / total:.1f}")
+
+
+if __name__ == "__main__":
+    main()
