@@ -9,6 +9,7 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
     builder
         .plugin(tauri_plugin_dialog::init())
         .manage(commands::playground::Playground::default())
+        .manage(commands::runs::Follows::default())
         .invoke_handler(tauri::generate_handler![
             commands::about::app_info,
             commands::models::list_models,
@@ -21,6 +22,7 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
             commands::runs::list_runs,
             commands::runs::get_run,
             commands::runs::follow_run,
+            commands::runs::unfollow_run,
             commands::runs::cancel_run,
             commands::runs::resume_run,
             commands::runs::compare_runs,

@@ -2,8 +2,10 @@
 //! process (this program in worker mode) that records into the catalog, so a closed or
 //! reloaded window loses nothing: following a run reads the catalog, history first.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use peft_studio_app::catalog::series::{SeriesOptions, XAxis};
 use peft_studio_app::catalog::{AdapterRecord, Catalog, MetricRow, Run, RunFilter};
@@ -17,6 +19,7 @@ use peft_studio_engine::run::RunConfig;
 use peft_studio_engine::train::TrainConfig;
 use serde::{Deserialize, Serialize};
 use tauri::ipc::Channel;
+use tauri::State;
 
 use super::open_catalog;
 use crate::error::{blocking, CommandError, CommandResult};
@@ -114,24 +117,49 @@ pub async fn get_run(id: i64) -> CommandResult<RunDetail> {
     .await
 }
 
+/// Stop flags of the follows in progress, by the token the window gave each.
+#[derive(Default)]
+pub struct Follows(Mutex<HashMap<String, Arc<AtomicBool>>>);
+
 /// Sends the run's metrics so far, then new rows as the worker records them, until the run
-/// stops or the window goes away; returns the run as it ended. Receivers keep the newest row
-/// per step (a resumed run's history is sent again).
+/// stops, the window leaves the run (`unfollow_run` with the same `token`) or goes away;
+/// returns the run as it ended. Receivers keep the newest row per step (a resumed run's
+/// history is sent again).
 #[tauri::command]
-pub async fn follow_run(id: i64, on_rows: Channel<Vec<MetricRow>>) -> CommandResult<Run> {
-    blocking(move || {
+pub async fn follow_run(
+    id: i64,
+    token: String,
+    on_rows: Channel<Vec<MetricRow>>,
+    follows: State<'_, Follows>,
+) -> CommandResult<Run> {
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Ok(mut map) = follows.0.lock() {
+        map.insert(token.clone(), stop.clone());
+    }
+    let result = blocking(move || {
         let catalog = open_catalog()?;
-        let gone = AtomicBool::new(false);
         let mut send = |rows: &[MetricRow]| {
             if on_rows.send(rows.to_vec()).is_err() {
-                gone.store(true, Ordering::Relaxed);
+                stop.store(true, Ordering::Relaxed);
             }
         };
         Ok(peft_studio_app::follow::follow(
-            &catalog, id, &mut send, &gone,
+            &catalog, id, &mut send, &stop,
         )?)
     })
-    .await
+    .await;
+    if let Ok(mut map) = follows.0.lock() {
+        map.remove(&token);
+    }
+    result
+}
+
+/// Ends the follow started with `token` (the window left the run's screen).
+#[tauri::command]
+pub fn unfollow_run(token: String, follows: State<'_, Follows>) {
+    if let Some(stop) = follows.0.lock().ok().and_then(|m| m.get(&token).cloned()) {
+        stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Asks a run to stop (a running one checkpoints first).

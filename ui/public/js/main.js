@@ -13,10 +13,15 @@ import { modelsView } from "./views/models.js";
 
 const main = document.getElementById("main");
 let generation = 0;
+// What the screen being left must undo (e.g. stop following a run).
+let cleanups = [];
+const onLeave = (f) => cleanups.push(f);
 
 async function route() {
   const mine = ++generation;
   const isCurrent = () => mine === generation;
+  cleanups.forEach((f) => f());
+  cleanups = [];
   const [path, query] = (location.hash.slice(1) || "/").split("?");
   const params = new URLSearchParams(query || "");
   const root = h("div", { class: "screen", "data-screen": path.split("/")[1] || "home" });
@@ -28,7 +33,7 @@ async function route() {
   }
   try {
     const run = path.match(/^\/runs\/(\d+)$/);
-    if (run) await runView(root, Number(run[1]), isCurrent);
+    if (run) await runView(root, Number(run[1]), isCurrent, onLeave);
     else if (path === "/new") await newRun(root, params);
     else if (path === "/runs") await runsList(root);
     else if (path === "/compare") await compareView(root, params);

@@ -6,7 +6,7 @@ import { h, errorBox, statusBadge } from "../dom.js";
 import { renderChart, COLORS } from "../chart.js";
 import { mergeRows, sortedRows, pointsOf, etaSeconds, formatDuration, formatBytes, formatLoss } from "../metrics.js";
 
-export async function runView(root, id, isCurrent) {
+export async function runView(root, id, isCurrent, onLeave) {
   const byStep = new Map();
   let detail = await invoke("get_run", { id });
   const title = h("h1", {}, `${detail.run.id} ${detail.run.name}`);
@@ -120,7 +120,9 @@ export async function runView(root, id, isCurrent) {
         if (ticks++ % 3 === 0) refreshLog();
         redraw();
       }, 1000);
-      detail.run = await invoke("follow_run", { id, onRows: ch });
+      const token = `${id}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+      onLeave(() => invoke("unfollow_run", { token }).catch(() => {}));
+      detail.run = await invoke("follow_run", { id, token, onRows: ch });
       clearInterval(poll);
       detail = await invoke("get_run", { id });
       if (isCurrent()) {
