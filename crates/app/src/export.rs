@@ -18,6 +18,8 @@ pub enum ExportFormat {
     Peft,
     /// The base model with the adapter folded into its weights (a Hugging Face folder).
     Merged,
+    /// A LoRA adapter as llama.cpp (and Ollama, LM Studio) loads it: one GGUF file.
+    GgufLora,
 }
 
 impl FromStr for ExportFormat {
@@ -26,9 +28,10 @@ impl FromStr for ExportFormat {
         match s {
             "peft" | "adapter" => Ok(Self::Peft),
             "merged" => Ok(Self::Merged),
+            "gguf-lora" | "gguf" => Ok(Self::GgufLora),
             other => Err(EngineError::config(
                 "format",
-                format!("`{other}` is not supported; supported: peft, merged"),
+                format!("`{other}` is not supported; supported: peft, merged, gguf-lora"),
             )
             .into()),
         }
@@ -46,15 +49,21 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<PathBuf> {
         })?)
 }
 
-/// Writes `checkpoint` to `out` in `format`. `out` must not hold files already: nothing a
-/// user has is overwritten.
+/// Writes `checkpoint` to `out` in `format` (a folder; for `GgufLora` a `.gguf` file). `out`
+/// must not hold anything already: nothing a user has is overwritten.
 pub fn export_checkpoint(checkpoint: &Path, format: ExportFormat, out: &Path) -> Result<()> {
-    if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(EngineError::bad_file(out, "is not empty; choose a new folder").into());
+    if out.is_file() || std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(EngineError::bad_file(out, "already exists; choose a new name").into());
     }
     match format {
         ExportFormat::Merged => run::export_merged(checkpoint, out)?,
         ExportFormat::Peft => run::export_checkpoint(checkpoint, out)?,
+        ExportFormat::GgufLora if out.is_dir() => {
+            return Err(
+                EngineError::bad_file(out, "is a folder; give a file name ending in .gguf").into(),
+            )
+        }
+        ExportFormat::GgufLora => run::export_gguf_lora(checkpoint, out)?,
     }
     Ok(())
 }

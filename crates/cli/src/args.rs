@@ -431,8 +431,9 @@ pub struct ExportArgs {
     /// A checkpoint folder (`<run>/checkpoints/step-N`).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Export format: peft (the adapter, as PEFT loads it) or merged (the base model with the
-    /// adapter folded in, as a Hugging Face folder).
+    /// Export format: peft (the adapter, as PEFT loads it), merged (the base model with the
+    /// adapter folded in, as a Hugging Face folder) or gguf-lora (a LoRA as llama.cpp and
+    /// Ollama load it; --out names the .gguf file).
     #[arg(long, default_value = "peft")]
     pub format: String,
     /// Destination folder.

@@ -1,6 +1,7 @@
 //! Writing trained adapters in the formats other tools load.
 
 pub mod adapters_lib;
+pub mod gguf_lora;
 pub mod merged;
 pub mod peft;
 

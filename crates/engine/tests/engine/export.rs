@@ -719,3 +719,117 @@ fn prompt_tuning_text_ids_match_peft_on_smollm2() {
     let sixteen = text_init_ids(&ids, 16);
     assert_eq!(sixteen[10..], peft[..6]);
 }
+
+/// A LoRA as llama.cpp loads it: the adapter keys, `<gguf>.weight.lora_a` with ne = [in, r]
+/// holding A and `.lora_b` with ne = [r, out] holding B, q/k `lora_b` rows in llama.cpp's
+/// rotary order (undoing it gives B back), rsLoRA's scale kept as alpha / r = alpha / √r.
+/// DoRA is refused with the reason.
+#[test]
+fn gguf_lora_export_follows_llama_cpp() {
+    use candle_core::quantized::gguf_file;
+    use peft_studio_engine::export::gguf_lora::write_gguf_lora;
+    use peft_studio_engine::model::gguf::tensors::unpermute;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = TinySpec {
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        ..TinySpec::default()
+    };
+    let path = tiny_model(dir.path(), &spec);
+    let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+    let mut method = lora_method(4, "q_proj,k_proj,v_proj,o_proj,down_proj");
+    method.use_rslora = true;
+    method.lora_alpha = 8.0;
+    let vars = method.apply(&mut model, 0).expect("apply");
+    let mut rng = SplitMix64::new(7);
+    for (name, v) in &vars {
+        if name.ends_with("lora_B.weight") {
+            let dims = v.dims().to_vec();
+            let n: usize = dims.iter().product();
+            let values: Vec<f32> = (0..n).map(|_| rng.next_normal() as f32).collect();
+            v.set(&Tensor::from_vec(values, dims, &Device::Cpu).expect("t"))
+                .expect("set");
+        }
+    }
+    let params: Vec<(String, Tensor)> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let cfg = model.config().clone();
+    let out = dir.path().join("adapter.gguf");
+    write_gguf_lora(&cfg, &method, &params, &out).expect("write");
+
+    let bytes = std::fs::read(&out).expect("read");
+    assert_eq!(&bytes[..4], b"GGUF");
+    assert_eq!(
+        u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+        3
+    );
+    let mut file = std::fs::File::open(&out).expect("open");
+    let content = gguf_file::Content::read(&mut file).expect("gguf");
+    let text = |k: &str| content.metadata[k].to_string().expect("string").clone();
+    assert_eq!(text("general.type"), "adapter");
+    assert_eq!(text("general.architecture"), "llama");
+    assert_eq!(text("adapter.type"), "lora");
+    let alpha = content.metadata["adapter.lora.alpha"]
+        .to_f32()
+        .expect("f32");
+    assert!(
+        (alpha / 4.0 - 8.0 / 2.0).abs() < 1e-6,
+        "alpha/r = 8/√4, got {alpha}"
+    );
+    assert_eq!(content.tensor_infos.len(), 2 * 5 * cfg.num_hidden_layers);
+    let mut get = |name: &str| {
+        content
+            .tensor(&mut file, name, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .dequantize(&Device::Cpu)
+            .expect("f32")
+    };
+    let trained = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect(name)
+            .1
+            .clone()
+    };
+    for (hf, gguf, heads) in [
+        ("self_attn.q_proj", "attn_q", Some(4)),
+        ("self_attn.k_proj", "attn_k", Some(2)),
+        ("self_attn.v_proj", "attn_v", None),
+        ("mlp.down_proj", "ffn_down", None),
+    ] {
+        let (a, b) = (
+            trained(&format!("model.layers.1.{hf}.lora_A.weight")),
+            trained(&format!("model.layers.1.{hf}.lora_B.weight")),
+        );
+        let info = &content.tensor_infos[&format!("blk.1.{gguf}.weight.lora_a")];
+        let (r, fan_in) = a.dims2().expect("a");
+        // candle lists GGUF's ne in reverse: [r, in] here is ne = [in, r].
+        assert_eq!(info.shape.dims(), &[r, fan_in]);
+        assert_eq!(
+            max_abs_diff(&get(&format!("blk.1.{gguf}.weight.lora_a")), &a),
+            0.0
+        );
+        let gb = get(&format!("blk.1.{gguf}.weight.lora_b"));
+        assert_eq!(gb.dims(), b.dims());
+        let back = match heads {
+            Some(h) => {
+                assert!(max_abs_diff(&gb, &b) > 0.0, "{hf}: rows are permuted");
+                unpermute(&gb, h).expect("unpermute")
+            }
+            None => gb,
+        };
+        assert_eq!(max_abs_diff(&back, &b), 0.0, "{hf}");
+    }
+
+    let dora = peft_studio_engine::peft::MethodConfig {
+        use_dora: true,
+        ..method
+    };
+    let err = write_gguf_lora(&cfg, &dora, &params, &dir.path().join("d.gguf"))
+        .expect_err("dora")
+        .to_string();
+    assert!(err.contains("DoRA") && err.contains("merged"), "{err}");
+}

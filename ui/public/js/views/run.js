@@ -22,8 +22,13 @@ export async function runView(root, id, isCurrent, onLeave) {
   const files = h("div", { class: "files" });
   const log = h("pre", { class: "log", id: "run-log" });
   const exportDest = h("input", { type: "text", id: "export-dest", value: `${detail.run.out_dir}/export-peft` });
-  const exportFormat = h("select", { id: "export-format", onchange: (e) => { exportDest.value = `${detail.run.out_dir}/export-${e.target.value}`; } },
-    h("option", { value: "peft" }, "Adapter (PEFT / adapters library format)"), h("option", { value: "merged" }, "Merged model (Hugging Face folder)"));
+  const exportFormat = h("select", { id: "export-format", onchange: (e) => {
+    const f = e.target.value;
+    exportDest.value = `${detail.run.out_dir}/export-${f}${f === "gguf-lora" ? ".gguf" : ""}`;
+  } },
+    h("option", { value: "peft" }, "Adapter (PEFT / adapters library format)"),
+    h("option", { value: "merged" }, "Merged model (Hugging Face folder)"),
+    h("option", { value: "gguf-lora" }, "LoRA for llama.cpp / Ollama (GGUF file)"));
   const exportResult = h("div", { id: "export-result", "aria-live": "polite" });
   const exportBtn = h("button", { type: "submit", class: "primary", id: "export-run" }, "Export");
   const exportForm = h("form", { class: "export", onsubmit: async (e) => {

@@ -37,6 +37,41 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
 }
 
+/// The GGUF name of a transformers module path (`model.layers.3.self_attn.q_proj` →
+/// `blk.3.attn_q`; `lm_head` → `output`), or `None` when GGUF has no such tensor.
+pub fn gguf_module(hf: &str) -> Option<String> {
+    match hf {
+        "lm_head" => return Some("output".into()),
+        "model.embed_tokens" => return Some("token_embd".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (gguf, _) = BLOCK_NAMES.iter().find(|(_, h)| *h == part)?;
+    Some(format!("blk.{layer}.{gguf}"))
+}
+
+/// Applies llama.cpp's rotary row permutation (the inverse of [`unpermute`]): transformers
+/// rows `h·hd + k·hd/2 + j` go to `h·hd + 2j + k`.
+pub fn permute(t: &Tensor, heads: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    if heads == 0 || !rows.is_multiple_of(heads * 2) {
+        return Err(EngineError::config(
+            "num_attention_heads",
+            format!("{rows} rows do not split into {heads} heads of even width"),
+        ));
+    }
+    let half = rows / heads / 2;
+    let mut split = vec![heads, 2, half];
+    split.extend_from_slice(&dims[1..]);
+    Ok(t.reshape(split)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
+}
+
 /// Undoes llama.cpp's rotary row permutation of a q/k weight or bias: GGUF rows pair
 /// adjacent dimensions, transformers pairs the two halves of each head (§8).
 pub fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
