@@ -41,6 +41,9 @@ pub enum Command {
     Export(ExportArgs),
     /// Generate text with a base model, optionally with an adapter.
     Generate(GenerateArgs),
+    /// Write the logits of token ids (base model, or with an adapter) to a safetensors file,
+    /// for comparing with other tools.
+    Logits(LogitsArgs),
     /// Measure training throughput and peak memory for one config.
     Bench(BenchArgs),
     /// Write a demo model, dataset and run config to try the studio with.
@@ -437,6 +440,23 @@ pub struct ExportArgs {
     #[arg(long, default_value = "peft")]
     pub format: String,
     /// Destination folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `logits`.
+#[derive(Debug, Args)]
+pub struct LogitsArgs {
+    /// Base model folder or installed model name.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// An adapter folder (any method the studio loads).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Comma-separated token ids.
+    #[arg(long)]
+    pub ids: String,
+    /// Output safetensors file (one tensor `logits`, [tokens, vocab], f32).
     #[arg(long)]
     pub out: PathBuf,
 }

@@ -15,7 +15,7 @@ use peft_studio_engine::run::{self, RunConfig};
 use peft_studio_engine::tokenizer::TextTokenizer;
 use peft_studio_engine::{EngineError, Result};
 
-use crate::args::{Cli, Command, ExportArgs, GenerateArgs, MethodArgs, TrainArgs};
+use crate::args::{Cli, Command, ExportArgs, GenerateArgs, LogitsArgs, MethodArgs, TrainArgs};
 
 /// Runs one subcommand.
 pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
@@ -59,6 +59,7 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
         Command::Worker(a) => crate::runs::worker(&catalog, a.run),
         Command::Export(a) => export(&catalog, a),
         Command::Generate(a) => Ok(generate_cmd(a)?),
+        Command::Logits(a) => Ok(logits_cmd(a)?),
         Command::Bench(a) => Ok(crate::bench::bench(&a)?),
         Command::Demo(a) => Ok(demo(&a.out, a.model.as_deref())?),
         Command::Models(c) => Ok(crate::models::run(c)?),
@@ -244,6 +245,39 @@ fn export(catalog: &Path, a: ExportArgs) -> peft_studio_app::Result<()> {
     export_checkpoint(&checkpoint, format, &a.out)?;
     eprintln!("exported {} to {}", checkpoint.display(), a.out.display());
     Ok(())
+}
+
+fn logits_cmd(a: LogitsArgs) -> Result<()> {
+    let dir = resolve_model(&a.model)?;
+    let device = run::default_device();
+    let mut model = load_model(&dir, DType::F32, &device)?;
+    if let Some(adapter) = &a.adapter {
+        attach_adapter(&mut model, adapter, Some(0.0))?;
+    }
+    let ids: Vec<u32> = a
+        .ids
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| EngineError::config("ids", format!("`{s}` is not a token id")))
+        })
+        .collect::<Result<_>>()?;
+    let vocab = model.config().vocab_size;
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(EngineError::config(
+            "ids",
+            format!("{bad} is outside the vocabulary of {vocab}"),
+        ));
+    }
+    let input = candle_core::Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
+    let logits = model
+        .forward(&input, None, &peft_studio_engine::model::ForwardCtx::eval())?
+        .squeeze(0)?;
+    peft_studio_engine::fsutil::write_atomic(
+        &a.out,
+        &peft_studio_engine::fsutil::safetensors_bytes(&[("logits".to_string(), logits)], None)?,
+    )
 }
 
 fn generate_cmd(mut a: GenerateArgs) -> Result<()> {

@@ -544,3 +544,59 @@ fn data_check_lists_problems_and_preview_marks_trained_text() {
         stderr(&trained)
     );
 }
+
+/// `logits` writes [tokens, vocab] f32 for the ids, changed by an adapter; bad ids are named.
+#[test]
+fn logits_for_ids_with_and_without_an_adapter() {
+    let (dir, model, data) = setup();
+    let out = dir.path().join("run");
+    ok(train_one_step(&model, &data, &out, &[]));
+    let read = |p: &Path| {
+        let bytes = std::fs::read(p).expect("read");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let t = st.tensor("logits").expect("logits");
+        assert_eq!(t.dtype(), safetensors::Dtype::F32);
+        (t.shape().to_vec(), t.data().to_vec())
+    };
+    let base = dir.path().join("base.safetensors");
+    ok(cli(&[
+        "logits",
+        "--model",
+        s(&model),
+        "--ids",
+        "1,2,3",
+        "--out",
+        s(&base),
+    ]));
+    let tuned = dir.path().join("tuned.safetensors");
+    let adapter = out.join("adapter");
+    ok(cli(&[
+        "logits",
+        "--model",
+        s(&model),
+        "--adapter",
+        s(&adapter),
+        "--ids",
+        "1,2,3",
+        "--out",
+        s(&tuned),
+    ]));
+    let ((shape, b), (_, t)) = (read(&base), read(&tuned));
+    assert_eq!(shape[0], 3);
+    assert_ne!(b, t, "the adapter changes the logits");
+    let o = cli(&[
+        "logits",
+        "--model",
+        s(&model),
+        "--ids",
+        "1,x",
+        "--out",
+        s(&base),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("ids") && stderr(&o).contains("`x`"),
+        "{}",
+        stderr(&o)
+    );
+}
