@@ -249,20 +249,26 @@ fn run_and_checkpoint(checkpoint_dir: &Path) -> Result<(RunConfig, checkpoint::C
     Ok((load_run(run_dir)?, checkpoint::load(checkpoint_dir)?))
 }
 
-/// Exports a checkpoint's LoRA as a llama.cpp GGUF adapter file `out`.
-pub fn export_gguf_lora(checkpoint_dir: &Path, out: &Path) -> Result<()> {
+/// A checkpoint's run config and its trained parameters, sorted by name.
+fn run_and_params(
+    checkpoint_dir: &Path,
+) -> Result<(RunConfig, Vec<(String, candle_core::Tensor)>)> {
     let (cfg, ck) = run_and_checkpoint(checkpoint_dir)?;
     let mut params: Vec<(String, candle_core::Tensor)> = ck.params.into_iter().collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((cfg, params))
+}
+
+/// Exports a checkpoint's LoRA as a llama.cpp GGUF adapter file `out`.
+pub fn export_gguf_lora(checkpoint_dir: &Path, out: &Path) -> Result<()> {
+    let (cfg, params) = run_and_params(checkpoint_dir)?;
     let model = crate::model::LlamaConfig::from_path(&cfg.model)?;
     crate::export::gguf_lora::write_gguf_lora(&model, &cfg.method, &params, out)
 }
 
 /// Exports a checkpoint folder (`<run>/checkpoints/step-N`) to `out`.
 pub fn export_checkpoint(checkpoint_dir: &Path, out: &Path) -> Result<()> {
-    let (cfg, ck) = run_and_checkpoint(checkpoint_dir)?;
-    let mut params: Vec<(String, candle_core::Tensor)> = ck.params.into_iter().collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let (cfg, params) = run_and_params(checkpoint_dir)?;
     export_params(&cfg, &params, out)
 }
 

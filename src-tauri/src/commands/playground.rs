@@ -33,10 +33,11 @@ pub struct Playground {
     stop: Arc<AtomicBool>,
 }
 
-fn busy() -> CommandError {
+/// The lock is poisoned only when an earlier generation panicked.
+fn broken() -> CommandError {
     CommandError::with_hint(
-        "the playground's model is in use",
-        "wait for the generation to end",
+        "the playground's model was left unusable by an earlier failure",
+        "restart the studio",
     )
 }
 
@@ -59,7 +60,7 @@ pub async fn playground_load(
     let slot = state.loaded.clone();
     blocking(move || {
         let start = Instant::now();
-        let mut guard = slot.lock().map_err(|_| busy())?;
+        let mut guard = slot.lock().map_err(|_| broken())?;
         if guard.as_ref().is_some_and(|l| l.name == model) {
             return Ok(LoadedModel {
                 name: model,
@@ -116,7 +117,7 @@ pub async fn playground_generate(
 ) -> CommandResult<Generation> {
     let (slot, stop) = (state.loaded.clone(), state.stop.clone());
     blocking(move || {
-        let mut guard = slot.lock().map_err(|_| busy())?;
+        let mut guard = slot.lock().map_err(|_| broken())?;
         let loaded = guard.as_mut().ok_or_else(|| {
             CommandError::with_hint("no model is loaded in the playground", "load a model first")
         })?;

@@ -74,7 +74,10 @@ pub async fn start_run(request: RunRequest) -> CommandResult<i64> {
                 ..DataConfig::default()
             },
         };
-        let id = create_run(&catalog, &cfg, request.name.as_deref())?;
+        let id = create_run(&catalog, &cfg, request.name.as_deref()).inspect_err(|_| {
+            // A refused run leaves no empty folder behind (remove_dir keeps a non-empty one).
+            let _ = std::fs::remove_dir(&cfg.out);
+        })?;
         launch(&catalog, id)?;
         Ok(id)
     })

@@ -28,6 +28,14 @@ fn gguf_architecture(cfg: &LlamaConfig) -> Result<&'static str> {
     }
 }
 
+/// A tensor as GGUF F32 data.
+fn as_f32(t: &Tensor) -> Result<QTensor> {
+    Ok(QTensor::quantize(
+        &t.to_dtype(candle_core::DType::F32)?.contiguous()?,
+        GgmlDType::F32,
+    )?)
+}
+
 /// Writes the LoRA `params` (named `<module>.lora_A.weight` / `.lora_B.weight`, as trained)
 /// of a model described by `cfg` to the GGUF file `out`.
 pub fn write_gguf_lora(
@@ -69,14 +77,8 @@ pub fn write_gguf_lora(
             ("llama", Some("attn_k")) => permute(b, cfg.num_key_value_heads)?,
             _ => b.clone(),
         };
-        let f32 = |t: &Tensor| -> Result<QTensor> {
-            Ok(QTensor::quantize(
-                &t.to_dtype(candle_core::DType::F32)?.contiguous()?,
-                GgmlDType::F32,
-            )?)
-        };
-        tensors.push((format!("{gguf}.weight.lora_a"), f32(a)?));
-        tensors.push((format!("{gguf}.weight.lora_b"), f32(&b)?));
+        tensors.push((format!("{gguf}.weight.lora_a"), as_f32(a)?));
+        tensors.push((format!("{gguf}.weight.lora_b"), as_f32(&b)?));
     }
     if tensors.is_empty() {
         return Err(EngineError::config(

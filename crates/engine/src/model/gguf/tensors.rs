@@ -55,36 +55,32 @@ pub fn gguf_module(hf: &str) -> Option<String> {
 /// Applies llama.cpp's rotary row permutation (the inverse of [`unpermute`]): transformers
 /// rows `h·hd + k·hd/2 + j` go to `h·hd + 2j + k`.
 pub fn permute(t: &Tensor, heads: usize) -> Result<Tensor> {
-    let dims = t.dims().to_vec();
-    let rows = dims[0];
-    if heads == 0 || !rows.is_multiple_of(heads * 2) {
-        return Err(EngineError::config(
-            "num_attention_heads",
-            format!("{rows} rows do not split into {heads} heads of even width"),
-        ));
-    }
-    let half = rows / heads / 2;
-    let mut split = vec![heads, 2, half];
-    split.extend_from_slice(&dims[1..]);
-    Ok(t.reshape(split)?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(dims)?)
+    swap_row_groups(t, heads, true, "num_attention_heads")
 }
 
 /// Undoes llama.cpp's rotary row permutation of a q/k weight or bias: GGUF rows pair
 /// adjacent dimensions, transformers pairs the two halves of each head (§8).
 pub fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
+    swap_row_groups(t, heads, false, "attention.head_count")
+}
+
+/// Splits each head's rows into [2, hd/2] (`halves_first`) or [hd/2, 2] and swaps the two
+/// axes: the one reshuffle both directions of the permutation are made of.
+fn swap_row_groups(t: &Tensor, heads: usize, halves_first: bool, field: &str) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
     if heads == 0 || !rows.is_multiple_of(heads * 2) {
         return Err(EngineError::config(
-            "attention.head_count",
+            field,
             format!("{rows} rows do not split into {heads} heads of even width"),
         ));
     }
     let half = rows / heads / 2;
-    let mut split = vec![heads, half, 2];
+    let mut split = if halves_first {
+        vec![heads, 2, half]
+    } else {
+        vec![heads, half, 2]
+    };
     split.extend_from_slice(&dims[1..]);
     Ok(t.reshape(split)?
         .transpose(1, 2)?
