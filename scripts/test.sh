@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up and runs every test: formatting, clippy with warnings denied, the whole
-# workspace's tests (engine, catalog, app, CLI, desktop shell), the web UI's unit tests, and
-# the desktop end-to-end suite under Xvfb.
+# workspace's tests (engine, catalog, app, CLI, desktop shell), the web UI's unit tests, the
+# desktop end-to-end suite under Xvfb, and the interop harness against PyTorch + PEFT, the
+# adapters library and llama.cpp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -f "$HOME/.cargo/env" ]] && source "$HOME/.cargo/env"
@@ -25,4 +26,7 @@ cargo test --workspace --locked
 (cd ui && npm ci --no-audit --no-fund --loglevel=error && npx vitest run)
 cargo build --release --locked -p peft-studio -p peft-studio-cli --features peft-studio/custom-protocol
 bash tests/desktop/run.sh
+# Exports load in the reference libraries and compute the studio's logits, and theirs load in
+# the studio (its Python environment is made once, outside the clone).
+PEFT_STUDIO_CLI="$PWD/target/release/peft-studio-cli" bash tests/interop/run
 echo "all checks passed in $(( $(date +%s) - start )) s"

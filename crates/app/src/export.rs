@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use peft_studio_catalog::{Catalog, NewAdapter};
+use peft_studio_engine::export::gguf_model::GgufType;
 use peft_studio_engine::run::{self, RunConfig};
 use peft_studio_engine::train::checkpoint;
 use peft_studio_engine::EngineError;
@@ -20,6 +21,15 @@ pub enum ExportFormat {
     Merged,
     /// A LoRA adapter as llama.cpp (and Ollama, LM Studio) loads it: one GGUF file.
     GgufLora,
+    /// The merged model as one GGUF file of this weight type, for llama.cpp, Ollama, LM Studio.
+    MergedGguf(GgufType),
+}
+
+impl ExportFormat {
+    /// Whether the export is one file (`.gguf`) rather than a folder.
+    pub fn is_file(self) -> bool {
+        matches!(self, Self::GgufLora | Self::MergedGguf(_))
+    }
 }
 
 impl FromStr for ExportFormat {
@@ -28,12 +38,15 @@ impl FromStr for ExportFormat {
         match s {
             "peft" | "adapter" => Ok(Self::Peft),
             "merged" => Ok(Self::Merged),
-            "gguf-lora" | "gguf" => Ok(Self::GgufLora),
-            other => Err(EngineError::config(
-                "format",
-                format!("`{other}` is not supported; supported: peft, merged, gguf-lora"),
-            )
-            .into()),
+            "gguf-lora" => Ok(Self::GgufLora),
+            other => match other.strip_prefix("gguf-") {
+                Some(ty) if ty.parse::<GgufType>().is_ok() => Ok(Self::MergedGguf(ty.parse()?)),
+                _ => Err(EngineError::config(
+                    "format",
+                    format!("`{other}` is not supported; supported: peft, merged, gguf-lora, gguf-f32, gguf-f16, gguf-q8_0"),
+                )
+                .into()),
+            },
         }
     }
 }
@@ -49,8 +62,8 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<PathBuf> {
         })?)
 }
 
-/// Writes `checkpoint` to `out` in `format` (a folder; for `GgufLora` a `.gguf` file). `out`
-/// must not hold anything already: nothing a user has is overwritten.
+/// Writes `checkpoint` to `out` in `format` (a folder; for the GGUF formats a `.gguf` file).
+/// `out` must not hold anything already: nothing a user has is overwritten.
 pub fn export_checkpoint(checkpoint: &Path, format: ExportFormat, out: &Path) -> Result<()> {
     if out.is_file() || std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
         return Err(EngineError::bad_file(out, "already exists; choose a new name").into());
@@ -58,12 +71,13 @@ pub fn export_checkpoint(checkpoint: &Path, format: ExportFormat, out: &Path) ->
     match format {
         ExportFormat::Merged => run::export_merged(checkpoint, out)?,
         ExportFormat::Peft => run::export_checkpoint(checkpoint, out)?,
-        ExportFormat::GgufLora if out.is_dir() => {
+        f if f.is_file() && out.is_dir() => {
             return Err(
                 EngineError::bad_file(out, "is a folder; give a file name ending in .gguf").into(),
             )
         }
         ExportFormat::GgufLora => run::export_gguf_lora(checkpoint, out)?,
+        ExportFormat::MergedGguf(ty) => run::export_merged_gguf(checkpoint, ty, out)?,
     }
     Ok(())
 }

@@ -186,8 +186,14 @@ fn imported_adapters_are_checked_then_recorded() {
     let catalog = Catalog::open(&dir.path().join("c.sqlite")).expect("catalog");
     let fixtures =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/reference");
-    import_adapter(&catalog, &fixtures.join("peft/ia3_qwen2")).expect("peft ia3");
-    import_adapter(&catalog, &fixtures.join("adapters/houlsby")).expect("houlsby");
+    import_adapter(&catalog, dir.path(), &fixtures.join("peft/ia3_qwen2"), None).expect("peft ia3");
+    import_adapter(
+        &catalog,
+        dir.path(),
+        &fixtures.join("adapters/houlsby"),
+        None,
+    )
+    .expect("houlsby");
     let recorded: Vec<(String, Option<i64>)> = catalog
         .adapters(None)
         .expect("list")
@@ -202,7 +208,7 @@ fn imported_adapters_are_checked_then_recorded() {
     let pickled = dir.path().join("pickled");
     std::fs::create_dir_all(&pickled).expect("mkdir");
     std::fs::write(pickled.join("adapter_model.bin"), b"\x80\x02}q\x00.").expect("bin");
-    let err = import_adapter(&catalog, &pickled)
+    let err = import_adapter(&catalog, dir.path(), &pickled, None)
         .expect_err("pickle")
         .to_string();
     assert!(
@@ -222,7 +228,7 @@ fn imported_adapters_are_checked_then_recorded() {
         r#"{"peft_type": "LOHA"}"#,
     )
     .expect("cfg");
-    let err = import_adapter(&catalog, &foreign)
+    let err = import_adapter(&catalog, dir.path(), &foreign, None)
         .expect_err("loha")
         .to_string();
     assert!(
@@ -238,7 +244,7 @@ fn imported_adapters_are_checked_then_recorded() {
     )
     .expect("cfg");
     std::fs::write(corrupt.join("adapter_model.safetensors"), [255u8; 12]).expect("bad");
-    let err = import_adapter(&catalog, &corrupt)
+    let err = import_adapter(&catalog, dir.path(), &corrupt, None)
         .expect_err("corrupt")
         .to_string();
     assert!(err.contains("adapter_model.safetensors"), "{err}");
@@ -246,5 +252,161 @@ fn imported_adapters_are_checked_then_recorded() {
         catalog.adapters(None).expect("list").len(),
         2,
         "nothing recorded for refusals"
+    );
+}
+
+/// A trained tiny LoRA run in `dir`: its folder and the tiny model's.
+fn trained_tiny_lora(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use peft_studio_engine::fixtures::{write_tiny_model, TinySpec};
+    use peft_studio_engine::peft::{MethodConfig, MethodKind, TargetModules};
+    let model = dir.join("model");
+    write_tiny_model(&model, &TinySpec::default()).unwrap();
+    let data = dir.join("data.jsonl");
+    std::fs::write(&data, "{\"text\": \"the cat sat on the mat\"}\n".repeat(8)).unwrap();
+    let cfg = peft_studio_engine::run::RunConfig {
+        model: model.clone(),
+        dataset: data,
+        out: dir.join("run"),
+        method: MethodConfig {
+            kind: MethodKind::Lora,
+            r: 4,
+            lora_alpha: 8.0,
+            target_modules: Some(TargetModules::parse_cli("q_proj,k_proj,v_proj")),
+            ..Default::default()
+        },
+        train: peft_studio_engine::train::TrainConfig {
+            lr: 5e-2,
+            max_steps: Some(3),
+            batch_size: 2,
+            seq_len: 16,
+            ..Default::default()
+        },
+        data: Default::default(),
+    };
+    let mut sink = peft_studio_engine::train::Recorder::default();
+    peft_studio_engine::run::train(&cfg, false, &mut sink, &Default::default()).unwrap();
+    (cfg.out, model)
+}
+
+/// Exports carry a README model card with the run's figures; a GGUF LoRA export imports back
+/// against its base model (and is refused without one, or for a model it does not fit, leaving
+/// no folder behind); an adapter naming another base model imports with a warning; NaN
+/// weights are refused with the tensor named.
+#[test]
+fn exports_carry_a_card_and_imports_are_checked_against_their_base() {
+    use peft_studio_app::adapters::import_adapter;
+    use peft_studio_app::export::{export_checkpoint, latest_checkpoint, ExportFormat};
+    let dir = tempfile::tempdir().unwrap();
+    let (run, model) = trained_tiny_lora(dir.path());
+    let checkpoint = latest_checkpoint(&run).unwrap();
+    let peft = dir.path().join("peft");
+    export_checkpoint(&checkpoint, ExportFormat::Peft, &peft).unwrap();
+    let card = std::fs::read_to_string(peft.join("README.md")).unwrap();
+    let last_loss = std::fs::read_to_string(run.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "step")
+        .and_then(|e| e["loss"].as_f64())
+        .unwrap();
+    for needle in [
+        "library_name: peft".to_string(),
+        "| Steps | 3 |".to_string(),
+        format!("| Final training loss | {last_loss:.4} |"),
+        "r = 4".to_string(),
+        "PeftModel.from_pretrained".to_string(),
+    ] {
+        assert!(card.contains(&needle), "card lacks `{needle}`:\n{card}");
+    }
+
+    let gguf = dir.path().join("lora.gguf");
+    export_checkpoint(&checkpoint, ExportFormat::GgufLora, &gguf).unwrap();
+    let q8 = dir.path().join("merged-q8.gguf");
+    export_checkpoint(&checkpoint, "gguf-q8_0".parse().unwrap(), &q8).unwrap();
+    assert_eq!(&std::fs::read(&q8).unwrap()[..4], b"GGUF");
+
+    let catalog = Catalog::open(&dir.path().join("c.sqlite")).unwrap();
+    let store = dir.path().join("store");
+    let err = import_adapter(&catalog, &store, &gguf, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("base model"), "{err}");
+    let other = dir.path().join("other");
+    peft_studio_engine::fixtures::write_tiny_model(
+        &other,
+        &peft_studio_engine::fixtures::TinySpec {
+            hidden_size: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = import_adapter(&catalog, &store, &gguf, Some(&other))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another model"), "{err}");
+    assert!(
+        std::fs::read_dir(&store).map_or(true, |mut d| d.next().is_none()),
+        "a refused import leaves no folder"
+    );
+    let imported = import_adapter(&catalog, &store, &gguf, Some(&model)).unwrap();
+    assert!(imported.path.starts_with(&store), "{:?}", imported.path);
+    assert!(imported.warnings.is_empty(), "{:?}", imported.warnings);
+
+    // A PEFT folder naming another base model: it fits, so a warning, not an error.
+    let renamed = dir.path().join("renamed");
+    std::fs::create_dir_all(&renamed).unwrap();
+    std::fs::copy(
+        peft.join("adapter_model.safetensors"),
+        renamed.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap())
+            .unwrap();
+    config["base_model_name_or_path"] = "org/another-model".into();
+    std::fs::write(renamed.join("adapter_config.json"), config.to_string()).unwrap();
+    let warned = import_adapter(&catalog, &store, &renamed, Some(&model)).unwrap();
+    assert!(
+        warned
+            .warnings
+            .iter()
+            .any(|w| w.contains("org/another-model")),
+        "{:?}",
+        warned.warnings
+    );
+
+    // NaN weights: refused, the tensor named.
+    let poisoned = dir.path().join("poisoned");
+    std::fs::create_dir_all(&poisoned).unwrap();
+    std::fs::copy(
+        peft.join("adapter_config.json"),
+        poisoned.join("adapter_config.json"),
+    )
+    .unwrap();
+    let mut tensors =
+        peft_studio_engine::model::load::read_safetensors(&peft.join("adapter_model.safetensors"))
+            .unwrap();
+    let (name, t) = tensors
+        .iter()
+        .next()
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .unwrap();
+    let nan = (t.zeros_like().unwrap() + f64::NAN).unwrap();
+    tensors.insert(name.clone(), nan);
+    let tensors: Vec<(String, candle_core::Tensor)> = tensors.into_iter().collect();
+    std::fs::write(
+        poisoned.join("adapter_model.safetensors"),
+        peft_studio_engine::fsutil::safetensors_bytes(&tensors, None).unwrap(),
+    )
+    .unwrap();
+    let err = import_adapter(&catalog, &store, &poisoned, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NaN") && err.contains(&name), "{err}");
+    assert_eq!(
+        catalog.adapters(None).unwrap().len(),
+        2,
+        "two imports recorded"
     );
 }

@@ -48,6 +48,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a demo model, dataset and run config to try the studio with.
     Demo(DemoArgs),
+    /// Adapters: import a shared one (PEFT or adapters-library folder, GGUF LoRA), list them.
+    #[command(subcommand)]
+    Adapters(AdaptersCommand),
     /// The model library: list, import a folder or GGUF file, download from the hub, remove.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -138,10 +141,38 @@ pub enum ModelsCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Write a model as one GGUF file for llama.cpp, Ollama and LM Studio.
+    ToGguf {
+        /// Model folder or library name.
+        model: PathBuf,
+        /// The .gguf file to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight type: f32, f16 or q8_0.
+        #[arg(long = "type", default_value = "f16")]
+        ty: String,
+    },
     /// Remove a model from the library (files the studio converted are deleted too).
     Remove {
         /// Library name.
         name: String,
+    },
+}
+
+/// `adapters …`.
+#[derive(Debug, Subcommand)]
+pub enum AdaptersCommand {
+    /// List the adapters in the catalog.
+    List,
+    /// Check a shared adapter and add it to the catalog: a PEFT or adapters-library folder, or
+    /// a llama.cpp GGUF LoRA file (converted to a PEFT folder; needs --model).
+    Import {
+        /// The folder or the .gguf file.
+        path: PathBuf,
+        /// The base model it is for (folder or library name): the adapter is attached to it
+        /// first, and refused if it does not fit.
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
 }
 
@@ -435,8 +466,9 @@ pub struct ExportArgs {
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// Export format: peft (the adapter, as PEFT loads it), merged (the base model with the
-    /// adapter folded in, as a Hugging Face folder) or gguf-lora (a LoRA as llama.cpp and
-    /// Ollama load it; --out names the .gguf file).
+    /// adapter folded in, as a Hugging Face folder), gguf-lora (a LoRA as llama.cpp and
+    /// Ollama load it) or gguf-f32 / gguf-f16 / gguf-q8_0 (the merged model as one GGUF file);
+    /// for the GGUF formats --out names the .gguf file.
     #[arg(long, default_value = "peft")]
     pub format: String,
     /// Destination folder.

@@ -15,7 +15,9 @@ use peft_studio_engine::run::{self, RunConfig};
 use peft_studio_engine::tokenizer::TextTokenizer;
 use peft_studio_engine::{EngineError, Result};
 
-use crate::args::{Cli, Command, ExportArgs, GenerateArgs, LogitsArgs, MethodArgs, TrainArgs};
+use crate::args::{
+    AdaptersCommand, Cli, Command, ExportArgs, GenerateArgs, LogitsArgs, MethodArgs, TrainArgs,
+};
 
 /// Runs one subcommand.
 pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
@@ -62,6 +64,7 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
         Command::Logits(a) => Ok(logits_cmd(a)?),
         Command::Bench(a) => Ok(crate::bench::bench(&a)?),
         Command::Demo(a) => Ok(demo(&a.out, a.model.as_deref())?),
+        Command::Adapters(c) => adapters(&catalog, c),
         Command::Models(c) => Ok(crate::models::run(c)?),
         Command::Data(c) => Ok(crate::data::run(c)?),
     }
@@ -244,6 +247,36 @@ fn export(catalog: &Path, a: ExportArgs) -> peft_studio_app::Result<()> {
     };
     export_checkpoint(&checkpoint, format, &a.out)?;
     eprintln!("exported {} to {}", checkpoint.display(), a.out.display());
+    Ok(())
+}
+
+fn adapters(catalog: &Path, c: AdaptersCommand) -> peft_studio_app::Result<()> {
+    let catalog = crate::runs::open(catalog)?;
+    match c {
+        AdaptersCommand::List => {
+            for a in catalog.adapters(None)? {
+                let run = a.run_id.map_or_else(|| "-".into(), |r| r.to_string());
+                println!(
+                    "{:>4}  {:<14} run {:<5} {:>10} B  {}  (base {})",
+                    a.id, a.method, run, a.size_bytes, a.path, a.base_model
+                );
+            }
+        }
+        AdaptersCommand::Import { path, model } => {
+            let base = model.as_deref().map(resolve_model).transpose()?;
+            let store = peft_studio_engine::library::studio_home().join("adapters");
+            let done = peft_studio_app::adapters::import_adapter(
+                &catalog,
+                &store,
+                &path,
+                base.as_deref(),
+            )?;
+            for w in &done.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("imported adapter {} at {}", done.id, done.path.display());
+        }
+    }
     Ok(())
 }
 

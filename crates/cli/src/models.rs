@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use peft_studio_engine::library::hub::{self, DownloadProgress};
 use peft_studio_engine::library::import::{default_name, describe_folder, import_gguf};
 use peft_studio_engine::library::{studio_home, ModelEntry, Registry};
-use peft_studio_engine::Result;
+use peft_studio_engine::{EngineError, Result};
 
 use crate::args::ModelsCommand;
 
@@ -43,6 +43,18 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
                 &home,
                 describe_folder(&snapshot, &name, &format!("hub:{repo}@{revision}"))?,
             )
+        }
+        ModelsCommand::ToGguf { model, out, ty } => {
+            let dir = peft_studio_engine::library::resolve(&home, &model)?;
+            if out.exists() {
+                return Err(EngineError::bad_file(
+                    &out,
+                    "already exists; choose a new name",
+                ));
+            }
+            peft_studio_engine::run::convert_to_gguf(&dir, ty.parse()?, &out)?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
         }
         ModelsCommand::Remove { name } => {
             let mut registry = Registry::open(&home)?;

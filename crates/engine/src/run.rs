@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{load_examples_cached, DataConfig, DataReport, Examples, TokenCache};
 use crate::error::{EngineError, Result};
+use crate::export::card::Exported;
+use crate::export::gguf_model::GgufType;
 use crate::export::{write_peft_dir, ExportInfo};
 use crate::fsutil::write_atomic;
 use crate::model::{load_model, LlamaModel};
@@ -184,7 +186,7 @@ pub fn train(
     if trainer.step() < trainer.total_steps() {
         return Err(EngineError::Cancelled);
     }
-    export_params(cfg, &trainer.params(), &cfg.adapter_dir())?;
+    export_params(cfg, &trainer.params(), None, &cfg.adapter_dir())?;
     Ok(cfg.adapter_dir())
 }
 
@@ -201,38 +203,38 @@ pub fn load_run(dir: &Path) -> Result<RunConfig> {
 pub fn export_params(
     cfg: &RunConfig,
     params: &[(String, candle_core::Tensor)],
+    step: Option<usize>,
     out: &Path,
 ) -> Result<()> {
+    let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
+    let base = base.display().to_string();
     match cfg.method.kind {
         MethodKind::Lora
         | MethodKind::Ia3
         | MethodKind::PromptTuning
-        | MethodKind::PrefixTuning => {
-            let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
-            write_peft_dir(
-                out,
-                &cfg.method,
-                &ExportInfo {
-                    base_model: base.display().to_string(),
-                },
-                params,
-            )
-        }
+        | MethodKind::PrefixTuning => write_peft_dir(
+            out,
+            &cfg.method,
+            &ExportInfo {
+                base_model: base.clone(),
+            },
+            params,
+        )?,
         MethodKind::Houlsby | MethodKind::Pfeiffer => {
-            let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
             crate::export::adapters_lib::write_adapters_dir(
                 out,
                 &cfg.method,
                 &crate::model::LlamaConfig::from_path(&cfg.model)?,
-                &base.display().to_string(),
+                &base,
                 params,
-            )
+            )?
         }
         MethodKind::Freeze | MethodKind::Full => write_atomic(
             &out.join("trained.safetensors"),
             &crate::fsutil::safetensors_bytes(params, None)?,
-        ),
+        )?,
     }
+    crate::export::card::write_model_card(cfg, &base, Exported::Adapter, step, out)
 }
 
 /// The run config and the contents of a checkpoint folder (`<run>/checkpoints/step-N`).
@@ -249,27 +251,27 @@ fn run_and_checkpoint(checkpoint_dir: &Path) -> Result<(RunConfig, checkpoint::C
     Ok((load_run(run_dir)?, checkpoint::load(checkpoint_dir)?))
 }
 
-/// A checkpoint's run config and its trained parameters, sorted by name.
-fn run_and_params(
-    checkpoint_dir: &Path,
-) -> Result<(RunConfig, Vec<(String, candle_core::Tensor)>)> {
+/// A checkpoint's run config, its trained parameters sorted by name, and its step.
+type RunParams = (RunConfig, Vec<(String, candle_core::Tensor)>, usize);
+
+fn run_and_params(checkpoint_dir: &Path) -> Result<RunParams> {
     let (cfg, ck) = run_and_checkpoint(checkpoint_dir)?;
     let mut params: Vec<(String, candle_core::Tensor)> = ck.params.into_iter().collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((cfg, params))
+    Ok((cfg, params, ck.state.step))
 }
 
 /// Exports a checkpoint's LoRA as a llama.cpp GGUF adapter file `out`.
 pub fn export_gguf_lora(checkpoint_dir: &Path, out: &Path) -> Result<()> {
-    let (cfg, params) = run_and_params(checkpoint_dir)?;
+    let (cfg, params, _) = run_and_params(checkpoint_dir)?;
     let model = crate::model::LlamaConfig::from_path(&cfg.model)?;
     crate::export::gguf_lora::write_gguf_lora(&model, &cfg.method, &params, out)
 }
 
 /// Exports a checkpoint folder (`<run>/checkpoints/step-N`) to `out`.
 pub fn export_checkpoint(checkpoint_dir: &Path, out: &Path) -> Result<()> {
-    let (cfg, params) = run_and_params(checkpoint_dir)?;
-    export_params(&cfg, &params, out)
+    let (cfg, params, step) = run_and_params(checkpoint_dir)?;
+    export_params(&cfg, &params, Some(step), out)
 }
 
 /// Appends events to a JSONL file, flushing each line so that a crash loses nothing.
@@ -297,10 +299,10 @@ impl TrainSink for EventLog {
     }
 }
 
-/// Writes the run's base model with a checkpoint's trained parameters merged in, as a Hugging
-/// Face folder at `out` (LoRA, DoRA and IA³ adapters folded into the weights; freeze and full
-/// runs' trained weights in place).
-pub fn export_merged(checkpoint_dir: &Path, out: &Path) -> Result<()> {
+/// The run's base model with a checkpoint's trained parameters set (LoRA, DoRA and IA³
+/// adapters still attached; freeze and full runs' trained weights in place), the run, and the
+/// checkpoint's step.
+fn trained_model(checkpoint_dir: &Path) -> Result<(RunConfig, LlamaModel, usize)> {
     let (cfg, ck) = run_and_checkpoint(checkpoint_dir)?;
     let mut model = load_model(&cfg.model, DType::F32, &default_device())?;
     let vars = cfg.method.apply(&mut model, cfg.train.seed)?;
@@ -313,5 +315,42 @@ pub fn export_merged(checkpoint_dir: &Path, out: &Path) -> Result<()> {
         })?;
         var.set(&trained.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
-    crate::export::merged::write_merged_model(&mut model, &cfg.model, out)
+    Ok((cfg, model, ck.state.step))
+}
+
+/// Writes the run's base model with a checkpoint's trained parameters merged in, as a Hugging
+/// Face folder at `out` (LoRA, DoRA and IA³ adapters folded into the weights; freeze and full
+/// runs' trained weights in place).
+pub fn export_merged(checkpoint_dir: &Path, out: &Path) -> Result<()> {
+    use crate::export::merged::{write_merged_model, MAX_SHARD_BYTES};
+    let (cfg, mut model, step) = trained_model(checkpoint_dir)?;
+    write_merged_model(&mut model, &cfg.model, out, MAX_SHARD_BYTES)?;
+    let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
+    let base = base.display().to_string();
+    crate::export::card::write_model_card(&cfg, &base, Exported::MergedModel, Some(step), out)
+}
+
+/// Writes the run's base model with a checkpoint merged in as one GGUF file `out`.
+pub fn export_merged_gguf(checkpoint_dir: &Path, ty: GgufType, out: &Path) -> Result<()> {
+    let (cfg, mut model, _) = trained_model(checkpoint_dir)?;
+    crate::peft::merge::merge_adapters(&mut model)?;
+    let name = run_model_name(&cfg);
+    crate::export::gguf_model::write_gguf_model(&mut model, &cfg.model, &name, ty, out)
+}
+
+/// Converts the model folder `model_dir` to one GGUF file `out`.
+pub fn convert_to_gguf(model_dir: &Path, ty: GgufType, out: &Path) -> Result<()> {
+    let mut model = load_model(model_dir, DType::F32, &default_device())?;
+    let name = folder_name(model_dir);
+    crate::export::gguf_model::write_gguf_model(&mut model, model_dir, &name, ty, out)
+}
+
+fn folder_name(dir: &Path) -> String {
+    dir.file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// `<base model> + <run folder>`, the name a merged model is given.
+fn run_model_name(cfg: &RunConfig) -> String {
+    format!("{} + {}", folder_name(&cfg.model), folder_name(&cfg.out))
 }

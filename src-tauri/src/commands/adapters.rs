@@ -82,13 +82,25 @@ pub async fn reveal_adapter(id: i64) -> CommandResult<()> {
     .await
 }
 
-/// Checks a shared adapter folder (PEFT or adapters library) and adds it to the list.
+/// Checks a shared adapter (a PEFT or adapters-library folder, or a GGUF LoRA file) and adds
+/// it to the list. With `model` (an installed model's name or a folder) the adapter is also
+/// checked to fit that model; a GGUF LoRA needs it.
 #[tauri::command]
-pub async fn import_adapter(path: std::path::PathBuf) -> CommandResult<i64> {
+pub async fn import_adapter(
+    path: std::path::PathBuf,
+    model: Option<std::path::PathBuf>,
+) -> CommandResult<peft_studio_app::adapters::ImportedAdapter> {
     blocking(move || {
+        let home = peft_studio_engine::library::studio_home();
+        let base = match model {
+            Some(m) => Some(peft_studio_engine::library::resolve(&home, &m)?),
+            None => None,
+        };
         Ok(peft_studio_app::adapters::import_adapter(
             &open_catalog()?,
+            &home.join("adapters"),
             &path,
+            base.as_deref(),
         )?)
     })
     .await

@@ -600,3 +600,101 @@ fn logits_for_ids_with_and_without_an_adapter() {
         stderr(&o)
     );
 }
+
+/// From the terminal: a model converted to GGUF (`models to-gguf`), a run's LoRA exported as a
+/// GGUF LoRA and imported back against its base (`adapters import --model`), computing the
+/// run's logits exactly; existing files and unknown types refused by name.
+#[test]
+fn gguf_files_out_and_gguf_loras_back_in() {
+    let (dir, model, data) = setup();
+    let home = dir.path().join("home");
+    let cli_home = |args: &[&str]| {
+        cli_command()
+            .env("PEFT_STUDIO_HOME", &home)
+            .args(args)
+            .output()
+            .expect("run peft-studio-cli")
+    };
+    let out = dir.path().join("run");
+    ok(train_one_step(
+        &model,
+        &data,
+        &out,
+        &["--target-modules", "q_proj,k_proj,v_proj"],
+    ));
+    let lora = dir.path().join("lora.gguf");
+    ok(cli(&[
+        "export",
+        "--run",
+        s(&out),
+        "--format",
+        "gguf-lora",
+        "--out",
+        s(&lora),
+    ]));
+    let o = ok(cli_home(&[
+        "adapters",
+        "import",
+        s(&lora),
+        "--model",
+        s(&model),
+    ]));
+    let imported = home.join("adapters/lora");
+    assert!(stdout(&o).contains(s(&imported)), "{}", stdout(&o));
+    let listed = stdout(&ok(cli_home(&["adapters", "list"])));
+    assert!(
+        listed.contains("lora") && listed.contains(s(&imported)),
+        "{listed}"
+    );
+    let logits = |adapter: &Path, name: &str| {
+        let file = dir.path().join(name);
+        ok(cli(&[
+            "logits",
+            "--model",
+            s(&model),
+            "--adapter",
+            s(adapter),
+            "--ids",
+            "1,2,3",
+            "--out",
+            s(&file),
+        ]));
+        std::fs::read(file).expect("logits")
+    };
+    assert_eq!(
+        logits(&out.join("adapter"), "a.st"),
+        logits(&imported, "b.st")
+    );
+
+    let gguf = dir.path().join("model.gguf");
+    ok(cli_home(&[
+        "models",
+        "to-gguf",
+        s(&model),
+        "--out",
+        s(&gguf),
+        "--type",
+        "q8_0",
+    ]));
+    assert_eq!(&std::fs::read(&gguf).expect("gguf")[..4], b"GGUF");
+    let again = cli_home(&["models", "to-gguf", s(&model), "--out", s(&gguf)]);
+    assert!(
+        !again.status.success() && stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    let bad = cli_home(&[
+        "models",
+        "to-gguf",
+        s(&model),
+        "--out",
+        s(&dir.path().join("x.gguf")),
+        "--type",
+        "q3",
+    ]);
+    assert!(
+        stderr(&bad).contains("gguf type") && stderr(&bad).contains("q8_0"),
+        "{}",
+        stderr(&bad)
+    );
+}

@@ -6,18 +6,18 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Tensor;
 
+use super::gguf_write::{gguf_tensor, write_gguf};
 use crate::error::{EngineError, Result};
-use crate::fsutil::write_atomic;
 use crate::model::gguf::tensors::{gguf_module, permute};
 use crate::model::LlamaConfig;
 use crate::peft::{MethodConfig, MethodKind};
 
 /// The GGUF architecture of a model, as llama.cpp names it.
-fn gguf_architecture(cfg: &LlamaConfig) -> Result<&'static str> {
+pub fn gguf_architecture(cfg: &LlamaConfig) -> Result<&'static str> {
     match cfg.model_type.as_str() {
         "llama" | "mistral" => Ok("llama"),
         "qwen2" => Ok("qwen2"),
@@ -26,14 +26,6 @@ fn gguf_architecture(cfg: &LlamaConfig) -> Result<&'static str> {
             format!("`{other}` has no llama.cpp LoRA mapping here"),
         )),
     }
-}
-
-/// A tensor as GGUF F32 data.
-fn as_f32(t: &Tensor) -> Result<QTensor> {
-    Ok(QTensor::quantize(
-        &t.to_dtype(candle_core::DType::F32)?.contiguous()?,
-        GgmlDType::F32,
-    )?)
 }
 
 /// Writes the LoRA `params` (named `<module>.lora_A.weight` / `.lora_B.weight`, as trained)
@@ -77,8 +69,14 @@ pub fn write_gguf_lora(
             ("llama", Some("attn_k")) => permute(b, cfg.num_key_value_heads)?,
             _ => b.clone(),
         };
-        tensors.push((format!("{gguf}.weight.lora_a"), as_f32(a)?));
-        tensors.push((format!("{gguf}.weight.lora_b"), as_f32(&b)?));
+        tensors.push((
+            format!("{gguf}.weight.lora_a"),
+            gguf_tensor(a, GgmlDType::F32)?,
+        ));
+        tensors.push((
+            format!("{gguf}.weight.lora_b"),
+            gguf_tensor(&b, GgmlDType::F32)?,
+        ));
     }
     if tensors.is_empty() {
         return Err(EngineError::config(
@@ -94,24 +92,12 @@ pub fn write_gguf_lora(
     } else {
         method.lora_alpha
     };
-    let (kind, arch_v, lora, alpha_v) = (
-        Value::String("adapter".into()),
-        Value::String(arch.into()),
-        Value::String("lora".into()),
-        Value::F32(alpha as f32),
-    );
     let metadata = [
-        ("general.type", &kind),
-        ("general.architecture", &arch_v),
-        ("adapter.type", &lora),
-        ("adapter.lora.alpha", &alpha_v),
-    ];
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut bytes, &metadata, &refs)?;
-    let mut bytes = bytes.into_inner();
-    // candle writes version 2; versions 2 and 3 lay out little-endian files identically, and
-    // 3 is what llama.cpp's converter writes.
-    bytes[4..8].copy_from_slice(&3u32.to_le_bytes());
-    write_atomic(out, &bytes)
+        ("general.type", Value::String("adapter".into())),
+        ("general.architecture", Value::String(arch.into())),
+        ("adapter.type", Value::String("lora".into())),
+        ("adapter.lora.alpha", Value::F32(alpha as f32)),
+    ]
+    .map(|(k, v)| (k.to_string(), v));
+    write_gguf(out, &metadata, &tensors)
 }

@@ -1,6 +1,8 @@
-//! A merged model as a Hugging Face folder: the base model's config and tokenizer files as
-//! they are, and `model.safetensors` (F32) holding every base weight with the adapters folded
-//! in, so that transformers, llama.cpp's converter and Ollama take it as any other model.
+//! A merged model as a Hugging Face folder: the base model's config, tokenizer files and chat
+//! template as they are, and its weights (F32) with the adapters folded in — one
+//! `model.safetensors`, or shards of at most 5 GB with `model.safetensors.index.json` as
+//! transformers writes them — so that transformers, llama.cpp's converter and Ollama take it
+//! as any other model.
 
 use std::path::Path;
 
@@ -21,9 +23,18 @@ const CARRIED_FILES: [&str; 6] = [
     "chat_template.jinja",
 ];
 
+/// The largest shard transformers' `save_pretrained` writes by default (5 GB).
+pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
+
 /// Merges `model`'s adapters into its weights and writes the merged model (with the files of
-/// `base_dir`, the folder it was loaded from) to `out`.
-pub fn write_merged_model(model: &mut LlamaModel, base_dir: &Path, out: &Path) -> Result<()> {
+/// `base_dir`, the folder it was loaded from) to `out`, in shards of at most
+/// `max_shard_bytes`.
+pub fn write_merged_model(
+    model: &mut LlamaModel,
+    base_dir: &Path,
+    out: &Path,
+    max_shard_bytes: usize,
+) -> Result<()> {
     merge_adapters(model)?;
     std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
     for name in CARRIED_FILES {
@@ -38,11 +49,51 @@ pub fn write_merged_model(model: &mut LlamaModel, base_dir: &Path, out: &Path) -
         .into_iter()
         .map(|(n, t)| (n, t.clone()))
         .collect();
-    let shapes: Vec<(String, Vec<usize>)> = weights
-        .iter()
-        .map(|(n, t)| (n.clone(), t.dims().to_vec()))
-        .collect();
-    write_safetensors_streaming(&out.join("model.safetensors"), &shapes, |i| {
-        Ok(weights[i].1.detach().to_dtype(DType::F32)?)
-    })
+    // Consecutive weights fill a shard until the next would overflow it.
+    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut filled = 0;
+    for (i, (_, t)) in weights.iter().enumerate() {
+        let bytes = t.elem_count() * 4;
+        if filled > 0 && filled + bytes > max_shard_bytes {
+            shards.push(Vec::new());
+            filled = 0;
+        }
+        filled += bytes;
+        if let Some(shard) = shards.last_mut() {
+            shard.push(i);
+        }
+    }
+    let count = shards.len();
+    let file_of = |k: usize| {
+        if count == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{count:05}.safetensors", k + 1)
+        }
+    };
+    let mut weight_map = serde_json::Map::new();
+    for (k, members) in shards.iter().enumerate() {
+        let shapes: Vec<(String, Vec<usize>)> = members
+            .iter()
+            .map(|&i| (weights[i].0.clone(), weights[i].1.dims().to_vec()))
+            .collect();
+        write_safetensors_streaming(&out.join(file_of(k)), &shapes, |j| {
+            Ok(weights[members[j]].1.detach().to_dtype(DType::F32)?)
+        })?;
+        for (name, _) in &shapes {
+            weight_map.insert(name.clone(), file_of(k).into());
+        }
+    }
+    if count > 1 {
+        let total: usize = weights.iter().map(|(_, t)| t.elem_count() * 4).sum();
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write_atomic(
+            &out.join("model.safetensors.index.json"),
+            serde_json::to_string_pretty(&index)
+                .map_err(|e| EngineError::config("index", e.to_string()))?
+                .as_bytes(),
+        )?;
+    }
+    Ok(())
 }

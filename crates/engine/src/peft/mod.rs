@@ -4,6 +4,7 @@
 pub mod bottleneck;
 pub mod describe;
 pub mod freeze;
+pub mod gguf_lora;
 pub mod ia3;
 pub mod load;
 pub mod lora;

@@ -9,6 +9,7 @@ mod generate;
 mod gradients;
 mod library;
 mod model;
+mod model_export;
 mod plan;
 mod reference;
 mod resume;

@@ -4,21 +4,26 @@ import { h, errorBox } from "../dom.js";
 import { formatBytes } from "../metrics.js";
 
 export async function adaptersView(root) {
-  const adapters = await invoke("list_adapters");
-  const importPath = h("input", { type: "text", id: "adapter-import-path", placeholder: "/path/to/adapter-folder" });
+  const [adapters, models] = await Promise.all([invoke("list_adapters"), invoke("list_models").catch(() => [])]);
+  const importPath = h("input", { type: "text", id: "adapter-import-path", placeholder: "/path/to/adapter-folder or lora.gguf" });
+  const importModel = h("select", { id: "adapter-import-model", "aria-label": "Base model to check against" },
+    h("option", { value: "" }, "(base model: don't check)"), models.map((m) => h("option", { value: m.name }, m.name)));
   const importMsg = h("div", { "aria-live": "polite" });
   const importForm = h("form", { class: "row", onsubmit: async (e) => {
     e.preventDefault();
     try {
-      await invoke("import_adapter", { path: importPath.value.trim() });
+      const done = await invoke("import_adapter", { path: importPath.value.trim(), model: importModel.value || null });
       root.replaceChildren();
       await adaptersView(root);
+      if (done.warnings.length) root.prepend(h("div", { class: "warning", role: "status" }, done.warnings.join(" ")));
     } catch (err) {
       importMsg.replaceChildren(errorBox(describeError(err)));
     }
-  } }, importPath, browseButton(importPath, { directory: true }, "Folder…"), h("button", { type: "submit", id: "import-adapter" }, "Import"));
+  } }, importPath, browseButton(importPath, { directory: true }, "Folder…"),
+    browseButton(importPath, { filters: [{ name: "GGUF LoRA", extensions: ["gguf"] }] }, "GGUF file…"),
+    importModel, h("button", { type: "submit", id: "import-adapter" }, "Import"));
   root.append(h("h1", {}, "Adapters"), h("h2", {}, "Import a shared adapter"),
-    h("p", { class: "muted" }, "A PEFT folder (adapter_config.json + adapter_model.safetensors) or an adapters-library folder; pickled .bin weights are refused because they can run code."),
+    h("p", { class: "muted" }, "A PEFT folder (adapter_config.json + adapter_model.safetensors), an adapters-library folder, or a llama.cpp GGUF LoRA (choose its base model). With a base model chosen, the adapter is attached to it first: one made for another model is refused. Pickled .bin weights are refused because they can run code."),
     importForm, importMsg);
   if (!adapters.length) {
     root.append(h("p", { class: "empty" }, "No adapters yet. A finished run exports its adapter in its method's reference format (PEFT or the adapters library)."));

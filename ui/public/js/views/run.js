@@ -24,11 +24,14 @@ export async function runView(root, id, isCurrent, onLeave) {
   const exportDest = h("input", { type: "text", id: "export-dest", value: `${detail.run.out_dir}/export-peft` });
   const exportFormat = h("select", { id: "export-format", onchange: (e) => {
     const f = e.target.value;
-    exportDest.value = `${detail.run.out_dir}/export-${f}${f === "gguf-lora" ? ".gguf" : ""}`;
+    exportDest.value = `${detail.run.out_dir}/export-${f}${f.startsWith("gguf") ? ".gguf" : ""}`;
   } },
     h("option", { value: "peft" }, "Adapter (PEFT / adapters library format)"),
     h("option", { value: "merged" }, "Merged model (Hugging Face folder)"),
-    h("option", { value: "gguf-lora" }, "LoRA for llama.cpp / Ollama (GGUF file)"));
+    h("option", { value: "gguf-lora" }, "LoRA for llama.cpp / Ollama (GGUF file)"),
+    h("option", { value: "gguf-f16" }, "Merged model for llama.cpp / Ollama / LM Studio (GGUF, F16)"),
+    h("option", { value: "gguf-q8_0" }, "Merged model, 8-bit (GGUF, Q8_0: a quarter of F32)"),
+    h("option", { value: "gguf-f32" }, "Merged model, exact (GGUF, F32)"));
   const exportResult = h("div", { id: "export-result", "aria-live": "polite" });
   const exportBtn = h("button", { type: "submit", class: "primary", id: "export-run" }, "Export");
   const exportForm = h("form", { class: "export", onsubmit: async (e) => {

@@ -35,7 +35,7 @@ pub struct GgufModel {
 }
 
 /// Reads the header of a GGUF file, with errors that name the file.
-fn read_content(path: &Path, file: &mut std::fs::File) -> Result<Content> {
+pub fn read_content(path: &Path, file: &mut std::fs::File) -> Result<Content> {
     // candle's reader divides by `general.alignment` unchecked; a hostile 0 must not abort us.
     let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(file)))
         .map_err(|_| EngineError::bad_file(path, "corrupt GGUF header (invalid alignment)"))?;

@@ -123,7 +123,7 @@ pub fn llama3_scaling(
 }
 
 /// The divisor llama.cpp's converter stores for one frequency (`LlamaModel.generate_extra_tensors`).
-fn llama3_divisor(freq: f64, factor: f64, low: f64, high: f64, original: f64) -> f64 {
+pub fn llama3_divisor(freq: f64, factor: f64, low: f64, high: f64, original: f64) -> f64 {
     let wavelen = 2.0 * std::f64::consts::PI / freq;
     if wavelen < original / high {
         1.0

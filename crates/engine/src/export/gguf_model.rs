@@ -1,0 +1,179 @@
+//! A whole model (a base model, or one with its adapters merged in) as one GGUF file that
+//! llama.cpp, Ollama and LM Studio load: the architecture's hyperparameters, the tokenizer
+//! (`gguf_vocab`), and the weights under llama.cpp's names (PEFT-FORMATS.md §8), q/k rows
+//! permuted for the `llama` architecture, in F32, F16 or Q8_0 (norms and biases stay F32, as
+//! llama.cpp's converter keeps them).
+
+use std::path::Path;
+use std::str::FromStr;
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::GgmlDType;
+use candle_core::Tensor;
+
+use super::gguf_lora::gguf_architecture;
+use super::gguf_vocab::tokenizer_metadata;
+use super::gguf_write::{gguf_tensor, write_gguf};
+use crate::error::{EngineError, Result};
+use crate::model::gguf::tensors::{gguf_module, llama3_divisor, permute};
+use crate::model::{LlamaConfig, LlamaModel};
+
+/// The data type of a GGUF model's weight matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufType {
+    /// 32-bit floats: exact.
+    F32,
+    /// 16-bit floats: half the size, what the converter writes by default.
+    F16,
+    /// 8-bit blocks of 32 with an F16 scale: a quarter of the size, near-lossless.
+    Q8_0,
+}
+
+impl GgufType {
+    fn dtype(self) -> GgmlDType {
+        match self {
+            Self::F32 => GgmlDType::F32,
+            Self::F16 => GgmlDType::F16,
+            Self::Q8_0 => GgmlDType::Q8_0,
+        }
+    }
+
+    /// `general.file_type` (llama.cpp's `LLAMA_FTYPE_*`).
+    fn file_type(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q8_0 => 7,
+        }
+    }
+}
+
+impl FromStr for GgufType {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "q8_0" | "q8" => Ok(Self::Q8_0),
+            other => Err(EngineError::config(
+                "gguf type",
+                format!("`{other}` is not supported; supported: f32, f16, q8_0"),
+            )),
+        }
+    }
+}
+
+/// The GGUF name of a transformers weight (`model.layers.0.self_attn.q_proj.weight` →
+/// `blk.0.attn_q.weight`).
+fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let (module, suffix) = hf.rsplit_once('.')?;
+    Some(format!("{}.{suffix}", gguf_module(module)?))
+}
+
+/// The hyperparameter keys llama.cpp reads for `arch`.
+fn architecture_metadata(
+    cfg: &LlamaConfig,
+    arch: &str,
+    name: &str,
+    ty: GgufType,
+) -> Vec<(String, Value)> {
+    let u = |x: usize| Value::U32(x as u32);
+    let mut meta = vec![
+        (
+            "general.architecture".to_string(),
+            Value::String(arch.into()),
+        ),
+        ("general.type".into(), Value::String("model".into())),
+        ("general.name".into(), Value::String(name.into())),
+        ("general.file_type".into(), Value::U32(ty.file_type())),
+        ("general.quantization_version".into(), Value::U32(2)),
+    ];
+    let per_arch = [
+        ("context_length", u(cfg.max_position_embeddings)),
+        ("embedding_length", u(cfg.hidden_size)),
+        ("block_count", u(cfg.num_hidden_layers)),
+        ("feed_forward_length", u(cfg.intermediate_size)),
+        ("attention.head_count", u(cfg.num_attention_heads)),
+        ("attention.head_count_kv", u(cfg.num_key_value_heads)),
+        ("rope.freq_base", Value::F32(cfg.rope_theta as f32)),
+        (
+            "attention.layer_norm_rms_epsilon",
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+        ("vocab_size", u(cfg.vocab_size)),
+        ("rope.dimension_count", u(cfg.head_dim)),
+        ("attention.key_length", u(cfg.head_dim)),
+        ("attention.value_length", u(cfg.head_dim)),
+    ];
+    meta.extend(
+        per_arch
+            .into_iter()
+            .map(|(k, v)| (format!("{arch}.{k}"), v)),
+    );
+    meta
+}
+
+/// Llama 3's rope scaling as llama.cpp stores it: one divisor per frequency.
+fn rope_freqs(cfg: &LlamaConfig) -> Option<Tensor> {
+    let s = cfg.rope_scaling.as_ref()?;
+    let divisors: Vec<f32> = (0..cfg.head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64);
+            llama3_divisor(
+                freq,
+                s.factor,
+                s.low_freq_factor,
+                s.high_freq_factor,
+                s.original_max_position_embeddings as f64,
+            ) as f32
+        })
+        .collect();
+    let n = divisors.len();
+    Tensor::from_vec(divisors, n, &candle_core::Device::Cpu).ok()
+}
+
+/// Writes `model` (its base weights as they are now: merge adapters first) with the
+/// tokenizer of the folder `tokenizer_dir` to the GGUF file `out`.
+pub fn write_gguf_model(
+    model: &mut LlamaModel,
+    tokenizer_dir: &Path,
+    name: &str,
+    ty: GgufType,
+    out: &Path,
+) -> Result<()> {
+    let cfg = model.config().clone();
+    let arch = gguf_architecture(&cfg)?;
+    let mut meta = architecture_metadata(&cfg, arch, name, ty);
+    meta.extend(tokenizer_metadata(tokenizer_dir, cfg.vocab_size)?);
+    let mut tensors = Vec::new();
+    if let Some(freqs) = rope_freqs(&cfg) {
+        tensors.push((
+            "rope_freqs.weight".to_string(),
+            gguf_tensor(&freqs, GgmlDType::F32)?,
+        ));
+    }
+    for (hf, weight) in model.base_weights_mut() {
+        let gguf = gguf_name(&hf).ok_or_else(|| {
+            EngineError::config("model", format!("weight `{hf}` has no llama.cpp name"))
+        })?;
+        let weight = match (arch, gguf.split('.').nth(2)) {
+            ("llama", Some("attn_q")) => permute(weight, cfg.num_attention_heads)?,
+            ("llama", Some("attn_k")) => permute(weight, cfg.num_key_value_heads)?,
+            _ => weight.clone(),
+        };
+        // Matrices take the chosen type where their rows split into its blocks; vectors stay
+        // F32, as llama.cpp's converter keeps them.
+        let dtype = match weight.dims() {
+            [_, cols] if cols % ty.dtype().block_size() == 0 => ty.dtype(),
+            [_, _] if ty != GgufType::F32 => GgmlDType::F16,
+            _ => GgmlDType::F32,
+        };
+        tensors.push((gguf, gguf_tensor(&weight, dtype)?));
+    }
+    write_gguf(out, &meta, &tensors)
+}

@@ -1,0 +1,203 @@
+"""The reference libraries' side of the interop harness (tests/interop/run). Each subcommand
+prints one `max_abs_diff=<x>` line (and, for llama.cpp, `top5=<equal|differ>`).
+
+  peft      BASE ADAPTER STUDIO_LOGITS IDS   PEFT loads the studio's export; compare logits
+  adapters  BASE ADAPTER STUDIO_LOGITS IDS   the adapters library loads it (run with its
+                                             transformers on PYTHONPATH)
+  make-peft BASE KIND OUT IDS                PEFT makes an adapter with non-zero weights and
+                                             writes its logits to OUT/reference.safetensors
+  make-adapters BASE KIND OUT IDS            the same with the adapters library
+  logits    STUDIO_LOGITS REFERENCE          compare two logits files
+  merged    BASE ADAPTER MERGED_DIR          PEFT's merge_and_unload weights against the
+                                             studio's merged folder, and their logits
+  llama-cpp MODEL_GGUF LORA_GGUF|- STUDIO_LOGITS IDS
+                                             llama.cpp's logits (top-5 ids compared too)
+  gguf-read MODEL_GGUF LORA_GGUF|-           the gguf reader: the keys and shapes llama.cpp needs
+                                             (prints `structure=ok`)
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+
+def ids_of(text):
+    return [int(i) for i in text.split(",")]
+
+
+def report(reference, studio_file):
+    studio = load_file(studio_file)["logits"]
+    reference = np.asarray(reference, dtype=np.float32)
+    print(f"max_abs_diff={np.abs(reference - studio).max():.3e}")
+
+
+def base_model(base_dir):
+    import transformers as tf
+    return tf.AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32).eval()
+
+
+def forward(model, ids):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0]
+
+
+def peft_logits(model, adapter_dir, ids):
+    from peft import PeftConfig
+    logits = forward(model, ids)
+    cfg = PeftConfig.from_pretrained(adapter_dir)
+    # Prompt tuning's outputs include its virtual tokens; the studio's cover the real ones.
+    if cfg.peft_type == "PROMPT_TUNING":
+        logits = logits[cfg.num_virtual_tokens:]
+    return logits.numpy()
+
+
+def cmd_peft(base_dir, adapter_dir, studio_file, ids):
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(base_model(base_dir), adapter_dir).eval()
+    report(peft_logits(model, adapter_dir, ids_of(ids)), studio_file)
+
+
+def adapters_model(base_dir):
+    import adapters
+    model = base_model(base_dir)
+    adapters.init(model)
+    return model
+
+
+def cmd_adapters(base_dir, adapter_dir, studio_file, ids):
+    model = adapters_model(base_dir)
+    name = model.load_adapter(adapter_dir, use_safetensors=True)
+    model.set_active_adapters(name)
+    report(forward(model.eval(), ids_of(ids)).numpy(), studio_file)
+
+
+def perturb(module, seed=0):
+    """Non-zero, seeded weights for every trainable tensor: a fresh adapter's zero-initialised
+    half would make any loader look right."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(module.named_parameters()):
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def peft_config(kind, base_dir):
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
+    lora = dict(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    return {
+        "lora": LoraConfig(**lora),
+        "lora-all": LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
+        "rslora": LoraConfig(**lora, use_rslora=True),
+        "dora": LoraConfig(**lora, use_dora=True),
+        "ia3": IA3Config(),
+        "prompt": PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
+        "prefix": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    }[kind]
+
+
+def cmd_make_peft(base_dir, kind, out, ids):
+    from peft import get_peft_model
+    model = get_peft_model(base_model(base_dir), peft_config(kind, base_dir))
+    perturb(model)
+    model.eval().save_pretrained(out, safe_serialization=True)
+    save_file({"logits": peft_logits(model, out, ids_of(ids))}, os.path.join(out, "reference.safetensors"))
+    print("max_abs_diff=0")
+
+
+def cmd_make_adapters(base_dir, kind, out, ids):
+    from adapters import DoubleSeqBnConfig, SeqBnConfig
+    model = adapters_model(base_dir)
+    config = {"houlsby": DoubleSeqBnConfig(reduction_factor=4), "pfeiffer": SeqBnConfig(reduction_factor=4)}[kind]
+    model.add_adapter(kind, config=config)
+    model.train_adapter(kind)
+    perturb(model)
+    model.eval()
+    model.save_adapter(out, kind, use_safetensors=True)
+    save_file({"logits": forward(model, ids_of(ids)).numpy()}, os.path.join(out, "reference.safetensors"))
+    print("max_abs_diff=0")
+
+
+def cmd_logits(studio_file, reference_file):
+    report(load_file(reference_file)["logits"], studio_file)
+
+
+def cmd_merged(base_dir, adapter_dir, merged_dir):
+    from peft import PeftModel
+    merged = PeftModel.from_pretrained(base_model(base_dir), adapter_dir).merge_and_unload()
+    reference = {k: v.numpy() for k, v in merged.state_dict().items()}
+    index = os.path.join(merged_dir, "model.safetensors.index.json")
+    shards = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) else ["model.safetensors"]
+    studio = {k: v for f in shards for k, v in load_file(os.path.join(merged_dir, f)).items()}
+    if "lm_head.weight" not in studio:
+        reference.pop("lm_head.weight", None)
+    if set(reference) != set(studio):
+        sys.exit(f"tensor names differ: {sorted(set(reference) ^ set(studio))[:5]}")
+    worst = max(float(np.abs(reference[k] - studio[k]).max()) for k in reference)
+    # The adapter must have moved some weight, or the comparison proves nothing.
+    base = base_model(base_dir).state_dict()
+    if max(float((base[k].numpy() - studio[k]).__abs__().max()) for k in studio) == 0:
+        sys.exit("the merged weights equal the base model's: the adapter did nothing")
+    # The merged folder must load in transformers as any model does, and compute the same.
+    loaded = base_model(merged_dir)
+    ids = [1, 5, 9, 33, 60, 2, 17, 40]
+    worst = max(worst, float((forward(loaded, ids) - forward(merged, ids)).abs().max()))
+    print(f"max_abs_diff={worst:.3e}")
+
+
+def cmd_llama_cpp(model_gguf, lora_gguf, studio_file, ids):
+    from llama_cpp import Llama
+    ids = ids_of(ids)
+    llm = Llama(model_path=model_gguf, lora_path=None if lora_gguf == "-" else lora_gguf,
+                n_ctx=max(64, len(ids)), n_threads=2, logits_all=True, verbose=False, seed=0,
+                # An F32 cache, so that keys and values are not rounded to F16.
+                type_k=0, type_v=0, flash_attn=False)
+    llm.eval(ids)
+    ours = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
+    studio = load_file(studio_file)["logits"]
+    top = lambda x: np.argsort(-x, axis=-1)[:, :5]
+    print(f"top5={'equal' if (top(ours) == top(studio)).all() else 'differ'}")
+    # Quantised files move logits by tenths: the greedy token is compared where the studio's
+    # best leads its runner-up by more than half a logit, and near ties are counted.
+    runner_up = np.sort(studio, axis=-1)
+    decided = runner_up[:, -1] - runner_up[:, -2] > 0.5
+    same = ours.argmax(-1) == studio.argmax(-1)
+    print(f"top1={'equal' if same[decided].all() else 'differ'}")
+    print(f"near_ties={int((~decided).sum())}")
+    print(f"max_abs_diff={np.abs(ours - studio).max():.3e}")
+
+
+def cmd_gguf_read(model_gguf, lora_gguf):
+    """Without llama.cpp: the keys and tensor shapes llama.cpp's loader checks."""
+    from gguf import GGUFReader
+    model = GGUFReader(model_gguf)
+    arch = bytes(model.fields["general.architecture"].parts[-1]).decode()
+    for key in ["block_count", "embedding_length", "attention.head_count", "context_length"]:
+        assert f"{arch}.{key}" in model.fields, key
+    for key in ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.merges"]:
+        assert key in model.fields, key
+    shapes = {t.name: list(t.shape) for t in model.tensors}
+    if lora_gguf != "-":
+        lora = GGUFReader(lora_gguf)
+        assert bytes(lora.fields["general.type"].parts[-1]).decode() == "adapter"
+        for t in lora.tensors:
+            base, part = t.name.rsplit(".", 1)
+            w = shapes[base]
+            if part == "lora_a":
+                assert t.shape[0] == w[0], (t.name, t.shape, w)
+            else:
+                assert t.shape[1] == w[1], (t.name, t.shape, w)
+    print("structure=ok")
+
+
+COMMANDS = {
+    "peft": cmd_peft, "adapters": cmd_adapters, "make-peft": cmd_make_peft,
+    "make-adapters": cmd_make_adapters, "logits": cmd_logits, "merged": cmd_merged,
+    "llama-cpp": cmd_llama_cpp, "gguf-read": cmd_gguf_read,
+}
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    COMMANDS[sys.argv[1]](*sys.argv[2:])
