@@ -43,7 +43,7 @@ pub fn device_name() -> String {
 /// Records a new queued run: paths made absolute (the worker and later resumes may run
 /// elsewhere), the dataset hashed, nothing overwritten. Returns the run id.
 pub fn create_run(catalog: &Catalog, cfg: &RunConfig, name: Option<&str>) -> Result<i64> {
-    cfg.train.validate()?;
+    peft_studio_engine::run::preflight(cfg)?;
     let mut cfg = cfg.clone();
     cfg.model = existing(&cfg.model, "model")?;
     cfg.dataset = existing(&cfg.dataset, "dataset")?;

@@ -50,8 +50,15 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
             Ok(())
         }
         Command::Train(a) => {
-            let cfg = train_config(&a)?;
-            crate::runs::train(&catalog, &cfg, a.name.as_deref(), a.detach, &a.output)
+            let (cfg, reserved) = train_config(&a)?;
+            crate::runs::train(&catalog, &cfg, a.name.as_deref(), a.detach, &a.output).inspect_err(
+                |_| {
+                    // A refused run leaves no empty folder of ours behind.
+                    if reserved {
+                        let _ = std::fs::remove_dir(&cfg.out);
+                    }
+                },
+            )
         }
         Command::Resume(a) => {
             crate::runs::resume(&catalog, &a.run, a.max_steps, a.detach, &a.output)
@@ -166,7 +173,9 @@ fn methods(json: bool) {
 }
 
 /// The run config `train` starts: the config file (if any) with the flags applied on top.
-fn train_config(a: &TrainArgs) -> Result<RunConfig> {
+/// The run config from the file and flags, and whether its folder was reserved here (no
+/// `out` given).
+fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
     let mut cfg = match &a.config {
         Some(path) => RunConfig::from_toml_file(path)?,
         None => {
@@ -223,10 +232,11 @@ fn train_config(a: &TrainArgs) -> Result<RunConfig> {
     if let Some(v) = a.seed {
         t.seed = v;
     }
-    if cfg.out.as_os_str().is_empty() {
+    let reserved = cfg.out.as_os_str().is_empty();
+    if reserved {
         cfg.out = peft_studio_app::launch::reserve_out_dir(cfg.method.kind.as_str())?;
     }
-    Ok(cfg)
+    Ok((cfg, reserved))
 }
 
 fn export(catalog: &Path, a: ExportArgs) -> peft_studio_app::Result<()> {

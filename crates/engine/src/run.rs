@@ -147,6 +147,23 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     })
 }
 
+/// Everything a run needs, checked without loading the weights, so that a run that cannot
+/// start is refused before it is recorded or its folder made: the settings, the model folder
+/// (config.json, every weight header against the shapes it implies, the tokenizer), the
+/// method against the model (targets, ranks, layers), and every record of the datasets
+/// (tokenized once; the worker then finds them in the token cache).
+pub fn preflight(cfg: &RunConfig) -> Result<()> {
+    cfg.train.validate()?;
+    let summary = crate::library::weights::check_folder(&cfg.model)?;
+    crate::plan::count_params(&summary.config, &cfg.method)?;
+    let tok = TextTokenizer::load(&cfg.model, &summary.config.eos_token_ids)?;
+    let cache = TokenCache::new(crate::library::studio_home().join("cache").join("tokens"));
+    for path in std::iter::once(&cfg.dataset).chain(cfg.data.val_dataset.as_ref()) {
+        load_examples_cached(path, &tok, &cfg.data, Some(&cache))?;
+    }
+    Ok(())
+}
+
 /// Trains (from scratch, or from the newest checkpoint when `resume`), then exports the
 /// adapter. Events go to `sink` and to `<out>/events.jsonl`.
 pub fn train(

@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use peft_studio_engine::fixtures::{write_tiny_model, TinySpec};
 
+mod hostile;
 mod runs;
 
 thread_local! {

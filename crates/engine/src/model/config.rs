@@ -141,13 +141,45 @@ impl LlamaConfig {
                 ));
             }
         }
+        // Sizes past these are no model anyone trains on one machine, but a hostile file that
+        // would make every later count overflow or allocation abort.
+        let bounds = [
+            ("hidden_size", 1usize << 16),
+            ("intermediate_size", 1 << 18),
+            ("num_hidden_layers", 1 << 10),
+            ("vocab_size", 1 << 22),
+            ("num_attention_heads", 1 << 10),
+            ("num_key_value_heads", 1 << 10),
+            ("head_dim", 1 << 11),
+            ("max_position_embeddings", 1 << 24),
+        ];
         let positive = |field: &str, v: usize| {
+            let max = bounds
+                .iter()
+                .find(|(f, _)| *f == field)
+                .map_or(usize::MAX, |b| b.1);
             if v == 0 {
                 Err(EngineError::config(field, "must be positive"))
+            } else if v > max {
+                Err(EngineError::config(
+                    field,
+                    format!("{v} is beyond any supported model (at most {max})"),
+                ))
             } else {
                 Ok(v)
             }
         };
+        if let Some(n) = raw.max_position_embeddings {
+            positive("max_position_embeddings", n)?;
+        }
+        for (field, v) in [
+            ("rms_norm_eps", raw.rms_norm_eps),
+            ("rope_theta", raw.rope_theta),
+        ] {
+            if v.is_some_and(|x| !(x.is_finite() && x > 0.0)) {
+                return Err(EngineError::config(field, "must be a positive number"));
+            }
+        }
         positive("hidden_size", raw.hidden_size)?;
         positive("intermediate_size", raw.intermediate_size)?;
         positive("num_hidden_layers", raw.num_hidden_layers)?;
