@@ -246,3 +246,91 @@ fn ipc_snapshot_of_the_method_picker_is_current() {
         + "\n";
     check_snapshot("methods.json", &now);
 }
+
+/// The webview may call exactly the commands the UI calls: the capability grants each by name
+/// (and of the dialog plugin only open, save and message; no shell or file-system plugin), and
+/// with the app's real ACL a command or plugin call not granted is refused.
+#[test]
+fn the_webview_may_call_only_what_the_ui_calls() {
+    use std::collections::BTreeSet;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Every `invoke("name"` and `withProgress("name"` in the UI's code.
+    let mut called = BTreeSet::new();
+    let mut stack = vec![root.join("ui/public/js")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("ui dir").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "js") {
+                let text = std::fs::read_to_string(&p).expect("js");
+                for opener in ["invoke(\"", "withProgress(\""] {
+                    for part in text.split(opener).skip(1) {
+                        let name: String = part.chars().take_while(|c| *c != '"').collect();
+                        if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                            called.insert(name.replace('_', "-"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let capability: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("src-tauri/capabilities/default.json"))
+            .expect("capability"),
+    )
+    .expect("json");
+    let permissions: Vec<&str> = capability["permissions"]
+        .as_array()
+        .expect("permissions")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    let granted: BTreeSet<String> = permissions
+        .iter()
+        .filter_map(|p| p.strip_prefix("allow-"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(granted, called, "granted commands = the commands the UI calls");
+    let plugins: BTreeSet<&str> = permissions
+        .iter()
+        .filter(|p| !p.starts_with("allow-"))
+        .copied()
+        .collect();
+    assert_eq!(
+        plugins,
+        BTreeSet::from([
+            "core:default",
+            "dialog:allow-open",
+            "dialog:allow-save",
+            "dialog:allow-message"
+        ])
+    );
+
+    // The app's real ACL, compiled from the capabilities.
+    let app = peft_studio_shell::builder_for(mock_builder())
+        .build(tauri::generate_context!())
+        .expect("app");
+    let webview = tauri::WebviewWindowBuilder::new(&app, "main", Default::default())
+        .build()
+        .expect("webview");
+    let call = |cmd: &str| {
+        get_ipc_response(
+            &webview,
+            InvokeRequest {
+                cmd: cmd.into(),
+                callback: tauri::ipc::CallbackFn(0),
+                error: tauri::ipc::CallbackFn(1),
+                url: "tauri://localhost".parse().expect("url"),
+                body: tauri::ipc::InvokeBody::Json(serde_json::json!({})),
+                headers: Default::default(),
+                invoke_key: INVOKE_KEY.to_string(),
+            },
+        )
+    };
+    assert!(call("app_info").is_ok(), "a granted command answers");
+    for refused in ["plugin:dialog|ask", "plugin:fs|read_file", "plugin:shell|execute", "no_such_command"] {
+        let err = call(refused).expect_err(refused);
+        assert!(err.to_string().contains("not") , "{refused}: {err}");
+    }
+}
