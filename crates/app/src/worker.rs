@@ -110,6 +110,7 @@ fn train_claimed(
         .and_then(|r| r.wall_s)
         .unwrap_or(0.0);
     catalog.truncate_metrics_after(run_id, kept_until)?;
+    backfill_metrics(catalog, run_id, &cfg.out.join("events.jsonl"), kept_until)?;
 
     let (tx, rx) = mpsc::channel();
     let recorder = {
@@ -144,6 +145,49 @@ impl TrainSink for WorkerSink {
         }
         let _ = self.tx.send(event.clone());
     }
+}
+
+/// Writes the rows for steps up to `until` that the run's event log has and the catalog lacks.
+/// Metrics reach the catalog every 100 ms, and a worker killed between writing a checkpoint and
+/// that flush would lose the steps before the checkpoint for good (the resumed run starts after
+/// it); the event log has every event, written as it happened. Their wall-clock times are left
+/// out: the old run's clock cannot be recovered.
+fn backfill_metrics(catalog: &Catalog, run_id: i64, events: &Path, until: i64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(events) else {
+        return Ok(());
+    };
+    let have = catalog.metrics(run_id, -1)?;
+    let has = |step: i64, eval: bool| {
+        have.iter().any(|r| {
+            r.step == step
+                && if eval {
+                    r.eval_loss.is_some()
+                } else {
+                    r.loss.is_some()
+                }
+        })
+    };
+    let mut missing: std::collections::BTreeMap<(i64, bool), MetricRow> = Default::default();
+    for event in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<TrainEvent>(l).ok())
+    {
+        let eval = matches!(event, TrainEvent::Eval { .. });
+        if let Some(row) = metric_of(&event, 0.0) {
+            if row.step <= until && !has(row.step, eval) {
+                // Later lines win: a step trained again after a resume is the same step.
+                missing.insert(
+                    (row.step, eval),
+                    MetricRow {
+                        wall_s: None,
+                        ..row
+                    },
+                );
+            }
+        }
+    }
+    let rows: Vec<MetricRow> = missing.into_values().collect();
+    Ok(catalog.write_metrics(run_id, &rows)?)
 }
 
 /// The catalog row an event adds to, if any.

@@ -253,8 +253,13 @@ fn text_blocks(path: &Path, bytes: &[u8]) -> Result<ReadOutcome> {
     Ok(out)
 }
 
-/// Parquet (as the hub stores datasets): every row as JSON; lists and structs nest.
+/// Parquet (as the hub stores datasets): every row as JSON; lists and structs nest. The
+/// parquet crate panics on some malformed metadata (found by fuzzing): contained.
 fn parquet_rows(path: &Path) -> Result<ReadOutcome> {
+    EngineError::contain_panic(path, "Parquet file", || parquet_rows_unguarded(path))
+}
+
+fn parquet_rows_unguarded(path: &Path) -> Result<ReadOutcome> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
     let bad = |e: parquet::errors::ParquetError| {

@@ -71,11 +71,30 @@ pub fn save(
     let json = serde_json::to_vec_pretty(state)
         .map_err(|e| EngineError::config("checkpoint", e.to_string()))?;
     write_atomic(&tmp.join("state.json"), &json)?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| EngineError::io(&final_dir, e))?;
-    }
+    // A checkpoint of this step from before a resume is moved aside first, so that a crash at
+    // any moment leaves either it or the new one complete under the visible name.
+    let old = final_dir.exists().then(|| hide(&final_dir)).transpose()?;
     std::fs::rename(&tmp, &final_dir).map_err(|e| EngineError::io(&final_dir, e))?;
+    if let Some(old) = old {
+        std::fs::remove_dir_all(&old).map_err(|e| EngineError::io(&old, e))?;
+    }
     Ok(final_dir)
+}
+
+/// Renames a checkpoint folder to a hidden name (which `list` never returns) before it is
+/// deleted: deleting files one by one under the visible name would show a half-deleted,
+/// unloadable checkpoint if the process died part-way.
+fn hide(dir: &Path) -> Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let hidden = dir.with_file_name(format!(".{name}.old"));
+    if hidden.exists() {
+        std::fs::remove_dir_all(&hidden).map_err(|e| EngineError::io(&hidden, e))?;
+    }
+    std::fs::rename(dir, &hidden).map_err(|e| EngineError::io(dir, e))?;
+    Ok(hidden)
 }
 
 /// Reads a checkpoint folder; a missing or damaged file is an error naming it.
@@ -103,7 +122,8 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     })
 }
 
-/// Checkpoint folders under `root`, oldest first.
+/// Complete checkpoint folders under `root` (named `step-N`, holding `state.json`, which is
+/// written last), oldest first.
 pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
     let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(root)
         .into_iter()
@@ -112,7 +132,10 @@ pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let step = name.strip_prefix("step-")?.parse().ok()?;
-            Some((step, e.path()))
+            e.path()
+                .join("state.json")
+                .is_file()
+                .then(|| (step, e.path()))
         })
         .collect();
     out.sort();
@@ -126,7 +149,8 @@ pub fn prune(root: &Path, keep: usize) -> Result<()> {
     }
     let all = list(root);
     for (_, dir) in all.iter().take(all.len().saturating_sub(keep)) {
-        std::fs::remove_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+        let hidden = hide(dir)?;
+        std::fs::remove_dir_all(&hidden).map_err(|e| EngineError::io(&hidden, e))?;
     }
     Ok(())
 }

@@ -614,3 +614,19 @@ fn packing_fills_rows_in_order_and_keeps_masks() {
     );
     assert_eq!(rows[1].ids, [vec![6; 6], vec![2; 2]].concat());
 }
+
+/// A Parquet file whose metadata makes the parquet crate panic (found by fuzzing the dataset
+/// reader): an error naming the file, not a crash.
+#[test]
+fn parquet_that_panics_its_reader_is_an_error() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hostile/thrift-panic.parquet");
+    let Err(err) = peft_studio_engine::data::read::read_rows(&path, &Default::default()) else {
+        panic!("a malformed Parquet file was read");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("thrift-panic.parquet") && err.contains("Parquet"),
+        "{err}"
+    );
+}

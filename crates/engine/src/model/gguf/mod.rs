@@ -37,21 +37,24 @@ pub struct GgufModel {
 /// Reads the header of a GGUF file, with errors that name the file.
 pub fn read_content(path: &Path, file: &mut std::fs::File) -> Result<Content> {
     // candle's reader divides by `general.alignment` unchecked; a hostile 0 must not abort us.
-    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(file)))
-        .map_err(|_| EngineError::bad_file(path, "corrupt GGUF header (invalid alignment)"))?;
-    read.map_err(|e| {
-        let text = e.to_string();
-        let hint = if text.contains("magic") {
-            "not a GGUF file (wrong magic number)".to_string()
-        } else if text.contains("unknown dtype") {
-            format!("uses a tensor type this version cannot read ({text})")
-        } else if text.contains("failed to fill whole buffer") || text.contains("remaining") {
-            format!("truncated or corrupt GGUF header ({text})")
-        } else {
-            format!("not a readable GGUF file: {text}")
-        };
-        EngineError::bad_file(path, hint)
+    EngineError::contain_panic(path, "GGUF file (invalid alignment?)", || {
+        Content::read(file).map_err(|e| gguf_error(path, e))
     })
+}
+
+/// A candle GGUF error as the studio words it.
+fn gguf_error(path: &Path, e: candle_core::Error) -> EngineError {
+    let text = e.to_string();
+    let hint = if text.contains("magic") {
+        "not a GGUF file (wrong magic number)".to_string()
+    } else if text.contains("unknown dtype") {
+        format!("uses a tensor type this version cannot read ({text})")
+    } else if text.contains("failed to fill whole buffer") || text.contains("remaining") {
+        format!("truncated or corrupt GGUF header ({text})")
+    } else {
+        format!("not a readable GGUF file: {text}")
+    };
+    EngineError::bad_file(path, hint)
 }
 
 impl GgufModel {
