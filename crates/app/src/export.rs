@@ -68,18 +68,32 @@ pub fn export_checkpoint(checkpoint: &Path, format: ExportFormat, out: &Path) ->
     if out.is_file() || std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
         return Err(EngineError::bad_file(out, "already exists; choose a new name").into());
     }
-    match format {
-        ExportFormat::Merged => run::export_merged(checkpoint, out)?,
-        ExportFormat::Peft => run::export_checkpoint(checkpoint, out)?,
-        f if f.is_file() && out.is_dir() => {
-            return Err(
-                EngineError::bad_file(out, "is a folder; give a file name ending in .gguf").into(),
-            )
-        }
-        ExportFormat::GgufLora => run::export_gguf_lora(checkpoint, out)?,
-        ExportFormat::MergedGguf(ty) => run::export_merged_gguf(checkpoint, ty, out)?,
+    if format.is_file() && out.is_dir() {
+        return Err(
+            EngineError::bad_file(out, "is a folder; give a file name ending in .gguf").into(),
+        );
     }
-    Ok(())
+    let existed = out.exists();
+    let written = match format {
+        ExportFormat::Merged => run::export_merged(checkpoint, out),
+        ExportFormat::Peft => run::export_checkpoint(checkpoint, out),
+        ExportFormat::GgufLora => run::export_gguf_lora(checkpoint, out),
+        ExportFormat::MergedGguf(ty) => run::export_merged_gguf(checkpoint, ty, out),
+    };
+    // A failed export (a full disk, a bad checkpoint) leaves nothing half-made behind; the
+    // empty folder the user picked stays.
+    if written.is_err() {
+        if !existed {
+            let _ = std::fs::remove_dir_all(out);
+            let _ = std::fs::remove_file(out);
+        } else if out.is_dir() {
+            for entry in std::fs::read_dir(out).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(written?)
 }
 
 /// Records the adapter folder `dir` (a run's own, or an export) as the run's.

@@ -431,3 +431,92 @@ fn twenty_kills_at_random_moments_lose_nothing() {
         }
     }
 }
+
+/// Mounts a tmpfs of `size` at `dir`; false where this process may not mount (not root, or a
+/// container without the capability), which the caller reports.
+fn mount_tmpfs(dir: &Path, size: &str) -> bool {
+    std::fs::create_dir_all(dir).expect("mount point");
+    std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            s(dir),
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|st| st.success())
+}
+
+/// A full disk: a run whose folder fills up while checkpointing fails with the cause named,
+/// keeps only complete checkpoints, and resumes once there is room; an export onto a full disk
+/// fails with the cause named and leaves nothing behind. (Needs permission to mount a tmpfs.)
+#[test]
+fn a_full_disk_fails_cleanly_and_loses_nothing() {
+    let (dir, model, data) = setup();
+    let disk = dir.path().join("disk");
+    if !mount_tmpfs(&disk, "160k") {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&disk);
+    let config = run_config(dir.path(), &model, &data, "full", 400);
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace(
+            "out = \"full\"",
+            &format!("out = {:?}", s(&disk.join("run"))),
+        )
+        .replace(
+            "checkpoint_every = 20",
+            "checkpoint_every = 5\nkeep_checkpoints = 0",
+        );
+    std::fs::write(&config, text).expect("config");
+    let o = cli(&["train", "--config", s(&config), "--json"]);
+    assert!(!o.status.success(), "the run cannot fit: {}", stderr(&o));
+    assert!(stderr(&o).contains("No space left"), "{}", stderr(&o));
+    let id = json(stdout(&o).lines().next().expect("line"))["run"]
+        .as_i64()
+        .expect("id");
+    assert_eq!(show(id)["run"]["status"], "failed");
+    let ckpts = disk.join("run/checkpoints");
+    let complete = peft_studio_engine::train::checkpoint::list(&ckpts);
+    assert!(!complete.is_empty(), "some checkpoints fitted");
+    for (_, c) in &complete {
+        peft_studio_engine::train::checkpoint::load(c).expect("a listed checkpoint loads");
+    }
+    // Room again: the run resumes from its newest checkpoint and completes.
+    let _ = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m", s(&disk)])
+        .status();
+    ok(cli(&["resume", &id.to_string(), "--json"]));
+    assert_eq!(show(id)["run"]["status"], "completed");
+
+    // An export onto a full disk.
+    let small = dir.path().join("small");
+    if mount_tmpfs(&small, "64k") {
+        let _unmount_small = Unmount(&small);
+        let out = small.join("merged");
+        let o = cli(&[
+            "export",
+            "--run",
+            s(&disk.join("run")),
+            "--format",
+            "merged",
+            "--out",
+            s(&out),
+        ]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("No space left"), "{}", stderr(&o));
+        let left: Vec<_> = std::fs::read_dir(&small).expect("dir").flatten().collect();
+        assert!(left.is_empty(), "nothing left behind: {left:?}");
+    }
+}
