@@ -26,9 +26,10 @@ pub fn dataset_reader(data: &[u8]) {
     let Ok(dir) = tempfile::tempdir() else {
         return;
     };
-    let path = dir
-        .path()
-        .join(format!("data.{}", EXTENSIONS[pick as usize % EXTENSIONS.len()]));
+    let path = dir.path().join(format!(
+        "data.{}",
+        EXTENSIONS[pick as usize % EXTENSIONS.len()]
+    ));
     if std::fs::write(&path, body).is_ok() {
         let _ = read_records(&path, &DataConfig::default());
     }
@@ -78,7 +79,11 @@ pub fn adapter_import(data: &[u8]) {
         return;
     }
     let _ = peft_studio_engine::library::weights::header(&adapter.join(name));
-    if let Ok(mut model) = load_model(&model_dir, candle_core::DType::F32, &candle_core::Device::Cpu) {
+    if let Ok(mut model) = load_model(
+        &model_dir,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    ) {
         let _ = attach_adapter(&mut model, &adapter, Some(0.0));
     }
 }
@@ -110,7 +115,11 @@ pub fn run_config(data: &[u8]) {
 pub fn replay(fuzz_dir: &Path, target: &str, run: fn(&[u8])) -> usize {
     let mut n = 0;
     for folder in ["corpus", "regressions"] {
-        for entry in std::fs::read_dir(fuzz_dir.join(folder).join(target)).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(fuzz_dir.join(folder).join(target))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if let Ok(bytes) = std::fs::read(entry.path()) {
                 run(&bytes);
                 n += 1;

@@ -2,6 +2,7 @@
 
 pub mod commands;
 pub mod error;
+pub mod paths;
 pub mod worker_mode;
 
 /// Registers every command on `builder` (the real one, or Tauri's mock in tests).

@@ -342,3 +342,55 @@ fn the_webview_may_call_only_what_the_ui_calls() {
         assert!(err.contains("not allowed"), "{refused}: {err}");
     }
 }
+
+/// Write destinations from the webview are confined: relative paths, `..`, system folders,
+/// missing folders and the wrong kind of file are refused before anything is written.
+#[test]
+fn write_destinations_outside_the_users_folders_are_refused() {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let tmp = std::env::temp_dir();
+    let cases = [
+        (
+            "export_run",
+            serde_json::json!({"id": 1, "format": "peft", "dest": "relative/out"}),
+            "absolute",
+        ),
+        (
+            "export_run",
+            serde_json::json!({"id": 1, "format": "peft", "dest": format!("{}/../../etc/x", tmp.display())}),
+            "..",
+        ),
+        (
+            "export_run",
+            serde_json::json!({"id": 1, "format": "merged", "dest": "/etc/cron.d/studio"}),
+            "system folder",
+        ),
+        (
+            "export_run",
+            serde_json::json!({"id": 1, "format": "gguf-lora", "dest": format!("{}/nope/x.gguf", tmp.display())}),
+            "does not exist",
+        ),
+        (
+            "export_run",
+            serde_json::json!({"id": 1, "format": "gguf-f16", "dest": format!("{home}/.bashrc")}),
+            ".gguf",
+        ),
+        (
+            "save_compare_chart",
+            serde_json::json!({"ids": [1], "x": "step", "smoothing": 0.0, "logY": false, "dest": format!("{home}/.profile")}),
+            ".png",
+        ),
+        (
+            "save_compare_chart",
+            serde_json::json!({"ids": [1], "x": "step", "smoothing": 0.0, "logY": false, "dest": "/usr/local/bin/chart.png"}),
+            "system folder",
+        ),
+    ];
+    for (cmd, args, why) in cases {
+        let err = invoke_with(cmd, args.clone()).expect_err(cmd);
+        assert!(
+            err["message"].as_str().unwrap_or_default().contains(why),
+            "{cmd} {args}: {err}"
+        );
+    }
+}

@@ -254,15 +254,11 @@ pub async fn export_run(id: i64, format: String, dest: PathBuf) -> CommandResult
         use peft_studio_app::export::{
             export_checkpoint, latest_checkpoint, record_adapter, ExportFormat,
         };
+        let format: ExportFormat = format.parse()?;
+        let dest =
+            crate::paths::write_destination(&dest, if format.is_file() { &["gguf"] } else { &[] })?;
         let catalog = open_catalog()?;
         let run = catalog.run(id)?;
-        let format: ExportFormat = format.parse()?;
-        if dest.as_os_str().is_empty() || dest.is_relative() {
-            return Err(CommandError::with_hint(
-                format!("`{}` is not an absolute folder path", dest.display()),
-                "choose a folder with Browse… or type a full path",
-            ));
-        }
         let checkpoint = latest_checkpoint(Path::new(&run.out_dir))?;
         export_checkpoint(&checkpoint, format, &dest)?;
         if format == ExportFormat::Peft {
@@ -292,6 +288,7 @@ pub async fn save_compare_chart(
             x: x.parse::<XAxis>()?,
             ..Default::default()
         };
+        let dest = crate::paths::write_destination(&dest, &["png", "svg"])?;
         let series = comparison(&ids, &x, smoothing, 2000)?.series;
         peft_studio_app::chart::render(&series, &chart, &dest)?;
         Ok(dest)
