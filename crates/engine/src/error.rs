@@ -74,18 +74,14 @@ impl EngineError {
     }
 
     /// Runs a third-party reader on the file `path`; a panic inside it (a malformed file it
-    /// did not expect) becomes an error naming the file and `what` it is, not a crash.
+    /// did not expect) becomes the error `message` naming the file, not a crash.
     pub fn contain_panic<T>(
         path: &std::path::Path,
-        what: &str,
+        message: &str,
         read: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
-            Err(Self::bad_file(
-                path,
-                format!("not a readable {what}: its reader failed on malformed content"),
-            ))
-        })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+            .unwrap_or_else(|_| Err(Self::bad_file(path, message)))
     }
 
     /// An invalid setting.

@@ -256,7 +256,11 @@ fn text_blocks(path: &Path, bytes: &[u8]) -> Result<ReadOutcome> {
 /// Parquet (as the hub stores datasets): every row as JSON; lists and structs nest. The
 /// parquet crate panics on some malformed metadata (found by fuzzing): contained.
 fn parquet_rows(path: &Path) -> Result<ReadOutcome> {
-    EngineError::contain_panic(path, "Parquet file", || parquet_rows_unguarded(path))
+    EngineError::contain_panic(
+        path,
+        "not a readable Parquet file: its metadata is malformed",
+        || parquet_rows_unguarded(path),
+    )
 }
 
 fn parquet_rows_unguarded(path: &Path) -> Result<ReadOutcome> {

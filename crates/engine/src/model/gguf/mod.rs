@@ -37,7 +37,7 @@ pub struct GgufModel {
 /// Reads the header of a GGUF file, with errors that name the file.
 pub fn read_content(path: &Path, file: &mut std::fs::File) -> Result<Content> {
     // candle's reader divides by `general.alignment` unchecked; a hostile 0 must not abort us.
-    EngineError::contain_panic(path, "GGUF file (invalid alignment?)", || {
+    EngineError::contain_panic(path, "corrupt GGUF header (invalid alignment)", || {
         Content::read(file).map_err(|e| gguf_error(path, e))
     })
 }
