@@ -1,6 +1,6 @@
 //! Where the webview may ask the studio to write. Reads take any path the user typed or
 //! picked (they change nothing); a write destination must be an absolute path without `..`,
-//! outside the system's own folders, in a folder that exists, and of the kind the command
+//! outside the system's own folders, and of the kind the command
 //! writes (`extensions`), so that no call can make the studio overwrite a file it has no
 //! business writing, whatever the page runs.
 
@@ -14,8 +14,9 @@ const SYSTEM_ROOTS: &[&str] = &[
     "/var", "/System", "/Library",
 ];
 
-/// Checks the destination `path` of a write; `extensions` (lowercase, without the dot) are the
-/// file kinds allowed, or empty for a folder.
+/// Checks the destination `path` of a write (missing folders on the way are made by the
+/// export); `extensions` (lowercase, without the dot) are the file kinds allowed, or empty for
+/// a folder.
 pub fn write_destination(path: &Path, extensions: &[&str]) -> Result<PathBuf, CommandError> {
     let refuse = |why: &str| {
         Err(CommandError::with_hint(
@@ -31,9 +32,6 @@ pub fn write_destination(path: &Path, extensions: &[&str]) -> Result<PathBuf, Co
     }
     if path.parent().is_none() || SYSTEM_ROOTS.iter().any(|r| path.starts_with(r)) {
         return refuse("is in a system folder");
-    }
-    if !path.parent().is_some_and(Path::is_dir) {
-        return refuse("is in a folder that does not exist");
     }
     let ext = path
         .extension()
