@@ -189,6 +189,7 @@ fn commands_over_ipc_in_a_fresh_home() {
             .contains("furlongs"),
         "{bad}"
     );
+    hostile_inputs_over_ipc(home.path(), &dataset, &broken);
     let shapes = serde_json::json!({
         "list_runs": shape(&answer("list_runs", serde_json::json!({}))),
         "get_run": shape(&answer("get_run", serde_json::json!({"id": id}))),
@@ -393,4 +394,78 @@ fn write_destinations_outside_the_users_folders_are_refused() {
             "{cmd} {args}: {err}"
         );
     }
+}
+
+/// Part of the hostile-input corpus through the desktop's commands (the CLI's test has all of
+/// it): each is refused with a message naming the file or field, and nothing is recorded or
+/// left in the studio's folders. Runs inside `commands_over_ipc_in_a_fresh_home`, which owns
+/// the process's studio home.
+fn hostile_inputs_over_ipc(home: &std::path::Path, dataset: &str, broken: &std::path::Path) {
+    let listing = |cmd: &str| {
+        let v: serde_json::Value = invoke(cmd).deserialize().expect("json");
+        v.as_array().map_or(0, Vec::len)
+    };
+    let runs_folder = || std::fs::read_dir(home.join("runs")).map_or(0, |d| d.count());
+    let before = (
+        listing("list_runs"),
+        listing("list_adapters"),
+        runs_folder(),
+    );
+    let no_config = home.join("no-config");
+    peft_studio_engine::fixtures::write_tiny_model(&no_config, &Default::default()).expect("model");
+    std::fs::remove_file(no_config.join("config.json")).expect("rm");
+    let pickle = home.join("pickle");
+    std::fs::create_dir_all(&pickle).expect("mkdir");
+    std::fs::write(
+        pickle.join("adapter_config.json"),
+        r#"{"peft_type": "LORA"}"#,
+    )
+    .expect("cfg");
+    std::fs::write(pickle.join("adapter_model.bin"), b"\x80\x02cos\nsystem\n.").expect("bin");
+    let magic = home.join("magic.gguf");
+    std::fs::write(&magic, b"GGML\x03\x00\x00\x00").expect("gguf");
+    let run = |model: &str, data: &str, lr: f64, r: usize| {
+        serde_json::json!({"request": {"model": model, "dataset": data,
+            "method": {"kind": "lora", "r": r}, "train": {"lr": lr, "max_steps": 1}}})
+    };
+    let cases = [
+        (
+            "start_run",
+            run(&no_config.display().to_string(), dataset, 1e-3, 4),
+            "config.json",
+        ),
+        (
+            "start_run",
+            run("tiny", &broken.display().to_string(), 1e-3, 4),
+            "broken.jsonl:2",
+        ),
+        ("start_run", run("tiny", dataset, -1.0, 4), "lr"),
+        ("start_run", run("tiny", dataset, 1e-3, 0), "rank"),
+        (
+            "import_adapter",
+            serde_json::json!({"path": pickle, "model": "tiny"}),
+            "pickled",
+        ),
+        (
+            "import_adapter",
+            serde_json::json!({"path": magic, "model": "tiny"}),
+            "magic",
+        ),
+        (
+            "import_adapter",
+            serde_json::json!({"path": magic, "model": null}),
+            "base model",
+        ),
+    ];
+    for (cmd, args, mention) in cases {
+        let err = invoke_with(cmd, args.clone()).expect_err(cmd);
+        let message = err["message"].as_str().unwrap_or_default();
+        assert!(message.contains(mention), "{cmd} {args}: {err}");
+    }
+    let after = (
+        listing("list_runs"),
+        listing("list_adapters"),
+        runs_folder(),
+    );
+    assert_eq!(before, after, "(runs, adapters, run folders) unchanged");
 }
