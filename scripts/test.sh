@@ -21,6 +21,10 @@ export PEFT_STUDIO_HOME
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The fuzz targets build and survive their corpus and a few hundred mutations (fuzzing proper,
+# instrumented: fuzz/run).
+cargo build --locked -p peft-studio-fuzz
+bash fuzz/smoke
 # The web UI's unit tests, then the end-to-end suite against one release build of the
 # studio (and the CLI that prepares its home) through the real webview.
 (cd ui && npm ci --no-audit --no-fund --loglevel=error && npx vitest run)

@@ -4,6 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../src/targets.rs"]
+#[allow(dead_code)] // each target uses one of the functions
 mod targets;
 
 fuzz_target!(
