@@ -296,7 +296,7 @@ fn runs_queue_and_the_catalog_commands_work_on_them() {
 #[test]
 fn twenty_kills_at_random_moments_lose_nothing() {
     let (dir, model, data) = setup();
-    let steps = 600;
+    let steps = 1200;
     let write = |name: &str| {
         let path = run_config(dir.path(), &model, &data, name, steps);
         let text = std::fs::read_to_string(&path).expect("config").replace(
