@@ -111,7 +111,7 @@ pub fn model_card(
     .map_err(|e| EngineError::config("run config", e.to_string()))?;
     let version = env!("CARGO_PKG_VERSION");
     Ok(format!(
-        "---\nbase_model: {base}\nlibrary_name: {lib}\ntags:\n- peft-studio\n- {kind}\n---\n\n\
+        "---\nbase_model: {quoted}\nlibrary_name: {lib}\ntags:\n- peft-studio\n- {kind}\n---\n\n\
 # {title}\n\n\
 Trained and exported with PEFT Studio {version}.\n\n\
 | | |\n|---|---|\n\
@@ -127,6 +127,8 @@ Trained and exported with PEFT Studio {version}.\n\n\
             Exported::Adapter => format!("{kind} adapter for `{base}`"),
             Exported::MergedModel => format!("`{base}` with a {kind} adapter merged in"),
         },
+        // A JSON string is a YAML string: paths with `:` or `#` stay one value.
+        quoted = serde_json::Value::from(base),
         lib = library(kind, what),
         steps = figures.step.map_or_else(|| "—".into(), |s| s.to_string()),
         train = figure(figures.train_loss),
