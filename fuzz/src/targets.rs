@@ -128,3 +128,20 @@ pub fn replay(fuzz_dir: &Path, target: &str, run: fn(&[u8])) -> usize {
     }
     n
 }
+
+/// A libFuzzer entry point for the target function `$target` of this module: `fuzz_entry!(name);`
+/// in a `#![no_main]` binary that includes this file as `mod targets`.
+macro_rules! fuzz_entry {
+    ($target:ident) => {
+        libfuzzer_sys::fuzz_target!(
+            init: {
+                // Panics the studio contains (third-party readers on malformed files) are not
+                // crashes; one that escapes still aborts through libfuzzer-sys.
+                std::panic::set_hook(Box::new(|_| {}));
+            },
+            |data: &[u8]| targets::$target(data)
+        );
+    };
+}
+#[allow(unused_imports)] // the engine's replay test includes this file too
+pub(crate) use fuzz_entry;

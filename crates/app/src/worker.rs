@@ -156,17 +156,19 @@ fn backfill_metrics(catalog: &Catalog, run_id: i64, events: &Path, until: i64) -
     let Ok(text) = std::fs::read_to_string(events) else {
         return Ok(());
     };
-    let have = catalog.metrics(run_id, -1)?;
-    let has = |step: i64, eval: bool| {
-        have.iter().any(|r| {
-            r.step == step
-                && if eval {
-                    r.eval_loss.is_some()
-                } else {
-                    r.loss.is_some()
-                }
+    // (step, is an evaluation) of every value the catalog already has.
+    let have: std::collections::HashSet<(i64, bool)> = catalog
+        .metrics(run_id, -1)?
+        .iter()
+        .flat_map(|r| {
+            [
+                (r.step, false, r.loss.is_some()),
+                (r.step, true, r.eval_loss.is_some()),
+            ]
         })
-    };
+        .filter(|(_, _, present)| *present)
+        .map(|(step, eval, _)| (step, eval))
+        .collect();
     let mut missing: std::collections::BTreeMap<(i64, bool), MetricRow> = Default::default();
     for event in text
         .lines()
@@ -174,7 +176,7 @@ fn backfill_metrics(catalog: &Catalog, run_id: i64, events: &Path, until: i64) -
     {
         let eval = matches!(event, TrainEvent::Eval { .. });
         if let Some(row) = metric_of(&event, 0.0) {
-            if row.step <= until && !has(row.step, eval) {
+            if row.step <= until && !have.contains(&(row.step, eval)) {
                 // Later lines win: a step trained again after a resume is the same step.
                 missing.insert(
                     (row.step, eval),

@@ -76,6 +76,14 @@ fn losses(ids: &[i64]) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// The largest difference between two loss curves, step by step.
+fn largest_difference(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
 /// Starts an attached `train --json` and reads up to the first step at or after `step`;
 /// returns the parent process, the worker's pid and the run id.
 fn train_until(config: &Path, step: u64) -> (std::process::Child, u64, i64) {
@@ -165,11 +173,7 @@ fn a_killed_worker_resumes_to_the_losses_of_an_uninterrupted_run() {
     let curves = losses(&[whole, id]);
     assert_eq!(curves[0].len(), steps);
     assert_eq!(curves[1].len(), steps, "every step has exactly one loss");
-    let worst = curves[0]
-        .iter()
-        .zip(&curves[1])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let worst = largest_difference(&curves[0], &curves[1]);
     assert!(
         worst <= 1e-6,
         "the resumed run's losses differ by up to {worst}"
@@ -382,11 +386,7 @@ fn twenty_kills_at_random_moments_lose_nothing() {
     assert_eq!(show(id)["run"]["status"], "completed");
     let curves = losses(&[whole, id]);
     assert_eq!(curves[1].len(), steps, "every step has exactly one loss");
-    let worst = curves[0]
-        .iter()
-        .zip(&curves[1])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let worst = largest_difference(&curves[0], &curves[1]);
     assert!(
         worst <= 1e-6,
         "after {kills} kills the losses differ by up to {worst}"

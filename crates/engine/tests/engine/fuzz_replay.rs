@@ -3,7 +3,7 @@
 //! of those inputs panics. (Fuzzing itself: `fuzz/run`.)
 
 #[path = "../../../../fuzz/src/targets.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_macros)]
 mod targets;
 
 fn replay(target: &str, run: fn(&[u8])) {
