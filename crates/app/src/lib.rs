@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod adapters;
+pub mod allocator;
 pub mod chart;
 pub mod compare;
 pub mod demo;

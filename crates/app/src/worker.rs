@@ -38,6 +38,7 @@ fn emit(line: &serde_json::Value) {
 /// error is recorded in the catalog as the failure's reason, not returned); an error means the
 /// run could not be worked on at all.
 pub fn run_worker(catalog_path: &Path, run_id: i64, cancel: Arc<AtomicBool>) -> Result<RunStatus> {
+    crate::allocator::keep_freed_memory();
     let catalog = Catalog::open(catalog_path)?;
     let run = catalog.run(run_id)?;
     if run.status != RunStatus::Queued {

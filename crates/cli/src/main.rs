@@ -11,6 +11,7 @@ mod runs;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    peft_studio_app::allocator::keep_freed_memory();
     let cli = args::Cli::parse();
     match commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

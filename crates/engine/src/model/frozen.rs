@@ -81,6 +81,9 @@ impl CustomOp1 for FrozenProduct {
 /// `x @ wᵀ` where `w` is never trained. Falls back to the plain product when no gradient
 /// flows through `x` (inference, or layers below every trainable tensor).
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if super::fused::applies(x) {
+        return super::fused::linear::frozen_linear(x, w, None, None);
+    }
     if !x.track_op() {
         return linear_matmul(x, w);
     }

@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 
 use super::frozen::frozen_linear;
+use super::fused::{self, linear::LoraParts};
 use super::ops::{linear_matmul, ForwardCtx};
 use crate::error::Result;
 use crate::peft::ia3::Ia3Scale;
@@ -44,6 +45,39 @@ impl Linear {
             }
             None => x,
         };
+        let mut y = match self.fused_lora(x, ctx) {
+            Some(lora) => fused::linear::frozen_linear(x, &self.weight, self.bias.as_ref(), lora)?,
+            None => self.composed(x, ctx)?,
+        };
+        if let Some(ia3) = &self.ia3 {
+            y = ia3.scale_output(&y)?;
+        }
+        Ok(y)
+    }
+
+    /// Whether the fused frozen linear computes this layer (f32 on the CPU, frozen weight
+    /// and bias, LoRA without DoRA or active dropout): `Some(its LoRA branch, if any)`.
+    fn fused_lora(&self, x: &Tensor, ctx: &ForwardCtx) -> Option<Option<LoraParts<'_>>> {
+        let frozen =
+            !self.weight.is_variable() && self.bias.as_ref().is_none_or(|b| !b.is_variable());
+        if !fused::applies(x) || !frozen {
+            return None;
+        }
+        match &self.lora {
+            None => Some(None),
+            Some(l) if l.magnitude.is_none() && !ctx.dropout_active(l.dropout) => {
+                Some(Some(LoraParts {
+                    a: &l.a,
+                    b: &l.b,
+                    scale: l.scale,
+                }))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// The layer from candle's ops: the base product, the adapter, the bias.
+    fn composed(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         // A trained weight needs its gradient; a frozen one must not pay for it.
         let mut y = if self.weight.is_variable() {
             linear_matmul(x, &self.weight)?
@@ -55,9 +89,6 @@ impl Linear {
         }
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
-        }
-        if let Some(ia3) = &self.ia3 {
-            y = ia3.scale_output(&y)?;
         }
         Ok(y)
     }

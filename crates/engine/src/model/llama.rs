@@ -8,10 +8,11 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::blocks::{self, rms_norm};
 use super::config::LlamaConfig;
 use super::linear::Linear;
-use super::ops::{rms_norm, softmax_last_dim, ForwardCtx};
-use super::rope::{apply_rope, Rope};
+use super::ops::ForwardCtx;
+use super::rope::Rope;
 use crate::error::{EngineError, Result};
 use crate::peft::bottleneck::{LayerAdapters, Site};
 
@@ -434,6 +435,33 @@ impl LlamaModel {
         self.lm_head.forward(&h, ctx)
     }
 
+    /// Mean next-token loss of `input_ids` [batch, seq] against `targets` [batch, seq] (u32),
+    /// counting positions by their `weights` [batch, seq]; returns `(loss, counted positions)`.
+    /// A frozen, unadapted head computes it chunk by chunk without whole logits.
+    pub fn loss(
+        &self,
+        input_ids: &Tensor,
+        targets: &Tensor,
+        weights: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> Result<(Tensor, f64)> {
+        let h = self.hidden_states(input_ids, None, ctx)?;
+        let (b, t, hidden) = h.dims3()?;
+        let h = h.reshape((b * t, hidden))?;
+        let head = &self.lm_head;
+        let frozen = head.lora.is_none()
+            && head.ia3.is_none()
+            && head.bias.is_none()
+            && !head.weight.is_variable();
+        blocks::head_loss(
+            &h,
+            frozen.then_some(&head.weight),
+            |h| head.forward(h, ctx),
+            &targets.flatten_all()?,
+            &weights.flatten_all()?,
+        )
+    }
+
     /// Applies `lm_head` to hidden states.
     pub fn logits(&self, hidden: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         self.lm_head.forward(hidden, ctx)
@@ -477,7 +505,7 @@ impl LlamaModel {
         let attn = self.attention(b, &h, pos, cache, ctx)?;
         let x = join(attn, x, Site::Attention)?;
         let h = rms_norm(&x, &b.post_attention_layernorm, eps)?;
-        let act = (b.gate_proj.forward(&h, ctx)?.silu()? * b.up_proj.forward(&h, ctx)?)?;
+        let act = blocks::swiglu(&b.gate_proj.forward(&h, ctx)?, &b.up_proj.forward(&h, ctx)?)?;
         join(b.down_proj.forward(&act, ctx)?, &x, Site::Output)
     }
 
@@ -495,15 +523,12 @@ impl LlamaModel {
         let c = &self.cfg;
         let (batch, seq, _) = x.dims3()?;
         let (hq, hkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let group = hq / hkv;
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((batch, seq, n, d))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = apply_rope(&heads(b.q_proj.forward(x, ctx)?, hq)?, cos, sin)?;
-        let mut k = apply_rope(&heads(b.k_proj.forward(x, ctx)?, hkv)?, cos, sin)?;
-        let mut v = heads(b.v_proj.forward(x, ctx)?, hkv)?;
+        let split = |t: Tensor, n: usize| t.reshape((batch, seq, n, d));
+        let q = blocks::rope_heads(&split(b.q_proj.forward(x, ctx)?, hq)?, cos, sin)?;
+        let mut k = blocks::rope_heads(&split(b.k_proj.forward(x, ctx)?, hkv)?, cos, sin)?;
+        let mut v = split(b.v_proj.forward(x, ctx)?, hkv)?
+            .transpose(1, 2)?
+            .contiguous()?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -511,26 +536,7 @@ impl LlamaModel {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let total = k.dim(2)?;
-        // [b, hkv, group·seq, d]: query heads of one group one after another.
-        let q = q.reshape((batch, hkv, group * seq, d))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
-        let scores = match mask.as_ref() {
-            Some(m) => {
-                let m = m
-                    .unsqueeze(0)?
-                    .broadcast_as((group, seq, total))?
-                    .reshape((group * seq, total))?;
-                scores.broadcast_add(&m)?
-            }
-            None => scores,
-        };
-        let probs = softmax_last_dim(&scores)?;
-        let out = probs
-            .matmul(&v)?
-            .reshape((batch, hq, seq, d))?
-            .transpose(1, 2)?
-            .reshape((batch, seq, hq * d))?;
+        let out = blocks::attention(&q, &k, &v, mask.as_ref())?;
         b.o_proj.forward(&out, ctx)
     }
 

@@ -1,7 +1,9 @@
 //! The Llama-family decoder: configuration, layers, differentiable ops and loading.
 
+pub mod blocks;
 pub mod config;
 pub mod frozen;
+pub mod fused;
 pub mod gguf;
 pub mod linear;
 pub mod llama;

@@ -12,19 +12,13 @@ use super::events::{StepMetrics, TrainEvent, TrainSink};
 use super::optimizer::{collect_grads, global_norm, AdamW};
 use crate::data::{Batch, Examples};
 use crate::error::{EngineError, Result};
-use crate::model::ops::{masked_cross_entropy, SplitMix64};
+use crate::model::ops::SplitMix64;
 use crate::model::{ForwardCtx, LlamaModel};
 use crate::peft::Trainables;
 
 /// Mean next-token loss of `batch` over its weighted targets, and the number of targets.
 pub fn batch_loss(model: &LlamaModel, batch: &Batch, ctx: &ForwardCtx) -> Result<(Tensor, f64)> {
-    let logits = model.forward(&batch.input_ids, None, ctx)?;
-    let (b, t, v) = logits.dims3()?;
-    masked_cross_entropy(
-        &logits.reshape((b * t, v))?,
-        &batch.targets.flatten_all()?,
-        &batch.weights.flatten_all()?,
-    )
+    model.loss(&batch.input_ids, &batch.targets, &batch.weights, ctx)
 }
 
 /// Trains the variables of a method-wrapped model.

@@ -5,6 +5,7 @@ mod common;
 mod data;
 mod errors;
 mod export;
+mod fused;
 mod fuzz_replay;
 mod generate;
 mod gradients;

@@ -1,0 +1,227 @@
+//! Causal grouped-query attention as one op: scores, causal mask, softmax and the weighted
+//! sum of values per head. The backward pass recomputes each head's scores (as flash
+//! attention does) instead of keeping them, so a layer keeps only its queries, keys, values
+//! and output: no [heads, seq, seq] tensors at all, forward or backward.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::matmul::{matmul, Mat};
+use super::view::{output, storage_slice, tensor, view};
+use crate::error::Result;
+
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    batch: usize,
+    q_heads: usize,
+    kv_heads: usize,
+    /// Query positions.
+    seq: usize,
+    /// Key positions: cached or prefix keys first, then one per query.
+    keys: usize,
+    head_dim: usize,
+}
+
+impl Dims {
+    fn group(&self) -> usize {
+        self.q_heads / self.kv_heads
+    }
+
+    /// Keys query `i` may see: every key up to its own position.
+    fn visible(&self, i: usize) -> usize {
+        (self.keys - self.seq + i + 1).min(self.keys)
+    }
+
+    fn q_head<'a>(&self, q: &'a [f32], b: usize, h: usize) -> &'a [f32] {
+        let n = self.seq * self.head_dim;
+        &q[(b * self.q_heads + h) * n..][..n]
+    }
+
+    fn kv_head<'a>(&self, kv: &'a [f32], b: usize, g: usize) -> &'a [f32] {
+        let n = self.keys * self.head_dim;
+        &kv[(b * self.kv_heads + g) * n..][..n]
+    }
+
+    /// Head `h`'s rows in a [batch, seq, heads, head_dim] tensor (the output's layout).
+    fn out_head<'a>(&self, o: &'a [f32], b: usize, h: usize) -> Mat<'a> {
+        let (s, d) = (self.seq, self.head_dim);
+        let start = (b * s * self.q_heads + h) * d;
+        Mat::rows(&o[start..], s, d, self.q_heads * d)
+    }
+}
+
+struct Attention {
+    dims: Dims,
+    scale: f32,
+}
+
+impl Attention {
+    /// `softmax(scale · Q·Kᵀ + causal mask)` for head `h` of example `b`, [seq, keys].
+    fn probabilities(&self, q: &[f32], k: &[f32], b: usize, h: usize) -> Vec<f32> {
+        let dm = self.dims;
+        let (s, t, d) = (dm.seq, dm.keys, dm.head_dim);
+        let mut p = vec![0.0f32; s * t];
+        let qh = Mat::rows(dm.q_head(q, b, h), s, d, d);
+        let kg = Mat::rows(dm.kv_head(k, b, h / dm.group()), t, d, d);
+        matmul(&mut p, t, qh, kg.t(), self.scale, false);
+        for (i, row) in p.chunks_exact_mut(t).enumerate() {
+            let (live, masked) = row.split_at_mut(dm.visible(i));
+            let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for x in live.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            live.iter_mut().for_each(|x| *x *= inv);
+            masked.fill(0.0);
+        }
+        p
+    }
+
+    fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let dm = self.dims;
+        let (s, t, d) = (dm.seq, dm.keys, dm.head_dim);
+        let heads: Vec<Vec<f32>> = (0..dm.batch * dm.q_heads)
+            .into_par_iter()
+            .map(|job| {
+                let (b, h) = (job / dm.q_heads, job % dm.q_heads);
+                let p = self.probabilities(q, k, b, h);
+                let vg = Mat::rows(dm.kv_head(v, b, h / dm.group()), t, d, d);
+                let mut out = vec![0.0f32; s * d];
+                matmul(&mut out, d, Mat::rows(&p, s, t, t), vg, 1.0, false);
+                out
+            })
+            .collect();
+        // Scatter into [batch, seq, heads, head_dim], so o_proj reads it without a copy.
+        let mut out = vec![0.0f32; dm.batch * s * dm.q_heads * d];
+        out.par_chunks_mut(dm.q_heads * d)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (b, i) = (row / s, row % s);
+                for (h, part) in dst.chunks_exact_mut(d).enumerate() {
+                    part.copy_from_slice(&heads[b * dm.q_heads + h][i * d..][..d]);
+                }
+            });
+        out
+    }
+
+    /// Gradients of queries, keys and values, one job per (example, key head): the query
+    /// heads of a group share their key head's gradient.
+    fn backward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        o: &[f32],
+        grad: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let dm = self.dims;
+        let (s, t, d, group) = (dm.seq, dm.keys, dm.head_dim, dm.group());
+        let mut dq = vec![0.0f32; q.len()];
+        let mut dk = vec![0.0f32; k.len()];
+        let mut dv = vec![0.0f32; v.len()];
+        dq.par_chunks_mut(group * s * d)
+            .zip(dk.par_chunks_mut(t * d))
+            .zip(dv.par_chunks_mut(t * d))
+            .enumerate()
+            .for_each(|(job, ((dq, dk), dv))| {
+                let (b, g) = (job / dm.kv_heads, job % dm.kv_heads);
+                let kg = Mat::rows(dm.kv_head(k, b, g), t, d, d);
+                let vg = Mat::rows(dm.kv_head(v, b, g), t, d, d);
+                let mut ds = vec![0.0f32; s * t];
+                for (hh, dq) in dq.chunks_exact_mut(s * d).enumerate() {
+                    let h = g * group + hh;
+                    let p = self.probabilities(q, k, b, h);
+                    let dout = dm.out_head(grad, b, h);
+                    matmul(dv, d, Mat::rows(&p, s, t, t).t(), dout, 1.0, true);
+                    matmul(&mut ds, t, dout, vg.t(), 1.0, false);
+                    for i in 0..s {
+                        let start = (b * s * dm.q_heads + h) * d + i * dm.q_heads * d;
+                        let delta: f32 = grad[start..][..d]
+                            .iter()
+                            .zip(&o[start..][..d])
+                            .map(|(a, b)| a * b)
+                            .sum();
+                        let row = &mut ds[i * t..][..t];
+                        for (x, pr) in row.iter_mut().zip(&p[i * t..][..t]) {
+                            *x = pr * (*x - delta);
+                        }
+                    }
+                    let qh = Mat::rows(dm.q_head(q, b, h), s, d, d);
+                    let dsm = Mat::rows(&ds, s, t, t);
+                    matmul(dq, d, dsm, kg, self.scale, false);
+                    matmul(dk, d, dsm.t(), qh, self.scale, true);
+                }
+            });
+        (dq, dk, dv)
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        lq: &Layout,
+        k: &CpuStorage,
+        lk: &Layout,
+        v: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            storage_slice(q, lq)?,
+            storage_slice(k, lk)?,
+            storage_slice(v, lv)?,
+        );
+        let dm = self.dims;
+        Ok(output(
+            self.forward(q, k, v),
+            (dm.batch, dm.seq, dm.q_heads, dm.head_dim),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (dq, dk, dv) =
+            self.backward(&view(q)?, &view(k)?, &view(v)?, &view(res)?, &view(&grad)?);
+        Ok((
+            Some(tensor(dq, q.shape())?),
+            Some(tensor(dk, k.shape())?),
+            Some(tensor(dv, v.shape())?),
+        ))
+    }
+}
+
+/// `softmax(Q·Kᵀ/√d + causal mask)·V` for queries [batch, q_heads, seq, head_dim] and keys
+/// and values [batch, kv_heads, keys, head_dim] (`keys ≥ seq`: the last `seq` keys belong to
+/// the queries, earlier ones are cached or prefix positions every query sees). Query head `h`
+/// reads key head `h / (q_heads / kv_heads)`. Returns [batch, seq, q_heads, head_dim].
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (batch, q_heads, seq, head_dim) = q.dims4()?;
+    let (_, kv_heads, keys, _) = k.dims4()?;
+    let dims = Dims {
+        batch,
+        q_heads,
+        kv_heads,
+        seq,
+        keys,
+        head_dim,
+    };
+    let op = Attention {
+        dims,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    };
+    Ok(q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+}

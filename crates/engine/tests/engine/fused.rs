@@ -1,0 +1,426 @@
+//! Every fused CPU op (f32) against its composed reference (candle's ops, run in f64 so the
+//! reference itself carries no f32 rounding): forward values and the gradients of every input.
+//! Then whole models: each method's gradients through the fused path against the composed one.
+
+use candle_core::{DType, Device, Tensor, Var};
+use peft_studio_engine::data::{Example, Examples};
+use peft_studio_engine::fixtures::TinySpec;
+use peft_studio_engine::model::ops::{self, SplitMix64};
+use peft_studio_engine::model::{blocks, fused, load_model};
+use peft_studio_engine::peft::{MethodConfig, MethodKind, TargetModules};
+use peft_studio_engine::train::batch_loss;
+
+use crate::common::tiny_model;
+
+fn random(n: usize, seed: u64, scale: f64) -> Vec<f64> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n)
+        .map(|_| (rng.next_f64() * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+/// Runs `f` on variables made from `inputs` in `dtype`; returns the output and the gradients
+/// of `sum(output · R)` (R fixed and random) with respect to each input, all as f64.
+fn run(
+    dtype: DType,
+    inputs: &[(Vec<f64>, Vec<usize>)],
+    f: &dyn Fn(&[Tensor]) -> Tensor,
+) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|(data, shape)| {
+            let t = Tensor::from_vec(data.clone(), shape.as_slice(), &Device::Cpu).unwrap();
+            Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap()
+        })
+        .collect();
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&tensors);
+    let r = Tensor::from_vec(random(out.elem_count(), 99, 1.0), out.shape(), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    let grads = (&out * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let flat = |t: &Tensor| -> Vec<f64> {
+        t.flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let g = vars
+        .iter()
+        .map(|v| {
+            flat(
+                grads
+                    .get(v.as_tensor())
+                    .expect("every input gets a gradient"),
+            )
+        })
+        .collect();
+    (flat(&out), g)
+}
+
+/// The fused op in f32 against the composed one in f64: forward and every gradient.
+fn check(name: &str, inputs: &[(Vec<f64>, Vec<usize>)], f: &dyn Fn(&[Tensor]) -> Tensor, tol: f64) {
+    let (out32, g32) = run(DType::F32, inputs, f);
+    let (out64, g64) = run(DType::F64, inputs, f);
+    let worst = |a: &[f64], b: &[f64]| {
+        assert_eq!(a.len(), b.len(), "{name}: shapes differ");
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    };
+    let d = worst(&out32, &out64);
+    assert!(d < tol, "{name}: forward differs by {d:e}");
+    for (i, (a, b)) in g32.iter().zip(&g64).enumerate() {
+        let d = worst(a, b);
+        let scale = b.iter().map(|x| x.abs()).fold(1.0, f64::max);
+        assert!(
+            d < tol * scale,
+            "{name}: gradient of input {i} differs by {d:e}"
+        );
+    }
+}
+
+fn input(shape: &[usize], seed: u64) -> (Vec<f64>, Vec<usize>) {
+    (random(shape.iter().product(), seed, 1.0), shape.to_vec())
+}
+
+#[test]
+fn fused_ops_apply_to_f32_on_the_cpu_only() {
+    let t = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+    assert!(fused::applies(&t));
+    assert!(!fused::applies(&t.to_dtype(DType::F64).unwrap()));
+}
+
+#[test]
+fn rms_norm_matches_its_composition() {
+    let inputs = [input(&[3, 5, 16], 1), input(&[16], 2)];
+    check(
+        "rms_norm",
+        &inputs,
+        &|t| blocks::rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+        1e-5,
+    );
+}
+
+#[test]
+fn swiglu_matches_its_composition() {
+    let inputs = [input(&[4, 7, 24], 3), input(&[4, 7, 24], 4)];
+    check(
+        "swiglu",
+        &inputs,
+        &|t| blocks::swiglu(&t[0], &t[1]).unwrap(),
+        1e-5,
+    );
+}
+
+/// Rotary tables for positions `start..start + len` in the rotate-half layout.
+fn tables(start: usize, len: usize, d: usize, dtype: DType) -> (Tensor, Tensor) {
+    let angle =
+        |p: usize, j: usize| p as f64 / 10000f64.powf((2 * (j % (d / 2))) as f64 / d as f64);
+    let grid = |f: fn(f64) -> f64| -> Tensor {
+        let v: Vec<f64> = (start..start + len)
+            .flat_map(|p| (0..d).map(move |j| f(angle(p, j))))
+            .collect();
+        Tensor::from_vec(v, (len, d), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    };
+    (grid(f64::cos), grid(f64::sin))
+}
+
+#[test]
+fn rope_matches_its_composition() {
+    let inputs = [input(&[2, 5, 3, 8], 5)];
+    check(
+        "rope",
+        &inputs,
+        &|t| {
+            let (cos, sin) = tables(3, 5, 8, t[0].dtype());
+            blocks::rope_heads(&t[0], &cos, &sin).unwrap()
+        },
+        1e-5,
+    );
+}
+
+/// The composed path's additive mask: query i sees keys up to `keys − seq + i`.
+fn mask(seq: usize, keys: usize, dtype: DType) -> Tensor {
+    let v: Vec<f64> = (0..seq)
+        .flat_map(|i| {
+            (0..keys).map(move |j| {
+                if j <= keys - seq + i {
+                    0.0
+                } else {
+                    f64::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(v, (seq, keys), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+#[test]
+fn attention_matches_its_composition() {
+    // Grouped queries (6 heads over 2 key heads), with and without earlier keys (a prefix
+    // or a cache), and a single decoded query.
+    for (seq, keys) in [(5, 5), (5, 8), (1, 4)] {
+        let inputs = [
+            input(&[2, 6, seq, 8], 6),
+            input(&[2, 2, keys, 8], 7),
+            input(&[2, 2, keys, 8], 8),
+        ];
+        check(
+            &format!("attention seq={seq} keys={keys}"),
+            &inputs,
+            &|t| {
+                let m = (seq > 1).then(|| mask(seq, keys, t[0].dtype()));
+                blocks::attention(&t[0], &t[1], &t[2], m.as_ref()).unwrap()
+            },
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn lm_head_cross_entropy_matches_its_composition() {
+    // Rows with weight 0 are skipped by the fused loss and must get a zero gradient; more rows
+    // than one chunk (64), a vocabulary larger than the width.
+    let (n, h, vocab) = (150, 16, 70);
+    let mut rng = SplitMix64::new(9);
+    let targets: Vec<u32> = (0..n)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect();
+    let weights: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
+    let targets = Tensor::from_vec(targets, n, &Device::Cpu).unwrap();
+    let weights = Tensor::from_vec(weights, n, &Device::Cpu).unwrap();
+    let inputs = [input(&[n, h], 10), input(&[vocab, h], 11)];
+    // The head weight is frozen: its gradient comes from the composed path in both dtypes.
+    let (loss32, g32) = run(DType::F32, &inputs[..1], &|t| {
+        let w = Tensor::from_vec(inputs[1].0.clone(), (vocab, h), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        blocks::head_loss(&t[0], Some(&w), |_| unreachable!(), &targets, &weights)
+            .unwrap()
+            .0
+    });
+    let (loss64, g64) = run(DType::F64, &inputs[..1], &|t| {
+        let w = Tensor::from_vec(inputs[1].0.clone(), (vocab, h), &Device::Cpu).unwrap();
+        let logits = t[0].matmul(&w.t().unwrap()).unwrap();
+        ops::masked_cross_entropy(&logits, &targets, &weights)
+            .unwrap()
+            .0
+    });
+    assert!(
+        (loss32[0] - loss64[0]).abs() < 1e-5,
+        "loss {loss32:?} vs {loss64:?}"
+    );
+    let worst = g32[0]
+        .iter()
+        .zip(&g64[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-6, "hidden gradient differs by {worst:e}");
+    for row in (0..n).step_by(3) {
+        assert!(
+            g32[0][row * h..][..h].iter().all(|&g| g == 0.0),
+            "row {row} has weight 0"
+        );
+    }
+    // A token id outside the vocabulary is an error, not a panic.
+    let bad = Tensor::from_vec(vec![vocab as u32; n], n, &Device::Cpu).unwrap();
+    let hidden = Tensor::zeros((n, h), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((vocab, h), DType::F32, &Device::Cpu).unwrap();
+    let err = fused::cross_entropy::lm_head_cross_entropy(&hidden, &w, &bad, &weights)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outside the model's vocabulary"), "{err}");
+}
+
+#[test]
+fn frozen_linear_with_lora_matches_its_composition() {
+    let (fan_in, out, r) = (12, 10, 3);
+    let weight = random(out * fan_in, 12, 0.5);
+    let bias = random(out, 13, 0.5);
+    let inputs = [
+        input(&[2, 5, fan_in], 14),
+        input(&[r, fan_in], 15),
+        input(&[out, r], 16),
+    ];
+    let constant = |data: &[f64], shape: &[usize], dtype: DType| {
+        Tensor::from_vec(data.to_vec(), shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    };
+    for with_lora in [false, true] {
+        let f = |t: &[Tensor]| -> Tensor {
+            let dtype = t[0].dtype();
+            let w = constant(&weight, &[out, fan_in], dtype);
+            let b = constant(&bias, &[out], dtype);
+            if dtype == DType::F32 {
+                let lora = with_lora.then(|| fused::linear::LoraParts {
+                    a: &t[1],
+                    b: &t[2],
+                    scale: 0.75,
+                });
+                return fused::linear::frozen_linear(&t[0], &w, Some(&b), lora).unwrap();
+            }
+            let y = t[0]
+                .broadcast_matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            if !with_lora {
+                return y;
+            }
+            let delta = t[0]
+                .broadcast_matmul(&t[1].t().unwrap())
+                .unwrap()
+                .broadcast_matmul(&t[2].t().unwrap())
+                .unwrap();
+            (y + (delta * 0.75).unwrap()).unwrap()
+        };
+        if with_lora {
+            check("lora linear", &inputs, &f, 1e-5);
+        } else {
+            check("frozen linear", &inputs[..1], &f, 1e-5);
+        }
+    }
+}
+
+/// Loss and every trainable gradient of `method` on a tiny model, in `dtype`.
+fn model_gradients(method: &MethodConfig, dtype: DType) -> (f64, Vec<(String, Vec<f64>)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec {
+        qkv_bias: true,
+        tie_word_embeddings: true,
+        ..Default::default()
+    };
+    let mut model = load_model(&tiny_model(dir.path(), &spec), dtype, &Device::Cpu).unwrap();
+    let vars = method.apply(&mut model, 3).unwrap();
+    let mut rng = SplitMix64::new(11);
+    for (name, var) in &vars {
+        if name.ends_with("lora_B.weight") {
+            let data: Vec<f64> = (0..var.elem_count())
+                .map(|_| rng.next_f64() * 0.2 - 0.1)
+                .collect();
+            let t = Tensor::from_vec(data, var.shape().clone(), &Device::Cpu).unwrap();
+            var.set(&t.to_dtype(dtype).unwrap()).unwrap();
+        }
+    }
+    let examples = Examples::new(
+        vec![
+            Example {
+                ids: vec![1, 50, 60, 70, 80, 90, 100],
+                loss_mask: vec![0, 0, 1, 1, 1, 1, 1],
+            },
+            Example {
+                ids: vec![3, 4, 5, 6],
+                loss_mask: vec![1, 1, 1, 1],
+            },
+        ],
+        16,
+        2,
+        0,
+    )
+    .unwrap();
+    let batch = examples.batch_at(0, &Device::Cpu).unwrap();
+    let ctx = peft_studio_engine::model::ForwardCtx::eval();
+    let (loss, _) = batch_loss(&model, &batch, &ctx).unwrap();
+    let grads = loss.backward().unwrap();
+    let value = loss
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let g = vars
+        .iter()
+        .map(|(name, var)| {
+            let g = grads.get(var.as_tensor()).unwrap();
+            let v = g
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            (name.clone(), v)
+        })
+        .collect();
+    (value, g)
+}
+
+#[test]
+fn every_method_trains_the_same_through_the_fused_ops() {
+    let targets = |s: &str| Some(TargetModules::parse_cli(s));
+    let methods = [
+        MethodConfig {
+            kind: MethodKind::Lora,
+            r: 4,
+            lora_alpha: 8.0,
+            target_modules: targets("all-linear"),
+            ..Default::default()
+        },
+        MethodConfig {
+            kind: MethodKind::Lora,
+            r: 4,
+            lora_alpha: 8.0,
+            use_dora: true,
+            target_modules: targets("q_proj,v_proj"),
+            ..Default::default()
+        },
+        MethodConfig {
+            kind: MethodKind::Ia3,
+            ..Default::default()
+        },
+        MethodConfig {
+            kind: MethodKind::PromptTuning,
+            num_virtual_tokens: 3,
+            ..Default::default()
+        },
+        MethodConfig {
+            kind: MethodKind::PrefixTuning,
+            num_virtual_tokens: 3,
+            ..Default::default()
+        },
+        MethodConfig {
+            kind: MethodKind::Houlsby,
+            reduction_factor: 4,
+            ..Default::default()
+        },
+        MethodConfig {
+            kind: MethodKind::Full,
+            ..Default::default()
+        },
+    ];
+    for method in &methods {
+        let (l32, g32) = model_gradients(method, DType::F32);
+        let (l64, g64) = model_gradients(method, DType::F64);
+        assert!(
+            (l32 - l64).abs() < 1e-4,
+            "{:?}: loss {l32} vs {l64}",
+            method.kind
+        );
+        for ((name, a), (_, b)) in g32.iter().zip(&g64) {
+            let scale = b.iter().map(|x| x.abs()).fold(1e-3, f64::max);
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                d < 1e-3 * scale,
+                "{:?} {name}: gradient differs by {d:e} (scale {scale:e})",
+                method.kind
+            );
+        }
+    }
+}
