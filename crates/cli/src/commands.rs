@@ -36,6 +36,7 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
                 batch: a.batch_size,
                 seq_len: a.seq_len,
                 dtype: DType::F32,
+                cpu: peft_studio_engine::run::default_device().is_cpu(),
             };
             println!(
                 "{} for batch {} x {} tokens, f32",

@@ -18,6 +18,7 @@ pub mod peft;
 pub mod plan;
 pub mod run;
 pub mod sysinfo;
+pub mod threads;
 pub mod tokenizer;
 pub mod train;
 

@@ -3,10 +3,12 @@
 //!
 //! The model follows how the engine trains: every tensor the forward pass creates stays alive
 //! in the autograd graph until the backward pass ends, so activations are the sum of those
-//! tensors' sizes (counted op by op from `model::llama`), plus the loss head's
-//! [tokens, vocab] tensors, plus the gradients and AdamW moments of what is trained. Two
-//! factors measured on SmolLM2-135M (`bench`, see docs/BENCHMARKS.md) account for the backward
-//! pass's temporaries and the allocator's slack.
+//! tensors' sizes (counted op by op from `model::llama`), plus the loss head, plus the
+//! gradients and AdamW moments of what is trained. On the CPU in f32 the fused kernels
+//! (`model::fused`) keep far fewer tensors (no attention scores, no [tokens, vocab] logits)
+//! than candle's composed ops elsewhere; each path has its count. Factors measured on
+//! SmolLM2-135M (`bench`, see docs/BENCHMARKS.md) account for the backward pass's temporaries
+//! and the allocator's slack.
 
 use candle_core::DType;
 use serde::Serialize;
@@ -17,8 +19,12 @@ use crate::peft::{MethodConfig, MethodKind};
 use crate::plan::count_params;
 
 /// Activations are multiplied by this for the backward pass's gradient temporaries and the
-/// allocator's retained buffers (fitted to measured peaks).
+/// allocator's retained buffers (fitted to measured peaks): composed ops, fused kernels.
 const ACTIVATION_FACTOR: f64 = 1.5;
+const FUSED_ACTIVATION_FACTOR: f64 = 1.15;
+/// The fused loss head's rows per chunk (`model::fused::cross_entropy`), and the chunks in
+/// flight at once (one per thread; two counted).
+const FUSED_HEAD_ROWS: f64 = 128.0 * 2.0;
 /// The loss head holds this many f32 [tokens, vocab] tensors at its peak: logits, shifted,
 /// exponentials and log-probabilities from the forward pass, their gradients and the
 /// allocator's slack in the backward pass (fitted to measured peaks).
@@ -57,6 +63,14 @@ pub struct StepShape {
     pub seq_len: usize,
     /// The dtype of weights and activations.
     pub dtype: DType,
+    /// Whether training runs on the CPU (where f32 uses the fused kernels).
+    pub cpu: bool,
+}
+
+impl StepShape {
+    fn fused(&self) -> bool {
+        self.cpu && self.dtype == DType::F32
+    }
 }
 
 /// Predicts the peak memory of training `method` on the model `cfg` describes.
@@ -82,16 +96,37 @@ pub fn estimate(
     let q = (cfg.num_attention_heads * cfg.head_dim) as f64;
     let k = (cfg.num_key_value_heads * cfg.head_dim) as f64;
     let scores = b * cfg.num_attention_heads as f64 * t * keys;
-    // Per decoder layer: two RMSNorms (3 tensors of [n, d] each), queries and keys through
-    // projection, head split and RoPE (6.5 each), values (2), scores through scale, mask and
-    // softmax (5), the attention output's two copies, o_proj and two residual sums, the MLP's
-    // gate, SiLU, up and product ([n, i] each) and down_proj.
-    let mut per_layer = 10.0 * n * d + 8.5 * n * (q + k) + 2.0 * n * k + 2.0 * n * q;
-    per_layer += 4.0 * n * i + 5.0 * scores;
-    per_layer += adapter_activations(cfg, method, n)?;
     let layers = cfg.num_hidden_layers as f64;
-    let activations = (ACTIVATION_FACTOR * (per_layer * layers + 4.0 * n * d)) as u64 * elem;
-    let loss_head = (LOSS_HEAD_TENSORS * n * cfg.vocab_size as f64) as u64 * 4;
+    let vocab = cfg.vocab_size as f64;
+    let (activations, loss_head) = if step.fused() {
+        // Per decoder layer: the two norms' outputs, o_proj's and down_proj's outputs and the
+        // two residual sums ([n, d] each); queries through projection, rotation and attention
+        // output; keys through projection and rotation, values and their head-major copy; the
+        // MLP's gate, up and gated product.
+        let mut per_layer = 6.0 * n * d + 3.0 * n * q + 4.0 * n * k + 3.0 * n * i;
+        per_layer += adapter_activations(cfg, method, n, true)?;
+        let acts = FUSED_ACTIVATION_FACTOR * (per_layer * layers + 2.0 * n * d);
+        // The fused head keeps the hidden states' gradient and a chunk of logits per thread.
+        let head = if head_is_trained(cfg, method)? {
+            LOSS_HEAD_TENSORS * n * vocab
+        } else {
+            n * d + FUSED_HEAD_ROWS * vocab
+        };
+        (acts as u64 * elem, head as u64 * 4)
+    } else {
+        // Per decoder layer: two RMSNorms (3 tensors of [n, d] each), queries and keys through
+        // projection, head split and RoPE (6.5 each), values (2), scores through scale, mask
+        // and softmax (5), the attention output's two copies, o_proj and two residual sums,
+        // the MLP's gate, SiLU, up and product ([n, i] each) and down_proj.
+        let mut per_layer = 10.0 * n * d + 8.5 * n * (q + k) + 2.0 * n * k + 2.0 * n * q;
+        per_layer += 4.0 * n * i + 5.0 * scores;
+        per_layer += adapter_activations(cfg, method, n, false)?;
+        let acts = ACTIVATION_FACTOR * (per_layer * layers + 4.0 * n * d);
+        (
+            acts as u64 * elem,
+            (LOSS_HEAD_TENSORS * n * vocab) as u64 * 4,
+        )
+    };
     // Trained weights of freeze and full runs are already among the base weights; adapters
     // add their own. Gradients and both moments are kept in f32.
     let adapter_params = match method.kind {
@@ -107,8 +142,34 @@ pub fn estimate(
     })
 }
 
-/// Elements an adapter's forward adds per decoder layer for `n` tokens.
-fn adapter_activations(cfg: &LlamaConfig, method: &MethodConfig, n: f64) -> Result<f64> {
+/// Whether the method trains or adapts `lm_head` (or the embeddings tied to it): then the
+/// loss head is computed whole, not by the fused kernel.
+fn head_is_trained(cfg: &LlamaConfig, method: &MethodConfig) -> Result<bool> {
+    let head = |name: &str| {
+        name == "lm_head"
+            || name.starts_with("lm_head.")
+            || (cfg.tie_word_embeddings && name.contains("embed_tokens"))
+    };
+    Ok(match method.kind {
+        MethodKind::Full => true,
+        MethodKind::Freeze => method.trainable_modules.iter().any(|m| head(m)),
+        MethodKind::Lora => method
+            .lora_targets(cfg)?
+            .iter()
+            .any(|(name, ..)| head(name)),
+        MethodKind::Ia3 => method.ia3_targets(cfg)?.iter().any(|(name, ..)| head(name)),
+        _ => false,
+    })
+}
+
+/// Elements an adapter's forward adds per decoder layer for `n` tokens (`fused`: on the fused
+/// kernels, where plain LoRA adds none).
+fn adapter_activations(
+    cfg: &LlamaConfig,
+    method: &MethodConfig,
+    n: f64,
+    fused: bool,
+) -> Result<f64> {
     let layers = cfg.num_hidden_layers as f64;
     Ok(match method.kind {
         // x·A, (x·A)·B, its scaling and the sum with the frozen output; dropout adds a mask and
@@ -116,6 +177,10 @@ fn adapter_activations(cfg: &LlamaConfig, method: &MethodConfig, n: f64) -> Resu
         MethodKind::Lora => {
             let r = method.r as f64;
             let dropout = method.lora_dropout > 0.0;
+            // The fused linear keeps nothing of its LoRA branch (it recomputes x·Aᵀ).
+            if fused && !dropout && !method.use_dora {
+                return Ok(0.0);
+            }
             let per_token: f64 = method
                 .lora_targets(cfg)?
                 .iter()

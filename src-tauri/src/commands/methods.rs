@@ -53,6 +53,7 @@ pub async fn plan_run(
             batch: batch_size.max(1),
             seq_len: seq_len.max(1),
             dtype: DType::F32,
+            cpu: peft_studio_engine::run::default_device().is_cpu(),
         };
         let memory = estimate(&cfg, &method, step)?;
         Ok(PlanView {

@@ -15,6 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::model::ops::SplitMix64;
 use crate::model::{ForwardCtx, LlamaModel};
 use crate::peft::Trainables;
+use crate::threads::on_compute_pool;
 
 /// Mean next-token loss of `batch` over its weighted targets, and the number of targets.
 pub fn batch_loss(model: &LlamaModel, batch: &Batch, ctx: &ForwardCtx) -> Result<(Tensor, f64)> {
@@ -147,6 +148,10 @@ impl<'a> Trainer<'a> {
 
     /// Mean loss over the validation set, weighted by target count.
     pub fn evaluate(&self) -> Result<Option<f64>> {
+        on_compute_pool(|| self.evaluate_here())
+    }
+
+    fn evaluate_here(&self) -> Result<Option<f64>> {
         let Some(val) = &self.val else {
             return Ok(None);
         };
@@ -259,7 +264,7 @@ impl<'a> Trainer<'a> {
                 cancelled = true;
                 break;
             }
-            let metrics = self.train_step(total, started)?;
+            let metrics = on_compute_pool(|| self.train_step(total, started))?;
             sink.event(&TrainEvent::Step(metrics));
             let every = |n: usize| n > 0 && self.step.is_multiple_of(n) && self.step < total;
             if every(self.cfg.eval_every) {

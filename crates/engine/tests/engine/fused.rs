@@ -169,8 +169,9 @@ fn mask(seq: usize, keys: usize, dtype: DType) -> Tensor {
 #[test]
 fn attention_matches_its_composition() {
     // Grouped queries (6 heads over 2 key heads), with and without earlier keys (a prefix
-    // or a cache), and a single decoded query.
-    for (seq, keys) in [(5, 5), (5, 8), (1, 4)] {
+    // or a cache), a single decoded query, and more query rows than one block (64) of the
+    // causal skipping.
+    for (seq, keys) in [(5, 5), (5, 8), (1, 4), (130, 130), (70, 75)] {
         let inputs = [
             input(&[2, 6, seq, 8], 6),
             input(&[2, 2, keys, 8], 7),

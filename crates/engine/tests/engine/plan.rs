@@ -328,6 +328,7 @@ fn memory_estimate_parts() {
         batch,
         seq_len,
         dtype: DType::F32,
+        cpu: true,
     };
     let lora = lora_method(8, "q_proj,k_proj,v_proj,o_proj");
     let full = MethodConfig {
@@ -342,8 +343,19 @@ fn memory_estimate_parts() {
     assert!(l.total() < f.total());
     let double_batch = estimate(&cfg, &lora, shape(8, 256)).expect("b8");
     assert!(double_batch.activations > 19 * l.activations / 10);
+    // The fused kernels keep no attention scores: tokens cost the same whether they come
+    // as examples or as length. Composed ops (GPU, bf16) keep scores, quadratic in length.
     let double_seq = estimate(&cfg, &lora, shape(4, 512)).expect("t512");
-    assert!(double_seq.activations > double_batch.activations);
+    assert_eq!(double_seq.activations, double_batch.activations);
+    let composed = |batch, seq_len| {
+        let s = StepShape {
+            cpu: false,
+            ..shape(batch, seq_len)
+        };
+        estimate(&cfg, &lora, s).expect("composed")
+    };
+    assert!(composed(4, 512).activations > composed(8, 256).activations);
+    assert!(composed(4, 256).total() > 2 * l.total());
     let prompt = MethodConfig {
         kind: MethodKind::PromptTuning,
         num_virtual_tokens: 64,

@@ -6,6 +6,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::math;
 use super::matmul::{matmul, Mat};
 use super::view::{output, storage_slice, tensor, view};
 use crate::error::Result;
@@ -41,13 +42,6 @@ impl Dims {
         let n = self.keys * self.head_dim;
         &kv[(b * self.kv_heads + g) * n..][..n]
     }
-
-    /// Head `h`'s rows in a [batch, seq, heads, head_dim] tensor (the output's layout).
-    fn out_head<'a>(&self, o: &'a [f32], b: usize, h: usize) -> Mat<'a> {
-        let (s, d) = (self.seq, self.head_dim);
-        let start = (b * s * self.q_heads + h) * d;
-        Mat::rows(&o[start..], s, d, self.q_heads * d)
-    }
 }
 
 struct Attention {
@@ -55,24 +49,38 @@ struct Attention {
     scale: f32,
 }
 
+/// Query rows per block: a block computes scores only for the keys its last row sees, so
+/// the causal mask's upper triangle is mostly skipped rather than computed and zeroed.
+const BLOCK: usize = 64;
+
 impl Attention {
-    /// `softmax(scale · Q·Kᵀ + causal mask)` for head `h` of example `b`, [seq, keys].
+    /// `(first row, end row, visible keys)` per block of query rows.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let s = self.dims.seq;
+        (0..s).step_by(BLOCK).map(move |r0| {
+            let r1 = (r0 + BLOCK).min(s);
+            (r0, r1, self.dims.visible(r1 - 1))
+        })
+    }
+
+    /// `softmax(scale · Q·Kᵀ + causal mask)` for head `h` of example `b`, [seq, keys]
+    /// (entries a row cannot see are 0).
     fn probabilities(&self, q: &[f32], k: &[f32], b: usize, h: usize) -> Vec<f32> {
         let dm = self.dims;
         let (s, t, d) = (dm.seq, dm.keys, dm.head_dim);
         let mut p = vec![0.0f32; s * t];
-        let qh = Mat::rows(dm.q_head(q, b, h), s, d, d);
-        let kg = Mat::rows(dm.kv_head(k, b, h / dm.group()), t, d, d);
-        matmul(&mut p, t, qh, kg.t(), self.scale, false);
+        let qh = dm.q_head(q, b, h);
+        let kg = dm.kv_head(k, b, h / dm.group());
+        for (r0, r1, vis) in self.blocks() {
+            let qb = Mat::rows(&qh[r0 * d..], r1 - r0, d, d);
+            let kb = Mat::rows(kg, vis, d, d);
+            matmul(&mut p[r0 * t..], t, qb, kb.t(), self.scale, false);
+        }
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
             let (live, masked) = row.split_at_mut(dm.visible(i));
-            let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for x in live.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
+            let max = math::max(live);
+            math::exp_shifted(live, max);
+            let inv = 1.0 / math::sum(live);
             live.iter_mut().for_each(|x| *x *= inv);
             masked.fill(0.0);
         }
@@ -87,9 +95,19 @@ impl Attention {
             .map(|job| {
                 let (b, h) = (job / dm.q_heads, job % dm.q_heads);
                 let p = self.probabilities(q, k, b, h);
-                let vg = Mat::rows(dm.kv_head(v, b, h / dm.group()), t, d, d);
+                let vg = dm.kv_head(v, b, h / dm.group());
                 let mut out = vec![0.0f32; s * d];
-                matmul(&mut out, d, Mat::rows(&p, s, t, t), vg, 1.0, false);
+                for (r0, r1, vis) in self.blocks() {
+                    let pb = Mat::rows(&p[r0 * t..], r1 - r0, vis, t);
+                    matmul(
+                        &mut out[r0 * d..],
+                        d,
+                        pb,
+                        Mat::rows(vg, vis, d, d),
+                        1.0,
+                        false,
+                    );
+                }
                 out
             })
             .collect();
@@ -127,31 +145,41 @@ impl Attention {
             .enumerate()
             .for_each(|(job, ((dq, dk), dv))| {
                 let (b, g) = (job / dm.kv_heads, job % dm.kv_heads);
-                let kg = Mat::rows(dm.kv_head(k, b, g), t, d, d);
-                let vg = Mat::rows(dm.kv_head(v, b, g), t, d, d);
+                let (kg, vg) = (dm.kv_head(k, b, g), dm.kv_head(v, b, g));
                 let mut ds = vec![0.0f32; s * t];
                 for (hh, dq) in dq.chunks_exact_mut(s * d).enumerate() {
                     let h = g * group + hh;
                     let p = self.probabilities(q, k, b, h);
-                    let dout = dm.out_head(grad, b, h);
-                    matmul(dv, d, Mat::rows(&p, s, t, t).t(), dout, 1.0, true);
-                    matmul(&mut ds, t, dout, vg.t(), 1.0, false);
-                    for i in 0..s {
-                        let start = (b * s * dm.q_heads + h) * d + i * dm.q_heads * d;
-                        let delta: f32 = grad[start..][..d]
-                            .iter()
-                            .zip(&o[start..][..d])
-                            .map(|(a, b)| a * b)
-                            .sum();
-                        let row = &mut ds[i * t..][..t];
-                        for (x, pr) in row.iter_mut().zip(&p[i * t..][..t]) {
-                            *x = pr * (*x - delta);
+                    let qh = dm.q_head(q, b, h);
+                    let row0 = (b * s * dm.q_heads + h) * d;
+                    let rs = dm.q_heads * d;
+                    for (r0, r1, vis) in self.blocks() {
+                        let n = r1 - r0;
+                        let dout = Mat::rows(&grad[row0 + r0 * rs..], n, d, rs);
+                        let pb = Mat::rows(&p[r0 * t..], n, vis, t);
+                        // dV += Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP − rowsum(dO ⊙ O)).
+                        matmul(dv, d, pb.t(), dout, 1.0, true);
+                        let vb = Mat::rows(vg, vis, d, d);
+                        matmul(&mut ds[r0 * t..], t, dout, vb.t(), 1.0, false);
+                        for i in r0..r1 {
+                            let at = row0 + i * rs;
+                            let delta: f32 = grad[at..][..d]
+                                .iter()
+                                .zip(&o[at..][..d])
+                                .map(|(a, b)| a * b)
+                                .sum();
+                            let row = &mut ds[i * t..][..vis];
+                            for (x, pr) in row.iter_mut().zip(&p[i * t..][..vis]) {
+                                *x = pr * (*x - delta);
+                            }
                         }
+                        // dQ = scale·dS·K; dK += scale·dSᵀ·Q.
+                        let dsb = Mat::rows(&ds[r0 * t..], n, vis, t);
+                        let kb = Mat::rows(kg, vis, d, d);
+                        matmul(&mut dq[r0 * d..], d, dsb, kb, self.scale, false);
+                        let qb = Mat::rows(&qh[r0 * d..], n, d, d);
+                        matmul(dk, d, dsb.t(), qb, self.scale, true);
                     }
-                    let qh = Mat::rows(dm.q_head(q, b, h), s, d, d);
-                    let dsm = Mat::rows(&ds, s, t, t);
-                    matmul(dq, d, dsm, kg, self.scale, false);
-                    matmul(dk, d, dsm.t(), qh, self.scale, true);
                 }
             });
         (dq, dk, dv)

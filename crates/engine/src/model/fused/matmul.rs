@@ -2,6 +2,9 @@
 //! small products in parallel (one per head or per chunk of rows); `matmul_par` on all cores.
 
 use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::blas::{blas, Operand};
 
 /// A read-only matrix view: `rows × cols` with element (i, j) at `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
@@ -43,27 +46,109 @@ impl<'a> Mat<'a> {
     }
 }
 
+impl Mat<'_> {
+    /// The view as a CBLAS operand, when one of its strides is 1.
+    fn operand(&self) -> Option<Operand> {
+        let ptr = self.data.as_ptr();
+        if self.cs == 1 {
+            Some(Operand {
+                ptr,
+                transposed: false,
+                ld: self.rs.max(self.cols).max(1),
+            })
+        } else if self.rs == 1 {
+            Some(Operand {
+                ptr,
+                transposed: true,
+                ld: self.cs.max(self.rows).max(1),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Rows `r0..r0 + n` of the view.
+    fn row_block(&self, r0: usize, n: usize) -> Self {
+        Self {
+            data: &self.data[r0 * self.rs..],
+            rows: n,
+            ..*self
+        }
+    }
+}
+
 /// `dst = scale · a·b` (or `dst += scale · a·b` when `accumulate`), `dst` row-major with
 /// rows `dst_rs` apart.
 pub fn matmul(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, scale: f32, accumulate: bool) {
-    product(dst, dst_rs, a, b, scale, accumulate, Parallelism::None);
+    check(dst, dst_rs, a, b);
+    serial(dst, dst_rs, a, b, scale, accumulate);
 }
 
 /// [`matmul`] on every thread of rayon's pool.
 pub fn matmul_par(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, scale: f32, accumulate: bool) {
+    check(dst, dst_rs, a, b);
     let threads = rayon::current_num_threads();
-    product(
-        dst,
-        dst_rs,
-        a,
-        b,
-        scale,
-        accumulate,
-        Parallelism::Rayon(threads),
+    let (m, n) = (a.rows, b.cols);
+    if blas().is_none() {
+        let parallelism = Parallelism::Rayon(threads);
+        return gemm_product(dst, dst_rs, a, b, scale, accumulate, parallelism);
+    }
+    if m < 2 * threads || n == 0 {
+        return serial(dst, dst_rs, a, b, scale, accumulate);
+    }
+    // One block of rows per thread, each a serial product into its own rows of `dst`.
+    let per = m.div_ceil(threads);
+    let used = (m - 1) * dst_rs + n;
+    dst[..used]
+        .par_chunks_mut(per * dst_rs)
+        .enumerate()
+        .for_each(|(i, block)| {
+            let r0 = i * per;
+            let rows = per.min(m - r0);
+            serial(block, dst_rs, a.row_block(r0, rows), b, scale, accumulate);
+        });
+}
+
+/// The views are built from the kernels' own shapes; a mismatch is a bug in a kernel, and
+/// neither BLAS nor gemm may ever read or write out of bounds.
+fn check(dst: &[f32], dst_rs: usize, a: Mat, b: Mat) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(
+        b.rows == k && a.fits() && b.fits(),
+        "fused matmul: bad operand view"
+    );
+    assert!(
+        m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(),
+        "fused matmul: destination too small"
     );
 }
 
-fn product(
+/// One product on the calling thread: OpenBLAS when loaded, else gemm.
+fn serial(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, scale: f32, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if let (Some(blas), Some(ao), Some(bo), true) = (blas(), a.operand(), b.operand(), k > 0) {
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        // SAFETY: `check` established the operands' and the destination's extents.
+        unsafe {
+            blas.sgemm(
+                (m, n, k),
+                scale,
+                ao,
+                bo,
+                beta,
+                dst.as_mut_ptr(),
+                dst_rs.max(n),
+            )
+        };
+        return;
+    }
+    gemm_product(dst, dst_rs, a, b, scale, accumulate, Parallelism::None);
+}
+
+fn gemm_product(
     dst: &mut [f32],
     dst_rs: usize,
     a: Mat,
@@ -73,20 +158,10 @@ fn product(
     parallelism: Parallelism,
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    // The views are built from the kernels' own shapes; a mismatch is a bug in a kernel,
-    // and gemm must never read or write out of bounds.
-    assert!(
-        b.rows == k && a.fits() && b.fits(),
-        "fused matmul: bad operand view"
-    );
-    assert!(
-        m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(),
-        "fused matmul: destination too small"
-    );
     if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: every index gemm touches lies within the slices, as asserted above.
+    // SAFETY: every index gemm touches lies within the slices, as `check` asserted.
     unsafe {
         gemm::gemm(
             m,

@@ -8,8 +8,10 @@
 //! composed ops, which are also the reference every fused op is tested against.
 
 pub mod attention;
+mod blas;
 pub mod cross_entropy;
 pub mod linear;
+mod math;
 mod matmul;
 pub mod norm;
 pub mod rope;
@@ -21,4 +23,14 @@ use candle_core::{DType, Tensor};
 /// Whether the fused kernels serve `t`: f32 on the CPU.
 pub fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// Which library computes the fused ops' matrix products: `"openblas"` where the system has
+/// it, else `"gemm"`.
+pub fn matmul_backend() -> &'static str {
+    if blas::blas().is_some() {
+        "openblas"
+    } else {
+        "gemm"
+    }
 }
