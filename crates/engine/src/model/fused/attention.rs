@@ -74,7 +74,8 @@ impl Attention {
         for (r0, r1, vis) in self.blocks() {
             let qb = Mat::rows(&qh[r0 * d..], r1 - r0, d, d);
             let kb = Mat::rows(kg, vis, d, d);
-            matmul(&mut p[r0 * t..], t, qb, kb.t(), self.scale, false);
+            // `p` is freshly zeroed: accumulate (see `matmul`).
+            matmul(&mut p[r0 * t..], t, qb, kb.t(), self.scale, true);
         }
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
             let (live, masked) = row.split_at_mut(dm.visible(i));
@@ -105,7 +106,7 @@ impl Attention {
                         pb,
                         Mat::rows(vg, vis, d, d),
                         1.0,
-                        false,
+                        true,
                     );
                 }
                 out
@@ -176,7 +177,7 @@ impl Attention {
                         // dQ = scale·dS·K; dK += scale·dSᵀ·Q.
                         let dsb = Mat::rows(&ds[r0 * t..], n, vis, t);
                         let kb = Mat::rows(kg, vis, d, d);
-                        matmul(&mut dq[r0 * d..], d, dsb, kb, self.scale, false);
+                        matmul(&mut dq[r0 * d..], d, dsb, kb, self.scale, true);
                         let qb = Mat::rows(&qh[r0 * d..], n, d, d);
                         matmul(dk, d, dsb.t(), qb, self.scale, true);
                     }

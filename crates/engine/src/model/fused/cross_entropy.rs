@@ -65,7 +65,7 @@ fn chunk(
         Mat::rows(&hc, c, hidden, hidden),
         wm.t(),
         1.0,
-        false,
+        true,
     );
     let mut loss = 0.0f64;
     for (row, &r) in logits.chunks_exact_mut(vocab).zip(rows) {
@@ -92,7 +92,7 @@ fn chunk(
             Mat::rows(&logits, c, vocab, vocab),
             wm,
             1.0,
-            false,
+            true,
         );
     }
     (loss, dh)

@@ -4,7 +4,8 @@
 //! The frozen weight gets no gradient (candle's matmul would compute one: a third of the
 //! layer's backward FLOPs), the op keeps only its input (the low-rank product `x·Aᵀ` is
 //! recomputed in the backward pass: `rows × in × r` FLOPs, next to nothing), and the LoRA
-//! branch costs no intermediate [rows, out] tensors.
+//! branch costs no intermediate [rows, out] tensors. Products land in freshly zeroed buffers
+//! (`accumulate`, see `matmul`).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
@@ -63,7 +64,7 @@ impl FrozenLinear {
             xm,
             Mat::rows(&w, out, fan_in, fan_in).t(),
             1.0,
-            false,
+            true,
         );
         if let Some((a, b)) = lora {
             let r = a.len() / fan_in.max(1);
@@ -74,7 +75,7 @@ impl FrozenLinear {
                 xm,
                 Mat::rows(a, r, fan_in, fan_in).t(),
                 1.0,
-                false,
+                true,
             );
             let bm = Mat::rows(b, out, r, r);
             matmul_par(
@@ -114,7 +115,7 @@ impl FrozenLinear {
                 gm,
                 Mat::rows(&w, out, fan_in, fan_in),
                 1.0,
-                false,
+                true,
             );
             dx
         });
@@ -124,13 +125,13 @@ impl FrozenLinear {
             let r = a.len() / fan_in.max(1);
             let (am, bm) = (Mat::rows(&a, r, fan_in, fan_in), Mat::rows(&b, out, r, r));
             let mut u = vec![0.0f32; rows * r];
-            matmul_par(&mut u, r, xm, am.t(), 1.0, false);
+            matmul_par(&mut u, r, xm, am.t(), 1.0, true);
             // gu = s·g·B [rows, r]; dA = guᵀ·x; dB = s·gᵀ·u; dx += gu·A.
             let mut gu = vec![0.0f32; rows * r];
-            matmul_par(&mut gu, r, gm, bm, self.scale, false);
+            matmul_par(&mut gu, r, gm, bm, self.scale, true);
             let gum = Mat::rows(&gu, rows, r, r);
             let mut da = vec![0.0f32; r * fan_in];
-            matmul_par(&mut da, fan_in, gum.t(), xm, 1.0, false);
+            matmul_par(&mut da, fan_in, gum.t(), xm, 1.0, true);
             let mut db = vec![0.0f32; out * r];
             matmul_par(
                 &mut db,
@@ -138,7 +139,7 @@ impl FrozenLinear {
                 gm.t(),
                 Mat::rows(&u, rows, r, r),
                 self.scale,
-                false,
+                true,
             );
             if let Some(dx) = dx.as_mut() {
                 matmul_par(dx, fan_in, gum, am, 1.0, true);

@@ -22,6 +22,17 @@ fn exp_nonpositive(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// The logistic function `1 / (1 + e^−x)`, through `exp_nonpositive` on either side of 0.
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    let e = exp_nonpositive(-x.abs());
+    if x >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    }
+}
+
 /// `x ← e^(x − shift)` for every element (`shift` at least every element: the row maximum).
 pub fn exp_shifted(xs: &mut [f32], shift: f32) {
     for x in xs.iter_mut() {
@@ -73,6 +84,15 @@ mod tests {
             worst = worst.max((v[0] as f64 - exact).abs() / exact);
         }
         assert!(worst < 1e-6, "worst relative error {worst:e}");
+    }
+
+    #[test]
+    fn sigmoid_matches_f64_on_both_sides() {
+        for i in -2000..=2000 {
+            let x = i as f32 * 0.01;
+            let exact = 1.0 / (1.0 + (-(x as f64)).exp());
+            assert!((sigmoid(x) as f64 - exact).abs() < 1e-6, "sigmoid({x})");
+        }
     }
 
     #[test]

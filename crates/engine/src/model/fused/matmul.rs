@@ -78,7 +78,8 @@ impl Mat<'_> {
 }
 
 /// `dst = scale · a·b` (or `dst += scale · a·b` when `accumulate`), `dst` row-major with
-/// rows `dst_rs` apart.
+/// rows `dst_rs` apart. Into a freshly zeroed `dst`, pass `accumulate`: OpenBLAS otherwise
+/// spends a pass zeroing `dst` itself before it accumulates.
 pub fn matmul(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, scale: f32, accumulate: bool) {
     check(dst, dst_rs, a, b);
     serial(dst, dst_rs, a, b, scale, accumulate);

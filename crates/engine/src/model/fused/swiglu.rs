@@ -3,15 +3,12 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::math::sigmoid;
 use super::view::{output, storage_slice, tensor, view};
 use crate::error::Result;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
 
 struct SwiGlu;
 
