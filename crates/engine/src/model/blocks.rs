@@ -36,10 +36,16 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Whether [`attention`] needs the additive causal mask for `seq` queries of `x`'s dtype and
+/// device: the composed path does, for more than one query; the fused kernel masks itself.
+pub fn needs_mask(x: &Tensor, seq: usize) -> bool {
+    seq > 1 && !fused::applies(x)
+}
+
 /// Causal grouped-query attention: queries [batch, q_heads, seq, head_dim], keys and values
 /// [batch, kv_heads, keys, head_dim] with the last `seq` keys the queries' own. Returns
 /// [batch, seq, q_heads · head_dim]. `mask` is the additive causal mask [seq, keys] the
-/// composed path uses (absent for a single query, which sees every key).
+/// composed path uses, present where [`needs_mask`] says so.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (batch, hq, seq, d) = q.dims4()?;
     if fused::applies(q) {

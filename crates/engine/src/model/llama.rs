@@ -94,7 +94,7 @@ impl Block {
 struct Positions {
     cos: Tensor,
     sin: Tensor,
-    /// Causal mask; absent when a single token is decoded.
+    /// Causal mask, for the composed attention only (`blocks::needs_mask`).
     mask: Option<Tensor>,
 }
 
@@ -407,7 +407,8 @@ impl LlamaModel {
         };
         let seq = seq + virtual_tokens;
         let (cos, sin) = self.rope.tables(start, seq, self.dtype, &self.device)?;
-        let mask = if seq > 1 {
+        // Built only for the composed attention: at long sequences it is megabytes.
+        let mask = if blocks::needs_mask(&x, seq) {
             Some(self.causal_mask(seq, start)?)
         } else {
             None

@@ -68,3 +68,60 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .to_scalar::<f32>()
         .expect("s")
 }
+
+/// The tiny model the gradient tests share (q/k/v bias, tied embeddings) in `dtype`, with
+/// `method` applied (seed 3). B starts at zero, which would make every A gradient zero: B gets
+/// random values. (A DoRA layer then no longer has m = ‖W + s·BA‖, so its magnitude gradient
+/// is not trivial.)
+pub fn gradient_model(
+    dir: &Path,
+    method: &MethodConfig,
+    dtype: candle_core::DType,
+) -> (
+    peft_studio_engine::model::LlamaModel,
+    peft_studio_engine::peft::Trainables,
+) {
+    use candle_core::{Device, Tensor};
+    use peft_studio_engine::model::ops::SplitMix64;
+    let spec = TinySpec {
+        qkv_bias: true,
+        tie_word_embeddings: true,
+        ..Default::default()
+    };
+    let path = tiny_model(dir, &spec);
+    let mut model =
+        peft_studio_engine::model::load_model(&path, dtype, &Device::Cpu).expect("load");
+    let vars = method.apply(&mut model, 3).expect("apply method");
+    let mut rng = SplitMix64::new(11);
+    for (name, var) in &vars {
+        if name.ends_with("lora_B.weight") {
+            let data: Vec<f64> = (0..var.elem_count())
+                .map(|_| rng.next_f64() * 0.2 - 0.1)
+                .collect();
+            let t = Tensor::from_vec(data, var.shape().clone(), &Device::Cpu).expect("b");
+            var.set(&t.to_dtype(dtype).expect("dtype")).expect("set");
+        }
+    }
+    (model, vars)
+}
+
+/// Two examples for the gradient tests: one with a masked prompt, one fully trained.
+pub fn gradient_examples() -> peft_studio_engine::data::Examples {
+    use peft_studio_engine::data::{Example, Examples};
+    Examples::new(
+        vec![
+            Example {
+                ids: vec![1, 50, 60, 70, 80, 90, 100],
+                loss_mask: vec![0, 0, 1, 1, 1, 1, 1],
+            },
+            Example {
+                ids: vec![3, 4, 5, 6],
+                loss_mask: vec![1, 1, 1, 1],
+            },
+        ],
+        16,
+        2,
+        0,
+    )
+    .expect("examples")
+}

@@ -3,14 +3,12 @@
 //! Then whole models: each method's gradients through the fused path against the composed one.
 
 use candle_core::{DType, Device, Tensor, Var};
-use peft_studio_engine::data::{Example, Examples};
-use peft_studio_engine::fixtures::TinySpec;
 use peft_studio_engine::model::ops::{self, SplitMix64};
-use peft_studio_engine::model::{blocks, fused, load_model};
+use peft_studio_engine::model::{blocks, fused};
 use peft_studio_engine::peft::{MethodConfig, MethodKind, TargetModules};
 use peft_studio_engine::train::batch_loss;
 
-use crate::common::tiny_model;
+use crate::common::{gradient_examples, gradient_model};
 
 fn random(n: usize, seed: u64, scale: f64) -> Vec<f64> {
     let mut rng = SplitMix64::new(seed);
@@ -300,39 +298,8 @@ fn frozen_linear_with_lora_matches_its_composition() {
 /// Loss and every trainable gradient of `method` on a tiny model, in `dtype`.
 fn model_gradients(method: &MethodConfig, dtype: DType) -> (f64, Vec<(String, Vec<f64>)>) {
     let dir = tempfile::tempdir().unwrap();
-    let spec = TinySpec {
-        qkv_bias: true,
-        tie_word_embeddings: true,
-        ..Default::default()
-    };
-    let mut model = load_model(&tiny_model(dir.path(), &spec), dtype, &Device::Cpu).unwrap();
-    let vars = method.apply(&mut model, 3).unwrap();
-    let mut rng = SplitMix64::new(11);
-    for (name, var) in &vars {
-        if name.ends_with("lora_B.weight") {
-            let data: Vec<f64> = (0..var.elem_count())
-                .map(|_| rng.next_f64() * 0.2 - 0.1)
-                .collect();
-            let t = Tensor::from_vec(data, var.shape().clone(), &Device::Cpu).unwrap();
-            var.set(&t.to_dtype(dtype).unwrap()).unwrap();
-        }
-    }
-    let examples = Examples::new(
-        vec![
-            Example {
-                ids: vec![1, 50, 60, 70, 80, 90, 100],
-                loss_mask: vec![0, 0, 1, 1, 1, 1, 1],
-            },
-            Example {
-                ids: vec![3, 4, 5, 6],
-                loss_mask: vec![1, 1, 1, 1],
-            },
-        ],
-        16,
-        2,
-        0,
-    )
-    .unwrap();
+    let (model, vars) = gradient_model(dir.path(), method, dtype);
+    let examples = gradient_examples();
     let batch = examples.batch_at(0, &Device::Cpu).unwrap();
     let ctx = peft_studio_engine::model::ForwardCtx::eval();
     let (loss, _) = batch_loss(&model, &batch, &ctx).unwrap();

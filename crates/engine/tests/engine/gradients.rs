@@ -3,11 +3,10 @@
 use candle_core::{DType, Device, Tensor, Var};
 use peft_studio_engine::data::{Example, Examples};
 use peft_studio_engine::fixtures::TinySpec;
-use peft_studio_engine::model::ops::SplitMix64;
 use peft_studio_engine::model::{load_model, ForwardCtx, LlamaModel};
 use peft_studio_engine::train::batch_loss;
 
-use crate::common::{lora_method, tiny_model};
+use crate::common::{gradient_examples, gradient_model, lora_method, tiny_model};
 
 fn loss_of(model: &LlamaModel, examples: &Examples) -> (Tensor, f64) {
     let batch = examples.batch_at(0, model.device()).expect("batch");
@@ -104,43 +103,8 @@ fn check_gradients(
     checked_names: fn(&str) -> bool,
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = tiny_model(
-        dir.path(),
-        &TinySpec {
-            qkv_bias: true,
-            tie_word_embeddings: true,
-            ..Default::default()
-        },
-    );
-    let mut model = load_model(&path, DType::F64, &Device::Cpu).expect("load in f64");
-    let vars = method.apply(&mut model, 3).expect("apply lora");
-    // B starts at zero, which would make every A gradient zero: give B random values. (A
-    // DoRA layer then no longer has m = ‖W + s·BA‖, so its magnitude gradient is not trivial.)
-    let mut rng = SplitMix64::new(11);
-    for (name, var) in &vars {
-        if name.ends_with("lora_B.weight") {
-            let n = var.elem_count();
-            let data: Vec<f64> = (0..n).map(|_| rng.next_f64() * 0.2 - 0.1).collect();
-            var.set(&Tensor::from_vec(data, var.shape().clone(), var.device()).expect("b"))
-                .expect("set");
-        }
-    }
-    let examples = Examples::new(
-        vec![
-            Example {
-                ids: vec![1, 50, 60, 70, 80, 90, 100],
-                loss_mask: vec![0, 0, 1, 1, 1, 1, 1],
-            },
-            Example {
-                ids: vec![3, 4, 5, 6],
-                loss_mask: vec![1, 1, 1, 1],
-            },
-        ],
-        16,
-        2,
-        0,
-    )
-    .expect("examples");
+    let (model, vars) = gradient_model(dir.path(), method, DType::F64);
+    let examples = gradient_examples();
     let (loss, _) = loss_of(&model, &examples);
     let grads = loss.backward().expect("backward");
     let eps = 1e-5;
