@@ -82,7 +82,12 @@ impl CustomOp1 for FrozenProduct {
 /// flows through `x` (inference, or layers below every trainable tensor).
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if super::fused::applies(x) {
-        return super::fused::linear::frozen_linear(x, w, None, None);
+        let parts = super::fused::linear::LinearParts {
+            weight: w,
+            bias: None,
+            lora: None,
+        };
+        return super::fused::linear::frozen_linear(x, parts);
     }
     if !x.track_op() {
         return linear_matmul(x, w);

@@ -3,7 +3,10 @@
 use candle_core::Tensor;
 
 use super::frozen::frozen_linear;
-use super::fused::{self, linear::LoraParts};
+use super::fused::{
+    self,
+    linear::{LinearParts, LoraParts},
+};
 use super::ops::{linear_matmul, ForwardCtx};
 use crate::error::Result;
 use crate::peft::ia3::Ia3Scale;
@@ -45,8 +48,8 @@ impl Linear {
             }
             None => x,
         };
-        let mut y = match self.fused_lora(x, ctx) {
-            Some(lora) => fused::linear::frozen_linear(x, &self.weight, self.bias.as_ref(), lora)?,
+        let mut y = match self.fused_parts(x, ctx) {
+            Some(parts) => fused::linear::frozen_linear(x, parts)?,
             None => self.composed(x, ctx)?,
         };
         if let Some(ia3) = &self.ia3 {
@@ -55,25 +58,28 @@ impl Linear {
         Ok(y)
     }
 
-    /// Whether the fused frozen linear computes this layer (f32 on the CPU, frozen weight
-    /// and bias, LoRA without DoRA or active dropout): `Some(its LoRA branch, if any)`.
-    fn fused_lora(&self, x: &Tensor, ctx: &ForwardCtx) -> Option<Option<LoraParts<'_>>> {
+    /// The layer as the fused ops take it, when they can compute it: f32 on the CPU, frozen
+    /// weight and bias, LoRA without DoRA or active dropout (IA³ scales around it).
+    pub fn fused_parts(&self, x: &Tensor, ctx: &ForwardCtx) -> Option<LinearParts<'_>> {
         let frozen =
             !self.weight.is_variable() && self.bias.as_ref().is_none_or(|b| !b.is_variable());
         if !fused::applies(x) || !frozen {
             return None;
         }
-        match &self.lora {
-            None => Some(None),
-            Some(l) if l.magnitude.is_none() && !ctx.dropout_active(l.dropout) => {
-                Some(Some(LoraParts {
-                    a: &l.a,
-                    b: &l.b,
-                    scale: l.scale,
-                }))
-            }
-            Some(_) => None,
-        }
+        let lora = match &self.lora {
+            None => None,
+            Some(l) if l.magnitude.is_none() && !ctx.dropout_active(l.dropout) => Some(LoraParts {
+                a: &l.a,
+                b: &l.b,
+                scale: l.scale,
+            }),
+            Some(_) => return None,
+        };
+        Some(LinearParts {
+            weight: &self.weight,
+            bias: self.bias.as_ref(),
+            lora,
+        })
     }
 
     /// The layer from candle's ops: the base product, the adapter, the bias.

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::blocks::{self, rms_norm};
 use super::config::LlamaConfig;
+use super::fused;
 use super::linear::Linear;
 use super::ops::ForwardCtx;
 use super::rope::Rope;
@@ -485,6 +486,35 @@ impl LlamaModel {
         Ok(Tensor::from_vec(mask, (seq, total), &self.device)?.to_dtype(self.dtype)?)
     }
 
+    /// The block as one fused op takes it, when it can compute it: f32 on the CPU, frozen
+    /// norms, every linear fused (`Linear::fused_parts`) without IA³, no bottleneck adapter.
+    fn fused_block<'a>(
+        &self,
+        b: &'a Block,
+        adapters: Option<&LayerAdapters>,
+        x: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> Option<fused::layer::LayerParts<'a>> {
+        let plain = adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
+            && !b.input_layernorm.is_variable()
+            && !b.post_attention_layernorm.is_variable()
+            && b.linears().iter().all(|l| l.ia3.is_none());
+        if !plain {
+            return None;
+        }
+        let [q, k, v, o, gate, up, down] = b.linears().map(|l| l.fused_parts(x, ctx));
+        let c = &self.cfg;
+        Some(fused::layer::LayerParts {
+            input_norm: &b.input_layernorm,
+            post_norm: &b.post_attention_layernorm,
+            linears: [q?, k?, v?, o?, gate?, up?, down?],
+            eps: c.rms_norm_eps,
+            q_heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        })
+    }
+
     fn block_forward(
         &self,
         b: &Block,
@@ -494,6 +524,12 @@ impl LlamaModel {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
+        // Training and scoring run the whole block as one op; decoding keeps the cache.
+        if cache.is_none() {
+            if let Some(parts) = self.fused_block(b, adapters, x, ctx) {
+                return fused::layer::decoder_layer(x, &parts, &pos.cos, &pos.sin);
+            }
+        }
         let eps = self.cfg.rms_norm_eps;
         // The residual stream after a sublayer: plain, or through its bottleneck adapter.
         let join = |out: Tensor, input: &Tensor, site: Site| -> Result<Tensor> {

@@ -270,7 +270,12 @@ fn frozen_linear_with_lora_matches_its_composition() {
                     b: &t[2],
                     scale: 0.75,
                 });
-                return fused::linear::frozen_linear(&t[0], &w, Some(&b), lora).unwrap();
+                let parts = fused::linear::LinearParts {
+                    weight: &w,
+                    bias: Some(&b),
+                    lora,
+                };
+                return fused::linear::frozen_linear(&t[0], parts).unwrap();
             }
             let y = t[0]
                 .broadcast_matmul(&w.t().unwrap())
@@ -328,6 +333,8 @@ fn model_gradients(method: &MethodConfig, dtype: DType) -> (f64, Vec<(String, Ve
 
 #[test]
 fn every_method_trains_the_same_through_the_fused_ops() {
+    // LoRA without dropout and prompt tuning run each decoder layer as one op
+    // (`fused::layer`); the others compose the single fused ops.
     let targets = |s: &str| Some(TargetModules::parse_cli(s));
     let methods = [
         MethodConfig {
@@ -335,6 +342,14 @@ fn every_method_trains_the_same_through_the_fused_ops() {
             r: 4,
             lora_alpha: 8.0,
             target_modules: targets("all-linear"),
+            ..Default::default()
+        },
+        // Some projections of a layer with LoRA, some without: the packed layout.
+        MethodConfig {
+            kind: MethodKind::Lora,
+            r: 2,
+            lora_alpha: 3.0,
+            target_modules: targets("k_proj,o_proj,up_proj"),
             ..Default::default()
         },
         MethodConfig {

@@ -44,7 +44,7 @@ impl Dims {
     }
 }
 
-struct Attention {
+pub(super) struct Attention {
     dims: Dims,
     scale: f32,
 }
@@ -54,6 +54,27 @@ struct Attention {
 const BLOCK: usize = 64;
 
 impl Attention {
+    /// Attention of `seq` queries over `keys` keys (`keys ≥ seq`, see [`causal_attention`]).
+    pub(super) fn new(
+        batch: usize,
+        (q_heads, kv_heads, head_dim): (usize, usize, usize),
+        seq: usize,
+        keys: usize,
+    ) -> Self {
+        let dims = Dims {
+            batch,
+            q_heads,
+            kv_heads,
+            seq,
+            keys,
+            head_dim,
+        };
+        Self {
+            dims,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        }
+    }
+
     /// `(first row, end row, visible keys)` per block of query rows.
     fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
         let s = self.dims.seq;
@@ -88,7 +109,9 @@ impl Attention {
         p
     }
 
-    fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    /// The output [batch, seq, q_heads, head_dim] for queries [batch, q_heads, seq, head_dim]
+    /// and keys and values [batch, kv_heads, keys, head_dim].
+    pub(super) fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let dm = self.dims;
         let (s, t, d) = (dm.seq, dm.keys, dm.head_dim);
         let heads: Vec<Vec<f32>> = (0..dm.batch * dm.q_heads)
@@ -127,7 +150,7 @@ impl Attention {
 
     /// Gradients of queries, keys and values, one job per (example, key head): the query
     /// heads of a group share their key head's gradient.
-    fn backward(
+    pub(super) fn backward(
         &self,
         q: &[f32],
         k: &[f32],
@@ -239,18 +262,7 @@ impl CustomOp3 for Attention {
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (batch, q_heads, seq, head_dim) = q.dims4()?;
     let (_, kv_heads, keys, _) = k.dims4()?;
-    let dims = Dims {
-        batch,
-        q_heads,
-        kv_heads,
-        seq,
-        keys,
-        head_dim,
-    };
-    let op = Attention {
-        dims,
-        scale: 1.0 / (head_dim as f32).sqrt(),
-    };
+    let op = Attention::new(batch, (q_heads, kv_heads, head_dim), seq, keys);
     Ok(q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }

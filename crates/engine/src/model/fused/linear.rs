@@ -24,6 +24,102 @@ pub struct LoraParts<'a> {
     pub scale: f64,
 }
 
+/// A LoRA branch over borrowed elements: A [r, in], B [out, r] and the scale.
+#[derive(Clone, Copy)]
+pub(super) struct LoraSlices<'a> {
+    pub a: &'a [f32],
+    pub b: &'a [f32],
+    pub scale: f32,
+}
+
+/// A frozen projection over borrowed elements: weight [out, in], bias [out] and a LoRA
+/// branch; the kernels of this op and of the fused decoder layer (`layer`).
+#[derive(Clone, Copy)]
+pub(super) struct Projection<'a> {
+    pub weight: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub lora: Option<LoraSlices<'a>>,
+    pub fan_in: usize,
+    pub out: usize,
+}
+
+impl Projection<'_> {
+    fn rows(&self, x: &[f32]) -> usize {
+        x.len() / self.fan_in.max(1)
+    }
+
+    /// `x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ` for `x` [rows, in]: [rows, out].
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = vec![0.0f32; self.rows(x) * self.out];
+        self.add_forward(x, &mut y);
+        y
+    }
+
+    /// Adds the projection of `x` to `y` [rows, out]: a residual sum costs no pass of its
+    /// own (and a freshly zeroed `y` skips OpenBLAS's zeroing, see `matmul`).
+    pub fn add_forward(&self, x: &[f32], y: &mut [f32]) {
+        let (rows, fan_in, out) = (self.rows(x), self.fan_in, self.out);
+        let xm = Mat::rows(x, rows, fan_in, fan_in);
+        let wm = Mat::rows(self.weight, out, fan_in, fan_in);
+        matmul_par(y, out, xm, wm.t(), 1.0, true);
+        if let Some(l) = self.lora {
+            let r = l.a.len() / fan_in.max(1);
+            let mut u = vec![0.0f32; rows * r];
+            matmul_par(
+                &mut u,
+                r,
+                xm,
+                Mat::rows(l.a, r, fan_in, fan_in).t(),
+                1.0,
+                true,
+            );
+            let bm = Mat::rows(l.b, out, r, r);
+            matmul_par(y, out, Mat::rows(&u, rows, r, r), bm.t(), l.scale, true);
+        }
+        if let Some(bias) = self.bias {
+            y.chunks_exact_mut(out)
+                .for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += b));
+        }
+    }
+
+    /// Adds the input's gradient for the output gradient `g` [rows, out] into `dx` (when
+    /// given) and returns the LoRA matrices' gradients (when there is a branch).
+    pub fn backward(
+        &self,
+        x: &[f32],
+        g: &[f32],
+        dx: Option<&mut [f32]>,
+    ) -> Option<(Vec<f32>, Vec<f32>)> {
+        let (rows, fan_in, out) = (self.rows(x), self.fan_in, self.out);
+        let gm = Mat::rows(g, rows, out, out);
+        let xm = Mat::rows(x, rows, fan_in, fan_in);
+        let wm = Mat::rows(self.weight, out, fan_in, fan_in);
+        let Some(l) = self.lora else {
+            if let Some(dx) = dx {
+                matmul_par(dx, fan_in, gm, wm, 1.0, true);
+            }
+            return None;
+        };
+        let r = l.a.len() / fan_in.max(1);
+        let (am, bm) = (Mat::rows(l.a, r, fan_in, fan_in), Mat::rows(l.b, out, r, r));
+        let mut u = vec![0.0f32; rows * r];
+        matmul_par(&mut u, r, xm, am.t(), 1.0, true);
+        // gu = s·g·B [rows, r]; dA = guᵀ·x; dB = s·gᵀ·u; dx += g·W + gu·A.
+        let mut gu = vec![0.0f32; rows * r];
+        matmul_par(&mut gu, r, gm, bm, l.scale, true);
+        let gum = Mat::rows(&gu, rows, r, r);
+        let mut da = vec![0.0f32; r * fan_in];
+        matmul_par(&mut da, fan_in, gum.t(), xm, 1.0, true);
+        let mut db = vec![0.0f32; out * r];
+        matmul_par(&mut db, r, gm.t(), Mat::rows(&u, rows, r, r), l.scale, true);
+        if let Some(dx) = dx {
+            matmul_par(dx, fan_in, gm, wm, 1.0, true);
+            matmul_par(dx, fan_in, gum, am, 1.0, true);
+        }
+        Some((da, db))
+    }
+}
+
 /// The input's gradient (when it needs one) and the LoRA matrices' (when there are any).
 type Gradients = (Option<Tensor>, Option<(Tensor, Tensor)>);
 
@@ -34,11 +130,6 @@ struct FrozenLinear {
 }
 
 impl FrozenLinear {
-    fn dims(&self, x_len: usize) -> candle_core::Result<(usize, usize, usize)> {
-        let (out, fan_in) = self.weight.dims2()?;
-        Ok((x_len / fan_in.max(1), fan_in, out))
-    }
-
     fn out_shape(&self, x: &Shape) -> candle_core::Result<Shape> {
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
@@ -47,55 +138,38 @@ impl FrozenLinear {
         Ok(Shape::from(dims))
     }
 
-    /// `x·Wᵀ + b`, plus `s·(x·Aᵀ)·Bᵀ` when `lora` holds A and B.
+    /// Runs `f` on the projection this op computes, its LoRA branch from `lora`.
+    fn with_projection<R>(
+        &self,
+        lora: Option<(&[f32], &[f32])>,
+        f: impl FnOnce(Projection) -> R,
+    ) -> candle_core::Result<R> {
+        let (out, fan_in) = self.weight.dims2()?;
+        let weight = view(&self.weight)?;
+        let bias = self.bias.as_ref().map(view).transpose()?;
+        Ok(f(Projection {
+            weight: &weight,
+            bias: bias.as_deref(),
+            lora: lora.map(|(a, b)| LoraSlices {
+                a,
+                b,
+                scale: self.scale,
+            }),
+            fan_in,
+            out,
+        }))
+    }
+
     fn forward(
         &self,
         x: &[f32],
         shape: &Shape,
         lora: Option<(&[f32], &[f32])>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, fan_in, out) = self.dims(x.len())?;
-        let w = view(&self.weight)?;
-        let mut y = vec![0.0f32; rows * out];
-        let xm = Mat::rows(x, rows, fan_in, fan_in);
-        matmul_par(
-            &mut y,
-            out,
-            xm,
-            Mat::rows(&w, out, fan_in, fan_in).t(),
-            1.0,
-            true,
-        );
-        if let Some((a, b)) = lora {
-            let r = a.len() / fan_in.max(1);
-            let mut u = vec![0.0f32; rows * r];
-            matmul_par(
-                &mut u,
-                r,
-                xm,
-                Mat::rows(a, r, fan_in, fan_in).t(),
-                1.0,
-                true,
-            );
-            let bm = Mat::rows(b, out, r, r);
-            matmul_par(
-                &mut y,
-                out,
-                Mat::rows(&u, rows, r, r),
-                bm.t(),
-                self.scale,
-                true,
-            );
-        }
-        if let Some(bias) = &self.bias {
-            let bias = view(bias)?;
-            y.chunks_exact_mut(out)
-                .for_each(|row| row.iter_mut().zip(&*bias).for_each(|(y, b)| *y += b));
-        }
+        let y = self.with_projection(lora, |p| p.forward(x))?;
         Ok(output(y, self.out_shape(shape)?))
     }
 
-    /// Gradients of the input (when it needs one) and of A and B.
     fn backward(
         &self,
         x: &Tensor,
@@ -103,49 +177,19 @@ impl FrozenLinear {
         grad: &Tensor,
     ) -> candle_core::Result<Gradients> {
         let grad = grad.contiguous()?;
-        let (xs, g, w) = (view(x)?, view(&grad)?, view(&self.weight)?);
-        let (rows, fan_in, out) = self.dims(xs.len())?;
-        let gm = Mat::rows(&g, rows, out, out);
-        let xm = Mat::rows(&xs, rows, fan_in, fan_in);
-        let mut dx = x.track_op().then(|| {
-            let mut dx = vec![0.0f32; rows * fan_in];
-            matmul_par(
-                &mut dx,
-                fan_in,
-                gm,
-                Mat::rows(&w, out, fan_in, fan_in),
-                1.0,
-                true,
-            );
-            dx
-        });
-        let mut lora_grads = None;
-        if let Some((a_t, b_t)) = lora {
-            let (a, b) = (view(a_t)?, view(b_t)?);
-            let r = a.len() / fan_in.max(1);
-            let (am, bm) = (Mat::rows(&a, r, fan_in, fan_in), Mat::rows(&b, out, r, r));
-            let mut u = vec![0.0f32; rows * r];
-            matmul_par(&mut u, r, xm, am.t(), 1.0, true);
-            // gu = s·g·B [rows, r]; dA = guᵀ·x; dB = s·gᵀ·u; dx += gu·A.
-            let mut gu = vec![0.0f32; rows * r];
-            matmul_par(&mut gu, r, gm, bm, self.scale, true);
-            let gum = Mat::rows(&gu, rows, r, r);
-            let mut da = vec![0.0f32; r * fan_in];
-            matmul_par(&mut da, fan_in, gum.t(), xm, 1.0, true);
-            let mut db = vec![0.0f32; out * r];
-            matmul_par(
-                &mut db,
-                r,
-                gm.t(),
-                Mat::rows(&u, rows, r, r),
-                self.scale,
-                true,
-            );
-            if let Some(dx) = dx.as_mut() {
-                matmul_par(dx, fan_in, gum, am, 1.0, true);
+        let (xs, g) = (view(x)?, view(&grad)?);
+        let ab = lora.map(|(a, b)| Ok::<_, candle_core::Error>((view(a)?, view(b)?)));
+        let ab = ab.transpose()?;
+        let mut dx = x.track_op().then(|| vec![0.0f32; xs.len()]);
+        let lora_grads = self.with_projection(ab.as_ref().map(|(a, b)| (&a[..], &b[..])), |p| {
+            p.backward(&xs, &g, dx.as_deref_mut())
+        })?;
+        let lora_grads = match (lora_grads, lora) {
+            (Some((da, db)), Some((a, b))) => {
+                Some((tensor(da, a.shape())?, tensor(db, b.shape())?))
             }
-            lora_grads = Some((tensor(da, a_t.shape())?, tensor(db, b_t.shape())?));
-        }
+            _ => None,
+        };
         let dx = dx.map(|dx| tensor(dx, x.shape())).transpose()?;
         Ok((dx, lora_grads))
     }
@@ -197,21 +241,28 @@ impl CustomOp3 for FrozenLinear {
     }
 }
 
-/// `x·Wᵀ + b (+ s·(x·Aᵀ)·Bᵀ)` for `x` [..., in], a frozen `weight` [out, in] and `bias`
-/// [out]; gradients flow to `x` and to the LoRA matrices only.
-pub fn frozen_linear(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    lora: Option<LoraParts>,
-) -> Result<Tensor> {
+/// A frozen linear layer as the fused ops take it: weight [out, in], bias [out] and the
+/// LoRA branch, if any.
+#[derive(Clone, Copy)]
+pub struct LinearParts<'a> {
+    /// Weight [out_features, in_features].
+    pub weight: &'a Tensor,
+    /// Bias [out_features].
+    pub bias: Option<&'a Tensor>,
+    /// The LoRA branch.
+    pub lora: Option<LoraParts<'a>>,
+}
+
+/// `x·Wᵀ + b (+ s·(x·Aᵀ)·Bᵀ)` for `x` [..., in]; gradients flow to `x` and to the LoRA
+/// matrices only.
+pub fn frozen_linear(x: &Tensor, parts: LinearParts) -> Result<Tensor> {
     let op = FrozenLinear {
-        weight: weight.contiguous()?,
-        bias: bias.map(Tensor::contiguous).transpose()?,
-        scale: lora.map_or(1.0, |l| l.scale as f32),
+        weight: parts.weight.contiguous()?,
+        bias: parts.bias.map(Tensor::contiguous).transpose()?,
+        scale: parts.lora.map_or(1.0, |l| l.scale as f32),
     };
     let x = x.contiguous()?;
-    Ok(match lora {
+    Ok(match parts.lora {
         Some(l) => x.apply_op3(&l.a.contiguous()?, &l.b.contiguous()?, op)?,
         None => x.apply_op1(op)?,
     })

@@ -10,6 +10,7 @@
 pub mod attention;
 mod blas;
 pub mod cross_entropy;
+pub mod layer;
 pub mod linear;
 mod math;
 mod matmul;

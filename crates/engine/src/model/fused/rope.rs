@@ -8,19 +8,39 @@ use rayon::prelude::*;
 use super::view::{output, storage_slice, tensor, view};
 use crate::error::Result;
 
-struct Rope {
-    /// cos and sin tables [seq, head_dim] in transformers' rotate-half layout.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    head_dim: usize,
+/// A projection's layout: [batch, seq, heads, head_dim] on one side of the split,
+/// [batch, heads, seq, head_dim] on the other.
+#[derive(Clone, Copy)]
+pub(super) struct Heads {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// cos and sin tables [seq, head_dim] in transformers' rotate-half layout.
+#[derive(Clone, Copy)]
+pub(super) struct Tables<'a> {
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+}
+
+impl<'a> Tables<'a> {
+    fn at(self, position: usize, d: usize) -> (&'a [f32], &'a [f32]) {
+        (
+            &self.cos[position * d..][..d],
+            &self.sin[position * d..][..d],
+        )
+    }
 }
 
 /// `dst = src·cos + sign·rotate_half(src)·sin` for one row; `sign = −1` rotates back
-/// (the backward pass: the transpose of a rotation is its inverse).
-fn rotate(src: &[f32], dst: &mut [f32], cos: &[f32], sin: &[f32], sign: f32) {
+/// (the backward pass: the transpose of a rotation is its inverse). Without tables, a copy.
+fn rotate(src: &[f32], dst: &mut [f32], tables: Option<(&[f32], &[f32])>, sign: f32) {
+    let Some((cos, sin)) = tables else {
+        dst.copy_from_slice(src);
+        return;
+    };
     let half = src.len() / 2;
     for j in 0..half {
         dst[j] = src[j] * cos[j] - sign * src[j + half] * sin[j];
@@ -28,14 +48,44 @@ fn rotate(src: &[f32], dst: &mut [f32], cos: &[f32], sin: &[f32], sign: f32) {
     }
 }
 
-impl Rope {
-    fn tables(&self, position: usize) -> (&[f32], &[f32]) {
-        let d = self.head_dim;
-        (
-            &self.cos[position * d..][..d],
-            &self.sin[position * d..][..d],
-        )
+impl Heads {
+    /// `x` [batch, seq, heads, head_dim] as [batch, heads, seq, head_dim], each row rotated
+    /// by its position's `tables` when given.
+    pub fn split(&self, x: &[f32], tables: Option<Tables>) -> Vec<f32> {
+        let (s, h, d) = (self.seq, self.heads, self.head_dim);
+        let mut y = vec![0.0f32; x.len()];
+        // One task per (example, head): its [seq, head_dim] block of the output.
+        y.par_chunks_mut(s * d).enumerate().for_each(|(job, dst)| {
+            let (b, head) = (job / h, job % h);
+            for (i, row) in dst.chunks_exact_mut(d).enumerate() {
+                let src = &x[((b * s + i) * h + head) * d..][..d];
+                rotate(src, row, tables.map(|t| t.at(i, d)), 1.0);
+            }
+        });
+        y
     }
+
+    /// The transpose of [`Self::split`]: a gradient [batch, heads, seq, head_dim] back to
+    /// [batch, seq, heads, head_dim], rotated back.
+    pub fn merge(&self, g: &[f32], tables: Option<Tables>) -> Vec<f32> {
+        let (s, h, d) = (self.seq, self.heads, self.head_dim);
+        let mut dx = vec![0.0f32; g.len()];
+        // One task per (example, position): its [heads, head_dim] block of the input.
+        dx.par_chunks_mut(h * d).enumerate().for_each(|(job, dst)| {
+            let (b, i) = (job / s, job % s);
+            for (head, row) in dst.chunks_exact_mut(d).enumerate() {
+                let src = &g[((b * h + head) * s + i) * d..][..d];
+                rotate(src, row, tables.map(|t| t.at(i, d)), -1.0);
+            }
+        });
+        dx
+    }
+}
+
+struct Rope {
+    heads: Heads,
+    cos: Tensor,
+    sin: Tensor,
 }
 
 impl CustomOp1 for Rope {
@@ -45,32 +95,33 @@ impl CustomOp1 for Rope {
 
     fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = storage_slice(x, lx)?;
-        let (s, h, d) = (self.seq, self.heads, self.head_dim);
-        let mut y = vec![0.0f32; x.len()];
-        // One task per (example, head): its [seq, head_dim] block of the output.
-        y.par_chunks_mut(s * d).enumerate().for_each(|(job, dst)| {
-            let (b, head) = (job / h, job % h);
-            for (i, row) in dst.chunks_exact_mut(d).enumerate() {
-                let (cos, sin) = self.tables(i);
-                rotate(&x[((b * s + i) * h + head) * d..][..d], row, cos, sin, 1.0);
-            }
-        });
-        Ok(output(y, (self.batch, h, s, d)))
+        let (cos, sin) = (view(&self.cos)?, view(&self.sin)?);
+        let y = self.heads.split(
+            x,
+            Some(Tables {
+                cos: &cos,
+                sin: &sin,
+            }),
+        );
+        let Heads {
+            batch,
+            seq,
+            heads,
+            head_dim,
+        } = self.heads;
+        Ok(output(y, (batch, heads, seq, head_dim)))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
-        let g = view(&grad)?;
-        let (s, h, d) = (self.seq, self.heads, self.head_dim);
-        let mut dx = vec![0.0f32; g.len()];
-        // One task per (example, position): its [heads, head_dim] block of the input.
-        dx.par_chunks_mut(h * d).enumerate().for_each(|(job, dst)| {
-            let (b, i) = (job / s, job % s);
-            let (cos, sin) = self.tables(i);
-            for (head, row) in dst.chunks_exact_mut(d).enumerate() {
-                rotate(&g[((b * h + head) * s + i) * d..][..d], row, cos, sin, -1.0);
-            }
-        });
+        let (cos, sin) = (view(&self.cos)?, view(&self.sin)?);
+        let dx = self.heads.merge(
+            &view(&grad)?,
+            Some(Tables {
+                cos: &cos,
+                sin: &sin,
+            }),
+        );
         Ok(Some(tensor(dx, x.shape())?))
     }
 }
@@ -80,12 +131,14 @@ impl CustomOp1 for Rope {
 pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (batch, seq, heads, head_dim) = x.dims4()?;
     let op = Rope {
-        cos: cos.flatten_all()?.to_vec1()?,
-        sin: sin.flatten_all()?.to_vec1()?,
-        batch,
-        seq,
-        heads,
-        head_dim,
+        heads: Heads {
+            batch,
+            seq,
+            heads,
+            head_dim,
+        },
+        cos: cos.contiguous()?,
+        sin: sin.contiguous()?,
     };
     Ok(x.contiguous()?.apply_op1(op)?)
 }

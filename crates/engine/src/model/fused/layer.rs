@@ -1,0 +1,385 @@
+//! A whole decoder layer as one op: RMSNorm, q/k/v with RoPE, causal attention, o_proj and
+//! the residual sum, RMSNorm, gate/up, SwiGLU, down_proj and the residual sum, with the LoRA
+//! branches of any of the seven projections.
+//!
+//! Built from the single fused ops, a layer is some fifteen autograd nodes, and candle's
+//! backward pass gives every node's gradient a zero-filled slot plus an add (the q, k and v
+//! gradients of the normed input are three adds, gate and up two): a gigabyte of memory
+//! traffic per step for SmolLM2 at 4 × 256 tokens, and its elementwise ops wake a thread
+//! pool of their own. Here the layer is one node: its gradients are summed in place (each
+//! product accumulates into the buffer of the next), residual sums ride on the products'
+//! accumulation, and the activations the backward pass needs are dropped as soon as it has
+//! used them. The LoRA matrices reach it as one packed tensor (`Tensor::cat` of the
+//! flattened matrices, whose backward hands each matrix its part of the packed gradient).
+
+use std::ops::Deref;
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor};
+
+use super::attention::Attention;
+use super::linear::{LinearParts, LoraSlices, Projection};
+use super::norm;
+use super::rope::{Heads, Tables};
+use super::swiglu;
+use super::view::{output, storage_slice, tensor, view, F32View};
+use crate::error::Result;
+
+/// The layer's projections, in this order.
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+const O: usize = 3;
+const GATE: usize = 4;
+const UP: usize = 5;
+const DOWN: usize = 6;
+
+/// Everything a decoder layer is made of, borrowed from the model.
+pub struct LayerParts<'a> {
+    /// RMSNorm weight before attention [hidden].
+    pub input_norm: &'a Tensor,
+    /// RMSNorm weight before the MLP [hidden].
+    pub post_norm: &'a Tensor,
+    /// q, k, v, o, gate, up and down, in that order.
+    pub linears: [LinearParts<'a>; 7],
+    /// RMSNorm's epsilon.
+    pub eps: f64,
+    /// Query heads.
+    pub q_heads: usize,
+    /// Key and value heads (a divisor of `q_heads`).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+/// Where a projection's LoRA matrices lie in the packed tensor.
+#[derive(Clone, Copy)]
+struct Packed {
+    a: (usize, usize),
+    b: (usize, usize),
+    scale: f32,
+}
+
+impl Packed {
+    fn slices(self, pack: &[f32]) -> LoraSlices<'_> {
+        LoraSlices {
+            a: &pack[self.a.0..][..self.a.1],
+            b: &pack[self.b.0..][..self.b.1],
+            scale: self.scale,
+        }
+    }
+}
+
+struct Frozen {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    lora: Option<Packed>,
+}
+
+/// What the forward pass keeps for the backward pass; the normed inputs and the SwiGLU
+/// output are recomputed instead (one elementwise pass each).
+struct Saved {
+    inv_rms1: Vec<f32>,
+    /// Rotated queries [batch, q_heads, seq, head_dim], keys and values likewise.
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention output [batch, seq, q_heads · head_dim].
+    attn: Vec<f32>,
+    /// The residual stream between the two sublayers.
+    x2: Vec<f32>,
+    inv_rms2: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+struct DecoderLayer {
+    linears: [Frozen; 7],
+    norms: [Tensor; 2],
+    cos: Tensor,
+    sin: Tensor,
+    eps: f32,
+    batch: usize,
+    seq: usize,
+    q_heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    saved: Mutex<Option<Saved>>,
+}
+
+impl DecoderLayer {
+    fn heads(&self, heads: usize) -> Heads {
+        Heads {
+            batch: self.batch,
+            seq: self.seq,
+            heads,
+            head_dim: self.head_dim,
+        }
+    }
+
+    fn attention(&self) -> Attention {
+        let heads = (self.q_heads, self.kv_heads, self.head_dim);
+        Attention::new(self.batch, heads, self.seq, self.seq)
+    }
+
+    fn forward(&self, x: &[f32], pack: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let w = self.borrowed()?;
+        let p = |i| w.projection(self, i, pack);
+        let tables = w.tables();
+        let (q_heads, kv_heads) = (self.heads(self.q_heads), self.heads(self.kv_heads));
+        let hidden = w.norm1.len();
+
+        let inv_rms1 = norm::inv_rms(x, hidden, self.eps);
+        let h1 = norm::normalized(x, &w.norm1, &inv_rms1);
+        let q = q_heads.split(&p(Q).forward(&h1), Some(tables));
+        let k = kv_heads.split(&p(K).forward(&h1), Some(tables));
+        let v = kv_heads.split(&p(V).forward(&h1), None);
+        drop(h1);
+        let attn = self.attention().forward(&q, &k, &v);
+        let mut x2 = x.to_vec();
+        p(O).add_forward(&attn, &mut x2);
+
+        let inv_rms2 = norm::inv_rms(&x2, hidden, self.eps);
+        let h2 = norm::normalized(&x2, &w.norm2, &inv_rms2);
+        let gate = p(GATE).forward(&h2);
+        let up = p(UP).forward(&h2);
+        drop(h2);
+        let act = swiglu::forward(&gate, &up);
+        let mut y = x2.clone();
+        p(DOWN).add_forward(&act, &mut y);
+
+        let saved = Saved {
+            inv_rms1,
+            q,
+            k,
+            v,
+            attn,
+            x2,
+            inv_rms2,
+            gate,
+            up,
+        };
+        match self.saved.lock() {
+            Ok(mut slot) => *slot = Some(saved),
+            Err(_) => candle_core::bail!("fused decoder layer: a forward pass panicked"),
+        }
+        Ok(y)
+    }
+
+    /// The input's gradient (when `x_grad`) and the packed LoRA gradient for the output
+    /// gradient `dy`.
+    fn backward(
+        &self,
+        x: &[f32],
+        x_grad: bool,
+        pack: &[f32],
+        dy: &[f32],
+    ) -> candle_core::Result<(Option<Vec<f32>>, Vec<f32>)> {
+        let taken = self.saved.lock().ok().and_then(|mut slot| slot.take());
+        let Some(s) = taken else {
+            candle_core::bail!("fused decoder layer: backward without its forward pass")
+        };
+        let w = self.borrowed()?;
+        let p = |i| w.projection(self, i, pack);
+        let tables = w.tables();
+        let (q_heads, kv_heads) = (self.heads(self.q_heads), self.heads(self.kv_heads));
+        let mut dpack = vec![0.0f32; pack.len()];
+        let mut keep = |i: usize, grads: Option<(Vec<f32>, Vec<f32>)>| {
+            if let (Some(l), Some((da, db))) = (self.linears[i].lora, grads) {
+                dpack[l.a.0..][..l.a.1].copy_from_slice(&da);
+                dpack[l.b.0..][..l.b.1].copy_from_slice(&db);
+            }
+        };
+
+        // MLP: down, SwiGLU, gate and up, the second norm; the residual passes dy on.
+        let act = swiglu::forward(&s.gate, &s.up);
+        let mut dact = vec![0.0f32; act.len()];
+        keep(DOWN, p(DOWN).backward(&act, dy, Some(&mut dact)));
+        drop(act);
+        let (dgate, dup) = swiglu::backward(&s.gate, &s.up, &dact);
+        drop((dact, s.gate, s.up));
+        let h2 = norm::normalized(&s.x2, &w.norm2, &s.inv_rms2);
+        let mut dh2 = vec![0.0f32; h2.len()];
+        keep(GATE, p(GATE).backward(&h2, &dgate, Some(&mut dh2)));
+        keep(UP, p(UP).backward(&h2, &dup, Some(&mut dh2)));
+        drop((h2, dgate, dup));
+        let mut dx2 = dy.to_vec();
+        norm::backward(&s.x2, &w.norm2, &s.inv_rms2, &dh2, &mut dx2, false);
+        drop((dh2, s.x2));
+
+        // Attention: o, the attention itself, RoPE, q/k/v, the first norm.
+        let mut dattn = vec![0.0f32; s.attn.len()];
+        keep(O, p(O).backward(&s.attn, &dx2, Some(&mut dattn)));
+        let (dq, dk, dv) = self.attention().backward(&s.q, &s.k, &s.v, &s.attn, &dattn);
+        drop((dattn, s.q, s.k, s.v, s.attn));
+        let dq = q_heads.merge(&dq, Some(tables));
+        let dk = kv_heads.merge(&dk, Some(tables));
+        let dv = kv_heads.merge(&dv, None);
+        let h1 = norm::normalized(x, &w.norm1, &s.inv_rms1);
+        let mut dh1 = x_grad.then(|| vec![0.0f32; h1.len()]);
+        keep(Q, p(Q).backward(&h1, &dq, dh1.as_deref_mut()));
+        keep(K, p(K).backward(&h1, &dk, dh1.as_deref_mut()));
+        keep(V, p(V).backward(&h1, &dv, dh1.as_deref_mut()));
+        let dx = dh1.map(|dh1| {
+            norm::backward(x, &w.norm1, &s.inv_rms1, &dh1, &mut dx2, false);
+            dx2
+        });
+        Ok((dx, dpack))
+    }
+}
+
+/// The layer's frozen tensors borrowed as slices for one pass.
+struct Borrowed<G> {
+    weights: Vec<F32View<G>>,
+    biases: Vec<Option<F32View<G>>>,
+    norm1: F32View<G>,
+    norm2: F32View<G>,
+    cos: F32View<G>,
+    sin: F32View<G>,
+}
+
+impl DecoderLayer {
+    fn borrowed(&self) -> candle_core::Result<Borrowed<impl Deref<Target = Storage> + '_>> {
+        Ok(Borrowed {
+            weights: self
+                .linears
+                .iter()
+                .map(|l| view(&l.weight))
+                .collect::<candle_core::Result<_>>()?,
+            biases: self
+                .linears
+                .iter()
+                .map(|l| l.bias.as_ref().map(view).transpose())
+                .collect::<candle_core::Result<_>>()?,
+            norm1: view(&self.norms[0])?,
+            norm2: view(&self.norms[1])?,
+            cos: view(&self.cos)?,
+            sin: view(&self.sin)?,
+        })
+    }
+}
+
+impl<G: Deref<Target = Storage>> Borrowed<G> {
+    fn tables(&self) -> Tables<'_> {
+        Tables {
+            cos: &self.cos,
+            sin: &self.sin,
+        }
+    }
+
+    /// Projection `i` of `layer`, its LoRA branch read from `pack`.
+    fn projection<'a>(&'a self, layer: &DecoderLayer, i: usize, pack: &'a [f32]) -> Projection<'a> {
+        let weight: &[f32] = &self.weights[i];
+        let out = layer.linears[i].weight.dims().first().copied().unwrap_or(0);
+        Projection {
+            weight,
+            bias: self.biases[i].as_deref(),
+            lora: layer.linears[i].lora.map(|l| l.slices(pack)),
+            fan_in: weight.len() / out.max(1),
+            out,
+        }
+    }
+}
+
+impl CustomOp1 for DecoderLayer {
+    fn name(&self) -> &'static str {
+        "fused-decoder-layer"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self.forward(storage_slice(x, lx)?, &[])?;
+        Ok(output(y, lx.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        let (dx, _) = self.backward(&view(x)?, x.track_op(), &[], &view(&grad)?)?;
+        dx.map(|dx| tensor(dx, x.shape())).transpose()
+    }
+}
+
+impl CustomOp2 for DecoderLayer {
+    fn name(&self) -> &'static str {
+        "fused-decoder-layer-lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        pack: &CpuStorage,
+        lp: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self.forward(storage_slice(x, lx)?, storage_slice(pack, lp)?)?;
+        Ok(output(y, lx.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        pack: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (dx, dpack) = self.backward(&view(x)?, x.track_op(), &view(pack)?, &view(&grad)?)?;
+        let dx = dx.map(|dx| tensor(dx, x.shape())).transpose()?;
+        Ok((dx, Some(tensor(dpack, pack.shape())?)))
+    }
+}
+
+/// The decoder layer `parts` applied to `x` [batch, seq, hidden] with the RoPE tables `cos`,
+/// `sin` [seq, head_dim]: causal self-attention over the sequence itself (no cache, no
+/// prefix). Gradients flow to `x` and to the LoRA matrices.
+pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (batch, seq, _) = x.dims3()?;
+    let mut flat = Vec::new();
+    let mut offset = 0;
+    let mut place = |t: &Tensor| -> Result<(usize, usize)> {
+        let n = t.elem_count();
+        flat.push(t.flatten_all()?);
+        offset += n;
+        Ok((offset - n, n))
+    };
+    let mut linears = Vec::with_capacity(7);
+    for l in &parts.linears {
+        let lora = match l.lora {
+            Some(lora) => Some(Packed {
+                a: place(lora.a)?,
+                b: place(lora.b)?,
+                scale: lora.scale as f32,
+            }),
+            None => None,
+        };
+        linears.push(Frozen {
+            weight: l.weight.contiguous()?,
+            bias: l.bias.map(Tensor::contiguous).transpose()?,
+            lora,
+        });
+    }
+    let linears: [Frozen; 7] = linears
+        .try_into()
+        .map_err(|_| candle_core::Error::Msg("fused decoder layer: seven projections".into()))?;
+    let op = DecoderLayer {
+        linears,
+        norms: [
+            parts.input_norm.contiguous()?,
+            parts.post_norm.contiguous()?,
+        ],
+        cos: cos.contiguous()?,
+        sin: sin.contiguous()?,
+        eps: parts.eps as f32,
+        batch,
+        seq,
+        q_heads: parts.q_heads,
+        kv_heads: parts.kv_heads,
+        head_dim: parts.head_dim,
+        saved: Mutex::new(None),
+    };
+    let x = x.contiguous()?;
+    Ok(if flat.is_empty() {
+        x.apply_op1(op)?
+    } else {
+        x.apply_op2(&Tensor::cat(&flat, 0)?, op)?
+    })
+}
