@@ -43,14 +43,18 @@ pub struct MemoryEstimate {
     pub activations: u64,
     /// The language-model head and the cross-entropy over the vocabulary.
     pub loss_head: u64,
+    /// Loading, before training: the checkpoint's file mapped next to the weights read from
+    /// it (counted as large as the weights). With small batches this is the peak.
+    pub loading: u64,
     /// The process itself.
     pub process: u64,
 }
 
 impl MemoryEstimate {
-    /// The predicted peak.
+    /// The predicted peak: training's or loading's, whichever is higher.
     pub fn total(&self) -> u64 {
-        self.weights + self.optimizer + self.activations + self.loss_head + self.process
+        let training = self.weights + self.optimizer + self.activations + self.loss_head;
+        training.max(self.loading) + self.process
     }
 }
 
@@ -99,13 +103,22 @@ pub fn estimate(
     let layers = cfg.num_hidden_layers as f64;
     let vocab = cfg.vocab_size as f64;
     let (activations, loss_head) = if step.fused() {
-        // Per decoder layer: the two norms' outputs, o_proj's and down_proj's outputs and the
-        // two residual sums ([n, d] each); queries through projection, rotation and attention
-        // output; keys through projection and rotation, values and their head-major copy; the
-        // MLP's gate, up and gated product.
-        let mut per_layer = 6.0 * n * d + 3.0 * n * q + 4.0 * n * k + 3.0 * n * i;
-        per_layer += adapter_activations(cfg, method, n, true)?;
-        let acts = FUSED_ACTIVATION_FACTOR * (per_layer * layers + 2.0 * n * d);
+        let acts = if runs_fused_layers(cfg, method)? {
+            // Per decoder layer (`model::fused::layer`): the rotated queries and the attention
+            // output, keys and values, the residual stream between the sublayers and after
+            // them, gate and up. Once, the backward pass's temporaries of the layer at hand
+            // (SwiGLU's output and three gradients of its width, six of the hidden width).
+            let per_layer = 2.0 * (n * d + n * q + n * k + n * i);
+            per_layer * layers + 4.0 * n * i + 8.0 * n * d
+        } else {
+            // Per decoder layer: the two norms' outputs, o_proj's and down_proj's outputs and
+            // the two residual sums ([n, d] each); queries through projection, rotation and
+            // attention output; keys through projection and rotation, values and their
+            // head-major copy; the MLP's gate, up and gated product.
+            let mut per_layer = 6.0 * n * d + 3.0 * n * q + 4.0 * n * k + 3.0 * n * i;
+            per_layer += adapter_activations(cfg, method, n, true)?;
+            FUSED_ACTIVATION_FACTOR * (per_layer * layers + 2.0 * n * d)
+        };
         // The fused head keeps the hidden states' gradient and a chunk of logits per thread.
         let head = if head_is_trained(cfg, method)? {
             LOSS_HEAD_TENSORS * n * vocab
@@ -133,13 +146,28 @@ pub fn estimate(
         MethodKind::Freeze | MethodKind::Full => 0,
         _ => counts.trainable,
     };
+    let weights = (counts.total - adapter_params) * elem + adapter_params * 4;
     Ok(MemoryEstimate {
-        weights: (counts.total - adapter_params) * elem + adapter_params * 4,
+        weights,
         // The gradient, the zero-filled slot candle's backward adds it into, both moments.
         optimizer: counts.trainable * 4 * 4,
         activations,
         loss_head,
+        loading: 2 * weights,
         process: PROCESS_BYTES,
+    })
+}
+
+/// Whether the decoder layers run as one fused op each (`LlamaModel::fused_block`): frozen
+/// layers with LoRA branches (no dropout, no DoRA) or none at all.
+fn runs_fused_layers(cfg: &LlamaConfig, method: &MethodConfig) -> Result<bool> {
+    Ok(match method.kind {
+        MethodKind::Lora => method.lora_dropout == 0.0 && !method.use_dora,
+        MethodKind::PromptTuning => true,
+        MethodKind::Freeze => !crate::peft::freeze::trainable_weight_names(cfg, method)?
+            .iter()
+            .any(|w| w.starts_with("model.layers.")),
+        _ => false,
     })
 }
 
