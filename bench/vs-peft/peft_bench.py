@@ -2,7 +2,7 @@
 `bench` command: the same synthetic tokens, config, optimiser and timing split.
 
     python peft_bench.py --model DIR --r 8 --targets q_proj,k_proj,v_proj,o_proj \
-        --batch-size 4 --seq-len 256 --steps 5 --threads 2
+        --batch-size 4 --seq-len 256 --steps 5 --threads 2 [--device cuda] [--dtype bf16]
 """
 import argparse
 import resource
@@ -23,18 +23,21 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = tf.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32)
+    model = tf.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32).to(a.device)
     targets = "all-linear" if a.targets == "all-linear" else a.targets.split(",")
     model = get_peft_model(model, LoraConfig(r=a.r, lora_alpha=2 * a.r, target_modules=targets, task_type="CAUSAL_LM"))
     model.train()
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4, weight_decay=0.0)
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, vocab, (a.batch_size, a.seq_len), generator=g)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16")
+    ids = torch.randint(0, vocab, (a.batch_size, a.seq_len), generator=g).to(a.device)
+    autocast = torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.dtype == "bf16")
+    # GPU work is asynchronous: each timed phase ends when the device has finished it.
+    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
     fwd = bwd = optim = 0.0
     for step in range(a.steps + 1):
         t0 = time.perf_counter()
@@ -43,9 +46,11 @@ def main():
         loss.item()
         t1 = time.perf_counter()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         t3 = time.perf_counter()
         if step > 0:  # the first step warms up
             fwd, bwd, optim = fwd + t1 - t0, bwd + t2 - t1, optim + t3 - t2
@@ -56,6 +61,8 @@ def main():
     s = a.steps
     print(f"step_s={total / s:.4f} forward_s={fwd / s:.4f} backward_s={bwd / s:.4f} optimizer_s={optim / s:.4f}")
     print(f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+    if a.device == "cuda":
+        print(f"peak_gpu_mb={torch.cuda.max_memory_allocated() / 2**20:.1f}")
     print(f"tokens_per_s={n * s / total:.1f}")
 
 

@@ -107,6 +107,7 @@ pub fn run_config(data: &[u8]) {
                 seq_len: cfg.train.seq_len,
                 dtype: candle_core::DType::F32,
                 cpu: true,
+                checkpointing: cfg.train.gradient_checkpointing,
             },
         );
     }

@@ -253,6 +253,9 @@ pub struct PlanArgs {
     /// Tokens per example, for the memory estimate.
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
+    /// With gradient checkpointing (layers recompute their activations in the backward pass).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
 }
 
 /// `methods`.
@@ -310,6 +313,10 @@ pub struct TrainArgs {
     /// Stop after N optimiser steps.
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Gradient checkpointing: layers recompute their activations in the backward pass
+    /// (about a third more compute, far less memory for long sequences).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Passes over the data.
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -540,4 +547,7 @@ pub struct BenchArgs {
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// With gradient checkpointing.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
 }

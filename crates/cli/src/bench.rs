@@ -48,12 +48,16 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         let (mut fwd, mut bwd, mut optim) = (0.0, 0.0, 0.0);
         for step in 0..=a.steps {
             let t0 = Instant::now();
-            let (loss, _) = batch_loss(&model, &batch, &ForwardCtx::train(step as u64))?;
+            let ctx = ForwardCtx::train(step as u64).with_checkpointing(a.gradient_checkpointing);
+            let (loss, _) = batch_loss(&model, &batch, &ctx)?;
             loss.to_scalar::<f32>()?;
             let t1 = Instant::now();
             let grads = collect_grads(&vars, &loss.backward()?)?;
+            // A GPU works asynchronously: each timed phase ends when the device is done.
+            device.synchronize()?;
             let t2 = Instant::now();
             opt.step(&vars, &grads, 1e-4)?;
+            device.synchronize()?;
             let t3 = Instant::now();
             if step > 0 {
                 fwd += (t1 - t0).as_secs_f64();
@@ -66,11 +70,12 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let steps = a.steps.max(1) as f64;
     let total = fwd + bwd + optim;
     println!(
-        "steps={} batch={} seq_len={} trainable_params={} matmul={}",
+        "steps={} batch={} seq_len={} trainable_params={} device={} matmul={}",
         a.steps,
         a.batch_size,
         a.seq_len,
         vars.iter().map(|v| v.elem_count()).sum::<usize>(),
+        peft_studio_app::launch::device_name(),
         peft_studio_engine::model::fused::matmul_backend()
     );
     println!(

@@ -37,6 +37,7 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
                 seq_len: a.seq_len,
                 dtype: DType::F32,
                 cpu: peft_studio_engine::run::default_device().is_cpu(),
+                checkpointing: a.gradient_checkpointing,
             };
             println!(
                 "{} for batch {} x {} tokens, f32",
@@ -226,6 +227,9 @@ fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
     }
     if let Some(v) = a.max_steps {
         t.max_steps = Some(v);
+    }
+    if a.gradient_checkpointing {
+        t.gradient_checkpointing = true;
     }
     if let Some(v) = a.epochs {
         t.epochs = v;

@@ -69,6 +69,8 @@ pub struct StepShape {
     pub dtype: DType,
     /// Whether training runs on the CPU (where f32 uses the fused kernels).
     pub cpu: bool,
+    /// Gradient checkpointing (`TrainConfig::gradient_checkpointing`).
+    pub checkpointing: bool,
 }
 
 impl StepShape {
@@ -106,10 +108,17 @@ pub fn estimate(
         let acts = if runs_fused_layers(cfg, method)? {
             // Per decoder layer (`model::fused::layer`): the rotated queries and the attention
             // output, keys and values, the residual stream between the sublayers and after
-            // them, gate and up. Once, the backward pass's temporaries of the layer at hand
-            // (SwiGLU's output and three gradients of its width, six of the hidden width).
-            let per_layer = 2.0 * (n * d + n * q + n * k + n * i);
-            per_layer * layers + 4.0 * n * i + 8.0 * n * d
+            // them, gate and up; with checkpointing only the layer's input, and one layer's
+            // worth while it is recomputed. Once, the backward pass's temporaries of the layer
+            // at hand (SwiGLU's output and three gradients of its width, six of the hidden
+            // width).
+            let saved = 2.0 * (n * d + n * q + n * k + n * i);
+            let temporaries = 4.0 * n * i + 8.0 * n * d;
+            if step.checkpointing {
+                n * d * layers + saved + temporaries
+            } else {
+                saved * layers + temporaries
+            }
         } else {
             // Per decoder layer: the two norms' outputs, o_proj's and down_proj's outputs and
             // the two residual sums ([n, d] each); queries through projection, rotation and

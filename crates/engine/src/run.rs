@@ -95,8 +95,20 @@ pub struct Prepared {
     pub reports: Vec<DataReport>,
 }
 
-/// The compute device: the first CUDA/Metal GPU when built with that feature, else the CPU.
+/// The compute device: the first CUDA or Metal GPU when the build has that feature and the
+/// machine the GPU, else the CPU (`PEFT_STUDIO_DEVICE=cpu` insists on the CPU).
 pub fn default_device() -> Device {
+    if std::env::var("PEFT_STUDIO_DEVICE").is_ok_and(|v| v == "cpu") {
+        return Device::Cpu;
+    }
+    #[cfg(feature = "cuda")]
+    if let Ok(gpu) = Device::new_cuda(0) {
+        return gpu;
+    }
+    #[cfg(feature = "metal")]
+    if let Ok(gpu) = Device::new_metal(0) {
+        return gpu;
+    }
     Device::Cpu
 }
 

@@ -44,6 +44,7 @@ pub async fn plan_run(
     method: MethodConfig,
     batch_size: usize,
     seq_len: usize,
+    checkpointing: Option<bool>,
 ) -> CommandResult<PlanView> {
     blocking(move || {
         let dir = resolve(&studio_home(), model.as_ref())?;
@@ -54,6 +55,7 @@ pub async fn plan_run(
             seq_len: seq_len.max(1),
             dtype: DType::F32,
             cpu: peft_studio_engine::run::default_device().is_cpu(),
+            checkpointing: checkpointing.unwrap_or(false),
         };
         let memory = estimate(&cfg, &method, step)?;
         Ok(PlanView {

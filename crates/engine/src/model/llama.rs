@@ -512,6 +512,7 @@ impl LlamaModel {
             q_heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
+            recompute: ctx.checkpointing(),
         })
     }
 

@@ -98,12 +98,14 @@ impl SplitMix64 {
     }
 }
 
-/// Per-forward state: whether dropout is active, and its random stream.
+/// Per-forward state: whether dropout is active, and its random stream; whether layers
+/// recompute their activations in the backward pass.
 #[derive(Debug)]
 pub struct ForwardCtx {
     train: bool,
     seed: u64,
     draws: Cell<u64>,
+    recompute: bool,
 }
 
 impl ForwardCtx {
@@ -113,6 +115,7 @@ impl ForwardCtx {
             train: false,
             seed: 0,
             draws: Cell::new(0),
+            recompute: false,
         }
     }
 
@@ -122,7 +125,20 @@ impl ForwardCtx {
             train: true,
             seed,
             draws: Cell::new(0),
+            recompute: false,
         }
+    }
+
+    /// Gradient checkpointing: decoder layers keep only their input and recompute the rest
+    /// in the backward pass (where they run as one fused op: the CPU in f32).
+    pub fn with_checkpointing(mut self, on: bool) -> Self {
+        self.recompute = on;
+        self
+    }
+
+    /// Whether gradient checkpointing is on.
+    pub fn checkpointing(&self) -> bool {
+        self.recompute
     }
 
     /// Whether [`Self::dropout`] with probability `p` changes anything.

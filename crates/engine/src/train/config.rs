@@ -59,6 +59,10 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// How many checkpoints to keep (0 = all).
     pub keep_checkpoints: usize,
+    /// Gradient checkpointing: decoder layers recompute their activations in the backward
+    /// pass instead of keeping them (about a third more compute, for long sequences; where
+    /// layers run fused, the CPU in f32).
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -83,6 +87,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             checkpoint_every: 0,
             keep_checkpoints: 2,
+            gradient_checkpointing: false,
         }
     }
 }

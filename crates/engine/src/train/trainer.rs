@@ -175,7 +175,8 @@ impl<'a> Trainer<'a> {
         for micro in 0..accum {
             let index = self.step * accum + micro;
             let batch = self.train.batch_at(index, self.model.device())?;
-            let ctx = ForwardCtx::train(SplitMix64::mix(self.cfg.seed, index as u64));
+            let ctx = ForwardCtx::train(SplitMix64::mix(self.cfg.seed, index as u64))
+                .with_checkpointing(self.cfg.gradient_checkpointing);
             let (loss, _) = batch_loss(self.model, &batch, &ctx)?;
             let loss_value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !loss_value.is_finite() {

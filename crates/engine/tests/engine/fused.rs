@@ -302,11 +302,20 @@ fn frozen_linear_with_lora_matches_its_composition() {
 
 /// Loss and every trainable gradient of `method` on a tiny model, in `dtype`.
 fn model_gradients(method: &MethodConfig, dtype: DType) -> (f64, Vec<(String, Vec<f64>)>) {
+    model_gradients_with(method, dtype, false)
+}
+
+/// [`model_gradients`], with gradient checkpointing on or off.
+fn model_gradients_with(
+    method: &MethodConfig,
+    dtype: DType,
+    checkpointing: bool,
+) -> (f64, Vec<(String, Vec<f64>)>) {
     let dir = tempfile::tempdir().unwrap();
     let (model, vars) = gradient_model(dir.path(), method, dtype);
     let examples = gradient_examples();
     let batch = examples.batch_at(0, &Device::Cpu).unwrap();
-    let ctx = peft_studio_engine::model::ForwardCtx::eval();
+    let ctx = peft_studio_engine::model::ForwardCtx::eval().with_checkpointing(checkpointing);
     let (loss, _) = batch_loss(&model, &batch, &ctx).unwrap();
     let grads = loss.backward().unwrap();
     let value = loss
@@ -405,5 +414,31 @@ fn every_method_trains_the_same_through_the_fused_ops() {
                 method.kind
             );
         }
+    }
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients() {
+    let method = MethodConfig {
+        kind: MethodKind::Lora,
+        r: 4,
+        lora_alpha: 8.0,
+        target_modules: Some(TargetModules::parse_cli("all-linear")),
+        ..Default::default()
+    };
+    let (kept_loss, kept) = model_gradients_with(&method, DType::F32, false);
+    let (loss, recomputed) = model_gradients_with(&method, DType::F32, true);
+    assert_eq!(loss, kept_loss);
+    for ((name, a), (_, b)) in recomputed.iter().zip(&kept) {
+        let scale = b.iter().map(|x| x.abs()).fold(1e-6, f64::max);
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            d <= 1e-6 * scale,
+            "{name}: recomputed gradient differs by {d:e}"
+        );
     }
 }

@@ -329,6 +329,7 @@ fn memory_estimate_parts() {
         seq_len,
         dtype: DType::F32,
         cpu: true,
+        checkpointing: false,
     };
     let lora = lora_method(8, "q_proj,k_proj,v_proj,o_proj");
     let full = MethodConfig {
@@ -370,6 +371,15 @@ fn memory_estimate_parts() {
     let n = estimate(&cfg, &plain, shape(4, 256)).expect("freeze");
     assert!(p.activations > n.activations);
     assert!(l.to_string().starts_with("estimated peak memory: "));
+    // Checkpointing keeps one [tokens, hidden] tensor per layer instead of ~10k floats/token.
+    let long = |checkpointing| {
+        let s = StepShape {
+            checkpointing,
+            ..shape(4, 2048)
+        };
+        estimate(&cfg, &lora, s).expect("long")
+    };
+    assert!(long(true).activations * 4 < long(false).activations);
     let bf16 = estimate(
         &cfg,
         &lora,

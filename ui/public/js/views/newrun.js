@@ -109,7 +109,7 @@ export async function newRun(root, params) {
     const refresh = debounce(async () => {
       try {
         const cfg = methodConfig(state.kind, info, values);
-        const p = await invoke("plan_run", { model: state.model, method: cfg, batchSize: state.train.batch_size, seqLen: state.train.seq_len });
+        const p = await invoke("plan_run", { model: state.model, method: cfg, batchSize: state.train.batch_size, seqLen: state.train.seq_len, checkpointing: !!state.train.gradient_checkpointing });
         const verdict = fitVerdict(p.memory_total, p.available);
         plan.replaceChildren(
           h("p", { id: "trainable" }, h("strong", {}, formatCount(p.trainable)), ` trainable parameters of ${formatCount(p.total)} (${(100 * p.trainable / p.total).toFixed(3)}%)`),
@@ -151,7 +151,10 @@ export async function newRun(root, params) {
         num("val_fraction", "Validation fraction", "held out to measure validation loss"),
         num("eval_every", "Evaluate every", "steps between validation losses", "1"),
         num("weight_decay", "Weight decay", "decoupled, AdamW"),
-        num("seed", "Seed", "data order and initialisation", "1"))),
+        num("seed", "Seed", "data order and initialisation", "1"),
+        h("label", { class: "param" }, h("span", {}, "Gradient checkpointing"),
+          h("input", { type: "checkbox", name: "gradient_checkpointing", checked: !!t.gradient_checkpointing, onchange: (e) => { t.gradient_checkpointing = e.target.checked; } }),
+          h("small", {}, "recompute each layer in the backward pass: far less memory for long sequences, about a third slower")))),
       h("div", { class: "params" },
         h("label", { class: "param" }, h("span", {}, "Run name"), h("input", { type: "text", id: "run-name", value: state.name, oninput: (e) => { state.name = e.target.value; } })),
         h("label", { class: "param" }, h("span", {}, "Device"),
