@@ -333,6 +333,38 @@ fn the_webview_may_call_only_what_the_ui_calls() {
     }
 }
 
+/// The page may load only the app's own files: no inline scripts or styles, no eval, no
+/// remote origin (and the UI's code sets no style attribute, which this CSP would refuse).
+#[test]
+fn the_content_security_policy_allows_only_the_apps_own_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let conf: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("tauri.conf.json")).expect("tauri.conf.json"),
+    )
+    .expect("json");
+    let csp = conf["app"]["security"]["csp"].as_str().expect("a CSP");
+    for directive in ["default-src 'self'", "script-src 'self'", "style-src 'self'"] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    for forbidden in ["unsafe-inline", "unsafe-eval", "http://*", "https:", "*;"] {
+        assert!(!csp.contains(forbidden), "{forbidden} in {csp}");
+    }
+    let mut stack = vec![root.join("ui/public")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("ui dir").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "js" || e == "html") {
+                let text = std::fs::read_to_string(&p).expect("ui file");
+                for inline in ["style: `", "style: \"", "style=\"", "<style", "setAttribute(\"style\""] {
+                    assert!(!text.contains(inline), "{} sets an inline style", p.display());
+                }
+            }
+        }
+    }
+}
+
 /// Write destinations from the webview are confined: relative paths, `..`, system folders and
 /// the wrong kind of file are refused before anything is written.
 #[test]

@@ -7,6 +7,8 @@ export function h(tag, attrs = {}, ...children) {
     if (k.startsWith("on") && typeof v === "function") e.addEventListener(k.slice(2), v);
     else if (k === "value") e.value = v;
     else if (k === "checked") e.checked = Boolean(v);
+    // Through the CSSOM: the CSP refuses style attributes (no 'unsafe-inline').
+    else if (k === "style" && typeof v === "object") Object.assign(e.style, v);
     else e.setAttribute(k, v === true ? "" : v);
   }
   for (const c of children.flat()) {

@@ -46,7 +46,7 @@ export async function compareView(root, params) {
     chart.replaceChildren(svg);
     legend.replaceChildren(...all.map((s) => h("label", { class: "legend-item" },
       h("input", { type: "checkbox", checked: !opts.hidden.has(s.key), onchange: (e) => { e.target.checked ? opts.hidden.delete(s.key) : opts.hidden.add(s.key); draw(); } }),
-      h("span", { class: "swatch" + (s.dashed ? " dashed" : ""), style: `border-color:${s.color}` }), s.label)));
+      h("span", { class: "swatch" + (s.dashed ? " dashed" : ""), style: { borderColor: s.color } }), s.label)));
   }
 
   async function load() {
