@@ -343,7 +343,11 @@ fn the_content_security_policy_allows_only_the_apps_own_files() {
     )
     .expect("json");
     let csp = conf["app"]["security"]["csp"].as_str().expect("a CSP");
-    for directive in ["default-src 'self'", "script-src 'self'", "style-src 'self'"] {
+    for directive in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+    ] {
         assert!(csp.contains(directive), "{directive} in {csp}");
     }
     for forbidden in ["unsafe-inline", "unsafe-eval", "http://*", "https:", "*;"] {
@@ -357,8 +361,18 @@ fn the_content_security_policy_allows_only_the_apps_own_files() {
                 stack.push(p);
             } else if p.extension().is_some_and(|e| e == "js" || e == "html") {
                 let text = std::fs::read_to_string(&p).expect("ui file");
-                for inline in ["style: `", "style: \"", "style=\"", "<style", "setAttribute(\"style\""] {
-                    assert!(!text.contains(inline), "{} sets an inline style", p.display());
+                for inline in [
+                    "style: `",
+                    "style: \"",
+                    "style=\"",
+                    "<style",
+                    "setAttribute(\"style\"",
+                ] {
+                    assert!(
+                        !text.contains(inline),
+                        "{} sets an inline style",
+                        p.display()
+                    );
                 }
             }
         }
@@ -406,6 +420,84 @@ fn write_destinations_outside_the_users_folders_are_refused() {
             "save_compare_chart",
             serde_json::json!({"ids": [1], "x": "step", "smoothing": 0.0, "logY": false, "dest": "/usr/local/bin/chart.png"}),
             "system folder",
+        ),
+    ];
+    for (cmd, args, why) in cases {
+        let err = invoke_with(cmd, args.clone()).expect_err(cmd);
+        assert!(
+            err["message"].as_str().unwrap_or_default().contains(why),
+            "{cmd} {args}: {err}"
+        );
+    }
+}
+
+/// Read sources from the webview are confined too: relative paths, `..`, system and kernel
+/// files, credential folders and files of the wrong kind are refused before anything is
+/// opened, so no call can have the studio show the page a key as "dataset lines".
+#[test]
+fn read_sources_outside_the_users_folders_are_refused() {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let tmp = tempfile::tempdir().expect("tmp");
+    let key = tmp.path().join("id_ed25519");
+    std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----").expect("key");
+    let dataset = |path: String| serde_json::json!({ "path": path });
+    let cases = [
+        ("inspect_dataset", dataset("data.jsonl".into()), "absolute"),
+        (
+            "inspect_dataset",
+            dataset(format!("{}/../../etc/passwd.jsonl", tmp.path().display())),
+            "..",
+        ),
+        (
+            "inspect_dataset",
+            dataset("/etc/passwd".into()),
+            "system folder",
+        ),
+        (
+            "inspect_dataset",
+            dataset("/proc/self/environ".into()),
+            "system folder",
+        ),
+        (
+            "inspect_dataset",
+            dataset(format!("{home}/.ssh/id_rsa.json")),
+            "credentials",
+        ),
+        (
+            "inspect_dataset",
+            dataset(format!("{home}/.docker/config.json")),
+            "credentials",
+        ),
+        (
+            "inspect_dataset",
+            dataset(key.display().to_string()),
+            ".jsonl",
+        ),
+        (
+            "inspect_dataset",
+            dataset(tmp.path().display().to_string()),
+            "folder",
+        ),
+        (
+            "import_model",
+            serde_json::json!({"path": "/dev/zero", "onProgress": "__CHANNEL__:7"}),
+            "system folder",
+        ),
+        (
+            "import_model",
+            serde_json::json!({"path": key.display().to_string(), "onProgress": "__CHANNEL__:7"}),
+            ".gguf",
+        ),
+        (
+            "import_adapter",
+            serde_json::json!({"path": format!("{home}/.aws/credentials")}),
+            "credentials",
+        ),
+        (
+            "start_run",
+            serde_json::json!({"request": {"model": "tiny", "dataset": key.display().to_string(),
+            "method": {"kind": "lora"}, "train": {}}}),
+            ".jsonl",
         ),
     ];
     for (cmd, args, why) in cases {

@@ -91,6 +91,7 @@ pub async fn import_adapter(
     model: Option<std::path::PathBuf>,
 ) -> CommandResult<peft_studio_app::adapters::ImportedAdapter> {
     blocking(move || {
+        let path = crate::paths::read_source(&path, crate::paths::ADAPTER)?;
         let home = peft_studio_engine::library::studio_home();
         let base = match model {
             Some(m) => Some(peft_studio_engine::library::resolve(&home, &m)?),

@@ -51,6 +51,7 @@ pub async fn inspect_dataset(
     format: Option<Format>,
 ) -> CommandResult<DatasetView> {
     blocking(move || {
+        let path = crate::paths::read_source(&path, crate::paths::DATASET)?;
         let cfg = DataConfig {
             format: format.unwrap_or_default(),
             ..DataConfig::default()

@@ -51,6 +51,7 @@ pub async fn import_model(
     on_progress: Channel<Progress>,
 ) -> CommandResult<ModelEntry> {
     blocking(move || {
+        let path = crate::paths::read_source(&path, crate::paths::MODEL)?;
         let name = name_or_default(name, &path);
         let entry = if path.is_file() {
             import_gguf(&path, &studio_home(), &name, &mut |done, total| {

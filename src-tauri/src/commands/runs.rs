@@ -65,7 +65,7 @@ pub async fn start_run(request: RunRequest) -> CommandResult<i64> {
         let catalog = open_catalog()?;
         let cfg = RunConfig {
             model: resolve(&studio_home(), Path::new(&request.model))?,
-            dataset: request.dataset,
+            dataset: crate::paths::read_source(&request.dataset, crate::paths::DATASET)?,
             out: reserve_out_dir(request.method.kind.as_str())?,
             method: request.method,
             train: request.train,
