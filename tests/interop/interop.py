@@ -32,6 +32,7 @@ def report(reference, studio_file):
     studio = load_file(studio_file)["logits"]
     reference = np.asarray(reference, dtype=np.float32)
     print(f"max_abs_diff={np.abs(reference - studio).max():.3e}")
+    print(f"max_abs_logit={np.abs(reference).max():.3e}")
 
 
 def base_model(base_dir):

@@ -168,10 +168,11 @@ pub fn estimate(
 }
 
 /// Whether the decoder layers run as one fused op each (`LlamaModel::fused_block`): frozen
-/// layers with LoRA branches (no dropout, no DoRA) or none at all.
+/// layers with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped) or
+/// none at all.
 fn runs_fused_layers(cfg: &LlamaConfig, method: &MethodConfig) -> Result<bool> {
     Ok(match method.kind {
-        MethodKind::Lora => method.lora_dropout == 0.0 && !method.use_dora,
+        MethodKind::Lora => !method.use_dora,
         MethodKind::PromptTuning => true,
         MethodKind::Freeze => !crate::peft::freeze::trainable_weight_names(cfg, method)?
             .iter()

@@ -61,6 +61,16 @@ impl Linear {
     /// The layer as the fused ops take it, when they can compute it: f32 on the CPU, frozen
     /// weight and bias, LoRA without DoRA or active dropout (IA³ scales around it).
     pub fn fused_parts(&self, x: &Tensor, ctx: &ForwardCtx) -> Option<LinearParts<'_>> {
+        let dropout = self
+            .lora
+            .as_ref()
+            .is_some_and(|l| ctx.dropout_active(l.dropout));
+        self.fusable(x).filter(|_| !dropout)
+    }
+
+    /// [`Self::fused_parts`] whatever the LoRA branch's dropout: the fused decoder layer
+    /// draws the masks itself (`ForwardCtx::draw_dropout`).
+    pub fn fusable(&self, x: &Tensor) -> Option<LinearParts<'_>> {
         let frozen =
             !self.weight.is_variable() && self.bias.as_ref().is_none_or(|b| !b.is_variable());
         if !fused::applies(x) || !frozen {
@@ -68,7 +78,7 @@ impl Linear {
         }
         let lora = match &self.lora {
             None => None,
-            Some(l) if l.magnitude.is_none() && !ctx.dropout_active(l.dropout) => Some(LoraParts {
+            Some(l) if l.magnitude.is_none() => Some(LoraParts {
                 a: &l.a,
                 b: &l.b,
                 scale: l.scale,

@@ -487,7 +487,7 @@ impl LlamaModel {
     }
 
     /// The block as one fused op takes it, when it can compute it: f32 on the CPU, frozen
-    /// norms, every linear fused (`Linear::fused_parts`) without IA³, no bottleneck adapter.
+    /// norms, every linear fusable (`Linear::fusable`) without IA³, no bottleneck adapter.
     fn fused_block<'a>(
         &self,
         b: &'a Block,
@@ -502,12 +502,18 @@ impl LlamaModel {
         if !plain {
             return None;
         }
-        let [q, k, v, o, gate, up, down] = b.linears().map(|l| l.fused_parts(x, ctx));
+        let [q, k, v, o, gate, up, down] = b.linears().map(|l| l.fusable(x));
+        let linears = [q?, k?, v?, o?, gate?, up?, down?];
+        // Dropout masks drawn in the order the composed ops draw them: the same masks.
+        let dropout = b
+            .linears()
+            .map(|l| l.lora.as_ref().and_then(|lo| ctx.draw_dropout(lo.dropout)));
         let c = &self.cfg;
         Some(fused::layer::LayerParts {
             input_norm: &b.input_layernorm,
             post_norm: &b.post_attention_layernorm,
-            linears: [q?, k?, v?, o?, gate?, up?, down?],
+            linears,
+            dropout,
             eps: c.rms_norm_eps,
             q_heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,

@@ -146,27 +146,63 @@ impl ForwardCtx {
         self.train && p > 0.0
     }
 
-    /// Inverted dropout with probability `p`; the identity in eval mode or when `p` is 0.
-    pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
-        if !self.train || p <= 0.0 {
-            return Ok(x.clone());
+    /// The next dropout mask's draw for probability `p`, or `None` when dropout changes
+    /// nothing (eval mode, `p` = 0). Draws are numbered in forward order.
+    pub fn draw_dropout(&self, p: f64) -> Option<DropoutDraw> {
+        if !self.dropout_active(p) {
+            return None;
         }
         let draw = self.draws.get();
         self.draws.set(draw + 1);
-        let mut rng = SplitMix64::new(SplitMix64::mix(self.seed, draw));
-        let keep = 1.0 - p;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if rng.next_f64() < keep {
-                    (1.0 / keep) as f32
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        Some(DropoutDraw {
+            keep: 1.0 - p,
+            seed: SplitMix64::mix(self.seed, draw),
+        })
+    }
+
+    /// Inverted dropout with probability `p`; the identity in eval mode or when `p` is 0.
+    pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        let Some(draw) = self.draw_dropout(p) else {
+            return Ok(x.clone());
+        };
+        let cols = x.dims().last().copied().unwrap_or(1).max(1);
+        let mask = draw.mask(x.elem_count() / cols, cols);
         let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
             .to_device(x.device())?
             .to_dtype(x.dtype())?;
         Ok((x * mask)?)
+    }
+}
+
+/// One dropout mask, drawn: the keep probability and the seed its rows' streams derive from
+/// (the fused decoder layer draws in the composed ops' order and gets the same masks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutDraw {
+    /// 1 − p.
+    pub keep: f64,
+    /// The seed of row r's stream is `mix(seed, r)`.
+    pub seed: u64,
+}
+
+impl DropoutDraw {
+    /// The mask for `rows` rows of `cols`: 1/keep where an element is kept, 0 where dropped;
+    /// each row from its own stream, so rows are drawn in parallel.
+    pub fn mask(&self, rows: usize, cols: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let scale = (1.0 / self.keep) as f32;
+        let mut mask = vec![0.0f32; rows * cols];
+        mask.par_chunks_mut(cols.max(1))
+            .enumerate()
+            .for_each(|(r, row)| {
+                let mut rng = SplitMix64::new(SplitMix64::mix(self.seed, r as u64));
+                for m in row {
+                    *m = if rng.next_f64() < self.keep {
+                        scale
+                    } else {
+                        0.0
+                    };
+                }
+            });
+        mask
     }
 }

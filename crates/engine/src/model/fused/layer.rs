@@ -24,6 +24,7 @@ use super::rope::{Heads, Tables};
 use super::swiglu;
 use super::view::{output, storage_slice, tensor, view, F32View};
 use crate::error::Result;
+use crate::model::ops::DropoutDraw;
 
 /// The layer's projections, in this order.
 const Q: usize = 0;
@@ -42,6 +43,8 @@ pub struct LayerParts<'a> {
     pub post_norm: &'a Tensor,
     /// q, k, v, o, gate, up and down, in that order.
     pub linears: [LinearParts<'a>; 7],
+    /// The dropout on each one's LoRA input, when active.
+    pub dropout: [Option<DropoutDraw>; 7],
     /// RMSNorm's epsilon.
     pub eps: f64,
     /// Query heads.
@@ -77,6 +80,20 @@ struct Frozen {
     weight: Tensor,
     bias: Option<Tensor>,
     lora: Option<Packed>,
+    dropout: Option<DropoutDraw>,
+}
+
+impl Frozen {
+    /// The LoRA branch's input after dropout, and the mask, for this projection's input `x`
+    /// (`None` without dropout: the branch reads `x`). The mask is drawn again for the
+    /// backward pass rather than kept.
+    fn dropped(&self, x: &[f32]) -> Option<(Vec<f32>, Vec<f32>)> {
+        let draw = self.dropout?;
+        let cols = self.weight.dims().get(1).copied().unwrap_or(1).max(1);
+        let mask = draw.mask(x.len() / cols, cols);
+        let xd = x.iter().zip(&mask).map(|(x, m)| x * m).collect();
+        Some((xd, mask))
+    }
 }
 
 /// What the forward pass keeps for the backward pass; the normed inputs and the SwiGLU
@@ -148,24 +165,33 @@ impl DecoderLayer {
 
         let inv_rms1 = norm::inv_rms(x, hidden, self.eps);
         let h1 = norm::normalized(x, &w.norm1, &inv_rms1);
-        let q = q_heads.split(&p(Q).forward(&h1), Some(tables));
-        let k = kv_heads.split(&p(K).forward(&h1), Some(tables));
-        let v = kv_heads.split(&p(V).forward(&h1), None);
+        let project = |i: usize, x: &[f32], y: &mut [f32]| match self.linears[i].dropped(x) {
+            Some((xd, _)) => p(i).add_forward_with(x, &xd, y),
+            None => p(i).add_forward(x, y),
+        };
+        let fresh = |i: usize, x: &[f32]| {
+            let mut y = vec![0.0f32; x.len() / p(i).fan_in.max(1) * p(i).out];
+            project(i, x, &mut y);
+            y
+        };
+        let q = q_heads.split(&fresh(Q, &h1), Some(tables));
+        let k = kv_heads.split(&fresh(K, &h1), Some(tables));
+        let v = kv_heads.split(&fresh(V, &h1), None);
         drop(h1);
         let attn = self.attention().forward(&q, &k, &v);
         let mut x2 = x.to_vec();
-        p(O).add_forward(&attn, &mut x2);
+        project(O, &attn, &mut x2);
 
         let inv_rms2 = norm::inv_rms(&x2, hidden, self.eps);
         let h2 = norm::normalized(&x2, &w.norm2, &inv_rms2);
-        let gate = p(GATE).forward(&h2);
-        let up = p(UP).forward(&h2);
+        let gate = fresh(GATE, &h2);
+        let up = fresh(UP, &h2);
         drop(h2);
         let mut y = Vec::new();
         if output {
             let act = swiglu::forward(&gate, &up);
             y = x2.clone();
-            p(DOWN).add_forward(&act, &mut y);
+            project(DOWN, &act, &mut y);
         }
         let saved = Saved {
             inv_rms1,
@@ -204,7 +230,11 @@ impl DecoderLayer {
         let tables = w.tables();
         let (q_heads, kv_heads) = (self.heads(self.q_heads), self.heads(self.kv_heads));
         let mut dpack = vec![0.0f32; pack.len()];
-        let mut keep = |i: usize, grads: Option<(Vec<f32>, Vec<f32>)>| {
+        // Each projection's backward pass, its LoRA gradients put in their packed places.
+        let mut back = |i: usize, x: &[f32], g: &[f32], dx: Option<&mut [f32]>| {
+            let dropped = self.linears[i].dropped(x);
+            let dropped = dropped.as_ref().map(|(xd, m)| (&xd[..], &m[..]));
+            let grads = p(i).backward_with(x, dropped, g, dx);
             if let (Some(l), Some((da, db))) = (self.linears[i].lora, grads) {
                 dpack[l.a.0..][..l.a.1].copy_from_slice(&da);
                 dpack[l.b.0..][..l.b.1].copy_from_slice(&db);
@@ -214,14 +244,14 @@ impl DecoderLayer {
         // MLP: down, SwiGLU, gate and up, the second norm; the residual passes dy on.
         let act = swiglu::forward(&s.gate, &s.up);
         let mut dact = vec![0.0f32; act.len()];
-        keep(DOWN, p(DOWN).backward(&act, dy, Some(&mut dact)));
+        back(DOWN, &act, dy, Some(&mut dact));
         drop(act);
         let (dgate, dup) = swiglu::backward(&s.gate, &s.up, &dact);
         drop((dact, s.gate, s.up));
         let h2 = norm::normalized(&s.x2, &w.norm2, &s.inv_rms2);
         let mut dh2 = vec![0.0f32; h2.len()];
-        keep(GATE, p(GATE).backward(&h2, &dgate, Some(&mut dh2)));
-        keep(UP, p(UP).backward(&h2, &dup, Some(&mut dh2)));
+        back(GATE, &h2, &dgate, Some(&mut dh2));
+        back(UP, &h2, &dup, Some(&mut dh2));
         drop((h2, dgate, dup));
         let mut dx2 = dy.to_vec();
         norm::backward(&s.x2, &w.norm2, &s.inv_rms2, &dh2, &mut dx2, false);
@@ -229,7 +259,7 @@ impl DecoderLayer {
 
         // Attention: o, the attention itself, RoPE, q/k/v, the first norm.
         let mut dattn = vec![0.0f32; s.attn.len()];
-        keep(O, p(O).backward(&s.attn, &dx2, Some(&mut dattn)));
+        back(O, &s.attn, &dx2, Some(&mut dattn));
         let (dq, dk, dv) = self.attention().backward(&s.q, &s.k, &s.v, &s.attn, &dattn);
         drop((dattn, s.q, s.k, s.v, s.attn));
         let dq = q_heads.merge(&dq, Some(tables));
@@ -237,9 +267,9 @@ impl DecoderLayer {
         let dv = kv_heads.merge(&dv, None);
         let h1 = norm::normalized(x, &w.norm1, &s.inv_rms1);
         let mut dh1 = x_grad.then(|| vec![0.0f32; h1.len()]);
-        keep(Q, p(Q).backward(&h1, &dq, dh1.as_deref_mut()));
-        keep(K, p(K).backward(&h1, &dk, dh1.as_deref_mut()));
-        keep(V, p(V).backward(&h1, &dv, dh1.as_deref_mut()));
+        back(Q, &h1, &dq, dh1.as_deref_mut());
+        back(K, &h1, &dk, dh1.as_deref_mut());
+        back(V, &h1, &dv, dh1.as_deref_mut());
         let dx = dh1.map(|dh1| {
             norm::backward(x, &w.norm1, &s.inv_rms1, &dh1, &mut dx2, false);
             dx2
@@ -362,7 +392,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
         Ok((offset - n, n))
     };
     let mut linears = Vec::with_capacity(7);
-    for l in &parts.linears {
+    for (l, dropout) in parts.linears.iter().zip(parts.dropout) {
         let lora = match l.lora {
             Some(lora) => Some(Packed {
                 a: place(lora.a)?,
@@ -375,6 +405,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             weight: l.weight.contiguous()?,
             bias: l.bias.map(Tensor::contiguous).transpose()?,
             lora,
+            dropout: dropout.filter(|_| lora.is_some()),
         });
     }
     let linears: [Frozen; 7] = linears

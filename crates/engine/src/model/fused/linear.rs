@@ -58,6 +58,11 @@ impl Projection<'_> {
     /// Adds the projection of `x` to `y` [rows, out]: a residual sum costs no pass of its
     /// own (and a freshly zeroed `y` skips OpenBLAS's zeroing, see `matmul`).
     pub fn add_forward(&self, x: &[f32], y: &mut [f32]) {
+        self.add_forward_with(x, x, y);
+    }
+
+    /// [`Self::add_forward`] with the LoRA branch reading `x_lora` (the input after dropout).
+    pub fn add_forward_with(&self, x: &[f32], x_lora: &[f32], y: &mut [f32]) {
         let (rows, fan_in, out) = (self.rows(x), self.fan_in, self.out);
         let xm = Mat::rows(x, rows, fan_in, fan_in);
         let wm = Mat::rows(self.weight, out, fan_in, fan_in);
@@ -65,10 +70,11 @@ impl Projection<'_> {
         if let Some(l) = self.lora {
             let r = l.a.len() / fan_in.max(1);
             let mut u = vec![0.0f32; rows * r];
+            let xl = Mat::rows(x_lora, rows, fan_in, fan_in);
             matmul_par(
                 &mut u,
                 r,
-                xm,
+                xl,
                 Mat::rows(l.a, r, fan_in, fan_in).t(),
                 1.0,
                 true,
@@ -90,31 +96,48 @@ impl Projection<'_> {
         g: &[f32],
         dx: Option<&mut [f32]>,
     ) -> Option<(Vec<f32>, Vec<f32>)> {
+        self.backward_with(x, None, g, dx)
+    }
+
+    /// [`Self::backward`] for a LoRA branch that read `dropped = (input after dropout, the
+    /// mask that made it)`.
+    pub fn backward_with(
+        &self,
+        x: &[f32],
+        dropped: Option<(&[f32], &[f32])>,
+        g: &[f32],
+        mut dx: Option<&mut [f32]>,
+    ) -> Option<(Vec<f32>, Vec<f32>)> {
         let (rows, fan_in, out) = (self.rows(x), self.fan_in, self.out);
         let gm = Mat::rows(g, rows, out, out);
-        let xm = Mat::rows(x, rows, fan_in, fan_in);
         let wm = Mat::rows(self.weight, out, fan_in, fan_in);
-        let Some(l) = self.lora else {
-            if let Some(dx) = dx {
-                matmul_par(dx, fan_in, gm, wm, 1.0, true);
-            }
-            return None;
-        };
+        if let Some(dx) = dx.as_deref_mut() {
+            matmul_par(dx, fan_in, gm, wm, 1.0, true);
+        }
+        let l = self.lora?;
+        let xl = Mat::rows(dropped.map_or(x, |d| d.0), rows, fan_in, fan_in);
         let r = l.a.len() / fan_in.max(1);
         let (am, bm) = (Mat::rows(l.a, r, fan_in, fan_in), Mat::rows(l.b, out, r, r));
         let mut u = vec![0.0f32; rows * r];
-        matmul_par(&mut u, r, xm, am.t(), 1.0, true);
-        // gu = s·g·B [rows, r]; dA = guᵀ·x; dB = s·gᵀ·u; dx += g·W + gu·A.
+        matmul_par(&mut u, r, xl, am.t(), 1.0, true);
+        // gu = s·g·B [rows, r]; dA = guᵀ·x'; dB = s·gᵀ·u; dx += (gu·A) ⊙ mask.
         let mut gu = vec![0.0f32; rows * r];
         matmul_par(&mut gu, r, gm, bm, l.scale, true);
         let gum = Mat::rows(&gu, rows, r, r);
         let mut da = vec![0.0f32; r * fan_in];
-        matmul_par(&mut da, fan_in, gum.t(), xm, 1.0, true);
+        matmul_par(&mut da, fan_in, gum.t(), xl, 1.0, true);
         let mut db = vec![0.0f32; out * r];
         matmul_par(&mut db, r, gm.t(), Mat::rows(&u, rows, r, r), l.scale, true);
-        if let Some(dx) = dx {
-            matmul_par(dx, fan_in, gm, wm, 1.0, true);
-            matmul_par(dx, fan_in, gum, am, 1.0, true);
+        match (dx, dropped) {
+            (Some(dx), Some((_, mask))) => {
+                let mut t = vec![0.0f32; dx.len()];
+                matmul_par(&mut t, fan_in, gum, am, 1.0, true);
+                dx.iter_mut()
+                    .zip(t.iter().zip(mask))
+                    .for_each(|(d, (t, m))| *d += t * m);
+            }
+            (Some(dx), None) => matmul_par(dx, fan_in, gum, am, 1.0, true),
+            (None, _) => {}
         }
         Some((da, db))
     }
