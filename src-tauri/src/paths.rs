@@ -49,22 +49,39 @@ pub const MODEL: Source = Source::FolderOr(&["gguf"]);
 /// A PEFT or adapters-library folder, or a GGUF LoRA file.
 pub const ADAPTER: Source = Source::FolderOr(&["gguf"]);
 
+/// A refusal of `path` for `why`, with `hint`.
+fn refusal<T>(path: &Path, why: &str, hint: &str) -> Result<T, CommandError> {
+    Err(CommandError::with_hint(
+        format!("`{}` {why}", path.display()),
+        hint,
+    ))
+}
+
+/// Why `path` may be neither read nor written, if it may not: relative, with `..`, or in a
+/// system folder.
+fn outside_the_users_folders(path: &Path) -> Option<&'static str> {
+    if path.as_os_str().is_empty() || path.is_relative() {
+        Some("is not an absolute path")
+    } else if path.components().any(|c| matches!(c, Component::ParentDir)) {
+        Some("contains `..`")
+    } else if path.parent().is_none() || SYSTEM_ROOTS.iter().any(|r| path.starts_with(r)) {
+        Some("is in a system folder")
+    } else {
+        None
+    }
+}
+
 /// Checks the source `path` of a read before anything is opened.
 pub fn read_source(path: &Path, kind: Source) -> Result<PathBuf, CommandError> {
     let refuse = |why: &str| {
-        Err(CommandError::with_hint(
-            format!("`{}` {why}", path.display()),
+        refusal(
+            path,
+            why,
             "choose the file with Browse…, or type a full path in your own folders",
-        ))
+        )
     };
-    if path.as_os_str().is_empty() || path.is_relative() {
-        return refuse("is not an absolute path");
-    }
-    if path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return refuse("contains `..`");
-    }
-    if path.parent().is_none() || SYSTEM_ROOTS.iter().any(|r| path.starts_with(r)) {
-        return refuse("is in a system folder");
+    if let Some(why) = outside_the_users_folders(path) {
+        return refuse(why);
     }
     let in_credentials = path.ancestors().any(|a| {
         CREDENTIAL_FOLDERS.iter().any(|c| {
@@ -107,19 +124,14 @@ pub fn read_source(path: &Path, kind: Source) -> Result<PathBuf, CommandError> {
 /// a folder.
 pub fn write_destination(path: &Path, extensions: &[&str]) -> Result<PathBuf, CommandError> {
     let refuse = |why: &str| {
-        Err(CommandError::with_hint(
-            format!("`{}` {why}", path.display()),
+        refusal(
+            path,
+            why,
             "choose the destination with Browse…, or type a full path in your own folders",
-        ))
+        )
     };
-    if path.as_os_str().is_empty() || path.is_relative() {
-        return refuse("is not an absolute path");
-    }
-    if path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return refuse("contains `..`");
-    }
-    if path.parent().is_none() || SYSTEM_ROOTS.iter().any(|r| path.starts_with(r)) {
-        return refuse("is in a system folder");
+    if let Some(why) = outside_the_users_folders(path) {
+        return refuse(why);
     }
     let ext = path
         .extension()

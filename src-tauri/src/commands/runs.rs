@@ -62,10 +62,12 @@ fn launch(catalog: &Catalog, id: i64) -> CommandResult<()> {
 #[tauri::command]
 pub async fn start_run(request: RunRequest) -> CommandResult<i64> {
     blocking(move || {
+        // The page's path is checked before anything else is looked up or opened.
+        let dataset = crate::paths::read_source(&request.dataset, crate::paths::DATASET)?;
         let catalog = open_catalog()?;
         let cfg = RunConfig {
             model: resolve(&studio_home(), Path::new(&request.model))?,
-            dataset: crate::paths::read_source(&request.dataset, crate::paths::DATASET)?,
+            dataset,
             out: reserve_out_dir(request.method.kind.as_str())?,
             method: request.method,
             train: request.train,

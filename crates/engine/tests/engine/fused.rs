@@ -340,6 +340,30 @@ fn model_gradients_with(
     (value, g)
 }
 
+/// Asserts that every gradient in `got` is within `rel` of the largest entry (at least
+/// `floor`) of the same gradient in `want`.
+fn assert_gradients_close(
+    label: &str,
+    got: &[(String, Vec<f64>)],
+    want: &[(String, Vec<f64>)],
+    rel: f64,
+    floor: f64,
+) {
+    assert_eq!(got.len(), want.len(), "{label}: gradient count");
+    for ((name, a), (_, b)) in got.iter().zip(want) {
+        let scale = b.iter().map(|x| x.abs()).fold(floor, f64::max);
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            d <= rel * scale,
+            "{label} {name}: gradient differs by {d:e} (scale {scale:e})"
+        );
+    }
+}
+
 #[test]
 fn every_method_trains_the_same_through_the_fused_ops() {
     // LoRA without dropout and prompt tuning run each decoder layer as one op
@@ -401,19 +425,7 @@ fn every_method_trains_the_same_through_the_fused_ops() {
             "{:?}: loss {l32} vs {l64}",
             method.kind
         );
-        for ((name, a), (_, b)) in g32.iter().zip(&g64) {
-            let scale = b.iter().map(|x| x.abs()).fold(1e-3, f64::max);
-            let d = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f64::max);
-            assert!(
-                d < 1e-3 * scale,
-                "{:?} {name}: gradient differs by {d:e} (scale {scale:e})",
-                method.kind
-            );
-        }
+        assert_gradients_close(&format!("{:?}", method.kind), &g32, &g64, 1e-3, 1e-3);
     }
 }
 
@@ -432,18 +444,7 @@ fn gradient_checkpointing_gives_the_same_gradients() {
         let (kept_loss, kept) = model_gradients_with(&method, DType::F32, ctx(false));
         let (loss, recomputed) = model_gradients_with(&method, DType::F32, ctx(true));
         assert_eq!(loss, kept_loss);
-        for ((name, a), (_, b)) in recomputed.iter().zip(&kept) {
-            let scale = b.iter().map(|x| x.abs()).fold(1e-6, f64::max);
-            let d = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f64::max);
-            assert!(
-                d <= 1e-6 * scale,
-                "{name}: recomputed gradient differs by {d:e}"
-            );
-        }
+        assert_gradients_close("recomputed", &recomputed, &kept, 1e-6, 1e-6);
     }
 }
 
@@ -464,16 +465,5 @@ fn lora_dropout_in_the_fused_layer_matches_the_composed_ops() {
     let (l_off, _) = model_gradients_with(&method, DType::F32, ForwardCtx::eval());
     assert!((l32 - l64).abs() < 1e-4, "loss {l32} vs {l64}");
     assert!((l32 - l_off).abs() > 1e-6, "dropout changed nothing");
-    for ((name, a), (_, b)) in g32.iter().zip(&g64) {
-        let scale = b.iter().map(|x| x.abs()).fold(1e-3, f64::max);
-        let d = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max);
-        assert!(
-            d < 1e-3 * scale,
-            "{name}: gradient differs by {d:e} (scale {scale:e})"
-        );
-    }
+    assert_gradients_close("dropout", &g32, &g64, 1e-3, 1e-3);
 }
