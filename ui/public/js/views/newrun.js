@@ -111,6 +111,7 @@ export async function newRun(root, params) {
         const cfg = methodConfig(state.kind, info, values);
         const p = await invoke("plan_run", { model: state.model, method: cfg, batchSize: state.train.batch_size, seqLen: state.train.seq_len, checkpointing: !!state.train.gradient_checkpointing });
         const verdict = fitVerdict(p.memory_total, p.available);
+        state.device = p.device;
         plan.replaceChildren(
           h("p", { id: "trainable" }, h("strong", {}, formatCount(p.trainable)), ` trainable parameters of ${formatCount(p.total)} (${(100 * p.trainable / p.total).toFixed(3)}%)`),
           h("p", { class: `memory memory-${verdict}`, id: "memory" }, `Predicted peak memory on ${p.device} ${formatBytes(p.memory_total)}`,
@@ -158,9 +159,16 @@ export async function newRun(root, params) {
       h("div", { class: "params" },
         h("label", { class: "param" }, h("span", {}, "Run name"), h("input", { type: "text", id: "run-name", value: state.name, oninput: (e) => { state.name = e.target.value; } })),
         h("label", { class: "param" }, h("span", {}, "Device"),
-          h("select", { id: "device" }, h("option", { value: "cpu", selected: true }, "CPU"),
-            h("option", { disabled: true }, "CUDA GPU (needs a build with --features cuda)"),
-            h("option", { disabled: true }, "Apple GPU (needs a build with --features metal)")),
+          // Runs train on this build's device (the plan says which): the GPU when the build
+          // has the feature and the machine the GPU, else the CPU.
+          h("select", { id: "device" },
+            h("option", { value: "cpu", selected: !/^(cuda|metal)/.test(state.device || ""), disabled: /^(cuda|metal)/.test(state.device || "") }, "CPU"),
+            /^cuda/.test(state.device || "")
+              ? h("option", { value: state.device, selected: true }, `CUDA GPU ${state.device.slice(5)}`)
+              : h("option", { disabled: true }, "CUDA GPU (needs a build with --features cuda)"),
+            /^metal/.test(state.device || "")
+              ? h("option", { value: state.device, selected: true }, `Apple GPU ${state.device.slice(6)}`)
+              : h("option", { disabled: true }, "Apple GPU (needs a build with --features metal)")),
           h("small", {}, "where the run trains; runs queue one at a time per device"))),
     ];
   }
