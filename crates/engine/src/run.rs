@@ -96,8 +96,14 @@ pub struct Prepared {
 }
 
 /// The compute device: the first CUDA or Metal GPU when the build has that feature and the
-/// machine the GPU, else the CPU (`PEFT_STUDIO_DEVICE=cpu` insists on the CPU).
+/// machine the GPU, else the CPU (`PEFT_STUDIO_DEVICE=cpu` insists on the CPU). Chosen once
+/// per process: opening a GPU creates a context, and the planner asks on every form change.
 pub fn default_device() -> Device {
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE.get_or_init(pick_device).clone()
+}
+
+fn pick_device() -> Device {
     if std::env::var("PEFT_STUDIO_DEVICE").is_ok_and(|v| v == "cpu") {
         return Device::Cpu;
     }

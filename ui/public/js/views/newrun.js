@@ -137,6 +137,9 @@ export async function newRun(root, params) {
 
   function trainStep() {
     const t = state.train;
+    // The build's device as the plan named it: "cpu", "cuda:0", "metal:0".
+    const device = state.device || "cpu";
+    const [kind, gpu = ""] = device.split(":");
     const num = (key, label, help, step = "any") => h("label", { class: "param" }, h("span", {}, label),
       h("input", { type: "number", step, name: key, value: t[key], oninput: (e) => { t[key] = Number(e.target.value); } }), h("small", {}, help));
     return [
@@ -162,12 +165,12 @@ export async function newRun(root, params) {
           // Runs train on this build's device (the plan says which): the GPU when the build
           // has the feature and the machine the GPU, else the CPU.
           h("select", { id: "device" },
-            h("option", { value: "cpu", selected: !/^(cuda|metal)/.test(state.device || ""), disabled: /^(cuda|metal)/.test(state.device || "") }, "CPU"),
-            /^cuda/.test(state.device || "")
-              ? h("option", { value: state.device, selected: true }, `CUDA GPU ${state.device.slice(5)}`)
+            h("option", { value: "cpu", selected: kind === "cpu", disabled: kind !== "cpu" }, "CPU"),
+            kind === "cuda"
+              ? h("option", { value: device, selected: true }, `CUDA GPU ${gpu}`)
               : h("option", { disabled: true }, "CUDA GPU (needs a build with --features cuda)"),
-            /^metal/.test(state.device || "")
-              ? h("option", { value: state.device, selected: true }, `Apple GPU ${state.device.slice(6)}`)
+            kind === "metal"
+              ? h("option", { value: device, selected: true }, `Apple GPU ${gpu}`)
               : h("option", { disabled: true }, "Apple GPU (needs a build with --features metal)")),
           h("small", {}, "where the run trains; runs queue one at a time per device"))),
     ];

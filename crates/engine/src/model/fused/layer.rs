@@ -165,14 +165,15 @@ impl DecoderLayer {
 
         let inv_rms1 = norm::inv_rms(x, hidden, self.eps);
         let h1 = norm::normalized(x, &w.norm1, &inv_rms1);
-        let project = |i: usize, x: &[f32], y: &mut [f32]| match self.linears[i].dropped(x) {
-            Some((xd, _)) => p(i).add_forward_with(x, &xd, y),
-            None => p(i).add_forward(x, y),
-        };
+        // Projection i of x into a fresh buffer, or added onto y (a residual sum).
+        let lora_input = |i: usize, x: &[f32]| self.linears[i].dropped(x).map(|(xd, _)| xd);
         let fresh = |i: usize, x: &[f32]| {
-            let mut y = vec![0.0f32; x.len() / p(i).fan_in.max(1) * p(i).out];
-            project(i, x, &mut y);
-            y
+            let xd = lora_input(i, x);
+            p(i).forward_with(x, xd.as_deref().unwrap_or(x))
+        };
+        let project = |i: usize, x: &[f32], y: &mut [f32]| {
+            let xd = lora_input(i, x);
+            p(i).add_forward_with(x, xd.as_deref().unwrap_or(x), y);
         };
         let q = q_heads.split(&fresh(Q, &h1), Some(tables));
         let k = kv_heads.split(&fresh(K, &h1), Some(tables));

@@ -50,18 +50,19 @@ impl Projection<'_> {
 
     /// `x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ` for `x` [rows, in]: [rows, out].
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        self.forward_with(x, x)
+    }
+
+    /// [`Self::forward`] with the LoRA branch reading `x_lora` (the input after dropout).
+    pub fn forward_with(&self, x: &[f32], x_lora: &[f32]) -> Vec<f32> {
         let mut y = vec![0.0f32; self.rows(x) * self.out];
-        self.add_forward(x, &mut y);
+        self.add_forward_with(x, x_lora, &mut y);
         y
     }
 
-    /// Adds the projection of `x` to `y` [rows, out]: a residual sum costs no pass of its
-    /// own (and a freshly zeroed `y` skips OpenBLAS's zeroing, see `matmul`).
-    pub fn add_forward(&self, x: &[f32], y: &mut [f32]) {
-        self.add_forward_with(x, x, y);
-    }
-
-    /// [`Self::add_forward`] with the LoRA branch reading `x_lora` (the input after dropout).
+    /// Adds the projection of `x` to `y` [rows, out], the LoRA branch reading `x_lora` (the
+    /// input after dropout, or `x`): a residual sum costs no pass of its own (and a freshly
+    /// zeroed `y` skips OpenBLAS's zeroing, see `matmul`).
     pub fn add_forward_with(&self, x: &[f32], x_lora: &[f32], y: &mut [f32]) {
         let (rows, fan_in, out) = (self.rows(x), self.fan_in, self.out);
         let xm = Mat::rows(x, rows, fan_in, fan_in);
