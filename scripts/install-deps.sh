@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing PEFT Studio needs on Debian/Ubuntu: the WebKitGTK
-# stack Tauri links against, Xvfb and the WebKit WebDriver for end-to-end tests, and the
+# stack Tauri links against, Xvfb, the WebKit WebDriver and xdotool for end-to-end tests, and the
 # C toolchain, Python with pip, Node with npm, and OpenBLAS for training speed. Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
@@ -8,6 +8,8 @@ packages=(
   build-essential pkg-config file curl
   libwebkit2gtk-4.1-dev libxdo-dev libssl-dev libayatana-appindicator3-dev librsvg2-dev
   xvfb xauth webkit2gtk-driver
+  # The end-to-end suite answers the studio's native file dialog with the keyboard.
+  xdotool
   # OpenBLAS's sgemm, loaded at run time by the training kernels (optional: without it they
   # use gemm, ~15% slower; docs/BENCHMARKS.md).
   libopenblas0-pthread

@@ -20,20 +20,30 @@ PEFT_STUDIO_HOME="$(mktemp -d)"
 export PEFT_STUDIO_HOME
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+# One release build serves everything below: the workspace's tests (dependencies are compiled
+# once, at the optimisation the app ships with), the fuzz targets, and the binaries the
+# end-to-end suite and the interop harness drive. Every cargo call names the same packages and
+# features, so none of them recompiles what another built.
+release=(--release --locked --workspace --features peft-studio/custom-protocol)
+phase() { echo "== $1 ($(( $(date +%s) - start )) s)"; }
+phase "build"
+cargo build "${release[@]}" --all-targets
+phase "tests"
+cargo test "${release[@]}"
 # The fused kernels once more on gemm's products instead of OpenBLAS's (which the run above
 # uses where install-deps put it): both must match the composed reference.
-PEFT_STUDIO_BLAS=off cargo test --locked -p peft-studio-engine --test engine fused
-# The fuzz targets build and survive their corpus and a few hundred mutations (fuzzing proper,
+PEFT_STUDIO_BLAS=off cargo test "${release[@]}" --test engine fused
+# The fuzz targets survive their corpus and a few hundred mutations (fuzzing proper,
 # instrumented: fuzz/run).
-cargo build --locked -p peft-studio-fuzz
-bash fuzz/smoke
-# The web UI's unit tests, then the end-to-end suite against one release build of the
-# studio (and the CLI that prepares its home) through the real webview.
+phase "fuzz smoke"
+bash fuzz/smoke target/release
+# The web UI's unit tests, then the end-to-end suite through the real webview.
+phase "ui"
 (cd ui && npm ci --no-audit --no-fund --loglevel=error && npx vitest run)
-cargo build --release --locked -p peft-studio -p peft-studio-cli --features peft-studio/custom-protocol
+phase "desktop e2e"
 bash tests/desktop/run.sh
 # Exports load in the reference libraries and compute the studio's logits, and theirs load in
 # the studio (its Python environment is made once, outside the clone).
+phase "interop"
 PEFT_STUDIO_CLI="$PWD/target/release/peft-studio-cli" bash tests/interop/run
 echo "all checks passed in $(( $(date +%s) - start )) s"

@@ -3,6 +3,7 @@
 /// not granted there is refused, whatever the webview runs.
 const COMMANDS: &[&str] = &[
     "app_info",
+    "choose_path",
     "list_models",
     "import_model",
     "download_model",

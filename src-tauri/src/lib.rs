@@ -9,10 +9,24 @@ pub mod worker_mode;
 pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
     builder
         .plugin(tauri_plugin_dialog::init())
+        .manage(paths::Chosen::default())
+        // A file dropped on the window was chosen by the user as surely as one picked in a
+        // dialog (the drop comes from the window system, not from the page).
+        .on_window_event(|window, event| {
+            if let tauri::WindowEvent::DragDrop(drop) = event {
+                grant_dropped(window, drop);
+            }
+        })
+        .on_webview_event(|webview, event| {
+            if let tauri::WebviewEvent::DragDrop(drop) = event {
+                grant_dropped(webview, drop);
+            }
+        })
         .manage(commands::playground::Playground::default())
         .manage(commands::runs::Follows::default())
         .invoke_handler(tauri::generate_handler![
             commands::about::app_info,
+            commands::dialogs::choose_path,
             commands::models::list_models,
             commands::models::import_model,
             commands::models::download_model,
@@ -39,6 +53,16 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
             commands::adapters::reveal_adapter,
             commands::runs::save_compare_chart
         ])
+}
+
+/// Records the paths of a drop as chosen.
+fn grant_dropped<R: tauri::Runtime>(app: &impl tauri::Manager<R>, drop: &tauri::DragDropEvent) {
+    if let tauri::DragDropEvent::Drop { paths, .. } = drop {
+        let chosen = app.state::<paths::Chosen>();
+        for path in paths {
+            chosen.grant(path.clone());
+        }
+    }
 }
 
 /// Starts the studio.

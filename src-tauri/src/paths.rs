@@ -5,10 +5,47 @@
 //! an adapter) must likewise be absolute, without `..`, outside the system's folders and the
 //! usual credential folders (`.ssh`, `.aws`, …), and of the kind the command reads, so that
 //! no call can have the studio show the page a key or a system file as "dataset lines".
+//! Both must also lie where the user chose ([`Chosen`]): in a file or folder picked in a
+//! native dialog that the studio opened itself, in the studio home, or in a folder the user
+//! trusts (`PEFT_STUDIO_TRUSTED_FOLDERS`), so a page cannot name a path the user never chose.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+
+use peft_studio_engine::library::studio_home;
 
 use crate::error::CommandError;
+
+/// The environment variable listing folders (`:`-separated, as `PATH`) whose files the forms
+/// may name by typing, without a dialog.
+pub const TRUSTED_FOLDERS: &str = "PEFT_STUDIO_TRUSTED_FOLDERS";
+
+/// The files and folders the user picked in the studio's native dialogs this session. Only
+/// `choose_path` adds to it, after the dialog closes: the page cannot grant itself a path.
+#[derive(Debug, Default)]
+pub struct Chosen(Mutex<Vec<PathBuf>>);
+
+impl Chosen {
+    /// Records a path the user picked: the file itself, or the folder and what is in it.
+    pub fn grant(&self, path: PathBuf) {
+        let mut chosen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !chosen.contains(&path) {
+            chosen.push(path);
+        }
+    }
+
+    /// Whether `path` is, or lies in, something chosen, the studio home or a trusted folder.
+    fn covers(&self, path: &Path) -> bool {
+        let trusted = std::env::var_os(TRUSTED_FOLDERS)
+            .map(|list| std::env::split_paths(&list).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let chosen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        std::iter::once(studio_home())
+            .chain(trusted)
+            .chain(chosen.iter().cloned())
+            .any(|root| root.is_absolute() && path.starts_with(root))
+    }
+}
 
 /// Folders of the operating system no export belongs in.
 const SYSTEM_ROOTS: &[&str] = &[
@@ -71,15 +108,16 @@ fn outside_the_users_folders(path: &Path) -> Option<&'static str> {
     }
 }
 
-/// Checks the source `path` of a read before anything is opened.
-pub fn read_source(path: &Path, kind: Source) -> Result<PathBuf, CommandError> {
-    let refuse = |why: &str| {
-        refusal(
-            path,
-            why,
-            "choose the file with Browse…, or type a full path in your own folders",
-        )
-    };
+/// The refusal of a path the user never chose.
+const NOT_CHOSEN: &str = "was not chosen in a dialog";
+/// What to do about a refused path.
+const CHOOSE_HINT: &str = "choose it with Browse… (the dialog opens at the typed path), or \
+    list its folder in PEFT_STUDIO_TRUSTED_FOLDERS to type paths there";
+
+/// Checks the source `path` of a read before anything is opened (nothing about a path the
+/// user did not choose is looked up, not even whether it exists).
+pub fn read_source(path: &Path, kind: Source, chosen: &Chosen) -> Result<PathBuf, CommandError> {
+    let refuse = |why: &str| refusal(path, why, CHOOSE_HINT);
     if let Some(why) = outside_the_users_folders(path) {
         return refuse(why);
     }
@@ -92,6 +130,9 @@ pub fn read_source(path: &Path, kind: Source) -> Result<PathBuf, CommandError> {
     });
     if in_credentials {
         return refuse("is in a folder of credentials");
+    }
+    if !chosen.covers(path) {
+        return refuse(NOT_CHOSEN);
     }
     let ext = path
         .extension()
@@ -122,14 +163,12 @@ pub fn read_source(path: &Path, kind: Source) -> Result<PathBuf, CommandError> {
 /// Checks the destination `path` of a write (missing folders on the way are made by the
 /// export); `extensions` (lowercase, without the dot) are the file kinds allowed, or empty for
 /// a folder.
-pub fn write_destination(path: &Path, extensions: &[&str]) -> Result<PathBuf, CommandError> {
-    let refuse = |why: &str| {
-        refusal(
-            path,
-            why,
-            "choose the destination with Browse…, or type a full path in your own folders",
-        )
-    };
+pub fn write_destination(
+    path: &Path,
+    extensions: &[&str],
+    chosen: &Chosen,
+) -> Result<PathBuf, CommandError> {
+    let refuse = |why: &str| refusal(path, why, CHOOSE_HINT);
     if let Some(why) = outside_the_users_folders(path) {
         return refuse(why);
     }
@@ -139,6 +178,9 @@ pub fn write_destination(path: &Path, extensions: &[&str]) -> Result<PathBuf, Co
         .unwrap_or_default();
     if !extensions.is_empty() && !extensions.contains(&ext.as_str()) {
         return refuse(&format!("must end in .{}", extensions.join(" or .")));
+    }
+    if !chosen.covers(path) {
+        return refuse(NOT_CHOSEN);
     }
     Ok(path.to_path_buf())
 }

@@ -305,12 +305,8 @@ fn the_webview_may_call_only_what_the_ui_calls() {
         .collect();
     assert_eq!(
         plugins,
-        BTreeSet::from([
-            "core:default",
-            "dialog:allow-open",
-            "dialog:allow-save",
-            "dialog:allow-message"
-        ])
+        BTreeSet::from(["core:default"]),
+        "no plugin permission: the studio opens its dialogs itself (choose_path)"
     );
 
     // The app's real ACL, compiled from the capabilities.
@@ -323,6 +319,8 @@ fn the_webview_may_call_only_what_the_ui_calls() {
     let call = |cmd: &str| get_ipc_response(&webview, request(cmd, serde_json::json!({})));
     assert!(call("app_info").is_ok(), "a granted command answers");
     for refused in [
+        "plugin:dialog|open",
+        "plugin:dialog|save",
         "plugin:dialog|ask",
         "plugin:fs|read_file",
         "plugin:shell|execute",
@@ -385,6 +383,7 @@ fn the_content_security_policy_allows_only_the_apps_own_files() {
 fn write_destinations_outside_the_users_folders_are_refused() {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let tmp = std::env::temp_dir();
+    let unchosen = tempfile::tempdir().expect("tmp");
     let cases = [
         (
             "export_run",
@@ -421,6 +420,16 @@ fn write_destinations_outside_the_users_folders_are_refused() {
             serde_json::json!({"ids": [1], "x": "step", "smoothing": 0.0, "logY": false, "dest": "/usr/local/bin/chart.png"}),
             "system folder",
         ),
+        (
+            "save_compare_chart",
+            serde_json::json!({"ids": [1], "x": "step", "smoothing": 0.0, "logY": false, "dest": unchosen.path().join("chart.png")}),
+            "not chosen",
+        ),
+        (
+            "export_run",
+            serde_json::json!({"id": 1, "format": "peft", "dest": unchosen.path().join("adapter")}),
+            "not chosen",
+        ),
     ];
     for (cmd, args, why) in cases {
         let err = invoke_with(cmd, args.clone()).expect_err(cmd);
@@ -432,12 +441,19 @@ fn write_destinations_outside_the_users_folders_are_refused() {
 }
 
 /// Read sources from the webview are confined too: relative paths, `..`, system and kernel
-/// files, credential folders and files of the wrong kind are refused before anything is
-/// opened, so no call can have the studio show the page a key as "dataset lines".
+/// files, credential folders, paths the user never chose and files of the wrong kind are
+/// refused before anything is opened, so no call can have the studio show the page a key as
+/// "dataset lines".
 #[test]
 fn read_sources_outside_the_users_folders_are_refused() {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let tmp = tempfile::tempdir().expect("tmp");
+    // Files here may be named by typing (as a user's trusted data folder); `unchosen` was
+    // never picked in a dialog. No other test depends on this variable.
+    std::env::set_var(peft_studio_shell::paths::TRUSTED_FOLDERS, tmp.path());
+    let unchosen = tempfile::tempdir().expect("tmp");
+    let data = unchosen.path().join("data.jsonl");
+    std::fs::write(&data, "{\"text\": \"private\"}\n").expect("data");
     let key = tmp.path().join("id_ed25519");
     std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----").expect("key");
     let dataset = |path: String| serde_json::json!({ "path": path });
@@ -477,6 +493,27 @@ fn read_sources_outside_the_users_folders_are_refused() {
             "inspect_dataset",
             dataset(tmp.path().display().to_string()),
             "folder",
+        ),
+        (
+            "inspect_dataset",
+            dataset(data.display().to_string()),
+            "not chosen",
+        ),
+        (
+            "import_model",
+            serde_json::json!({"path": unchosen.path(), "onProgress": "__CHANNEL__:7"}),
+            "not chosen",
+        ),
+        (
+            "import_adapter",
+            serde_json::json!({"path": unchosen.path()}),
+            "not chosen",
+        ),
+        (
+            "start_run",
+            serde_json::json!({"request": {"model": "tiny", "dataset": data,
+            "method": {"kind": "lora"}, "train": {}}}),
+            "not chosen",
         ),
         (
             "import_model",
@@ -581,4 +618,37 @@ fn hostile_inputs_over_ipc(home: &std::path::Path, dataset: &str, broken: &std::
         runs_folder(),
     );
     assert_eq!(before, after, "(runs, adapters, run folders) unchanged");
+}
+
+/// What the user picks in the studio's dialog (`choose_path` grants it) becomes readable and
+/// writable, a picked folder with what is in it, and nothing beside it.
+#[test]
+fn a_path_picked_in_a_dialog_is_accepted_and_nothing_beside_it() {
+    use peft_studio_shell::paths::{read_source, write_destination, Chosen, DATASET};
+    let dir = tempfile::tempdir().expect("tmp");
+    let picked = dir.path().join("picked.jsonl");
+    let beside = dir.path().join("beside.jsonl");
+    let folder = dir.path().join("exports");
+    for f in [&picked, &beside] {
+        std::fs::write(f, "{\"text\": \"x\"}\n").expect("write");
+    }
+    let chosen = Chosen::default();
+    assert!(
+        read_source(&picked, DATASET, &chosen).is_err(),
+        "nothing chosen yet"
+    );
+    chosen.grant(picked.clone());
+    chosen.grant(folder.clone());
+    assert_eq!(
+        read_source(&picked, DATASET, &chosen).expect("picked"),
+        picked
+    );
+    let err = read_source(&beside, DATASET, &chosen).expect_err("beside");
+    assert!(err.message.contains("not chosen"), "{err:?}");
+    let inside = folder.join("run-3/adapter");
+    assert_eq!(
+        write_destination(&inside, &[], &chosen).expect("inside"),
+        inside
+    );
+    assert!(write_destination(&dir.path().join("other"), &[], &chosen).is_err());
 }

@@ -18,13 +18,18 @@ export PEFT_STUDIO_CATALOG=$work/home/catalog.sqlite
 "$cli" models import "$work/demo/model" --name tiny-demo >/dev/null
 # Line 1 is fine; line 2 has a number for text; line 3 is not JSON.
 printf '{"text": "fine"}\n{"text": 5}\nnot json\n{"prompt": "a"}\n' >"$work/broken.jsonl"
+# Typed paths in the work folder are accepted as in a user's trusted data folder; the dataset
+# in `outside` has to be picked in the native dialog first.
+export PEFT_STUDIO_TRUSTED_FOLDERS=$work
+outside=$(mktemp -d)
+printf '{"text": "picked in a dialog"}\n' >"$outside/picked.jsonl"
 
 command -v tauri-driver >/dev/null || cargo install tauri-driver --locked --quiet
 port=4444
 tauri-driver --port $port >"$work/driver.log" 2>&1 &
 driver=$!
 # SIGTERM, not SIGKILL: tauri-driver then stops WebKitWebDriver too.
-trap 'kill -TERM $driver 2>/dev/null; wait $driver 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill -TERM $driver 2>/dev/null; wait $driver 2>/dev/null; rm -rf "$work" "$outside"' EXIT
 for _ in $(seq 50); do
   curl -sf "http://127.0.0.1:$port/status" >/dev/null && break
   sleep 0.2
@@ -32,5 +37,5 @@ done
 shots=$root/target/e2e-screenshots
 rm -rf "$shots"
 cd ui
-APP=$app WEBDRIVER=http://127.0.0.1:$port SHOTS=$shots BROKEN=$work/broken.jsonl EXPORTS=$work/exports MODEL_DIR=$work/demo/model \
+APP=$app WEBDRIVER=http://127.0.0.1:$port SHOTS=$shots BROKEN=$work/broken.jsonl EXPORTS=$work/exports MODEL_DIR=$work/demo/model OUTSIDE_DATASET=$outside/picked.jsonl \
   node e2e/run.mjs

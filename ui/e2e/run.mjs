@@ -5,9 +5,10 @@
 
 import { mkdirSync, readFileSync, writeFileSync, readdirSync, existsSync } from "node:fs";
 import { join } from "node:path";
+import { execFileSync } from "node:child_process";
 import { Session, sleep } from "./webdriver.mjs";
 
-const { APP, WEBDRIVER = "http://127.0.0.1:4444", SHOTS = "screenshots", BROKEN, EXPORTS, MODEL_DIR } = process.env;
+const { APP, WEBDRIVER = "http://127.0.0.1:4444", SHOTS = "screenshots", BROKEN, EXPORTS, MODEL_DIR, OUTSIDE_DATASET } = process.env;
 mkdirSync(SHOTS, { recursive: true });
 const results = [];
 
@@ -35,6 +36,24 @@ const go = (hash) => s.exec("location.hash = arguments[0]", hash);
 // found element may be stale by the time it is read.
 const points = async () => Number(await s.exec("return document.querySelector('#loss-chart')?.dataset.points || 0"));
 const statusOf = () => s.exec("return document.querySelector('#run-status [data-status]')?.dataset.status || ''");
+
+// Answers the studio's native dialog titled `title` as a person would with the keyboard:
+// Ctrl+L, the path, Enter (xdotool, on the same X display as the app).
+async function chooseInNativeDialog(title, path) {
+  const x = (...args) => execFileSync("xdotool", args, { encoding: "utf8", timeout: 20000 }).trim();
+  const win = x("search", "--sync", "--onlyvisible", "--name", `^${title}$`).split("\n")[0];
+  x("windowfocus", "--sync", win);
+  await sleep(500);
+  x("key", "--window", win, "ctrl+l");
+  await sleep(300);
+  x("type", "--window", win, "--delay", "20", path);
+  await sleep(300);
+  x("key", "--window", win, "Return");
+  const open = () => { try { return x("search", "--onlyvisible", "--name", `^${title}$`) !== ""; } catch { return false; } };
+  await s.waitFor(async () => !open(), 20000, `the "${title}" dialog to close`);
+  // The form gets the pick when choose_path answers, just after the dialog closes.
+  await sleep(500);
+}
 
 // Safetensors keys from the file's JSON header.
 function safetensorsKeys(path) {
@@ -170,9 +189,18 @@ try {
     await shot("adapters");
   });
 
-  await step("native dialogs are wired (Browse… buttons)", async () => {
-    const kind = await s.exec("return typeof (window.__TAURI__.dialog && window.__TAURI__.dialog.open)");
-    if (kind !== "function") throw new Error(`window.__TAURI__.dialog.open is ${kind}`);
+  await step("a typed path the user never chose is refused; picked in the native dialog, it is read", async () => {
+    await go("#/datasets");
+    await (await s.find("#inspect-path")).type(OUTSIDE_DATASET);
+    await (await s.find("#inspect")).click();
+    await s.waitFor(async () => /not chosen/.test(await s.exec("return document.querySelector('.error')?.textContent || ''")), 20000, "the refusal");
+    await shot("dataset-not-chosen");
+    // Browse… opens the studio's own GTK dialog at the typed path; the "user" confirms it there.
+    await (await s.find("#inspect-path + button")).click();
+    await chooseInNativeDialog("Open File", OUTSIDE_DATASET);
+    await (await s.find("#inspect")).click();
+    await s.find("#dataset-summary");
+    await shot("dataset-chosen");
   });
 } catch (e) {
   process.exitCode = 1;

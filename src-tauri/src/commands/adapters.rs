@@ -89,9 +89,10 @@ pub async fn reveal_adapter(id: i64) -> CommandResult<()> {
 pub async fn import_adapter(
     path: std::path::PathBuf,
     model: Option<std::path::PathBuf>,
+    chosen: tauri::State<'_, crate::paths::Chosen>,
 ) -> CommandResult<peft_studio_app::adapters::ImportedAdapter> {
+    let path = crate::paths::read_source(&path, crate::paths::ADAPTER, &chosen)?;
     blocking(move || {
-        let path = crate::paths::read_source(&path, crate::paths::ADAPTER)?;
         let home = peft_studio_engine::library::studio_home();
         let base = match model {
             Some(m) => Some(peft_studio_engine::library::resolve(&home, &m)?),

@@ -49,9 +49,10 @@ pub async fn inspect_dataset(
     path: PathBuf,
     model: Option<String>,
     format: Option<Format>,
+    chosen: tauri::State<'_, crate::paths::Chosen>,
 ) -> CommandResult<DatasetView> {
+    let path = crate::paths::read_source(&path, crate::paths::DATASET, &chosen)?;
     blocking(move || {
-        let path = crate::paths::read_source(&path, crate::paths::DATASET)?;
         let cfg = DataConfig {
             format: format.unwrap_or_default(),
             ..DataConfig::default()

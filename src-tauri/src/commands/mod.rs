@@ -4,6 +4,7 @@ pub mod about;
 pub mod adapters;
 pub mod datasets;
 pub mod demo;
+pub mod dialogs;
 pub mod methods;
 pub mod models;
 pub mod playground;

@@ -49,9 +49,10 @@ pub async fn import_model(
     path: PathBuf,
     name: Option<String>,
     on_progress: Channel<Progress>,
+    chosen: tauri::State<'_, crate::paths::Chosen>,
 ) -> CommandResult<ModelEntry> {
+    let path = crate::paths::read_source(&path, crate::paths::MODEL, &chosen)?;
     blocking(move || {
-        let path = crate::paths::read_source(&path, crate::paths::MODEL)?;
         let name = name_or_default(name, &path);
         let entry = if path.is_file() {
             import_gguf(&path, &studio_home(), &name, &mut |done, total| {

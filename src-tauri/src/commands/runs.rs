@@ -60,10 +60,13 @@ fn launch(catalog: &Catalog, id: i64) -> CommandResult<()> {
 
 /// Records a run and starts training it; returns its id.
 #[tauri::command]
-pub async fn start_run(request: RunRequest) -> CommandResult<i64> {
+pub async fn start_run(
+    request: RunRequest,
+    chosen: State<'_, crate::paths::Chosen>,
+) -> CommandResult<i64> {
+    // The page's path is checked before anything else is looked up or opened.
+    let dataset = crate::paths::read_source(&request.dataset, crate::paths::DATASET, &chosen)?;
     blocking(move || {
-        // The page's path is checked before anything else is looked up or opened.
-        let dataset = crate::paths::read_source(&request.dataset, crate::paths::DATASET)?;
         let catalog = open_catalog()?;
         let cfg = RunConfig {
             model: resolve(&studio_home(), Path::new(&request.model))?,
@@ -251,14 +254,19 @@ pub async fn run_log(id: i64, limit: Option<usize>) -> CommandResult<Vec<serde_j
 /// adapter as its reference library loads it (and records it), `merged` the base model with
 /// the adapter folded in.
 #[tauri::command]
-pub async fn export_run(id: i64, format: String, dest: PathBuf) -> CommandResult<PathBuf> {
+pub async fn export_run(
+    id: i64,
+    format: String,
+    dest: PathBuf,
+    chosen: State<'_, crate::paths::Chosen>,
+) -> CommandResult<PathBuf> {
+    use peft_studio_app::export::{
+        export_checkpoint, latest_checkpoint, record_adapter, ExportFormat,
+    };
+    let format: ExportFormat = format.parse()?;
+    let extensions: &[&str] = if format.is_file() { &["gguf"] } else { &[] };
+    let dest = crate::paths::write_destination(&dest, extensions, &chosen)?;
     blocking(move || {
-        use peft_studio_app::export::{
-            export_checkpoint, latest_checkpoint, record_adapter, ExportFormat,
-        };
-        let format: ExportFormat = format.parse()?;
-        let dest =
-            crate::paths::write_destination(&dest, if format.is_file() { &["gguf"] } else { &[] })?;
         let catalog = open_catalog()?;
         let run = catalog.run(id)?;
         let checkpoint = latest_checkpoint(Path::new(&run.out_dir))?;
@@ -283,14 +291,15 @@ pub async fn save_compare_chart(
     smoothing: f64,
     log_y: bool,
     dest: PathBuf,
+    chosen: State<'_, crate::paths::Chosen>,
 ) -> CommandResult<PathBuf> {
+    let dest = crate::paths::write_destination(&dest, &["png", "svg"], &chosen)?;
     blocking(move || {
         let chart = peft_studio_app::chart::ChartOptions {
             log_y,
             x: x.parse::<XAxis>()?,
             ..Default::default()
         };
-        let dest = crate::paths::write_destination(&dest, &["png", "svg"])?;
         let series = comparison(&ids, &x, smoothing, 2000)?.series;
         peft_studio_app::chart::render(&series, &chart, &dest)?;
         Ok(dest)

@@ -27,13 +27,12 @@ export function describeError(e) {
   return String(e);
 }
 
-// A native file or folder dialog; resolves to the chosen path, or null when cancelled or
-// when dialogs are unavailable (then the path is typed).
-export async function pickPath({ directory = false, save = false, filters, defaultPath } = {}) {
-  const dialog = window.__TAURI__ && window.__TAURI__.dialog;
-  if (!dialog) return null;
-  const options = { directory, filters, defaultPath };
-  const picked = save ? await dialog.save(options) : await dialog.open({ ...options, multiple: false });
+// A native file or folder dialog, opened by the studio (which then accepts the pick in
+// its commands); resolves to the chosen path, or null when cancelled or unavailable.
+export async function pickPath({ directory = false, save = false, filters = [], defaultPath } = {}) {
+  if (!available()) return null;
+  const options = { directory, save, filters, defaultPath: defaultPath || null };
+  const picked = await invoke("choose_path", { options }).catch(() => null);
   return typeof picked === "string" ? picked : null;
 }
 

@@ -347,9 +347,13 @@ fn twenty_kills_at_random_moments_lose_nothing() {
         let first = json(&lines.next().expect("first line").expect("line"));
         let worker = first["pid"].as_u64().expect("pid");
         id = Some(first["run"].as_i64().expect("run"));
+        // Anywhere from model loading to several steps in: after 0 to 39 of the run's lines
+        // (one per step or evaluation), then up to 20 ms more. Counted in lines, not time, so
+        // that the run cannot finish before the twentieth kill on a fast build.
+        let wait_lines = (rng.next_f64() * 40.0) as usize;
+        let _ = lines.by_ref().take(wait_lines).count();
+        std::thread::sleep(Duration::from_micros((rng.next_f64() * 20_000.0) as u64));
         std::thread::spawn(move || lines.for_each(drop));
-        // Anywhere from model loading to several steps in.
-        std::thread::sleep(Duration::from_millis(100 + (rng.next_f64() * 500.0) as u64));
         let finished = child.try_wait().expect("wait").is_some();
         if !finished {
             let _ = std::process::Command::new("kill")
