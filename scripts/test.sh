@@ -18,14 +18,16 @@ export PEFT_STUDIO_SMOLLM2_GGUF PEFT_STUDIO_REQUIRE_REAL_MODEL=1
 # Tests never touch the user's studio home (model library, token cache).
 PEFT_STUDIO_HOME="$(mktemp -d)"
 export PEFT_STUDIO_HOME
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-# One release build serves everything below: the workspace's tests (dependencies are compiled
-# once, at the optimisation the app ships with), the fuzz targets, and the binaries the
-# end-to-end suite and the interop harness drive. Every cargo call names the same packages and
-# features, so none of them recompiles what another built.
-release=(--release --locked --workspace --features peft-studio/custom-protocol)
 phase() { echo "== $1 ($(( $(date +%s) - start )) s)"; }
+# One release build serves everything: clippy (which shares its build scripts and proc-macros),
+# the workspace's tests (dependencies compiled once, at the optimisation the app ships with),
+# the fuzz targets, and the binaries the end-to-end suite and the interop harness drive. Every
+# cargo call names the same packages, profile and features, so none recompiles what another
+# built.
+release=(--release --locked --workspace --features peft-studio/custom-protocol)
+cargo fmt --all -- --check
+phase "clippy"
+cargo clippy "${release[@]}" --all-targets -- -D warnings
 phase "build"
 cargo build "${release[@]}" --all-targets
 phase "tests"
