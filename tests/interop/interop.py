@@ -18,6 +18,7 @@ prints one `max_abs_diff=<x>` line (and, for llama.cpp, `top5=<equal|differ>`).
 import json
 import os
 import sys
+import traceback
 
 import numpy as np
 import torch
@@ -199,6 +200,34 @@ COMMANDS = {
     "llama-cpp": cmd_llama_cpp, "gguf-read": cmd_gguf_read,
 }
 
-if __name__ == "__main__":
+def run(args):
+    """One subcommand, as from a fresh process (the same seed); returns its exit status."""
     torch.manual_seed(0)
-    COMMANDS[sys.argv[1]](*sys.argv[2:])
+    try:
+        COMMANDS[args[0]](*args[1:])
+        return 0
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code)
+        return e.code if isinstance(e.code, int) else 1
+    except Exception:  # the row fails with the traceback in its log; the next row goes on
+        traceback.print_exc(file=sys.stdout)
+        return 1
+
+
+def serve():
+    """Subcommands from stdin, one per line, arguments separated by tabs; each answered with
+    its output and a line `__done__ <status>`. Saves the harness a Python start (torch,
+    transformers: ~10 s) per row."""
+    sys.stderr = sys.stdout
+    for line in iter(sys.stdin.readline, ""):
+        args = [a for a in line.rstrip("\n").split("\t") if a]
+        status = run(args) if args else 2
+        print(f"\n__done__ {status}", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve()
+    else:
+        sys.exit(run(sys.argv[1:]))
