@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use peft_studio_engine::train::Precision;
 
 /// Parameter-efficient fine-tuning of Llama-family models, headless.
 #[derive(Debug, Parser)]
@@ -256,6 +257,9 @@ pub struct PlanArgs {
     /// With gradient checkpointing (layers recompute their activations in the backward pass).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// f32, or bf16 mixed precision (for GPUs).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 /// `methods`.
@@ -317,6 +321,10 @@ pub struct TrainArgs {
     /// (about a third more compute, far less memory for long sequences).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// f32, or bf16 mixed precision: bf16 weights and activations, f32 trained values (for
+    /// GPUs; slower than f32 on CPUs without bf16 units).
+    #[arg(long)]
+    pub precision: Option<Precision>,
     /// Passes over the data.
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -550,4 +558,7 @@ pub struct BenchArgs {
     /// With gradient checkpointing.
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// f32, or bf16 mixed precision.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }

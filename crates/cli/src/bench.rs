@@ -23,7 +23,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let device = default_device();
     let mut model = load_model(
         &crate::commands::resolve_model(&a.model)?,
-        DType::F32,
+        a.precision.dtype(),
         &device,
     )?;
     let mut method = MethodConfig::default();
@@ -70,10 +70,11 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let steps = a.steps.max(1) as f64;
     let total = fwd + bwd + optim;
     println!(
-        "steps={} batch={} seq_len={} trainable_params={} device={} matmul={}",
+        "steps={} batch={} seq_len={} precision={} trainable_params={} device={} matmul={}",
         a.steps,
         a.batch_size,
         a.seq_len,
+        a.precision,
         vars.iter().map(|v| v.elem_count()).sum::<usize>(),
         peft_studio_app::launch::device_name(),
         peft_studio_engine::model::fused::matmul_backend()

@@ -35,15 +35,16 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
             let step = StepShape {
                 batch: a.batch_size,
                 seq_len: a.seq_len,
-                dtype: DType::F32,
+                dtype: a.precision.dtype(),
                 cpu: peft_studio_engine::run::default_device().is_cpu(),
                 checkpointing: a.gradient_checkpointing,
             };
             println!(
-                "{} for batch {} x {} tokens, f32",
+                "{} for batch {} x {} tokens, {}",
                 memory::estimate(&cfg, &method, step)?,
                 a.batch_size,
-                a.seq_len
+                a.seq_len,
+                a.precision
             );
             Ok(())
         }
@@ -230,6 +231,9 @@ fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
     }
     if a.gradient_checkpointing {
         t.gradient_checkpointing = true;
+    }
+    if let Some(v) = a.precision {
+        t.precision = v;
     }
     if let Some(v) = a.epochs {
         t.epochs = v;

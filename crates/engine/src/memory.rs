@@ -29,6 +29,14 @@ const FUSED_HEAD_ROWS: f64 = 128.0 * 2.0;
 /// exponentials and log-probabilities from the forward pass, their gradients and the
 /// allocator's slack in the backward pass (fitted to measured peaks).
 const LOSS_HEAD_TENSORS: f64 = 7.5;
+/// bf16 mixed precision (composed ops): what the f32 islands add, in bytes per decoder layer
+/// and attention score, and per layer and hidden-state element. Norms and softmax run in f32
+/// (`ops::in_f32`) and keep f32 copies of their inputs and outputs for the backward pass, and
+/// the loss takes an f32 copy of the logits. Fitted to measured CPU peaks (SmolLM2-135M,
+/// batch 2 × 64 to 4 × 128, within 5%), where products also widen bf16 to f32; GPUs multiply
+/// bf16 natively, so there they are an upper bound.
+const MIXED_SCORE_BYTES: f64 = 23.0;
+const MIXED_HIDDEN_BYTES: f64 = 55.0;
 /// The process itself: code, tokenizer, allocator arenas, thread stacks.
 const PROCESS_BYTES: u64 = 120 << 20;
 
@@ -144,8 +152,16 @@ pub fn estimate(
         per_layer += 4.0 * n * i + 5.0 * scores;
         per_layer += adapter_activations(cfg, method, n, false)?;
         let acts = ACTIVATION_FACTOR * (per_layer * layers + 4.0 * n * d);
+        // Mixed precision's f32 islands, and the head's weight widened to f32 (twice at the
+        // peak) for the CPU's products.
+        let mixed = if step.dtype == DType::F32 {
+            0.0
+        } else {
+            layers * (MIXED_SCORE_BYTES * scores + MIXED_HIDDEN_BYTES * n * d)
+                + 2.0 * vocab * d * 4.0
+        };
         (
-            acts as u64 * elem,
+            acts as u64 * elem + mixed as u64,
             (LOSS_HEAD_TENSORS * n * vocab) as u64 * 4,
         )
     };

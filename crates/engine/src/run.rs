@@ -122,7 +122,7 @@ fn pick_device() -> Device {
 pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     cfg.train.validate()?;
     let device = default_device();
-    let mut model = load_model(&cfg.model, DType::F32, &device)?;
+    let mut model = load_model(&cfg.model, cfg.train.precision.dtype(), &device)?;
     let tok = TextTokenizer::load(&cfg.model, &model.config().eos_token_ids)?;
     let trainables = cfg
         .method

@@ -1,6 +1,5 @@
 //! The method picker: what each method is, and what a choice costs before training.
 
-use candle_core::DType;
 use peft_studio_engine::library::{resolve, studio_home};
 use peft_studio_engine::memory::{estimate, MemoryEstimate, StepShape};
 use peft_studio_engine::model::LlamaConfig;
@@ -45,6 +44,7 @@ pub async fn plan_run(
     batch_size: usize,
     seq_len: usize,
     checkpointing: Option<bool>,
+    precision: Option<peft_studio_engine::train::Precision>,
 ) -> CommandResult<PlanView> {
     blocking(move || {
         let dir = resolve(&studio_home(), model.as_ref())?;
@@ -53,7 +53,7 @@ pub async fn plan_run(
         let step = StepShape {
             batch: batch_size.max(1),
             seq_len: seq_len.max(1),
-            dtype: DType::F32,
+            dtype: precision.unwrap_or_default().dtype(),
             cpu: peft_studio_engine::run::default_device().is_cpu(),
             checkpointing: checkpointing.unwrap_or(false),
         };

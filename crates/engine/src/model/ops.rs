@@ -8,18 +8,38 @@ use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::Result;
 
-/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
-pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    Ok(x.broadcast_mul(&inv_rms)?.broadcast_mul(weight)?)
+/// `x` in f32 if it is in a half-precision type, else as it is (f32, or f64 in the gradient
+/// checks).
+fn widened(x: &Tensor) -> Result<Tensor> {
+    Ok(match x.dtype() {
+        DType::BF16 | DType::F16 => x.to_dtype(DType::F32)?,
+        _ => x.clone(),
+    })
 }
 
-/// Softmax over the last dimension. The max is detached: softmax is shift-invariant, so
-/// the gradient is unchanged and the max needs no backward.
+/// `f` of `x` computed at least in f32 and returned in `x`'s type: what mixed precision keeps
+/// in f32 (norms, softmax), as PyTorch's autocast does.
+fn in_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    Ok(f(&widened(x)?)?.to_dtype(x.dtype())?)
+}
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight` (in f32).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    in_f32(x, |x| {
+        let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+        let w = weight.to_dtype(x.dtype())?;
+        Ok(x.broadcast_mul(&inv_rms)?.broadcast_mul(&w)?)
+    })
+}
+
+/// Softmax over the last dimension (in f32). The max is detached: softmax is
+/// shift-invariant, so the gradient is unchanged and the max needs no backward.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    in_f32(x, |x| {
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let e = x.broadcast_sub(&max)?.exp()?;
+        Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    })
 }
 
 /// Log-softmax over the last dimension (same detached-max trick).
@@ -37,7 +57,9 @@ pub fn masked_cross_entropy(
     targets: &Tensor,
     weights: &Tensor,
 ) -> Result<(Tensor, f64)> {
-    let logp = log_softmax_last_dim(logits)?;
+    // The loss at least in f32 whatever the model computes in.
+    let logits = widened(logits)?;
+    let logp = log_softmax_last_dim(&logits)?;
     let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
     let count = weights
         .to_dtype(DType::F64)?

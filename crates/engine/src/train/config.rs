@@ -17,6 +17,53 @@ pub enum Schedule {
     Cosine,
 }
 
+/// The number format training computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32 (on the CPU through the fused kernels).
+    #[default]
+    F32,
+    /// Mixed precision for GPUs: the model's weights and activations in bf16 (half the
+    /// memory, the GPU's bf16 units), norms, softmax and the loss in f32, and the trained
+    /// values kept in f32 by the optimiser, which gives the model their rounding each step.
+    /// On a CPU without bf16 units it is slower than f32 (products widen to f32).
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(EngineError::config(
+                "precision",
+                format!("`{other}` is not one of f32, bf16"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+impl Precision {
+    /// The type the model's weights and activations are held in.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::F32 => candle_core::DType::F32,
+            Self::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
 /// Optimiser, schedule, batching and bookkeeping settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -63,6 +110,8 @@ pub struct TrainConfig {
     /// pass instead of keeping them (about a third more compute, for long sequences; where
     /// layers run fused, the CPU in f32).
     pub gradient_checkpointing: bool,
+    /// f32, or bf16 mixed precision (for GPUs).
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -88,6 +137,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             keep_checkpoints: 2,
             gradient_checkpointing: false,
+            precision: Precision::F32,
         }
     }
 }

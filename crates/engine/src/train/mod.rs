@@ -7,6 +7,6 @@ pub mod events;
 pub mod optimizer;
 pub mod trainer;
 
-pub use config::{Schedule, TrainConfig};
+pub use config::{Precision, Schedule, TrainConfig};
 pub use events::{Recorder, StepMetrics, TrainEvent, TrainSink};
 pub use trainer::{batch_loss, Trainer};

@@ -85,9 +85,11 @@ impl<'a> Trainer<'a> {
 
     /// The trained tensors by name (current values).
     pub fn params(&self) -> Vec<(String, Tensor)> {
+        // The optimiser's f32 values: in mixed precision the variables hold their rounding.
         self.vars
             .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .enumerate()
+            .map(|(i, (n, v))| (n.clone(), self.opt.value(i, v)))
             .collect()
     }
 
@@ -121,10 +123,10 @@ impl<'a> Trainer<'a> {
                     ),
                 ));
             }
-            let on = |t: &Tensor| -> Result<Tensor> {
-                Ok(t.to_device(var.device())?.to_dtype(var.dtype())?)
-            };
-            var.set(&on(p)?)?;
+            let wide = super::optimizer::wide(var.dtype());
+            let on =
+                |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(var.device())?.to_dtype(wide)?) };
+            self.opt.set_value(i, var, &on(p)?)?;
             self.opt.m[i] = on(ck.m.get(name).ok_or_else(|| missing("first moment of"))?)?;
             self.opt.v[i] = on(ck.v.get(name).ok_or_else(|| missing("second moment of"))?)?;
         }

@@ -13,6 +13,7 @@ mod library;
 mod model;
 mod model_export;
 mod plan;
+mod precision;
 mod reference;
 mod resume;
 mod training;

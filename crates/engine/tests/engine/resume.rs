@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use peft_studio_engine::fixtures::TinySpec;
 use peft_studio_engine::run::{self, RunConfig};
-use peft_studio_engine::train::{Recorder, Schedule, TrainConfig, TrainEvent, TrainSink};
+use peft_studio_engine::train::{
+    Precision, Recorder, Schedule, TrainConfig, TrainEvent, TrainSink,
+};
 
 use crate::common::{lora_method, memorisable_dataset, run_config, tiny_model};
 
@@ -27,7 +29,7 @@ impl TrainSink for StopAfter {
     }
 }
 
-fn config(dir: &std::path::Path, name: &str) -> RunConfig {
+fn config(dir: &std::path::Path, name: &str, precision: Precision) -> RunConfig {
     let model = tiny_model(dir, &TinySpec::default());
     let data = memorisable_dataset(dir);
     let train = TrainConfig {
@@ -39,6 +41,7 @@ fn config(dir: &std::path::Path, name: &str) -> RunConfig {
         warmup_steps: 2,
         weight_decay: 0.01,
         val_fraction: 0.25,
+        precision,
         ..Default::default()
     };
     let mut method = lora_method(4, "all-linear");
@@ -64,14 +67,25 @@ fn adapter_tensors(cfg: &RunConfig) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn resumed_run_matches_a_straight_run() {
+    resume_matches_straight(Precision::F32);
+}
+
+/// In mixed precision the checkpoint holds the optimiser's f32 values, not the model's bf16
+/// rounding of them, so a resumed run continues exactly too.
+#[test]
+fn resumed_bf16_run_matches_a_straight_run() {
+    resume_matches_straight(Precision::Bf16);
+}
+
+fn resume_matches_straight(precision: Precision) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let straight = config(dir.path(), "straight");
+    let straight = config(dir.path(), "straight", precision);
     let mut rec = Recorder::default();
     run::train(&straight, false, &mut rec, &AtomicBool::new(false)).expect("straight run");
     let want = rec.losses();
     assert_eq!(want.len(), 8);
 
-    let split = config(dir.path(), "split");
+    let split = config(dir.path(), "split", precision);
     let cancel = Arc::new(AtomicBool::new(false));
     let mut first = StopAfter {
         rec: Recorder::default(),
@@ -112,7 +126,7 @@ fn resumed_run_matches_a_straight_run() {
 #[test]
 fn corrupt_checkpoint_is_reported_with_its_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), "run");
+    let cfg = config(dir.path(), "run", Precision::F32);
     let cancel = Arc::new(AtomicBool::new(false));
     let mut sink = StopAfter {
         rec: Recorder::default(),

@@ -5,11 +5,15 @@ use std::sync::atomic::AtomicBool;
 use peft_studio_engine::fixtures::TinySpec;
 use peft_studio_engine::peft::{MethodConfig, MethodKind};
 use peft_studio_engine::run::{self, prepare};
-use peft_studio_engine::train::{Recorder, Schedule, TrainConfig, Trainer};
+use peft_studio_engine::train::{Precision, Recorder, Schedule, TrainConfig, Trainer};
 
 use crate::common::{lora_method, memorisable_dataset, run_config, tiny_model};
 
 fn train_losses(method: MethodConfig, lr: f64, steps: usize) -> Vec<f64> {
+    train_losses_in(method, lr, steps, Precision::F32)
+}
+
+fn train_losses_in(method: MethodConfig, lr: f64, steps: usize, precision: Precision) -> Vec<f64> {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = tiny_model(
         dir.path(),
@@ -26,6 +30,7 @@ fn train_losses(method: MethodConfig, lr: f64, steps: usize) -> Vec<f64> {
         batch_size: 4,
         seq_len: 64,
         schedule: Schedule::Constant,
+        precision,
         ..Default::default()
     };
     let cfg = run_config(dir.path(), model, data, method, train);
@@ -72,6 +77,73 @@ fn lora_memorises_a_small_dataset() {
             150,
         ),
     );
+}
+
+/// bf16 mixed precision follows the f32 run: the bf16 weights and activations move the loss
+/// a little, the optimiser's f32 values keep every update, and the adapter memorises as in
+/// f32.
+#[test]
+fn bf16_mixed_precision_trains_like_f32() {
+    let method = || {
+        lora_method(
+            8,
+            "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head",
+        )
+    };
+    let f32 = train_losses_in(method(), 1e-2, 150, Precision::F32);
+    let bf16 = train_losses_in(method(), 1e-2, 150, Precision::Bf16);
+    let first = (bf16[0] - f32[0]).abs() / f32[0];
+    eprintln!(
+        "first loss f32 {} bf16 {} (relative {first:.2e})",
+        f32[0], bf16[0]
+    );
+    assert!(
+        first < 0.01,
+        "bf16 starts at {} against f32's {}",
+        bf16[0],
+        f32[0]
+    );
+    assert_memorises("lora bf16", &bf16);
+}
+
+/// Every method trains in bf16 mixed precision: finite losses that fall.
+#[test]
+fn every_method_trains_in_bf16() {
+    let lora = |dora| MethodConfig {
+        use_dora: dora,
+        ..lora_method(4, "all-linear")
+    };
+    let with = |kind| MethodConfig {
+        kind,
+        num_virtual_tokens: 4,
+        reduction_factor: 4,
+        trainable_last_layers: 1,
+        ..MethodConfig::default()
+    };
+    let methods = [
+        lora(false),
+        lora(true),
+        with(MethodKind::Ia3),
+        with(MethodKind::PromptTuning),
+        with(MethodKind::PrefixTuning),
+        with(MethodKind::Houlsby),
+        with(MethodKind::Pfeiffer),
+        with(MethodKind::Freeze),
+        with(MethodKind::Full),
+    ];
+    for method in methods {
+        let kind = format!(
+            "{}{}",
+            method.kind,
+            if method.use_dora { " (dora)" } else { "" }
+        );
+        let losses = train_losses_in(method, 1e-2, 8, Precision::Bf16);
+        let (first, last) = (losses[0], losses[losses.len() - 1]);
+        assert!(
+            losses.iter().all(|l| l.is_finite()) && last < first,
+            "{kind} in bf16: {losses:?}"
+        );
+    }
 }
 
 #[test]

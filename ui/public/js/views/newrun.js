@@ -109,7 +109,7 @@ export async function newRun(root, params) {
     const refresh = debounce(async () => {
       try {
         const cfg = methodConfig(state.kind, info, values);
-        const p = await invoke("plan_run", { model: state.model, method: cfg, batchSize: state.train.batch_size, seqLen: state.train.seq_len, checkpointing: !!state.train.gradient_checkpointing });
+        const p = await invoke("plan_run", { model: state.model, method: cfg, batchSize: state.train.batch_size, seqLen: state.train.seq_len, checkpointing: !!state.train.gradient_checkpointing, precision: state.train.precision || "f32" });
         const verdict = fitVerdict(p.memory_total, p.available);
         state.device = p.device;
         plan.replaceChildren(
@@ -158,7 +158,12 @@ export async function newRun(root, params) {
         num("seed", "Seed", "data order and initialisation", "1"),
         h("label", { class: "param" }, h("span", {}, "Gradient checkpointing"),
           h("input", { type: "checkbox", name: "gradient_checkpointing", checked: !!t.gradient_checkpointing, onchange: (e) => { t.gradient_checkpointing = e.target.checked; } }),
-          h("small", {}, "recompute each layer in the backward pass: far less memory for long sequences, about a third slower")))),
+          h("small", {}, "recompute each layer in the backward pass: far less memory for long sequences, about a third slower")),
+        h("label", { class: "param" }, h("span", {}, "Precision"),
+          h("select", { name: "precision", onchange: (e) => { t.precision = e.target.value; } },
+            h("option", { value: "f32", selected: (t.precision || "f32") === "f32" }, "f32"),
+            h("option", { value: "bf16", selected: t.precision === "bf16" }, "bf16 mixed")),
+          h("small", {}, "bf16 mixed: half the model's memory and the GPU's bf16 units, trained values kept in f32; on a CPU slower than f32")))),
       h("div", { class: "params" },
         h("label", { class: "param" }, h("span", {}, "Run name"), h("input", { type: "text", id: "run-name", value: state.name, oninput: (e) => { state.name = e.target.value; } })),
         h("label", { class: "param" }, h("span", {}, "Device"),
