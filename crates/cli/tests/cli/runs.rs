@@ -119,7 +119,7 @@ fn train_until(config: &Path, step: u64) -> (std::process::Child, u64, i64) {
 #[test]
 fn a_killed_worker_resumes_to_the_losses_of_an_uninterrupted_run() {
     let (dir, model, data) = setup();
-    let steps = 400;
+    let steps = 1000;
     let reference = ok(cli(&[
         "train",
         "--config",
@@ -132,6 +132,16 @@ fn a_killed_worker_resumes_to_the_losses_of_an_uninterrupted_run() {
 
     let config = run_config(dir.path(), &model, &data, "killed", steps);
     let (parent, worker, id) = train_until(&config, 50);
+    // The worker records checkpoints in the catalog with its next batch of metrics (every
+    // 100 ms); a release build can be at step 50 before the first one.
+    let recorded = std::time::Instant::now();
+    while show(id)["checkpoints"]
+        .as_array()
+        .is_none_or(|c| c.is_empty())
+        && recorded.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     kill("-KILL", worker);
     let done = parent.wait_with_output().expect("wait");
     assert!(!done.status.success());

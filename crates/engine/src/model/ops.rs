@@ -8,13 +8,18 @@ use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::Result;
 
-/// `x` in f32 if it is in a half-precision type, else as it is (f32, or f64 in the gradient
-/// checks).
+/// The type mixed precision computes in for values of type `dtype`: f32 for half-precision
+/// types, the type itself otherwise (f32, or f64 in the gradient checks).
+pub fn wide(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
+}
+
+/// `x` in its [`wide`] type.
 fn widened(x: &Tensor) -> Result<Tensor> {
-    Ok(match x.dtype() {
-        DType::BF16 | DType::F16 => x.to_dtype(DType::F32)?,
-        _ => x.clone(),
-    })
+    Ok(x.to_dtype(wide(x.dtype()))?)
 }
 
 /// `f` of `x` computed at least in f32 and returned in `x`'s type: what mixed precision keeps

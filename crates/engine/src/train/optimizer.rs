@@ -6,6 +6,7 @@
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
 use crate::error::Result;
+use crate::model::ops::wide;
 
 /// Optimiser state for a list of variables.
 #[derive(Debug)]
@@ -98,15 +99,6 @@ pub fn collect_grads(vars: &[&Var], store: &GradStore) -> Result<Vec<Tensor>> {
             None => Ok(v.as_tensor().to_dtype(wide(v.dtype()))?.zeros_like()?),
         })
         .collect()
-}
-
-/// The type the optimiser computes in for a variable of type `dtype`: f32 for half-precision
-/// types, the type itself otherwise.
-pub fn wide(dtype: DType) -> DType {
-    match dtype {
-        DType::BF16 | DType::F16 => DType::F32,
-        other => other,
-    }
 }
 
 /// The global L2 norm of `grads`.

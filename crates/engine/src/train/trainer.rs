@@ -123,7 +123,7 @@ impl<'a> Trainer<'a> {
                     ),
                 ));
             }
-            let wide = super::optimizer::wide(var.dtype());
+            let wide = crate::model::ops::wide(var.dtype());
             let on =
                 |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(var.device())?.to_dtype(wide)?) };
             self.opt.set_value(i, var, &on(p)?)?;
