@@ -20,8 +20,9 @@ use crate::error::CommandError;
 /// may name by typing, without a dialog.
 pub const TRUSTED_FOLDERS: &str = "PEFT_STUDIO_TRUSTED_FOLDERS";
 
-/// The files and folders the user picked in the studio's native dialogs this session. Only
-/// `choose_path` adds to it, after the dialog closes: the page cannot grant itself a path.
+/// The files and folders the user picked in the studio's native dialogs this session, or
+/// dropped on its window. Only `choose_path` (after the dialog closes) and the window
+/// system's drop event add to it: the page cannot grant itself a path.
 #[derive(Debug, Default)]
 pub struct Chosen(Mutex<Vec<PathBuf>>);
 
