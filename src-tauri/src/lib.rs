@@ -11,15 +11,17 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
         .plugin(tauri_plugin_dialog::init())
         .manage(paths::Chosen::default())
         // A file dropped on the window was chosen by the user as surely as one picked in a
-        // dialog (the drop comes from the window system, not from the page).
+        // dialog (the drop comes from the window system, not from the page). The main window's
+        // webview is its content, so its drops arrive as window events.
         .on_window_event(|window, event| {
-            if let tauri::WindowEvent::DragDrop(drop) = event {
-                grant_dropped(window, drop);
-            }
-        })
-        .on_webview_event(|webview, event| {
-            if let tauri::WebviewEvent::DragDrop(drop) = event {
-                grant_dropped(webview, drop);
+            if let tauri::WindowEvent::DragDrop(tauri::DragDropEvent::Drop {
+                paths: dropped, ..
+            }) = event
+            {
+                let chosen = tauri::Manager::state::<paths::Chosen>(window);
+                for path in dropped {
+                    chosen.grant(path.clone());
+                }
             }
         })
         .manage(commands::playground::Playground::default())
@@ -53,16 +55,6 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
             commands::adapters::reveal_adapter,
             commands::runs::save_compare_chart
         ])
-}
-
-/// Records the paths of a drop as chosen.
-fn grant_dropped<R: tauri::Runtime>(app: &impl tauri::Manager<R>, drop: &tauri::DragDropEvent) {
-    if let tauri::DragDropEvent::Drop { paths, .. } = drop {
-        let chosen = app.state::<paths::Chosen>();
-        for path in paths {
-            chosen.grant(path.clone());
-        }
-    }
 }
 
 /// Starts the studio.
