@@ -35,6 +35,8 @@ cargo test "${release[@]}"
 # The fused kernels once more on gemm's products instead of OpenBLAS's (which the run above
 # uses where install-deps put it): both must match the composed reference.
 PEFT_STUDIO_BLAS=off cargo test "${release[@]}" --test engine fused
+# The composed ops alone, as a GPU runs them (in f32 and bf16), on the engine's tests.
+PEFT_STUDIO_FUSED=off cargo test "${release[@]}" --test engine
 # The fuzz targets survive their corpus and a few hundred mutations (fuzzing proper,
 # instrumented: fuzz/run).
 phase "fuzz smoke"

@@ -4,7 +4,7 @@
 //! The model follows how the engine trains: every tensor the forward pass creates stays alive
 //! in the autograd graph until the backward pass ends, so activations are the sum of those
 //! tensors' sizes (counted op by op from `model::llama`), plus the loss head, plus the
-//! gradients and AdamW moments of what is trained. On the CPU in f32 the fused kernels
+//! gradients and AdamW moments of what is trained. On the CPU the fused kernels
 //! (`model::fused`) keep far fewer tensors (no attention scores, no [tokens, vocab] logits)
 //! than candle's composed ops elsewhere; each path has its count. Factors measured on
 //! SmolLM2-135M (`bench`, see docs/BENCHMARKS.md) account for the backward pass's temporaries
@@ -32,9 +32,10 @@ const LOSS_HEAD_TENSORS: f64 = 7.5;
 /// bf16 mixed precision (composed ops): what the f32 islands add, in bytes per decoder layer
 /// and attention score, and per layer and hidden-state element. Norms and softmax run in f32
 /// (`ops::in_f32`) and keep f32 copies of their inputs and outputs for the backward pass, and
-/// the loss takes an f32 copy of the logits. Fitted to measured CPU peaks (SmolLM2-135M,
-/// batch 2 × 64 to 4 × 128, within 5%), where products also widen bf16 to f32; GPUs multiply
-/// bf16 natively, so there they are an upper bound.
+/// the loss takes an f32 copy of the logits. Fitted to measured CPU peaks of the composed ops
+/// (`PEFT_STUDIO_FUSED=off`; SmolLM2-135M, batch 2 × 64 to 4 × 128, within 5%), where
+/// products also widen bf16 to f32; GPUs multiply bf16 natively, so there they are an upper
+/// bound.
 const MIXED_SCORE_BYTES: f64 = 23.0;
 const MIXED_HIDDEN_BYTES: f64 = 55.0;
 /// The process itself: code, tokenizer, allocator arenas, thread stacks.
@@ -51,8 +52,8 @@ pub struct MemoryEstimate {
     pub activations: u64,
     /// The language-model head and the cross-entropy over the vocabulary.
     pub loss_head: u64,
-    /// Loading, before training: the checkpoint's file mapped next to the weights read from
-    /// it (counted as large as the weights). With small batches this is the peak.
+    /// Loading, before training: the weights files' bytes (in the dtype config.json names)
+    /// next to the weights read from them. With small batches this is the peak.
     pub loading: u64,
     /// The process itself.
     pub process: u64,
@@ -75,7 +76,7 @@ pub struct StepShape {
     pub seq_len: usize,
     /// The dtype of weights and activations.
     pub dtype: DType,
-    /// Whether training runs on the CPU (where f32 uses the fused kernels).
+    /// Whether training runs on the CPU (where the fused kernels serve f32 and bf16).
     pub cpu: bool,
     /// Gradient checkpointing (`TrainConfig::gradient_checkpointing`).
     pub checkpointing: bool,
@@ -83,7 +84,7 @@ pub struct StepShape {
 
 impl StepShape {
     fn fused(&self) -> bool {
-        self.cpu && self.dtype == DType::F32
+        self.cpu && matches!(self.dtype, DType::F32 | DType::BF16 | DType::F16)
     }
 }
 
@@ -112,21 +113,28 @@ pub fn estimate(
     let scores = b * cfg.num_attention_heads as f64 * t * keys;
     let layers = cfg.num_hidden_layers as f64;
     let vocab = cfg.vocab_size as f64;
+    // The fused kernels compute in f32 whatever the dtype: in half precision they widen the
+    // tensors they read (`model::fused::view`), the weights of the layer at hand and the
+    // loss head's among them.
+    let widened = |params: f64| if elem < 4 { params * 4.0 } else { 0.0 };
     let (activations, loss_head) = if step.fused() {
         let acts = if runs_fused_layers(cfg, method)? {
-            // Per decoder layer (`model::fused::layer`): the rotated queries and the attention
-            // output, keys and values, the residual stream between the sublayers and after
-            // them, gate and up; with checkpointing only the layer's input, and one layer's
-            // worth while it is recomputed. Once, the backward pass's temporaries of the layer
-            // at hand (SwiGLU's output and three gradients of its width, six of the hidden
-            // width).
-            let saved = 2.0 * (n * d + n * q + n * k + n * i);
-            let temporaries = 4.0 * n * i + 8.0 * n * d;
-            if step.checkpointing {
-                n * d * layers + saved + temporaries
+            // Per decoder layer (`model::fused::layer`), in f32: the rotated queries and the
+            // attention output, keys and values, the residual stream between the sublayers,
+            // gate and up; in the model's dtype, the layer's output (the next one's input).
+            // With checkpointing only the layer's input, and one layer's worth while it is
+            // recomputed. Once, the backward pass's temporaries of the layer at hand
+            // (SwiGLU's output and three gradients of its width, six of the hidden width).
+            let inside = 4.0 * (2.0 * (n * q + n * k + n * i) + n * d);
+            let input = n * d * elem as f64;
+            let temporaries = 4.0 * (4.0 * n * i + 8.0 * n * d);
+            let layer_weights = widened(d * (2.0 * q + 2.0 * k) + 3.0 * d * i);
+            let kept = if step.checkpointing {
+                input * layers + inside
             } else {
-                saved * layers + temporaries
-            }
+                (inside + input) * layers
+            };
+            kept + temporaries + layer_weights
         } else {
             // Per decoder layer: the two norms' outputs, o_proj's and down_proj's outputs and
             // the two residual sums ([n, d] each); queries through projection, rotation and
@@ -134,15 +142,15 @@ pub fn estimate(
             // head-major copy; the MLP's gate, up and gated product.
             let mut per_layer = 6.0 * n * d + 3.0 * n * q + 4.0 * n * k + 3.0 * n * i;
             per_layer += adapter_activations(cfg, method, n, true)?;
-            FUSED_ACTIVATION_FACTOR * (per_layer * layers + 2.0 * n * d)
+            FUSED_ACTIVATION_FACTOR * (per_layer * layers + 2.0 * n * d) * elem as f64
         };
         // The fused head keeps the hidden states' gradient and a chunk of logits per thread.
         let head = if head_is_trained(cfg, method)? {
-            LOSS_HEAD_TENSORS * n * vocab
+            LOSS_HEAD_TENSORS * n * vocab * 4.0
         } else {
-            n * d + FUSED_HEAD_ROWS * vocab
+            (n * d + FUSED_HEAD_ROWS * vocab) * 4.0 + widened(vocab * d)
         };
-        (acts as u64 * elem, head as u64 * 4)
+        (acts as u64, head as u64)
     } else {
         // Per decoder layer: two RMSNorms (3 tensors of [n, d] each), queries and keys through
         // projection, head split and RoPE (6.5 each), values (2), scores through scale, mask
@@ -178,7 +186,7 @@ pub fn estimate(
         optimizer: counts.trainable * 4 * 4,
         activations,
         loss_head,
-        loading: 2 * weights,
+        loading: counts.total * cfg.stored_dtype.size_in_bytes() as u64 + weights,
         process: PROCESS_BYTES,
     })
 }

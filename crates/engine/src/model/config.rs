@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use candle_core::DType;
 use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
@@ -45,6 +46,8 @@ struct RawConfig {
     max_position_embeddings: Option<usize>,
     eos_token_id: Option<serde_json::Value>,
     hidden_act: Option<String>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
 }
 
 /// The validated configuration the decoder is built from.
@@ -82,6 +85,18 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     /// End-of-sequence token ids from config.json.
     pub eos_token_ids: Vec<u32>,
+    /// The dtype the weights files hold (`torch_dtype`, `dtype` in transformers 5): what
+    /// loading reads before converting. f32 when absent or unknown.
+    pub stored_dtype: DType,
+}
+
+/// `float32`, `bfloat16`, `float16` (with or without `torch.`) as a dtype.
+fn stored_dtype(name: Option<&str>) -> DType {
+    match name.map(|n| n.trim_start_matches("torch.")) {
+        Some("bfloat16") => DType::BF16,
+        Some("float16") => DType::F16,
+        _ => DType::F32,
+    }
 }
 
 fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
@@ -268,6 +283,7 @@ impl LlamaConfig {
             qkv_bias,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
             eos_token_ids: token_ids(&raw.eos_token_id),
+            stored_dtype: stored_dtype(raw.torch_dtype.as_deref().or(raw.dtype.as_deref())),
         })
     }
 

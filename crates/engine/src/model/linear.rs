@@ -58,7 +58,7 @@ impl Linear {
         Ok(y)
     }
 
-    /// The layer as the fused ops take it, when they can compute it: f32 on the CPU, frozen
+    /// The layer as the fused ops take it, when they can compute it: on the CPU, frozen
     /// weight and bias, LoRA without DoRA or active dropout (IA³ scales around it).
     pub fn fused_parts(&self, x: &Tensor, ctx: &ForwardCtx) -> Option<LinearParts<'_>> {
         let dropout = self

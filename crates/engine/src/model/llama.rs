@@ -486,7 +486,7 @@ impl LlamaModel {
         Ok(Tensor::from_vec(mask, (seq, total), &self.device)?.to_dtype(self.dtype)?)
     }
 
-    /// The block as one fused op takes it, when it can compute it: f32 on the CPU, frozen
+    /// The block as one fused op takes it, when it can compute it: on the CPU, frozen
     /// norms, every linear fusable (`Linear::fusable`) without IA³, no bottleneck adapter.
     fn fused_block<'a>(
         &self,

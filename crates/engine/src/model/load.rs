@@ -54,7 +54,29 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
     candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-        .map_err(|e| EngineError::bad_file(path, format!("not a valid safetensors file: {e}")))
+        .map_err(|e| not_safetensors(path, e))
+}
+
+fn not_safetensors(path: &Path, e: impl std::fmt::Display) -> EngineError {
+    EngineError::bad_file(path, format!("not a valid safetensors file: {e}"))
+}
+
+/// [`read_safetensors`] converting each tensor to `dtype` as it is read, so that the file's
+/// bytes and the converted weights are the peak, not another copy in the file's dtype.
+fn read_safetensors_as(path: &Path, dtype: DType) -> Result<HashMap<String, Tensor>> {
+    use candle_core::safetensors::Load;
+    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+    let file =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(path, e))?;
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let t = view
+                .load(&Device::Cpu)
+                .map_err(|e| not_safetensors(path, e))?;
+            Ok((name, t.to_dtype(dtype)?))
+        })
+        .collect()
 }
 
 /// Loads config and weights from a model folder.
@@ -73,7 +95,7 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LlamaMode
     let files = weight_files(dir)?;
     let mut tensors = HashMap::new();
     for f in &files {
-        tensors.extend(read_safetensors(f)?);
+        tensors.extend(read_safetensors_as(f, dtype)?);
     }
     let origin = files
         .iter()

@@ -3,6 +3,7 @@
 //! attention does) instead of keeping them, so a layer keeps only its queries, keys, values
 //! and output: no [heads, seq, seq] tensors at all, forward or backward.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -224,6 +225,7 @@ impl CustomOp3 for Attention {
         v: &CpuStorage,
         lv: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dtype = q.dtype();
         let (q, k, v) = (
             storage_slice(q, lq)?,
             storage_slice(k, lk)?,
@@ -231,8 +233,9 @@ impl CustomOp3 for Attention {
         );
         let dm = self.dims;
         Ok(output(
-            self.forward(q, k, v),
+            self.forward(&q, &k, &v),
             (dm.batch, dm.seq, dm.q_heads, dm.head_dim),
+            dtype,
         ))
     }
 
@@ -248,9 +251,9 @@ impl CustomOp3 for Attention {
         let (dq, dk, dv) =
             self.backward(&view(q)?, &view(k)?, &view(v)?, &view(res)?, &view(&grad)?);
         Ok((
-            Some(tensor(dq, q.shape())?),
-            Some(tensor(dk, k.shape())?),
-            Some(tensor(dv, v.shape())?),
+            Some(tensor(dq, q)?),
+            Some(tensor(dk, k)?),
+            Some(tensor(dv, v)?),
         ))
     }
 }

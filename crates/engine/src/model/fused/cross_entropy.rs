@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::math;
 use super::matmul::{matmul, Mat};
-use super::view::{output, view};
+use super::view::{output, tensor, view};
 use crate::error::{EngineError, Result};
 
 /// Rows per chunk: a chunk's logits are `ROWS × vocabulary` floats (50 MB for 49k). Fewer
@@ -32,12 +32,12 @@ impl CustomOp1 for HeadLoss {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok(output(vec![self.loss], ()))
+        Ok(output(vec![self.loss], (), DType::F32))
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         match &self.grad {
-            Some(g) => Ok(Some(g.broadcast_mul(grad)?)),
+            Some(g) => Ok(Some(g.broadcast_mul(&grad.to_dtype(g.dtype())?)?)),
             None => Ok(None),
         }
     }
@@ -215,7 +215,7 @@ pub fn lm_head_cross_entropy(
                     dh[r * h..][..h].copy_from_slice(src);
                 }
             }
-            Some(Tensor::from_vec(dh, (n, h), hidden.device())?)
+            Some(tensor(dh, &hidden_c)?)
         }
         None => None,
     };

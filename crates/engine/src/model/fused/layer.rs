@@ -15,6 +15,7 @@
 use std::ops::Deref;
 use std::sync::Mutex;
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor};
 
 use super::attention::Attention;
@@ -22,7 +23,7 @@ use super::linear::{LinearParts, LoraSlices, Projection};
 use super::norm;
 use super::rope::{Heads, Tables};
 use super::swiglu;
-use super::view::{output, storage_slice, tensor, view, F32View};
+use super::view::{output, storage_slice, tensor, view, Floats};
 use crate::error::Result;
 use crate::model::ops::DropoutDraw;
 
@@ -281,12 +282,12 @@ impl DecoderLayer {
 
 /// The layer's frozen tensors borrowed as slices for one pass.
 struct Borrowed<G> {
-    weights: Vec<F32View<G>>,
-    biases: Vec<Option<F32View<G>>>,
-    norm1: F32View<G>,
-    norm2: F32View<G>,
-    cos: F32View<G>,
-    sin: F32View<G>,
+    weights: Vec<Floats<G>>,
+    biases: Vec<Option<Floats<G>>>,
+    norm1: Floats<G>,
+    norm2: Floats<G>,
+    cos: Floats<G>,
+    sin: Floats<G>,
 }
 
 impl DecoderLayer {
@@ -338,14 +339,14 @@ impl CustomOp1 for DecoderLayer {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = self.forward(storage_slice(x, lx)?, &[])?;
-        Ok(output(y, lx.shape().clone()))
+        let y = self.forward(&storage_slice(x, lx)?, &[])?;
+        Ok(output(y, lx.shape().clone(), x.dtype()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         let (dx, _) = self.backward(&view(x)?, x.track_op(), &[], &view(&grad)?)?;
-        dx.map(|dx| tensor(dx, x.shape())).transpose()
+        dx.map(|dx| tensor(dx, x)).transpose()
     }
 }
 
@@ -361,8 +362,8 @@ impl CustomOp2 for DecoderLayer {
         pack: &CpuStorage,
         lp: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = self.forward(storage_slice(x, lx)?, storage_slice(pack, lp)?)?;
-        Ok(output(y, lx.shape().clone()))
+        let y = self.forward(&storage_slice(x, lx)?, &storage_slice(pack, lp)?)?;
+        Ok(output(y, lx.shape().clone(), x.dtype()))
     }
 
     fn bwd(
@@ -374,8 +375,8 @@ impl CustomOp2 for DecoderLayer {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (dx, dpack) = self.backward(&view(x)?, x.track_op(), &view(pack)?, &view(&grad)?)?;
-        let dx = dx.map(|dx| tensor(dx, x.shape())).transpose()?;
-        Ok((dx, Some(tensor(dpack, pack.shape())?)))
+        let dx = dx.map(|dx| tensor(dx, x)).transpose()?;
+        Ok((dx, Some(tensor(dpack, pack)?)))
     }
 }
 

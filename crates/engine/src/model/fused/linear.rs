@@ -7,7 +7,8 @@
 //! branch costs no intermediate [rows, out] tensors. Products land in freshly zeroed buffers
 //! (`accumulate`, see `matmul`).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
 
 use super::matmul::{matmul_par, Mat};
 use super::view::{output, storage_slice, tensor, view};
@@ -188,10 +189,11 @@ impl FrozenLinear {
         &self,
         x: &[f32],
         shape: &Shape,
+        dtype: DType,
         lora: Option<(&[f32], &[f32])>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let y = self.with_projection(lora, |p| p.forward(x))?;
-        Ok(output(y, self.out_shape(shape)?))
+        Ok(output(y, self.out_shape(shape)?, dtype))
     }
 
     fn backward(
@@ -209,12 +211,10 @@ impl FrozenLinear {
             p.backward(&xs, &g, dx.as_deref_mut())
         })?;
         let lora_grads = match (lora_grads, lora) {
-            (Some((da, db)), Some((a, b))) => {
-                Some((tensor(da, a.shape())?, tensor(db, b.shape())?))
-            }
+            (Some((da, db)), Some((a, b))) => Some((tensor(da, a)?, tensor(db, b)?)),
             _ => None,
         };
-        let dx = dx.map(|dx| tensor(dx, x.shape())).transpose()?;
+        let dx = dx.map(|dx| tensor(dx, x)).transpose()?;
         Ok((dx, lora_grads))
     }
 }
@@ -225,7 +225,7 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.forward(storage_slice(x, lx)?, lx.shape(), None)
+        self.forward(&storage_slice(x, lx)?, lx.shape(), x.dtype(), None)
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -247,8 +247,13 @@ impl CustomOp3 for FrozenLinear {
         b: &CpuStorage,
         lb: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let lora = (storage_slice(a, la)?, storage_slice(b, lb)?);
-        self.forward(storage_slice(x, lx)?, lx.shape(), Some(lora))
+        let (a, b) = (storage_slice(a, la)?, storage_slice(b, lb)?);
+        self.forward(
+            &storage_slice(x, lx)?,
+            lx.shape(),
+            x.dtype(),
+            Some((&a, &b)),
+        )
     }
 
     fn bwd(

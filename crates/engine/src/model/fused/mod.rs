@@ -4,8 +4,11 @@
 //! elementwise step and keeps every one alive for the backward pass (attention scores and
 //! their softmax, the [tokens, vocabulary] loss head). These ops compute the same values in
 //! one pass over the data, keep only their inputs, and give candle's autograd their gradient
-//! directly. They apply to f32 tensors on the CPU (`applies`); elsewhere the model uses the
-//! composed ops, which are also the reference every fused op is tested against.
+//! directly. They apply to CPU tensors (`applies`) and compute in f32: a bf16 or f16 model's
+//! tensors are widened as the kernels read them and results narrowed back (`view`), which
+//! keeps half precision's memory without candle's slow half-precision CPU products.
+//! Elsewhere the model uses the composed ops, which are also the reference every fused op is
+//! tested against.
 
 pub mod attention;
 mod blas;
@@ -19,11 +22,17 @@ pub mod rope;
 pub mod swiglu;
 mod view;
 
+use std::sync::OnceLock;
+
 use candle_core::{DType, Tensor};
 
-/// Whether the fused kernels serve `t`: f32 on the CPU.
+/// Whether the fused kernels serve `t`: f32, bf16 or f16 on the CPU, unless
+/// `PEFT_STUDIO_FUSED=off` (the composed ops everywhere, as on a GPU: for tests and
+/// comparisons).
 pub fn applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    static OFF: OnceLock<bool> = OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("PEFT_STUDIO_FUSED").is_ok_and(|v| v == "off"));
+    !off && t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16)
 }
 
 /// Which library computes the fused ops' matrix products: `"openblas"` where the system has

@@ -1,5 +1,6 @@
 //! RMSNorm as one op: `x / sqrt(mean(x²) + eps) · weight` per row, and its backward.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -94,9 +95,10 @@ impl CustomOp2 for RmsNorm {
         w: &CpuStorage,
         lw: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dtype = x.dtype();
         let (x, w) = (storage_slice(x, lx)?, storage_slice(w, lw)?);
-        let inv = inv_rms(x, w.len(), self.eps);
-        Ok(output(normalized(x, w, &inv), lx.shape().clone()))
+        let inv = inv_rms(&x, w.len(), self.eps);
+        Ok(output(normalized(&x, &w, &inv), lx.shape().clone(), dtype))
     }
 
     fn bwd(
@@ -111,8 +113,8 @@ impl CustomOp2 for RmsNorm {
         let inv = inv_rms(&xs, ws.len(), self.eps);
         let mut dx = vec![0.0f32; xs.len()];
         let dw = backward(&xs, &ws, &inv, &gs, &mut dx, w.track_op());
-        let dw = dw.map(|dw| tensor(dw, w.shape())).transpose()?;
-        Ok((Some(tensor(dx, x.shape())?), dw))
+        let dw = dw.map(|dw| tensor(dw, w)).transpose()?;
+        Ok((Some(tensor(dx, x)?), dw))
     }
 }
 

@@ -2,6 +2,7 @@
 //! come out rotated as [batch, heads, seq, head_dim], in one pass and one buffer (the
 //! composed version transposes, copies, slices, negates, concatenates and multiplies).
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -94,10 +95,11 @@ impl CustomOp1 for Rope {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dtype = x.dtype();
         let x = storage_slice(x, lx)?;
         let (cos, sin) = (view(&self.cos)?, view(&self.sin)?);
         let y = self.heads.split(
-            x,
+            &x,
             Some(Tables {
                 cos: &cos,
                 sin: &sin,
@@ -109,7 +111,7 @@ impl CustomOp1 for Rope {
             heads,
             head_dim,
         } = self.heads;
-        Ok(output(y, (batch, heads, seq, head_dim)))
+        Ok(output(y, (batch, heads, seq, head_dim), dtype))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -122,7 +124,7 @@ impl CustomOp1 for Rope {
                 sin: &sin,
             }),
         );
-        Ok(Some(tensor(dx, x.shape())?))
+        Ok(Some(tensor(dx, x)?))
     }
 }
 

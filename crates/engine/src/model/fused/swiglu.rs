@@ -1,5 +1,6 @@
 //! The SwiGLU gate as one op: `silu(gate) · up`, and its backward.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -57,7 +58,7 @@ impl CustomOp2 for SwiGlu {
         lu: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, u) = (storage_slice(gate, lg)?, storage_slice(up, lu)?);
-        Ok(output(forward(g, u), lg.shape().clone()))
+        Ok(output(forward(&g, &u), lg.shape().clone(), gate.dtype()))
     }
 
     fn bwd(
@@ -69,10 +70,7 @@ impl CustomOp2 for SwiGlu {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (dg, du) = backward(&view(gate)?, &view(up)?, &view(&grad)?);
-        Ok((
-            Some(tensor(dg, gate.shape())?),
-            Some(tensor(du, up.shape())?),
-        ))
+        Ok((Some(tensor(dg, gate)?), Some(tensor(du, up)?)))
     }
 }
 

@@ -1,59 +1,91 @@
-//! Borrowing a contiguous f32 CPU tensor, or a custom op's input storage, as a slice.
+//! A contiguous CPU tensor, or a custom op's input storage, as f32 elements: f32 storage is
+//! borrowed, bf16 and f16 storage widened into a copy. The kernels compute in f32 whatever
+//! the model's dtype; a half-precision model keeps its weights, and the activations between
+//! ops, at half the bytes, and its ops' results are narrowed back to its dtype.
 
+use std::borrow::Cow;
 use std::ops::Deref;
 
-use candle_core::{CpuStorage, Layout, Shape, Storage, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};
+use half::{bf16, f16};
 
-/// A contiguous f32 CPU tensor's elements, borrowed.
-pub struct F32View<G> {
-    guard: G,
-    start: usize,
-    len: usize,
+/// A CPU tensor's elements as f32: borrowed, or widened from half precision.
+pub enum Floats<G> {
+    Borrowed { guard: G, start: usize, len: usize },
+    Widened(Vec<f32>),
 }
 
-impl<G: Deref<Target = Storage>> Deref for F32View<G> {
+impl<G: Deref<Target = Storage>> Deref for Floats<G> {
     type Target = [f32];
 
     fn deref(&self) -> &[f32] {
-        match &*self.guard {
-            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.start + self.len],
-            // `view` only builds views of f32 CPU storage.
-            _ => &[],
+        match self {
+            Floats::Borrowed { guard, start, len } => match &**guard {
+                Storage::Cpu(CpuStorage::F32(v)) => &v[*start..*start + *len],
+                // `view` borrows only f32 CPU storage.
+                _ => &[],
+            },
+            Floats::Widened(v) => v,
         }
     }
 }
 
-/// Borrows `t`'s elements; `t` must be a contiguous f32 CPU tensor.
-pub fn view(t: &Tensor) -> candle_core::Result<F32View<impl Deref<Target = Storage> + '_>> {
+/// `t`'s elements as f32; `t` must be a contiguous f32, bf16 or f16 CPU tensor.
+pub fn view(t: &Tensor) -> candle_core::Result<Floats<impl Deref<Target = Storage> + '_>> {
     let (guard, layout) = t.storage_and_layout();
-    let start = match (&*guard, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(_)), Some((start, _))) => start,
-        _ => candle_core::bail!("fused op: expected a contiguous f32 CPU tensor"),
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("fused op: expected a contiguous tensor")
     };
-    Ok(F32View {
-        guard,
-        start,
-        len: layout.shape().elem_count(),
+    Ok(match &*guard {
+        Storage::Cpu(CpuStorage::F32(_)) => Floats::Borrowed {
+            guard,
+            start,
+            len: end - start,
+        },
+        Storage::Cpu(s) => Floats::Widened(widened(s, start, end)?),
+        _ => candle_core::bail!("fused op: expected a CPU tensor"),
     })
 }
 
-/// A custom op's input storage as a slice; it must be contiguous f32.
+/// A custom op's input storage as f32 elements; it must be contiguous f32, bf16 or f16.
 pub fn storage_slice<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
-) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("fused op: expected a contiguous f32 input"),
+) -> candle_core::Result<Cow<'a, [f32]>> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("fused op: expected a contiguous input")
+    };
+    Ok(match storage {
+        CpuStorage::F32(v) => Cow::Borrowed(&v[start..end]),
+        s => Cow::Owned(widened(s, start, end)?),
+    })
+}
+
+fn widened(storage: &CpuStorage, start: usize, end: usize) -> candle_core::Result<Vec<f32>> {
+    Ok(match storage {
+        CpuStorage::BF16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::F16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
+        s => candle_core::bail!("fused op: expected f32, bf16 or f16, got {:?}", s.dtype()),
+    })
+}
+
+/// A result vector as a custom op's output in `dtype` (its input's).
+pub fn output(data: Vec<f32>, shape: impl Into<Shape>, dtype: DType) -> (CpuStorage, Shape) {
+    let storage = match dtype {
+        DType::BF16 => CpuStorage::BF16(data.into_iter().map(bf16::from_f32).collect()),
+        DType::F16 => CpuStorage::F16(data.into_iter().map(f16::from_f32).collect()),
+        _ => CpuStorage::F32(data),
+    };
+    (storage, shape.into())
+}
+
+/// The gradient `data` of the tensor `like`, in its shape and dtype.
+pub fn tensor(data: Vec<f32>, like: &Tensor) -> candle_core::Result<Tensor> {
+    let t = Tensor::from_vec(data, like.shape(), &candle_core::Device::Cpu)?;
+    if like.dtype() == DType::F32 {
+        Ok(t)
+    } else {
+        t.to_dtype(like.dtype())
     }
-}
-
-/// A result vector as a custom op's output.
-pub fn output(data: Vec<f32>, shape: impl Into<Shape>) -> (CpuStorage, Shape) {
-    (CpuStorage::F32(data), shape.into())
-}
-
-/// A CPU tensor from a result vector (for gradients computed in a backward pass).
-pub fn tensor(data: Vec<f32>, shape: impl Into<Shape>) -> candle_core::Result<Tensor> {
-    Tensor::from_vec(data, shape.into(), &candle_core::Device::Cpu)
 }
