@@ -36,7 +36,7 @@ if ! command -v cargo >/dev/null; then
   if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
     echo "cargo is in ~/.cargo/bin: add it to PATH (source ~/.cargo/env)" >&2
   else
-    echo "PEFT Studio needs a Rust toolchain (1.85 or newer, from rustup)." >&2
+    echo "PEFT Studio needs a Rust toolchain (1.89 or newer, from rustup)." >&2
   fi
   exit 1
 fi

@@ -115,8 +115,14 @@ pub fn estimate(
     let vocab = cfg.vocab_size as f64;
     // The fused kernels compute in f32 whatever the dtype: in half precision they widen the
     // tensors they read (`model::fused::view`), the weights of the layer at hand and the
-    // loss head's among them.
-    let widened = |params: f64| if elem < 4 { params * 4.0 } else { 0.0 };
+    // loss head's among them; where the CPU multiplies bf16 (`bf16_matmul`), they pack them
+    // into copies of bf16 pairs instead.
+    let native = step.dtype == DType::BF16 && crate::model::fused::bf16_matmul::available();
+    let widened = |params: f64| match (elem < 4, native) {
+        (false, _) => 0.0,
+        (true, false) => params * 4.0,
+        (true, true) => params * 2.0,
+    };
     let (activations, loss_head) = if step.fused() {
         let acts = if runs_fused_layers(cfg, method)? {
             // Per decoder layer (`model::fused::layer`), in f32: the rotated queries and the

@@ -10,9 +10,9 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::linear::Weight;
 use super::math;
-use super::matmul::{matmul, Mat};
-use super::view::{output, tensor, view};
+use super::view::{output, tensor, view, weight_view};
 use crate::error::{EngineError, Result};
 
 /// Rows per chunk: a chunk's logits are `ROWS × vocabulary` floats (50 MB for 49k). Fewer
@@ -59,17 +59,17 @@ impl Slice {
     /// The slice `v0..v0 + width` for the chunk's hidden states `hc` [rows, hidden] and
     /// its rows' `targets`.
     fn compute(
-        hc: Mat,
-        w: &[f32],
+        hc: &[f32],
+        w: Weight,
         hidden: usize,
         (v0, width): (usize, usize),
         targets: &[usize],
     ) -> Self {
         let c = targets.len();
         let mut logits = vec![0.0f32; c * width];
-        let wm = Mat::rows(&w[v0 * hidden..], width, hidden, hidden);
         // `logits` is freshly zeroed: accumulate (see `matmul`).
-        matmul(&mut logits, width, hc, wm.t(), 1.0, true);
+        let slice = w.rows(v0, width, hidden);
+        slice.forward(hc, &mut logits, (c, hidden, width), false);
         let (mut max, mut sum, mut picked) = (
             Vec::with_capacity(c),
             Vec::with_capacity(c),
@@ -100,7 +100,7 @@ impl Slice {
 fn chunk(
     rows: &[usize],
     h: &[f32],
-    w: &[f32],
+    w: Weight,
     (hidden, vocab): (usize, usize),
     targets: &[u32],
     weights: &[f32],
@@ -111,14 +111,13 @@ fn chunk(
     for (dst, &r) in hc.chunks_exact_mut(hidden).zip(rows) {
         dst.copy_from_slice(&h[r * hidden..][..hidden]);
     }
-    let hm = Mat::rows(&hc, c, hidden, hidden);
     let chunk_targets: Vec<usize> = rows.iter().map(|&r| targets[r] as usize).collect();
     let width = vocab.div_ceil(rayon::current_num_threads().max(1));
     let mut slices: Vec<Slice> = (0..vocab)
         .step_by(width.max(1))
         .collect::<Vec<_>>()
         .into_par_iter()
-        .map(|v0| Slice::compute(hm, w, hidden, (v0, width.min(vocab - v0)), &chunk_targets))
+        .map(|v0| Slice::compute(&hc, w, hidden, (v0, width.min(vocab - v0)), &chunk_targets))
         .collect();
     // Per row: the overall maximum and sum of exponentials, the loss, and each slice's
     // factor turning its exponentials into d loss / d logits = w·(softmax − one_hot)/count.
@@ -155,15 +154,8 @@ fn chunk(
                 }
             }
             let mut dh = vec![0.0f32; c * hidden];
-            let wm = Mat::rows(&w[s.v0 * hidden..], s.width, hidden, hidden);
-            matmul(
-                &mut dh,
-                hidden,
-                Mat::rows(&s.logits, c, s.width, s.width),
-                wm,
-                1.0,
-                true,
-            );
+            let slice = w.rows(s.v0, s.width, hidden);
+            slice.input_gradient(&s.logits, &mut dh, (c, hidden, s.width), false);
             dh
         })
         .reduce(
@@ -200,11 +192,21 @@ pub fn lm_head_cross_entropy(
     let active: Vec<usize> = (0..n).filter(|&r| weights[r] != 0.0).collect();
     let hidden_c = hidden.contiguous()?;
     let weight_c = weight.contiguous()?;
-    let (hs, ws) = (view(&hidden_c)?, view(&weight_c)?);
+    let (hs, ws) = (view(&hidden_c)?, weight_view(&weight_c)?);
     let grad_scale = hidden.track_op().then_some(1.0 / count.max(1.0) as f32);
     let parts: Vec<(f64, Vec<f32>)> = active
         .chunks(ROWS)
-        .map(|rows| chunk(rows, &hs, &ws, (h, vocab), &targets, &weights, grad_scale))
+        .map(|rows| {
+            chunk(
+                rows,
+                &hs,
+                ws.weight(),
+                (h, vocab),
+                &targets,
+                &weights,
+                grad_scale,
+            )
+        })
         .collect();
     let loss = parts.iter().map(|(l, _)| l).sum::<f64>() / count.max(1.0);
     let grad = match grad_scale {

@@ -12,18 +12,17 @@
 //! used them. The LoRA matrices reach it as one packed tensor (`Tensor::cat` of the
 //! flattened matrices, whose backward hands each matrix its part of the packed gradient).
 
-use std::ops::Deref;
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use super::attention::Attention;
 use super::linear::{LinearParts, LoraSlices, Projection};
 use super::norm;
 use super::rope::{Heads, Tables};
 use super::swiglu;
-use super::view::{output, storage_slice, tensor, view, Floats};
+use super::view::{output, storage_slice, tensor, view, weight_view, Floats, WeightView};
 use crate::error::Result;
 use crate::model::ops::DropoutDraw;
 
@@ -281,22 +280,22 @@ impl DecoderLayer {
 }
 
 /// The layer's frozen tensors borrowed as slices for one pass.
-struct Borrowed<G> {
-    weights: Vec<Floats<G>>,
-    biases: Vec<Option<Floats<G>>>,
-    norm1: Floats<G>,
-    norm2: Floats<G>,
-    cos: Floats<G>,
-    sin: Floats<G>,
+struct Borrowed<'a> {
+    weights: Vec<WeightView<'a>>,
+    biases: Vec<Option<Floats<'a>>>,
+    norm1: Floats<'a>,
+    norm2: Floats<'a>,
+    cos: Floats<'a>,
+    sin: Floats<'a>,
 }
 
 impl DecoderLayer {
-    fn borrowed(&self) -> candle_core::Result<Borrowed<impl Deref<Target = Storage> + '_>> {
+    fn borrowed(&self) -> candle_core::Result<Borrowed<'_>> {
         Ok(Borrowed {
             weights: self
                 .linears
                 .iter()
-                .map(|l| view(&l.weight))
+                .map(|l| weight_view(&l.weight))
                 .collect::<candle_core::Result<_>>()?,
             biases: self
                 .linears
@@ -311,7 +310,7 @@ impl DecoderLayer {
     }
 }
 
-impl<G: Deref<Target = Storage>> Borrowed<G> {
+impl Borrowed<'_> {
     fn tables(&self) -> Tables<'_> {
         Tables {
             cos: &self.cos,
@@ -321,7 +320,7 @@ impl<G: Deref<Target = Storage>> Borrowed<G> {
 
     /// Projection `i` of `layer`, its LoRA branch read from `pack`.
     fn projection<'a>(&'a self, layer: &DecoderLayer, i: usize, pack: &'a [f32]) -> Projection<'a> {
-        let weight: &[f32] = &self.weights[i];
+        let weight = self.weights[i].weight();
         let out = layer.linears[i].weight.dims().first().copied().unwrap_or(0);
         Projection {
             weight,

@@ -10,8 +10,11 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
 
-use super::matmul::{matmul_par, Mat};
-use super::view::{output, storage_slice, tensor, view};
+use super::matmul::{matmul, matmul_par, Mat};
+use half::bf16;
+
+use super::bf16_matmul;
+use super::view::{output, storage_slice, tensor, view, weight_view};
 use crate::error::Result;
 
 /// A LoRA branch: A [r, in], B [out, r] and the scale s.
@@ -33,11 +36,80 @@ pub(super) struct LoraSlices<'a> {
     pub scale: f32,
 }
 
+/// A frozen weight [out, in]: f32, or bf16 multiplied as it is (`bf16_matmul`).
+#[derive(Clone, Copy)]
+pub(super) enum Weight<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+impl<'a> Weight<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Weight::F32(w) => w.len(),
+            Weight::Bf16(w) => w.len(),
+        }
+    }
+
+    /// Rows `r0..r0 + n` of the weight, rows `cols` wide.
+    pub fn rows(self, r0: usize, n: usize, cols: usize) -> Weight<'a> {
+        match self {
+            Weight::F32(w) => Weight::F32(&w[r0 * cols..][..n * cols]),
+            Weight::Bf16(w) => Weight::Bf16(&w[r0 * cols..][..n * cols]),
+        }
+    }
+
+    /// `y += x·Wᵀ` for `x` [rows, in] and `y` [rows, out], on every thread (`parallel`) or
+    /// on the calling one.
+    pub fn forward(&self, x: &[f32], y: &mut [f32], dims: (usize, usize, usize), parallel: bool) {
+        let (rows, fan_in, out) = dims;
+        match *self {
+            Weight::F32(w) => {
+                let xm = Mat::rows(x, rows, fan_in, fan_in);
+                let wt = Mat::rows(w, out, fan_in, fan_in).t();
+                match parallel {
+                    true => matmul_par(y, out, xm, wt, 1.0, true),
+                    false => matmul(y, out, xm, wt, 1.0, true),
+                }
+            }
+            Weight::Bf16(w) => {
+                let packed = bf16_matmul::Packed::transposed(w, out, fan_in);
+                bf16_matmul::matmul(y, x, &packed, true, parallel)
+            }
+        }
+    }
+
+    /// `dx += g·W` for `g` [rows, out] and `dx` [rows, in], threads as for `forward`.
+    pub fn input_gradient(
+        &self,
+        g: &[f32],
+        dx: &mut [f32],
+        dims: (usize, usize, usize),
+        parallel: bool,
+    ) {
+        let (rows, fan_in, out) = dims;
+        match *self {
+            Weight::F32(w) => {
+                let gm = Mat::rows(g, rows, out, out);
+                let wm = Mat::rows(w, out, fan_in, fan_in);
+                match parallel {
+                    true => matmul_par(dx, fan_in, gm, wm, 1.0, true),
+                    false => matmul(dx, fan_in, gm, wm, 1.0, true),
+                }
+            }
+            Weight::Bf16(w) => {
+                let packed = bf16_matmul::Packed::plain(w, out, fan_in);
+                bf16_matmul::matmul(dx, g, &packed, true, parallel)
+            }
+        }
+    }
+}
+
 /// A frozen projection over borrowed elements: weight [out, in], bias [out] and a LoRA
 /// branch; the kernels of this op and of the fused decoder layer (`layer`).
 #[derive(Clone, Copy)]
 pub(super) struct Projection<'a> {
-    pub weight: &'a [f32],
+    pub weight: Weight<'a>,
     pub bias: Option<&'a [f32]>,
     pub lora: Option<LoraSlices<'a>>,
     pub fan_in: usize,
@@ -66,9 +138,7 @@ impl Projection<'_> {
     /// zeroed `y` skips OpenBLAS's zeroing, see `matmul`).
     pub fn add_forward_with(&self, x: &[f32], x_lora: &[f32], y: &mut [f32]) {
         let (rows, fan_in, out) = (self.rows(x), self.fan_in, self.out);
-        let xm = Mat::rows(x, rows, fan_in, fan_in);
-        let wm = Mat::rows(self.weight, out, fan_in, fan_in);
-        matmul_par(y, out, xm, wm.t(), 1.0, true);
+        self.weight.forward(x, y, (rows, fan_in, out), true);
         if let Some(l) = self.lora {
             let r = l.a.len() / fan_in.max(1);
             let mut u = vec![0.0f32; rows * r];
@@ -112,9 +182,8 @@ impl Projection<'_> {
     ) -> Option<(Vec<f32>, Vec<f32>)> {
         let (rows, fan_in, out) = (self.rows(x), self.fan_in, self.out);
         let gm = Mat::rows(g, rows, out, out);
-        let wm = Mat::rows(self.weight, out, fan_in, fan_in);
         if let Some(dx) = dx.as_deref_mut() {
-            matmul_par(dx, fan_in, gm, wm, 1.0, true);
+            self.weight.input_gradient(g, dx, (rows, fan_in, out), true);
         }
         let l = self.lora?;
         let xl = Mat::rows(dropped.map_or(x, |d| d.0), rows, fan_in, fan_in);
@@ -170,10 +239,10 @@ impl FrozenLinear {
         f: impl FnOnce(Projection) -> R,
     ) -> candle_core::Result<R> {
         let (out, fan_in) = self.weight.dims2()?;
-        let weight = view(&self.weight)?;
+        let weight = weight_view(&self.weight)?;
         let bias = self.bias.as_ref().map(view).transpose()?;
         Ok(f(Projection {
-            weight: &weight,
+            weight: weight.weight(),
             bias: bias.as_deref(),
             lora: lora.map(|(a, b)| LoraSlices {
                 a,

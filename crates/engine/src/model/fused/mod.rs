@@ -11,6 +11,7 @@
 //! tested against.
 
 pub mod attention;
+pub mod bf16_matmul;
 mod blas;
 pub mod cross_entropy;
 pub mod layer;

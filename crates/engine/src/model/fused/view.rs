@@ -7,16 +7,23 @@ use std::borrow::Cow;
 use std::ops::Deref;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Shape, Storage, StorageRef, Tensor};
 use half::{bf16, f16};
 
+use super::bf16_matmul;
+use super::linear::Weight;
+
 /// A CPU tensor's elements as f32: borrowed, or widened from half precision.
-pub enum Floats<G> {
-    Borrowed { guard: G, start: usize, len: usize },
+pub enum Floats<'a> {
+    Borrowed {
+        guard: StorageRef<'a>,
+        start: usize,
+        len: usize,
+    },
     Widened(Vec<f32>),
 }
 
-impl<G: Deref<Target = Storage>> Deref for Floats<G> {
+impl Deref for Floats<'_> {
     type Target = [f32];
 
     fn deref(&self) -> &[f32] {
@@ -32,7 +39,7 @@ impl<G: Deref<Target = Storage>> Deref for Floats<G> {
 }
 
 /// `t`'s elements as f32; `t` must be a contiguous f32, bf16 or f16 CPU tensor.
-pub fn view(t: &Tensor) -> candle_core::Result<Floats<impl Deref<Target = Storage> + '_>> {
+pub fn view(t: &Tensor) -> candle_core::Result<Floats<'_>> {
     let (guard, layout) = t.storage_and_layout();
     let Some((start, end)) = layout.contiguous_offsets() else {
         candle_core::bail!("fused op: expected a contiguous tensor")
@@ -46,6 +53,48 @@ pub fn view(t: &Tensor) -> candle_core::Result<Floats<impl Deref<Target = Storag
         Storage::Cpu(s) => Floats::Widened(widened(s, start, end)?),
         _ => candle_core::bail!("fused op: expected a CPU tensor"),
     })
+}
+
+/// A frozen weight's elements as the products take them: bf16 as stored where the CPU
+/// multiplies bf16 (`bf16_matmul::available`), else as f32.
+pub enum WeightView<'a> {
+    Bf16 {
+        guard: StorageRef<'a>,
+        start: usize,
+        len: usize,
+    },
+    Floats(Floats<'a>),
+}
+
+impl WeightView<'_> {
+    pub fn weight(&self) -> Weight<'_> {
+        match self {
+            WeightView::Bf16 { guard, start, len } => match &**guard {
+                Storage::Cpu(CpuStorage::BF16(v)) => Weight::Bf16(&v[*start..*start + *len]),
+                // `weight_view` borrows only bf16 CPU storage.
+                _ => Weight::Bf16(&[]),
+            },
+            WeightView::Floats(f) => Weight::F32(f),
+        }
+    }
+}
+
+/// `t`'s elements for [`Weight`]'s products; `t` must be a contiguous CPU tensor.
+pub fn weight_view(t: &Tensor) -> candle_core::Result<WeightView<'_>> {
+    let (guard, layout) = t.storage_and_layout();
+    if let (Storage::Cpu(CpuStorage::BF16(_)), Some((start, end)), true) = (
+        &*guard,
+        layout.contiguous_offsets(),
+        bf16_matmul::available(),
+    ) {
+        return Ok(WeightView::Bf16 {
+            guard,
+            start,
+            len: end - start,
+        });
+    }
+    drop(guard);
+    Ok(WeightView::Floats(view(t)?))
 }
 
 /// A custom op's input storage as f32 elements; it must be contiguous f32, bf16 or f16.

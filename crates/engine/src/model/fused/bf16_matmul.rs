@@ -1,0 +1,249 @@
+//! Matrix products with bf16 inputs and f32 accumulation on CPUs with AVX-512-BF16
+//! (`vdpbf16ps`: 32 bf16 products a cycle per core where an f32 FMA gives 16). They serve a
+//! bf16 model's frozen weights: no f32 copy of a weight, and the other operand (the
+//! activations or their gradient, f32 inside the fused kernels) rounded to bf16 as it is
+//! packed, as PyTorch's bf16 autocast rounds it. Elsewhere the weights are widened to f32
+//! and multiplied in f32 (`view`).
+//!
+//! `vdpbf16ps` adds `a[2i]·b[2i] + a[2i+1]·b[2i+1]` to f32 lane `i`, so both operands come
+//! as pairs of consecutive `k`: the left one row by row (a row of bf16 is its pairs), the
+//! right one packed in panels of 32 columns, pair after pair (`Packed`).
+
+use std::sync::OnceLock;
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Output columns per panel (two 16-lane registers) and rows per micro-kernel call: 8 × 2
+/// accumulators, two panel loads and a broadcast fit the 32 vector registers.
+const NR: usize = 32;
+const MR: usize = 8;
+
+/// Whether this CPU runs the kernels (AVX-512-BF16) and `PEFT_STUDIO_BF16_PRODUCTS` is not
+/// `off` (then bf16 weights are widened and multiplied in f32: for comparisons).
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let off = std::env::var("PEFT_STUDIO_BF16_PRODUCTS").is_ok_and(|v| v == "off");
+        !off && cpu_has_bf16()
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_has_bf16() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_has_bf16() -> bool {
+    false
+}
+
+/// The right operand `B` [k, n] of a product, in panels of `NR` columns: panel `p` holds, pair
+/// by pair of `k`, `NR` words of two bf16 (`B[2j][c]` low, `B[2j + 1][c]` high); columns
+/// past `n` and a row past an odd `k` are zeros.
+pub struct Packed {
+    k: usize,
+    n: usize,
+    pairs: usize,
+    words: Vec<u32>,
+}
+
+impl Packed {
+    fn build(k: usize, n: usize, at: impl Fn(usize, usize) -> u16 + Sync) -> Self {
+        let pairs = k.div_ceil(2);
+        let panels = n.div_ceil(NR);
+        let mut words = vec![0u32; panels * pairs * NR];
+        words
+            .par_chunks_mut(pairs * NR)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let cols = NR.min(n - p * NR);
+                for (j, pair) in panel.chunks_exact_mut(NR).enumerate() {
+                    let (k0, k1) = (2 * j, 2 * j + 1);
+                    for (c, w) in pair[..cols].iter_mut().enumerate() {
+                        let col = p * NR + c;
+                        let hi = if k1 < k { at(k1, col) } else { 0 };
+                        *w = at(k0, col) as u32 | (hi as u32) << 16;
+                    }
+                }
+            });
+        Self { k, n, pairs, words }
+    }
+
+    /// `B = Wᵀ` for `W` [n, k] row-major: `x·Wᵀ`, a linear layer's forward product. A row of
+    /// `W` is already its pairs: each lands, word by word, in its panel's column.
+    pub fn transposed(w: &[bf16], n: usize, k: usize) -> Self {
+        if k % 2 == 1 {
+            return Self::build(k, n, |r, c| w[c * k + r].to_bits());
+        }
+        let pairs = k / 2;
+        let mut words = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        words
+            .par_chunks_mut(pairs * NR)
+            .zip(w.par_chunks(NR * k))
+            .for_each(|(panel, rows)| {
+                for (c, row) in rows.chunks_exact(k).enumerate() {
+                    for (j, pair) in row.chunks_exact(2).enumerate() {
+                        panel[j * NR + c] =
+                            pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
+                    }
+                }
+            });
+        Self { k, n, pairs, words }
+    }
+
+    /// `B = W` for `W` [k, n] row-major: `g·W`, a linear layer's input gradient.
+    pub fn plain(w: &[bf16], k: usize, n: usize) -> Self {
+        Self::build(k, n, |r, c| w[r * n + c].to_bits())
+    }
+
+    fn panel(&self, p: usize) -> &[u32] {
+        &self.words[p * self.pairs * NR..][..self.pairs * NR]
+    }
+}
+
+/// `dst = a·B` (or `dst += a·B` when `accumulate`) for `a` [m, k] row-major f32 (rounded to
+/// bf16) and `dst` [m, n] row-major, rows split across rayon's threads (`parallel`) or on the
+/// calling one. Needs [`available`].
+pub fn matmul(dst: &mut [f32], a: &[f32], b: &Packed, accumulate: bool, parallel: bool) {
+    let (k, n) = (b.k, b.n);
+    let m = if k == 0 {
+        dst.len() / n.max(1)
+    } else {
+        a.len() / k
+    };
+    assert!(
+        a.len() == m * k && dst.len() == m * n && available(),
+        "bf16 matmul: bad operands"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let threads = if parallel {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
+    let per = m.div_ceil(threads).div_ceil(MR) * MR;
+    dst.par_chunks_mut(per * n)
+        .zip(a.par_chunks(per * k))
+        .for_each(|(d, a)| {
+            let rows = d.len() / n;
+            // SAFETY: `available` checked the CPU; the block's extents are its slices'.
+            unsafe { block(d, &a[..rows * k], rows, b, accumulate) }
+        });
+}
+
+/// One thread's rows: packed to bf16 (rows padded to `MR` with zeros), then every panel
+/// against every `MR` rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn block(dst: &mut [f32], a: &[f32], rows: usize, b: &Packed, accumulate: bool) {
+    use std::arch::x86_64::{__m512i, _mm512_cvtne2ps_pbh, _mm512_loadu_ps, _mm512_storeu_si512};
+    let (k, n, pairs) = (b.k, b.n, b.pairs);
+    let padded = rows.div_ceil(MR) * MR;
+    let mut packed = vec![0u32; padded * pairs];
+    for (row, out) in a.chunks_exact(k).zip(packed.chunks_exact_mut(pairs)) {
+        let mut j = 0;
+        while j + 32 <= k {
+            // SAFETY: 32 floats from `row[j..]`, 16 words into `out[j / 2..]`, in bounds.
+            unsafe {
+                let lo = _mm512_loadu_ps(row.as_ptr().add(j));
+                let hi = _mm512_loadu_ps(row.as_ptr().add(j + 16));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(out.as_mut_ptr().add(j / 2).cast(), v);
+            }
+            j += 32;
+        }
+        for (jj, w) in out.iter_mut().enumerate().skip(j / 2) {
+            let lo = bf16::from_f32(row[2 * jj]).to_bits() as u32;
+            let hi = row
+                .get(2 * jj + 1)
+                .map_or(0, |x| bf16::from_f32(*x).to_bits()) as u32;
+            *w = lo | hi << 16;
+        }
+    }
+    for p in 0..n.div_ceil(NR) {
+        let panel = b.panel(p);
+        let cols = NR.min(n - p * NR);
+        for r0 in (0..rows).step_by(MR) {
+            let a_rows = &packed[r0 * pairs..][..MR * pairs];
+            let live = MR.min(rows - r0);
+            let d = &mut dst[r0 * n + p * NR..];
+            // SAFETY: as for `block`; the tile's rows and columns lie within `dst`.
+            unsafe { tile(d, n, a_rows, panel, pairs, (live, cols), accumulate) }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn block(_: &mut [f32], _: &[f32], _: usize, _: &Packed, _: bool) {
+    unreachable!("bf16 products run only where `available`")
+}
+
+/// `MR` rows of packed `a` against one panel: the `live × cols` corner of the result stored
+/// into `dst` (rows `dst_rs` apart).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: &[u32],
+    panel: &[u32],
+    pairs: usize,
+    (live, cols): (usize, usize),
+    accumulate: bool,
+) {
+    use std::arch::x86_64::{
+        __m512bh, _mm512_add_ps, _mm512_dpbf16_ps, _mm512_loadu_si512, _mm512_mask_storeu_ps,
+        _mm512_maskz_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps,
+    };
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for j in 0..pairs {
+        // SAFETY: pair `j` of the panel is `NR` words at `j·NR`; row `i`'s word at `i·pairs + j`.
+        unsafe {
+            let b0: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(panel.as_ptr().add(j * NR).cast()));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(panel.as_ptr().add(j * NR + 16).cast()));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let x: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*a.get_unchecked(i * pairs + j) as i32));
+                acc[0] = _mm512_dpbf16_ps(acc[0], x, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], x, b1);
+            }
+        }
+    }
+    let masks = [lanes(cols.min(16)), lanes(cols.saturating_sub(16))];
+    for (i, acc) in acc.iter().enumerate().take(live) {
+        let row = &mut dst[i * dst_rs..];
+        for (h, (v, mask)) in acc.iter().zip(masks).enumerate() {
+            if mask == 0 {
+                continue;
+            }
+            // SAFETY: the mask covers only the tile's live columns of this row.
+            unsafe {
+                let ptr = row.as_mut_ptr().add(16 * h);
+                let v = if accumulate {
+                    _mm512_add_ps(*v, _mm512_maskz_loadu_ps(mask, ptr))
+                } else {
+                    *v
+                };
+                _mm512_mask_storeu_ps(ptr, mask, v);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn lanes(n: usize) -> u16 {
+    ((1u32 << n) - 1) as u16
+}
