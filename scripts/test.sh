@@ -37,6 +37,9 @@ cargo test "${release[@]}"
 PEFT_STUDIO_BLAS=off cargo test "${release[@]}" --test engine fused
 # The composed ops alone, as a GPU runs them (in f32 and bf16), on the engine's tests.
 PEFT_STUDIO_FUSED=off cargo test "${release[@]}" --test engine
+# bf16 through the fused kernels with its weights widened to f32, as on CPUs without
+# AVX-512-BF16 (where the CPU has it, the runs above multiply bf16 as it is).
+PEFT_STUDIO_BF16_PRODUCTS=off cargo test "${release[@]}" --test engine -- fused bf16
 # The fuzz targets survive their corpus and a few hundred mutations (fuzzing proper,
 # instrumented: fuzz/run).
 phase "fuzz smoke"

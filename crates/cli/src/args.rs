@@ -257,7 +257,7 @@ pub struct PlanArgs {
     /// With gradient checkpointing (layers recompute their activations in the backward pass).
     #[arg(long)]
     pub gradient_checkpointing: bool,
-    /// f32, or bf16 mixed precision (for GPUs).
+    /// f32, or bf16 mixed precision (GPUs, CPUs with AVX-512-BF16).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
 }
@@ -321,8 +321,8 @@ pub struct TrainArgs {
     /// (about a third more compute, far less memory for long sequences).
     #[arg(long)]
     pub gradient_checkpointing: bool,
-    /// f32, or bf16 mixed precision: bf16 weights and activations, f32 trained values (for
-    /// GPUs; slower than f32 on CPUs without bf16 units).
+    /// f32, or bf16 mixed precision: bf16 weights and activations, f32 trained values
+    /// (fastest on GPUs and CPUs with AVX-512-BF16; elsewhere about f32's speed).
     #[arg(long)]
     pub precision: Option<Precision>,
     /// Passes over the data.

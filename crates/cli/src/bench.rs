@@ -70,14 +70,19 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let steps = a.steps.max(1) as f64;
     let total = fwd + bwd + optim;
     println!(
-        "steps={} batch={} seq_len={} precision={} trainable_params={} device={} matmul={}",
+        "steps={} batch={} seq_len={} precision={} trainable_params={} device={} matmul={} bf16_products={}",
         a.steps,
         a.batch_size,
         a.seq_len,
         a.precision,
         vars.iter().map(|v| v.elem_count()).sum::<usize>(),
         peft_studio_app::launch::device_name(),
-        peft_studio_engine::model::fused::matmul_backend()
+        peft_studio_engine::model::fused::matmul_backend(),
+        if peft_studio_engine::model::fused::bf16_matmul::available() {
+            "avx512-bf16"
+        } else {
+            "widened"
+        }
     );
     println!(
         "step_s={:.4} forward_s={:.4} backward_s={:.4} optimizer_s={:.4}",

@@ -24,10 +24,11 @@ pub enum Precision {
     /// Everything in f32 (on the CPU through the fused kernels).
     #[default]
     F32,
-    /// Mixed precision for GPUs: the model's weights and activations in bf16 (half the
-    /// memory, the GPU's bf16 units), norms, softmax and the loss in f32, and the trained
-    /// values kept in f32 by the optimiser, which gives the model their rounding each step.
-    /// On a CPU without bf16 units it is slower than f32 (products widen to f32).
+    /// Mixed precision: the model's weights and activations in bf16 (half the memory, bf16
+    /// products on GPUs and on CPUs with AVX-512-BF16), norms, softmax and the loss in f32,
+    /// and the trained values kept in f32 by the optimiser, which gives the model their
+    /// rounding each step. On other CPUs the fused kernels widen bf16 to f32: about f32's
+    /// speed, with bf16's memory.
     Bf16,
 }
 

@@ -163,7 +163,7 @@ export async function newRun(root, params) {
           h("select", { name: "precision", onchange: (e) => { t.precision = e.target.value; } },
             h("option", { value: "f32", selected: (t.precision || "f32") === "f32" }, "f32"),
             h("option", { value: "bf16", selected: t.precision === "bf16" }, "bf16 mixed")),
-          h("small", {}, "bf16 mixed: half the model's memory and the GPU's bf16 units, trained values kept in f32; on a CPU slower than f32")))),
+          h("small", {}, "bf16 mixed: half the weights' memory, trained values kept in f32; fastest on GPUs and on CPUs with AVX-512-BF16, about f32's speed on other CPUs")))),
       h("div", { class: "params" },
         h("label", { class: "param" }, h("span", {}, "Run name"), h("input", { type: "text", id: "run-name", value: state.name, oninput: (e) => { state.name = e.target.value; } })),
         h("label", { class: "param" }, h("span", {}, "Device"),

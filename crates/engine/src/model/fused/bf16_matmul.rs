@@ -109,11 +109,7 @@ impl Packed {
 /// calling one. Needs [`available`].
 pub fn matmul(dst: &mut [f32], a: &[f32], b: &Packed, accumulate: bool, parallel: bool) {
     let (k, n) = (b.k, b.n);
-    let m = if k == 0 {
-        dst.len() / n.max(1)
-    } else {
-        a.len() / k
-    };
+    let m = a.len().checked_div(k).unwrap_or(dst.len() / n.max(1));
     assert!(
         a.len() == m * k && dst.len() == m * n && available(),
         "bf16 matmul: bad operands"
