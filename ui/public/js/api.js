@@ -1,6 +1,8 @@
 // The bridge to the Rust commands (src-tauri/src/commands). Errors arrive as
 // {message, hint}; `describeError` turns them into one line for the page.
 
+import { errorBox } from "./dom.js";
+
 const tauri = () => window.__TAURI__ && window.__TAURI__.core;
 
 export function available() {
@@ -28,25 +30,35 @@ export function describeError(e) {
 }
 
 // A native file or folder dialog, opened by the studio (which then accepts the pick in
-// its commands); resolves to the chosen path, or null when cancelled or unavailable.
+// its commands); resolves to the chosen path, or null when cancelled or unavailable, and
+// rejects with the backend's error when the dialog could not be shown.
 export async function pickPath({ directory = false, save = false, filters = [], defaultPath } = {}) {
   if (!available()) return null;
   const options = { directory, save, filters, defaultPath: defaultPath || null };
-  const picked = await invoke("choose_path", { options }).catch(() => null);
+  const picked = await invoke("choose_path", { options });
   return typeof picked === "string" ? picked : null;
 }
 
-// A "Browse…" button that fills `input` from a dialog.
+// A "Browse…" button that fills `input` from a dialog; a dialog that fails says why next to
+// the button.
 export function browseButton(input, options, label = "Browse…") {
   const b = document.createElement("button");
   b.type = "button";
   b.textContent = label;
+  let failure = null;
   b.addEventListener("click", async () => {
-    const p = await pickPath({ defaultPath: input.value || undefined, ...options });
-    if (p) {
-      input.value = p;
-      input.dispatchEvent(new Event("input", { bubbles: true }));
-      input.dispatchEvent(new Event("change", { bubbles: true }));
+    failure?.remove();
+    failure = null;
+    try {
+      const p = await pickPath({ defaultPath: input.value || undefined, ...options });
+      if (p) {
+        input.value = p;
+        input.dispatchEvent(new Event("input", { bubbles: true }));
+        input.dispatchEvent(new Event("change", { bubbles: true }));
+      }
+    } catch (e) {
+      failure = errorBox(`The file dialog failed: ${describeError(e)}`);
+      b.after(failure);
     }
   });
   return b;
