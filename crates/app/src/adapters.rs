@@ -49,13 +49,17 @@ pub struct ImportedAdapter {
     pub warnings: Vec<String>,
 }
 
+/// The weights files an adapter folder may hold: PEFT's, then the adapters library's.
+pub(crate) const WEIGHTS_FILES: [&str; 2] = ["adapter_model.safetensors", "adapter.safetensors"];
+
+/// The first of `names` that is a file in `dir`.
+pub(crate) fn first_file(dir: &Path, names: &[&str]) -> Option<PathBuf> {
+    names.iter().map(|f| dir.join(f)).find(|p| p.is_file())
+}
+
 /// The weights file of an adapter folder, or why there is none usable.
 fn weights_file(dir: &Path) -> Result<PathBuf> {
-    if let Some(w) = ["adapter_model.safetensors", "adapter.safetensors"]
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.is_file())
-    {
+    if let Some(w) = first_file(dir, &WEIGHTS_FILES) {
         return Ok(w);
     }
     let pickled = ["adapter_model.bin", "pytorch_adapter.bin"]

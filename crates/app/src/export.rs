@@ -10,6 +10,7 @@ use peft_studio_engine::run::{self, RunConfig};
 use peft_studio_engine::train::checkpoint;
 use peft_studio_engine::EngineError;
 
+use crate::adapters::{first_file, WEIGHTS_FILES};
 use crate::error::{AppError, Result};
 
 /// What to export.
@@ -98,15 +99,10 @@ pub fn export_checkpoint(checkpoint: &Path, format: ExportFormat, out: &Path) ->
 
 /// Records the adapter folder `dir` (a run's own, or an export) as the run's.
 pub fn record_adapter(catalog: &Catalog, run_id: i64, cfg: &RunConfig, dir: &Path) -> Result<()> {
-    let weights = [
-        "adapter_model.safetensors",
-        "adapter.safetensors",
-        "trained.safetensors",
-    ]
-    .iter()
-    .map(|f| dir.join(f))
-    .find(|p| p.is_file())
-    .ok_or_else(|| AppError::Invalid(format!("{}: holds no adapter weights", dir.display())))?;
+    // A full or freeze run's own folder holds its trained weights instead.
+    let weights = first_file(dir, &WEIGHTS_FILES)
+        .or_else(|| first_file(dir, &["trained.safetensors"]))
+        .ok_or_else(|| AppError::Invalid(format!("{}: holds no adapter weights", dir.display())))?;
     let (sha256, size_bytes) = peft_studio_engine::hash::sha256_file(&weights)?;
     catalog.add_adapter(&NewAdapter {
         run_id: Some(run_id),

@@ -18,6 +18,7 @@ fn write_via_temp(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    remove_stale_temps(dir, &name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| EngineError::io(path, e))?;
@@ -33,6 +34,29 @@ fn write_via_temp(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> Result<(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Removes the temporary files that writers of `dir/name` killed mid-write left (a process
+/// that is gone cannot rename or remove its own). Where processes cannot be looked up (no
+/// `/proc`), nothing is removed.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let proc = Path::new("/proc");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    if !proc.is_dir() {
+        return;
+    }
+    let prefix = format!(".{name}.tmp-");
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let pid = file.to_str().and_then(|f| f.strip_prefix(&prefix));
+        if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok()) {
+            if !proc.join(pid).exists() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }
 
 /// Writes `bytes` to `path` atomically (see [`write_via_temp`]).
@@ -121,4 +145,35 @@ pub fn write_safetensors_streaming(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_atomic;
+
+    /// A writer killed mid-write leaves `.name.tmp-<pid>`; the next write of that file removes
+    /// it, and leaves a live writer's (pid 1 always runs) and other files' alone.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_killed_writers_temporary_file_goes_with_the_next_write() -> crate::error::Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| crate::error::EngineError::io("tempdir", e))?;
+        let d = dir.path();
+        let put = |name: &str| std::fs::write(d.join(name), b"half").map(|_| d.join(name));
+        let dead = put(".a.safetensors.tmp-4294967295")
+            .map_err(|e| crate::error::EngineError::io(d, e))?;
+        let live = put(".a.safetensors.tmp-1").map_err(|e| crate::error::EngineError::io(d, e))?;
+        let other = put(".b.safetensors.tmp-4294967295")
+            .map_err(|e| crate::error::EngineError::io(d, e))?;
+        write_atomic(&d.join("a.safetensors"), b"whole")?;
+        assert!(!dead.exists(), "a dead writer's file stays");
+        assert!(
+            live.exists() && other.exists(),
+            "a live writer's or another file's went"
+        );
+        assert_eq!(
+            std::fs::read(d.join("a.safetensors")).ok().as_deref(),
+            Some(&b"whole"[..])
+        );
+        Ok(())
+    }
 }

@@ -246,10 +246,7 @@ fn adapter_activations(
         MethodKind::Lora => {
             let r = method.r as f64;
             let dropout = method.lora_dropout > 0.0;
-            // The fused linear keeps nothing of its LoRA branch (it recomputes x·Aᵀ).
-            if fused && !dropout && !method.use_dora {
-                return Ok(0.0);
-            }
+            // On the fused kernels only DoRA gets here (plain LoRA runs fused layers).
             // Dropout's mask, dropped input and their gradients (measured: 6 inputs' worth
             // per target next to the fused base product).
             let dropout_inputs = if fused { 6.0 } else { 2.0 };
