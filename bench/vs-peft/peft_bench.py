@@ -1,8 +1,12 @@
 """One PyTorch + PEFT training benchmark, printed as `key=value` lines like the studio's
 `bench` command: the same synthetic tokens, config, optimiser and timing split.
 
-    python peft_bench.py --model DIR --r 8 --targets q_proj,k_proj,v_proj,o_proj \
-        --batch-size 4 --seq-len 256 --steps 5 --threads 2 [--device cuda] [--dtype bf16]
+    python peft_bench.py --model DIR [--method lora|dora|ia3|prompt-tuning|prefix-tuning|full]
+        --r 8 --targets q_proj,k_proj,v_proj,o_proj --batch-size 4 --seq-len 256 --steps 5
+        --threads 2 [--device cuda] [--dtype bf16]
+
+The LoRA flags (`--r`, `--targets`) apply to lora and dora; IA3 takes PEFT's default
+modules, prompt and prefix tuning 20 virtual tokens: the studio's defaults for the same.
 """
 import argparse
 import resource
@@ -10,12 +14,30 @@ import time
 
 import torch
 import transformers as tf
-from peft import LoraConfig, get_peft_model
+from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+METHODS = ["lora", "dora", "ia3", "prompt-tuning", "prefix-tuning", "full"]
+VIRTUAL_TOKENS = 20
+
+
+def peft_config(a):
+    """The PEFT config of `--method`, or None for full fine-tuning."""
+    targets = "all-linear" if a.targets == "all-linear" else a.targets.split(",")
+    if a.method in ("lora", "dora"):
+        return LoraConfig(r=a.r, lora_alpha=2 * a.r, target_modules=targets, use_dora=a.method == "dora", task_type="CAUSAL_LM")
+    if a.method == "ia3":
+        return IA3Config(task_type="CAUSAL_LM")
+    if a.method == "prompt-tuning":
+        return PromptTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS, task_type="CAUSAL_LM")
+    if a.method == "prefix-tuning":
+        return PrefixTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS, task_type="CAUSAL_LM")
+    return None
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
+    p.add_argument("--method", default="lora", choices=METHODS)
     p.add_argument("--r", type=int, default=8)
     p.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
     p.add_argument("--batch-size", type=int, default=4)
@@ -28,8 +50,9 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = tf.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32).to(a.device)
-    targets = "all-linear" if a.targets == "all-linear" else a.targets.split(",")
-    model = get_peft_model(model, LoraConfig(r=a.r, lora_alpha=2 * a.r, target_modules=targets, task_type="CAUSAL_LM"))
+    config = peft_config(a)
+    if config is not None:
+        model = get_peft_model(model, config)
     model.train()
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4, weight_decay=0.0)
     vocab = model.config.vocab_size
@@ -57,7 +80,7 @@ def main():
     n = a.batch_size * a.seq_len
     total = fwd + bwd + optim
     trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
-    print(f"steps={a.steps} batch={a.batch_size} seq_len={a.seq_len} trainable_params={trainable}")
+    print(f"steps={a.steps} batch={a.batch_size} seq_len={a.seq_len} method={a.method} trainable_params={trainable}")
     s = a.steps
     print(f"step_s={total / s:.4f} forward_s={fwd / s:.4f} backward_s={bwd / s:.4f} optimizer_s={optim / s:.4f}")
     print(f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
