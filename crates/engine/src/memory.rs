@@ -150,11 +150,18 @@ pub fn estimate(
             per_layer += adapter_activations(cfg, method, n, true)?;
             FUSED_ACTIVATION_FACTOR * (per_layer * layers + 2.0 * n * d) * elem as f64
         };
-        // The fused head keeps the hidden states' gradient and a chunk of logits per thread.
-        let head = if head_is_trained(cfg, method)? {
-            LOSS_HEAD_TENSORS * n * vocab * 4.0
-        } else {
-            (n * d + FUSED_HEAD_ROWS * vocab) * 4.0 + widened(vocab * d)
+        // The fused head keeps the hidden states' gradient and a chunk of logits per thread,
+        // and for a trained head its weight's gradient; an adapted head composes its logits.
+        let head = match head_role(cfg, method)? {
+            HeadRole::Adapted => LOSS_HEAD_TENSORS * n * vocab * 4.0,
+            role => {
+                let weight_grad = if role == HeadRole::Trained {
+                    vocab * d * 4.0
+                } else {
+                    0.0
+                };
+                (n * d + FUSED_HEAD_ROWS * vocab) * 4.0 + widened(vocab * d) + weight_grad
+            }
         };
         (acts as u64, head as u64)
     } else {
@@ -211,23 +218,39 @@ fn runs_fused_layers(cfg: &LlamaConfig, method: &MethodConfig) -> Result<bool> {
     })
 }
 
-/// Whether the method trains or adapts `lm_head` (or the embeddings tied to it): then the
-/// loss head is computed whole, not by the fused kernel.
-fn head_is_trained(cfg: &LlamaConfig, method: &MethodConfig) -> Result<bool> {
+/// What the method does to `lm_head` (or the embeddings tied to it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HeadRole {
+    Frozen,
+    /// Its weight trained (full fine-tuning, freeze): the fused loss also gives its gradient.
+    Trained,
+    /// A LoRA or IA³ adapter on it: the loss head is computed whole, not by the fused kernel.
+    Adapted,
+}
+
+fn head_role(cfg: &LlamaConfig, method: &MethodConfig) -> Result<HeadRole> {
     let head = |name: &str| {
         name == "lm_head"
             || name.starts_with("lm_head.")
             || (cfg.tie_word_embeddings && name.contains("embed_tokens"))
     };
-    Ok(match method.kind {
-        MethodKind::Full => true,
-        MethodKind::Freeze => method.trainable_modules.iter().any(|m| head(m)),
-        MethodKind::Lora => method
-            .lora_targets(cfg)?
-            .iter()
-            .any(|(name, ..)| head(name)),
-        MethodKind::Ia3 => method.ia3_targets(cfg)?.iter().any(|(name, ..)| head(name)),
-        _ => false,
+    let (trained, adapted) = match method.kind {
+        MethodKind::Full => (true, false),
+        MethodKind::Freeze => (method.trainable_modules.iter().any(|m| head(m)), false),
+        MethodKind::Lora => {
+            let targets = method.lora_targets(cfg)?;
+            (false, targets.iter().any(|(name, ..)| head(name)))
+        }
+        MethodKind::Ia3 => {
+            let targets = method.ia3_targets(cfg)?;
+            (false, targets.iter().any(|(name, ..)| head(name)))
+        }
+        _ => (false, false),
+    };
+    Ok(match (trained, adapted) {
+        (_, true) => HeadRole::Adapted,
+        (true, false) => HeadRole::Trained,
+        (false, false) => HeadRole::Frozen,
     })
 }
 

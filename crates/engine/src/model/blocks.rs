@@ -76,8 +76,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
 }
 
 /// Mean masked cross-entropy of `lm_head`'s logits for `hidden` [n, h] (see
-/// `ops::masked_cross_entropy`). `head` is the head's frozen weight [vocab, h] when the
-/// fused loss may compute the logits itself, chunk by chunk; `logits` computes them whole.
+/// `ops::masked_cross_entropy`). `head` is the head's weight [vocab, h] (frozen or trained)
+/// when the fused loss may compute the logits itself, chunk by chunk; `logits` computes them
+/// whole.
 pub fn head_loss(
     hidden: &Tensor,
     head: Option<&Tensor>,

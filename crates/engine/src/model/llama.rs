@@ -451,13 +451,11 @@ impl LlamaModel {
         let (b, t, hidden) = h.dims3()?;
         let h = h.reshape((b * t, hidden))?;
         let head = &self.lm_head;
-        let frozen = head.lora.is_none()
-            && head.ia3.is_none()
-            && head.bias.is_none()
-            && !head.weight.is_variable();
+        // A plain head, frozen or trained; adapted heads compose their logits.
+        let plain = head.lora.is_none() && head.ia3.is_none() && head.bias.is_none();
         blocks::head_loss(
             &h,
-            frozen.then_some(&head.weight),
+            plain.then_some(&head.weight),
             |h| head.forward(h, ctx),
             &targets.flatten_all()?,
             &weights.flatten_all()?,

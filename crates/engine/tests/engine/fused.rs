@@ -251,6 +251,32 @@ fn lm_head_cross_entropy_matches_its_composition() {
     assert!(err.contains("outside the model's vocabulary"), "{err}");
 }
 
+/// A trained head (full fine-tuning, a freeze run training the head): the fused loss also
+/// gives the head weight's gradient, summed over chunks and vocabulary slices.
+#[test]
+fn trained_lm_head_cross_entropy_matches_its_composition() {
+    let (n, h, vocab) = (300, 16, 70);
+    let mut rng = SplitMix64::new(12);
+    let targets: Vec<u32> = (0..n)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect();
+    let weights: Vec<f32> = (0..n).map(|i| if i % 4 == 0 { 0.0 } else { 1.0 }).collect();
+    let targets = Tensor::from_vec(targets, n, &Device::Cpu).unwrap();
+    let weights = Tensor::from_vec(weights, n, &Device::Cpu).unwrap();
+    let inputs = [input(&[n, h], 13), input(&[vocab, h], 14)];
+    check(
+        "trained lm head",
+        &inputs,
+        &|t| {
+            let whole = |x: &Tensor| Ok(x.matmul(&t[1].t()?)?);
+            blocks::head_loss(&t[0], Some(&t[1]), whole, &targets, &weights)
+                .unwrap()
+                .0
+        },
+        1e-5,
+    );
+}
+
 #[test]
 fn frozen_linear_with_lora_matches_its_composition() {
     let (fan_in, out, r) = (12, 10, 3);

@@ -5,13 +5,16 @@
 //! a 49k vocabulary. Here each chunk of rows gets its logits, its loss and, while the logits
 //! are at hand, its gradient with respect to the hidden states; only that gradient
 //! [tokens, hidden] is kept for the backward pass. Rows whose loss weight is 0 (prompt and
-//! padding tokens) are skipped altogether. The head's weight must be frozen.
+//! padding tokens) are skipped altogether. A trained head's weight (full fine-tuning, or a
+//! freeze run that trains the head or the embeddings tied to it) gets its gradient the same
+//! way, summed chunk by chunk into one [vocabulary, hidden] buffer.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::linear::Weight;
 use super::math;
+use super::matmul::{matmul, Mat};
 use super::view::{output, tensor, view, weight_view};
 use crate::error::{EngineError, Result};
 
@@ -20,10 +23,19 @@ use crate::error::{EngineError, Result};
 /// 256 rows 59) and pack the head's weight more often.
 const ROWS: usize = 256;
 
-/// The loss, with the hidden states' gradient computed alongside it.
+/// The loss, with the hidden states' and (when trained) the head weight's gradients
+/// computed alongside it.
 struct HeadLoss {
     loss: f32,
     grad: Option<Tensor>,
+    weight_grad: Option<Tensor>,
+}
+
+/// `g` (a gradient of the loss) scaled by the loss's own gradient `grad`.
+fn scaled(g: &Option<Tensor>, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    g.as_ref()
+        .map(|g| g.broadcast_mul(&grad.to_dtype(g.dtype())?))
+        .transpose()
 }
 
 impl CustomOp1 for HeadLoss {
@@ -36,10 +48,33 @@ impl CustomOp1 for HeadLoss {
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        match &self.grad {
-            Some(g) => Ok(Some(g.broadcast_mul(&grad.to_dtype(g.dtype())?)?)),
-            None => Ok(None),
-        }
+        scaled(&self.grad, grad)
+    }
+}
+
+impl CustomOp2 for HeadLoss {
+    fn name(&self) -> &'static str {
+        "fused-trained-lm-head-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok(output(vec![self.loss], (), DType::F32))
+    }
+
+    fn bwd(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((scaled(&self.grad, grad)?, scaled(&self.weight_grad, grad)?))
     }
 }
 
@@ -93,10 +128,12 @@ impl Slice {
     }
 }
 
-/// One chunk's loss sum and, when asked, its rows' gradients [rows, hidden]. The
-/// vocabulary is split into one slice per thread, so each thread packs only its slice of
-/// the head's weight (113 MB for SmolLM2, packed anew by every product) and the gradient's
-/// product sums over the slices.
+/// One chunk's loss sum and, when asked, its rows' gradients [rows, hidden], with the head
+/// weight's gradient added into `dw` [vocab, hidden] when given. The vocabulary is split
+/// into one slice per thread, so each thread packs only its slice of the head's weight
+/// (113 MB for SmolLM2, packed anew by every product), writes only its rows of `dw`, and
+/// the hidden states' gradient sums over the slices.
+#[allow(clippy::too_many_arguments)]
 fn chunk(
     rows: &[usize],
     h: &[f32],
@@ -105,6 +142,7 @@ fn chunk(
     targets: &[u32],
     weights: &[f32],
     grad_scale: Option<f32>,
+    dw: Option<&mut [f32]>,
 ) -> (f64, Vec<f32>) {
     let c = rows.len();
     let mut hc = vec![0.0f32; c * hidden];
@@ -142,16 +180,33 @@ fn chunk(
     let Some(grad_scale) = grad_scale else {
         return (loss, Vec::new());
     };
+    let mut dw_slices: Vec<Option<&mut [f32]>> = match dw {
+        Some(dw) => dw.chunks_mut(width * hidden).map(Some).collect(),
+        None => slices.iter().map(|_| None).collect(),
+    };
     let dh = slices
         .par_iter_mut()
         .zip(&factors)
-        .map(|(s, f)| {
+        .zip(dw_slices.par_iter_mut())
+        .map(|((s, f), dw)| {
             for (i, row) in s.logits.chunks_exact_mut(s.width).enumerate() {
                 row.iter_mut().for_each(|x| *x *= f[i]);
                 let t = chunk_targets[i];
                 if (s.v0..s.v0 + s.width).contains(&t) {
                     row[t - s.v0] -= weights[rows[i]] * grad_scale;
                 }
+            }
+            // dW[v0 + j] += Σ_i dlogits[i, j] · hc[i].
+            if let Some(dw) = dw {
+                let g = Mat::rows(&s.logits, c, s.width, s.width);
+                matmul(
+                    dw,
+                    hidden,
+                    g.t(),
+                    Mat::rows(&hc, c, hidden, hidden),
+                    1.0,
+                    true,
+                );
             }
             let mut dh = vec![0.0f32; c * hidden];
             let slice = w.rows(s.v0, s.width, hidden);
@@ -169,7 +224,7 @@ fn chunk(
 }
 
 /// Mean cross-entropy of the logits `hidden·weightᵀ` (`hidden` [n, h], `weight` [vocab, h],
-/// frozen) against `targets` [n] (u32), over the positions whose `weights` [n] entry is not
+/// frozen or trained) against `targets` [n] (u32), over the positions whose `weights` [n] entry is not
 /// 0, each counted with its weight: the value of `ops::masked_cross_entropy` on the logits.
 /// Returns `(loss, counted positions)`.
 pub fn lm_head_cross_entropy(
@@ -193,7 +248,9 @@ pub fn lm_head_cross_entropy(
     let hidden_c = hidden.contiguous()?;
     let weight_c = weight.contiguous()?;
     let (hs, ws) = (view(&hidden_c)?, weight_view(&weight_c)?);
-    let grad_scale = hidden.track_op().then_some(1.0 / count.max(1.0) as f32);
+    let train_head = weight.track_op();
+    let grad_scale = (hidden.track_op() || train_head).then_some(1.0 / count.max(1.0) as f32);
+    let mut dw = train_head.then(|| vec![0.0f32; vocab * h]);
     let parts: Vec<(f64, Vec<f32>)> = active
         .chunks(ROWS)
         .map(|rows| {
@@ -205,11 +262,12 @@ pub fn lm_head_cross_entropy(
                 &targets,
                 &weights,
                 grad_scale,
+                dw.as_deref_mut(),
             )
         })
         .collect();
     let loss = parts.iter().map(|(l, _)| l).sum::<f64>() / count.max(1.0);
-    let grad = match grad_scale {
+    let grad = match grad_scale.filter(|_| hidden.track_op()) {
         Some(_) => {
             let mut dh = vec![0.0f32; n * h];
             for (rows, (_, part)) in active.chunks(ROWS).zip(&parts) {
@@ -225,6 +283,12 @@ pub fn lm_head_cross_entropy(
     let op = HeadLoss {
         loss: loss as f32,
         grad,
+        weight_grad: dw.map(|dw| tensor(dw, &weight_c)).transpose()?,
     };
-    Ok((hidden_c.apply_op1(op)?, count))
+    let loss = if train_head {
+        hidden_c.apply_op2(&weight_c, op)?
+    } else {
+        hidden_c.apply_op1(op)?
+    };
+    Ok((loss, count))
 }
