@@ -70,6 +70,19 @@ impl AdamW {
 
     /// One update of every variable with its gradient `grads[i]` at learning rate `lr`.
     pub fn step(&mut self, vars: &[&Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        self.step_scaled(vars, grads, lr, 1.0)
+    }
+
+    /// [`Self::step`] with every gradient multiplied by `scale` (the mean over accumulated
+    /// micro-batches and the clipping factor, applied here rather than by scaled copies of
+    /// the gradients, which would take as much memory again as the gradients).
+    pub fn step_scaled(
+        &mut self,
+        vars: &[&Var],
+        grads: &[Tensor],
+        lr: f64,
+        scale: f64,
+    ) -> Result<()> {
         self.t += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let c1 = 1.0 - b1.powi(self.t as i32);
@@ -82,6 +95,7 @@ impl AdamW {
             eps: self.eps,
             lr,
             decay: 1.0 - lr * self.weight_decay,
+            scale,
         };
         for (i, (var, g)) in vars.iter().zip(grads).enumerate() {
             let g = g.to_dtype(wide(var.dtype()))?;
@@ -89,6 +103,7 @@ impl AdamW {
             let (m, v, next) = match fused_update(&value, &g, &self.m[i], &self.v[i], &k)? {
                 Some(updated) => updated,
                 None => {
+                    let g = if scale == 1.0 { g } else { (g * scale)? };
                     let m = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
                     let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
                     let denom = ((&v / c2)?.sqrt()? + self.eps)?;
@@ -115,6 +130,8 @@ struct Coefficients {
     eps: f64,
     lr: f64,
     decay: f64,
+    /// The factor every gradient is multiplied by first.
+    scale: f64,
 }
 
 /// The new first and second moments and value of one variable in one pass over its elements
@@ -157,6 +174,7 @@ fn fused_update(
     let f = |x: f64| x as f32;
     let (b1, nb1, b2, nb2) = (f(k.b1), f(1.0 - k.b1), f(k.b2), f(1.0 - k.b2));
     let (ic1, ic2, eps, lr, decay) = (f(1.0 / k.c1), f(1.0 / k.c2), f(k.eps), f(k.lr), f(k.decay));
+    let scale = f(k.scale);
     let n = p.len();
     let (mut m2, mut v2, mut next) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
     const CHUNK: usize = 1 << 16;
@@ -167,7 +185,14 @@ fn fused_update(
         .for_each(|(c, ((next, m2), v2))| {
             let o = c * CHUNK;
             for j in 0..next.len() {
-                let (gi, i) = (g[o + j], o + j);
+                let (gi, i) = (
+                    if k.scale == 1.0 {
+                        g[o + j]
+                    } else {
+                        g[o + j] * scale
+                    },
+                    o + j,
+                );
                 let mi = m[i] * b1 + gi * nb1;
                 let vi = v[i] * b2 + (gi * gi) * nb2;
                 let update = (mi * ic1) / ((vi * ic2).sqrt() + eps);
@@ -192,15 +217,30 @@ pub fn collect_grads(vars: &[&Var], store: &GradStore) -> Result<Vec<Tensor>> {
         .collect()
 }
 
-/// The global L2 norm of `grads`.
+/// The global L2 norm of `grads`, summed in f64 (an f32 CPU gradient read in place rather
+/// than widened into an f64 copy twice its size).
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
+    use candle_core::{CpuStorage, Storage};
     let mut total = 0.0f64;
     for g in grads {
-        total += g
-            .to_dtype(candle_core::DType::F64)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f64>()?;
+        let g = g.contiguous()?;
+        let in_place = {
+            let (storage, layout) = g.storage_and_layout();
+            match (&*storage, layout.contiguous_offsets()) {
+                (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => {
+                    Some(v[a..b].iter().map(|&x| x as f64 * x as f64).sum::<f64>())
+                }
+                _ => None,
+            }
+        };
+        total += match in_place {
+            Some(sum) => sum,
+            None => g
+                .to_dtype(candle_core::DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?,
+        };
     }
     Ok(total.sqrt())
 }

@@ -202,23 +202,15 @@ impl<'a> Trainer<'a> {
                     .collect::<candle_core::Result<_>>()?,
             });
         }
-        let mut grads = grads.unwrap_or_default();
-        if accum > 1 {
-            grads = grads
-                .iter()
-                .map(|g| g / accum as f64)
-                .collect::<candle_core::Result<_>>()?;
-        }
-        let grad_norm = global_norm(&grads)?;
+        let grads = grads.unwrap_or_default();
+        // The mean over micro-batches and the clipping factor, applied by the optimiser.
+        let mut scale = 1.0 / accum as f64;
+        let grad_norm = global_norm(&grads)? * scale;
         if self.cfg.max_grad_norm > 0.0 && grad_norm > self.cfg.max_grad_norm {
-            let coef = self.cfg.max_grad_norm / (grad_norm + 1e-6);
-            grads = grads
-                .iter()
-                .map(|g| g * coef)
-                .collect::<candle_core::Result<_>>()?;
+            scale *= self.cfg.max_grad_norm / (grad_norm + 1e-6);
         }
         let lr = self.cfg.lr_at(self.step, total);
-        self.opt.step(&vars, &grads, lr)?;
+        self.opt.step_scaled(&vars, &grads, lr, scale)?;
         self.step += 1;
         self.tokens_seen += tokens as u64;
         let loss = loss_sum / accum as f64;

@@ -46,8 +46,8 @@ fn master_values_keep_updates_bf16_rounds_away() {
 }
 
 /// AdamW against `torch.optim.AdamW`'s algorithm computed in f64, over steps with weight
-/// decay: the one-pass update on the CPU (and, under `PEFT_STUDIO_FUSED=off`, the composed
-/// one) within f32's rounding.
+/// decay and, every other step, gradients scaled (a clipping factor): the one-pass update on
+/// the CPU (and, under `PEFT_STUDIO_FUSED=off`, the composed one) within f32's rounding.
 #[test]
 fn adamw_follows_torchs_algorithm() {
     let dev = Device::Cpu;
@@ -68,10 +68,11 @@ fn adamw_follows_torchs_algorithm() {
             .map(|i| (((i * 13 + t * 7) % 29) as f32 - 14.0) / 7.0)
             .collect();
         let gt = Tensor::from_vec(g.clone(), n, &dev).unwrap();
-        opt.step(&[&var], &[gt], lr).unwrap();
+        let scale = if t % 2 == 0 { 0.25 } else { 1.0 };
+        opt.step_scaled(&[&var], &[gt], lr, scale).unwrap();
         let (c1, c2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
         for i in 0..n {
-            let gi = g[i] as f64;
+            let gi = (g[i] * scale as f32) as f64;
             p[i] *= 1.0 - lr * wd;
             m[i] = b1 * m[i] + (1.0 - b1) * gi;
             v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;

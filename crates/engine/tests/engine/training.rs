@@ -44,6 +44,49 @@ fn train_losses_in(method: MethodConfig, lr: f64, steps: usize, precision: Preci
     rec.losses()
 }
 
+/// Clipping reaches the optimiser (as a factor on every gradient): clipped to a norm far
+/// below AdamW's epsilon, updates vanish and the loss stays where it was; unclipped, with
+/// two micro-batches per step, it falls.
+#[test]
+fn clipping_and_accumulation_reach_the_optimiser() {
+    let losses = |max_grad_norm: f64| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = tiny_model(dir.path(), &TinySpec::default());
+        let data = memorisable_dataset(dir.path());
+        let train = TrainConfig {
+            lr: 1e-2,
+            max_steps: Some(20),
+            batch_size: 2,
+            grad_accum: 2,
+            seq_len: 64,
+            max_grad_norm,
+            schedule: Schedule::Constant,
+            ..Default::default()
+        };
+        let method = lora_method(8, "q_proj,k_proj,v_proj,o_proj,lm_head");
+        let cfg = run_config(dir.path(), model, data, method, train);
+        let p = prepare(&cfg).expect("prepare");
+        let mut trainer = Trainer::new(&p.model, p.trainables, cfg.train.clone(), p.train, p.val)
+            .expect("trainer");
+        let mut rec = Recorder::default();
+        trainer
+            .run(&mut rec, &AtomicBool::new(false), None)
+            .expect("train");
+        rec.losses()
+    };
+    let (free, clipped) = (losses(0.0), losses(1e-12));
+    let change = |l: &[f64]| (l[l.len() - 1] - l[0]).abs() / l[0];
+    eprintln!("unclipped {free:?}\nclipped {clipped:?}");
+    assert!(
+        change(&free) > 0.2,
+        "unclipped, the loss barely moved: {free:?}"
+    );
+    assert!(
+        change(&clipped) < 0.01,
+        "clipped to 1e-12, the loss moved: {clipped:?}"
+    );
+}
+
 fn assert_memorises(kind: &str, losses: &[f64]) {
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     let trace: Vec<String> = losses
