@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::fsutil::{safetensors_bytes, write_atomic};
+use crate::fsutil::{write_atomic, write_safetensors_streaming};
 use crate::model::load::read_safetensors;
 
 /// `state.json` of a checkpoint.
@@ -60,14 +60,17 @@ pub fn save(
         .zip(m.iter().zip(v))
         .flat_map(|((n, _), (m, v))| [(format!("m.{n}"), m.clone()), (format!("v.{n}"), v.clone())])
         .collect();
-    write_atomic(
-        &tmp.join("params.safetensors"),
-        &safetensors_bytes(params, None)?,
-    )?;
-    write_atomic(
-        &tmp.join("optimizer.safetensors"),
-        &safetensors_bytes(&moments, None)?,
-    )?;
+    // Streamed tensor by tensor (in f32, as the optimiser keeps them): a whole file in
+    // memory would be as large again as the moments, the run's peak for full fine-tuning.
+    let stream = |name: &str, tensors: &[(String, Tensor)]| {
+        let shapes: Vec<(String, Vec<usize>)> = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+            .collect();
+        write_safetensors_streaming(&tmp.join(name), &shapes, |i| Ok(tensors[i].1.clone()))
+    };
+    stream("params.safetensors", params)?;
+    stream("optimizer.safetensors", &moments)?;
     let json = serde_json::to_vec_pretty(state)
         .map_err(|e| EngineError::config("checkpoint", e.to_string()))?;
     write_atomic(&tmp.join("state.json"), &json)?;
