@@ -6,6 +6,7 @@
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
 use crate::error::Result;
+use crate::model::fused::view::view;
 use crate::model::ops::wide;
 
 /// Optimiser state for a list of variables.
@@ -136,7 +137,7 @@ struct Coefficients {
 
 /// The new first and second moments and value of one variable in one pass over its elements
 /// (the composed ops make a tensor per operation: for full fine-tuning, a dozen passes over
-/// 135M floats), when all four are contiguous f32 CPU tensors; `None` elsewhere (a GPU, or
+/// 135M floats), when all four are f32 CPU tensors; `None` elsewhere (a GPU, or
 /// `PEFT_STUDIO_FUSED=off`). Each element is computed as the composed ops compute it.
 fn fused_update(
     value: &Tensor,
@@ -145,29 +146,18 @@ fn fused_update(
     v: &Tensor,
     k: &Coefficients,
 ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-    use candle_core::{CpuStorage, Layout, Storage};
     use rayon::prelude::*;
-    if !crate::model::fused::applies(value) || value.dtype() != DType::F32 {
+    let f32_cpu = |t: &&Tensor| crate::model::fused::applies(t) && t.dtype() == DType::F32;
+    if ![value, g, m, v].iter().all(f32_cpu) {
         return Ok(None);
     }
-    fn slice<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]> {
-        match (storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Some(&v[a..b]),
-            _ => None,
-        }
-    }
-    let (ps, lp) = value.storage_and_layout();
-    let (gs, lg) = g.storage_and_layout();
-    let (ms, lm) = m.storage_and_layout();
-    let (vs, lv) = v.storage_and_layout();
-    let (Some(p), Some(g), Some(m), Some(v)) = (
-        slice(&ps, lp),
-        slice(&gs, lg),
-        slice(&ms, lm),
-        slice(&vs, lv),
-    ) else {
-        return Ok(None);
-    };
+    let (value, g, m, v) = (
+        value.contiguous()?,
+        g.contiguous()?,
+        m.contiguous()?,
+        v.contiguous()?,
+    );
+    let (p, g, m, v) = (view(&value)?, view(&g)?, view(&m)?, view(&v)?);
     if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
         return Ok(None);
     }
@@ -185,14 +175,7 @@ fn fused_update(
         .for_each(|(c, ((next, m2), v2))| {
             let o = c * CHUNK;
             for j in 0..next.len() {
-                let (gi, i) = (
-                    if k.scale == 1.0 {
-                        g[o + j]
-                    } else {
-                        g[o + j] * scale
-                    },
-                    o + j,
-                );
+                let (gi, i) = (g[o + j] * scale, o + j);
                 let mi = m[i] * b1 + gi * nb1;
                 let vi = v[i] * b2 + (gi * gi) * nb2;
                 let update = (mi * ic1) / ((vi * ic2).sqrt() + eps);
@@ -220,26 +203,17 @@ pub fn collect_grads(vars: &[&Var], store: &GradStore) -> Result<Vec<Tensor>> {
 /// The global L2 norm of `grads`, summed in f64 (an f32 CPU gradient read in place rather
 /// than widened into an f64 copy twice its size).
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
-    use candle_core::{CpuStorage, Storage};
     let mut total = 0.0f64;
     for g in grads {
-        let g = g.contiguous()?;
-        let in_place = {
-            let (storage, layout) = g.storage_and_layout();
-            match (&*storage, layout.contiguous_offsets()) {
-                (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => {
-                    Some(v[a..b].iter().map(|&x| x as f64 * x as f64).sum::<f64>())
-                }
-                _ => None,
-            }
-        };
-        total += match in_place {
-            Some(sum) => sum,
-            None => g
-                .to_dtype(candle_core::DType::F64)?
+        total += if g.device().is_cpu() && g.dtype() == DType::F32 {
+            let g = g.contiguous()?;
+            let sum = view(&g)?.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+            sum
+        } else {
+            g.to_dtype(DType::F64)?
                 .sqr()?
                 .sum_all()?
-                .to_scalar::<f64>()?,
+                .to_scalar::<f64>()?
         };
     }
     Ok(total.sqrt())

@@ -193,18 +193,28 @@ fn attention_matches_its_composition() {
     }
 }
 
+/// Random targets [n] (u32, seeded) below `vocab` and loss weights [n] that are 0 on every
+/// `skip`-th row.
+fn loss_targets(n: usize, vocab: usize, seed: u64, skip: usize) -> (Tensor, Tensor) {
+    let mut rng = SplitMix64::new(seed);
+    let targets: Vec<u32> = (0..n)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect();
+    let weights: Vec<f32> = (0..n)
+        .map(|i| if i % skip == 0 { 0.0 } else { 1.0 })
+        .collect();
+    (
+        Tensor::from_vec(targets, n, &Device::Cpu).unwrap(),
+        Tensor::from_vec(weights, n, &Device::Cpu).unwrap(),
+    )
+}
+
 #[test]
 fn lm_head_cross_entropy_matches_its_composition() {
     // Rows with weight 0 are skipped by the fused loss and must get a zero gradient; more rows
     // than one chunk (64), a vocabulary larger than the width.
     let (n, h, vocab) = (150, 16, 70);
-    let mut rng = SplitMix64::new(9);
-    let targets: Vec<u32> = (0..n)
-        .map(|_| (rng.next_u64() % vocab as u64) as u32)
-        .collect();
-    let weights: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
-    let targets = Tensor::from_vec(targets, n, &Device::Cpu).unwrap();
-    let weights = Tensor::from_vec(weights, n, &Device::Cpu).unwrap();
+    let (targets, weights) = loss_targets(n, vocab, 9, 3);
     let inputs = [input(&[n, h], 10), input(&[vocab, h], 11)];
     // The head weight is frozen: its gradient comes from the composed path in both dtypes.
     let (loss32, g32) = run(DType::F32, &inputs[..1], &|t| {
@@ -256,13 +266,7 @@ fn lm_head_cross_entropy_matches_its_composition() {
 #[test]
 fn trained_lm_head_cross_entropy_matches_its_composition() {
     let (n, h, vocab) = (300, 16, 70);
-    let mut rng = SplitMix64::new(12);
-    let targets: Vec<u32> = (0..n)
-        .map(|_| (rng.next_u64() % vocab as u64) as u32)
-        .collect();
-    let weights: Vec<f32> = (0..n).map(|i| if i % 4 == 0 { 0.0 } else { 1.0 }).collect();
-    let targets = Tensor::from_vec(targets, n, &Device::Cpu).unwrap();
-    let weights = Tensor::from_vec(weights, n, &Device::Cpu).unwrap();
+    let (targets, weights) = loss_targets(n, vocab, 12, 4);
     let inputs = [input(&[n, h], 13), input(&[vocab, h], 14)];
     check(
         "trained lm head",

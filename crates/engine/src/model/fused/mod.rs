@@ -21,7 +21,7 @@ mod matmul;
 pub mod norm;
 pub mod rope;
 pub mod swiglu;
-mod view;
+pub(crate) mod view;
 
 use std::sync::OnceLock;
 

@@ -57,7 +57,7 @@ pub fn view(t: &Tensor) -> candle_core::Result<Floats<'_>> {
 
 /// A frozen weight's elements as the products take them: bf16 as stored where the CPU
 /// multiplies bf16 (`bf16_matmul::available`), else as f32.
-pub enum WeightView<'a> {
+pub(super) enum WeightView<'a> {
     Bf16 {
         guard: StorageRef<'a>,
         start: usize,
@@ -67,7 +67,7 @@ pub enum WeightView<'a> {
 }
 
 impl WeightView<'_> {
-    pub fn weight(&self) -> Weight<'_> {
+    pub(super) fn weight(&self) -> Weight<'_> {
         match self {
             WeightView::Bf16 { guard, start, len } => match &**guard {
                 Storage::Cpu(CpuStorage::BF16(v)) => Weight::Bf16(&v[*start..*start + *len]),
@@ -80,7 +80,7 @@ impl WeightView<'_> {
 }
 
 /// `t`'s elements for [`Weight`]'s products; `t` must be a contiguous CPU tensor.
-pub fn weight_view(t: &Tensor) -> candle_core::Result<WeightView<'_>> {
+pub(super) fn weight_view(t: &Tensor) -> candle_core::Result<WeightView<'_>> {
     let (guard, layout) = t.storage_and_layout();
     if let (Storage::Cpu(CpuStorage::BF16(_)), Some((start, end)), true) = (
         &*guard,
