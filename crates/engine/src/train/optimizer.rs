@@ -157,7 +157,10 @@ fn fused_update(
         m.contiguous()?,
         v.contiguous()?,
     );
-    let (p, g, m, v) = (view(&value)?, view(&g)?, view(&m)?, view(&v)?);
+    let views = (view(&value)?, view(&g)?, view(&m)?, view(&v)?);
+    // Plain slices for the loop: indexing through the views would re-borrow the storage at
+    // every element.
+    let (p, g, m, v): (&[f32], &[f32], &[f32], &[f32]) = (&views.0, &views.1, &views.2, &views.3);
     if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
         return Ok(None);
     }
