@@ -15,6 +15,10 @@ use peft_studio_engine::train::batch_loss;
 use peft_studio_engine::train::optimizer::{collect_grads, AdamW};
 use peft_studio_engine::Result;
 
+use peft_studio_engine::model::fused::bf16_matmul::Kernel;
+use peft_studio_engine::model::fused::rates;
+use peft_studio_engine::model::LlamaConfig;
+
 use crate::args::BenchArgs;
 use crate::commands::apply_method_args;
 
@@ -78,11 +82,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         vars.iter().map(|v| v.elem_count()).sum::<usize>(),
         peft_studio_app::launch::device_name(),
         peft_studio_engine::model::fused::matmul_backend(),
-        if peft_studio_engine::model::fused::bf16_matmul::available() {
-            "avx512-bf16"
-        } else {
-            "widened"
-        }
+        Kernel::best().map_or("widened", Kernel::name)
     );
     println!(
         "step_s={:.4} forward_s={:.4} backward_s={:.4} optimizer_s={:.4}",
@@ -95,5 +95,21 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         println!("peak_rss_mb={:.1}", rss as f64 / (1024.0 * 1024.0));
     }
     println!("tokens_per_s={:.1}", n as f64 * steps / total.max(1e-9));
+    if device.is_cpu() {
+        print_product_rates(model.config());
+    }
     Ok(())
+}
+
+/// What the CPU's products reach at this model's MLP shape (512 rows): the ceiling a step's
+/// time is read against, f32 and each bf16 kernel.
+fn print_product_rates(config: &LlamaConfig) {
+    let r = rates::measure(512, config.hidden_size, config.intermediate_size, 3);
+    let (rows, fan_in, out) = r.shape;
+    let bf16: String = r
+        .bf16
+        .iter()
+        .map(|(k, g)| format!(" {}={g:.0}", k.name()))
+        .collect();
+    println!("products_gflops shape={rows}x{fan_in}x{out} f32={:.0}{bf16}", r.f32);
 }

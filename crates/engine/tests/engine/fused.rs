@@ -523,16 +523,21 @@ fn lora_dropout_in_the_fused_layer_matches_the_composed_ops() {
     assert_gradients_close("dropout", &g32, &g64, 1e-3, 1e-3);
 }
 
-/// The AVX-512-BF16 products against f64 products of the same bf16-rounded operands: only
-/// f32 accumulation separates them. Odd `k`, partial panels and row blocks, both packings,
-/// on all threads and on one.
+/// The bf16 products, on every kernel this CPU has (AMX tiles, AVX-512-BF16 dot products),
+/// against f64 products of the same bf16-rounded operands: only f32 accumulation separates
+/// them. Odd `k`, `k` short of whole tiles, partial panels and row blocks, both packings, on
+/// all threads and on one.
 #[test]
 fn bf16_products_match_f64_products_of_the_rounded_operands() {
     use half::bf16;
-    use peft_studio_engine::model::fused::bf16_matmul::{available, matmul, Packed};
-    if !available() {
+    use peft_studio_engine::model::fused::bf16_matmul::{matmul_with, Kernel, Packed};
+    let kernels = Kernel::available();
+    if kernels.is_empty() {
         eprintln!("skipped: this CPU has no AVX-512-BF16");
         return;
+    }
+    if !kernels.contains(&Kernel::Tiles) {
+        eprintln!("AMX tiles not tested: this CPU (or its kernel) has no AMX-BF16");
     }
     let round = |v: &[f64]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f64(x)).collect() };
     for (m, k, n) in [
@@ -541,41 +546,59 @@ fn bf16_products_match_f64_products_of_the_rounded_operands() {
         (37, 64, 32),
         (130, 301, 70),
         (256, 576, 192),
+        (70, 1000, 100),
+        (64, 2048, 96),
     ] {
-        let a = random(m * k, 1, 1.0);
-        let w = round(&random(n * k, 2, 1.0));
-        let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
-        let a_rounded: Vec<f64> = a32.iter().map(|&x| bf16::from_f32(x).to_f64()).collect();
-        let wf = |i: usize| w[i].to_f64();
-        // x·Wᵀ with W [n, k], then g·W with W as [k', n'] = [n, k].
-        let mut y = vec![0.5f32; m * n];
-        matmul(&mut y, &a32, &Packed::transposed(&w, n, k), true, true);
-        for i in 0..m {
-            for j in 0..n {
-                let want: f64 = 0.5
-                    + (0..k)
-                        .map(|t| a_rounded[i * k + t] * wf(j * k + t))
-                        .sum::<f64>();
-                let got = y[i * n + j] as f64;
-                assert!(
-                    (got - want).abs() < 1e-5 * (k as f64).sqrt() * 4.0,
-                    "{m}x{k}x{n} xWt ({i},{j}): {got} vs {want}"
-                );
+        for &kernel in &kernels {
+            let a = random(m * k, 1, 1.0);
+            let w = round(&random(n * k, 2, 1.0));
+            let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+            let a_rounded: Vec<f64> = a32.iter().map(|&x| bf16::from_f32(x).to_f64()).collect();
+            let wf = |i: usize| w[i].to_f64();
+            // x·Wᵀ with W [n, k], then g·W with W as [k', n'] = [n, k].
+            let mut y = vec![0.5f32; m * n];
+            matmul_with(
+                kernel,
+                &mut y,
+                &a32,
+                &Packed::transposed(&w, n, k),
+                true,
+                true,
+            );
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = 0.5
+                        + (0..k)
+                            .map(|t| a_rounded[i * k + t] * wf(j * k + t))
+                            .sum::<f64>();
+                    let got = y[i * n + j] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-5 * (k as f64).sqrt() * 4.0,
+                        "{kernel:?} {m}x{k}x{n} xWt ({i},{j}): {got} vs {want}"
+                    );
+                }
             }
-        }
-        let g = random(m * n, 3, 1.0);
-        let g32: Vec<f32> = g.iter().map(|&x| x as f32).collect();
-        let g_rounded: Vec<f64> = g32.iter().map(|&x| bf16::from_f32(x).to_f64()).collect();
-        let mut dx = vec![f32::NAN; m * k];
-        matmul(&mut dx, &g32, &Packed::plain(&w, n, k), false, false);
-        for i in 0..m {
-            for t in 0..k {
-                let want: f64 = (0..n).map(|j| g_rounded[i * n + j] * wf(j * k + t)).sum();
-                let got = dx[i * k + t] as f64;
-                assert!(
-                    (got - want).abs() < 1e-5 * (n as f64).sqrt() * 4.0,
-                    "{m}x{n}x{k} gW ({i},{t}): {got} vs {want}"
-                );
+            let g = random(m * n, 3, 1.0);
+            let g32: Vec<f32> = g.iter().map(|&x| x as f32).collect();
+            let g_rounded: Vec<f64> = g32.iter().map(|&x| bf16::from_f32(x).to_f64()).collect();
+            let mut dx = vec![f32::NAN; m * k];
+            matmul_with(
+                kernel,
+                &mut dx,
+                &g32,
+                &Packed::plain(&w, n, k),
+                false,
+                false,
+            );
+            for i in 0..m {
+                for t in 0..k {
+                    let want: f64 = (0..n).map(|j| g_rounded[i * n + j] * wf(j * k + t)).sum();
+                    let got = dx[i * k + t] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-5 * (n as f64).sqrt() * 4.0,
+                        "{kernel:?} {m}x{n}x{k} gW ({i},{t}): {got} vs {want}"
+                    );
+                }
             }
         }
     }

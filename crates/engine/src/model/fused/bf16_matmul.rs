@@ -7,12 +7,16 @@
 //!
 //! `vdpbf16ps` adds `a[2i]·b[2i] + a[2i+1]·b[2i+1]` to f32 lane `i`, so both operands come
 //! as pairs of consecutive `k`: the left one row by row (a row of bf16 is its pairs), the
-//! right one packed in panels of 32 columns, pair after pair (`Packed`).
+//! right one packed in panels of 32 columns, pair after pair (`Packed`). On CPUs with AMX
+//! the same operands go to tile products instead (`amx`), which is why pairs are padded to
+//! whole tiles.
 
 use std::sync::OnceLock;
 
 use half::bf16;
 use rayon::prelude::*;
+
+use super::amx;
 
 /// Output columns per panel (two 16-lane registers) and rows per micro-kernel call: 8 × 2
 /// accumulators, two panel loads and a broadcast fit the 32 vector registers.
@@ -41,26 +45,28 @@ fn cpu_has_bf16() -> bool {
 }
 
 /// The right operand `B` [k, n] of a product, in panels of `NR` columns: panel `p` holds, pair
-/// by pair of `k`, `NR` words of two bf16 (`B[2j][c]` low, `B[2j + 1][c]` high); columns
-/// past `n` and a row past an odd `k` are zeros.
+/// pair by pair of `k`, `NR` words of two bf16 (`B[2j][c]` low, `B[2j + 1][c]` high); columns
+/// past `n`, a row past an odd `k` and the pairs from `pairs` to `depth` are zeros.
 pub struct Packed {
     k: usize,
     n: usize,
     pairs: usize,
+    /// `pairs` rounded up to whole AMX tiles: the pair rows each panel holds.
+    depth: usize,
     words: Vec<u32>,
 }
 
 impl Packed {
     fn build(k: usize, n: usize, at: impl Fn(usize, usize) -> u16 + Sync) -> Self {
-        let pairs = k.div_ceil(2);
+        let (pairs, depth) = pairs_and_depth(k);
         let panels = n.div_ceil(NR);
-        let mut words = vec![0u32; panels * pairs * NR];
+        let mut words = vec![0u32; panels * depth * NR];
         words
-            .par_chunks_mut(pairs * NR)
+            .par_chunks_mut(depth * NR)
             .enumerate()
             .for_each(|(p, panel)| {
                 let cols = NR.min(n - p * NR);
-                for (j, pair) in panel.chunks_exact_mut(NR).enumerate() {
+                for (j, pair) in panel.chunks_exact_mut(NR).take(pairs).enumerate() {
                     let (k0, k1) = (2 * j, 2 * j + 1);
                     for (c, w) in pair[..cols].iter_mut().enumerate() {
                         let col = p * NR + c;
@@ -69,7 +75,13 @@ impl Packed {
                     }
                 }
             });
-        Self { k, n, pairs, words }
+        Self {
+            k,
+            n,
+            pairs,
+            depth,
+            words,
+        }
     }
 
     /// `B = Wᵀ` for `W` [n, k] row-major: `x·Wᵀ`, a linear layer's forward product. A row of
@@ -78,10 +90,10 @@ impl Packed {
         if k % 2 == 1 {
             return Self::build(k, n, |r, c| w[c * k + r].to_bits());
         }
-        let pairs = k / 2;
-        let mut words = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        let (pairs, depth) = pairs_and_depth(k);
+        let mut words = vec![0u32; n.div_ceil(NR) * depth * NR];
         words
-            .par_chunks_mut(pairs * NR)
+            .par_chunks_mut(depth * NR)
             .zip(w.par_chunks(NR * k))
             .for_each(|(panel, rows)| {
                 for (c, row) in rows.chunks_exact(k).enumerate() {
@@ -91,7 +103,13 @@ impl Packed {
                     }
                 }
             });
-        Self { k, n, pairs, words }
+        Self {
+            k,
+            n,
+            pairs,
+            depth,
+            words,
+        }
     }
 
     /// `B = W` for `W` [k, n] row-major: `g·W`, a linear layer's input gradient.
@@ -100,7 +118,59 @@ impl Packed {
     }
 
     fn panel(&self, p: usize) -> &[u32] {
-        &self.words[p * self.pairs * NR..][..self.pairs * NR]
+        &self.words[p * self.depth * NR..][..self.depth * NR]
+    }
+}
+
+/// The pairs of `k`, and those rounded up to whole AMX tiles.
+fn pairs_and_depth(k: usize) -> (usize, usize) {
+    let pairs = k.div_ceil(2);
+    (pairs, pairs.next_multiple_of(amx::TILE_PAIRS))
+}
+
+/// Which instructions multiply: AMX tiles (`amx`) or AVX-512-BF16 dot products (`block`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// `tdpbf16ps` on AMX tiles: 32 × 32 blocks of the result.
+    Tiles,
+    /// `vdpbf16ps` on AVX-512 registers: 8 × 32 blocks of the result.
+    DotProducts,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU has, `None` without AVX-512-BF16 (or with
+    /// `PEFT_STUDIO_BF16_PRODUCTS=off`). Tiles multiply 3–4× faster than dot products where
+    /// both exist (docs/BENCHMARKS.md).
+    pub fn best() -> Option<Kernel> {
+        Self::available().into_iter().next()
+    }
+
+    /// Every kernel this CPU runs, fastest first.
+    pub fn available() -> Vec<Kernel> {
+        let mut kernels = Vec::new();
+        if available() {
+            if amx::available() {
+                kernels.push(Kernel::Tiles);
+            }
+            kernels.push(Kernel::DotProducts);
+        }
+        kernels
+    }
+
+    /// The kernel's name in `bench`'s output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Tiles => "amx",
+            Kernel::DotProducts => "avx512-bf16",
+        }
+    }
+
+    /// Rows each call of the kernel covers; a thread's rows are padded to a multiple.
+    fn rows(self) -> usize {
+        match self {
+            Kernel::Tiles => amx::ROWS,
+            Kernel::DotProducts => MR,
+        }
     }
 }
 
@@ -108,10 +178,24 @@ impl Packed {
 /// bf16) and `dst` [m, n] row-major, rows split across rayon's threads (`parallel`) or on the
 /// calling one. Needs [`available`].
 pub fn matmul(dst: &mut [f32], a: &[f32], b: &Packed, accumulate: bool, parallel: bool) {
+    // Without AVX-512-BF16 `matmul_with` refuses the fallback named here.
+    let kernel = Kernel::best().unwrap_or(Kernel::DotProducts);
+    matmul_with(kernel, dst, a, b, accumulate, parallel)
+}
+
+/// [`matmul`] on the given kernel, which must be one of [`Kernel::available`].
+pub fn matmul_with(
+    kernel: Kernel,
+    dst: &mut [f32],
+    a: &[f32],
+    b: &Packed,
+    accumulate: bool,
+    parallel: bool,
+) {
     let (k, n) = (b.k, b.n);
     let m = a.len().checked_div(k).unwrap_or(dst.len() / n.max(1));
     assert!(
-        a.len() == m * k && dst.len() == m * n && available(),
+        a.len() == m * k && dst.len() == m * n && Kernel::available().contains(&kernel),
         "bf16 matmul: bad operands"
     );
     if m == 0 || n == 0 {
@@ -128,26 +212,36 @@ pub fn matmul(dst: &mut [f32], a: &[f32], b: &Packed, accumulate: bool, parallel
     } else {
         1
     };
-    let per = m.div_ceil(threads).div_ceil(MR) * MR;
+    let unit = kernel.rows();
+    let per = m.div_ceil(threads).div_ceil(unit) * unit;
     dst.par_chunks_mut(per * n)
         .zip(a.par_chunks(per * k))
         .for_each(|(d, a)| {
             let rows = d.len() / n;
-            // SAFETY: `available` checked the CPU; the block's extents are its slices'.
-            unsafe { block(d, &a[..rows * k], rows, b, accumulate) }
+            // SAFETY: the CPU runs `kernel` (checked above); the packed rows and panels have
+            // the extents both kernels ask for.
+            unsafe {
+                let packed = pack_rows(&a[..rows * k], k, b.depth, unit);
+                match kernel {
+                    Kernel::Tiles => {
+                        amx::block(d, &packed, rows, &b.words, (b.depth, n), accumulate)
+                    }
+                    Kernel::DotProducts => block(d, &packed, rows, b, accumulate),
+                }
+            }
         });
 }
 
-/// One thread's rows: packed to bf16 (rows padded to `MR` with zeros), then every panel
-/// against every `MR` rows.
+/// `a` [rows, k] rounded to bf16 as pairs of `k`, `depth` words a row (zeros past `k`), and
+/// rows padded with zeros to a multiple of `unit`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn block(dst: &mut [f32], a: &[f32], rows: usize, b: &Packed, accumulate: bool) {
+unsafe fn pack_rows(a: &[f32], k: usize, depth: usize, unit: usize) -> Vec<u32> {
     use std::arch::x86_64::{__m512i, _mm512_cvtne2ps_pbh, _mm512_loadu_ps, _mm512_storeu_si512};
-    let (k, n, pairs) = (b.k, b.n, b.pairs);
-    let padded = rows.div_ceil(MR) * MR;
-    let mut packed = vec![0u32; padded * pairs];
-    for (row, out) in a.chunks_exact(k).zip(packed.chunks_exact_mut(pairs)) {
+    let rows = a.len() / k;
+    let mut packed = vec![0u32; rows.div_ceil(unit) * unit * depth];
+    for (row, out) in a.chunks_exact(k).zip(packed.chunks_exact_mut(depth)) {
+        let out = &mut out[..k.div_ceil(2)];
         let mut j = 0;
         while j + 32 <= k {
             // SAFETY: 32 floats from `row[j..]`, 16 words into `out[j / 2..]`, in bounds.
@@ -167,21 +261,45 @@ unsafe fn block(dst: &mut [f32], a: &[f32], rows: usize, b: &Packed, accumulate:
             *w = lo | hi << 16;
         }
     }
+    packed
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_rows(_: &[f32], _: usize, _: usize, _: usize) -> Vec<u32> {
+    unreachable!("bf16 products run only where `available`")
+}
+
+/// One thread's rows, packed by `pack_rows` (`b.depth` words a row, rows padded to `MR`):
+/// every panel against every `MR` rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn block(dst: &mut [f32], packed: &[u32], rows: usize, b: &Packed, accumulate: bool) {
+    let (n, pairs, depth) = (b.n, b.pairs, b.depth);
     for p in 0..n.div_ceil(NR) {
         let panel = b.panel(p);
         let cols = NR.min(n - p * NR);
         for r0 in (0..rows).step_by(MR) {
-            let a_rows = &packed[r0 * pairs..][..MR * pairs];
+            let a_rows = &packed[r0 * depth..][..MR * depth];
             let live = MR.min(rows - r0);
             let d = &mut dst[r0 * n + p * NR..];
             // SAFETY: as for `block`; the tile's rows and columns lie within `dst`.
-            unsafe { tile(d, n, a_rows, panel, pairs, (live, cols), accumulate) }
+            unsafe {
+                tile(
+                    d,
+                    n,
+                    a_rows,
+                    panel,
+                    (pairs, depth),
+                    (live, cols),
+                    accumulate,
+                )
+            }
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn block(_: &mut [f32], _: &[f32], _: usize, _: &Packed, _: bool) {
+unsafe fn block(_: &mut [f32], _: &[u32], _: usize, _: &Packed, _: bool) {
     unreachable!("bf16 products run only where `available`")
 }
 
@@ -194,7 +312,7 @@ unsafe fn tile(
     dst_rs: usize,
     a: &[u32],
     panel: &[u32],
-    pairs: usize,
+    (pairs, depth): (usize, usize),
     (live, cols): (usize, usize),
     accumulate: bool,
 ) {
@@ -204,7 +322,7 @@ unsafe fn tile(
     };
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     for j in 0..pairs {
-        // SAFETY: pair `j` of the panel is `NR` words at `j·NR`; row `i`'s word at `i·pairs + j`.
+        // SAFETY: pair `j` of the panel is `NR` words at `j·NR`; row `i`'s word at `i·depth + j`.
         unsafe {
             let b0: __m512bh =
                 std::mem::transmute(_mm512_loadu_si512(panel.as_ptr().add(j * NR).cast()));
@@ -212,7 +330,7 @@ unsafe fn tile(
                 std::mem::transmute(_mm512_loadu_si512(panel.as_ptr().add(j * NR + 16).cast()));
             for (i, acc) in acc.iter_mut().enumerate() {
                 let x: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*a.get_unchecked(i * pairs + j) as i32));
+                    std::mem::transmute(_mm512_set1_epi32(*a.get_unchecked(i * depth + j) as i32));
                 acc[0] = _mm512_dpbf16_ps(acc[0], x, b0);
                 acc[1] = _mm512_dpbf16_ps(acc[1], x, b1);
             }

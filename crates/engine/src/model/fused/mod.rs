@@ -10,6 +10,7 @@
 //! Elsewhere the model uses the composed ops, which are also the reference every fused op is
 //! tested against.
 
+pub mod amx;
 pub mod attention;
 pub mod bf16_matmul;
 mod blas;
@@ -19,6 +20,7 @@ pub mod linear;
 mod math;
 mod matmul;
 pub mod norm;
+pub mod rates;
 pub mod rope;
 pub mod swiglu;
 pub(crate) mod view;

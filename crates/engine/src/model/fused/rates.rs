@@ -1,0 +1,57 @@
+//! The speed of the fused kernels' products on this machine, for `bench`: a linear layer's
+//! forward product `x·Wᵀ` timed in f32 (OpenBLAS or gemm, as training runs it) and on each
+//! bf16 kernel the CPU has, so a step's time can be read against what the products reach.
+
+use std::time::Instant;
+
+use half::bf16;
+
+use super::bf16_matmul::{self, Kernel, Packed};
+use super::linear::Weight;
+
+/// GFLOP/s of one product shape: f32, then each bf16 kernel (fastest first), each with the
+/// weight packed anew per product as training packs it.
+pub struct ProductRates {
+    /// `(rows, fan_in, out)` of the timed product.
+    pub shape: (usize, usize, usize),
+    /// f32 products on all threads.
+    pub f32: f64,
+    /// bf16 products per kernel, packing included.
+    pub bf16: Vec<(Kernel, f64)>,
+}
+
+/// Times `x·Wᵀ` for `x` [rows, fan_in] and `W` [out, fan_in] on all threads: the best of
+/// `repeats` runs per kernel after one warm-up run.
+pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> ProductRates {
+    let x: Vec<f32> = (0..rows * fan_in).map(|i| ((i % 17) as f32 - 8.0) / 16.0).collect();
+    let w32: Vec<f32> = (0..out * fan_in).map(|i| ((i % 13) as f32 - 6.0) / 64.0).collect();
+    let w16: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+    let flops = 2.0 * (rows * fan_in * out) as f64;
+    let mut y = vec![0.0f32; rows * out];
+    let best = |run: &mut dyn FnMut()| {
+        run();
+        (0..repeats.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                run();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let f32_s = best(&mut || Weight::F32(&w32).forward(&x, &mut y, (rows, fan_in, out), true));
+    let bf16 = Kernel::available()
+        .into_iter()
+        .map(|kernel| {
+            let s = best(&mut || {
+                let packed = Packed::transposed(&w16, out, fan_in);
+                bf16_matmul::matmul_with(kernel, &mut y, &x, &packed, false, true)
+            });
+            (kernel, flops / s / 1e9)
+        })
+        .collect();
+    ProductRates {
+        shape: (rows, fan_in, out),
+        f32: flops / f32_s / 1e9,
+        bf16,
+    }
+}
