@@ -111,5 +111,8 @@ fn print_product_rates(config: &LlamaConfig) {
         .iter()
         .map(|(k, g)| format!(" {}={g:.0}", k.name()))
         .collect();
-    println!("products_gflops shape={rows}x{fan_in}x{out} f32={:.0}{bf16}", r.f32);
+    println!(
+        "products_gflops shape={rows}x{fan_in}x{out} f32={:.0}{bf16}",
+        r.f32
+    );
 }

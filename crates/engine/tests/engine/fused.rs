@@ -530,7 +530,7 @@ fn lora_dropout_in_the_fused_layer_matches_the_composed_ops() {
 #[test]
 fn bf16_products_match_f64_products_of_the_rounded_operands() {
     use half::bf16;
-    use peft_studio_engine::model::fused::bf16_matmul::{matmul_with, Kernel, Packed};
+    use peft_studio_engine::model::fused::bf16_matmul::{matmul_with, matmul_wt, Kernel, Packed};
     let kernels = Kernel::available();
     if kernels.is_empty() {
         eprintln!("skipped: this CPU has no AVX-512-BF16");
@@ -548,6 +548,7 @@ fn bf16_products_match_f64_products_of_the_rounded_operands() {
         (256, 576, 192),
         (70, 1000, 100),
         (64, 2048, 96),
+        (45, 128, 64),
     ] {
         for &kernel in &kernels {
             let a = random(m * k, 1, 1.0);
@@ -555,7 +556,9 @@ fn bf16_products_match_f64_products_of_the_rounded_operands() {
             let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
             let a_rounded: Vec<f64> = a32.iter().map(|&x| bf16::from_f32(x).to_f64()).collect();
             let wf = |i: usize| w[i].to_f64();
-            // x·Wᵀ with W [n, k], then g·W with W as [k', n'] = [n, k].
+            // x·Wᵀ with W [n, k] (packed, and with the weight's rows as they are where the
+            // best kernel is AMX and k and n are multiples of 32), then g·W with W as
+            // [k', n'] = [n, k].
             let mut y = vec![0.5f32; m * n];
             matmul_with(
                 kernel,
@@ -565,6 +568,22 @@ fn bf16_products_match_f64_products_of_the_rounded_operands() {
                 true,
                 true,
             );
+            let mut y_wt = vec![0.5f32; m * n];
+            matmul_wt(
+                &mut y_wt,
+                &a32,
+                &w,
+                (n, k),
+                true,
+                kernel == Kernel::DotProducts,
+            );
+            for (i, (y, y_wt)) in y.iter().zip(&y_wt).enumerate() {
+                // Both are within this of the f64 product (checked below for `y`).
+                assert!(
+                    (y - y_wt).abs() < 2e-5 * (k as f64).sqrt() as f32 * 4.0,
+                    "{kernel:?} {m}x{k}x{n} wt {i}: {y} vs {y_wt}"
+                );
+            }
             for i in 0..m {
                 for j in 0..n {
                     let want: f64 = 0.5

@@ -112,9 +112,43 @@ impl Packed {
         }
     }
 
-    /// `B = W` for `W` [k, n] row-major: `g·W`, a linear layer's input gradient.
+    /// `B = W` for `W` [k, n] row-major: `g·W`, a linear layer's input gradient. Pair `j` of
+    /// a panel interleaves rows `2j` and `2j + 1` over the panel's columns.
     pub fn plain(w: &[bf16], k: usize, n: usize) -> Self {
-        Self::build(k, n, |r, c| w[r * n + c].to_bits())
+        let (pairs, depth) = pairs_and_depth(k);
+        let mut words = vec![0u32; n.div_ceil(NR) * depth * NR];
+        words
+            .par_chunks_mut(depth * NR)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let (c0, cols) = (p * NR, NR.min(n - p * NR));
+                for (j, pair) in panel.chunks_exact_mut(NR).take(pairs).enumerate() {
+                    let lo = &w[2 * j * n + c0..][..cols];
+                    if 2 * j + 1 < k {
+                        let hi = &w[(2 * j + 1) * n + c0..][..cols];
+                        for ((d, l), h) in pair.iter_mut().zip(lo).zip(hi) {
+                            *d = l.to_bits() as u32 | (h.to_bits() as u32) << 16;
+                        }
+                    } else {
+                        for (d, l) in pair.iter_mut().zip(lo) {
+                            *d = l.to_bits() as u32;
+                        }
+                    }
+                }
+            });
+        Self {
+            k,
+            n,
+            pairs,
+            depth,
+            words,
+        }
+    }
+
+    /// `B = Xᵀ` for `X` [n, k] row-major f32, rounded to bf16: the activations as the right
+    /// operand, when the weight's rows are the left one (`matmul_wt`).
+    fn activations(x: &[f32], n: usize, k: usize) -> Self {
+        Self::build(k, n, |r, c| bf16::from_f32(x[c * k + r]).to_bits())
     }
 
     fn panel(&self, p: usize) -> &[u32] {
@@ -223,11 +257,67 @@ pub fn matmul_with(
             unsafe {
                 let packed = pack_rows(&a[..rows * k], k, b.depth, unit);
                 match kernel {
-                    Kernel::Tiles => {
-                        amx::block(d, &packed, rows, &b.words, (b.depth, n), accumulate)
-                    }
+                    Kernel::Tiles => amx::block(
+                        d,
+                        amx::Left::rows_of(&packed, b.depth),
+                        rows,
+                        &b.words,
+                        n,
+                        amx::Out::Rows { accumulate },
+                    ),
                     Kernel::DotProducts => block(d, &packed, rows, b, accumulate),
                 }
+            }
+        });
+}
+
+/// `dst = x·Wᵀ` (or `+=` when `accumulate`) for `x` [m, k] f32 (rounded to bf16) and a
+/// bf16 weight `W` [n, k], threads as for [`matmul`]. Where AMX serves and whole tiles cover
+/// the weight (`k` and `n` multiples of 32), its rows are the tiles' left operand as they lie
+/// in memory, the activations are packed instead of the weight, and the tiles' `W·xᵀ` is
+/// written transposed: no pass over the weight but the product's own. Else
+/// `Packed::transposed` and [`matmul`].
+pub fn matmul_wt(
+    dst: &mut [f32],
+    x: &[f32],
+    w: &[bf16],
+    (n, k): (usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    let m = x.len().checked_div(k).unwrap_or(0);
+    assert!(
+        w.len() == n * k && x.len() == m * k && dst.len() == m * n,
+        "bf16 matmul: bad operands"
+    );
+    let in_place = Kernel::best() == Some(Kernel::Tiles) && k % 32 == 0 && n % 32 == 0;
+    if !in_place || m == 0 {
+        return matmul(dst, x, &Packed::transposed(w, n, k), accumulate, parallel);
+    }
+    let threads = if parallel {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
+    let per = m.div_ceil(threads).div_ceil(amx::ROWS) * amx::ROWS;
+    // SAFETY: bf16 is a transparent u16.
+    let w_bits: &[u16] = unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), w.len()) };
+    dst.par_chunks_mut(per * n)
+        .zip(x.par_chunks(per * k))
+        .for_each(|(d, x)| {
+            let rows = d.len() / n;
+            let panels = Packed::activations(&x[..rows * k], rows, k);
+            // SAFETY: tiles are available (checked above); `w` has `n` rows, a multiple of
+            // 32, of `k / 2` pairs, a multiple of 16, and `panels` holds `rows` columns.
+            unsafe {
+                amx::block(
+                    d,
+                    amx::Left::rows_of_bits(w_bits, k / 2),
+                    n,
+                    &panels.words,
+                    rows,
+                    amx::Out::Columns { accumulate },
+                )
             }
         });
 }

@@ -72,10 +72,7 @@ impl<'a> Weight<'a> {
                     false => matmul(y, out, xm, wt, 1.0, true),
                 }
             }
-            Weight::Bf16(w) => {
-                let packed = bf16_matmul::Packed::transposed(w, out, fan_in);
-                bf16_matmul::matmul(y, x, &packed, true, parallel)
-            }
+            Weight::Bf16(w) => bf16_matmul::matmul_wt(y, x, w, (out, fan_in), true, parallel),
         }
     }
 

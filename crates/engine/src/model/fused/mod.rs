@@ -10,7 +10,7 @@
 //! Elsewhere the model uses the composed ops, which are also the reference every fused op is
 //! tested against.
 
-pub mod amx;
+mod amx;
 pub mod attention;
 pub mod bf16_matmul;
 mod blas;

@@ -9,8 +9,8 @@ use half::bf16;
 use super::bf16_matmul::{self, Kernel, Packed};
 use super::linear::Weight;
 
-/// GFLOP/s of one product shape: f32, then each bf16 kernel (fastest first), each with the
-/// weight packed anew per product as training packs it.
+/// GFLOP/s of one product shape: f32, then each bf16 kernel (fastest first), each with its
+/// packing per product included, as training runs it.
 pub struct ProductRates {
     /// `(rows, fan_in, out)` of the timed product.
     pub shape: (usize, usize, usize),
@@ -23,8 +23,12 @@ pub struct ProductRates {
 /// Times `x·Wᵀ` for `x` [rows, fan_in] and `W` [out, fan_in] on all threads: the best of
 /// `repeats` runs per kernel after one warm-up run.
 pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> ProductRates {
-    let x: Vec<f32> = (0..rows * fan_in).map(|i| ((i % 17) as f32 - 8.0) / 16.0).collect();
-    let w32: Vec<f32> = (0..out * fan_in).map(|i| ((i % 13) as f32 - 6.0) / 64.0).collect();
+    let x: Vec<f32> = (0..rows * fan_in)
+        .map(|i| ((i % 17) as f32 - 8.0) / 16.0)
+        .collect();
+    let w32: Vec<f32> = (0..out * fan_in)
+        .map(|i| ((i % 13) as f32 - 6.0) / 64.0)
+        .collect();
     let w16: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
     let flops = 2.0 * (rows * fan_in * out) as f64;
     let mut y = vec![0.0f32; rows * out];
@@ -42,9 +46,13 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
     let bf16 = Kernel::available()
         .into_iter()
         .map(|kernel| {
-            let s = best(&mut || {
-                let packed = Packed::transposed(&w16, out, fan_in);
-                bf16_matmul::matmul_with(kernel, &mut y, &x, &packed, false, true)
+            // Tiles multiply straight from the weight's rows, as training runs them.
+            let s = best(&mut || match kernel {
+                Kernel::Tiles => Weight::Bf16(&w16).forward(&x, &mut y, (rows, fan_in, out), true),
+                Kernel::DotProducts => {
+                    let packed = Packed::transposed(&w16, out, fan_in);
+                    bf16_matmul::matmul_with(kernel, &mut y, &x, &packed, false, true)
+                }
             });
             (kernel, flops / s / 1e9)
         })
