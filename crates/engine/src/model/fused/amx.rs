@@ -137,7 +137,7 @@ pub unsafe fn block(dst: &mut [f32], a: Left, rows: usize, panels: &[u32], n: us
     use std::arch::asm;
     let depth = a.depth;
     let (row_blocks, col_blocks) = (rows.div_ceil(ROWS), n.div_ceil(COLS));
-    debug_assert!(depth % TILE_PAIRS == 0);
+    debug_assert!(depth.is_multiple_of(TILE_PAIRS));
     debug_assert!(a.bits.len() >= row_blocks * ROWS * 2 * depth);
     debug_assert!(panels.len() >= col_blocks * depth * COLS);
     debug_assert!(dst.len() >= rows * n);

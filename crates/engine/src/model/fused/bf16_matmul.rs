@@ -290,7 +290,8 @@ pub fn matmul_wt(
         w.len() == n * k && x.len() == m * k && dst.len() == m * n,
         "bf16 matmul: bad operands"
     );
-    let in_place = Kernel::best() == Some(Kernel::Tiles) && k % 32 == 0 && n % 32 == 0;
+    let in_place =
+        Kernel::best() == Some(Kernel::Tiles) && k.is_multiple_of(32) && n.is_multiple_of(32);
     if !in_place || m == 0 {
         return matmul(dst, x, &Packed::transposed(w, n, k), accumulate, parallel);
     }
