@@ -5,19 +5,18 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 use peft_studio_engine::data::Batch;
+use peft_studio_engine::model::fused::bf16_matmul::Kernel;
+use peft_studio_engine::model::fused::rates;
 use peft_studio_engine::model::load_model;
 use peft_studio_engine::model::ops::SplitMix64;
 use peft_studio_engine::model::ForwardCtx;
+use peft_studio_engine::model::LlamaConfig;
 use peft_studio_engine::peft::MethodConfig;
 use peft_studio_engine::run::default_device;
 use peft_studio_engine::sysinfo::peak_rss_bytes;
 use peft_studio_engine::train::batch_loss;
 use peft_studio_engine::train::optimizer::{collect_grads, AdamW};
 use peft_studio_engine::Result;
-
-use peft_studio_engine::model::fused::bf16_matmul::Kernel;
-use peft_studio_engine::model::fused::rates;
-use peft_studio_engine::model::LlamaConfig;
 
 use crate::args::BenchArgs;
 use crate::commands::apply_method_args;

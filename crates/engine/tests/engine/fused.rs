@@ -550,7 +550,7 @@ fn bf16_products_match_f64_products_of_the_rounded_operands() {
         (64, 2048, 96),
         (45, 128, 64),
     ] {
-        for &kernel in &kernels {
+        for &kernel in kernels {
             let a = random(m * k, 1, 1.0);
             let w = round(&random(n * k, 2, 1.0));
             let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();

@@ -16,7 +16,7 @@ pub const TILE_PAIRS: usize = 16;
 /// Rows of the left operand one kernel call covers: two tiles of 16.
 pub const ROWS: usize = 32;
 /// Columns of one panel of the right operand: two tiles of 16.
-const COLS: usize = 32;
+pub const COLS: usize = 32;
 
 /// Whether products run on AMX tiles here: the CPU has AMX-BF16, Linux granted the tile
 /// data, and `PEFT_STUDIO_AMX` is not `off` (then AVX-512-BF16 serves: for comparisons).

@@ -22,6 +22,8 @@ use super::amx;
 /// accumulators, two panel loads and a broadcast fit the 32 vector registers.
 const NR: usize = 32;
 const MR: usize = 8;
+// The tiles read the same panels.
+const _: () = assert!(NR == amx::COLS);
 
 /// Whether this CPU runs the kernels (AVX-512-BF16) and `PEFT_STUDIO_BF16_PRODUCTS` is not
 /// `off` (then bf16 weights are widened and multiplied in f32: for comparisons).
@@ -45,7 +47,7 @@ fn cpu_has_bf16() -> bool {
 }
 
 /// The right operand `B` [k, n] of a product, in panels of `NR` columns: panel `p` holds, pair
-/// pair by pair of `k`, `NR` words of two bf16 (`B[2j][c]` low, `B[2j + 1][c]` high); columns
+/// by pair of `k`, `NR` words of two bf16 (`B[2j][c]` low, `B[2j + 1][c]` high); columns
 /// past `n`, a row past an odd `k` and the pairs from `pairs` to `depth` are zeros.
 pub struct Packed {
     k: usize,
@@ -173,22 +175,25 @@ pub enum Kernel {
 
 impl Kernel {
     /// The fastest kernel this CPU has, `None` without AVX-512-BF16 (or with
-    /// `PEFT_STUDIO_BF16_PRODUCTS=off`). Tiles multiply 3–4× faster than dot products where
-    /// both exist (docs/BENCHMARKS.md).
+    /// `PEFT_STUDIO_BF16_PRODUCTS=off`). Where both exist, tiles multiply 4–7× faster than
+    /// dot products (docs/BENCHMARKS.md, the AMX VM).
     pub fn best() -> Option<Kernel> {
-        Self::available().into_iter().next()
+        Self::available().first().copied()
     }
 
-    /// Every kernel this CPU runs, fastest first.
-    pub fn available() -> Vec<Kernel> {
-        let mut kernels = Vec::new();
-        if available() {
-            if amx::available() {
-                kernels.push(Kernel::Tiles);
+    /// Every kernel this CPU runs, fastest first (decided once per process).
+    pub fn available() -> &'static [Kernel] {
+        static KERNELS: OnceLock<Vec<Kernel>> = OnceLock::new();
+        KERNELS.get_or_init(|| {
+            let mut kernels = Vec::new();
+            if available() {
+                if amx::available() {
+                    kernels.push(Kernel::Tiles);
+                }
+                kernels.push(Kernel::DotProducts);
             }
-            kernels.push(Kernel::DotProducts);
-        }
-        kernels
+            kernels
+        })
     }
 
     /// The kernel's name in `bench`'s output.
@@ -241,13 +246,8 @@ pub fn matmul_with(
         }
         return;
     }
-    let threads = if parallel {
-        rayon::current_num_threads().max(1)
-    } else {
-        1
-    };
     let unit = kernel.rows();
-    let per = m.div_ceil(threads).div_ceil(unit) * unit;
+    let per = rows_per_thread(m, unit, parallel);
     dst.par_chunks_mut(per * n)
         .zip(a.par_chunks(per * k))
         .for_each(|(d, a)| {
@@ -295,12 +295,7 @@ pub fn matmul_wt(
     if !in_place || m == 0 {
         return matmul(dst, x, &Packed::transposed(w, n, k), accumulate, parallel);
     }
-    let threads = if parallel {
-        rayon::current_num_threads().max(1)
-    } else {
-        1
-    };
-    let per = m.div_ceil(threads).div_ceil(amx::ROWS) * amx::ROWS;
+    let per = rows_per_thread(m, amx::ROWS, parallel);
     // SAFETY: bf16 is a transparent u16.
     let w_bits: &[u16] = unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), w.len()) };
     dst.par_chunks_mut(per * n)
@@ -321,6 +316,17 @@ pub fn matmul_wt(
                 )
             }
         });
+}
+
+/// Rows of `m` each thread takes (all on one when not `parallel`): a multiple of `unit`, the
+/// rows a kernel call covers.
+fn rows_per_thread(m: usize, unit: usize, parallel: bool) -> usize {
+    let threads = if parallel {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
+    m.div_ceil(threads).div_ceil(unit) * unit
 }
 
 /// `a` [rows, k] rounded to bf16 as pairs of `k`, `depth` words a row (zeros past `k`), and

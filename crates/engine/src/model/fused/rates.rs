@@ -44,8 +44,8 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
     };
     let f32_s = best(&mut || Weight::F32(&w32).forward(&x, &mut y, (rows, fan_in, out), true));
     let bf16 = Kernel::available()
-        .into_iter()
-        .map(|kernel| {
+        .iter()
+        .map(|&kernel| {
             // Tiles multiply straight from the weight's rows, as training runs them.
             let s = best(&mut || match kernel {
                 Kernel::Tiles => Weight::Bf16(&w16).forward(&x, &mut y, (rows, fan_in, out), true),
