@@ -35,8 +35,11 @@ cargo test "${release[@]}"
 # The fused kernels once more on gemm's products instead of OpenBLAS's (which the run above
 # uses where install-deps put it): both must match the composed reference.
 PEFT_STUDIO_BLAS=off cargo test "${release[@]}" --test engine fused
-# The composed ops alone, as a GPU runs them (in f32 and bf16), on the engine's tests.
+# The composed ops alone, the reference (in f32 and bf16), on the engine's tests.
 PEFT_STUDIO_FUSED=off cargo test "${release[@]}" --test engine
+# The device-generic layer, as a GPU runs it, on the CPU, with every CPU-only kernel
+# refused: the engine's tests prove what a GPU would run, and that it never reaches one.
+PEFT_STUDIO_FUSED=generic cargo test "${release[@]}" --test engine
 # bf16 through the fused kernels with its weights widened to f32, as on CPUs without
 # AVX-512-BF16 (where the CPU has it, the runs above multiply bf16 as it is).
 PEFT_STUDIO_BF16_PRODUCTS=off cargo test "${release[@]}" --test engine -- fused bf16

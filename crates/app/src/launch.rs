@@ -32,18 +32,14 @@ fn architecture(model: &Path) -> Option<String> {
 
 /// The name of the device runs train on in this build.
 pub fn device_name() -> String {
-    use candle_core::DeviceLocation;
-    match peft_studio_engine::run::default_device().location() {
-        DeviceLocation::Cpu => "cpu".into(),
-        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
+    peft_studio_engine::device::device_name(&peft_studio_engine::run::default_device())
 }
 
 /// Records a new queued run: paths made absolute (the worker and later resumes may run
 /// elsewhere), the dataset hashed, nothing overwritten. Returns the run id.
 pub fn create_run(catalog: &Catalog, cfg: &RunConfig, name: Option<&str>) -> Result<i64> {
     peft_studio_engine::run::preflight(cfg)?;
+    peft_studio_engine::device::check_device()?;
     let mut cfg = cfg.clone();
     cfg.model = existing(&cfg.model, "model")?;
     cfg.dataset = existing(&cfg.dataset, "dataset")?;

@@ -13,6 +13,11 @@ pub struct Cli {
     /// data folder).
     #[arg(long, global = true)]
     pub catalog: Option<PathBuf>,
+    /// The compute device: auto (the first GPU, else the CPU), cpu, cuda, cuda:N, metal,
+    /// metal:N (default: PEFT_STUDIO_DEVICE, else auto). A named device that is not there
+    /// stops the command with the reason.
+    #[arg(long, global = true)]
+    pub device: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -58,6 +63,24 @@ pub enum Command {
     /// Datasets: check every record, preview what will be trained.
     #[command(subcommand)]
     Data(DataCommand),
+}
+
+impl Command {
+    /// Whether the command loads a model on the compute device (or plans for it), so that a
+    /// device that is not there stops it before any work.
+    pub fn computes(&self) -> bool {
+        matches!(
+            self,
+            Self::Plan(_)
+                | Self::Train(_)
+                | Self::Resume(_)
+                | Self::Worker(_)
+                | Self::Export(_)
+                | Self::Generate(_)
+                | Self::Logits(_)
+                | Self::Bench(_)
+        )
+    }
 }
 
 /// How a dataset file is read (shared by `data check` and `data preview`).

@@ -25,6 +25,14 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
         .catalog
         .clone()
         .unwrap_or_else(peft_studio_app::default_catalog_path);
+    if let Some(device) = &cli.device {
+        let request: peft_studio_engine::device::DeviceRequest = device.parse()?;
+        // Set before any thread starts; workers started from here inherit it.
+        std::env::set_var(peft_studio_engine::device::DEVICE_VAR, request.to_string());
+    }
+    if cli.command.computes() {
+        peft_studio_engine::device::check_device()?;
+    }
     match cli.command {
         Command::Plan(a) => {
             let cfg = LlamaConfig::from_path(&resolve_model(&a.model)?)?;

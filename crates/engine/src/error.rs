@@ -45,6 +45,9 @@ pub enum EngineError {
     /// The Hugging Face hub could not serve a download; the message says what to do.
     #[error("hub: {0}")]
     Hub(String),
+    /// The requested compute device cannot be had; the message says why.
+    #[error("device: {0}")]
+    Device(String),
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

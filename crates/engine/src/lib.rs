@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod export;
 pub mod fixtures;

@@ -204,7 +204,7 @@ pub fn estimate(
     })
 }
 
-/// Whether the decoder layers run as one fused op each (`LlamaModel::fused_block`): frozen
+/// Whether the decoder layers run as one fused op each (`LlamaModel::layer_parts`): frozen
 /// layers with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped) or
 /// none at all.
 fn runs_fused_layers(cfg: &LlamaConfig, method: &MethodConfig) -> Result<bool> {

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{load_examples_cached, DataConfig, DataReport, Examples, TokenCache};
@@ -95,28 +95,7 @@ pub struct Prepared {
     pub reports: Vec<DataReport>,
 }
 
-/// The compute device: the first CUDA or Metal GPU when the build has that feature and the
-/// machine the GPU, else the CPU (`PEFT_STUDIO_DEVICE=cpu` insists on the CPU). Chosen once
-/// per process: opening a GPU creates a context, and the planner asks on every form change.
-pub fn default_device() -> Device {
-    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
-    DEVICE.get_or_init(pick_device).clone()
-}
-
-fn pick_device() -> Device {
-    if std::env::var("PEFT_STUDIO_DEVICE").is_ok_and(|v| v == "cpu") {
-        return Device::Cpu;
-    }
-    #[cfg(feature = "cuda")]
-    if let Ok(gpu) = Device::new_cuda(0) {
-        return gpu;
-    }
-    #[cfg(feature = "metal")]
-    if let Ok(gpu) = Device::new_metal(0) {
-        return gpu;
-    }
-    Device::Cpu
-}
+pub use crate::device::default_device;
 
 /// Loads the model, applies the method and reads the dataset.
 pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {

@@ -5,29 +5,15 @@
 //! layer, wasted. Here the product is computed outside the graph and re-enters it through a
 //! custom op whose backward is `dL/dx = dL/dy · W`.
 
-use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Shape, Storage, Tensor,
-};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Shape, Tensor};
 
 use super::ops::linear_matmul;
+use super::reentry::Precomputed;
 use crate::error::Result;
 
 struct FrozenProduct {
     weight: Tensor,
-    product: Tensor,
-}
-
-impl FrozenProduct {
-    fn stored<S>(
-        &self,
-        pick: impl Fn(&Storage, &Layout) -> Option<candle_core::Result<S>>,
-    ) -> candle_core::Result<(S, Shape)> {
-        let (storage, layout) = self.product.storage_and_layout();
-        match pick(&storage, layout) {
-            Some(s) => Ok((s?, layout.shape().clone())),
-            None => candle_core::bail!("frozen-linear: product on an unexpected device"),
-        }
-    }
+    product: Precomputed,
 }
 
 impl CustomOp1 for FrozenProduct {
@@ -36,17 +22,11 @@ impl CustomOp1 for FrozenProduct {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.stored(|s, l| match s {
-            Storage::Cpu(c) => Some(candle_core::backend::BackendStorage::try_clone(c, l)),
-            _ => None,
-        })
+        self.product.cpu()
     }
 
     fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.stored(|s, l| match s {
-            Storage::Cuda(c) => Some(candle_core::backend::BackendStorage::try_clone(c, l)),
-            _ => None,
-        })
+        self.product.cuda()
     }
 
     fn metal_fwd(
@@ -54,10 +34,7 @@ impl CustomOp1 for FrozenProduct {
         _: &MetalStorage,
         _: &Layout,
     ) -> candle_core::Result<(MetalStorage, Shape)> {
-        self.stored(|s, l| match s {
-            Storage::Metal(c) => Some(candle_core::backend::BackendStorage::try_clone(c, l)),
-            _ => None,
-        })
+        self.product.metal()
     }
 
     fn bwd(
@@ -95,6 +72,6 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let product = linear_matmul(&x.detach(), w)?;
     Ok(x.apply_op1(FrozenProduct {
         weight: w.clone(),
-        product,
+        product: Precomputed::new(product),
     })?)
 }

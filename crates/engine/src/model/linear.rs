@@ -71,9 +71,15 @@ impl Linear {
     /// [`Self::fused_parts`] whatever the LoRA branch's dropout: the fused decoder layer
     /// draws the masks itself (`ForwardCtx::draw_dropout`).
     pub fn fusable(&self, x: &Tensor) -> Option<LinearParts<'_>> {
+        fused::applies(x).then(|| self.frozen_parts()).flatten()
+    }
+
+    /// The parts of a frozen projection with plain LoRA or nothing, on any device: what a
+    /// whole-layer op (`fused::layer` on the CPU, `generic::layer` elsewhere) takes.
+    pub fn frozen_parts(&self) -> Option<LinearParts<'_>> {
         let frozen =
             !self.weight.is_variable() && self.bias.as_ref().is_none_or(|b| !b.is_variable());
-        if !fused::applies(x) || !frozen {
+        if !frozen {
             return None;
         }
         let lora = match &self.lora {

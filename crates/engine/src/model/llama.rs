@@ -37,6 +37,14 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Whether any cached tensor is part of an autograd graph (it never should be).
+    pub fn tracks_ops(&self) -> bool {
+        self.layers
+            .iter()
+            .flatten()
+            .any(|(k, v)| k.track_op() || v.track_op())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -486,11 +494,12 @@ impl LlamaModel {
 
     /// The block as one fused op takes it, when it can compute it: on the CPU, frozen
     /// norms, every linear fusable (`Linear::fusable`) without IA³, no bottleneck adapter.
-    fn fused_block<'a>(
+    /// The layer as one op's parts, where its weights are frozen and its projections carry
+    /// plain LoRA or nothing.
+    fn layer_parts<'a>(
         &self,
         b: &'a Block,
         adapters: Option<&LayerAdapters>,
-        x: &Tensor,
         ctx: &ForwardCtx,
     ) -> Option<fused::layer::LayerParts<'a>> {
         let plain = adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
@@ -500,7 +509,7 @@ impl LlamaModel {
         if !plain {
             return None;
         }
-        let [q, k, v, o, gate, up, down] = b.linears().map(|l| l.fusable(x));
+        let [q, k, v, o, gate, up, down] = b.linears().map(|l| l.frozen_parts());
         let linears = [q?, k?, v?, o?, gate?, up?, down?];
         // Dropout masks drawn in the order the composed ops draw them: the same masks.
         let dropout = b
@@ -530,9 +539,14 @@ impl LlamaModel {
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
         // Training and scoring run the whole block as one op; decoding keeps the cache.
-        if cache.is_none() {
-            if let Some(parts) = self.fused_block(b, adapters, x, ctx) {
-                return fused::layer::decoder_layer(x, &parts, &pos.cos, &pos.sin);
+        let whole = fused::applies(x) || super::generic::applies(x);
+        if cache.is_none() && whole {
+            if let Some(parts) = self.layer_parts(b, adapters, ctx) {
+                return if fused::applies(x) {
+                    fused::layer::decoder_layer(x, &parts, &pos.cos, &pos.sin)
+                } else {
+                    super::generic::layer::decoder_layer(x, &parts, &pos.cos, &pos.sin)
+                };
             }
         }
         let eps = self.cfg.rms_norm_eps;
@@ -576,7 +590,10 @@ impl LlamaModel {
                 k = Tensor::cat(&[pk, &k], 2)?;
                 v = Tensor::cat(&[pv, &v], 2)?;
             }
-            *slot = Some((k.clone(), v.clone()));
+            // Stored detached: with an adapter's variables in the graph, a tracked cache
+            // would keep every earlier step's cache alive through its `cat` (O(T²) memory
+            // in the generated length). This forward pass still uses the tracked k and v.
+            *slot = Some((k.detach(), v.detach()));
         }
         let out = blocks::attention(&q, &k, &v, mask.as_ref())?;
         b.o_proj.forward(&out, ctx)

@@ -4,11 +4,13 @@ pub mod blocks;
 pub mod config;
 pub mod frozen;
 pub mod fused;
+pub mod generic;
 pub mod gguf;
 pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod ops;
+pub mod reentry;
 pub mod rope;
 
 pub use config::LlamaConfig;

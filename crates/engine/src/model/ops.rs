@@ -66,13 +66,20 @@ pub fn masked_cross_entropy(
     let logits = widened(logits)?;
     let logp = log_softmax_last_dim(&logits)?;
     let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let count = weights
-        .to_dtype(DType::F64)?
-        .sum_all()?
-        .to_scalar::<f64>()?;
+    let count = host_scalar(&widened(weights)?.sum_all()?)?;
     let total = (picked * weights.to_dtype(logits.dtype())?)?.sum_all()?;
     let loss = (total.neg()? / count.max(1.0))?;
     Ok((loss, count))
+}
+
+/// A scalar tensor's value on the host, read in its own precision: an f64 tensor (the CPU
+/// reference) as it is, anything else through f32, since Metal has no f64 and a GPU has no
+/// reason to widen.
+pub fn host_scalar(t: &Tensor) -> Result<f64> {
+    Ok(match t.dtype() {
+        DType::F64 => t.to_scalar::<f64>()?,
+        _ => f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?),
+    })
 }
 
 /// `x @ wᵀ` for `x` [..., in] and `w` [out, in], flattening the leading dims so that one

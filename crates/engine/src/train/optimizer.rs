@@ -7,7 +7,7 @@ use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
 use crate::error::Result;
 use crate::model::fused::view::view;
-use crate::model::ops::wide;
+use crate::model::ops::{host_scalar, wide};
 
 /// Optimiser state for a list of variables.
 #[derive(Debug)]
@@ -203,21 +203,25 @@ pub fn collect_grads(vars: &[&Var], store: &GradStore) -> Result<Vec<Tensor>> {
         .collect()
 }
 
-/// The global L2 norm of `grads`, summed in f64 (an f32 CPU gradient read in place rather
-/// than widened into an f64 copy twice its size).
+/// The global L2 norm of `grads`. Where the fused CPU kernels run, an f32 gradient is
+/// summed in f64 as it lies (not widened into an f64 copy twice its size); elsewhere each
+/// gradient's sum of squares stays on its device in f32 and one transfer reads them all,
+/// not one per variable (an f64 gradient, the CPU reference, is summed in f64).
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut total = 0.0f64;
+    let mut on_device = Vec::new();
     for g in grads {
-        total += if g.device().is_cpu() && g.dtype() == DType::F32 {
+        if crate::model::fused::applies(g) && g.dtype() == DType::F32 {
             let g = g.contiguous()?;
-            let sum = view(&g)?.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
-            sum
+            total += view(&g)?.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+        } else if g.device().is_cpu() && g.dtype() == DType::F64 {
+            total += g.sqr()?.sum_all()?.to_scalar::<f64>()?;
         } else {
-            g.to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?
-        };
+            on_device.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?);
+        }
+    }
+    if !on_device.is_empty() {
+        total += host_scalar(&Tensor::stack(&on_device, 0)?.sum_all()?)?;
     }
     Ok(total.sqrt())
 }

@@ -161,7 +161,7 @@ impl<'a> Trainer<'a> {
         let (mut total, mut count) = (0.0, 0.0);
         for batch in val.eval_batches(self.model.device())? {
             let (loss, n) = batch_loss(self.model, &batch, &ctx)?;
-            total += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? * n;
+            total += crate::model::ops::host_scalar(&loss)? * n;
             count += n;
         }
         Ok(Some(total / count.max(1.0)))
@@ -180,7 +180,7 @@ impl<'a> Trainer<'a> {
             let ctx = ForwardCtx::train(SplitMix64::mix(self.cfg.seed, index as u64))
                 .with_checkpointing(self.cfg.gradient_checkpointing);
             let (loss, _) = batch_loss(self.model, &batch, &ctx)?;
-            let loss_value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let loss_value = crate::model::ops::host_scalar(&loss)?;
             if !loss_value.is_finite() {
                 return Err(EngineError::config(
                     "lr",

@@ -89,7 +89,7 @@ fn input(shape: &[usize], seed: u64) -> (Vec<f64>, Vec<usize>) {
 
 #[test]
 fn fused_ops_apply_to_f32_and_half_precision_on_the_cpu() {
-    if std::env::var("PEFT_STUDIO_FUSED").is_ok_and(|v| v == "off") {
+    if fused::kernels() != fused::Kernels::Cpu {
         return;
     }
     let t = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
@@ -281,8 +281,29 @@ fn trained_lm_head_cross_entropy_matches_its_composition() {
     );
 }
 
+/// Under `PEFT_STUDIO_FUSED=generic` (the test command's run of what a GPU runs) a
+/// CPU-only kernel refuses to run: the engine tests passing there prove none was reached.
+#[test]
+fn cpu_only_kernels_are_refused_in_the_generic_mode() {
+    if fused::kernels() != fused::Kernels::Generic {
+        return;
+    }
+    let x = Tensor::ones((2, 4), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::ones((3, 4), DType::F32, &Device::Cpu).unwrap();
+    let parts = fused::linear::LinearParts {
+        weight: &w,
+        bias: None,
+        lora: None,
+    };
+    let err = fused::linear::frozen_linear(&x, parts).unwrap_err();
+    assert!(err.to_string().contains("CPU-only kernel"), "{err}");
+}
+
 #[test]
 fn frozen_linear_with_lora_matches_its_composition() {
+    if fused::kernels() == fused::Kernels::Generic {
+        return;
+    }
     let (fan_in, out, r) = (12, 10, 3);
     let weight = random(out * fan_in, 12, 0.5);
     let bias = random(out, 13, 0.5);

@@ -135,3 +135,34 @@ fn detaching_adapters_restores_the_base_model() {
         assert_eq!(logits(&model), base, "{kind} detached");
     }
 }
+
+/// With a LoRA adapter's variables attached, decoding builds a graph each step; the cache
+/// must not keep it, or every earlier cache stays alive (O(T²) memory in the length).
+#[test]
+fn the_kv_cache_holds_no_graph_with_an_adapter_attached() {
+    use peft_studio_engine::model::KvCache;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let method = crate::common::lora_method(4, "q_proj,k_proj,v_proj");
+    let (model, _vars) = crate::common::gradient_model(dir.path(), &method, DType::F32);
+    let mut cache = KvCache::default();
+    let mut input = Tensor::new(&[1u32, 2, 3], &Device::Cpu)
+        .expect("ids")
+        .unsqueeze(0)
+        .expect("b");
+    for step in 0..4u32 {
+        let logits = model.last_logits(&input, &mut cache).expect("logits");
+        assert!(
+            logits.track_op(),
+            "the adapter's variables are in this step's graph"
+        );
+        assert!(
+            !cache.tracks_ops(),
+            "step {step}: a cached tensor carries an op"
+        );
+        input = Tensor::new(&[step + 4], &Device::Cpu)
+            .expect("id")
+            .unsqueeze(0)
+            .expect("b");
+    }
+    assert_eq!(cache.len(), 6);
+}

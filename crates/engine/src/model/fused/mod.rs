@@ -29,13 +29,34 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Tensor};
 
-/// Whether the fused kernels serve `t`: f32, bf16 or f16 on the CPU, unless
-/// `PEFT_STUDIO_FUSED=off` (the composed ops everywhere, as on a GPU: for tests and
-/// comparisons).
+/// Which kernels compute a decoder layer, from `PEFT_STUDIO_FUSED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// The fused CPU kernels on the CPU, the device-generic layer elsewhere (the default).
+    Cpu,
+    /// The device-generic layer on every device, the CPU included (`generic`: how the
+    /// tests prove on the CPU what a GPU runs), with the CPU-only kernels refused.
+    Generic,
+    /// candle's composed ops everywhere (`off`): the reference.
+    Composed,
+}
+
+/// The kernels this process uses (read once).
+pub fn kernels() -> Kernels {
+    static KERNELS: OnceLock<Kernels> = OnceLock::new();
+    *KERNELS.get_or_init(|| match std::env::var("PEFT_STUDIO_FUSED").as_deref() {
+        Ok("off") => Kernels::Composed,
+        Ok("generic") => Kernels::Generic,
+        _ => Kernels::Cpu,
+    })
+}
+
+/// Whether the fused CPU kernels serve `t`: f32, bf16 or f16 on the CPU, unless
+/// `PEFT_STUDIO_FUSED` is `off` or `generic`.
 pub fn applies(t: &Tensor) -> bool {
-    static OFF: OnceLock<bool> = OnceLock::new();
-    let off = *OFF.get_or_init(|| std::env::var("PEFT_STUDIO_FUSED").is_ok_and(|v| v == "off"));
-    !off && t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16)
+    kernels() == Kernels::Cpu
+        && t.device().is_cpu()
+        && matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16)
 }
 
 /// Which library computes the fused ops' matrix products: `"openblas"` where the system has

@@ -38,8 +38,18 @@ impl Deref for Floats<'_> {
     }
 }
 
+/// Refuses every CPU-only kernel under `PEFT_STUDIO_FUSED=generic`, where the tests prove
+/// that what a GPU runs never reaches one: all of them read their data through this file.
+fn cpu_only() -> candle_core::Result<()> {
+    if super::kernels() == super::Kernels::Generic {
+        candle_core::bail!("a CPU-only kernel was reached under PEFT_STUDIO_FUSED=generic")
+    }
+    Ok(())
+}
+
 /// `t`'s elements as f32; `t` must be a contiguous f32, bf16 or f16 CPU tensor.
 pub fn view(t: &Tensor) -> candle_core::Result<Floats<'_>> {
+    cpu_only()?;
     let (guard, layout) = t.storage_and_layout();
     let Some((start, end)) = layout.contiguous_offsets() else {
         candle_core::bail!("fused op: expected a contiguous tensor")
@@ -81,6 +91,7 @@ impl WeightView<'_> {
 
 /// `t`'s elements for [`Weight`]'s products; `t` must be a contiguous CPU tensor.
 pub(super) fn weight_view(t: &Tensor) -> candle_core::Result<WeightView<'_>> {
+    cpu_only()?;
     let (guard, layout) = t.storage_and_layout();
     if let (Storage::Cpu(CpuStorage::BF16(_)), Some((start, end)), true) = (
         &*guard,
@@ -102,6 +113,7 @@ pub fn storage_slice<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
 ) -> candle_core::Result<Cow<'a, [f32]>> {
+    cpu_only()?;
     let Some((start, end)) = layout.contiguous_offsets() else {
         candle_core::bail!("fused op: expected a contiguous input")
     };

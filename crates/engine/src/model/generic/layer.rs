@@ -1,0 +1,317 @@
+//! A whole decoder layer as one autograd node on any device: RMSNorm, q/k/v with RoPE,
+//! blocked causal attention, o_proj and the residual sum, RMSNorm, gate/up, SwiGLU,
+//! down_proj and the residual sum, with the LoRA branches of any of the seven projections.
+//!
+//! The forward pass runs outside candle's graph and re-enters it as one op
+//! (`reentry::Precomputed`) whose backward pass is written here. It keeps the roped q and
+//! k, v, the attention output, the residual stream between the sublayers and gate/up
+//! (about 2·hidden + 2·(q+kv width) + 2·intermediate values per token); with gradient
+//! checkpointing only the input, and the backward pass runs the forward pass again. The
+//! norms and SwiGLU are recomputed from what is kept. The LoRA matrices reach it as one
+//! packed tensor, as in `fused::layer`.
+
+use std::sync::Mutex;
+
+use candle_core::Tensor;
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, MetalStorage, Shape};
+
+use super::attention::Attention;
+use super::elementwise::{rms_norm, rms_norm_backward, swiglu, swiglu_backward, Rotary};
+use super::projection::{Lora, Projection};
+use crate::error::Result;
+use crate::model::fused::layer::LayerParts;
+use crate::model::reentry::Precomputed;
+
+/// The layer's projections, in this order.
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+const O: usize = 3;
+const GATE: usize = 4;
+const UP: usize = 5;
+const DOWN: usize = 6;
+
+/// What the backward pass reads besides the input.
+struct Kept {
+    /// Roped queries [batch, q_heads, seq, d], roped keys and values [batch, kv_heads, seq, d].
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    /// The attention output [tokens, q_heads · d], o_proj's input.
+    attn: Tensor,
+    /// The residual stream after attention [tokens, hidden].
+    mid: Tensor,
+    /// gate and up [tokens, intermediate].
+    gate: Tensor,
+    up: Tensor,
+}
+
+struct Layer {
+    projections: [Projection; 7],
+    norms: [Tensor; 2],
+    rotary: Rotary,
+    eps: f64,
+    attention: Attention,
+}
+
+/// The layer as an op: its output until candle takes it, what the backward pass reads
+/// (none with gradient checkpointing).
+struct LayerOp {
+    layer: Layer,
+    output: Precomputed,
+    kept: Mutex<Option<Kept>>,
+}
+
+impl Layer {
+    fn tokens(&self) -> usize {
+        self.attention.batch * self.attention.seq
+    }
+
+    /// [tokens, heads · d] → [batch, heads, seq, d].
+    fn heads(&self, t: &Tensor, heads: usize) -> Result<Tensor> {
+        let a = &self.attention;
+        Ok(t.reshape((a.batch, a.seq, heads, a.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// [batch, heads, seq, d] → [tokens, heads · d].
+    fn rows(&self, t: &Tensor) -> Result<Tensor> {
+        let (_, heads, _, d) = t.dims4()?;
+        Ok(t.transpose(1, 2)?
+            .contiguous()?
+            .reshape((self.tokens(), heads * d))?)
+    }
+
+    /// The layer's output for `x` [tokens, hidden], and what the backward pass reads.
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, Kept)> {
+        let p = &self.projections;
+        let a = &self.attention;
+        let (h, _) = rms_norm(x, &self.norms[0], self.eps)?;
+        let q = self
+            .rotary
+            .forward(&self.heads(&p[Q].forward(&h)?, a.q_heads)?)?;
+        let k = self
+            .rotary
+            .forward(&self.heads(&p[K].forward(&h)?, a.kv_heads)?)?;
+        let v = self.heads(&p[V].forward(&h)?, a.kv_heads)?;
+        let attn = self.rows(&a.forward(&q, &k, &v)?)?;
+        let mid = (x + p[O].forward(&attn)?)?;
+        let (h, _) = rms_norm(&mid, &self.norms[1], self.eps)?;
+        let gate = p[GATE].forward(&h)?;
+        let up = p[UP].forward(&h)?;
+        let out = (&mid + p[DOWN].forward(&swiglu(&gate, &up)?)?)?;
+        let kept = Kept {
+            q,
+            k,
+            v,
+            attn,
+            mid,
+            gate,
+            up,
+        };
+        Ok((out, kept))
+    }
+
+    /// dL/dx and the LoRA matrices' gradients (A then B, projection by projection) for
+    /// `d_out` [tokens, hidden].
+    fn backward(&self, x: &Tensor, kept: &Kept, d_out: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let p = &self.projections;
+        let a = &self.attention;
+        let mut lora = vec![None; 7];
+        let mut through = |i: usize, input: &Tensor, dy: &Tensor| -> Result<Tensor> {
+            let (dx, grads) = p[i].backward(input, dy)?;
+            lora[i] = grads;
+            Ok(dx)
+        };
+        // MLP.
+        let (h2, rstd2) = rms_norm(&kept.mid, &self.norms[1], self.eps)?;
+        let act = swiglu(&kept.gate, &kept.up)?;
+        let d_act = through(DOWN, &act, d_out)?;
+        let (d_gate, d_up) = swiglu_backward(&kept.gate, &kept.up, &d_act)?;
+        let d_h2 = (through(GATE, &h2, &d_gate)? + through(UP, &h2, &d_up)?)?;
+        let d_mid = (d_out + rms_norm_backward(&kept.mid, &self.norms[1], &rstd2, &d_h2)?)?;
+        // Attention.
+        let d_attn = self.heads(&through(O, &kept.attn, &d_mid)?, a.q_heads)?;
+        let (dq, dk, dv) = a.backward(&kept.q, &kept.k, &kept.v, &d_attn)?;
+        let dq = self.rows(&self.rotary.backward(&dq)?)?;
+        let dk = self.rows(&self.rotary.backward(&dk)?)?;
+        let dv = self.rows(&dv)?;
+        let (h1, rstd1) = rms_norm(x, &self.norms[0], self.eps)?;
+        let d_h1 = ((through(Q, &h1, &dq)? + through(K, &h1, &dk)?)? + through(V, &h1, &dv)?)?;
+        let dx = (d_mid + rms_norm_backward(x, &self.norms[0], &rstd1, &d_h1)?)?;
+        let grads = lora
+            .into_iter()
+            .flatten()
+            .flat_map(|(da, db)| [da, db])
+            .collect();
+        Ok((dx, grads))
+    }
+}
+
+impl LayerOp {
+    /// The backward pass of the op: `x` as candle hands it, `grad` [batch, seq, hidden].
+    fn gradients(&self, x: &Tensor, grad: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let hidden = x.dim(2)?;
+        let x2 = x.detach().reshape((self.layer.tokens(), hidden))?;
+        let d_out = grad
+            .reshape((self.layer.tokens(), hidden))?
+            .to_dtype(x.dtype())?;
+        let kept = match self.kept.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(_) => None,
+        };
+        let kept = match kept {
+            Some(kept) => kept,
+            None => self.layer.forward(&x2)?.1,
+        };
+        let (dx, grads) = self.layer.backward(&x2, &kept, &d_out)?;
+        Ok((dx.reshape(x.shape())?, grads))
+    }
+}
+
+fn candle_err(e: crate::error::EngineError) -> candle_core::Error {
+    match e {
+        crate::error::EngineError::Candle(e) => e,
+        other => candle_core::Error::Msg(other.to_string()),
+    }
+}
+
+impl CustomOp1 for LayerOp {
+    fn name(&self) -> &'static str {
+        "generic-decoder-layer"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.output.cpu()
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        self.output.cuda()
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(MetalStorage, Shape)> {
+        self.output.metal()
+    }
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (dx, _) = self.gradients(x, grad).map_err(candle_err)?;
+        Ok(Some(dx))
+    }
+}
+
+impl CustomOp2 for LayerOp {
+    fn name(&self) -> &'static str {
+        "generic-decoder-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.output.cpu()
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        self.output.cuda()
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(MetalStorage, Shape)> {
+        self.output.metal()
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        pack: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, grads) = self.gradients(x, grad).map_err(candle_err)?;
+        let flat = grads
+            .iter()
+            .map(|g| g.flatten_all()?.to_dtype(pack.dtype()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok((Some(dx), Some(Tensor::cat(&flat, 0)?)))
+    }
+}
+
+/// The decoder layer for `x` [batch, seq, hidden] on any device; `cos`, `sin` are the
+/// model's rotary tables [seq, head_dim].
+pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (batch, seq, hidden) = x.dims3()?;
+    let mut flat = Vec::new();
+    let mut projections = Vec::with_capacity(7);
+    for (l, dropout) in parts.linears.iter().zip(parts.dropout) {
+        let lora = match l.lora {
+            Some(lora) => {
+                flat.push(lora.a.flatten_all()?);
+                flat.push(lora.b.flatten_all()?);
+                Some(Lora {
+                    a: lora.a.detach(),
+                    b: lora.b.detach(),
+                    scale: lora.scale,
+                    dropout,
+                })
+            }
+            None => None,
+        };
+        projections.push(Projection {
+            weight: l.weight.clone(),
+            bias: l.bias.cloned(),
+            lora,
+        });
+    }
+    let projections: [Projection; 7] = projections
+        .try_into()
+        .map_err(|_| candle_core::Error::Msg("decoder layer: seven projections".into()))?;
+    let layer = Layer {
+        projections,
+        norms: [parts.input_norm.clone(), parts.post_norm.clone()],
+        rotary: Rotary::new(cos, sin)?,
+        eps: parts.eps,
+        attention: Attention {
+            batch,
+            q_heads: parts.q_heads,
+            kv_heads: parts.kv_heads,
+            seq,
+            head_dim: parts.head_dim,
+            scores_per_block: super::attention::SCORES_PER_BLOCK,
+        },
+    };
+    let (out, kept) = layer.forward(&x.detach().reshape((batch * seq, hidden))?)?;
+    let out = out.reshape((batch, seq, hidden))?;
+    if flat.is_empty() && !x.track_op() {
+        // No gradient flows through this layer: no node.
+        return Ok(out);
+    }
+    let op = LayerOp {
+        layer,
+        output: Precomputed::new(out),
+        kept: Mutex::new((!parts.recompute).then_some(kept)),
+    };
+    Ok(if flat.is_empty() {
+        x.apply_op1(op)?
+    } else {
+        x.apply_op2(&Tensor::cat(&flat, 0)?, op)?
+    })
+}
