@@ -323,6 +323,31 @@ fn hostile_inputs_get_clear_errors_and_change_nothing() {
         ],
         &["another base model"],
     ));
+    // Devices: a name that is not one, and a GPU this build cannot open (the test build
+    // has neither CUDA nor Metal), refused before any model is read.
+    for (name, device, mention) in [
+        ("device: not a device", "tpu", "is not a device"),
+        ("device: no CUDA in this build", "cuda", "no CUDA support"),
+        (
+            "device: no Metal in this build",
+            "metal:1",
+            "no Metal support",
+        ),
+    ] {
+        cases.push(case(
+            name,
+            &[
+                "--device",
+                device,
+                "generate",
+                "--model",
+                &other_base,
+                "--prompt",
+                "hi",
+            ],
+            &[mention],
+        ));
+    }
 
     // Run configs.
     for (name, flags, mention) in [

@@ -90,6 +90,9 @@ pub fn head_loss(
         Some(w) if fused::applies(hidden) => {
             fused::cross_entropy::lm_head_cross_entropy(hidden, w, targets, weights)
         }
+        Some(w) if super::generic::applies(hidden) => {
+            super::generic::cross_entropy::lm_head_cross_entropy(hidden, w, targets, weights)
+        }
         _ => {
             let logits = logits(hidden)?;
             ops::masked_cross_entropy(&logits, targets, weights)

@@ -14,6 +14,7 @@
 //! against the f64 composed reference without a GPU.
 
 mod attention;
+pub mod cross_entropy;
 mod elementwise;
 pub mod layer;
 mod projection;
