@@ -59,4 +59,11 @@ bash tests/desktop/run.sh
 # the studio (its Python environment is made once, outside the clone).
 phase "interop"
 PEFT_STUDIO_CLI="$PWD/target/release/peft-studio-cli" bash tests/interop/run
+# The GPU build compiles (candle's CUDA kernels through nvcc, for an H100's sm_90), with a
+# CUDA toolkit made from the package registry's wheels and cached outside the clone; no GPU
+# is needed to build. About 6 minutes from cold on two cores.
+phase "cuda build check"
+cuda_home=$(bash scripts/cuda-toolkit.sh)
+CUDA_HOME="$cuda_home" PATH="$cuda_home/bin:$PATH" CUDA_COMPUTE_CAP=90 \
+  CARGO_TARGET_DIR="$PWD/target/cuda-check" cargo check --release --locked -p peft-studio-cli --features cuda
 echo "all checks passed in $(( $(date +%s) - start )) s"

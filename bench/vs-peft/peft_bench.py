@@ -46,10 +46,14 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    # The base weights' dtype: f32 with bf16 autocast by default; bf16 as people load a big
+    # model onto a GPU (the adapters are kept in f32 by PEFT either way).
+    p.add_argument("--load-dtype", default="f32", choices=["f32", "bf16"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = tf.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32).to(a.device)
+    load = torch.bfloat16 if a.load_dtype == "bf16" else torch.float32
+    model = tf.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=load).to(a.device)
     config = peft_config(a)
     if config is not None:
         model = get_peft_model(model, config)

@@ -66,13 +66,13 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether the command loads a model on the compute device (or plans for it), so that a
-    /// device that is not there stops it before any work.
+    /// Whether the command loads a model on the compute device, so that a device that is
+    /// not there stops it before any work (`plan` only names one: it plans for a GPU this
+    /// machine need not have).
     pub fn computes(&self) -> bool {
         matches!(
             self,
-            Self::Plan(_)
-                | Self::Train(_)
+            Self::Train(_)
                 | Self::Resume(_)
                 | Self::Worker(_)
                 | Self::Export(_)

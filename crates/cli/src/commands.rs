@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use peft_studio_app::demo::{demo_train, write_demo_dataset};
 use peft_studio_engine::chat::Message;
+use peft_studio_engine::device::DeviceRequest;
 use peft_studio_engine::generate::{generate, GenerateOptions};
 use peft_studio_engine::memory::{self, StepShape};
 use peft_studio_engine::model::{load_model, LlamaConfig};
@@ -40,20 +41,25 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
             apply_method_args(&mut method, &a.method)?;
             let counts = count_params(&cfg, &method)?;
             println!("{counts}");
+            let cpu = match cli.device.as_deref().map(str::parse).transpose()? {
+                None | Some(DeviceRequest::Auto) => run::default_device().is_cpu(),
+                Some(request) => request == DeviceRequest::Cpu,
+            };
             let step = StepShape {
                 batch: a.batch_size,
                 seq_len: a.seq_len,
                 dtype: a.precision.dtype(),
-                cpu: peft_studio_engine::run::default_device().is_cpu(),
+                cpu,
                 checkpointing: a.gradient_checkpointing,
             };
+            let estimate = memory::estimate(&cfg, &method, step)?;
             println!(
-                "{} for batch {} x {} tokens, {}",
-                memory::estimate(&cfg, &method, step)?,
-                a.batch_size,
-                a.seq_len,
-                a.precision
+                "{estimate} for batch {} x {} tokens, {}",
+                a.batch_size, a.seq_len, a.precision
             );
+            if !cpu {
+                println!("{}", memory::gpu_fit(&cfg, &method, step)?);
+            }
             Ok(())
         }
         Command::Methods(a) => {

@@ -40,6 +40,24 @@ const MIXED_SCORE_BYTES: f64 = 23.0;
 const MIXED_HIDDEN_BYTES: f64 = 55.0;
 /// The process itself: code, tokenizer, allocator arenas, thread stacks.
 const PROCESS_BYTES: u64 = 120 << 20;
+/// On a GPU, device memory that is not the run's tensors: the CUDA context with candle's
+/// kernels loaded, cuBLAS's workspace, the caching allocator's slack.
+const GPU_RUNTIME_BYTES: u64 = 768 << 20;
+/// The device-generic layer's backward pass holds about this many f32 tensors of the
+/// intermediate width at once (SwiGLU's widened inputs, sigmoid, products and gradients)
+/// and this many of the hidden width; and an attention block's scores about this many times
+/// (probabilities, their gradient, the difference and its narrowed copy).
+const GENERIC_INTERMEDIATE_TEMPS: f64 = 8.0;
+const GENERIC_HIDDEN_TEMPS: f64 = 8.0;
+const GENERIC_SCORE_TEMPS: f64 = 5.0;
+/// The generic loss head holds this many f32 tensors of one chunk's logits at once
+/// (logits, shifted, exponentials, one-hot, softmax, its gradient).
+const GENERIC_HEAD_TENSORS: f64 = 6.0;
+/// The generic layer's activations are multiplied by this for the allocator's retained
+/// buffers and the backward pass's transient copies (fitted to measured CPU peaks of the
+/// layer under `PEFT_STUDIO_FUSED=generic`: a 1.07B Llama-shaped model at 1 × 2,048 tokens,
+/// f32 and bf16, docs/BENCHMARKS.md; both needed 1.43–1.46).
+const GENERIC_ACTIVATION_FACTOR: f64 = 1.45;
 
 /// Predicted peak memory of a training run, by part, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -57,13 +75,38 @@ pub struct MemoryEstimate {
     pub loading: u64,
     /// The process itself.
     pub process: u64,
+    /// On a GPU: device memory outside the run's tensors (context, libraries); 0 on the CPU.
+    pub gpu_runtime: u64,
 }
 
 impl MemoryEstimate {
-    /// The predicted peak: training's or loading's, whichever is higher.
+    fn training(&self) -> u64 {
+        self.weights + self.optimizer + self.activations + self.loss_head
+    }
+
+    /// Whether this is a GPU's estimate (device memory and host memory apart).
+    pub fn on_gpu(&self) -> bool {
+        self.gpu_runtime > 0
+    }
+
+    /// The predicted peak of the memory training runs in: on the CPU training's or
+    /// loading's, whichever is higher, plus the process; on a GPU the device's memory.
     pub fn total(&self) -> u64 {
-        let training = self.weights + self.optimizer + self.activations + self.loss_head;
-        training.max(self.loading) + self.process
+        if self.on_gpu() {
+            self.training() + self.gpu_runtime
+        } else {
+            self.training().max(self.loading) + self.process
+        }
+    }
+
+    /// The host's peak: on a GPU, loading (the file read next to the weights on their way
+    /// to the device) and the process; on the CPU, [`Self::total`].
+    pub fn host(&self) -> u64 {
+        if self.on_gpu() {
+            self.loading + self.process
+        } else {
+            self.total()
+        }
     }
 }
 
@@ -82,9 +125,24 @@ pub struct StepShape {
     pub checkpointing: bool,
 }
 
+/// Which kernels compute the decoder layers (`model::fused::kernels`, by device and dtype).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Fused,
+    Generic,
+    Composed,
+}
+
 impl StepShape {
-    fn fused(&self) -> bool {
-        self.cpu && matches!(self.dtype, DType::F32 | DType::BF16 | DType::F16)
+    fn path(&self) -> Path {
+        use crate::model::fused::{kernels, Kernels};
+        let floats = matches!(self.dtype, DType::F32 | DType::BF16 | DType::F16);
+        match kernels() {
+            _ if !floats => Path::Composed,
+            Kernels::Cpu if self.cpu => Path::Fused,
+            Kernels::Cpu | Kernels::Generic => Path::Generic,
+            Kernels::Composed => Path::Composed,
+        }
     }
 }
 
@@ -123,7 +181,8 @@ pub fn estimate(
         (true, false) => params * 4.0,
         (true, true) => params * 2.0,
     };
-    let (activations, loss_head) = if step.fused() {
+    let path = step.path();
+    let (activations, loss_head) = if path == Path::Fused {
         let acts = if runs_fused_layers(cfg, method)? {
             // Per decoder layer (`model::fused::layer`), in f32: the rotated queries and the
             // attention output, keys and values, the residual stream between the sublayers,
@@ -164,6 +223,41 @@ pub fn estimate(
             }
         };
         (acts as u64, head as u64)
+    } else if path == Path::Generic && runs_fused_layers(cfg, method)? {
+        // Per decoder layer (`model::generic::layer`), in the model's dtype: the roped
+        // queries and the attention output, keys and values, the residual stream between
+        // the sublayers, gate and up, and the layer's output (the next one's input). With
+        // checkpointing only the input, and one layer's worth while it is recomputed. Once,
+        // the backward pass's temporaries of the layer at hand and one attention block.
+        let e = elem as f64;
+        let inside = e * (2.0 * (n * q + n * k + n * i) + n * d);
+        let input = n * d * e;
+        let block_scores = scores.min(crate::model::generic::SCORES_PER_BLOCK as f64);
+        let temporaries = 4.0
+            * (GENERIC_INTERMEDIATE_TEMPS * n * i
+                + GENERIC_HIDDEN_TEMPS * n * d
+                + GENERIC_SCORE_TEMPS * block_scores);
+        let kept = if step.checkpointing {
+            input * layers + inside
+        } else {
+            (inside + input) * layers
+        };
+        let head = match head_role(cfg, method)? {
+            HeadRole::Adapted => LOSS_HEAD_TENSORS * n * vocab * 4.0,
+            role => {
+                let chunk = crate::model::generic::LOGITS_PER_CHUNK as f64;
+                let weight_grad = if role == HeadRole::Trained {
+                    vocab * d * 4.0
+                } else {
+                    0.0
+                };
+                n * d * e + GENERIC_HEAD_TENSORS * chunk.min(n * vocab) * 4.0 + weight_grad
+            }
+        };
+        (
+            (GENERIC_ACTIVATION_FACTOR * (kept + temporaries)) as u64,
+            head as u64,
+        )
     } else {
         // Per decoder layer: two RMSNorms (3 tensors of [n, d] each), queries and keys through
         // projection, head split and RoPE (6.5 each), values (2), scores through scale, mask
@@ -201,6 +295,7 @@ pub fn estimate(
         loss_head,
         loading: counts.total * cfg.stored_dtype.size_in_bytes() as u64 + weights,
         process: PROCESS_BYTES,
+        gpu_runtime: if step.cpu { 0 } else { GPU_RUNTIME_BYTES },
     })
 }
 
@@ -304,6 +399,70 @@ fn adapter_activations(
     })
 }
 
+/// The GPU sizes people train on, in GiB (a 24 GB card, a 48 GB card, an 80 GB H100).
+const GPU_SIZES_GIB: [u64; 3] = [24, 48, 80];
+
+/// Whether `step` fits each common GPU size, and for the sizes it does not fit, the first
+/// change that makes it fit: gradient checkpointing, then halving the micro-batch, then
+/// halving the sequence length (the order a person would try them in).
+pub fn gpu_fit(cfg: &LlamaConfig, method: &MethodConfig, step: StepShape) -> Result<String> {
+    let fits = |s: StepShape, gib: u64| -> Result<bool> {
+        Ok(estimate(cfg, method, s)?.total() <= gib << 30)
+    };
+    let mut out = Vec::new();
+    for gib in GPU_SIZES_GIB {
+        if fits(step, gib)? {
+            out.push(format!("{gib} GB: fits"));
+            continue;
+        }
+        let mut tries = Vec::new();
+        if !step.checkpointing {
+            tries.push((
+                StepShape {
+                    checkpointing: true,
+                    ..step
+                },
+                "with gradient checkpointing".to_string(),
+            ));
+        }
+        let ckpt = StepShape {
+            checkpointing: true,
+            ..step
+        };
+        let mut s = ckpt;
+        while s.batch > 1 {
+            s.batch /= 2;
+            tries.push((s, format!("with checkpointing and batch {}", s.batch)));
+        }
+        let mut t = s;
+        while t.seq_len > 128 {
+            t.seq_len /= 2;
+            tries.push((
+                t,
+                format!(
+                    "with checkpointing, batch {} and {} tokens",
+                    t.batch, t.seq_len
+                ),
+            ));
+        }
+        let mut advice = None;
+        for (s, label) in tries {
+            if fits(s, gib)? {
+                advice = Some(label);
+                break;
+            }
+        }
+        out.push(match advice {
+            Some(label) => format!("{gib} GB: does not fit; fits {label}"),
+            None => format!(
+                "{gib} GB: does not fit (the weights alone need {})",
+                human_bytes(estimate(cfg, method, step)?.weights)
+            ),
+        });
+    }
+    Ok(format!("on a GPU of {}", out.join("; ")))
+}
+
 /// `1234567890` bytes → `1.15 GiB`.
 pub fn human_bytes(bytes: u64) -> String {
     let b = bytes as f64;
@@ -316,14 +475,28 @@ pub fn human_bytes(bytes: u64) -> String {
 
 impl std::fmt::Display for MemoryEstimate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = if self.on_gpu() {
+            "GPU memory"
+        } else {
+            "memory"
+        };
         write!(
             f,
-            "estimated peak memory: {} (weights {}, gradients and optimizer {}, activations {}, loss head {})",
+            "estimated peak {place}: {} (weights {}, gradients and optimizer {}, activations {}, loss head {})",
             human_bytes(self.total()),
             human_bytes(self.weights),
             human_bytes(self.optimizer),
             human_bytes(self.activations),
             human_bytes(self.loss_head)
-        )
+        )?;
+        if self.on_gpu() {
+            write!(
+                f,
+                ", CUDA context and libraries {}; host memory {}",
+                human_bytes(self.gpu_runtime),
+                human_bytes(self.host())
+            )?;
+        }
+        Ok(())
     }
 }

@@ -5,10 +5,10 @@
 //! layer, wasted. Here the product is computed outside the graph and re-enters it through a
 //! custom op whose backward is `dL/dx = dL/dy · W`.
 
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Shape, Tensor};
+use candle_core::{CustomOp1, Tensor};
 
 use super::ops::linear_matmul;
-use super::reentry::Precomputed;
+use super::reentry::{precomputed_forward, Precomputed};
 use crate::error::Result;
 
 struct FrozenProduct {
@@ -21,21 +21,7 @@ impl CustomOp1 for FrozenProduct {
         "frozen-linear"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.product.cpu()
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.product.cuda()
-    }
-
-    fn metal_fwd(
-        &self,
-        _: &MetalStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(MetalStorage, Shape)> {
-        self.product.metal()
-    }
+    precomputed_forward!(one, product);
 
     fn bwd(
         &self,

@@ -321,6 +321,11 @@ fn method_descriptions_match_the_config() {
 /// faster than linearly with the sequence (attention scores); virtual tokens cost activations.
 #[test]
 fn memory_estimate_parts() {
+    // The planner predicts the path this process runs; these figures are the default's.
+    if peft_studio_engine::model::fused::kernels() != peft_studio_engine::model::fused::Kernels::Cpu
+    {
+        return;
+    }
     use candle_core::DType;
     use peft_studio_engine::memory::{estimate, StepShape};
     let cfg = LlamaConfig::from_json(SMOLLM2_135M).expect("config");
@@ -345,18 +350,24 @@ fn memory_estimate_parts() {
     let double_batch = estimate(&cfg, &lora, shape(8, 256)).expect("b8");
     assert!(double_batch.activations > 19 * l.activations / 10);
     // The fused kernels keep no attention scores: tokens cost the same whether they come
-    // as examples or as length. Composed ops (GPU, bf16) keep scores, quadratic in length.
+    // as examples or as length. The GPU's generic layer holds one block of scores at a time;
+    // methods it does not serve (DoRA) compose single ops there, which keep every score.
     let double_seq = estimate(&cfg, &lora, shape(4, 512)).expect("t512");
     assert_eq!(double_seq.activations, double_batch.activations);
-    let composed = |batch, seq_len| {
+    let gpu = |method: &MethodConfig, batch, seq_len| {
         let s = StepShape {
             cpu: false,
             ..shape(batch, seq_len)
         };
-        estimate(&cfg, &lora, s).expect("composed")
+        estimate(&cfg, method, s).expect("gpu")
     };
-    assert!(composed(4, 512).activations > composed(8, 256).activations);
-    assert!(composed(4, 256).total() > 2 * l.total());
+    let dora = MethodConfig {
+        use_dora: true,
+        ..lora.clone()
+    };
+    assert!(gpu(&dora, 4, 512).activations > 3 * gpu(&lora, 4, 512).activations / 2);
+    assert!(gpu(&dora, 4, 512).activations > gpu(&dora, 8, 256).activations);
+    assert!(gpu(&lora, 4, 256).on_gpu() && !l.on_gpu());
     let prompt = MethodConfig {
         kind: MethodKind::PromptTuning,
         num_virtual_tokens: 64,
@@ -392,4 +403,44 @@ fn memory_estimate_parts() {
     assert!(bf16.weights < l.weights);
     // On the CPU the fused kernels serve bf16 too: less than f32 in all.
     assert!(bf16.total() < l.total());
+}
+
+/// The GPU path's planner on Llama-2-7B (config only), LoRA r=16 on every linear layer,
+/// bf16, 1 × 2,048 tokens: within a 24 GB card with gradient checkpointing, within 40 GiB
+/// without; `gpu_fit` names checkpointing as the change that makes it fit 24 GB.
+#[test]
+fn a_7b_model_at_2048_tokens_fits_a_24_gb_gpu_with_checkpointing() {
+    // The planner predicts the path this process runs; these figures are the default's.
+    if peft_studio_engine::model::fused::kernels() != peft_studio_engine::model::fused::Kernels::Cpu
+    {
+        return;
+    }
+    use candle_core::DType;
+    use peft_studio_engine::memory::{estimate, gpu_fit, StepShape};
+    let cfg = LlamaConfig::from_json(LLAMA2_7B).expect("config");
+    let lora = lora_method(16, "all-linear");
+    let step = |checkpointing| StepShape {
+        batch: 1,
+        seq_len: 2048,
+        dtype: DType::BF16,
+        cpu: false,
+        checkpointing,
+    };
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let with = estimate(&cfg, &lora, step(true)).expect("checkpointing");
+    let without = estimate(&cfg, &lora, step(false)).expect("no checkpointing");
+    assert!(gib(with.total()) <= 24.0, "{with}");
+    assert!(gib(without.total()) <= 40.0, "{without}");
+    assert_eq!(lora.lora_targets(&cfg).expect("targets").len(), 7 * 32);
+    // At 4,096 tokens without checkpointing it does not fit 24 GB; checkpointing is the fix.
+    let long = StepShape {
+        seq_len: 4096,
+        ..step(false)
+    };
+    let fit = gpu_fit(&cfg, &lora, long).expect("fit");
+    assert!(
+        fit.contains("24 GB: does not fit; fits with gradient checkpointing"),
+        "{fit}"
+    );
+    assert!(fit.contains("80 GB: fits"), "{fit}");
 }

@@ -9,74 +9,20 @@
 //! freeze run that trains the head or the embeddings tied to it) gets its gradient the same
 //! way, summed chunk by chunk into one [vocabulary, hidden] buffer.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::linear::Weight;
 use super::math;
 use super::matmul::{matmul, Mat};
-use super::view::{output, tensor, view, weight_view};
-use crate::error::{EngineError, Result};
+use super::view::{tensor, view, weight_view};
+use crate::error::Result;
+use crate::model::generic::cross_entropy::{check_targets, loss_node};
 
 /// Rows per chunk: a chunk's logits are `ROWS × vocabulary` floats (50 MB for 49k). Fewer
 /// rows make the head's product slower (gemm, one core: 64 rows 40 GFLOP/s, 128 rows 56,
 /// 256 rows 59) and pack the head's weight more often.
 const ROWS: usize = 256;
-
-/// The loss, with the hidden states' and (when trained) the head weight's gradients
-/// computed alongside it.
-struct HeadLoss {
-    loss: f32,
-    grad: Option<Tensor>,
-    weight_grad: Option<Tensor>,
-}
-
-/// `g` (a gradient of the loss) scaled by the loss's own gradient `grad`.
-fn scaled(g: &Option<Tensor>, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    g.as_ref()
-        .map(|g| g.broadcast_mul(&grad.to_dtype(g.dtype())?))
-        .transpose()
-}
-
-impl CustomOp1 for HeadLoss {
-    fn name(&self) -> &'static str {
-        "fused-lm-head-cross-entropy"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok(output(vec![self.loss], (), DType::F32))
-    }
-
-    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        scaled(&self.grad, grad)
-    }
-}
-
-impl CustomOp2 for HeadLoss {
-    fn name(&self) -> &'static str {
-        "fused-trained-lm-head-cross-entropy"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok(output(vec![self.loss], (), DType::F32))
-    }
-
-    fn bwd(
-        &self,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((scaled(&self.grad, grad)?, scaled(&self.weight_grad, grad)?))
-    }
-}
 
 /// One slice of the vocabulary for one chunk of rows: its logits (then exponentials, then
 /// gradients) [rows, width] and, per row, their maximum, the sum of their exponentials
@@ -237,12 +183,7 @@ pub fn lm_head_cross_entropy(
     let vocab = weight.dim(0)?;
     let targets: Vec<u32> = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
     let weights: Vec<f32> = weights.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
-        return Err(EngineError::config(
-            "data",
-            format!("token id {t} is outside the model's vocabulary of {vocab}"),
-        ));
-    }
+    check_targets(&targets, vocab)?;
     let count: f64 = weights.iter().map(|&w| w as f64).sum();
     let active: Vec<usize> = (0..n).filter(|&r| weights[r] != 0.0).collect();
     let hidden_c = hidden.contiguous()?;
@@ -280,15 +221,8 @@ pub fn lm_head_cross_entropy(
         None => None,
     };
     drop((hs, ws));
-    let op = HeadLoss {
-        loss: loss as f32,
-        grad,
-        weight_grad: dw.map(|dw| tensor(dw, &weight_c)).transpose()?,
-    };
-    let loss = if train_head {
-        hidden_c.apply_op2(&weight_c, op)?
-    } else {
-        hidden_c.apply_op1(op)?
-    };
+    let loss = Tensor::new(loss as f32, hidden.device())?;
+    let weight_grad = dw.map(|dw| tensor(dw, &weight_c)).transpose()?;
+    let loss = loss_node(&hidden_c, &weight_c, loss, grad, weight_grad)?;
     Ok((loss, count))
 }

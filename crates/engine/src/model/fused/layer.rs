@@ -26,14 +26,14 @@ use super::view::{output, storage_slice, tensor, view, weight_view, Floats, Weig
 use crate::error::Result;
 use crate::model::ops::DropoutDraw;
 
-/// The layer's projections, in this order.
-const Q: usize = 0;
-const K: usize = 1;
-const V: usize = 2;
-const O: usize = 3;
-const GATE: usize = 4;
-const UP: usize = 5;
-const DOWN: usize = 6;
+/// The layer's projections, in this order (the generic layer's too).
+pub(crate) const Q: usize = 0;
+pub(crate) const K: usize = 1;
+pub(crate) const V: usize = 2;
+pub(crate) const O: usize = 3;
+pub(crate) const GATE: usize = 4;
+pub(crate) const UP: usize = 5;
+pub(crate) const DOWN: usize = 6;
 
 /// Everything a decoder layer is made of, borrowed from the model.
 pub struct LayerParts<'a> {

@@ -5,90 +5,48 @@
 //! only scales what the forward pass left. Logits and softmax in f32; the products in the
 //! model's precision.
 
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, MetalStorage};
-use candle_core::{Shape, Tensor, D};
+use candle_core::{CustomOp1, CustomOp2, DType, Tensor, D};
 
 use crate::error::{EngineError, Result};
-use crate::model::reentry::Precomputed;
+use crate::model::reentry::{precomputed_forward, Precomputed};
 
 /// Most logits one chunk holds (64 MiB in f32).
-const LOGITS_PER_CHUNK: usize = 1 << 24;
+pub const LOGITS_PER_CHUNK: usize = 1 << 24;
 
-/// The loss as an op: its value, and the gradients the forward pass computed.
+/// A loss computed outside the graph with its gradients, as an op: the forward pass hands
+/// back the loss, the backward pass scales the gradients by the loss's own gradient. The
+/// fused CPU loss re-enters the graph the same way.
 struct HeadLoss {
     loss: Precomputed,
     hidden_grad: Option<Tensor>,
     weight_grad: Option<Tensor>,
 }
 
-impl HeadLoss {
-    fn scaled(grad: &Option<Tensor>, by: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        grad.as_ref()
-            .map(|g| g.broadcast_mul(&by.to_dtype(g.dtype())?))
-            .transpose()
-    }
+/// `g` (a gradient of the loss) scaled by the loss's own gradient `by`.
+fn scaled(g: &Option<Tensor>, by: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    g.as_ref()
+        .map(|g| g.broadcast_mul(&by.to_dtype(g.dtype())?))
+        .transpose()
 }
 
 impl CustomOp1 for HeadLoss {
     fn name(&self) -> &'static str {
-        "generic-lm-head-loss"
+        "lm-head-loss"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.loss.cpu()
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.loss.cuda()
-    }
-
-    fn metal_fwd(
-        &self,
-        _: &MetalStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(MetalStorage, Shape)> {
-        self.loss.metal()
-    }
+    precomputed_forward!(one, loss);
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Self::scaled(&self.hidden_grad, grad)
+        scaled(&self.hidden_grad, grad)
     }
 }
 
 impl CustomOp2 for HeadLoss {
     fn name(&self) -> &'static str {
-        "generic-lm-head-loss"
+        "lm-head-loss"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.loss.cpu()
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.loss.cuda()
-    }
-
-    fn metal_fwd(
-        &self,
-        _: &MetalStorage,
-        _: &Layout,
-        _: &MetalStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(MetalStorage, Shape)> {
-        self.loss.metal()
-    }
+    precomputed_forward!(two, loss);
 
     fn bwd(
         &self,
@@ -98,9 +56,43 @@ impl CustomOp2 for HeadLoss {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((
-            Self::scaled(&self.hidden_grad, grad)?,
-            Self::scaled(&self.weight_grad, grad)?,
+            scaled(&self.hidden_grad, grad)?,
+            scaled(&self.weight_grad, grad)?,
         ))
+    }
+}
+
+/// The scalar `loss` [] of `hidden·weightᵀ` as a node of the graph over `hidden` (and over
+/// `weight` when `hidden_grad`'s sibling `weight_grad` is given: a trained head), whose
+/// backward pass hands back the gradients computed with it.
+pub(crate) fn loss_node(
+    hidden: &Tensor,
+    weight: &Tensor,
+    loss: Tensor,
+    hidden_grad: Option<Tensor>,
+    weight_grad: Option<Tensor>,
+) -> Result<Tensor> {
+    let trained = weight_grad.is_some();
+    let op = HeadLoss {
+        loss: Precomputed::new(loss),
+        hidden_grad,
+        weight_grad,
+    };
+    Ok(if trained {
+        hidden.apply_op2(weight, op)?
+    } else {
+        hidden.apply_op1(op)?
+    })
+}
+
+/// An error naming the first target outside a vocabulary of `vocab`, if any.
+pub(crate) fn check_targets(targets: &[u32], vocab: usize) -> Result<()> {
+    match targets.iter().find(|&&t| t as usize >= vocab) {
+        Some(t) => Err(EngineError::config(
+            "data",
+            format!("token id {t} is outside the model's vocabulary of {vocab}"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -133,12 +125,7 @@ fn loss_in_chunks(
     // which chunks have a position to count.
     let host_targets: Vec<u32> = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
     let host_weights: Vec<f32> = weights.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-    if let Some(t) = host_targets.iter().find(|&&t| t as usize >= vocab) {
-        return Err(EngineError::config(
-            "data",
-            format!("token id {t} is outside the model's vocabulary of {vocab}"),
-        ));
-    }
+    check_targets(&host_targets, vocab)?;
     let count: f64 = host_weights.iter().map(|&w| f64::from(w)).sum();
     let train_head = weight.track_op();
     let wants_grad = hidden.track_op() || train_head;
@@ -189,18 +176,11 @@ fn loss_in_chunks(
         }
     }
     let loss = (loss * scale)?;
-    let op = HeadLoss {
-        loss: Precomputed::new(loss),
-        hidden_grad: (hidden.track_op() && !dh.is_empty())
-            .then(|| Tensor::cat(&dh, 0))
-            .transpose()?,
-        weight_grad: dw.map(|g| g.to_dtype(weight.dtype())).transpose()?,
-    };
-    let loss = if train_head {
-        hidden.apply_op2(weight, op)?
-    } else {
-        hidden.apply_op1(op)?
-    };
+    let hidden_grad = (hidden.track_op() && !dh.is_empty())
+        .then(|| Tensor::cat(&dh, 0))
+        .transpose()?;
+    let weight_grad = dw.map(|g| g.to_dtype(weight.dtype())).transpose()?;
+    let loss = loss_node(hidden, weight, loss, hidden_grad, weight_grad)?;
     Ok((loss, count))
 }
 

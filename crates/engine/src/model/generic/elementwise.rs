@@ -54,20 +54,16 @@ impl Rotary {
 
     /// `x·cos + rotate_half(x)·sin` for `x` [batch, heads, seq, head_dim].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::rotary_emb::rope(
-            &x.contiguous()?,
-            &self.cos,
-            &self.sin,
-        )?)
+        Self::rotate(x, &self.cos, &self.sin)
     }
 
     /// dL/dx: the same rotation by the opposite angle.
     pub fn backward(&self, dy: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::rotary_emb::rope(
-            &dy.contiguous()?,
-            &self.cos,
-            &self.neg_sin,
-        )?)
+        Self::rotate(dy, &self.cos, &self.neg_sin)
+    }
+
+    fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
     }
 }
 

@@ -13,23 +13,14 @@
 use std::sync::Mutex;
 
 use candle_core::Tensor;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, MetalStorage, Shape};
+use candle_core::{CustomOp1, CustomOp2};
 
 use super::attention::Attention;
 use super::elementwise::{rms_norm, rms_norm_backward, swiglu, swiglu_backward, Rotary};
 use super::projection::{Lora, Projection};
 use crate::error::Result;
-use crate::model::fused::layer::LayerParts;
-use crate::model::reentry::Precomputed;
-
-/// The layer's projections, in this order.
-const Q: usize = 0;
-const K: usize = 1;
-const V: usize = 2;
-const O: usize = 3;
-const GATE: usize = 4;
-const UP: usize = 5;
-const DOWN: usize = 6;
+use crate::model::fused::layer::{LayerParts, DOWN, GATE, K, O, Q, UP, V};
+use crate::model::reentry::{precomputed_forward, Precomputed};
 
 /// What the backward pass reads besides the input.
 struct Kept {
@@ -182,21 +173,7 @@ impl CustomOp1 for LayerOp {
         "generic-decoder-layer"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.output.cpu()
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.output.cuda()
-    }
-
-    fn metal_fwd(
-        &self,
-        _: &MetalStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(MetalStorage, Shape)> {
-        self.output.metal()
-    }
+    precomputed_forward!(one, output);
 
     fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let (dx, _) = self.gradients(x, grad).map_err(candle_err)?;
@@ -209,35 +186,7 @@ impl CustomOp2 for LayerOp {
         "generic-decoder-layer"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.output.cpu()
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        self.output.cuda()
-    }
-
-    fn metal_fwd(
-        &self,
-        _: &MetalStorage,
-        _: &Layout,
-        _: &MetalStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(MetalStorage, Shape)> {
-        self.output.metal()
-    }
+    precomputed_forward!(two, output);
 
     fn bwd(
         &self,

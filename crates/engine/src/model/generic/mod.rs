@@ -21,6 +21,9 @@ mod projection;
 
 use candle_core::{DType, Tensor};
 
+pub use attention::SCORES_PER_BLOCK;
+pub use cross_entropy::LOGITS_PER_CHUNK;
+
 use super::fused::{self, Kernels};
 
 /// Whether the generic layer serves `t`: f32, bf16 or f16 where the fused CPU kernels do
