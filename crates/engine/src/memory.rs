@@ -244,15 +244,7 @@ pub fn estimate(
         };
         let head = match head_role(cfg, method)? {
             HeadRole::Adapted => LOSS_HEAD_TENSORS * n * vocab * 4.0,
-            role => {
-                let chunk = crate::model::generic::LOGITS_PER_CHUNK as f64;
-                let weight_grad = if role == HeadRole::Trained {
-                    vocab * d * 4.0
-                } else {
-                    0.0
-                };
-                n * d * e + GENERIC_HEAD_TENSORS * chunk.min(n * vocab) * 4.0 + weight_grad
-            }
+            role => generic_head(cfg, role, n, e),
         };
         (
             (GENERIC_ACTIVATION_FACTOR * (kept + temporaries)) as u64,
@@ -263,22 +255,33 @@ pub fn estimate(
         // projection, head split and RoPE (6.5 each), values (2), scores through scale, mask
         // and softmax (5), the attention output's two copies, o_proj and two residual sums,
         // the MLP's gate, SiLU, up and product ([n, i] each) and down_proj.
+        // On the generic path attention is one op that keeps q, k and v but no scores
+        // (`generic::attention`), and a plain head is the chunked generic loss.
+        let generic = path == Path::Generic;
+        let kept_scores = if generic { 0.0 } else { scores };
         let mut per_layer = 10.0 * n * d + 8.5 * n * (q + k) + 2.0 * n * k + 2.0 * n * q;
-        per_layer += 4.0 * n * i + 5.0 * scores;
+        per_layer += 4.0 * n * i + 5.0 * kept_scores;
         per_layer += adapter_activations(cfg, method, n, false)?;
         let acts = ACTIVATION_FACTOR * (per_layer * layers + 4.0 * n * d);
+        let block = if generic {
+            4.0 * GENERIC_SCORE_TEMPS * scores.min(crate::model::generic::SCORES_PER_BLOCK as f64)
+        } else {
+            0.0
+        };
         // Mixed precision's f32 islands, and the head's weight widened to f32 (twice at the
         // peak) for the CPU's products.
         let mixed = if step.dtype == DType::F32 {
             0.0
         } else {
-            layers * (MIXED_SCORE_BYTES * scores + MIXED_HIDDEN_BYTES * n * d)
+            layers * (MIXED_SCORE_BYTES * kept_scores + MIXED_HIDDEN_BYTES * n * d)
                 + 2.0 * vocab * d * 4.0
         };
-        (
-            acts as u64 * elem + mixed as u64,
-            (LOSS_HEAD_TENSORS * n * vocab) as u64 * 4,
-        )
+        let head = match head_role(cfg, method)? {
+            HeadRole::Adapted => LOSS_HEAD_TENSORS * n * vocab * 4.0,
+            role if generic => generic_head(cfg, role, n, elem as f64),
+            _ => LOSS_HEAD_TENSORS * n * vocab * 4.0,
+        };
+        ((acts * elem as f64 + mixed + block) as u64, head as u64)
     };
     // Trained weights of freeze and full runs are already among the base weights; adapters
     // add their own. Gradients and both moments are kept in f32.
@@ -297,6 +300,19 @@ pub fn estimate(
         process: PROCESS_BYTES,
         gpu_runtime: if step.cpu { 0 } else { GPU_RUNTIME_BYTES },
     })
+}
+
+/// The generic loss head (`generic::cross_entropy`): the hidden states' gradient, one chunk
+/// of logits' tensors in f32, a trained head's weight gradient.
+fn generic_head(cfg: &LlamaConfig, role: HeadRole, n: f64, elem: f64) -> f64 {
+    let (d, vocab) = (cfg.hidden_size as f64, cfg.vocab_size as f64);
+    let chunk = crate::model::generic::LOGITS_PER_CHUNK as f64;
+    let weight_grad = if role == HeadRole::Trained {
+        vocab * d * 4.0
+    } else {
+        0.0
+    };
+    n * d * elem + GENERIC_HEAD_TENSORS * chunk.min(n * vocab) * 4.0 + weight_grad
 }
 
 /// Whether the decoder layers run as one fused op each (`LlamaModel::layer_parts`): frozen

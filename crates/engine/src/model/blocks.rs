@@ -37,9 +37,10 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 /// Whether [`attention`] needs the additive causal mask for `seq` queries of `x`'s dtype and
-/// device: the composed path does, for more than one query; the fused kernel masks itself.
+/// device: the composed path does, for more than one query; the fused and generic kernels
+/// mask themselves.
 pub fn needs_mask(x: &Tensor, seq: usize) -> bool {
-    seq > 1 && !fused::applies(x)
+    seq > 1 && !fused::applies(x) && !super::generic::applies(x)
 }
 
 /// Causal grouped-query attention: queries [batch, q_heads, seq, head_dim], keys and values
@@ -50,6 +51,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
     let (batch, hq, seq, d) = q.dims4()?;
     if fused::applies(q) {
         return Ok(fused::attention::causal_attention(q, k, v)?.reshape((batch, seq, hq * d))?);
+    }
+    if super::generic::applies(q) {
+        let out = super::generic::attention::causal_attention(q, k, v)?;
+        return Ok(out.transpose(1, 2)?.reshape((batch, seq, hq * d))?);
     }
     let (hkv, keys) = (k.dim(1)?, k.dim(2)?);
     let group = hq / hkv;

@@ -60,7 +60,7 @@ impl Precomputed {
 }
 
 /// The forward functions of a custom op whose result is the [`Precomputed`] `self.$field`,
-/// on every device: `one` for a `CustomOp1`, `two` for a `CustomOp2`.
+/// on every device: `one`, `two` or `three` for a `CustomOp1`, `CustomOp2` or `CustomOp3`.
 macro_rules! precomputed_forward {
     (one, $field:ident) => {
         fn cpu_fwd(
@@ -110,6 +110,43 @@ macro_rules! precomputed_forward {
 
         fn metal_fwd(
             &self,
+            _: &candle_core::MetalStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::MetalStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::MetalStorage, candle_core::Shape)> {
+            self.$field.metal()
+        }
+    };
+    (three, $field:ident) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            self.$field.cpu()
+        }
+
+        fn cuda_fwd(
+            &self,
+            _: &candle_core::CudaStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CudaStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CudaStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+            self.$field.cuda()
+        }
+
+        fn metal_fwd(
+            &self,
+            _: &candle_core::MetalStorage,
+            _: &candle_core::Layout,
             _: &candle_core::MetalStorage,
             _: &candle_core::Layout,
             _: &candle_core::MetalStorage,

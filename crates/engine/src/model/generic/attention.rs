@@ -4,9 +4,10 @@
 //! block sized to keep that under [`SCORES_PER_BLOCK`]. The backward pass recomputes a
 //! block's probabilities instead of keeping them.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{CustomOp3, DType, Device, Tensor, D};
 
 use crate::error::Result;
+use crate::model::reentry::{precomputed_forward, Precomputed};
 
 /// Most score elements one block of queries holds by default (64 MiB in f32).
 pub const SCORES_PER_BLOCK: usize = 1 << 24;
@@ -20,8 +21,10 @@ pub struct Attention {
     pub q_heads: usize,
     /// Key and value heads (a divisor of `q_heads`).
     pub kv_heads: usize,
-    /// Positions.
+    /// Queries per sequence.
     pub seq: usize,
+    /// Keys per sequence: the queries' own last, after any earlier ones (a prefix, a cache).
+    pub keys: usize,
     /// Width of a head.
     pub head_dim: usize,
     /// Most score elements a block of queries may hold ([`SCORES_PER_BLOCK`]).
@@ -35,7 +38,8 @@ struct Block {
     len: usize,
     /// Queries [batch, kv_heads, group · len, head_dim].
     q: Tensor,
-    /// Keys and values up to the block's last position [batch, kv_heads, start + len, head_dim].
+    /// Keys and values up to the block's last position [batch, kv_heads, offset + start + len,
+    /// head_dim].
     k: Tensor,
     v: Tensor,
 }
@@ -45,9 +49,14 @@ impl Attention {
         self.q_heads / self.kv_heads
     }
 
+    /// Keys before the first query's own.
+    fn offset(&self) -> usize {
+        self.keys - self.seq
+    }
+
     /// The queries of each block: a multiple of 16 that keeps the scores under budget.
     fn block_len(&self) -> usize {
-        let per_query = (self.batch * self.q_heads * self.seq).max(1);
+        let per_query = (self.batch * self.q_heads * self.keys).max(1);
         let len = (self.scores_per_block / per_query).max(16) / 16 * 16;
         len.min(self.seq).max(1)
     }
@@ -71,7 +80,7 @@ impl Attention {
     }
 
     fn block(&self, q: &Tensor, k: &Tensor, v: &Tensor, start: usize, len: usize) -> Result<Block> {
-        let keys = start + len;
+        let keys = self.offset() + start + len;
         Ok(Block {
             start,
             len,
@@ -83,13 +92,13 @@ impl Attention {
 
     /// The block's attention probabilities in f32 [batch, kv_heads, group · len, keys].
     fn probs(&self, blk: &Block) -> Result<Tensor> {
-        let keys = blk.start + blk.len;
+        let (offset, keys) = (self.offset(), self.offset() + blk.start + blk.len);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (blk.q.matmul(&blk.k.t()?)?.to_dtype(DType::F32)? * scale)?;
         let mask: Vec<f32> = (0..blk.len)
             .flat_map(|r| {
                 (0..keys).map(move |j| {
-                    if j <= blk.start + r {
+                    if j <= offset + blk.start + r {
                         0.0
                     } else {
                         f32::NEG_INFINITY
@@ -106,7 +115,7 @@ impl Attention {
         Ok(candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, hkv, g * blk.len, keys))?)
     }
 
-    /// Attention of `q` [batch, q_heads, seq, d] over `k`, `v` [batch, kv_heads, seq, d]:
+    /// Attention of `q` [batch, q_heads, seq, d] over `k`, `v` [batch, kv_heads, keys, d]:
     /// [batch, q_heads, seq, d] in `q`'s dtype.
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let mut out = Vec::new();
@@ -128,7 +137,7 @@ impl Attention {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let dtype = q.dtype();
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let kv_shape = (self.batch, self.kv_heads, self.seq, self.head_dim);
+        let kv_shape = (self.batch, self.kv_heads, self.keys, self.head_dim);
         let mut dk = Tensor::zeros(kv_shape, DType::F32, q.device())?;
         let mut dv = Tensor::zeros(kv_shape, DType::F32, q.device())?;
         let mut dq = Vec::new();
@@ -137,7 +146,7 @@ impl Attention {
             let d_o = self.stack(d_out, start, len)?;
             let p = self.probs(&blk)?;
             let p_low = p.to_dtype(dtype)?;
-            let pad = self.seq - (start + len);
+            let pad = self.keys - (self.offset() + start + len);
             let dv_part = p_low.t()?.matmul(&d_o)?.to_dtype(DType::F32)?;
             dv = (dv + dv_part.pad_with_zeros(2, 0, pad)?)?;
             let dp = d_o.matmul(&blk.v.t()?)?.to_dtype(DType::F32)?;
@@ -154,6 +163,68 @@ impl Attention {
             dv.to_dtype(v.dtype())?,
         ))
     }
+}
+
+/// Attention as one op of the graph, for the decoder layers that compose single ops (other
+/// methods than plain LoRA): it keeps q, k and v, never the scores.
+struct AttentionOp {
+    shape: Attention,
+    output: Precomputed,
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "generic-causal-attention"
+    }
+
+    precomputed_forward!(three, output);
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dq, dk, dv) = self
+            .shape
+            .backward(
+                &q.detach(),
+                &k.detach(),
+                &v.detach(),
+                &grad.to_dtype(q.dtype())?,
+            )
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// Causal grouped-query attention of `q` [batch, q_heads, seq, d] over `k`, `v`
+/// [batch, kv_heads, keys, d] (the queries' own keys last), in blocks of queries:
+/// [batch, q_heads, seq, d].
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (batch, q_heads, seq, head_dim) = q.dims4()?;
+    let (kv_heads, keys) = (k.dim(1)?, k.dim(2)?);
+    let shape = Attention {
+        batch,
+        q_heads,
+        kv_heads,
+        seq,
+        keys,
+        head_dim,
+        scores_per_block: SCORES_PER_BLOCK,
+    };
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let out = shape.forward(&q.detach(), &k.detach(), &v.detach())?;
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        return Ok(out);
+    }
+    let op = AttentionOp {
+        shape,
+        output: Precomputed::new(out),
+    };
+    Ok(q.apply_op3(&k, &v, op)?)
 }
 
 #[cfg(test)]
@@ -174,37 +245,51 @@ mod tests {
     }
 
     /// Three blocks (16, 16 and 8 queries) give what one block of all 40 gives, in both
-    /// passes: the causal cut and the keys' gradient summed over blocks are right.
+    /// passes, with and without earlier keys: the causal cut and the keys' gradient summed
+    /// over blocks are right.
     #[test]
     fn blocks_of_queries_equal_one_block() -> Result<()> {
-        let shape = |scores_per_block| Attention {
+        let shape = |scores_per_block, keys| Attention {
             batch: 2,
             q_heads: 4,
             kv_heads: 2,
             seq: 40,
+            keys,
             head_dim: 8,
             scores_per_block,
         };
-        let (blocked, whole) = (shape(2 * 4 * 40 * 16), shape(SCORES_PER_BLOCK));
-        assert_eq!(
-            blocked.blocks().collect::<Vec<_>>(),
-            [(0, 16), (16, 16), (32, 8)]
-        );
-        assert_eq!(whole.blocks().count(), 1);
-        let (q, k, v) = (
-            random((2, 4, 40, 8), 1),
-            random((2, 2, 40, 8), 2),
-            random((2, 2, 40, 8), 3),
-        );
-        let d_out = random((2, 4, 40, 8), 4);
-        assert!(max_diff(&blocked.forward(&q, &k, &v)?, &whole.forward(&q, &k, &v)?) < 1e-5);
-        let (a, b) = (
-            blocked.backward(&q, &k, &v, &d_out)?,
-            whole.backward(&q, &k, &v, &d_out)?,
-        );
-        assert!(max_diff(&a.0, &b.0) < 1e-5, "dq");
-        assert!(max_diff(&a.1, &b.1) < 1e-5, "dk");
-        assert!(max_diff(&a.2, &b.2) < 1e-5, "dv");
+        // Earlier keys (a prefix) every query sees, or none.
+        for earlier in [0, 5] {
+            let keys = 40 + earlier;
+            let (blocked, whole) = (
+                shape(2 * 4 * keys * 16, keys),
+                shape(SCORES_PER_BLOCK, keys),
+            );
+            assert_eq!(
+                blocked.blocks().collect::<Vec<_>>(),
+                [(0, 16), (16, 16), (32, 8)]
+            );
+            assert_eq!(whole.blocks().count(), 1);
+            let q = random((2, 4, 40, 8), 1);
+            let (k, v) = (random((2, 2, keys, 8), 2), random((2, 2, keys, 8), 3));
+            let d_out = random((2, 4, 40, 8), 4);
+            let out = blocked.forward(&q, &k, &v)?;
+            assert!(max_diff(&out, &whole.forward(&q, &k, &v)?) < 1e-5);
+            let a = blocked.backward(&q, &k, &v, &d_out)?;
+            let b = whole.backward(&q, &k, &v, &d_out)?;
+            assert!(max_diff(&a.0, &b.0) < 1e-5, "dq");
+            assert!(max_diff(&a.1, &b.1) < 1e-5, "dk");
+            assert!(max_diff(&a.2, &b.2) < 1e-5, "dv");
+            // The last query sees every key: its output is the plain softmax average.
+            let scores = (q
+                .narrow(2, 39, 1)?
+                .narrow(1, 0, 1)?
+                .matmul(&k.narrow(1, 0, 1)?.t()?)?
+                / (8f64).sqrt())?;
+            let p = candle_nn::ops::softmax_last_dim(&scores)?;
+            let expected = p.matmul(&v.narrow(1, 0, 1)?)?;
+            assert!(max_diff(&out.narrow(2, 39, 1)?.narrow(1, 0, 1)?, &expected) < 1e-5);
+        }
         Ok(())
     }
 }

@@ -243,6 +243,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             q_heads: parts.q_heads,
             kv_heads: parts.kv_heads,
             seq,
+            keys: seq,
             head_dim: parts.head_dim,
             scores_per_block: super::attention::SCORES_PER_BLOCK,
         },

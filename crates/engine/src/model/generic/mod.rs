@@ -13,7 +13,7 @@
 //! `PEFT_STUDIO_FUSED=generic` runs it on the CPU too, which is how the tests check it
 //! against the f64 composed reference without a GPU.
 
-mod attention;
+pub mod attention;
 pub mod cross_entropy;
 mod elementwise;
 pub mod layer;
