@@ -14,6 +14,9 @@ use crate::error::{EngineError, Result};
 
 /// The environment variable that names the device.
 pub const DEVICE_VAR: &str = "PEFT_STUDIO_DEVICE";
+/// `on` lets f32 products on a CUDA GPU use TF32 tensor cores (about 10 bits of mantissa in
+/// the products, f32 sums: what PyTorch's `allow_tf32` does); off by default.
+pub const TF32_VAR: &str = "PEFT_STUDIO_TF32";
 
 /// A device as a person names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,6 +99,9 @@ fn open_cuda(ordinal: usize) -> std::result::Result<Device, String> {
     if !cfg!(feature = "cuda") {
         return Err("this build has no CUDA support (build with `--features cuda`)".into());
     }
+    candle_core::cuda::set_gemm_reduced_precision_f32(
+        std::env::var(TF32_VAR).is_ok_and(|v| v == "on"),
+    );
     Device::new_cuda_with_stream(ordinal)
         .map_err(|e| format!("CUDA GPU {ordinal} cannot be opened: {e}"))
 }
@@ -141,5 +147,35 @@ pub fn device_name(device: &Device) -> String {
         candle_core::DeviceLocation::Cpu => "cpu".to_string(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse_and_print_back() {
+        for (text, request) in [
+            ("auto", DeviceRequest::Auto),
+            ("", DeviceRequest::Auto),
+            ("CPU", DeviceRequest::Cpu),
+            ("cuda", DeviceRequest::Cuda(0)),
+            ("cuda:1", DeviceRequest::Cuda(1)),
+            ("metal:0", DeviceRequest::Metal(0)),
+        ] {
+            assert_eq!(text.parse::<DeviceRequest>().ok(), Some(request), "{text}");
+            assert_eq!(request.to_string().parse::<DeviceRequest>().ok(), Some(request));
+        }
+        for bad in ["tpu", "cuda:x", "cpu:1", "cuda:"] {
+            let err = bad.parse::<DeviceRequest>().err().map(|e| e.to_string());
+            assert!(err.is_some_and(|e| e.contains("is not a device")), "{bad}");
+        }
+        // This test build has neither CUDA nor Metal: asking for one says so.
+        if !cfg!(feature = "cuda") {
+            let err = DeviceRequest::Cuda(0).open().err().map(|e| e.to_string());
+            assert!(err.is_some_and(|e| e.contains("no CUDA support")));
+        }
+        assert!(DeviceRequest::Cpu.open().is_ok_and(|d| d.is_cpu()));
     }
 }
