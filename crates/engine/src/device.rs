@@ -165,7 +165,10 @@ mod tests {
             ("metal:0", DeviceRequest::Metal(0)),
         ] {
             assert_eq!(text.parse::<DeviceRequest>().ok(), Some(request), "{text}");
-            assert_eq!(request.to_string().parse::<DeviceRequest>().ok(), Some(request));
+            assert_eq!(
+                request.to_string().parse::<DeviceRequest>().ok(),
+                Some(request)
+            );
         }
         for bad in ["tpu", "cuda:x", "cpu:1", "cuda:"] {
             let err = bad.parse::<DeviceRequest>().err().map(|e| e.to_string());

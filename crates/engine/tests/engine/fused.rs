@@ -304,11 +304,19 @@ fn frozen_linear_with_lora_matches_its_composition() {
     if fused::kernels() == fused::Kernels::Generic {
         return;
     }
+    // 2 × 5 rows go through the matrix product, 1 × 3 (a decoding step's shape) through
+    // one dot product per output.
+    for rows in [[2, 5], [1, 3]] {
+        frozen_linear_matches_its_composition_for(rows);
+    }
+}
+
+fn frozen_linear_matches_its_composition_for(rows: [usize; 2]) {
     let (fan_in, out, r) = (12, 10, 3);
     let weight = random(out * fan_in, 12, 0.5);
     let bias = random(out, 13, 0.5);
     let inputs = [
-        input(&[2, 5, fan_in], 14),
+        input(&[rows[0], rows[1], fan_in], 14),
         input(&[r, fan_in], 15),
         input(&[out, r], 16),
     ];
