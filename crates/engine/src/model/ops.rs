@@ -200,11 +200,8 @@ impl ForwardCtx {
             return Ok(x.clone());
         };
         let cols = x.dims().last().copied().unwrap_or(1).max(1);
-        let mask = draw.mask(x.elem_count() / cols, cols);
-        let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
-            .to_device(x.device())?
-            .to_dtype(x.dtype())?;
-        Ok((x * mask)?)
+        let mask = draw.tensor(x.elem_count() / cols, cols, x.device(), x.dtype())?;
+        Ok((x * mask.reshape(x.shape())?)?)
     }
 }
 
@@ -238,5 +235,30 @@ impl DropoutDraw {
                 }
             });
         mask
+    }
+
+    /// The mask [rows, cols] as a tensor on `device` in `dtype`. On the CPU it is
+    /// [`Self::mask`]. On a GPU it is drawn there by the device's generator seeded with this
+    /// draw's seed: reproducible on the same device (and redrawn identically in a backward
+    /// pass), though not the CPU's values, since copying a mask per projection from the host
+    /// would cost more than the product it masks. Where the device cannot be seeded, the
+    /// host's mask is copied over.
+    pub fn tensor(
+        &self,
+        rows: usize,
+        cols: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        if !device.is_cpu() && device.set_seed(self.seed).is_ok() {
+            let uniform = Tensor::rand(0f32, 1f32, (rows, cols), device)?;
+            let kept = uniform.lt(self.keep)?.to_dtype(dtype)?;
+            return Ok((kept * (1.0 / self.keep))?);
+        }
+        Ok(
+            Tensor::from_vec(self.mask(rows, cols), (rows, cols), &Device::Cpu)?
+                .to_device(device)?
+                .to_dtype(dtype)?,
+        )
     }
 }

@@ -2,7 +2,7 @@
 //! backward from candle tensor ops: the input's gradient and the LoRA matrices', never the
 //! frozen weight's.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::model::ops::DropoutDraw;
@@ -21,7 +21,8 @@ pub struct Lora {
 
 impl Lora {
     /// The branch's input: `x` [rows, in] with the dropout mask applied. The mask is drawn
-    /// as `ForwardCtx::dropout` draws it, so every path sees the same one.
+    /// as `ForwardCtx::dropout` draws it (`DropoutDraw::tensor`), so every path on a device
+    /// sees the same one.
     fn input(&self, x: &Tensor) -> Result<Tensor> {
         match &self.dropout {
             None => Ok(x.clone()),
@@ -31,11 +32,7 @@ impl Lora {
 
     fn mask(&self, draw: &DropoutDraw, x: &Tensor) -> Result<Tensor> {
         let (rows, cols) = x.dims2()?;
-        Ok(
-            Tensor::from_vec(draw.mask(rows, cols), (rows, cols), &Device::Cpu)?
-                .to_device(x.device())?
-                .to_dtype(x.dtype())?,
-        )
+        draw.tensor(rows, cols, x.device(), x.dtype())
     }
 }
 
