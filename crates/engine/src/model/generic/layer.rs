@@ -76,6 +76,15 @@ impl Layer {
 
     /// The layer's output for `x` [tokens, hidden], and what the backward pass reads.
     fn forward(&self, x: &Tensor) -> Result<(Tensor, Kept)> {
+        let kept = self.kept(x)?;
+        let act = swiglu(&kept.gate, &kept.up)?;
+        let out = (&kept.mid + self.projections[DOWN].forward(&act)?)?;
+        Ok((out, kept))
+    }
+
+    /// What the backward pass reads for `x` [tokens, hidden]: the forward pass up to gate
+    /// and up (what a checkpointed layer recomputes; the down projection it does not need).
+    fn kept(&self, x: &Tensor) -> Result<Kept> {
         let p = &self.projections;
         let a = &self.attention;
         let (h, _) = rms_norm(x, &self.norms[0], self.eps)?;
@@ -91,8 +100,7 @@ impl Layer {
         let (h, _) = rms_norm(&mid, &self.norms[1], self.eps)?;
         let gate = p[GATE].forward(&h)?;
         let up = p[UP].forward(&h)?;
-        let out = (&mid + p[DOWN].forward(&swiglu(&gate, &up)?)?)?;
-        let kept = Kept {
+        Ok(Kept {
             q,
             k,
             v,
@@ -100,8 +108,7 @@ impl Layer {
             mid,
             gate,
             up,
-        };
-        Ok((out, kept))
+        })
     }
 
     /// dL/dx and the LoRA matrices' gradients (A then B, projection by projection) for
@@ -154,7 +161,7 @@ impl LayerOp {
         };
         let kept = match kept {
             Some(kept) => kept,
-            None => self.layer.forward(&x2)?.1,
+            None => self.layer.kept(&x2)?,
         };
         let (dx, grads) = self.layer.backward(&x2, &kept, &d_out)?;
         Ok((dx.reshape(x.shape())?, grads))
