@@ -61,20 +61,42 @@ fn not_safetensors(path: &Path, e: impl std::fmt::Display) -> EngineError {
     EngineError::bad_file(path, format!("not a valid safetensors file: {e}"))
 }
 
-/// [`read_safetensors`] converting each tensor to `dtype` as it is read, so that the file's
-/// bytes and the converted weights are the peak, not another copy in the file's dtype.
-fn read_safetensors_as(path: &Path, dtype: DType) -> Result<HashMap<String, Tensor>> {
+/// The tensors of one safetensors file in `dtype` on `device`, tensor by tensor: the file is
+/// mapped, each tensor copied out and converted (and moved to a GPU at once), and the pages
+/// it came from released from this process as soon as it is copied. Loading's peak is the
+/// weights plus one tensor, not the file's bytes next to the weights.
+fn read_safetensors_as(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     use candle_core::safetensors::Load;
-    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
-    let file =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(path, e))?;
-    file.tensors()
+    let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    // SAFETY: the mapping is read-only and private; a file changed on disk while it is read
+    // gives wrong weights (as a plain read would), not undefined behaviour in this process's
+    // own memory, which never aliases the mapping mutably.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| not_safetensors(path, e))?;
+    let base = map.as_ptr() as usize;
+    st.tensors()
         .into_iter()
         .map(|(name, view)| {
             let t = view
                 .load(&Device::Cpu)
-                .map_err(|e| not_safetensors(path, e))?;
-            Ok((name, t.to_dtype(dtype)?))
+                .map_err(|e| not_safetensors(path, e))?
+                .to_dtype(dtype)?
+                .to_device(device)?;
+            let data = view.data();
+            // SAFETY: DONTNEED on a read-only private file mapping only drops pages from this
+            // process; a later read (a neighbouring tensor sharing the page) reloads them.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    data.as_ptr() as usize - base,
+                    data.len(),
+                )
+            };
+            Ok((name, t))
         })
         .collect()
 }
@@ -95,7 +117,7 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LlamaMode
     let files = weight_files(dir)?;
     let mut tensors = HashMap::new();
     for f in &files {
-        tensors.extend(read_safetensors_as(f, dtype)?);
+        tensors.extend(read_safetensors_as(f, dtype, device)?);
     }
     let origin = files
         .iter()
