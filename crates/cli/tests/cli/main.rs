@@ -136,6 +136,42 @@ fn plan_prints_peft_line_for_a_config_or_folder() {
     );
 }
 
+/// `plan --device cuda` answers for a GPU this machine need not have: GPU memory apart from
+/// the host's, and which common GPU sizes hold the run (Llama-2-7B, LoRA r=16 on every
+/// linear layer, bf16, 1 × 2,048 tokens without checkpointing: 24 GB only with it).
+#[test]
+fn plan_for_a_gpu_says_what_fits_and_what_to_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, LLAMA2_7B).expect("config");
+    let o = ok(cli(&[
+        "--device",
+        "cuda",
+        "plan",
+        "--model",
+        s(&config),
+        "--r",
+        "16",
+        "--target-modules",
+        "all-linear",
+        "--seq-len",
+        "2048",
+        "--batch-size",
+        "1",
+        "--precision",
+        "bf16",
+    ]));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[1].starts_with("estimated peak GPU memory: "), "{out}");
+    assert!(lines[1].contains("host memory"), "{out}");
+    assert_eq!(
+        lines.get(2).copied(),
+        Some("on a GPU of 24 GB: does not fit; fits with gradient checkpointing; 48 GB: fits; 80 GB: fits"),
+        "{out}"
+    );
+}
+
 /// Eight greedy tokens after "hello", with or without an adapter.
 fn greedy(model: &Path, adapter: Option<&Path>) -> Output {
     let mut args = vec![
