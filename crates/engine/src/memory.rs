@@ -184,7 +184,7 @@ pub fn estimate(
     };
     let path = step.path();
     let (activations, loss_head) = if path == Path::Fused {
-        let acts = if runs_fused_layers(cfg, method)? {
+        let acts = if runs_fused_layers(cfg, method, false)? {
             // Per decoder layer (`model::fused::layer`), in f32: the rotated queries and the
             // attention output, keys and values, the residual stream between the sublayers,
             // gate and up; in the model's dtype, the layer's output (the next one's input).
@@ -224,7 +224,7 @@ pub fn estimate(
             }
         };
         (acts as u64, head as u64)
-    } else if path == Path::Generic && runs_fused_layers(cfg, method)? {
+    } else if path == Path::Generic && runs_fused_layers(cfg, method, true)? {
         // Per decoder layer (`model::generic::layer`), in the model's dtype: the roped
         // queries and the attention output, keys and values, the residual stream between
         // the sublayers, gate and up, and the layer's output (the next one's input). With
@@ -316,12 +316,14 @@ fn generic_head(cfg: &LlamaConfig, role: HeadRole, n: f64, elem: f64) -> f64 {
     n * d * elem + GENERIC_HEAD_TENSORS * chunk.min(n * vocab) * 4.0 + weight_grad
 }
 
-/// Whether the decoder layers run as one fused op each (`LlamaModel::layer_parts`): frozen
-/// layers with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped) or
-/// none at all.
-fn runs_fused_layers(cfg: &LlamaConfig, method: &MethodConfig) -> Result<bool> {
+/// Whether the decoder layers run as one op each (`LlamaModel::layer_parts`): frozen layers
+/// with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped) or none
+/// at all, and on the `generic` layer IA³ scales as well.
+fn runs_fused_layers(cfg: &LlamaConfig, method: &MethodConfig, generic: bool) -> Result<bool> {
     Ok(match method.kind {
         MethodKind::Lora => !method.use_dora,
+        // The generic layer serves IA³ too.
+        MethodKind::Ia3 => generic,
         MethodKind::PromptTuning => true,
         MethodKind::Freeze => !crate::peft::freeze::trainable_weight_names(cfg, method)?
             .iter()

@@ -496,16 +496,18 @@ impl LlamaModel {
     /// norms, every linear fusable (`Linear::fusable`) without IA³, no bottleneck adapter.
     /// The layer as one op's parts, where its weights are frozen and its projections carry
     /// plain LoRA or nothing.
+    /// IA³ scales are taken only where `with_ia3` (the device-generic layer serves them).
     fn layer_parts<'a>(
         &self,
         b: &'a Block,
         adapters: Option<&LayerAdapters>,
         ctx: &ForwardCtx,
+        with_ia3: bool,
     ) -> Option<fused::layer::LayerParts<'a>> {
         let plain = adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
             && !b.input_layernorm.is_variable()
             && !b.post_attention_layernorm.is_variable()
-            && b.linears().iter().all(|l| l.ia3.is_none());
+            && (with_ia3 || b.linears().iter().all(|l| l.ia3.is_none()));
         if !plain {
             return None;
         }
@@ -521,6 +523,7 @@ impl LlamaModel {
             post_norm: &b.post_attention_layernorm,
             linears,
             dropout,
+            ia3: b.linears().map(|l| l.ia3.as_ref()),
             eps: c.rms_norm_eps,
             q_heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
@@ -539,14 +542,13 @@ impl LlamaModel {
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
         // Training and scoring run the whole block as one op; decoding keeps the cache.
-        let whole = fused::applies(x) || super::generic::applies(x);
-        if cache.is_none() && whole {
-            if let Some(parts) = self.layer_parts(b, adapters, ctx) {
-                return if fused::applies(x) {
-                    fused::layer::decoder_layer(x, &parts, &pos.cos, &pos.sin)
-                } else {
-                    super::generic::layer::decoder_layer(x, &parts, &pos.cos, &pos.sin)
-                };
+        if cache.is_none() && fused::applies(x) {
+            if let Some(parts) = self.layer_parts(b, adapters, ctx, false) {
+                return fused::layer::decoder_layer(x, &parts, &pos.cos, &pos.sin);
+            }
+        } else if cache.is_none() && super::generic::applies(x) {
+            if let Some(parts) = self.layer_parts(b, adapters, ctx, true) {
+                return super::generic::layer::decoder_layer(x, &parts, &pos.cos, &pos.sin);
             }
         }
         let eps = self.cfg.rms_norm_eps;

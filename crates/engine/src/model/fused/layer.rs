@@ -45,6 +45,9 @@ pub struct LayerParts<'a> {
     pub linears: [LinearParts<'a>; 7],
     /// The dropout on each one's LoRA input, when active.
     pub dropout: [Option<DropoutDraw>; 7],
+    /// Each one's IA³ scale, if any (the device-generic layer only: the CPU's fused layer is
+    /// given none).
+    pub ia3: [Option<&'a crate::peft::ia3::Ia3Scale>; 7],
     /// RMSNorm's epsilon.
     pub eps: f64,
     /// Query heads.

@@ -1,6 +1,7 @@
 //! A whole decoder layer as one autograd node on any device: RMSNorm, q/k/v with RoPE,
 //! blocked causal attention, o_proj and the residual sum, RMSNorm, gate/up, SwiGLU,
-//! down_proj and the residual sum, with the LoRA branches of any of the seven projections.
+//! down_proj and the residual sum, with the LoRA branches or IA³ scales of any of the seven
+//! projections.
 //!
 //! The forward pass runs outside candle's graph and re-enters it as one op
 //! (`reentry::Precomputed`) whose backward pass is written here. It keeps the roped q and
@@ -17,7 +18,7 @@ use candle_core::{CustomOp1, CustomOp2};
 
 use super::attention::Attention;
 use super::elementwise::{rms_norm, rms_norm_backward, swiglu, swiglu_backward, Rotary};
-use super::projection::{Lora, Projection};
+use super::projection::{Ia3, Lora, Projection};
 use crate::error::Result;
 use crate::model::fused::layer::{LayerParts, DOWN, GATE, K, O, Q, UP, V};
 use crate::model::reentry::{precomputed_forward, Precomputed};
@@ -111,15 +112,16 @@ impl Layer {
         })
     }
 
-    /// dL/dx and the LoRA matrices' gradients (A then B, projection by projection) for
-    /// `d_out` [tokens, hidden].
+    /// dL/dx and the gradients of what the projections train (LoRA's A then B, or IA³'s
+    /// scale; projection by projection, in the packed tensor's order) for `d_out`
+    /// [tokens, hidden].
     fn backward(&self, x: &Tensor, kept: &Kept, d_out: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let p = &self.projections;
         let a = &self.attention;
-        let mut lora = vec![None; 7];
+        let mut trained = vec![Vec::new(); 7];
         let mut through = |i: usize, input: &Tensor, dy: &Tensor| -> Result<Tensor> {
             let (dx, grads) = p[i].backward(input, dy)?;
-            lora[i] = grads;
+            trained[i] = grads;
             Ok(dx)
         };
         // MLP.
@@ -138,11 +140,7 @@ impl Layer {
         let (h1, rstd1) = rms_norm(x, &self.norms[0], self.eps)?;
         let d_h1 = ((through(Q, &h1, &dq)? + through(K, &h1, &dk)?)? + through(V, &h1, &dv)?)?;
         let dx = (d_mid + rms_norm_backward(x, &self.norms[0], &rstd1, &d_h1)?)?;
-        let grads = lora
-            .into_iter()
-            .flatten()
-            .flat_map(|(da, db)| [da, db])
-            .collect();
+        let grads = trained.into_iter().flatten().collect();
         Ok((dx, grads))
     }
 }
@@ -217,7 +215,17 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
     let (batch, seq, hidden) = x.dims3()?;
     let mut flat = Vec::new();
     let mut projections = Vec::with_capacity(7);
-    for (l, dropout) in parts.linears.iter().zip(parts.dropout) {
+    for ((l, dropout), ia3) in parts.linears.iter().zip(parts.dropout).zip(parts.ia3) {
+        let ia3 = match ia3 {
+            Some(scale) => {
+                flat.push(scale.l.flatten_all()?);
+                Some(Ia3 {
+                    l: scale.l.detach().flatten_all()?,
+                    feedforward: scale.feedforward,
+                })
+            }
+            None => None,
+        };
         let lora = match l.lora {
             Some(lora) => {
                 flat.push(lora.a.flatten_all()?);
@@ -235,6 +243,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             weight: l.weight.clone(),
             bias: l.bias.cloned(),
             lora,
+            ia3,
         });
     }
     let projections: [Projection; 7] = projections

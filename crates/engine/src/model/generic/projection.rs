@@ -36,6 +36,15 @@ impl Lora {
     }
 }
 
+/// An IA³ scale: `l` [in] on the input of a feed-forward module, else [out] on the output
+/// (bias included), as PEFT computes it.
+pub struct Ia3 {
+    /// The scales, flattened.
+    pub l: Tensor,
+    /// Whether they scale the input.
+    pub feedforward: bool,
+}
+
 /// One of a layer's seven projections.
 pub struct Projection {
     /// W [out, in], frozen.
@@ -44,11 +53,24 @@ pub struct Projection {
     pub bias: Option<Tensor>,
     /// The LoRA branch, if the projection has one.
     pub lora: Option<Lora>,
+    /// The IA³ scale, if the projection has one.
+    pub ia3: Option<Ia3>,
 }
 
 impl Projection {
-    /// `x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ` for `x` [rows, in].
+    /// `x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ` for `x` [rows, in], scaled by IA³ where it applies.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.ia3 {
+            Some(Ia3 {
+                l,
+                feedforward: true,
+            }) => self.unscaled(&x.broadcast_mul(l)?),
+            Some(Ia3 { l, .. }) => Ok(self.unscaled(x)?.broadcast_mul(l)?),
+            None => self.unscaled(x),
+        }
+    }
+
+    fn unscaled(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = x.matmul(&self.weight.t()?)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -60,11 +82,31 @@ impl Projection {
         Ok(y)
     }
 
-    /// dL/dx for `dy` [rows, out], and (dL/dA, dL/dB) where there is a LoRA branch.
-    pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    /// dL/dx for `dy` [rows, out], and the gradients of what the projection trains: (dL/dA,
+    /// dL/dB) of a LoRA branch, or dL/dl of an IA³ scale.
+    pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        match &self.ia3 {
+            None => self.unscaled_backward(x, dy),
+            Some(Ia3 {
+                l,
+                feedforward: true,
+            }) => {
+                let (g, _) = self.unscaled_backward(&x.broadcast_mul(l)?, dy)?;
+                let dl = (&g * x)?.sum(0)?;
+                Ok((g.broadcast_mul(l)?, vec![dl]))
+            }
+            Some(Ia3 { l, .. }) => {
+                let dl = (dy * self.unscaled(x)?)?.sum(0)?;
+                let (dx, _) = self.unscaled_backward(x, &dy.broadcast_mul(l)?)?;
+                Ok((dx, vec![dl]))
+            }
+        }
+    }
+
+    fn unscaled_backward(&self, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let dx = dy.matmul(&self.weight)?;
         let Some(l) = &self.lora else {
-            return Ok((dx, None));
+            return Ok((dx, Vec::new()));
         };
         let input = l.input(x)?;
         // dL/d(input·Aᵀ), [rows, r].
@@ -75,6 +117,6 @@ impl Projection {
         if let Some(draw) = &l.dropout {
             d_input = (d_input * l.mask(draw, x)?)?;
         }
-        Ok(((dx + d_input)?, Some((da, db))))
+        Ok(((dx + d_input)?, vec![da, db]))
     }
 }
