@@ -21,7 +21,7 @@ impl CustomOp1 for FrozenProduct {
         "frozen-linear"
     }
 
-    precomputed_forward!(one, product);
+    precomputed_forward!(product; _x _xl);
 
     fn bwd(
         &self,

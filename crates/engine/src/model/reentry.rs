@@ -60,97 +60,27 @@ impl Precomputed {
 }
 
 /// The forward functions of a custom op whose result is the [`Precomputed`] `self.$field`,
-/// on every device: `one`, `two` or `three` for a `CustomOp1`, `CustomOp2` or `CustomOp3`.
+/// on every device. The op's inputs are named in pairs (storage, layout), one pair per input
+/// of the `CustomOp1`, `CustomOp2` or `CustomOp3`: `precomputed_forward!(output; _x _xl)`.
 macro_rules! precomputed_forward {
-    (one, $field:ident) => {
+    ($field:ident; $($s:ident $l:ident),+) => {
         fn cpu_fwd(
             &self,
-            _: &candle_core::CpuStorage,
-            _: &candle_core::Layout,
+            $($s: &candle_core::CpuStorage, $l: &candle_core::Layout),+
         ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
             self.$field.cpu()
         }
 
         fn cuda_fwd(
             &self,
-            _: &candle_core::CudaStorage,
-            _: &candle_core::Layout,
+            $($s: &candle_core::CudaStorage, $l: &candle_core::Layout),+
         ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
             self.$field.cuda()
         }
 
         fn metal_fwd(
             &self,
-            _: &candle_core::MetalStorage,
-            _: &candle_core::Layout,
-        ) -> candle_core::Result<(candle_core::MetalStorage, candle_core::Shape)> {
-            self.$field.metal()
-        }
-    };
-    (two, $field:ident) => {
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &candle_core::Layout,
-            _: &candle_core::CpuStorage,
-            _: &candle_core::Layout,
-        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-            self.$field.cpu()
-        }
-
-        fn cuda_fwd(
-            &self,
-            _: &candle_core::CudaStorage,
-            _: &candle_core::Layout,
-            _: &candle_core::CudaStorage,
-            _: &candle_core::Layout,
-        ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-            self.$field.cuda()
-        }
-
-        fn metal_fwd(
-            &self,
-            _: &candle_core::MetalStorage,
-            _: &candle_core::Layout,
-            _: &candle_core::MetalStorage,
-            _: &candle_core::Layout,
-        ) -> candle_core::Result<(candle_core::MetalStorage, candle_core::Shape)> {
-            self.$field.metal()
-        }
-    };
-    (three, $field:ident) => {
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &candle_core::Layout,
-            _: &candle_core::CpuStorage,
-            _: &candle_core::Layout,
-            _: &candle_core::CpuStorage,
-            _: &candle_core::Layout,
-        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-            self.$field.cpu()
-        }
-
-        fn cuda_fwd(
-            &self,
-            _: &candle_core::CudaStorage,
-            _: &candle_core::Layout,
-            _: &candle_core::CudaStorage,
-            _: &candle_core::Layout,
-            _: &candle_core::CudaStorage,
-            _: &candle_core::Layout,
-        ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-            self.$field.cuda()
-        }
-
-        fn metal_fwd(
-            &self,
-            _: &candle_core::MetalStorage,
-            _: &candle_core::Layout,
-            _: &candle_core::MetalStorage,
-            _: &candle_core::Layout,
-            _: &candle_core::MetalStorage,
-            _: &candle_core::Layout,
+            $($s: &candle_core::MetalStorage, $l: &candle_core::Layout),+
         ) -> candle_core::Result<(candle_core::MetalStorage, candle_core::Shape)> {
             self.$field.metal()
         }

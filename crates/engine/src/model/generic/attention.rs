@@ -177,7 +177,7 @@ impl CustomOp3 for AttentionOp {
         "generic-causal-attention"
     }
 
-    precomputed_forward!(three, output);
+    precomputed_forward!(output; _x _xl, _y _yl, _z _zl);
 
     fn bwd(
         &self,

@@ -34,7 +34,7 @@ impl CustomOp1 for HeadLoss {
         "lm-head-loss"
     }
 
-    precomputed_forward!(one, loss);
+    precomputed_forward!(loss; _x _xl);
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         scaled(&self.hidden_grad, grad)
@@ -46,7 +46,7 @@ impl CustomOp2 for HeadLoss {
         "lm-head-loss"
     }
 
-    precomputed_forward!(two, loss);
+    precomputed_forward!(loss; _x _xl, _y _yl);
 
     fn bwd(
         &self,

@@ -178,7 +178,7 @@ impl CustomOp1 for LayerOp {
         "generic-decoder-layer"
     }
 
-    precomputed_forward!(one, output);
+    precomputed_forward!(output; _x _xl);
 
     fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let (dx, _) = self.gradients(x, grad).map_err(candle_err)?;
@@ -191,7 +191,7 @@ impl CustomOp2 for LayerOp {
         "generic-decoder-layer"
     }
 
-    precomputed_forward!(two, output);
+    precomputed_forward!(output; _x _xl, _y _yl);
 
     fn bwd(
         &self,
