@@ -59,6 +59,17 @@ pub enum EngineError {
 /// The engine's result type.
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+/// An engine error inside a candle custom op's backward pass, which must return candle's
+/// error: candle's own as it was, anything else as its message.
+impl From<EngineError> for candle_core::Error {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Candle(e) => e,
+            other => candle_core::Error::Msg(other.to_string()),
+        }
+    }
+}
+
 impl EngineError {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

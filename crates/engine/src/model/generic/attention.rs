@@ -187,15 +187,12 @@ impl CustomOp3 for AttentionOp {
         _: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dq, dk, dv) = self
-            .shape
-            .backward(
-                &q.detach(),
-                &k.detach(),
-                &v.detach(),
-                &grad.to_dtype(q.dtype())?,
-            )
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let (dq, dk, dv) = self.shape.backward(
+            &q.detach(),
+            &k.detach(),
+            &v.detach(),
+            &grad.to_dtype(q.dtype())?,
+        )?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

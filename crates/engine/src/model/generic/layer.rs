@@ -166,13 +166,6 @@ impl LayerOp {
     }
 }
 
-fn candle_err(e: crate::error::EngineError) -> candle_core::Error {
-    match e {
-        crate::error::EngineError::Candle(e) => e,
-        other => candle_core::Error::Msg(other.to_string()),
-    }
-}
-
 impl CustomOp1 for LayerOp {
     fn name(&self) -> &'static str {
         "generic-decoder-layer"
@@ -181,7 +174,7 @@ impl CustomOp1 for LayerOp {
     precomputed_forward!(output; _x _xl);
 
     fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (dx, _) = self.gradients(x, grad).map_err(candle_err)?;
+        let (dx, _) = self.gradients(x, grad)?;
         Ok(Some(dx))
     }
 }
@@ -200,7 +193,7 @@ impl CustomOp2 for LayerOp {
         _: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, grads) = self.gradients(x, grad).map_err(candle_err)?;
+        let (dx, grads) = self.gradients(x, grad)?;
         let flat = grads
             .iter()
             .map(|g| g.flatten_all()?.to_dtype(pack.dtype()))
