@@ -231,7 +231,8 @@ pub fn estimate(
         // checkpointing only the input, and one layer's worth while it is recomputed. Once,
         // the backward pass's temporaries of the layer at hand and one attention block.
         let e = elem as f64;
-        let inside = e * (2.0 * (n * q + n * k + n * i) + n * d);
+        // (A prefix's keys and values are kept with the layer's own.)
+        let inside = e * (2.0 * (n * q + n * k + n * i) + n * d + 2.0 * b * extra_keys as f64 * k);
         let input = n * d * e;
         let block_scores = scores.min(crate::model::generic::SCORES_PER_BLOCK as f64);
         let temporaries = 4.0
@@ -318,12 +319,12 @@ fn generic_head(cfg: &LlamaConfig, role: HeadRole, n: f64, elem: f64) -> f64 {
 
 /// Whether the decoder layers run as one op each (`LlamaModel::layer_parts`): frozen layers
 /// with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped) or none
-/// at all, and on the `generic` layer IA³ scales as well.
+/// at all, and on the `generic` layer IA³ scales and prefix tuning as well.
 fn runs_fused_layers(cfg: &LlamaConfig, method: &MethodConfig, generic: bool) -> Result<bool> {
     Ok(match method.kind {
         MethodKind::Lora => !method.use_dora,
-        // The generic layer serves IA³ too.
-        MethodKind::Ia3 => generic,
+        // The generic layer serves IA³ and prefix tuning too.
+        MethodKind::Ia3 | MethodKind::PrefixTuning => generic,
         MethodKind::PromptTuning => true,
         MethodKind::Freeze => !crate::peft::freeze::trainable_weight_names(cfg, method)?
             .iter()

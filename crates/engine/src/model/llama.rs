@@ -392,6 +392,9 @@ impl LlamaModel {
                 }
             }
         }
+        // A cache of this call's own holds only the prefix (training, scoring): no reason to
+        // leave the whole-layer op, which takes the prefix's keys and values itself.
+        let prefix_only = own_cache.is_some();
         let mut cache = match cache {
             Some(c) => Some(c),
             None => own_cache.as_mut(),
@@ -428,7 +431,12 @@ impl LlamaModel {
         }
         for (l, block) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[l]);
-            x = self.block_forward(block, self.adapters.get(l), &x, &pos, layer_cache, ctx)?;
+            let layer = LayerInput {
+                adapters: self.adapters.get(l),
+                cache: layer_cache,
+                prefix_only,
+            };
+            x = self.block_forward(block, layer, &x, &pos, ctx)?;
         }
         let h = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
         Ok(h.narrow(1, virtual_tokens, seq - virtual_tokens)?)
@@ -496,18 +504,19 @@ impl LlamaModel {
     /// norms, every linear fusable (`Linear::fusable`) without IA³, no bottleneck adapter.
     /// The layer as one op's parts, where its weights are frozen and its projections carry
     /// plain LoRA or nothing.
-    /// IA³ scales are taken only where `with_ia3` (the device-generic layer serves them).
+    /// `generic`: for the device-generic layer, which also serves IA³ scales and takes a
+    /// prefix's keys and values; the CPU's fused layer serves neither.
     fn layer_parts<'a>(
         &self,
         b: &'a Block,
         adapters: Option<&LayerAdapters>,
         ctx: &ForwardCtx,
-        with_ia3: bool,
+        generic: Option<super::generic::layer::Extras<'a>>,
     ) -> Option<fused::layer::LayerParts<'a>> {
         let plain = adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
             && !b.input_layernorm.is_variable()
             && !b.post_attention_layernorm.is_variable()
-            && (with_ia3 || b.linears().iter().all(|l| l.ia3.is_none()));
+            && (generic.is_some() || b.linears().iter().all(|l| l.ia3.is_none()));
         if !plain {
             return None;
         }
@@ -524,6 +533,7 @@ impl LlamaModel {
             linears,
             dropout,
             ia3: b.linears().map(|l| l.ia3.as_ref()),
+            prefix: generic.and_then(|g| g.prefix),
             eps: c.rms_norm_eps,
             q_heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
@@ -535,19 +545,26 @@ impl LlamaModel {
     fn block_forward(
         &self,
         b: &Block,
-        adapters: Option<&LayerAdapters>,
+        layer: LayerInput,
         x: &Tensor,
         pos: &Positions,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
-        // Training and scoring run the whole block as one op; decoding keeps the cache.
+        let LayerInput {
+            adapters,
+            cache,
+            prefix_only,
+        } = layer;
+        // Training and scoring run the whole block as one op; decoding keeps the cache. The
+        // generic layer also takes a prefix's keys and values.
         if cache.is_none() && fused::applies(x) {
-            if let Some(parts) = self.layer_parts(b, adapters, ctx, false) {
+            if let Some(parts) = self.layer_parts(b, adapters, ctx, None) {
                 return fused::layer::decoder_layer(x, &parts, &pos.cos, &pos.sin);
             }
-        } else if cache.is_none() && super::generic::applies(x) {
-            if let Some(parts) = self.layer_parts(b, adapters, ctx, true) {
+        } else if (cache.is_none() || prefix_only) && super::generic::applies(x) {
+            let prefix = cache.as_ref().and_then(|c| c.as_ref()).map(|(k, v)| (k, v));
+            let generic = super::generic::layer::Extras { prefix };
+            if let Some(parts) = self.layer_parts(b, adapters, ctx, Some(generic)) {
                 return super::generic::layer::decoder_layer(x, &parts, &pos.cos, &pos.sin);
             }
         }
@@ -622,4 +639,12 @@ impl LlamaModel {
             .squeeze(1)?
             .to_dtype(DType::F32)?)
     }
+}
+
+/// What one decoder layer is given besides its input: its bottleneck adapters, its slot of
+/// the KV cache, and whether that cache holds only the prefix (this call's own).
+struct LayerInput<'c> {
+    adapters: Option<&'c LayerAdapters>,
+    cache: Option<&'c mut Option<(Tensor, Tensor)>>,
+    prefix_only: bool,
 }

@@ -48,6 +48,9 @@ pub struct LayerParts<'a> {
     /// Each one's IA³ scale, if any (the device-generic layer only: the CPU's fused layer is
     /// given none).
     pub ia3: [Option<&'a crate::peft::ia3::Ia3Scale>; 7],
+    /// Prefix tuning's keys and values for this layer [batch, kv_heads, prefix, head_dim]
+    /// (the device-generic layer only).
+    pub prefix: Option<(&'a Tensor, &'a Tensor)>,
     /// RMSNorm's epsilon.
     pub eps: f64,
     /// Query heads.

@@ -1,7 +1,7 @@
 //! A whole decoder layer as one autograd node on any device: RMSNorm, q/k/v with RoPE,
 //! blocked causal attention, o_proj and the residual sum, RMSNorm, gate/up, SwiGLU,
 //! down_proj and the residual sum, with the LoRA branches or IA³ scales of any of the seven
-//! projections.
+//! projections, or prefix tuning's keys and values before the layer's own.
 //!
 //! The forward pass runs outside candle's graph and re-enters it as one op
 //! (`reentry::Precomputed`) whose backward pass is written here. It keeps the roped q and
@@ -25,7 +25,8 @@ use crate::model::reentry::{precomputed_forward, Precomputed};
 
 /// What the backward pass reads besides the input.
 struct Kept {
-    /// Roped queries [batch, q_heads, seq, d], roped keys and values [batch, kv_heads, seq, d].
+    /// Roped queries [batch, q_heads, seq, d]; the prefix's keys and values, if any, then the
+    /// roped keys and the values [batch, kv_heads, prefix + seq, d].
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -38,8 +39,17 @@ struct Kept {
     up: Tensor,
 }
 
+/// What the generic layer takes that the CPU's fused layer does not.
+#[derive(Clone, Copy)]
+pub struct Extras<'a> {
+    /// Prefix tuning's keys and values for the layer [batch, kv_heads, prefix, head_dim].
+    pub prefix: Option<(&'a Tensor, &'a Tensor)>,
+}
+
 struct Layer {
     projections: [Projection; 7],
+    /// Prefix tuning's keys and values, seen by every query before its own.
+    prefix: Option<(Tensor, Tensor)>,
     norms: [Tensor; 2],
     rotary: Rotary,
     eps: f64,
@@ -96,6 +106,10 @@ impl Layer {
             .rotary
             .forward(&self.heads(&p[K].forward(&h)?, a.kv_heads)?)?;
         let v = self.heads(&p[V].forward(&h)?, a.kv_heads)?;
+        let (k, v) = match &self.prefix {
+            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+            None => (k, v),
+        };
         let attn = self.rows(&a.forward(&q, &k, &v)?)?;
         let mid = (x + p[O].forward(&attn)?)?;
         let (h, _) = rms_norm(&mid, &self.norms[1], self.eps)?;
@@ -134,13 +148,23 @@ impl Layer {
         // Attention.
         let d_attn = self.heads(&through(O, &kept.attn, &d_mid)?, a.q_heads)?;
         let (dq, dk, dv) = a.backward(&kept.q, &kept.k, &kept.v, &d_attn)?;
+        // The prefix's part of the keys' and values' gradients, then the layer's own.
+        let earlier = a.keys - a.seq;
+        let prefix_grads = [
+            dk.narrow(2, 0, earlier)?.contiguous()?,
+            dv.narrow(2, 0, earlier)?.contiguous()?,
+        ];
+        let (dk, dv) = (dk.narrow(2, earlier, a.seq)?, dv.narrow(2, earlier, a.seq)?);
         let dq = self.rows(&self.rotary.backward(&dq)?)?;
         let dk = self.rows(&self.rotary.backward(&dk)?)?;
         let dv = self.rows(&dv)?;
         let (h1, rstd1) = rms_norm(x, &self.norms[0], self.eps)?;
         let d_h1 = ((through(Q, &h1, &dq)? + through(K, &h1, &dk)?)? + through(V, &h1, &dv)?)?;
         let dx = (d_mid + rms_norm_backward(x, &self.norms[0], &rstd1, &d_h1)?)?;
-        let grads = trained.into_iter().flatten().collect();
+        let mut grads: Vec<Tensor> = trained.into_iter().flatten().collect();
+        if self.prefix.is_some() {
+            grads.extend(prefix_grads);
+        }
         Ok((dx, grads))
     }
 }
@@ -242,8 +266,18 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
     let projections: [Projection; 7] = projections
         .try_into()
         .map_err(|_| candle_core::Error::Msg("decoder layer: seven projections".into()))?;
+    let prefix = match parts.prefix {
+        Some((k, v)) => {
+            flat.push(k.flatten_all()?);
+            flat.push(v.flatten_all()?);
+            Some((k.detach(), v.detach()))
+        }
+        None => None,
+    };
+    let earlier = prefix.as_ref().map_or(Ok(0), |(k, _)| k.dim(2))?;
     let layer = Layer {
         projections,
+        prefix,
         norms: [parts.input_norm.clone(), parts.post_norm.clone()],
         rotary: Rotary::new(cos, sin)?,
         eps: parts.eps,
@@ -252,7 +286,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             q_heads: parts.q_heads,
             kv_heads: parts.kv_heads,
             seq,
-            keys: seq,
+            keys: earlier + seq,
             head_dim: parts.head_dim,
             scores_per_block: super::attention::SCORES_PER_BLOCK,
         },
