@@ -235,10 +235,17 @@ pub fn estimate(
         let inside = e * (2.0 * (n * q + n * k + n * i) + n * d + 2.0 * b * extra_keys as f64 * k);
         let input = n * d * e;
         let block_scores = scores.min(crate::model::generic::SCORES_PER_BLOCK as f64);
+        // DoRA's row norms take `W + s·BA` of the widest projection in f32, twice.
+        let dora = if method.use_dora {
+            2.0 * d * i.max(q)
+        } else {
+            0.0
+        };
         let temporaries = 4.0
             * (GENERIC_INTERMEDIATE_TEMPS * n * i
                 + GENERIC_HIDDEN_TEMPS * n * d
-                + GENERIC_SCORE_TEMPS * block_scores);
+                + GENERIC_SCORE_TEMPS * block_scores
+                + dora);
         let kept = if step.checkpointing {
             input * layers + inside
         } else {
@@ -319,11 +326,11 @@ fn generic_head(cfg: &LlamaConfig, role: HeadRole, n: f64, elem: f64) -> f64 {
 
 /// Whether the decoder layers run as one op each (`LlamaModel::layer_parts`): frozen layers
 /// with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped) or none
-/// at all, and on the `generic` layer IA³ scales and prefix tuning as well.
+/// at all, and on the `generic` layer DoRA, IA³ scales and prefix tuning as well.
 fn runs_fused_layers(cfg: &LlamaConfig, method: &MethodConfig, generic: bool) -> Result<bool> {
     Ok(match method.kind {
-        MethodKind::Lora => !method.use_dora,
-        // The generic layer serves IA³ and prefix tuning too.
+        MethodKind::Lora => !method.use_dora || generic,
+        // The generic layer serves DoRA, IA³ and prefix tuning too.
         MethodKind::Ia3 | MethodKind::PrefixTuning => generic,
         MethodKind::PromptTuning => true,
         MethodKind::Freeze => !crate::peft::freeze::trainable_weight_names(cfg, method)?

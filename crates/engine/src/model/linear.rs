@@ -71,26 +71,27 @@ impl Linear {
     /// [`Self::fused_parts`] whatever the LoRA branch's dropout: the fused decoder layer
     /// draws the masks itself (`ForwardCtx::draw_dropout`).
     pub fn fusable(&self, x: &Tensor) -> Option<LinearParts<'_>> {
-        fused::applies(x).then(|| self.frozen_parts()).flatten()
+        let plain = self.lora.as_ref().is_none_or(|l| l.magnitude.is_none());
+        (fused::applies(x) && plain)
+            .then(|| self.frozen_parts())
+            .flatten()
     }
 
-    /// The parts of a frozen projection with plain LoRA or nothing, on any device: what a
-    /// whole-layer op (`fused::layer` on the CPU, `generic::layer` elsewhere) takes.
+    /// The parts of a frozen projection with LoRA (DoRA included) or nothing, on any device:
+    /// what a whole-layer op (`fused::layer` on the CPU, without DoRA; `generic::layer`
+    /// elsewhere) takes.
     pub fn frozen_parts(&self) -> Option<LinearParts<'_>> {
         let frozen =
             !self.weight.is_variable() && self.bias.as_ref().is_none_or(|b| !b.is_variable());
         if !frozen {
             return None;
         }
-        let lora = match &self.lora {
-            None => None,
-            Some(l) if l.magnitude.is_none() => Some(LoraParts {
-                a: &l.a,
-                b: &l.b,
-                scale: l.scale,
-            }),
-            Some(_) => return None,
-        };
+        let lora = self.lora.as_ref().map(|l| LoraParts {
+            a: &l.a,
+            b: &l.b,
+            scale: l.scale,
+            magnitude: l.magnitude.as_ref(),
+        });
         Some(LinearParts {
             weight: &self.weight,
             bias: self.bias.as_ref(),

@@ -504,8 +504,8 @@ impl LlamaModel {
     /// norms, every linear fusable (`Linear::fusable`) without IA³, no bottleneck adapter.
     /// The layer as one op's parts, where its weights are frozen and its projections carry
     /// plain LoRA or nothing.
-    /// `generic`: for the device-generic layer, which also serves IA³ scales and takes a
-    /// prefix's keys and values; the CPU's fused layer serves neither.
+    /// `generic`: for the device-generic layer, which also serves DoRA and IA³ and takes a
+    /// prefix's keys and values; the CPU's fused layer serves none of these.
     fn layer_parts<'a>(
         &self,
         b: &'a Block,
@@ -516,7 +516,10 @@ impl LlamaModel {
         let plain = adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
             && !b.input_layernorm.is_variable()
             && !b.post_attention_layernorm.is_variable()
-            && (generic.is_some() || b.linears().iter().all(|l| l.ia3.is_none()));
+            && (generic.is_some()
+                || b.linears().iter().all(|l| {
+                    l.ia3.is_none() && l.lora.as_ref().is_none_or(|lo| lo.magnitude.is_none())
+                }));
         if !plain {
             return None;
         }

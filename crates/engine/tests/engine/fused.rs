@@ -336,6 +336,7 @@ fn frozen_linear_matches_its_composition_for(rows: [usize; 2]) {
                     a: &t[1],
                     b: &t[2],
                     scale: 0.75,
+                    magnitude: None,
                 });
                 let parts = fused::linear::LinearParts {
                     weight: &w,
@@ -536,20 +537,31 @@ fn gradient_checkpointing_gives_the_same_gradients() {
 /// same streams), so f32 fused and f64 composed training agree with dropout on.
 #[test]
 fn lora_dropout_in_the_fused_layer_matches_the_composed_ops() {
-    let method = MethodConfig {
-        kind: MethodKind::Lora,
-        r: 4,
-        lora_alpha: 8.0,
-        lora_dropout: 0.3,
-        target_modules: Some(TargetModules::parse_cli("q_proj,v_proj,o_proj,down_proj")),
-        ..Default::default()
-    };
-    let (l32, g32) = model_gradients_with(&method, DType::F32, ForwardCtx::train(3));
-    let (l64, g64) = model_gradients_with(&method, DType::F64, ForwardCtx::train(3));
-    let (l_off, _) = model_gradients_with(&method, DType::F32, ForwardCtx::eval());
-    assert!((l32 - l64).abs() < 1e-4, "loss {l32} vs {l64}");
-    assert!((l32 - l_off).abs() > 1e-6, "dropout changed nothing");
-    assert_gradients_close("dropout", &g32, &g64, 1e-3, 1e-3);
+    // DoRA too: its base term then takes the dropped-out input (the CPU composes single
+    // fused ops for it; the device-generic layer serves it whole).
+    for use_dora in [false, true] {
+        let method = MethodConfig {
+            kind: MethodKind::Lora,
+            r: 4,
+            lora_alpha: 8.0,
+            lora_dropout: 0.3,
+            use_dora,
+            target_modules: Some(TargetModules::parse_cli("q_proj,v_proj,o_proj,down_proj")),
+            ..Default::default()
+        };
+        let (l32, g32) = model_gradients_with(&method, DType::F32, ForwardCtx::train(3));
+        let (l64, g64) = model_gradients_with(&method, DType::F64, ForwardCtx::train(3));
+        let (l_off, _) = model_gradients_with(&method, DType::F32, ForwardCtx::eval());
+        assert!(
+            (l32 - l64).abs() < 1e-4,
+            "dora {use_dora}: loss {l32} vs {l64}"
+        );
+        assert!(
+            (l32 - l_off).abs() > 1e-6,
+            "dora {use_dora}: dropout changed nothing"
+        );
+        assert_gradients_close(&format!("dropout, dora {use_dora}"), &g32, &g64, 1e-3, 1e-3);
+    }
 }
 
 /// The bf16 products, on every kernel this CPU has (AMX tiles, AVX-512-BF16 dot products),

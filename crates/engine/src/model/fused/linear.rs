@@ -32,6 +32,9 @@ pub struct LoraParts<'a> {
     pub b: &'a Tensor,
     /// `alpha / r` (or `alpha / √r`).
     pub scale: f64,
+    /// DoRA's magnitude [out_features] (the device-generic layer only: the CPU's fused ops
+    /// are never given one).
+    pub magnitude: Option<&'a Tensor>,
 }
 
 /// A LoRA branch over borrowed elements: A [r, in], B [out, r] and the scale.

@@ -1,7 +1,7 @@
 //! A whole decoder layer as one autograd node on any device: RMSNorm, q/k/v with RoPE,
 //! blocked causal attention, o_proj and the residual sum, RMSNorm, gate/up, SwiGLU,
-//! down_proj and the residual sum, with the LoRA branches or IA³ scales of any of the seven
-//! projections, or prefix tuning's keys and values before the layer's own.
+//! down_proj and the residual sum, with the LoRA (or DoRA) branches or IA³ scales of any of
+//! the seven projections, or prefix tuning's keys and values before the layer's own.
 //!
 //! The forward pass runs outside candle's graph and re-enters it as one op
 //! (`reentry::Precomputed`) whose backward pass is written here. It keeps the roped q and
@@ -247,11 +247,15 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             Some(lora) => {
                 flat.push(lora.a.flatten_all()?);
                 flat.push(lora.b.flatten_all()?);
+                if let Some(m) = lora.magnitude {
+                    flat.push(m.flatten_all()?);
+                }
                 Some(Lora {
                     a: lora.a.detach(),
                     b: lora.b.detach(),
                     scale: lora.scale,
                     dropout,
+                    magnitude: lora.magnitude.map(Tensor::detach),
                 })
             }
             None => None,

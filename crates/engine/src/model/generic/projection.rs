@@ -17,6 +17,10 @@ pub struct Lora {
     pub scale: f64,
     /// The dropout on the branch's input, redrawn identically in the backward pass.
     pub dropout: Option<DropoutDraw>,
+    /// DoRA's magnitude m [out]: the output becomes `Wx + b + (g − 1)·W·drop(x) +
+    /// g·s·B(A(drop(x)))` with `g = m / ‖W + s·BA‖_row`, the norm a constant to the gradient
+    /// (PEFT's `tuners/lora/dora.py`, as `peft::lora` computes it).
+    pub magnitude: Option<Tensor>,
 }
 
 impl Lora {
@@ -28,6 +32,13 @@ impl Lora {
             None => Ok(x.clone()),
             Some(draw) => Ok((x * self.mask(draw, x)?)?),
         }
+    }
+
+    /// The row norms ‖W + s·BA‖ [out], in f32.
+    fn norms(&self, weight: &Tensor) -> Result<Tensor> {
+        let f32 = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+        let delta = (f32(&self.b.matmul(&self.a)?)? * self.scale)?;
+        Ok((f32(weight)? + delta)?.sqr()?.sum(1)?.sqrt()?)
     }
 
     fn mask(&self, draw: &DropoutDraw, x: &Tensor) -> Result<Tensor> {
@@ -72,18 +83,33 @@ impl Projection {
 
     fn unscaled(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = x.matmul(&self.weight.t()?)?;
+        if let Some(l) = &self.lora {
+            let input = l.input(x)?;
+            let z = (input.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?;
+            y = match &l.magnitude {
+                None => (y + z)?,
+                Some(m) => {
+                    let g = m.broadcast_div(&l.norms(&self.weight)?.to_dtype(m.dtype())?)?;
+                    let g = g.to_dtype(x.dtype())?;
+                    // W·drop(x): the base product itself when there is no dropout.
+                    let u = match l.dropout {
+                        Some(_) => input.matmul(&self.weight.t()?)?,
+                        None => y.clone(),
+                    };
+                    let scaled =
+                        (u.broadcast_mul(&g.affine(1.0, -1.0)?)? + z.broadcast_mul(&g)?)?;
+                    (y + scaled)?
+                }
+            };
+        }
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
-        }
-        if let Some(l) = &self.lora {
-            let low = l.input(x)?.matmul(&l.a.t()?)?;
-            y = (y + (low.matmul(&l.b.t()?)? * l.scale)?)?;
         }
         Ok(y)
     }
 
     /// dL/dx for `dy` [rows, out], and the gradients of what the projection trains: (dL/dA,
-    /// dL/dB) of a LoRA branch, or dL/dl of an IA³ scale.
+    /// dL/dB, and DoRA's dL/dm) of a LoRA branch, or dL/dl of an IA³ scale.
     pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         match &self.ia3 {
             None => self.unscaled_backward(x, dy),
@@ -109,14 +135,38 @@ impl Projection {
             return Ok((dx, Vec::new()));
         };
         let input = l.input(x)?;
+        let low = input.matmul(&l.a.t()?)?;
+        // DoRA: the branch's output is scaled by g, W·drop(x) by g − 1, and m learns from both.
+        let (dy_branch, d_input_base, dm) = match &l.magnitude {
+            None => (dy.clone(), None, None),
+            Some(m) => {
+                let norms = l.norms(&self.weight)?.to_dtype(m.dtype())?;
+                let g = m.broadcast_div(&norms)?.to_dtype(x.dtype())?;
+                let u = input.matmul(&self.weight.t()?)?;
+                let z = (low.matmul(&l.b.t()?)? * l.scale)?;
+                let dm = (dy * (u + z)?)?
+                    .sum(0)?
+                    .to_dtype(m.dtype())?
+                    .broadcast_div(&norms)?;
+                let d_u = dy
+                    .broadcast_mul(&g.affine(1.0, -1.0)?)?
+                    .matmul(&self.weight)?;
+                (dy.broadcast_mul(&g)?, Some(d_u), Some(dm))
+            }
+        };
         // dL/d(input·Aᵀ), [rows, r].
-        let d_low = (dy.matmul(&l.b)? * l.scale)?;
+        let d_low = (dy_branch.matmul(&l.b)? * l.scale)?;
         let da = d_low.t()?.matmul(&input)?;
-        let db = (dy.t()?.matmul(&input.matmul(&l.a.t()?)?)? * l.scale)?;
+        let db = (dy_branch.t()?.matmul(&low)? * l.scale)?;
         let mut d_input = d_low.matmul(&l.a)?;
+        if let Some(d_u) = d_input_base {
+            d_input = (d_input + d_u)?;
+        }
         if let Some(draw) = &l.dropout {
             d_input = (d_input * l.mask(draw, x)?)?;
         }
-        Ok(((dx + d_input)?, vec![da, db]))
+        let mut grads = vec![da, db];
+        grads.extend(dm);
+        Ok(((dx + d_input)?, grads))
     }
 }
