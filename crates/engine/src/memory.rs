@@ -184,7 +184,7 @@ pub fn estimate(
     };
     let path = step.path();
     let (activations, loss_head) = if path == Path::Fused {
-        let acts = if runs_fused_layers(cfg, method, false)? {
+        let acts = if runs_whole_layers(cfg, method, false)? {
             // Per decoder layer (`model::fused::layer`), in f32: the rotated queries and the
             // attention output, keys and values, the residual stream between the sublayers,
             // gate and up; in the model's dtype, the layer's output (the next one's input).
@@ -224,7 +224,7 @@ pub fn estimate(
             }
         };
         (acts as u64, head as u64)
-    } else if path == Path::Generic && runs_fused_layers(cfg, method, true)? {
+    } else if path == Path::Generic && runs_whole_layers(cfg, method, true)? {
         // Per decoder layer (`model::generic::layer`), in the model's dtype: the roped
         // queries and the attention output, keys and values, the residual stream between
         // the sublayers, gate and up, and the layer's output (the next one's input). With
@@ -234,7 +234,7 @@ pub fn estimate(
         // (A prefix's keys and values are kept with the layer's own.)
         let inside = e * (2.0 * (n * q + n * k + n * i) + n * d + 2.0 * b * extra_keys as f64 * k);
         let input = n * d * e;
-        let block_scores = scores.min(crate::model::generic::SCORES_PER_BLOCK as f64);
+
         // DoRA's row norms take `W + s·BA` of the widest projection in f32, twice.
         let dora = if method.use_dora {
             2.0 * d * i.max(q)
@@ -242,10 +242,8 @@ pub fn estimate(
             0.0
         };
         let temporaries = 4.0
-            * (GENERIC_INTERMEDIATE_TEMPS * n * i
-                + GENERIC_HIDDEN_TEMPS * n * d
-                + GENERIC_SCORE_TEMPS * block_scores
-                + dora);
+            * (GENERIC_INTERMEDIATE_TEMPS * n * i + GENERIC_HIDDEN_TEMPS * n * d + dora)
+            + generic_block(scores);
         let kept = if step.checkpointing {
             input * layers + inside
         } else {
@@ -272,11 +270,7 @@ pub fn estimate(
         per_layer += 4.0 * n * i + 5.0 * kept_scores;
         per_layer += adapter_activations(cfg, method, n, false)?;
         let acts = ACTIVATION_FACTOR * (per_layer * layers + 4.0 * n * d);
-        let block = if generic {
-            4.0 * GENERIC_SCORE_TEMPS * scores.min(crate::model::generic::SCORES_PER_BLOCK as f64)
-        } else {
-            0.0
-        };
+        let block = if generic { generic_block(scores) } else { 0.0 };
         // Mixed precision's f32 islands, and the head's weight widened to f32 (twice at the
         // peak) for the CPU's products.
         let mixed = if step.dtype == DType::F32 {
@@ -311,6 +305,12 @@ pub fn estimate(
     })
 }
 
+/// Bytes of the temporaries of one block of queries of the generic attention (at most
+/// `SCORES_PER_BLOCK` scores of all heads, in f32).
+fn generic_block(scores: f64) -> f64 {
+    4.0 * GENERIC_SCORE_TEMPS * scores.min(crate::model::generic::SCORES_PER_BLOCK as f64)
+}
+
 /// The generic loss head (`generic::cross_entropy`): the hidden states' gradient, one chunk
 /// of logits' tensors in f32, a trained head's weight gradient.
 fn generic_head(cfg: &LlamaConfig, role: HeadRole, n: f64, elem: f64) -> f64 {
@@ -327,7 +327,7 @@ fn generic_head(cfg: &LlamaConfig, role: HeadRole, n: f64, elem: f64) -> f64 {
 /// Whether the decoder layers run as one op each (`LlamaModel::layer_parts`): frozen layers
 /// with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped) or none
 /// at all, and on the `generic` layer DoRA, IA³ scales and prefix tuning as well.
-fn runs_fused_layers(cfg: &LlamaConfig, method: &MethodConfig, generic: bool) -> Result<bool> {
+fn runs_whole_layers(cfg: &LlamaConfig, method: &MethodConfig, generic: bool) -> Result<bool> {
     Ok(match method.kind {
         MethodKind::Lora => !method.use_dora || generic,
         // The generic layer serves DoRA, IA³ and prefix tuning too.
@@ -451,45 +451,38 @@ pub fn gpu_fit(cfg: &LlamaConfig, method: &MethodConfig, step: StepShape) -> Res
     let fits = |s: StepShape, gib: u64| -> Result<bool> {
         Ok(estimate(cfg, method, s)?.total() <= gib << 30)
     };
+    // The changes to try, in order: checkpointing; then, with it, halving the batch to 1;
+    // then, at batch 1, halving the sequence down to 128 tokens.
+    let mut tries = Vec::new();
+    let mut s = StepShape {
+        checkpointing: true,
+        ..step
+    };
+    if !step.checkpointing {
+        tries.push((s, "with gradient checkpointing".to_string()));
+    }
+    while s.batch > 1 {
+        s.batch /= 2;
+        tries.push((s, format!("with checkpointing and batch {}", s.batch)));
+    }
+    while s.seq_len > 128 {
+        s.seq_len /= 2;
+        let label = format!(
+            "with checkpointing, batch {} and {} tokens",
+            s.batch, s.seq_len
+        );
+        tries.push((s, label));
+    }
+    let weights = estimate(cfg, method, step)?.weights;
     let mut out = Vec::new();
     for gib in GPU_SIZES_GIB {
         if fits(step, gib)? {
             out.push(format!("{gib} GB: fits"));
             continue;
         }
-        let mut tries = Vec::new();
-        if !step.checkpointing {
-            tries.push((
-                StepShape {
-                    checkpointing: true,
-                    ..step
-                },
-                "with gradient checkpointing".to_string(),
-            ));
-        }
-        let ckpt = StepShape {
-            checkpointing: true,
-            ..step
-        };
-        let mut s = ckpt;
-        while s.batch > 1 {
-            s.batch /= 2;
-            tries.push((s, format!("with checkpointing and batch {}", s.batch)));
-        }
-        let mut t = s;
-        while t.seq_len > 128 {
-            t.seq_len /= 2;
-            tries.push((
-                t,
-                format!(
-                    "with checkpointing, batch {} and {} tokens",
-                    t.batch, t.seq_len
-                ),
-            ));
-        }
         let mut advice = None;
-        for (s, label) in tries {
-            if fits(s, gib)? {
+        for (s, label) in &tries {
+            if fits(*s, gib)? {
                 advice = Some(label);
                 break;
             }
@@ -498,7 +491,7 @@ pub fn gpu_fit(cfg: &LlamaConfig, method: &MethodConfig, step: StepShape) -> Res
             Some(label) => format!("{gib} GB: does not fit; fits {label}"),
             None => format!(
                 "{gib} GB: does not fit (the weights alone need {})",
-                human_bytes(estimate(cfg, method, step)?.weights)
+                human_bytes(weights)
             ),
         });
     }

@@ -123,22 +123,17 @@ fn loss_in_chunks(
     let device = hidden.device();
     // One read of the targets and weights on the host: the range check, the count, and
     // which chunks have a position to count.
-    let host_targets: Vec<u32> = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
-    let host_weights: Vec<f32> = weights.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    let targets = targets.flatten_all()?.to_dtype(DType::U32)?;
+    let weights = weights.flatten_all()?.to_dtype(DType::F32)?;
+    let host_targets: Vec<u32> = targets.to_vec1()?;
+    let host_weights: Vec<f32> = weights.to_vec1()?;
     check_targets(&host_targets, vocab)?;
     let count: f64 = host_weights.iter().map(|&w| f64::from(w)).sum();
     let train_head = weight.track_op();
     let wants_grad = hidden.track_op() || train_head;
     let scale = 1.0 / count.max(1.0);
     let (hd, wd) = (hidden.detach(), weight.detach());
-    let targets = targets
-        .flatten_all()?
-        .to_dtype(DType::U32)?
-        .to_device(device)?;
-    let weights = weights
-        .flatten_all()?
-        .to_dtype(DType::F32)?
-        .to_device(device)?;
+    let (targets, weights) = (targets.to_device(device)?, weights.to_device(device)?);
     let ids = Tensor::arange(0u32, vocab as u32, device)?.unsqueeze(0)?;
     let rows = rows.clamp(16, n.max(16));
     let mut loss = Tensor::zeros((), DType::F32, device)?;
@@ -160,14 +155,14 @@ fn loss_in_chunks(
         let logits = h_c.matmul(&wd.t()?)?.to_dtype(DType::F32)?;
         let max = logits.max_keepdim(D::Minus1)?;
         let shifted = logits.broadcast_sub(&max)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let exps = shifted.exp()?;
+        let sums = exps.sum_keepdim(D::Minus1)?;
         let picked = shifted.gather(&t_c, 1)?;
-        loss = (loss + ((&lse - picked)? * &w_c)?.sum_all()?)?;
+        loss = (loss + ((sums.log()? - picked)? * &w_c)?.sum_all()?)?;
         if wants_grad {
-            // (softmax − one-hot) · weight / count.
+            // (softmax − one-hot) · weight / count, the softmax from the same exponentials.
             let one_hot = ids.broadcast_eq(&t_c)?.to_dtype(DType::F32)?;
-            let d_logits =
-                ((shifted.broadcast_sub(&lse)?.exp()? - one_hot)?.broadcast_mul(&w_c)? * scale)?;
+            let d_logits = ((exps.broadcast_div(&sums)? - one_hot)?.broadcast_mul(&w_c)? * scale)?;
             let d_low = d_logits.to_dtype(wd.dtype())?;
             dh.push(d_low.matmul(&wd)?);
             if let Some(acc) = dw.as_mut() {

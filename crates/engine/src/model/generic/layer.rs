@@ -150,10 +150,13 @@ impl Layer {
         let (dq, dk, dv) = a.backward(&kept.q, &kept.k, &kept.v, &d_attn)?;
         // The prefix's part of the keys' and values' gradients, then the layer's own.
         let earlier = a.keys - a.seq;
-        let prefix_grads = [
-            dk.narrow(2, 0, earlier)?.contiguous()?,
-            dv.narrow(2, 0, earlier)?.contiguous()?,
-        ];
+        let prefix_grads = match self.prefix {
+            Some(_) => vec![
+                dk.narrow(2, 0, earlier)?.contiguous()?,
+                dv.narrow(2, 0, earlier)?.contiguous()?,
+            ],
+            None => Vec::new(),
+        };
         let (dk, dv) = (dk.narrow(2, earlier, a.seq)?, dv.narrow(2, earlier, a.seq)?);
         let dq = self.rows(&self.rotary.backward(&dq)?)?;
         let dk = self.rows(&self.rotary.backward(&dk)?)?;
@@ -161,10 +164,7 @@ impl Layer {
         let (h1, rstd1) = rms_norm(x, &self.norms[0], self.eps)?;
         let d_h1 = ((through(Q, &h1, &dq)? + through(K, &h1, &dk)?)? + through(V, &h1, &dv)?)?;
         let dx = (d_mid + rms_norm_backward(x, &self.norms[0], &rstd1, &d_h1)?)?;
-        let mut grads: Vec<Tensor> = trained.into_iter().flatten().collect();
-        if self.prefix.is_some() {
-            grads.extend(prefix_grads);
-        }
+        let grads = trained.into_iter().flatten().chain(prefix_grads).collect();
         Ok((dx, grads))
     }
 }

@@ -2,10 +2,11 @@
 //! backward from candle tensor ops: the input's gradient and the LoRA matrices', never the
 //! frozen weight's.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::error::Result;
 use crate::model::ops::DropoutDraw;
+use crate::peft::lora::row_norms;
 
 /// A LoRA branch.
 pub struct Lora {
@@ -24,26 +25,31 @@ pub struct Lora {
 }
 
 impl Lora {
-    /// The branch's input: `x` [rows, in] with the dropout mask applied. The mask is drawn
-    /// as `ForwardCtx::dropout` draws it (`DropoutDraw::tensor`), so every path on a device
-    /// sees the same one.
-    fn input(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.dropout {
-            None => Ok(x.clone()),
-            Some(draw) => Ok((x * self.mask(draw, x)?)?),
-        }
-    }
-
-    /// The row norms ‖W + s·BA‖ [out], in f32.
-    fn norms(&self, weight: &Tensor) -> Result<Tensor> {
-        let f32 = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
-        let delta = (f32(&self.b.matmul(&self.a)?)? * self.scale)?;
-        Ok((f32(weight)? + delta)?.sqr()?.sum(1)?.sqrt()?)
-    }
-
-    fn mask(&self, draw: &DropoutDraw, x: &Tensor) -> Result<Tensor> {
+    /// The dropout mask for `x` [rows, in], if the branch has dropout: drawn as
+    /// `ForwardCtx::dropout` draws it (`DropoutDraw::tensor`), so every path on a device sees
+    /// the same one.
+    fn mask(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let (rows, cols) = x.dims2()?;
-        draw.tensor(rows, cols, x.device(), x.dtype())
+        self.dropout
+            .map(|draw| draw.tensor(rows, cols, x.device(), x.dtype()))
+            .transpose()
+    }
+
+    /// The branch's input: `x` with `mask` applied.
+    fn input(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        Ok(match mask {
+            Some(m) => (x * m)?,
+            None => x.clone(),
+        })
+    }
+
+    /// DoRA's row norms ‖W + s·BA‖ (f32, then in `m`'s dtype) and its gain `g = m / norms`
+    /// in `dtype`.
+    fn gain(&self, weight: &Tensor, m: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let delta = (self.b.matmul(&self.a)?.to_dtype(DType::F32)? * self.scale)?;
+        let norms = row_norms(&(weight.to_dtype(DType::F32)? + delta)?)?.to_dtype(m.dtype())?;
+        let g = m.broadcast_div(&norms)?.to_dtype(dtype)?;
+        Ok((norms, g))
     }
 }
 
@@ -84,15 +90,15 @@ impl Projection {
     fn unscaled(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = x.matmul(&self.weight.t()?)?;
         if let Some(l) = &self.lora {
-            let input = l.input(x)?;
+            let mask = l.mask(x)?;
+            let input = Lora::input(x, mask.as_ref())?;
             let z = (input.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?;
             y = match &l.magnitude {
                 None => (y + z)?,
                 Some(m) => {
-                    let g = m.broadcast_div(&l.norms(&self.weight)?.to_dtype(m.dtype())?)?;
-                    let g = g.to_dtype(x.dtype())?;
+                    let (_, g) = l.gain(&self.weight, m, x.dtype())?;
                     // W·drop(x): the base product itself when there is no dropout.
-                    let u = match l.dropout {
+                    let u = match mask {
                         Some(_) => input.matmul(&self.weight.t()?)?,
                         None => y.clone(),
                     };
@@ -130,28 +136,25 @@ impl Projection {
     }
 
     fn unscaled_backward(&self, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
-        let dx = dy.matmul(&self.weight)?;
         let Some(l) = &self.lora else {
-            return Ok((dx, Vec::new()));
+            return Ok((dy.matmul(&self.weight)?, Vec::new()));
         };
-        let input = l.input(x)?;
+        let mask = l.mask(x)?;
+        let input = Lora::input(x, mask.as_ref())?;
         let low = input.matmul(&l.a.t()?)?;
         // DoRA: the branch's output is scaled by g, W·drop(x) by g − 1, and m learns from both.
-        let (dy_branch, d_input_base, dm) = match &l.magnitude {
+        let (dy_branch, dy_dropped_base, dm) = match &l.magnitude {
             None => (dy.clone(), None, None),
             Some(m) => {
-                let norms = l.norms(&self.weight)?.to_dtype(m.dtype())?;
-                let g = m.broadcast_div(&norms)?.to_dtype(x.dtype())?;
+                let (norms, g) = l.gain(&self.weight, m, x.dtype())?;
                 let u = input.matmul(&self.weight.t()?)?;
                 let z = (low.matmul(&l.b.t()?)? * l.scale)?;
                 let dm = (dy * (u + z)?)?
                     .sum(0)?
                     .to_dtype(m.dtype())?
                     .broadcast_div(&norms)?;
-                let d_u = dy
-                    .broadcast_mul(&g.affine(1.0, -1.0)?)?
-                    .matmul(&self.weight)?;
-                (dy.broadcast_mul(&g)?, Some(d_u), Some(dm))
+                let dy_base = dy.broadcast_mul(&g.affine(1.0, -1.0)?)?;
+                (dy.broadcast_mul(&g)?, Some(dy_base), Some(dm))
             }
         };
         // dL/d(input·Aᵀ), [rows, r].
@@ -159,14 +162,19 @@ impl Projection {
         let da = d_low.t()?.matmul(&input)?;
         let db = (dy_branch.t()?.matmul(&low)? * l.scale)?;
         let mut d_input = d_low.matmul(&l.a)?;
-        if let Some(d_u) = d_input_base {
-            d_input = (d_input + d_u)?;
+        // W sees x directly (dy) and, for DoRA, its dropped-out input (dy·(g − 1)): one
+        // product when there is no dropout, the two inputs being the same.
+        let mut dy_base = dy.clone();
+        match (dy_dropped_base, &mask) {
+            (Some(d), Some(_)) => d_input = (d_input + d.matmul(&self.weight)?)?,
+            (Some(d), None) => dy_base = (dy_base + d)?,
+            (None, _) => {}
         }
-        if let Some(draw) = &l.dropout {
-            d_input = (d_input * l.mask(draw, x)?)?;
+        if let Some(mask) = &mask {
+            d_input = (d_input * mask)?;
         }
         let mut grads = vec![da, db];
         grads.extend(dm);
-        Ok(((dx + d_input)?, grads))
+        Ok(((dy_base.matmul(&self.weight)? + d_input)?, grads))
     }
 }
