@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use peft_studio_engine::model::quantized::Quantization;
 use peft_studio_engine::train::Precision;
 
 /// Parameter-efficient fine-tuning of Llama-family models, headless.
@@ -146,13 +147,18 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Add a Hugging Face model folder (used in place) or a GGUF file (converted).
+    /// Add a Hugging Face model folder or a GGUF file, both used in place: a GGUF base
+    /// trains with its weights kept in the types it stores (Q4_K, Q8_0, …).
     Import {
         /// The folder or the .gguf file.
         path: PathBuf,
         /// Library name (default: the file or folder name).
         #[arg(long)]
         name: Option<String>,
+        /// Dequantise a GGUF file into an f32 safetensors folder instead (4–8× its size;
+        /// what transformers loads without a GGUF reader).
+        #[arg(long)]
+        convert: bool,
     },
     /// Download a model from the Hugging Face hub (HF_HOME, HF_ENDPOINT, HF_TOKEN apply).
     Download {
@@ -348,6 +354,10 @@ pub struct TrainArgs {
     /// (fastest on GPUs and CPUs with AVX-512-BF16; elsewhere about f32's speed).
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// Keep the base's projections quantized (q4_k, q8_0, q4_0, …): about a quarter of
+    /// bf16's memory for the base at q4_k. A GGUF base keeps the types it stores.
+    #[arg(long)]
+    pub quantize: Option<Quantization>,
     /// Passes over the data.
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -584,4 +594,7 @@ pub struct BenchArgs {
     /// f32, or bf16 mixed precision.
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// Keep the base's projections quantized (q4_k, q8_0, …).
+    #[arg(long)]
+    pub quantize: Option<Quantization>,
 }

@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor, Var};
 use peft_studio_engine::data::Batch;
 use peft_studio_engine::model::fused::bf16_matmul::Kernel;
 use peft_studio_engine::model::fused::rates;
-use peft_studio_engine::model::load_model;
+use peft_studio_engine::model::load::load_model_quantized;
 use peft_studio_engine::model::ops::SplitMix64;
 use peft_studio_engine::model::ForwardCtx;
 use peft_studio_engine::model::LlamaConfig;
@@ -24,10 +24,11 @@ use crate::commands::apply_method_args;
 /// Runs the benchmark and prints one summary line per figure.
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let device = default_device();
-    let mut model = load_model(
+    let mut model = load_model_quantized(
         &crate::commands::resolve_model(&a.model)?,
         a.precision.dtype(),
         &device,
+        a.quantize,
     )?;
     let mut method = MethodConfig::default();
     apply_method_args(&mut method, &a.method)?;

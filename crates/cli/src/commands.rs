@@ -249,6 +249,9 @@ fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
     if let Some(v) = a.precision {
         t.precision = v;
     }
+    if let Some(v) = a.quantize {
+        t.quantize = Some(v);
+    }
     if let Some(v) = a.epochs {
         t.epochs = v;
     }

@@ -6,6 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use peft_studio_engine::library::hub::{self, DownloadProgress};
 use peft_studio_engine::library::import::{default_name, describe_folder, import_gguf};
 use peft_studio_engine::library::{studio_home, ModelEntry, Registry};
+use peft_studio_engine::model::gguf::GgufWeights;
 use peft_studio_engine::{EngineError, Result};
 
 use crate::args::ModelsCommand;
@@ -15,11 +16,19 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
     let home = studio_home();
     match cmd {
         ModelsCommand::List { json } => list(&home, json),
-        ModelsCommand::Import { path, name } => {
+        ModelsCommand::Import {
+            path,
+            name,
+            convert,
+        } => {
             let name = name.unwrap_or_else(|| default_name(&path));
             let entry = if path.is_file() {
+                let weights = match convert {
+                    true => GgufWeights::Converted,
+                    false => GgufWeights::AsStored,
+                };
                 let bar = bar("{bar:32} {pos}/{len} tensors dequantised  eta {eta}");
-                let entry = import_gguf(&path, &home, &name, &mut |done, total| {
+                let entry = import_gguf(&path, &home, &name, weights, &mut |done, total| {
                     bar.set_length(total as u64);
                     bar.set_position(done as u64);
                 })?;

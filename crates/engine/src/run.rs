@@ -19,6 +19,7 @@ use crate::export::card::Exported;
 use crate::export::gguf_model::GgufType;
 use crate::export::{write_peft_dir, ExportInfo};
 use crate::fsutil::write_atomic;
+use crate::model::load::load_model_quantized;
 use crate::model::{load_model, LlamaModel};
 use crate::peft::{MethodConfig, MethodKind, Trainables};
 use crate::tokenizer::TextTokenizer;
@@ -101,7 +102,8 @@ pub use crate::device::default_device;
 pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     cfg.train.validate()?;
     let device = default_device();
-    let mut model = load_model(&cfg.model, cfg.train.precision.dtype(), &device)?;
+    let dtype = cfg.train.precision.dtype();
+    let mut model = load_model_quantized(&cfg.model, dtype, &device, cfg.train.quantize)?;
     let tok = TextTokenizer::load(&cfg.model, &model.config().eos_token_ids)?;
     let trainables = cfg
         .method

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use peft_studio_engine::library::hub::{self, DownloadProgress};
 use peft_studio_engine::library::import::{default_name, describe_folder, import_gguf};
 use peft_studio_engine::library::{studio_home, ModelEntry, Registry};
+use peft_studio_engine::model::gguf::GgufWeights;
 use serde::Serialize;
 use tauri::ipc::Channel;
 
@@ -42,8 +43,8 @@ fn install(entry: ModelEntry) -> CommandResult<ModelEntry> {
     Ok(entry)
 }
 
-/// Installs a Hugging Face folder (used in place) or a GGUF file (converted) under `name`
-/// (default: the file or folder name).
+/// Installs a Hugging Face folder or a GGUF file, both used in place (a GGUF base trains
+/// with the types it stores), under `name` (default: the file or folder name).
 #[tauri::command]
 pub async fn import_model(
     path: PathBuf,
@@ -55,9 +56,10 @@ pub async fn import_model(
     blocking(move || {
         let name = name_or_default(name, &path);
         let entry = if path.is_file() {
-            import_gguf(&path, &studio_home(), &name, &mut |done, total| {
+            let weights = GgufWeights::AsStored;
+            import_gguf(&path, &studio_home(), &name, weights, &mut |done, total| {
                 let _ = on_progress.send(Progress {
-                    stage: "dequantising tensors".into(),
+                    stage: "reading tensors".into(),
                     done: done as u64,
                     total: total as u64,
                 });

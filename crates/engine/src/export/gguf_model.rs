@@ -146,6 +146,8 @@ pub fn write_gguf_model(
     ty: GgufType,
     out: &Path,
 ) -> Result<()> {
+    // Quantized projections are written in the type asked for, from their numbers.
+    model.dequantize_base()?;
     let cfg = model.config().clone();
     let arch = gguf_architecture(&cfg)?;
     let mut meta = architecture_metadata(&cfg, arch, name, ty);

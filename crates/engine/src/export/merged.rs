@@ -36,6 +36,7 @@ pub fn write_merged_model(
     max_shard_bytes: usize,
 ) -> Result<()> {
     merge_adapters(model)?;
+    model.dequantize_base()?;
     std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
     for name in CARRIED_FILES {
         let src = base_dir.join(name);

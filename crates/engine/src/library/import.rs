@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::weights::check_folder;
 use super::{check_name, ModelEntry};
 use crate::error::{EngineError, Result};
-use crate::model::gguf::GgufModel;
+use crate::model::gguf::{GgufModel, GgufWeights};
 
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
@@ -58,6 +58,7 @@ pub fn import_gguf(
     file: &Path,
     home: &Path,
     name: &str,
+    weights: GgufWeights,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ModelEntry> {
     check_name(name)?;
@@ -66,7 +67,7 @@ pub fn import_gguf(
     let target = models.join(name);
     let partial: PathBuf = models.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
-    let written = model.write_hf_folder(&partial, progress).and_then(|()| {
+    let written = model.write_hf_folder(&partial, weights, progress).and_then(|()| {
         if target.exists() {
             std::fs::remove_dir_all(&target).map_err(|e| EngineError::io(&target, e))?;
         }

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use crate::error::{EngineError, Result};
 use crate::model::config::LlamaConfig;
-use crate::model::load::weight_files;
+use crate::model::gguf::GgufModel;
+use crate::model::load::{weights_of, WeightFiles};
 use crate::tokenizer::TextTokenizer;
 
 /// Safetensors headers larger than this are refused (real ones are well under 10 MB).
@@ -91,13 +92,32 @@ pub fn check_folder(dir: &Path) -> Result<FolderSummary> {
     let config = LlamaConfig::from_path(&dir.join("config.json"))?;
     let mut found = HashMap::new();
     let mut size_bytes = 0;
-    for file in weight_files(dir)? {
+    // A GGUF base is described by its projections' type (its embeddings often differ).
+    let mut stored = None;
+    let files = match weights_of(dir)? {
+        WeightFiles::Safetensors(files) => files,
+        WeightFiles::Gguf(path) => {
+            // Opening checks every tensor against the file's own metadata.
+            let gguf = GgufModel::open(&path)?;
+            stored = most_common_projection_type(&gguf);
+            found.extend(
+                gguf.stored_types()
+                    .into_iter()
+                    .map(|(name, ty, shape)| (name, (ty, shape))),
+            );
+            size_bytes = std::fs::metadata(&path)
+                .map_err(|e| EngineError::io(&path, e))?
+                .len();
+            Vec::new()
+        }
+    };
+    for file in files {
         size_bytes += std::fs::metadata(&file)
             .map_err(|e| EngineError::io(&file, e))?
             .len();
         found.extend(header(&file)?);
     }
-    let mut dtype = String::new();
+    let mut dtype = stored.unwrap_or_default();
     let mut parameters = 0u64;
     for (name, shape) in config.weight_shapes() {
         let Some((d, s)) = found.get(&name) else {
@@ -113,7 +133,7 @@ pub fn check_folder(dir: &Path) -> Result<FolderSummary> {
             ));
         }
         if dtype.is_empty() {
-            dtype = d.clone();
+            dtype.clone_from(d);
         }
         // Shapes equal the config's, whose sizes a hostile config.json may make absurd.
         let count = shape
@@ -131,4 +151,15 @@ pub fn check_folder(dir: &Path) -> Result<FolderSummary> {
         parameters,
         size_bytes,
     })
+}
+
+/// The type most of a GGUF model's decoder projections are stored in (`Q4_K`).
+fn most_common_projection_type(gguf: &GgufModel) -> Option<String> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (name, ty, shape) in gguf.stored_types() {
+        if crate::model::quantized::covers(&name, &shape) {
+            *counts.entry(ty).or_default() += 1;
+        }
+    }
+    counts.into_iter().max_by_key(|(ty, n)| (*n, ty.clone())).map(|(ty, _)| ty)
 }

@@ -7,12 +7,13 @@
 
 use candle_core::{CustomOp1, Tensor};
 
+use super::base_weight::BaseWeight;
 use super::ops::linear_matmul;
 use super::reentry::{precomputed_forward, Precomputed};
 use crate::error::Result;
 
 struct FrozenProduct {
-    weight: Tensor,
+    weight: BaseWeight,
     product: Precomputed,
 }
 
@@ -33,17 +34,19 @@ impl CustomOp1 for FrozenProduct {
         let dims = grad.dims();
         let out = dims[dims.len() - 1];
         let rows = grad.elem_count() / out.max(1);
-        let gx = grad.reshape((rows, out))?.matmul(&self.weight)?;
+        // A quantized weight is widened for this product only.
+        let weight = self.weight.dense()?;
+        let gx = grad.reshape((rows, out))?.matmul(&weight)?;
         let mut in_dims = dims.to_vec();
         let last = in_dims.len() - 1;
-        in_dims[last] = self.weight.dim(1)?;
+        in_dims[last] = self.weight.dims().1;
         Ok(Some(gx.reshape(in_dims)?))
     }
 }
 
 /// `x @ wᵀ` where `w` is never trained. Falls back to the plain product when no gradient
 /// flows through `x` (inference, or layers below every trainable tensor).
-pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub fn frozen_linear(x: &Tensor, w: &BaseWeight) -> Result<Tensor> {
     if super::fused::applies(x) {
         let parts = super::fused::linear::LinearParts {
             weight: w,
@@ -52,10 +55,11 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         };
         return super::fused::linear::frozen_linear(x, parts);
     }
+    let dense = w.dense()?;
     if !x.track_op() {
-        return linear_matmul(x, w);
+        return linear_matmul(x, &dense);
     }
-    let product = linear_matmul(&x.detach(), w)?;
+    let product = linear_matmul(&x.detach(), &dense)?;
     Ok(x.apply_op1(FrozenProduct {
         weight: w.clone(),
         product: Precomputed::new(product),

@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 
+use super::base_weight::BaseWeight;
 use super::frozen::frozen_linear;
 use super::fused::{
     self,
@@ -17,8 +18,8 @@ use crate::peft::lora::LoraAdapter;
 pub struct Linear {
     /// Module path as in transformers, e.g. `model.layers.0.self_attn.q_proj`.
     pub name: String,
-    /// Weight [out_features, in_features].
-    pub weight: Tensor,
+    /// Weight [out_features, in_features], quantized when the base is.
+    pub weight: BaseWeight,
     /// Optional bias [out_features].
     pub bias: Option<Tensor>,
     /// The LoRA adapter wrapping this layer, if any.
@@ -30,12 +31,12 @@ pub struct Linear {
 impl Linear {
     /// Input width.
     pub fn in_features(&self) -> usize {
-        self.weight.dims()[1]
+        self.weight.dims().1
     }
 
     /// Output width.
     pub fn out_features(&self) -> usize {
-        self.weight.dims()[0]
+        self.weight.dims().0
     }
 
     /// Applies the layer to `x` [..., in_features].
@@ -102,10 +103,9 @@ impl Linear {
     /// The layer from candle's ops: the base product, the adapter, the bias.
     fn composed(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         // A trained weight needs its gradient; a frozen one must not pay for it.
-        let mut y = if self.weight.is_variable() {
-            linear_matmul(x, &self.weight)?
-        } else {
-            frozen_linear(x, &self.weight)?
+        let mut y = match &self.weight {
+            BaseWeight::Dense(w) if w.is_variable() => linear_matmul(x, w)?,
+            frozen => frozen_linear(x, frozen)?,
         };
         if let Some(lora) = &self.lora {
             y = lora.forward(x, &self.weight, &y, ctx)?;

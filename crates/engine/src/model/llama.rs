@@ -5,14 +5,17 @@
 //! transformers' module tree so that PEFT's target matching and key names apply unchanged.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::base_weight::BaseWeight;
 use super::blocks::{self, rms_norm};
 use super::config::LlamaConfig;
 use super::fused;
 use super::linear::Linear;
 use super::ops::ForwardCtx;
+use super::quantized::QuantizedWeight;
 use super::rope::Rope;
 use crate::error::{EngineError, Result};
 use crate::peft::bottleneck::{LayerAdapters, Site};
@@ -130,6 +133,8 @@ pub struct LlamaModel {
 /// Takes named weights out of a map, checking each shape against the config.
 struct WeightSource<'a> {
     tensors: &'a mut HashMap<String, Tensor>,
+    /// Linear layers' weights kept quantized.
+    quantized: HashMap<String, QuantizedWeight>,
     origin: &'a str,
     dtype: DType,
     device: &'a Device,
@@ -159,7 +164,21 @@ impl WeightSource<'_> {
         fan_out: usize,
         bias: bool,
     ) -> Result<Linear> {
-        let weight = self.take(&format!("{name}.weight"), &[fan_out, fan_in])?;
+        let weight_name = format!("{name}.weight");
+        let weight = match self.quantized.remove(&weight_name) {
+            Some(q) if q.dims() != (fan_out, fan_in) => {
+                return Err(EngineError::bad_file(
+                    self.origin,
+                    format!(
+                        "tensor `{weight_name}` has shape {:?}, the config implies {:?}",
+                        q.dims(),
+                        (fan_out, fan_in)
+                    ),
+                ))
+            }
+            Some(q) => BaseWeight::Quantized(Arc::new(q)),
+            None => self.take(&weight_name, &[fan_out, fan_in])?.into(),
+        };
         let bias = if bias {
             Some(self.take(&format!("{name}.bias"), &[fan_out])?)
         } else {
@@ -176,11 +195,13 @@ impl WeightSource<'_> {
 }
 
 impl LlamaModel {
-    /// Builds the model from named tensors (transformers names). `origin` names the files
-    /// they came from, for error messages.
+    /// Builds the model from named tensors (transformers names), linear layers' weights
+    /// taken from `quantized` where they are there. `origin` names the files they came from,
+    /// for error messages.
     pub fn from_tensors(
         cfg: &LlamaConfig,
         mut tensors: HashMap<String, Tensor>,
+        quantized: HashMap<String, QuantizedWeight>,
         origin: &str,
         dtype: DType,
         device: &Device,
@@ -188,6 +209,7 @@ impl LlamaModel {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let mut src = WeightSource {
             tensors: &mut tensors,
+            quantized,
             origin,
             dtype,
             device,
@@ -214,7 +236,7 @@ impl LlamaModel {
         let lm_head = if cfg.tie_word_embeddings {
             Linear {
                 name: "lm_head".into(),
-                weight: embed_tokens.clone(),
+                weight: embed_tokens.clone().into(),
                 bias: None,
                 lora: None,
                 ia3: None,
@@ -350,23 +372,50 @@ impl LlamaModel {
                 post_norm,
             ));
             for lin in linears {
-                out.push((format!("{}.weight", lin.name), &mut lin.weight));
+                // Quantized weights are frozen for good (`dequantize_base` widens them).
+                if let BaseWeight::Dense(w) = &mut lin.weight {
+                    out.push((format!("{}.weight", lin.name), w));
+                }
                 if let Some(bias) = lin.bias.as_mut() {
                     out.push((format!("{}.bias", lin.name), bias));
                 }
             }
         }
         out.push(("model.norm.weight".into(), &mut self.norm));
-        if !self.cfg.tie_word_embeddings {
-            out.push(("lm_head.weight".into(), &mut self.lm_head.weight));
+        if let (false, BaseWeight::Dense(w)) =
+            (self.cfg.tie_word_embeddings, &mut self.lm_head.weight)
+        {
+            out.push(("lm_head.weight".into(), w));
         }
         out
+    }
+
+    /// The block format of the base's quantized weights (the most common one), if any.
+    pub fn base_quantization(&self) -> Option<candle_core::quantized::GgmlDType> {
+        let mut counts: Vec<(candle_core::quantized::GgmlDType, usize)> = Vec::new();
+        for q in self.linears().iter().filter_map(|l| l.weight.quantized()) {
+            match counts.iter_mut().find(|(f, _)| *f == q.format()) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((q.format(), 1)),
+            }
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(f, _)| f)
+    }
+
+    /// Widens every quantized base weight to the model's dtype (for writing a merged model).
+    pub fn dequantize_base(&mut self) -> Result<()> {
+        for lin in self.linears_mut() {
+            if let BaseWeight::Quantized(q) = &lin.weight {
+                lin.weight = BaseWeight::Dense(q.dequantize(&q.device())?);
+            }
+        }
+        Ok(())
     }
 
     /// Re-points a tied `lm_head` at the (possibly replaced) embedding tensor.
     pub fn retie(&mut self) {
         if self.cfg.tie_word_embeddings {
-            self.lm_head.weight = self.embed_tokens.clone();
+            self.lm_head.weight = self.embed_tokens.clone().into();
         }
     }
 
@@ -471,7 +520,7 @@ impl LlamaModel {
         let plain = head.lora.is_none() && head.ia3.is_none() && head.bias.is_none();
         blocks::head_loss(
             &h,
-            plain.then_some(&head.weight),
+            head.weight.as_dense().filter(|_| plain),
             |h| head.forward(h, ctx),
             &targets.flatten_all()?,
             &weights.flatten_all()?,

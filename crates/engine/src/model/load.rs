@@ -1,5 +1,6 @@
 //! Loading a model from a Hugging Face folder: `config.json` plus `model.safetensors` or
-//! shards listed in `model.safetensors.index.json`.
+//! shards listed in `model.safetensors.index.json`, or a GGUF file used as stored
+//! (`model.gguf`, linked there by `models import`), with its projections kept quantized.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,8 +8,30 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
+use super::gguf::GgufModel;
 use super::llama::LlamaModel;
+use super::quantized::{self, Quantization, QuantizedWeight};
 use crate::error::{EngineError, Result};
+
+/// The GGUF file a model folder uses as stored, in place of safetensors weights.
+pub const GGUF_WEIGHTS: &str = "model.gguf";
+
+/// A model folder's weights: safetensors files, or one GGUF file used as stored.
+pub enum WeightFiles {
+    /// `model.safetensors`, or the shards of `model.safetensors.index.json`.
+    Safetensors(Vec<PathBuf>),
+    /// `model.gguf`.
+    Gguf(PathBuf),
+}
+
+/// Where a model folder keeps its weights.
+pub fn weights_of(dir: &Path) -> Result<WeightFiles> {
+    let gguf = dir.join(GGUF_WEIGHTS);
+    if gguf.exists() || gguf.is_symlink() {
+        return Ok(WeightFiles::Gguf(gguf));
+    }
+    weight_files(dir).map(WeightFiles::Safetensors)
+}
 
 /// The safetensors files holding a model's weights, in load order.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -61,15 +84,21 @@ fn not_safetensors(path: &Path, e: impl std::fmt::Display) -> EngineError {
     EngineError::bad_file(path, format!("not a valid safetensors file: {e}"))
 }
 
+/// Weights as a model is built from them: tensors, and projections kept quantized.
+type Loaded = (HashMap<String, Tensor>, HashMap<String, QuantizedWeight>);
+
 /// The tensors of one safetensors file in `dtype` on `device`, tensor by tensor: the file is
 /// mapped, each tensor copied out and converted (and moved to a GPU at once), and the pages
 /// it came from released from this process as soon as it is copied. Loading's peak is the
-/// weights plus one tensor, not the file's bytes next to the weights.
+/// weights plus one tensor, not the file's bytes next to the weights. With `quantize`, the
+/// decoder's projections are quantized from the file's values as they are read.
 fn read_safetensors_as(
     path: &Path,
     dtype: DType,
     device: &Device,
-) -> Result<HashMap<String, Tensor>> {
+    quantize: Option<Quantization>,
+    into: &mut Loaded,
+) -> Result<()> {
     use candle_core::safetensors::Load;
     let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
     // SAFETY: the mapping is read-only and private; a file changed on disk while it is read
@@ -78,31 +107,49 @@ fn read_safetensors_as(
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| not_safetensors(path, e))?;
     let base = map.as_ptr() as usize;
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let t = view
-                .load(&Device::Cpu)
-                .map_err(|e| not_safetensors(path, e))?
-                .to_dtype(dtype)?
-                .to_device(device)?;
-            let data = view.data();
+    for (name, view) in st.tensors() {
+        let t = view
+            .load(&Device::Cpu)
+            .map_err(|e| not_safetensors(path, e))?;
+        let format = quantize
+            .filter(|_| quantized::covers(&name, t.dims()))
+            .and_then(|q| quantized::format_for(q.ggml(), t.dims()[1]));
+        match format {
+            Some(f) => {
+                let q = QuantizedWeight::quantize(&t, f, dtype, device)?;
+                into.1.insert(name, q);
+            }
+            None => {
+                into.0.insert(name, t.to_dtype(dtype)?.to_device(device)?);
+            }
+        }
+        let data = view.data();
             // SAFETY: DONTNEED on a read-only private file mapping only drops pages from this
             // process; a later read (a neighbouring tensor sharing the page) reloads them.
-            let _ = unsafe {
-                map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    data.as_ptr() as usize - base,
-                    data.len(),
-                )
-            };
-            Ok((name, t))
-        })
-        .collect()
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                data.as_ptr() as usize - base,
+                data.len(),
+            )
+        };
+    }
+    Ok(())
 }
 
 /// Loads config and weights from a model folder.
 pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LlamaModel> {
+    load_model_quantized(dir, dtype, device, None)
+}
+
+/// [`load_model`], the decoder's projections of a safetensors base quantized to `quantize`
+/// as they are read (a GGUF base keeps the types it stores).
+pub fn load_model_quantized(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    quantize: Option<Quantization>,
+) -> Result<LlamaModel> {
     if !dir.is_dir() {
         return Err(EngineError::bad_file(dir, "model folder not found"));
     }
@@ -113,16 +160,34 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LlamaMode
             "missing: a model folder needs config.json",
         ));
     }
+    let files = match weights_of(dir)? {
+        WeightFiles::Gguf(path) => {
+            if let Some(q) = quantize {
+                return Err(EngineError::config(
+                    "quantize",
+                    format!(
+                        "the base is the GGUF file {}, used with the types it stores; `{q}` \
+                         applies to safetensors bases (leave it unset)",
+                        path.display()
+                    ),
+                ));
+            }
+            let gguf = GgufModel::open(&path)?;
+            let (dense, quantized) = gguf.weights_as_stored(dtype, device)?;
+            let origin = path.display().to_string();
+            return LlamaModel::from_tensors(&gguf.config, dense, quantized, &origin, dtype, device);
+        }
+        WeightFiles::Safetensors(files) => files,
+    };
     let cfg = LlamaConfig::from_path(&config_path)?;
-    let files = weight_files(dir)?;
-    let mut tensors = HashMap::new();
+    let mut loaded = (HashMap::new(), HashMap::new());
     for f in &files {
-        tensors.extend(read_safetensors_as(f, dtype, device)?);
+        read_safetensors_as(f, dtype, device, quantize, &mut loaded)?;
     }
     let origin = files
         .iter()
         .map(|f| f.display().to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    LlamaModel::from_tensors(&cfg, tensors, &origin, dtype, device)
+    LlamaModel::from_tensors(&cfg, loaded.0, loaded.1, &origin, dtype, device)
 }

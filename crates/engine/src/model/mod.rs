@@ -1,5 +1,6 @@
 //! The Llama-family decoder: configuration, layers, differentiable ops and loading.
 
+pub mod base_weight;
 pub mod blocks;
 pub mod config;
 pub mod frozen;
@@ -10,9 +11,11 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod ops;
+pub mod quantized;
 pub mod reentry;
 pub mod rope;
 
+pub use base_weight::BaseWeight;
 pub use config::LlamaConfig;
 pub use linear::Linear;
 pub use llama::{KvCache, LlamaModel};

@@ -5,6 +5,7 @@ use candle_core::Var;
 
 use super::{MethodConfig, Trainables};
 use crate::error::{EngineError, Result};
+use crate::model::quantized::ggml_name;
 use crate::model::{LlamaConfig, LlamaModel};
 use crate::peft::target::layer_index;
 
@@ -72,6 +73,7 @@ pub fn trainable_weight_names(cfg: &LlamaConfig, method: &MethodConfig) -> Resul
 
 /// Turns the named base weights into variables and returns them in model order.
 pub fn make_trainable(model: &mut LlamaModel, names: &[String]) -> Result<Trainables> {
+    refuse_quantized(model, names)?;
     let mut out = Vec::new();
     for (name, tensor) in model.base_weights_mut() {
         if names.contains(&name) {
@@ -82,4 +84,28 @@ pub fn make_trainable(model: &mut LlamaModel, names: &[String]) -> Result<Traina
     }
     model.retie();
     Ok(out)
+}
+
+/// A quantized weight holds rounded numbers in blocks no optimiser step can update, so
+/// training one is refused, naming it.
+fn refuse_quantized(model: &LlamaModel, names: &[String]) -> Result<()> {
+    let quantized = model.linears().into_iter().find(|l| {
+        l.weight.quantized().is_some() && names.contains(&format!("{}.weight", l.name))
+    });
+    match quantized {
+        Some(l) => Err(EngineError::config(
+            "quantize",
+            format!(
+                "`{}` is held quantized ({}), and trainable weights cannot be quantized; \
+                 train an adapter (LoRA, DoRA, IA3, …) on a quantized base, or load the base \
+                 unquantized (leave `quantize` unset, or import the GGUF with --convert) to \
+                 train its weights",
+                l.name,
+                l.weight
+                    .quantized()
+                    .map_or_else(String::new, |q| ggml_name(q.format()))
+            ),
+        )),
+        None => Ok(()),
+    }
 }

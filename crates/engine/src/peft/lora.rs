@@ -9,6 +9,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::{EngineError, Result};
+use crate::model::base_weight::BaseWeight;
 use crate::model::frozen::frozen_linear;
 use crate::model::ops::{linear_matmul, ForwardCtx, SplitMix64};
 
@@ -110,13 +111,13 @@ impl LoraAdapter {
     /// PEFT's default initialisation: A ~ U(-1/√in, 1/√in) (Kaiming-uniform with a = √5),
     /// B = 0, and with DoRA the magnitude = row norms of the base `weight` [out, in].
     pub fn init(
-        weight: &Tensor,
+        weight: &BaseWeight,
         settings: &LoraSettings,
         seed: u64,
         dtype: DType,
         device: &Device,
     ) -> Result<(Self, LoraVars)> {
-        let (fan_out, fan_in) = weight.dims2()?;
+        let (fan_out, fan_in) = weight.dims();
         let bound = 1.0 / (fan_in as f64).sqrt();
         let mut rng = SplitMix64::new(seed);
         let a: Vec<f32> = (0..settings.r * fan_in)
@@ -127,7 +128,7 @@ impl LoraAdapter {
         let b = Var::zeros((fan_out, settings.r), dtype, device)?;
         let magnitude = if settings.use_dora {
             // B = 0, so ‖W + s·BA‖ = ‖W‖.
-            let norms = row_norms(&weight.to_dtype(dtype)?.to_device(device)?)?;
+            let norms = row_norms(&weight.dense()?.to_dtype(dtype)?.to_device(device)?)?;
             Some(Var::from_tensor(&norms)?)
         } else {
             None
@@ -151,7 +152,7 @@ impl LoraAdapter {
     pub fn forward(
         &self,
         x: &Tensor,
-        weight: &Tensor,
+        weight: &BaseWeight,
         base: &Tensor,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
@@ -162,7 +163,7 @@ impl LoraAdapter {
         let lora = (linear_matmul(&linear_matmul(&xd, &self.a)?, &self.b)? * self.scale)?;
         // The norm is a constant to the gradient, as in PEFT.
         let delta_w = (self.b.detach().matmul(&self.a.detach())? * self.scale)?;
-        let norm = row_norms(&(weight.detach() + delta_w)?)?.detach();
+        let norm = row_norms(&(weight.dense()?.detach() + delta_w)?)?.detach();
         let g = m.broadcast_div(&norm)?;
         // With dropout the base term needs W applied to the dropped-out input.
         let base_d = if ctx.dropout_active(self.dropout) {

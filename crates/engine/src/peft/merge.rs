@@ -10,7 +10,7 @@ use crate::model::{Linear, LlamaModel};
 
 /// The weight and bias of `lin` with its adapter folded in (the layer itself unchanged).
 pub fn merged_weight(lin: &Linear) -> Result<(Tensor, Option<Tensor>)> {
-    let mut w = lin.weight.detach();
+    let mut w = lin.weight.dense()?.detach();
     let mut bias = lin.bias.as_ref().map(Tensor::detach);
     if let Some(lora) = &lin.lora {
         let updated = (&w + (lora.b.detach().matmul(&lora.a.detach())? * lora.scale)?)?;
@@ -66,7 +66,7 @@ pub fn merge_adapters(model: &mut LlamaModel) -> Result<usize> {
             ));
         }
         let (w, b) = merged_weight(lin)?;
-        lin.weight = w;
+        lin.weight = w.into();
         lin.bias = b;
         lin.lora = None;
         lin.ia3 = None;

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
+use crate::model::quantized::Quantization;
 
 /// How the learning rate moves over the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -113,6 +114,10 @@ pub struct TrainConfig {
     pub gradient_checkpointing: bool,
     /// f32, or bf16 mixed precision (for GPUs).
     pub precision: Precision,
+    /// Keep a safetensors base's projections quantized in this block format (QLoRA's idea:
+    /// `q4_k` holds a model in about a quarter of bf16's memory); unset keeps them in
+    /// `precision`. A GGUF base always keeps the types it stores.
+    pub quantize: Option<Quantization>,
 }
 
 impl Default for TrainConfig {
@@ -139,6 +144,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             gradient_checkpointing: false,
             precision: Precision::F32,
+            quantize: None,
         }
     }
 }

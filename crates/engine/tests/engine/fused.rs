@@ -289,7 +289,7 @@ fn cpu_only_kernels_are_refused_in_the_generic_mode() {
         return;
     }
     let x = Tensor::ones((2, 4), DType::F32, &Device::Cpu).unwrap();
-    let w = Tensor::ones((3, 4), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::ones((3, 4), DType::F32, &Device::Cpu).unwrap().into();
     let parts = fused::linear::LinearParts {
         weight: &w,
         bias: None,
@@ -332,6 +332,7 @@ fn frozen_linear_matches_its_composition_for(rows: [usize; 2]) {
             let w = constant(&weight, &[out, fan_in], dtype);
             let b = constant(&bias, &[out], dtype);
             if dtype == DType::F32 {
+                let w = w.clone().into();
                 let lora = with_lora.then(|| fused::linear::LoraParts {
                     a: &t[1],
                     b: &t[2],

@@ -7,7 +7,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use peft_studio_engine::library::import::{default_name, describe_folder, import_gguf};
 use peft_studio_engine::library::{resolve, Registry};
-use peft_studio_engine::model::gguf::GgufModel;
+use peft_studio_engine::model::gguf::{GgufModel, GgufWeights};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,7 +35,7 @@ fn gguf_import_registers_a_loadable_model_by_name() {
     let home = tempfile::tempdir().unwrap();
     let gguf = fixture("gguf/tiny-llama-spm.gguf");
     let mut calls = 0;
-    let entry = import_gguf(&gguf, home.path(), "tiny", &mut |_, _| calls += 1).unwrap();
+    let entry = import_gguf(&gguf, home.path(), "tiny", GgufWeights::Converted, &mut |_, _| calls += 1).unwrap();
     assert!(calls > 0, "progress is reported");
     assert_eq!(entry.architecture, "LlamaForCausalLM");
     assert_eq!(entry.dtype, "F32");
@@ -68,7 +68,9 @@ fn truncated_gguf_is_refused_and_leaves_nothing_behind() {
             "{err}"
         );
         let home = dir.path().join("home");
-        assert!(import_gguf(&path, &home, "cut", &mut |_, _| {}).is_err());
+        for weights in [GgufWeights::AsStored, GgufWeights::Converted] {
+            assert!(import_gguf(&path, &home, "cut", weights, &mut |_, _| {}).is_err());
+        }
         let left: Vec<_> = std::fs::read_dir(home.join("models"))
             .map(|d| d.collect())
             .unwrap_or_default();
@@ -214,6 +216,7 @@ fn folder_checks_name_the_missing_or_broken_part() {
             &fixture("gguf/tiny-llama-spm.gguf"),
             dir.path(),
             bad,
+            GgufWeights::AsStored,
             &mut |_, _| {}
         )
         .is_err());

@@ -14,6 +14,7 @@ mod model;
 mod model_export;
 mod plan;
 mod precision;
+mod quantized;
 mod reference;
 mod resume;
 mod training;

@@ -8,6 +8,7 @@ use peft_studio_engine::export::gguf_model::{write_gguf_model, GgufType};
 use peft_studio_engine::fixtures::TinySpec;
 use peft_studio_engine::library::import::import_gguf;
 use peft_studio_engine::model::gguf::tensors::permute;
+use peft_studio_engine::model::gguf::GgufWeights;
 use peft_studio_engine::model::{load_model, ForwardCtx, LlamaModel};
 use peft_studio_engine::peft::gguf_lora::read_gguf_lora;
 use peft_studio_engine::tokenizer::TextTokenizer;
@@ -85,7 +86,7 @@ fn f32_gguf_models_import_back_to_the_same_model() {
         let file = dir.path().join("model.gguf");
         write_gguf_model(&mut model, &path, "tiny", GgufType::F32, &file).expect("write");
         let entry =
-            import_gguf(&file, &dir.path().join("home"), "back", &mut |_, _| {}).expect("import");
+            import_gguf(&file, &dir.path().join("home"), "back", GgufWeights::Converted, &mut |_, _| {}).expect("import");
         let back = load_model(&entry.path, DType::F32, &Device::Cpu).expect("load back");
         assert_eq!(back.config().model_type, model.config().model_type);
         assert_eq!(max_abs_diff(&logits(&model), &logits(&back)), 0.0);

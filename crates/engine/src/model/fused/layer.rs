@@ -22,7 +22,9 @@ use super::linear::{LinearParts, LoraSlices, Projection};
 use super::norm;
 use super::rope::{Heads, Tables};
 use super::swiglu;
-use super::view::{output, storage_slice, tensor, view, weight_view, Floats, WeightView};
+use super::linear::contiguous;
+use super::view::{base_weight_view, output, storage_slice, tensor, view, Floats, WeightView};
+use crate::model::base_weight::BaseWeight;
 use crate::error::Result;
 use crate::model::ops::DropoutDraw;
 
@@ -83,7 +85,7 @@ impl Packed {
 }
 
 struct Frozen {
-    weight: Tensor,
+    weight: BaseWeight,
     bias: Option<Tensor>,
     lora: Option<Packed>,
     dropout: Option<DropoutDraw>,
@@ -95,7 +97,7 @@ impl Frozen {
     /// backward pass rather than kept.
     fn dropped(&self, x: &[f32]) -> Option<(Vec<f32>, Vec<f32>)> {
         let draw = self.dropout?;
-        let cols = self.weight.dims().get(1).copied().unwrap_or(1).max(1);
+        let cols = self.weight.dims().1.max(1);
         let mask = draw.mask(x.len() / cols, cols);
         let xd = x.iter().zip(&mask).map(|(x, m)| x * m).collect();
         Some((xd, mask))
@@ -301,7 +303,7 @@ impl DecoderLayer {
             weights: self
                 .linears
                 .iter()
-                .map(|l| weight_view(&l.weight))
+                .map(|l| base_weight_view(&l.weight))
                 .collect::<candle_core::Result<_>>()?,
             biases: self
                 .linears
@@ -327,7 +329,7 @@ impl Borrowed<'_> {
     /// Projection `i` of `layer`, its LoRA branch read from `pack`.
     fn projection<'a>(&'a self, layer: &DecoderLayer, i: usize, pack: &'a [f32]) -> Projection<'a> {
         let weight = self.weights[i].weight();
-        let out = layer.linears[i].weight.dims().first().copied().unwrap_or(0);
+        let out = layer.linears[i].weight.dims().0;
         Projection {
             weight,
             bias: self.biases[i].as_deref(),
@@ -409,7 +411,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             None => None,
         };
         linears.push(Frozen {
-            weight: l.weight.contiguous()?,
+            weight: contiguous(l.weight)?,
             bias: l.bias.map(Tensor::contiguous).transpose()?,
             lora,
             dropout: dropout.filter(|_| lora.is_some()),

@@ -15,7 +15,9 @@ use half::bf16;
 
 use super::bf16_matmul;
 use super::math;
-use super::view::{output, storage_slice, tensor, view, weight_view};
+use crate::model::base_weight::BaseWeight;
+use crate::model::quantized::QuantizedWeight;
+use super::view::{base_weight_view, output, storage_slice, tensor, view};
 use crate::error::Result;
 
 /// Products with at most this many rows run as dot products (`Weight::forward_by_dots`).
@@ -45,18 +47,34 @@ pub(super) struct LoraSlices<'a> {
     pub scale: f32,
 }
 
-/// A frozen weight [out, in]: f32, or bf16 multiplied as it is (`bf16_matmul`).
+/// A frozen weight [out, in]: f32, bf16 multiplied as it is (`bf16_matmul`), or rows
+/// `first..first + rows` of a quantized weight, widened a tile at a time (`quantized_tiles`).
 #[derive(Clone, Copy)]
 pub(super) enum Weight<'a> {
     F32(&'a [f32]),
     Bf16(&'a [bf16]),
+    Quantized {
+        weight: &'a QuantizedWeight,
+        first: usize,
+        rows: usize,
+    },
 }
 
 impl<'a> Weight<'a> {
+    /// A whole quantized weight.
+    pub fn quantized(weight: &'a QuantizedWeight) -> Self {
+        Weight::Quantized {
+            weight,
+            first: 0,
+            rows: weight.dims().0,
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             Weight::F32(w) => w.len(),
             Weight::Bf16(w) => w.len(),
+            Weight::Quantized { weight, rows, .. } => rows * weight.dims().1,
         }
     }
 
@@ -65,6 +83,11 @@ impl<'a> Weight<'a> {
         match self {
             Weight::F32(w) => Weight::F32(&w[r0 * cols..][..n * cols]),
             Weight::Bf16(w) => Weight::Bf16(&w[r0 * cols..][..n * cols]),
+            Weight::Quantized { weight, first, .. } => Weight::Quantized {
+                weight,
+                first: first + r0,
+                rows: n,
+            },
         }
     }
 
@@ -76,6 +99,14 @@ impl<'a> Weight<'a> {
             return self.forward_by_dots(x, y, dims, parallel);
         }
         match *self {
+            Weight::Quantized { weight, first, .. } => {
+                let xm = Mat::rows(x, rows, fan_in, fan_in);
+                quantized_tiles(weight, first, out, parallel, |j0, tile, n| {
+                    // y[:, j0..j0 + n] += x·tileᵀ, written in place through y's row stride.
+                    let tm = Mat::rows(tile, n, fan_in, fan_in).t();
+                    product(&mut y[j0..], out, xm, tm, parallel);
+                });
+            }
             Weight::F32(w) => {
                 let xm = Mat::rows(x, rows, fan_in, fan_in);
                 let wt = Mat::rows(w, out, fan_in, fan_in).t();
@@ -103,17 +134,26 @@ impl<'a> Weight<'a> {
         // bf16 products take the activations rounded to bf16, as the tiles do.
         let rounded: Vec<f32>;
         let x = match self {
-            Weight::F32(_) => x,
+            Weight::F32(_) | Weight::Quantized { .. } => x,
             Weight::Bf16(_) => {
                 rounded = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
                 &rounded
             }
         };
         let dots = |(j0, ys): (usize, &mut [f32]), xr: &[f32]| {
+            let mut row = Vec::new();
             for (j, yj) in (j0..).zip(ys) {
                 *yj += match self {
                     Weight::F32(w) => math::dot(xr, &w[j * fan_in..][..fan_in]),
                     Weight::Bf16(w) => math::dot_bf16(xr, &w[j * fan_in..][..fan_in]),
+                    Weight::Quantized { weight, first, .. } => {
+                        row.resize(fan_in, 0.0);
+                        match weight.rows_to_f32(first + j, &mut row) {
+                            Ok(()) => math::dot(xr, &row),
+                            // The blocks were checked when the weight was made.
+                            Err(_) => f32::NAN,
+                        }
+                    }
                 };
             }
         };
@@ -156,7 +196,60 @@ impl<'a> Weight<'a> {
                 let packed = bf16_matmul::Packed::plain(w, out, fan_in);
                 bf16_matmul::matmul(dx, g, &packed, true, parallel)
             }
+            Weight::Quantized { weight, first, .. } => {
+                quantized_tiles(weight, first, out, parallel, |j0, tile, n| {
+                    // dx += g[:, j0..j0 + n]·tile.
+                    let gm = Mat::rows(&g[j0..], rows, n, out);
+                    product(dx, fan_in, gm, Mat::rows(tile, n, fan_in, fan_in), parallel);
+                });
+            }
         }
+    }
+}
+
+/// Elements of a quantized weight widened per tile, few enough that the tile stays in the
+/// cache next to its operands ...
+const QUANTIZED_TILE: usize = 1 << 16;
+/// ... but at least this many rows, to keep the products efficient.
+const QUANTIZED_TILE_ROWS: usize = 64;
+
+/// Calls `f(j0, tile, n)` for successive tiles of `rows` rows of `weight` from row `first`:
+/// `tile` [n, cols] holds rows `first + j0..first + j0 + n` widened to f32.
+fn quantized_tiles(
+    weight: &QuantizedWeight,
+    first: usize,
+    rows: usize,
+    parallel: bool,
+    mut f: impl FnMut(usize, &[f32], usize),
+) {
+    use rayon::prelude::*;
+    let cols = weight.dims().1.max(1);
+    let per_tile = (QUANTIZED_TILE / cols).max(QUANTIZED_TILE_ROWS).min(rows.max(1));
+    let mut tile = vec![0.0f32; per_tile * cols];
+    // Rows widened per parallel task.
+    const WIDEN_ROWS: usize = 16;
+    for j0 in (0..rows).step_by(per_tile) {
+        let n = per_tile.min(rows - j0);
+        let buf = &mut tile[..n * cols];
+        let widen = |(i, chunk): (usize, &mut [f32])| {
+            // The blocks were checked when the weight was made; a failure leaves NaNs that
+            // the loss reports.
+            if weight.rows_to_f32(first + j0 + i * WIDEN_ROWS, chunk).is_err() {
+                chunk.fill(f32::NAN);
+            }
+        };
+        match parallel {
+            true => buf.par_chunks_mut(WIDEN_ROWS * cols).enumerate().for_each(widen),
+            false => buf.chunks_mut(WIDEN_ROWS * cols).enumerate().for_each(widen),
+        }
+        f(j0, buf, n);
+    }
+}
+
+fn product(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, parallel: bool) {
+    match parallel {
+        true => matmul_par(dst, dst_rs, a, b, 1.0, true),
+        false => matmul(dst, dst_rs, a, b, 1.0, true),
     }
 }
 
@@ -273,7 +366,7 @@ impl Projection<'_> {
 type Gradients = (Option<Tensor>, Option<(Tensor, Tensor)>);
 
 struct FrozenLinear {
-    weight: Tensor,
+    weight: BaseWeight,
     bias: Option<Tensor>,
     scale: f32,
 }
@@ -282,7 +375,7 @@ impl FrozenLinear {
     fn out_shape(&self, x: &Shape) -> candle_core::Result<Shape> {
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
-            *last = self.weight.dim(0)?;
+            *last = self.weight.dims().0;
         }
         Ok(Shape::from(dims))
     }
@@ -293,8 +386,8 @@ impl FrozenLinear {
         lora: Option<(&[f32], &[f32])>,
         f: impl FnOnce(Projection) -> R,
     ) -> candle_core::Result<R> {
-        let (out, fan_in) = self.weight.dims2()?;
-        let weight = weight_view(&self.weight)?;
+        let (out, fan_in) = self.weight.dims();
+        let weight = base_weight_view(&self.weight)?;
         let bias = self.bias.as_ref().map(view).transpose()?;
         Ok(f(Projection {
             weight: weight.weight(),
@@ -399,7 +492,7 @@ impl CustomOp3 for FrozenLinear {
 #[derive(Clone, Copy)]
 pub struct LinearParts<'a> {
     /// Weight [out_features, in_features].
-    pub weight: &'a Tensor,
+    pub weight: &'a BaseWeight,
     /// Bias [out_features].
     pub bias: Option<&'a Tensor>,
     /// The LoRA branch.
@@ -410,7 +503,7 @@ pub struct LinearParts<'a> {
 /// matrices only.
 pub fn frozen_linear(x: &Tensor, parts: LinearParts) -> Result<Tensor> {
     let op = FrozenLinear {
-        weight: parts.weight.contiguous()?,
+        weight: contiguous(parts.weight)?,
         bias: parts.bias.map(Tensor::contiguous).transpose()?,
         scale: parts.lora.map_or(1.0, |l| l.scale as f32),
     };
@@ -418,5 +511,13 @@ pub fn frozen_linear(x: &Tensor, parts: LinearParts) -> Result<Tensor> {
     Ok(match parts.lora {
         Some(l) => x.apply_op3(&l.a.contiguous()?, &l.b.contiguous()?, op)?,
         None => x.apply_op1(op)?,
+    })
+}
+
+/// The weight with a contiguous tensor (quantized blocks always are).
+pub(super) fn contiguous(w: &BaseWeight) -> Result<BaseWeight> {
+    Ok(match w {
+        BaseWeight::Dense(t) => BaseWeight::Dense(t.contiguous()?),
+        q => q.clone(),
     })
 }

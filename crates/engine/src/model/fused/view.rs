@@ -12,6 +12,8 @@ use half::{bf16, f16};
 
 use super::bf16_matmul;
 use super::linear::Weight;
+use crate::model::base_weight::BaseWeight;
+use crate::model::quantized::QuantizedWeight;
 
 /// A CPU tensor's elements as f32: borrowed, or widened from half precision.
 pub enum Floats<'a> {
@@ -74,6 +76,7 @@ pub(super) enum WeightView<'a> {
         len: usize,
     },
     Floats(Floats<'a>),
+    Quantized(&'a QuantizedWeight),
 }
 
 impl WeightView<'_> {
@@ -85,6 +88,7 @@ impl WeightView<'_> {
                 _ => Weight::Bf16(&[]),
             },
             WeightView::Floats(f) => Weight::F32(f),
+            WeightView::Quantized(q) => Weight::quantized(q),
         }
     }
 }
@@ -106,6 +110,21 @@ pub(super) fn weight_view(t: &Tensor) -> candle_core::Result<WeightView<'_>> {
     }
     drop(guard);
     Ok(WeightView::Floats(view(t)?))
+}
+
+/// A linear layer's weight for [`Weight`]'s products: a contiguous CPU tensor as
+/// [`weight_view`] takes it, or quantized blocks on the CPU as they are.
+pub(super) fn base_weight_view(w: &BaseWeight) -> candle_core::Result<WeightView<'_>> {
+    match w {
+        BaseWeight::Dense(t) => weight_view(t),
+        BaseWeight::Quantized(q) => {
+            cpu_only()?;
+            if !q.device().is_cpu() {
+                candle_core::bail!("fused op: expected a CPU weight")
+            }
+            Ok(WeightView::Quantized(q))
+        }
+    }
 }
 
 /// A custom op's input storage as f32 elements; it must be contiguous f32, bf16 or f16.

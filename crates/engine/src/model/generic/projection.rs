@@ -5,6 +5,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::Result;
+use crate::model::base_weight::BaseWeight;
 use crate::model::ops::DropoutDraw;
 use crate::peft::lora::row_norms;
 
@@ -64,8 +65,8 @@ pub struct Ia3 {
 
 /// One of a layer's seven projections.
 pub struct Projection {
-    /// W [out, in], frozen.
-    pub weight: Tensor,
+    /// W [out, in], frozen; a quantized one is widened for each use and dropped after it.
+    pub weight: BaseWeight,
     /// b [out], frozen.
     pub bias: Option<Tensor>,
     /// The LoRA branch, if the projection has one.
@@ -88,7 +89,8 @@ impl Projection {
     }
 
     fn unscaled(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = x.matmul(&self.weight.t()?)?;
+        let weight = self.weight.dense()?;
+        let mut y = x.matmul(&weight.t()?)?;
         if let Some(l) = &self.lora {
             let mask = l.mask(x)?;
             let input = Lora::input(x, mask.as_ref())?;
@@ -96,10 +98,10 @@ impl Projection {
             y = match &l.magnitude {
                 None => (y + z)?,
                 Some(m) => {
-                    let (_, g) = l.gain(&self.weight, m, x.dtype())?;
+                    let (_, g) = l.gain(&weight, m, x.dtype())?;
                     // W·drop(x): the base product itself when there is no dropout.
                     let u = match mask {
-                        Some(_) => input.matmul(&self.weight.t()?)?,
+                        Some(_) => input.matmul(&weight.t()?)?,
                         None => y.clone(),
                     };
                     let scaled =
@@ -136,8 +138,9 @@ impl Projection {
     }
 
     fn unscaled_backward(&self, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let weight = self.weight.dense()?;
         let Some(l) = &self.lora else {
-            return Ok((dy.matmul(&self.weight)?, Vec::new()));
+            return Ok((dy.matmul(&weight)?, Vec::new()));
         };
         let mask = l.mask(x)?;
         let input = Lora::input(x, mask.as_ref())?;
@@ -146,8 +149,8 @@ impl Projection {
         let (dy_branch, dy_dropped_base, dm) = match &l.magnitude {
             None => (dy.clone(), None, None),
             Some(m) => {
-                let (norms, g) = l.gain(&self.weight, m, x.dtype())?;
-                let u = input.matmul(&self.weight.t()?)?;
+                let (norms, g) = l.gain(&weight, m, x.dtype())?;
+                let u = input.matmul(&weight.t()?)?;
                 let z = (low.matmul(&l.b.t()?)? * l.scale)?;
                 let dm = (dy * (u + z)?)?
                     .sum(0)?
@@ -166,7 +169,7 @@ impl Projection {
         // product when there is no dropout, the two inputs being the same.
         let mut dy_base = dy.clone();
         match (dy_dropped_base, &mask) {
-            (Some(d), Some(_)) => d_input = (d_input + d.matmul(&self.weight)?)?,
+            (Some(d), Some(_)) => d_input = (d_input + d.matmul(&weight)?)?,
             (Some(d), None) => dy_base = (dy_base + d)?,
             (None, _) => {}
         }
@@ -175,6 +178,6 @@ impl Projection {
         }
         let mut grads = vec![da, db];
         grads.extend(dm);
-        Ok(((dy_base.matmul(&self.weight)? + d_input)?, grads))
+        Ok(((dy_base.matmul(&weight)? + d_input)?, grads))
     }
 }

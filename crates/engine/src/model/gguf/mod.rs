@@ -11,12 +11,24 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::Tensor;
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
+use super::load::GGUF_WEIGHTS;
+use super::quantized::{self, QuantizedWeight};
 use crate::error::{EngineError, Result};
 use crate::fsutil::{write_atomic, write_safetensors_streaming};
 use meta::Metadata;
+
+/// How an imported GGUF model keeps its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufWeights {
+    /// The file itself, linked into the model folder and used with the types it stores.
+    AsStored,
+    /// Dequantised into an f32 `model.safetensors`.
+    Converted,
+}
 
 /// A GGUF model whose header has been read; tensors are read on demand.
 pub struct GgufModel {
@@ -40,6 +52,25 @@ pub fn read_content(path: &Path, file: &mut std::fs::File) -> Result<Content> {
     EngineError::contain_panic(path, "corrupt GGUF header (invalid alignment)", || {
         Content::read(file).map_err(|e| gguf_error(path, e))
     })
+}
+
+/// Refuses a file whose tensors end past its end (a cut download): a model used as stored
+/// reads its tensors only when it is loaded, so its import must check this itself.
+fn check_extents(path: &Path, file: &std::fs::File, content: &Content) -> Result<()> {
+    let size = file.metadata().map_err(|e| EngineError::io(path, e))?.len();
+    for (name, info) in &content.tensor_infos {
+        let blocks = (info.shape.elem_count() / info.ggml_dtype.block_size().max(1)) as u64;
+        let end = (content.tensor_data_offset)
+            .saturating_add(info.offset)
+            .saturating_add(blocks.saturating_mul(info.ggml_dtype.type_size() as u64));
+        if end > size {
+            return Err(EngineError::bad_file(
+                path,
+                format!("truncated: tensor `{name}` ends at byte {end} of a {size}-byte file"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A candle GGUF error as the studio words it.
@@ -79,6 +110,7 @@ impl GgufModel {
             weights.push((name.clone(), hf, info.shape.dims().to_vec()));
         }
         weights.sort_by(|a, b| a.1.cmp(&b.1));
+        check_extents(path, &file, &content)?;
         let tied = !weights.iter().any(|w| w.1 == "lm_head.weight");
         let rope_freqs = content.tensor_infos.get("rope_freqs.weight");
         if rope_freqs.is_some_and(|info| info.shape.dims().iter().any(|&d| d > 1 << 16)) {
@@ -174,6 +206,79 @@ impl GgufModel {
         }
     }
 
+    /// The order transformers' rows of `hf` take from the file's (llama.cpp's `llama` rope
+    /// pairs adjacent dimensions of q and k; transformers pairs halves), or `None` when the
+    /// rows are in the same order.
+    fn row_order(&self, hf: &str, rows: usize) -> Result<Option<Vec<usize>>> {
+        let heads = if self.arch != "llama" {
+            return Ok(None);
+        } else if hf.contains(".self_attn.q_proj.") {
+            self.config.num_attention_heads
+        } else if hf.contains(".self_attn.k_proj.") {
+            self.config.num_key_value_heads
+        } else {
+            return Ok(None);
+        };
+        let index: Vec<f32> = (0..rows).map(|r| r as f32).collect();
+        let index = Tensor::from_vec(index, (rows, 1), &candle_core::Device::Cpu)?;
+        let order = tensors::unpermute(&index, heads)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Some(order.into_iter().map(|r| r as usize).collect()))
+    }
+
+    /// Every weight for a model used as stored: the decoder layers' projections kept in
+    /// their block format (rows in transformers' order), everything else widened to `dtype`,
+    /// all on `device`, one tensor at a time.
+    pub fn weights_as_stored(
+        &self,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(HashMap<String, Tensor>, HashMap<String, QuantizedWeight>)> {
+        let mut file =
+            std::fs::File::open(&self.path).map_err(|e| EngineError::io(&self.path, e))?;
+        let (mut dense, mut quantized) = (HashMap::new(), HashMap::new());
+        for (gguf, hf, shape) in &self.weights {
+            let stored = self.content.tensor_infos.get(gguf).map(|i| i.ggml_dtype);
+            let blocks = match stored {
+                Some(GgmlDType::F32) | None => None,
+                Some(_) if !quantized::covers(hf, shape) => None,
+                Some(_) => Some(self.content.tensor(&mut file, gguf, &Device::Cpu).map_err(
+                    |e| EngineError::bad_file(&self.path, format!("tensor `{gguf}`: {e}")),
+                )?),
+            };
+            match blocks {
+                Some(blocks) => {
+                    let blocks = match self.row_order(hf, shape[0])? {
+                        Some(order) => quantized::reorder_rows(&blocks, &order)?,
+                        None => blocks,
+                    };
+                    let blocks = quantized::onto(blocks, device)?;
+                    quantized.insert(hf.clone(), QuantizedWeight::from_blocks(blocks, dtype)?);
+                }
+                None => {
+                    let t = self.weight(&mut file, gguf, hf)?;
+                    dense.insert(hf.clone(), t.to_dtype(dtype)?.to_device(device)?);
+                }
+            }
+        }
+        Ok((dense, quantized))
+    }
+
+    /// Every weight's transformers name, the type the file stores it in (`Q4_K`) and its
+    /// shape.
+    pub fn stored_types(&self) -> Vec<(String, String, Vec<usize>)> {
+        self.weights
+            .iter()
+            .map(|(gguf, hf, shape)| {
+                let ty = self
+                    .content
+                    .tensor_infos
+                    .get(gguf)
+                    .map_or_else(String::new, |i| quantized::ggml_name(i.ggml_dtype));
+                (hf.clone(), ty, shape.clone())
+            })
+            .collect()
+    }
+
     /// Every weight under its transformers name; `progress(done, total)` per tensor.
     pub fn tensors(
         &self,
@@ -197,17 +302,59 @@ impl GgufModel {
             })
     }
 
-    /// Writes a Hugging Face model folder (config.json, model.safetensors, tokenizer.json,
-    /// tokenizer_config.json) that transformers and the studio both load; the weights are
-    /// dequantised and written one tensor at a time.
+    /// Writes a model folder with config.json, tokenizer.json and tokenizer_config.json, and
+    /// the weights as `weights` says: the GGUF file linked as `model.gguf` (used as stored,
+    /// no copy of the weights), or dequantised into `model.safetensors` one tensor at a time
+    /// (a folder transformers loads too).
     pub fn write_hf_folder(
         &self,
         dir: &Path,
+        weights: GgufWeights,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<()> {
         // Check the tokenizer before anything is written.
         self.text_tokenizer()?;
         std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+        match weights {
+            GgufWeights::AsStored => self.link_into(dir)?,
+            GgufWeights::Converted => self.convert_into(dir, progress)?,
+        }
+        let pretty = |v: &serde_json::Value| {
+            serde_json::to_vec_pretty(v).map_err(|e| EngineError::config("json", e.to_string()))
+        };
+        write_atomic(
+            &dir.join("tokenizer.json"),
+            &pretty(&self.tokenizer.tokenizer_json)?,
+        )?;
+        write_atomic(
+            &dir.join("tokenizer_config.json"),
+            &pretty(&self.tokenizer.tokenizer_config)?,
+        )?;
+        // config.json last: a folder without it is never mistaken for a complete model.
+        write_atomic(&dir.join("config.json"), &pretty(&self.config_json)?)
+    }
+
+    /// Links the file into `dir` as `model.gguf`: a hard link where the file system allows
+    /// one (the weights stay even if the original is deleted), else a symbolic link.
+    fn link_into(&self, dir: &Path) -> Result<()> {
+        let link = dir.join(GGUF_WEIGHTS);
+        let _ = std::fs::remove_file(&link);
+        let original = self
+            .path
+            .canonicalize()
+            .map_err(|e| EngineError::io(&self.path, e))?;
+        if std::fs::hard_link(&original, &link).is_ok() {
+            return Ok(());
+        }
+        #[cfg(unix)]
+        let linked = std::os::unix::fs::symlink(&original, &link);
+        #[cfg(windows)]
+        let linked = std::os::windows::fs::symlink_file(&original, &link);
+        linked.map_err(|e| EngineError::io(&link, e))
+    }
+
+    /// Writes `model.safetensors` with every weight dequantised to f32.
+    fn convert_into(&self, dir: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<()> {
         let mut file =
             std::fs::File::open(&self.path).map_err(|e| EngineError::io(&self.path, e))?;
         let shapes: Vec<(String, Vec<usize>)> = self
@@ -223,19 +370,6 @@ impl GgufModel {
             done += 1;
             progress(done, total);
             Ok(t)
-        })?;
-        let pretty = |v: &serde_json::Value| {
-            serde_json::to_vec_pretty(v).map_err(|e| EngineError::config("json", e.to_string()))
-        };
-        write_atomic(
-            &dir.join("tokenizer.json"),
-            &pretty(&self.tokenizer.tokenizer_json)?,
-        )?;
-        write_atomic(
-            &dir.join("tokenizer_config.json"),
-            &pretty(&self.tokenizer.tokenizer_config)?,
-        )?;
-        // config.json last: a folder without it is never mistaken for a complete model.
-        write_atomic(&dir.join("config.json"), &pretty(&self.config_json)?)
+        })
     }
 }

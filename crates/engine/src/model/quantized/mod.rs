@@ -1,0 +1,285 @@
+//! Frozen base weights kept quantized in memory (issue 21): llama.cpp's block formats as a
+//! GGUF file stores them, or made at load time from a safetensors base. A weight is never
+//! widened whole on the CPU: the fused products widen a tile of rows at a time
+//! (`fused::linear::Weight::Quantized`); elsewhere one layer's weight is dequantized just
+//! before use and dropped after it (`BaseWeight::dense`).
+
+mod ggml;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+/// A quantization a safetensors base can be given at load time (`quantize` in the run
+/// config, `--quantize` on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantization {
+    /// 4.5 bits per weight: blocks of 32 with one f16 scale.
+    Q4_0,
+    /// 5 bits per weight: blocks of 32 with an f16 scale and minimum.
+    Q4_1,
+    /// 5.5 bits per weight.
+    Q5_0,
+    /// 6 bits per weight.
+    Q5_1,
+    /// 8.5 bits per weight: blocks of 32 with one f16 scale (nearly lossless).
+    Q8_0,
+    /// llama.cpp's k-quants: super-blocks of 256 with quantized sub-block scales.
+    Q2K,
+    /// 3.4 bits per weight.
+    Q3K,
+    /// 4.5 bits per weight: the usual choice for a 4-bit base.
+    Q4K,
+    /// 5.5 bits per weight.
+    Q5K,
+    /// 6.6 bits per weight.
+    Q6K,
+}
+
+/// Every [`Quantization`], in the order forms and messages list them.
+pub const QUANTIZATIONS: [Quantization; 10] = [
+    Quantization::Q4K,
+    Quantization::Q8_0,
+    Quantization::Q4_0,
+    Quantization::Q4_1,
+    Quantization::Q5_0,
+    Quantization::Q5_1,
+    Quantization::Q2K,
+    Quantization::Q3K,
+    Quantization::Q5K,
+    Quantization::Q6K,
+];
+
+impl Quantization {
+    /// The name the config, the command line and GGUF tools use (`q4_k`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q4_0 => "q4_0",
+            Self::Q4_1 => "q4_1",
+            Self::Q5_0 => "q5_0",
+            Self::Q5_1 => "q5_1",
+            Self::Q8_0 => "q8_0",
+            Self::Q2K => "q2_k",
+            Self::Q3K => "q3_k",
+            Self::Q4K => "q4_k",
+            Self::Q5K => "q5_k",
+            Self::Q6K => "q6_k",
+        }
+    }
+
+    /// The block format the weights are stored in.
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            Self::Q4_0 => GgmlDType::Q4_0,
+            Self::Q4_1 => GgmlDType::Q4_1,
+            Self::Q5_0 => GgmlDType::Q5_0,
+            Self::Q5_1 => GgmlDType::Q5_1,
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q2K => GgmlDType::Q2K,
+            Self::Q3K => GgmlDType::Q3K,
+            Self::Q4K => GgmlDType::Q4K,
+            Self::Q5K => GgmlDType::Q5K,
+            Self::Q6K => GgmlDType::Q6K,
+        }
+    }
+}
+
+impl std::fmt::Display for Quantization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self> {
+        let wanted = s.trim().to_ascii_lowercase().replace("_k_m", "_k");
+        QUANTIZATIONS
+            .into_iter()
+            .find(|q| q.name() == wanted)
+            .ok_or_else(|| {
+                let names: Vec<&str> = QUANTIZATIONS.iter().map(|q| q.name()).collect();
+                EngineError::config(
+                    "quantize",
+                    format!("`{s}` is not one of {}", names.join(", ")),
+                )
+            })
+    }
+}
+
+/// The name llama.cpp gives a block format (`Q4_K`), for messages and model cards.
+pub fn ggml_name(dtype: GgmlDType) -> String {
+    let name = format!("{dtype:?}").to_uppercase();
+    match name.strip_suffix('K') {
+        Some(stem) if stem.starts_with('Q') && !stem.ends_with('_') => format!("{stem}_K"),
+        _ => name,
+    }
+}
+
+/// A frozen weight [rows, cols] held in a block format; products read it through
+/// [`Self::rows_to_f32`] (the CPU) or [`Self::dequantize`] (any device).
+pub struct QuantizedWeight {
+    blocks: QTensor,
+    rows: usize,
+    cols: usize,
+    /// The model's dtype: what a dequantized weight is given as, and what the CPU's tiles
+    /// are rounded to, so that products see the numbers a dequantized copy would hold.
+    dtype: DType,
+}
+
+impl std::fmt::Debug for QuantizedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QuantizedWeight({} [{}, {}])",
+            ggml_name(self.format()),
+            self.rows,
+            self.cols
+        )
+    }
+}
+
+impl QuantizedWeight {
+    /// Quantizes a dense [rows, cols] weight into `format`, kept on `device`; products give
+    /// `dtype` results.
+    pub fn quantize(weight: &Tensor, format: GgmlDType, dtype: DType, device: &Device) -> Result<Self> {
+        let (_, cols) = weight.dims2()?;
+        if !cols.is_multiple_of(format.block_size()) {
+            return Err(EngineError::config(
+                "quantize",
+                format!(
+                    "{} needs rows whose width divides into blocks of {}; a weight is {cols} wide",
+                    ggml_name(format),
+                    format.block_size()
+                ),
+            ));
+        }
+        let cpu = weight.to_device(&Device::Cpu)?;
+        let blocks = match device {
+            Device::Cpu => QTensor::quantize(&cpu, format)?,
+            d => QTensor::quantize_onto(&cpu, format, d)?,
+        };
+        Self::from_blocks(blocks, dtype)
+    }
+
+    /// Wraps blocks as read from a GGUF file ([rows, cols] in transformers' order).
+    pub fn from_blocks(blocks: QTensor, dtype: DType) -> Result<Self> {
+        let (rows, cols) = blocks.shape().dims2()?;
+        Ok(Self {
+            blocks,
+            rows,
+            cols,
+            dtype,
+        })
+    }
+
+    /// [out_features, in_features].
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// The block format.
+    pub fn format(&self) -> GgmlDType {
+        self.blocks.dtype()
+    }
+
+    /// The device the blocks are on.
+    pub fn device(&self) -> Device {
+        self.blocks.device()
+    }
+
+    /// The dtype products give.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Bytes held.
+    pub fn size_in_bytes(&self) -> usize {
+        self.blocks.storage_size_in_bytes()
+    }
+
+    /// The whole weight widened to the model's dtype on `device` (one layer at a time: the
+    /// caller drops it after use).
+    pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        let on_device = self.blocks.dequantize(&self.device())?;
+        Ok(on_device.to_dtype(self.dtype)?.to_device(device)?)
+    }
+
+    /// Rows `r0..r0 + out.len() / cols` widened to f32 into `out` (a CPU weight), rounded to
+    /// the model's dtype.
+    pub fn rows_to_f32(&self, r0: usize, out: &mut [f32]) -> candle_core::Result<()> {
+        let bytes = self.blocks.data()?;
+        ggml::rows_to_f32(self.format(), &bytes, self.cols, r0, out)?;
+        if self.dtype == DType::BF16 {
+            out.iter_mut()
+                .for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+        }
+        Ok(())
+    }
+}
+
+/// Whether a base quantization covers the weight `name` of shape `dims`: the decoder
+/// layers' projections. Embeddings, norms and the LM head stay in the model's dtype, as
+/// QLoRA keeps them.
+pub fn covers(name: &str, dims: &[usize]) -> bool {
+    name.starts_with("model.layers.") && name.ends_with("_proj.weight") && dims.len() == 2
+}
+
+/// The block format a weight `cols` wide gets when `wanted` is asked for: `wanted`, or where
+/// its rows do not divide into `wanted`'s blocks the type llama.cpp's quantizer falls back to
+/// (`llama_tensor_get_type` in llama.cpp's `src/llama-quant.cpp`; IQ4_NL, its choice for
+/// Q2_K and Q3_K, is not one candle stores, so Q4_0), or `None` when no block fits.
+pub fn format_for(wanted: GgmlDType, cols: usize) -> Option<GgmlDType> {
+    let fits = |f: GgmlDType| cols.is_multiple_of(f.block_size());
+    if fits(wanted) {
+        return Some(wanted);
+    }
+    let fallback = match wanted {
+        GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
+        GgmlDType::Q4K => GgmlDType::Q5_0,
+        GgmlDType::Q5K => GgmlDType::Q5_1,
+        GgmlDType::Q6K => GgmlDType::Q8_0,
+        _ => return None,
+    };
+    fits(fallback).then_some(fallback)
+}
+
+/// `blocks` [rows, cols] with its rows reordered: row `r` of the result is row `order[r]`.
+/// Blocks never straddle rows, so this moves whole rows of bytes.
+pub fn reorder_rows(blocks: &QTensor, order: &[usize]) -> Result<QTensor> {
+    let (rows, _) = blocks.shape().dims2()?;
+    let bytes = blocks.data()?;
+    if order.len() != rows || !bytes.len().is_multiple_of(rows.max(1)) {
+        return Err(EngineError::config(
+            "quantize",
+            format!("a reordering of {} rows for a weight of {rows}", order.len()),
+        ));
+    }
+    let per_row = bytes.len() / rows.max(1);
+    let mut out = Vec::with_capacity(bytes.len());
+    for &r in order {
+        let row = bytes.get(r * per_row..(r + 1) * per_row).ok_or_else(|| {
+            EngineError::config("quantize", format!("row {r} of a weight of {rows}"))
+        })?;
+        out.extend_from_slice(row);
+    }
+    let storage = candle_core::quantized::QStorage::from_data(
+        std::borrow::Cow::Owned(out),
+        &blocks.device(),
+        blocks.dtype(),
+    )?;
+    Ok(QTensor::new(storage, blocks.shape().clone())?)
+}
+
+/// Blocks read on the CPU, moved to `device`.
+pub fn onto(blocks: QTensor, device: &Device) -> Result<QTensor> {
+    if device.is_cpu() {
+        return Ok(blocks);
+    }
+    let storage =
+        candle_core::quantized::QStorage::from_data(blocks.data()?, device, blocks.dtype())?;
+    Ok(QTensor::new(storage, blocks.shape().clone())?)
+}

@@ -1,0 +1,200 @@
+//! Quantized bases (issue 21): a model whose projections are held in a block format trains
+//! exactly as its dequantized copy does — same losses, same gradients — for every type, on
+//! whichever path the mode runs (fused CPU kernels, the device-generic layer, composed ops);
+//! a GGUF file trains as stored; trainable weights are never quantized.
+
+use candle_core::{DType, Device, Tensor, Var};
+use peft_studio_engine::library::import::import_gguf;
+use peft_studio_engine::model::gguf::GgufWeights;
+use peft_studio_engine::model::load::load_model_quantized;
+use peft_studio_engine::model::ops::SplitMix64;
+use peft_studio_engine::model::quantized::{format_for, Quantization, QUANTIZATIONS};
+use peft_studio_engine::model::{ForwardCtx, LlamaModel};
+use peft_studio_engine::peft::{MethodConfig, MethodKind, Trainables};
+use peft_studio_engine::train::batch_loss;
+use peft_studio_engine::train::optimizer::{collect_grads, AdamW};
+
+use crate::common::{gradient_examples, lora_method, tiny_model};
+use peft_studio_engine::fixtures::TinySpec;
+
+/// Wide enough for every block format (k-quants need rows of 256), GQA like real models.
+fn spec() -> TinySpec {
+    TinySpec {
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        ..Default::default()
+    }
+}
+
+/// LoRA on every projection, B made non-zero so that every gradient is.
+fn with_lora(model: &mut LlamaModel) -> Trainables {
+    let method = lora_method(4, "all-linear");
+    let vars = method.apply(model, 3).expect("apply LoRA");
+    let mut rng = SplitMix64::new(11);
+    for (name, var) in &vars {
+        if name.ends_with("lora_B.weight") {
+            let data: Vec<f32> = (0..var.elem_count())
+                .map(|_| (rng.next_f64() * 0.2 - 0.1) as f32)
+                .collect();
+            let t = Tensor::from_vec(data, var.shape().clone(), &Device::Cpu).expect("B");
+            var.set(&t).expect("set B");
+        }
+    }
+    vars
+}
+
+/// Losses of three AdamW steps, and the first step's gradients.
+fn train(model: &LlamaModel, vars: &Trainables) -> (Vec<f64>, Vec<Vec<f32>>) {
+    let refs: Vec<&Var> = vars.iter().map(|(_, v)| v).collect();
+    let mut opt = AdamW::new(&refs, 0.9, 0.999, 1e-8, 0.0).expect("optimiser");
+    let batch = gradient_examples()
+        .batch_at(0, &Device::Cpu)
+        .expect("batch");
+    let (mut losses, mut first) = (Vec::new(), Vec::new());
+    for step in 0..3 {
+        let ctx = ForwardCtx::train(step);
+        let (loss, _) = batch_loss(model, &batch, &ctx).expect("loss");
+        losses.push(loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap());
+        let grads = collect_grads(&refs, &loss.backward().expect("backward")).expect("grads");
+        if step == 0 {
+            first = grads
+                .iter()
+                .map(|g| g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect();
+        }
+        opt.step(&refs, &grads, 1e-2).expect("step");
+    }
+    (losses, first)
+}
+
+/// The largest difference relative to the largest magnitude.
+fn relative(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b.iter().fold(1e-30f32, |m, x| m.max(x.abs())) as f64;
+    let d = a
+        .iter()
+        .zip(b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs())) as f64;
+    d / scale
+}
+
+/// Trains `quantized` and its dequantized copy side by side: the same numbers.
+fn assert_trains_as_dequantized(label: &str, quantized: LlamaModel) {
+    let mut dense = quantized.clone();
+    dense.dequantize_base().expect("dequantize");
+    assert!(dense.base_quantization().is_none(), "{label}: the copy is dense");
+    let mut quantized = quantized;
+    let (vq, vd) = (with_lora(&mut quantized), with_lora(&mut dense));
+    let (lq, gq) = train(&quantized, &vq);
+    let (ld, gd) = train(&dense, &vd);
+    for (step, (a, b)) in lq.iter().zip(&ld).enumerate() {
+        assert!(
+            ((a - b) / b).abs() <= 1e-5,
+            "{label}: step {step} loss {a} on the quantized base, {b} on its dequantized copy"
+        );
+    }
+    for ((name, _), (a, b)) in vq.iter().zip(gq.iter().zip(&gd)) {
+        let r = relative(a, b);
+        assert!(r <= 1e-5, "{label}: gradient of {name} differs by {r:e} (relative)");
+    }
+}
+
+#[test]
+fn every_type_trains_as_its_dequantized_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(dir.path(), &spec());
+    let plain = load_model_quantized(&path, DType::F32, &Device::Cpu, None).expect("load");
+    let plain_loss = {
+        let batch = gradient_examples().batch_at(0, &Device::Cpu).unwrap();
+        let (loss, _) = batch_loss(&plain, &batch, &ForwardCtx::eval()).unwrap();
+        loss.to_scalar::<f32>().unwrap()
+    };
+    for q in QUANTIZATIONS {
+        let model = load_model_quantized(&path, DType::F32, &Device::Cpu, Some(q))
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
+        // Every projection is held quantized, in the type asked for (rows of 256 take
+        // every format), and the base's numbers really changed.
+        for lin in model.linears().into_iter().filter(|l| l.name != "lm_head") {
+            let held = lin.weight.quantized().map(|w| w.format());
+            assert_eq!(held, Some(q.ggml()), "{q}: {} is held as {held:?}", lin.name);
+        }
+        assert!(model.linears().last().unwrap().weight.quantized().is_none());
+        let batch = gradient_examples().batch_at(0, &Device::Cpu).unwrap();
+        let (loss, _) = batch_loss(&model, &batch, &ForwardCtx::eval()).unwrap();
+        assert_ne!(loss.to_scalar::<f32>().unwrap(), plain_loss, "{q}: weights unchanged");
+        assert_trains_as_dequantized(q.name(), model);
+    }
+}
+
+#[test]
+fn rows_that_do_not_fit_a_k_quant_fall_back_as_llama_cpp_does() {
+    assert_eq!(format_for(Quantization::Q4K.ggml(), 576), Some(Quantization::Q5_0.ggml()));
+    assert_eq!(format_for(Quantization::Q6K.ggml(), 576), Some(Quantization::Q8_0.ggml()));
+    assert_eq!(format_for(Quantization::Q4K.ggml(), 1536), Some(Quantization::Q4K.ggml()));
+    assert_eq!(format_for(Quantization::Q8_0.ggml(), 20), None);
+    // The default tiny model is 32 wide: Q4_K falls back to Q5_0 and still trains exactly.
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(dir.path(), &TinySpec::default());
+    let model =
+        load_model_quantized(&path, DType::F32, &Device::Cpu, Some(Quantization::Q4K)).unwrap();
+    assert_eq!(model.base_quantization(), Some(Quantization::Q5_0.ggml()));
+    assert_trains_as_dequantized("q4_k on rows of 32", model);
+}
+
+#[test]
+fn a_gguf_base_trains_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(dir.path(), &spec());
+    let file = dir.path().join("tiny-q8_0.gguf");
+    peft_studio_engine::run::convert_to_gguf(&path, "q8_0".parse().unwrap(), &file)
+        .expect("write GGUF");
+    let home = dir.path().join("home");
+    let stored = import_gguf(&file, &home, "stored", GgufWeights::AsStored, &mut |_, _| {})
+        .expect("import as stored");
+    let folder = home.join("models").join("stored");
+    assert!(folder.join("model.gguf").exists() && !folder.join("model.safetensors").exists());
+    assert_eq!(stored.dtype, "Q8_0", "the library shows the projections' type");
+    let converted = import_gguf(&file, &home, "f32", GgufWeights::Converted, &mut |_, _| {})
+        .expect("import converted");
+    assert_eq!(converted.dtype, "F32");
+    let model = load_model_quantized(&folder, DType::F32, &Device::Cpu, None).expect("load");
+    assert_eq!(model.base_quantization(), Some(Quantization::Q8_0.ggml()));
+    // The dequantized copy of the stored file is what `--convert` writes: the same logits
+    // prove the stored q/k rows were put in transformers' order.
+    let f32_dir = home.join("models").join("f32");
+    let copy = load_model_quantized(&f32_dir, DType::F32, &Device::Cpu, None).unwrap();
+    let batch = gradient_examples().batch_at(0, &Device::Cpu).unwrap();
+    let loss = |m: &LlamaModel| {
+        let (l, _) = batch_loss(m, &batch, &ForwardCtx::eval()).unwrap();
+        l.to_scalar::<f32>().unwrap()
+    };
+    let (a, b) = (loss(&model), loss(&copy));
+    assert!(((a - b) / b).abs() < 1e-6, "as stored {a}, converted {b}");
+    assert_trains_as_dequantized("gguf q8_0", model);
+    // A quantize setting on a GGUF base is refused with the reason.
+    let err = load_model_quantized(&folder, DType::F32, &Device::Cpu, Some(Quantization::Q4K))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("GGUF") && err.contains("quantize"), "{err}");
+}
+
+#[test]
+fn trainable_weights_are_never_quantized() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(dir.path(), &spec());
+    let mut model =
+        load_model_quantized(&path, DType::F32, &Device::Cpu, Some(Quantization::Q8_0)).unwrap();
+    let full = MethodConfig {
+        kind: MethodKind::Full,
+        ..Default::default()
+    };
+    let err = full.apply(&mut model, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot be quantized") && err.contains("LoRA"),
+        "{err}"
+    );
+    let bad = "q3_x".parse::<Quantization>().unwrap_err().to_string();
+    assert!(bad.contains("q4_k") && bad.contains("q8_0"), "{bad}");
+}
