@@ -65,7 +65,7 @@ fn train(model: &LlamaModel, vars: &Trainables) -> (Vec<f64>, Vec<Vec<f32>>) {
                 .map(|g| g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
                 .collect();
         }
-        opt.step(&refs, &grads, 1e-2).expect("step");
+        opt.step(&refs, &grads, 1e-3).expect("step");
     }
     (losses, first)
 }
