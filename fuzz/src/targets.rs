@@ -108,6 +108,7 @@ pub fn run_config(data: &[u8]) {
                 dtype: candle_core::DType::F32,
                 cpu: true,
                 checkpointing: cfg.train.gradient_checkpointing,
+                quantized: cfg.train.quantize.map(|q| q.ggml()),
             },
         );
     }

@@ -289,6 +289,10 @@ pub struct PlanArgs {
     /// f32, or bf16 mixed precision (GPUs, CPUs with AVX-512-BF16).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// The projections held quantized (q4_k, q8_0, …); a GGUF base counts the types it
+    /// stores.
+    #[arg(long)]
+    pub quantize: Option<Quantization>,
 }
 
 /// `methods`.

@@ -110,6 +110,11 @@ fn print_product_rates(config: &LlamaConfig) {
         .bf16
         .iter()
         .map(|(k, g)| format!(" {}={g:.0}", k.name()))
+        .chain(
+            r.quantized
+                .iter()
+                .map(|(label, g)| format!(" {label}={g:.0}")),
+        )
         .collect();
     println!(
         "products_gflops shape={rows}x{fan_in}x{out} f32={:.0}{bf16}",

@@ -8,6 +8,8 @@ use peft_studio_engine::chat::Message;
 use peft_studio_engine::device::DeviceRequest;
 use peft_studio_engine::generate::{generate, GenerateOptions};
 use peft_studio_engine::memory::{self, StepShape};
+use peft_studio_engine::model::load::projection_format;
+use peft_studio_engine::model::quantized::ggml_name;
 use peft_studio_engine::model::{load_model, LlamaConfig};
 use peft_studio_engine::peft::describe;
 use peft_studio_engine::peft::{load::attach_adapter, target, MethodConfig, TargetModules};
@@ -36,7 +38,14 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
     }
     match cli.command {
         Command::Plan(a) => {
-            let cfg = LlamaConfig::from_path(&resolve_model(&a.model)?)?;
+            let model = resolve_model(&a.model)?;
+            let cfg = LlamaConfig::from_path(&model)?;
+            let folder = if model.is_file() {
+                model.parent().map(Path::to_path_buf).unwrap_or_default()
+            } else {
+                model.clone()
+            };
+            let quantized = projection_format(&folder, a.quantize)?;
             let mut method = MethodConfig::default();
             apply_method_args(&mut method, &a.method)?;
             let counts = count_params(&cfg, &method)?;
@@ -51,10 +60,14 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
                 dtype: a.precision.dtype(),
                 cpu,
                 checkpointing: a.gradient_checkpointing,
+                quantized,
             };
             let estimate = memory::estimate(&cfg, &method, step)?;
+            let base = quantized.map_or_else(String::new, |f| {
+                format!(", projections in {}", ggml_name(f))
+            });
             println!(
-                "{estimate} for batch {} x {} tokens, {}",
+                "{estimate} for batch {} x {} tokens, {}{base}",
                 a.batch_size, a.seq_len, a.precision
             );
             if !cpu {

@@ -10,10 +10,12 @@
 //! SmolLM2-135M (`bench`, see docs/BENCHMARKS.md) account for the backward pass's temporaries
 //! and the allocator's slack.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::DType;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::model::quantized;
 use crate::model::LlamaConfig;
 use crate::peft::{MethodConfig, MethodKind};
 use crate::plan::count_params;
@@ -124,6 +126,9 @@ pub struct StepShape {
     pub cpu: bool,
     /// Gradient checkpointing (`TrainConfig::gradient_checkpointing`).
     pub checkpointing: bool,
+    /// The block format the decoder's projections are held in (`model::quantized`), or
+    /// `None` when they are held in `dtype`.
+    pub quantized: Option<GgmlDType>,
 }
 
 /// Which kernels compute the decoder layers (`model::fused::kernels`, by device and dtype).
@@ -194,7 +199,12 @@ pub fn estimate(
             let inside = 4.0 * (2.0 * (n * q + n * k + n * i) + n * d);
             let input = n * d * elem as f64;
             let temporaries = 4.0 * (4.0 * n * i + 8.0 * n * d);
-            let layer_weights = widened(d * (2.0 * q + 2.0 * k) + 3.0 * d * i);
+            let layer_weights = match step.quantized {
+                None => widened(d * (2.0 * q + 2.0 * k) + 3.0 * d * i),
+                // One tile of the widest projection (f32 and its bf16 copy) and its columns
+                // of the output (`fused::quantized`).
+                Some(_) => 6.0 * n.max(128.0) * d.max(i) + 4.0 * n * n.max(128.0),
+            };
             let kept = if step.checkpointing {
                 input * layers + inside
             } else {
@@ -243,7 +253,8 @@ pub fn estimate(
         };
         let temporaries = 4.0
             * (GENERIC_INTERMEDIATE_TEMPS * n * i + GENERIC_HIDDEN_TEMPS * n * d + dora)
-            + generic_block(scores);
+            + generic_block(scores)
+            + dequantized(step, d * i.max(q));
         let kept = if step.checkpointing {
             input * layers + inside
         } else {
@@ -271,6 +282,7 @@ pub fn estimate(
         per_layer += adapter_activations(cfg, method, n, false)?;
         let acts = ACTIVATION_FACTOR * (per_layer * layers + 4.0 * n * d);
         let block = if generic { generic_block(scores) } else { 0.0 };
+        let block = block + dequantized(step, d * i.max(q));
         // Mixed precision's f32 islands, and the head's weight widened to f32 (twice at the
         // peak) for the CPU's products.
         let mixed = if step.dtype == DType::F32 {
@@ -292,7 +304,13 @@ pub fn estimate(
         MethodKind::Freeze | MethodKind::Full => 0,
         _ => counts.trainable,
     };
-    let weights = (counts.total - adapter_params) * elem + adapter_params * 4;
+    let (projections, projection_bytes) = match step.quantized {
+        Some(format) => projection_storage(cfg, format, elem),
+        None => (0, 0),
+    };
+    let weights = (counts.total - adapter_params - projections) * elem
+        + projection_bytes
+        + adapter_params * 4;
     Ok(MemoryEstimate {
         weights,
         // The gradient, the zero-filled slot candle's backward adds it into, both moments.
@@ -303,6 +321,34 @@ pub fn estimate(
         process: PROCESS_BYTES,
         gpu_runtime: if step.cpu { 0 } else { GPU_RUNTIME_BYTES },
     })
+}
+
+/// Outside the fused kernels a quantized projection is widened whole for each use (f32, then
+/// the model's dtype) and dropped after it: the largest one's bytes.
+fn dequantized(step: StepShape, params: f64) -> f64 {
+    match step.quantized {
+        Some(_) => params * (4.0 + step.dtype.size_in_bytes() as f64),
+        None => 0.0,
+    }
+}
+
+/// The decoder projections' parameters and the bytes they take in `format` (or in the type
+/// llama.cpp falls back to for widths its blocks do not divide, `quantized::format_for`;
+/// `elem` bytes each where none does).
+pub fn projection_storage(cfg: &LlamaConfig, format: GgmlDType, elem: u64) -> (u64, u64) {
+    let (mut params, mut bytes) = (0u64, 0u64);
+    for (name, shape) in cfg.weight_shapes() {
+        if !quantized::covers(&name, &shape) {
+            continue;
+        }
+        let count = shape.iter().product::<usize>() as u64;
+        params += count;
+        bytes += match quantized::format_for(format, shape[1]) {
+            Some(f) => count / f.block_size() as u64 * f.type_size() as u64,
+            None => count * elem,
+        };
+    }
+    (params, bytes)
 }
 
 /// Bytes of the temporaries of one block of queries of the generic attention (at most

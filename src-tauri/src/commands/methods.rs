@@ -45,6 +45,7 @@ pub async fn plan_run(
     seq_len: usize,
     checkpointing: Option<bool>,
     precision: Option<peft_studio_engine::train::Precision>,
+    quantize: Option<peft_studio_engine::model::quantized::Quantization>,
 ) -> CommandResult<PlanView> {
     blocking(move || {
         let dir = resolve(&studio_home(), model.as_ref())?;
@@ -56,6 +57,7 @@ pub async fn plan_run(
             dtype: precision.unwrap_or_default().dtype(),
             cpu: peft_studio_engine::run::default_device().is_cpu(),
             checkpointing: checkpointing.unwrap_or(false),
+            quantized: peft_studio_engine::model::load::projection_format(&dir, quantize)?,
         };
         let memory = estimate(&cfg, &method, step)?;
         Ok(PlanView {

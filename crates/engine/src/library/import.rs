@@ -67,12 +67,14 @@ pub fn import_gguf(
     let target = models.join(name);
     let partial: PathBuf = models.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
-    let written = model.write_hf_folder(&partial, weights, progress).and_then(|()| {
-        if target.exists() {
-            std::fs::remove_dir_all(&target).map_err(|e| EngineError::io(&target, e))?;
-        }
-        std::fs::rename(&partial, &target).map_err(|e| EngineError::io(&target, e))
-    });
+    let written = model
+        .write_hf_folder(&partial, weights, progress)
+        .and_then(|()| {
+            if target.exists() {
+                std::fs::remove_dir_all(&target).map_err(|e| EngineError::io(&target, e))?;
+            }
+            std::fs::rename(&partial, &target).map_err(|e| EngineError::io(&target, e))
+        });
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);

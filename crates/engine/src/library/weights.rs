@@ -9,6 +9,7 @@ use crate::error::{EngineError, Result};
 use crate::model::config::LlamaConfig;
 use crate::model::gguf::GgufModel;
 use crate::model::load::{weights_of, WeightFiles};
+use crate::model::quantized::ggml_name;
 use crate::tokenizer::TextTokenizer;
 
 /// Safetensors headers larger than this are refused (real ones are well under 10 MB).
@@ -99,7 +100,7 @@ pub fn check_folder(dir: &Path) -> Result<FolderSummary> {
         WeightFiles::Gguf(path) => {
             // Opening checks every tensor against the file's own metadata.
             let gguf = GgufModel::open(&path)?;
-            stored = most_common_projection_type(&gguf);
+            stored = gguf.projection_format().map(ggml_name);
             found.extend(
                 gguf.stored_types()
                     .into_iter()
@@ -151,15 +152,4 @@ pub fn check_folder(dir: &Path) -> Result<FolderSummary> {
         parameters,
         size_bytes,
     })
-}
-
-/// The type most of a GGUF model's decoder projections are stored in (`Q4_K`).
-fn most_common_projection_type(gguf: &GgufModel) -> Option<String> {
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for (name, ty, shape) in gguf.stored_types() {
-        if crate::model::quantized::covers(&name, &shape) {
-            *counts.entry(ty).or_default() += 1;
-        }
-    }
-    counts.into_iter().max_by_key(|(ty, n)| (*n, ty.clone())).map(|(ty, _)| ty)
 }

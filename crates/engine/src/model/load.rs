@@ -73,6 +73,18 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// The block format a model's projections will be held in when it is loaded with
+/// `quantize`: a GGUF base's own (its most common projection type), else `quantize`'s.
+pub fn projection_format(
+    dir: &Path,
+    quantize: Option<Quantization>,
+) -> Result<Option<candle_core::quantized::GgmlDType>> {
+    Ok(match weights_of(dir) {
+        Ok(WeightFiles::Gguf(path)) => GgufModel::open(&path)?.projection_format(),
+        _ => quantize.map(Quantization::ggml),
+    })
+}
+
 /// Reads every tensor of one safetensors file onto the CPU.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
@@ -124,8 +136,8 @@ fn read_safetensors_as(
             }
         }
         let data = view.data();
-            // SAFETY: DONTNEED on a read-only private file mapping only drops pages from this
-            // process; a later read (a neighbouring tensor sharing the page) reloads them.
+        // SAFETY: DONTNEED on a read-only private file mapping only drops pages from this
+        // process; a later read (a neighbouring tensor sharing the page) reloads them.
         let _ = unsafe {
             map.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
@@ -175,7 +187,14 @@ pub fn load_model_quantized(
             let gguf = GgufModel::open(&path)?;
             let (dense, quantized) = gguf.weights_as_stored(dtype, device)?;
             let origin = path.display().to_string();
-            return LlamaModel::from_tensors(&gguf.config, dense, quantized, &origin, dtype, device);
+            return LlamaModel::from_tensors(
+                &gguf.config,
+                dense,
+                quantized,
+                &origin,
+                dtype,
+                device,
+            );
         }
         WeightFiles::Safetensors(files) => files,
     };

@@ -89,9 +89,10 @@ pub fn make_trainable(model: &mut LlamaModel, names: &[String]) -> Result<Traina
 /// A quantized weight holds rounded numbers in blocks no optimiser step can update, so
 /// training one is refused, naming it.
 fn refuse_quantized(model: &LlamaModel, names: &[String]) -> Result<()> {
-    let quantized = model.linears().into_iter().find(|l| {
-        l.weight.quantized().is_some() && names.contains(&format!("{}.weight", l.name))
-    });
+    let quantized = model
+        .linears()
+        .into_iter()
+        .find(|l| l.weight.quantized().is_some() && names.contains(&format!("{}.weight", l.name)));
     match quantized {
         Some(l) => Err(EngineError::config(
             "quantize",

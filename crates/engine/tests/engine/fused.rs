@@ -289,7 +289,9 @@ fn cpu_only_kernels_are_refused_in_the_generic_mode() {
         return;
     }
     let x = Tensor::ones((2, 4), DType::F32, &Device::Cpu).unwrap();
-    let w = Tensor::ones((3, 4), DType::F32, &Device::Cpu).unwrap().into();
+    let w = Tensor::ones((3, 4), DType::F32, &Device::Cpu)
+        .unwrap()
+        .into();
     let parts = fused::linear::LinearParts {
         weight: &w,
         bias: None,

@@ -35,7 +35,14 @@ fn gguf_import_registers_a_loadable_model_by_name() {
     let home = tempfile::tempdir().unwrap();
     let gguf = fixture("gguf/tiny-llama-spm.gguf");
     let mut calls = 0;
-    let entry = import_gguf(&gguf, home.path(), "tiny", GgufWeights::Converted, &mut |_, _| calls += 1).unwrap();
+    let entry = import_gguf(
+        &gguf,
+        home.path(),
+        "tiny",
+        GgufWeights::Converted,
+        &mut |_, _| calls += 1,
+    )
+    .unwrap();
     assert!(calls > 0, "progress is reported");
     assert_eq!(entry.architecture, "LlamaForCausalLM");
     assert_eq!(entry.dtype, "F32");

@@ -85,8 +85,14 @@ fn f32_gguf_models_import_back_to_the_same_model() {
         let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
         let file = dir.path().join("model.gguf");
         write_gguf_model(&mut model, &path, "tiny", GgufType::F32, &file).expect("write");
-        let entry =
-            import_gguf(&file, &dir.path().join("home"), "back", GgufWeights::Converted, &mut |_, _| {}).expect("import");
+        let entry = import_gguf(
+            &file,
+            &dir.path().join("home"),
+            "back",
+            GgufWeights::Converted,
+            &mut |_, _| {},
+        )
+        .expect("import");
         let back = load_model(&entry.path, DType::F32, &Device::Cpu).expect("load back");
         assert_eq!(back.config().model_type, model.config().model_type);
         assert_eq!(max_abs_diff(&logits(&model), &logits(&back)), 0.0);

@@ -335,6 +335,7 @@ fn memory_estimate_parts() {
         dtype: DType::F32,
         cpu: true,
         checkpointing: false,
+        quantized: None,
     };
     let lora = lora_method(8, "q_proj,k_proj,v_proj,o_proj");
     let full = MethodConfig {
@@ -427,6 +428,7 @@ fn a_7b_model_at_2048_tokens_fits_a_24_gb_gpu_with_checkpointing() {
         dtype: DType::BF16,
         cpu: false,
         checkpointing,
+        quantized: None,
     };
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let with = estimate(&cfg, &lora, step(true)).expect("checkpointing");

@@ -57,7 +57,12 @@ fn train(model: &LlamaModel, vars: &Trainables) -> (Vec<f64>, Vec<Vec<f32>>) {
     for step in 0..3 {
         let ctx = ForwardCtx::train(step);
         let (loss, _) = batch_loss(model, &batch, &ctx).expect("loss");
-        losses.push(loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap());
+        losses.push(
+            loss.to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap(),
+        );
         let grads = collect_grads(&refs, &loss.backward().expect("backward")).expect("grads");
         if step == 0 {
             first = grads
@@ -73,10 +78,7 @@ fn train(model: &LlamaModel, vars: &Trainables) -> (Vec<f64>, Vec<Vec<f32>>) {
 /// The largest difference relative to the largest magnitude.
 fn relative(a: &[f32], b: &[f32]) -> f64 {
     let scale = b.iter().fold(1e-30f32, |m, x| m.max(x.abs())) as f64;
-    let d = a
-        .iter()
-        .zip(b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs())) as f64;
+    let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) as f64;
     d / scale
 }
 
@@ -84,7 +86,10 @@ fn relative(a: &[f32], b: &[f32]) -> f64 {
 fn assert_trains_as_dequantized(label: &str, quantized: LlamaModel) {
     let mut dense = quantized.clone();
     dense.dequantize_base().expect("dequantize");
-    assert!(dense.base_quantization().is_none(), "{label}: the copy is dense");
+    assert!(
+        dense.base_quantization().is_none(),
+        "{label}: the copy is dense"
+    );
     let mut quantized = quantized;
     let (vq, vd) = (with_lora(&mut quantized), with_lora(&mut dense));
     let (lq, gq) = train(&quantized, &vq);
@@ -97,7 +102,10 @@ fn assert_trains_as_dequantized(label: &str, quantized: LlamaModel) {
     }
     for ((name, _), (a, b)) in vq.iter().zip(gq.iter().zip(&gd)) {
         let r = relative(a, b);
-        assert!(r <= 1e-5, "{label}: gradient of {name} differs by {r:e} (relative)");
+        assert!(
+            r <= 1e-5,
+            "{label}: gradient of {name} differs by {r:e} (relative)"
+        );
     }
 }
 
@@ -118,21 +126,39 @@ fn every_type_trains_as_its_dequantized_copy() {
         // every format), and the base's numbers really changed.
         for lin in model.linears().into_iter().filter(|l| l.name != "lm_head") {
             let held = lin.weight.quantized().map(|w| w.format());
-            assert_eq!(held, Some(q.ggml()), "{q}: {} is held as {held:?}", lin.name);
+            assert_eq!(
+                held,
+                Some(q.ggml()),
+                "{q}: {} is held as {held:?}",
+                lin.name
+            );
         }
         assert!(model.linears().last().unwrap().weight.quantized().is_none());
         let batch = gradient_examples().batch_at(0, &Device::Cpu).unwrap();
         let (loss, _) = batch_loss(&model, &batch, &ForwardCtx::eval()).unwrap();
-        assert_ne!(loss.to_scalar::<f32>().unwrap(), plain_loss, "{q}: weights unchanged");
+        assert_ne!(
+            loss.to_scalar::<f32>().unwrap(),
+            plain_loss,
+            "{q}: weights unchanged"
+        );
         assert_trains_as_dequantized(q.name(), model);
     }
 }
 
 #[test]
 fn rows_that_do_not_fit_a_k_quant_fall_back_as_llama_cpp_does() {
-    assert_eq!(format_for(Quantization::Q4K.ggml(), 576), Some(Quantization::Q5_0.ggml()));
-    assert_eq!(format_for(Quantization::Q6K.ggml(), 576), Some(Quantization::Q8_0.ggml()));
-    assert_eq!(format_for(Quantization::Q4K.ggml(), 1536), Some(Quantization::Q4K.ggml()));
+    assert_eq!(
+        format_for(Quantization::Q4K.ggml(), 576),
+        Some(Quantization::Q5_0.ggml())
+    );
+    assert_eq!(
+        format_for(Quantization::Q6K.ggml(), 576),
+        Some(Quantization::Q8_0.ggml())
+    );
+    assert_eq!(
+        format_for(Quantization::Q4K.ggml(), 1536),
+        Some(Quantization::Q4K.ggml())
+    );
     assert_eq!(format_for(Quantization::Q8_0.ggml(), 20), None);
     // The default tiny model is 32 wide: Q4_K falls back to Q5_0 and still trains exactly.
     let dir = tempfile::tempdir().unwrap();
@@ -151,11 +177,20 @@ fn a_gguf_base_trains_as_stored() {
     peft_studio_engine::run::convert_to_gguf(&path, "q8_0".parse().unwrap(), &file)
         .expect("write GGUF");
     let home = dir.path().join("home");
-    let stored = import_gguf(&file, &home, "stored", GgufWeights::AsStored, &mut |_, _| {})
-        .expect("import as stored");
+    let stored = import_gguf(
+        &file,
+        &home,
+        "stored",
+        GgufWeights::AsStored,
+        &mut |_, _| {},
+    )
+    .expect("import as stored");
     let folder = home.join("models").join("stored");
     assert!(folder.join("model.gguf").exists() && !folder.join("model.safetensors").exists());
-    assert_eq!(stored.dtype, "Q8_0", "the library shows the projections' type");
+    assert_eq!(
+        stored.dtype, "Q8_0",
+        "the library shows the projections' type"
+    );
     let converted = import_gguf(&file, &home, "f32", GgufWeights::Converted, &mut |_, _| {})
         .expect("import converted");
     assert_eq!(converted.dtype, "F32");
@@ -197,4 +232,41 @@ fn trainable_weights_are_never_quantized() {
     );
     let bad = "q3_x".parse::<Quantization>().unwrap_err().to_string();
     assert!(bad.contains("q4_k") && bad.contains("q8_0"), "{bad}");
+}
+
+#[test]
+#[ignore]
+fn widen_speed() {
+    use std::time::Instant;
+    let (rows, cols) = (2048usize, 2048usize);
+    let data: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i % 13) as f32 - 6.0) / 64.0)
+        .collect();
+    let w = Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap();
+    for f in [
+        Quantization::Q4K,
+        Quantization::Q8_0,
+        Quantization::Q4_0,
+        Quantization::Q6K,
+    ] {
+        for dtype in [DType::F32, DType::BF16] {
+            let q = peft_studio_engine::model::quantized::QuantizedWeight::quantize(
+                &w,
+                f.ggml(),
+                dtype,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let mut out = vec![0f32; 128 * cols];
+            let t = Instant::now();
+            for r in (0..rows).step_by(128) {
+                q.rows_to_f32(r, &mut out).unwrap();
+            }
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "{f} {dtype:?}: {:.2} ns/element",
+                s * 1e9 / (rows * cols) as f64
+            );
+        }
+    }
 }

@@ -91,7 +91,9 @@ fn every_gguf_tensor_type_dequantises_like_gguf_py() {
 fn check_gguf_against_transformers(gguf: &Path, expected: &Path, tolerance: f32) {
     let out = tempfile::tempdir().unwrap();
     let model = GgufModel::open(gguf).unwrap();
-    model.write_hf_folder(out.path(), GgufWeights::Converted, &mut |_, _| {}).unwrap();
+    model
+        .write_hf_folder(out.path(), GgufWeights::Converted, &mut |_, _| {})
+        .unwrap();
     let ours = load_model(out.path(), DType::F32, &Device::Cpu).unwrap();
     let cfg = &ours.config().clone();
     let tok = TextTokenizer::load(out.path(), &cfg.eos_token_ids).unwrap();

@@ -329,6 +329,39 @@ fn rows_per_thread(m: usize, unit: usize, parallel: bool) -> usize {
     m.div_ceil(threads).div_ceil(unit) * unit
 }
 
+/// `src` rounded to bf16 (to nearest, ties to even) into `dst`, 32 at a time where the CPU
+/// has AVX-512-BF16.
+pub fn round_into(src: &[f32], dst: &mut [bf16]) {
+    let n = src.len().min(dst.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if cpu_has_bf16() {
+        // SAFETY: the CPU has AVX-512-BF16 (checked above).
+        done = unsafe { round_into_avx512(&src[..n], &mut dst[..n]) };
+    }
+    for (d, s) in dst[done..n].iter_mut().zip(&src[done..n]) {
+        *d = bf16::from_f32(*s);
+    }
+}
+
+/// [`round_into`] for the whole multiples of 32; returns how many were rounded.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn round_into_avx512(src: &[f32], dst: &mut [bf16]) -> usize {
+    use std::arch::x86_64::{__m512i, _mm512_cvtne2ps_pbh, _mm512_loadu_ps, _mm512_storeu_si512};
+    let whole = src.len() / 32 * 32;
+    for j in (0..whole).step_by(32) {
+        // SAFETY: 32 floats from `src[j..]` and 32 halves into `dst[j..]`, in bounds.
+        unsafe {
+            let lo = _mm512_loadu_ps(src.as_ptr().add(j));
+            let hi = _mm512_loadu_ps(src.as_ptr().add(j + 16));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(dst.as_mut_ptr().add(j).cast(), v);
+        }
+    }
+    whole
+}
+
 /// `a` [rows, k] rounded to bf16 as pairs of `k`, `depth` words a row (zeros past `k`), and
 /// rows padded with zeros to a multiple of `unit`.
 #[cfg(target_arch = "x86_64")]

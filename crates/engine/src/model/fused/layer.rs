@@ -18,14 +18,14 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use super::attention::Attention;
+use super::linear::contiguous;
 use super::linear::{LinearParts, LoraSlices, Projection};
 use super::norm;
 use super::rope::{Heads, Tables};
 use super::swiglu;
-use super::linear::contiguous;
 use super::view::{base_weight_view, output, storage_slice, tensor, view, Floats, WeightView};
-use crate::model::base_weight::BaseWeight;
 use crate::error::Result;
+use crate::model::base_weight::BaseWeight;
 use crate::model::ops::DropoutDraw;
 
 /// The layer's projections, in this order (the generic layer's too).

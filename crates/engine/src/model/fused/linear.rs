@@ -15,10 +15,11 @@ use half::bf16;
 
 use super::bf16_matmul;
 use super::math;
-use crate::model::base_weight::BaseWeight;
-use crate::model::quantized::QuantizedWeight;
+use super::quantized;
 use super::view::{base_weight_view, output, storage_slice, tensor, view};
 use crate::error::Result;
+use crate::model::base_weight::BaseWeight;
+use crate::model::quantized::QuantizedWeight;
 
 /// Products with at most this many rows run as dot products (`Weight::forward_by_dots`).
 const DOT_ROWS: usize = 4;
@@ -100,12 +101,7 @@ impl<'a> Weight<'a> {
         }
         match *self {
             Weight::Quantized { weight, first, .. } => {
-                let xm = Mat::rows(x, rows, fan_in, fan_in);
-                quantized_tiles(weight, first, out, parallel, |j0, tile, n| {
-                    // y[:, j0..j0 + n] += x·tileᵀ, written in place through y's row stride.
-                    let tm = Mat::rows(tile, n, fan_in, fan_in).t();
-                    product(&mut y[j0..], out, xm, tm, parallel);
-                });
+                quantized::forward(weight, first, x, y, dims, parallel)
             }
             Weight::F32(w) => {
                 let xm = Mat::rows(x, rows, fan_in, fan_in);
@@ -197,59 +193,9 @@ impl<'a> Weight<'a> {
                 bf16_matmul::matmul(dx, g, &packed, true, parallel)
             }
             Weight::Quantized { weight, first, .. } => {
-                quantized_tiles(weight, first, out, parallel, |j0, tile, n| {
-                    // dx += g[:, j0..j0 + n]·tile.
-                    let gm = Mat::rows(&g[j0..], rows, n, out);
-                    product(dx, fan_in, gm, Mat::rows(tile, n, fan_in, fan_in), parallel);
-                });
+                quantized::input_gradient(weight, first, g, dx, dims, parallel)
             }
         }
-    }
-}
-
-/// Elements of a quantized weight widened per tile, few enough that the tile stays in the
-/// cache next to its operands ...
-const QUANTIZED_TILE: usize = 1 << 16;
-/// ... but at least this many rows, to keep the products efficient.
-const QUANTIZED_TILE_ROWS: usize = 64;
-
-/// Calls `f(j0, tile, n)` for successive tiles of `rows` rows of `weight` from row `first`:
-/// `tile` [n, cols] holds rows `first + j0..first + j0 + n` widened to f32.
-fn quantized_tiles(
-    weight: &QuantizedWeight,
-    first: usize,
-    rows: usize,
-    parallel: bool,
-    mut f: impl FnMut(usize, &[f32], usize),
-) {
-    use rayon::prelude::*;
-    let cols = weight.dims().1.max(1);
-    let per_tile = (QUANTIZED_TILE / cols).max(QUANTIZED_TILE_ROWS).min(rows.max(1));
-    let mut tile = vec![0.0f32; per_tile * cols];
-    // Rows widened per parallel task.
-    const WIDEN_ROWS: usize = 16;
-    for j0 in (0..rows).step_by(per_tile) {
-        let n = per_tile.min(rows - j0);
-        let buf = &mut tile[..n * cols];
-        let widen = |(i, chunk): (usize, &mut [f32])| {
-            // The blocks were checked when the weight was made; a failure leaves NaNs that
-            // the loss reports.
-            if weight.rows_to_f32(first + j0 + i * WIDEN_ROWS, chunk).is_err() {
-                chunk.fill(f32::NAN);
-            }
-        };
-        match parallel {
-            true => buf.par_chunks_mut(WIDEN_ROWS * cols).enumerate().for_each(widen),
-            false => buf.chunks_mut(WIDEN_ROWS * cols).enumerate().for_each(widen),
-        }
-        f(j0, buf, n);
-    }
-}
-
-fn product(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, parallel: bool) {
-    match parallel {
-        true => matmul_par(dst, dst_rs, a, b, 1.0, true),
-        false => matmul(dst, dst_rs, a, b, 1.0, true),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod linear;
 mod math;
 mod matmul;
 pub mod norm;
+mod quantized;
 pub mod rates;
 pub mod rope;
 pub mod swiglu;

@@ -4,10 +4,13 @@
 
 use std::time::Instant;
 
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device};
 use half::bf16;
 
 use super::bf16_matmul::{self, Kernel, Packed};
 use super::linear::Weight;
+use crate::model::quantized::{self, QuantizedWeight};
 
 /// GFLOP/s of one product shape: f32, then each bf16 kernel (fastest first), each with its
 /// packing per product included, as training runs it.
@@ -18,6 +21,9 @@ pub struct ProductRates {
     pub f32: f64,
     /// bf16 products per kernel, packing included.
     pub bf16: Vec<(Kernel, f64)>,
+    /// Products from a Q4_K weight (or the type llama.cpp falls back to for this width),
+    /// widening included: `q4_k` in an f32 model, `q4_k-bf16` in a bf16 one.
+    pub quantized: Vec<(String, f64)>,
 }
 
 /// Times `x·Wᵀ` for `x` [rows, fan_in] and `W` [out, fan_in] on all threads: the best of
@@ -57,9 +63,26 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
             (kernel, flops / s / 1e9)
         })
         .collect();
+    let mut quantized = Vec::new();
+    let dense = candle_core::Tensor::from_slice(&w32, (out, fan_in), &Device::Cpu);
+    let format = quantized::format_for(GgmlDType::Q4K, fan_in);
+    for (suffix, dtype) in [("", DType::F32), ("-bf16", DType::BF16)] {
+        let q = dense
+            .as_ref()
+            .ok()
+            .zip(format)
+            .and_then(|(w, f)| QuantizedWeight::quantize(w, f, dtype, &Device::Cpu).ok());
+        if let Some(q) = q {
+            let w = Weight::quantized(&q);
+            let s = best(&mut || w.forward(&x, &mut y, (rows, fan_in, out), true));
+            let label = quantized::ggml_name(q.format()).to_lowercase() + suffix;
+            quantized.push((label, flops / s / 1e9));
+        }
+    }
     ProductRates {
         shape: (rows, fan_in, out),
         f32: flops / f32_s / 1e9,
         bf16,
+        quantized,
     }
 }

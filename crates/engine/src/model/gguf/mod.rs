@@ -221,7 +221,9 @@ impl GgufModel {
         };
         let index: Vec<f32> = (0..rows).map(|r| r as f32).collect();
         let index = Tensor::from_vec(index, (rows, 1), &candle_core::Device::Cpu)?;
-        let order = tensors::unpermute(&index, heads)?.flatten_all()?.to_vec1::<f32>()?;
+        let order = tensors::unpermute(&index, heads)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         Ok(Some(order.into_iter().map(|r| r as usize).collect()))
     }
 
@@ -261,6 +263,25 @@ impl GgufModel {
             }
         }
         Ok((dense, quantized))
+    }
+
+    /// The type most of the decoder's projections are stored in (`Q4_K`; a Q4_K_M file
+    /// keeps some in Q6_K), if they are quantized at all.
+    pub fn projection_format(&self) -> Option<GgmlDType> {
+        let mut counts: Vec<(GgmlDType, usize)> = Vec::new();
+        for (gguf, hf, shape) in &self.weights {
+            let Some(info) = self.content.tensor_infos.get(gguf) else {
+                continue;
+            };
+            if !quantized::covers(hf, shape) || info.ggml_dtype == GgmlDType::F32 {
+                continue;
+            }
+            match counts.iter_mut().find(|(f, _)| *f == info.ggml_dtype) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((info.ggml_dtype, 1)),
+            }
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(f, _)| f)
     }
 
     /// Every weight's transformers name, the type the file stores it in (`Q4_K`) and its

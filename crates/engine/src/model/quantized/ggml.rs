@@ -2,8 +2,8 @@
 //! them) widened to f32: the one thing the products need from a stored block.
 
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
-    BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
 };
 use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
@@ -44,7 +44,10 @@ fn rows_as<T: GgmlType>(
         || !bytes.len().is_multiple_of(size)
         || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
     {
-        candle_core::bail!("quantized weight: storage does not hold whole {:?} blocks", T::DTYPE)
+        candle_core::bail!(
+            "quantized weight: storage does not hold whole {:?} blocks",
+            T::DTYPE
+        )
     }
     // SAFETY: the bytes are candle's own `Vec<T>` storage (checked above for size and
     // alignment), and every block type is plain data.

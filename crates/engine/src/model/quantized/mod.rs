@@ -145,7 +145,12 @@ impl std::fmt::Debug for QuantizedWeight {
 impl QuantizedWeight {
     /// Quantizes a dense [rows, cols] weight into `format`, kept on `device`; products give
     /// `dtype` results.
-    pub fn quantize(weight: &Tensor, format: GgmlDType, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn quantize(
+        weight: &Tensor,
+        format: GgmlDType,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let (_, cols) = weight.dims2()?;
         if !cols.is_multiple_of(format.block_size()) {
             return Err(EngineError::config(
@@ -208,11 +213,17 @@ impl QuantizedWeight {
         Ok(on_device.to_dtype(self.dtype)?.to_device(device)?)
     }
 
+    /// Rows `r0..r0 + out.len() / cols` widened to f32 into `out` (a CPU weight), not rounded
+    /// to the model's dtype: for callers that round them themselves.
+    pub fn widen_rows(&self, r0: usize, out: &mut [f32]) -> candle_core::Result<()> {
+        let bytes = self.blocks.data()?;
+        ggml::rows_to_f32(self.format(), &bytes, self.cols, r0, out)
+    }
+
     /// Rows `r0..r0 + out.len() / cols` widened to f32 into `out` (a CPU weight), rounded to
     /// the model's dtype.
     pub fn rows_to_f32(&self, r0: usize, out: &mut [f32]) -> candle_core::Result<()> {
-        let bytes = self.blocks.data()?;
-        ggml::rows_to_f32(self.format(), &bytes, self.cols, r0, out)?;
+        self.widen_rows(r0, out)?;
         if self.dtype == DType::BF16 {
             out.iter_mut()
                 .for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
@@ -255,7 +266,10 @@ pub fn reorder_rows(blocks: &QTensor, order: &[usize]) -> Result<QTensor> {
     if order.len() != rows || !bytes.len().is_multiple_of(rows.max(1)) {
         return Err(EngineError::config(
             "quantize",
-            format!("a reordering of {} rows for a weight of {rows}", order.len()),
+            format!(
+                "a reordering of {} rows for a weight of {rows}",
+                order.len()
+            ),
         ));
     }
     let per_row = bytes.len() / rows.max(1);

@@ -1,0 +1,172 @@
+//! A frozen projection's products straight from a quantized weight (`model::quantized`):
+//! the weight is widened a tile of rows at a time into the buffers the micro-kernels take —
+//! f32 for the f32 products, bf16 pairs where the CPU multiplies bf16 (AMX, AVX-512-BF16) —
+//! and never whole. The tile's numbers are the dequantized weight's (rounded to bf16 in a
+//! bf16 model), so a quantized base computes what its dequantized copy would.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::bf16_matmul::{self, Packed};
+use super::matmul::{matmul, matmul_par, Mat};
+use crate::model::quantized::QuantizedWeight;
+
+/// Elements of a quantized weight widened per tile, few enough that the tile stays in the
+/// cache next to its operands ...
+const TILE_ELEMENTS: usize = 1 << 16;
+/// ... but at least this many rows, to keep the products efficient, and at least as many as
+/// the activations have: the bf16 kernels pack the activations once per product, so a tile
+/// that small would pack them more often than it multiplies them (at 512 rows of a 1B
+/// model's MLP, 64-row tiles ran at a tenth of AMX's rate).
+const TILE_ROWS: usize = 128;
+/// Rows widened per parallel task.
+const WIDEN_ROWS: usize = 16;
+
+/// `y += x·Wᵀ` for `x` [rows, in], `y` [rows, out] and `W` rows `first..first + out` of
+/// `weight`.
+pub fn forward(
+    weight: &QuantizedWeight,
+    first: usize,
+    x: &[f32],
+    y: &mut [f32],
+    (rows, fan_in, out): (usize, usize, usize),
+    parallel: bool,
+) {
+    let xm = Mat::rows(x, rows, fan_in, fan_in);
+    let mut part = Vec::new();
+    tiles(
+        weight,
+        (first, out),
+        rows,
+        parallel,
+        |j0, tile, n| match tile {
+            // y[:, j0..j0 + n] += x·tileᵀ, written in place through y's row stride.
+            Tile::F32(t) => product(
+                &mut y[j0..],
+                out,
+                xm,
+                Mat::rows(t, n, fan_in, fan_in).t(),
+                parallel,
+            ),
+            // The bf16 kernels write whole rows: the tile's columns land in `part` first.
+            Tile::Bf16(t) => {
+                part.resize(rows * n, 0.0);
+                bf16_matmul::matmul_wt(&mut part, x, t, (n, fan_in), false, parallel);
+                for (yr, pr) in y.chunks_exact_mut(out).zip(part.chunks_exact(n)) {
+                    yr[j0..j0 + n].iter_mut().zip(pr).for_each(|(y, p)| *y += p);
+                }
+            }
+        },
+    );
+}
+
+/// `dx += g·W` for `g` [rows, out], `dx` [rows, in] and `W` as for [`forward`].
+pub fn input_gradient(
+    weight: &QuantizedWeight,
+    first: usize,
+    g: &[f32],
+    dx: &mut [f32],
+    (rows, fan_in, out): (usize, usize, usize),
+    parallel: bool,
+) {
+    let mut part = Vec::new();
+    tiles(
+        weight,
+        (first, out),
+        rows,
+        parallel,
+        |j0, tile, n| match tile {
+            // dx += g[:, j0..j0 + n]·tile.
+            Tile::F32(t) => {
+                let gm = Mat::rows(&g[j0..], rows, n, out);
+                product(dx, fan_in, gm, Mat::rows(t, n, fan_in, fan_in), parallel);
+            }
+            // The bf16 kernels read whole rows: g's columns for the tile are copied out first.
+            Tile::Bf16(t) => {
+                part.clear();
+                part.extend(g.chunks_exact(out).flat_map(|r| &r[j0..j0 + n]));
+                let packed = Packed::plain(t, n, fan_in);
+                bf16_matmul::matmul(dx, &part, &packed, true, parallel);
+            }
+        },
+    );
+}
+
+/// One tile of rows, in the precision the products take.
+enum Tile<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+/// Calls `f(j0, tile, n)` for successive tiles of the `rows` rows of `weight` from row
+/// `first`, for a product with activations of `m` rows: `tile` [n, cols] holds rows
+/// `first + j0..first + j0 + n` widened.
+fn tiles(
+    weight: &QuantizedWeight,
+    (first, rows): (usize, usize),
+    m: usize,
+    parallel: bool,
+    mut f: impl FnMut(usize, Tile, usize),
+) {
+    let cols = weight.dims().1.max(1);
+    let per_tile = (TILE_ELEMENTS / cols)
+        .max(TILE_ROWS)
+        .max(m.next_multiple_of(32))
+        .min(rows.max(1));
+    let as_bf16 = weight.dtype() == candle_core::DType::BF16 && bf16_matmul::available();
+    let mut tile = vec![0.0f32; per_tile * cols];
+    let mut halves = vec![bf16::ZERO; if as_bf16 { per_tile * cols } else { 0 }];
+    let chunk = WIDEN_ROWS * cols;
+    for j0 in (0..rows).step_by(per_tile) {
+        let n = per_tile.min(rows - j0);
+        let buf = &mut tile[..n * cols];
+        // The blocks were checked when the weight was made; a failure leaves NaNs that the
+        // loss reports.
+        if as_bf16 {
+            // Each chunk widened and rounded at once, while it is in the cache.
+            let halves = &mut halves[..n * cols];
+            let widen = |(i, (wide, half)): (usize, (&mut [f32], &mut [bf16]))| {
+                if weight
+                    .widen_rows(first + j0 + i * WIDEN_ROWS, wide)
+                    .is_err()
+                {
+                    wide.fill(f32::NAN);
+                }
+                bf16_matmul::round_into(wide, half);
+            };
+            match parallel {
+                true => (buf.par_chunks_mut(chunk), halves.par_chunks_mut(chunk))
+                    .into_par_iter()
+                    .enumerate()
+                    .for_each(widen),
+                false => buf
+                    .chunks_mut(chunk)
+                    .zip(halves.chunks_mut(chunk))
+                    .enumerate()
+                    .for_each(widen),
+            }
+            f(j0, Tile::Bf16(halves), n);
+        } else {
+            let widen = |(i, wide): (usize, &mut [f32])| {
+                if weight
+                    .rows_to_f32(first + j0 + i * WIDEN_ROWS, wide)
+                    .is_err()
+                {
+                    wide.fill(f32::NAN);
+                }
+            };
+            match parallel {
+                true => buf.par_chunks_mut(chunk).enumerate().for_each(widen),
+                false => buf.chunks_mut(chunk).enumerate().for_each(widen),
+            }
+            f(j0, Tile::F32(buf), n);
+        }
+    }
+}
+
+fn product(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, parallel: bool) {
+    match parallel {
+        true => matmul_par(dst, dst_rs, a, b, 1.0, true),
+        false => matmul(dst, dst_rs, a, b, 1.0, true),
+    }
+}
