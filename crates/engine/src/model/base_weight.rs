@@ -53,6 +53,23 @@ impl BaseWeight {
         })
     }
 
+    /// Rows `ids` [n] (u32) of the weight as [n, cols] in the model's dtype: an embedding
+    /// lookup, which widens only the rows it reads.
+    pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(t) => Ok(t.index_select(ids, 0)?),
+            Self::Quantized(q) => q.embedding(ids),
+        }
+    }
+
+    /// The device it is on.
+    pub fn device(&self) -> candle_core::Device {
+        match self {
+            Self::Dense(t) => t.device().clone(),
+            Self::Quantized(q) => q.device(),
+        }
+    }
+
     /// Whether the optimiser trains it (a quantized weight never is).
     pub fn is_variable(&self) -> bool {
         matches!(self, Self::Dense(t) if t.is_variable())

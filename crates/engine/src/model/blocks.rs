@@ -3,6 +3,7 @@
 
 use candle_core::Tensor;
 
+use super::base_weight::BaseWeight;
 use super::fused;
 use super::ops;
 use super::rope::apply_rope;
@@ -86,7 +87,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
 /// whole.
 pub fn head_loss(
     hidden: &Tensor,
-    head: Option<&Tensor>,
+    head: Option<&BaseWeight>,
     logits: impl FnOnce(&Tensor) -> Result<Tensor>,
     targets: &Tensor,
     weights: &Tensor,
@@ -96,7 +97,13 @@ pub fn head_loss(
             fused::cross_entropy::lm_head_cross_entropy(hidden, w, targets, weights)
         }
         Some(w) if super::generic::applies(hidden) => {
-            super::generic::cross_entropy::lm_head_cross_entropy(hidden, w, targets, weights)
+            // A quantized head is widened for this loss and dropped after it.
+            super::generic::cross_entropy::lm_head_cross_entropy(
+                hidden,
+                &*w.dense()?,
+                targets,
+                weights,
+            )
         }
         _ => {
             let logits = logits(hidden)?;

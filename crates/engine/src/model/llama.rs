@@ -114,7 +114,7 @@ struct Positions {
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
     cfg: LlamaConfig,
-    embed_tokens: Tensor,
+    embed_tokens: BaseWeight,
     layers: Vec<Block>,
     norm: Tensor,
     /// `lm_head`; its weight is `embed_tokens` itself when embeddings are tied.
@@ -157,6 +157,22 @@ impl WeightSource<'_> {
         Ok(t.to_device(self.device)?.to_dtype(self.dtype)?)
     }
 
+    /// A [rows, cols] weight, quantized where the source holds it so.
+    fn weight(&mut self, name: &str, rows: usize, cols: usize) -> Result<BaseWeight> {
+        match self.quantized.remove(name) {
+            Some(q) if q.dims() != (rows, cols) => Err(EngineError::bad_file(
+                self.origin,
+                format!(
+                    "tensor `{name}` has shape {:?}, the config implies {:?}",
+                    q.dims(),
+                    (rows, cols)
+                ),
+            )),
+            Some(q) => Ok(BaseWeight::Quantized(Arc::new(q))),
+            None => Ok(self.take(name, &[rows, cols])?.into()),
+        }
+    }
+
     fn linear(
         &mut self,
         name: String,
@@ -164,21 +180,7 @@ impl WeightSource<'_> {
         fan_out: usize,
         bias: bool,
     ) -> Result<Linear> {
-        let weight_name = format!("{name}.weight");
-        let weight = match self.quantized.remove(&weight_name) {
-            Some(q) if q.dims() != (fan_out, fan_in) => {
-                return Err(EngineError::bad_file(
-                    self.origin,
-                    format!(
-                        "tensor `{weight_name}` has shape {:?}, the config implies {:?}",
-                        q.dims(),
-                        (fan_out, fan_in)
-                    ),
-                ))
-            }
-            Some(q) => BaseWeight::Quantized(Arc::new(q)),
-            None => self.take(&weight_name, &[fan_out, fan_in])?.into(),
-        };
+        let weight = self.weight(&format!("{name}.weight"), fan_out, fan_in)?;
         let bias = if bias {
             Some(self.take(&format!("{name}.bias"), &[fan_out])?)
         } else {
@@ -214,7 +216,7 @@ impl LlamaModel {
             dtype,
             device,
         };
-        let embed_tokens = src.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed_tokens = src.weight("model.embed_tokens.weight", cfg.vocab_size, h)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
@@ -236,7 +238,7 @@ impl LlamaModel {
         let lm_head = if cfg.tie_word_embeddings {
             Linear {
                 name: "lm_head".into(),
-                weight: embed_tokens.clone().into(),
+                weight: embed_tokens.clone(),
                 bias: None,
                 lora: None,
                 ia3: None,
@@ -359,8 +361,10 @@ impl LlamaModel {
     /// Every base weight by its transformers name (a tied `lm_head` is not listed twice).
     /// Used to make chosen weights trainable and to write a merged model.
     pub fn base_weights_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let mut out: Vec<(String, &mut Tensor)> =
-            vec![("model.embed_tokens.weight".into(), &mut self.embed_tokens)];
+        let mut out: Vec<(String, &mut Tensor)> = Vec::new();
+        if let BaseWeight::Dense(embed) = &mut self.embed_tokens {
+            out.push(("model.embed_tokens.weight".into(), embed));
+        }
         for (l, b) in self.layers.iter_mut().enumerate() {
             let ([input_norm, post_norm], linears) = b.parts_mut();
             out.push((
@@ -404,18 +408,24 @@ impl LlamaModel {
 
     /// Widens every quantized base weight to the model's dtype (for writing a merged model).
     pub fn dequantize_base(&mut self) -> Result<()> {
-        for lin in self.linears_mut() {
-            if let BaseWeight::Quantized(q) = &lin.weight {
-                lin.weight = BaseWeight::Dense(q.dequantize(&q.device())?);
+        let widen = |w: &mut BaseWeight| -> Result<()> {
+            if let BaseWeight::Quantized(q) = w {
+                *w = BaseWeight::Dense(q.dequantize(&q.device())?);
             }
+            Ok(())
+        };
+        widen(&mut self.embed_tokens)?;
+        for lin in self.linears_mut() {
+            widen(&mut lin.weight)?;
         }
+        self.retie();
         Ok(())
     }
 
     /// Re-points a tied `lm_head` at the (possibly replaced) embedding tensor.
     pub fn retie(&mut self) {
         if self.cfg.tie_word_embeddings {
-            self.lm_head.weight = self.embed_tokens.clone().into();
+            self.lm_head.weight = self.embed_tokens.clone();
         }
     }
 
@@ -451,7 +461,7 @@ impl LlamaModel {
         let start = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let mut x = self
             .embed_tokens
-            .index_select(&input_ids.flatten_all()?, 0)?
+            .rows(&input_ids.flatten_all()?)?
             .reshape((batch, seq, self.cfg.hidden_size))?;
         // Prompt tuning: the virtual tokens come first (once; a cache already holds them), at
         // positions 0..T, as PEFT concatenates them to the input embeddings.
@@ -520,7 +530,7 @@ impl LlamaModel {
         let plain = head.lora.is_none() && head.ia3.is_none() && head.bias.is_none();
         blocks::head_loss(
             &h,
-            head.weight.as_dense().filter(|_| plain),
+            Some(&head.weight).filter(|_| plain),
             |h| head.forward(h, ctx),
             &targets.flatten_all()?,
             &weights.flatten_all()?,
@@ -671,7 +681,7 @@ impl LlamaModel {
     }
 
     /// The embedding matrix [vocab, hidden].
-    pub fn embed_tokens(&self) -> &Tensor {
+    pub fn embed_tokens(&self) -> &BaseWeight {
         &self.embed_tokens
     }
 

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::model::base_weight::BaseWeight;
 use crate::model::ops::SplitMix64;
 
 /// The name the virtual-token embeddings are trained and saved under.
@@ -65,12 +66,12 @@ pub fn init_prompt(
     tokens: usize,
     init: PromptInit,
     text_ids: Option<&[u32]>,
-    embed_tokens: &Tensor,
+    embed_tokens: &BaseWeight,
     seed: u64,
     dtype: DType,
     device: &Device,
 ) -> Result<Var> {
-    let (vocab, hidden) = embed_tokens.dims2()?;
+    let (vocab, hidden) = embed_tokens.dims();
     let mut rng = SplitMix64::new(seed);
     let rows = |ids: Vec<u32>| -> Result<Tensor> {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
@@ -79,10 +80,10 @@ pub fn init_prompt(
                 format!("token {bad} is outside the vocabulary of {vocab}"),
             ));
         }
-        let ids = Tensor::from_vec(ids, tokens, embed_tokens.device())?;
+        let ids = Tensor::from_vec(ids, tokens, &embed_tokens.device())?;
         Ok(embed_tokens
+            .rows(&ids)?
             .detach()
-            .index_select(&ids, 0)?
             .to_dtype(dtype)?
             .to_device(device)?)
     };

@@ -674,7 +674,7 @@ fn prompt_tuning_text_init_repeats_the_text_tokens_and_is_recorded() {
     assert_eq!(ids[..3], ids[3..6], "the three text tokens repeat");
     let want = model
         .embed_tokens()
-        .index_select(&Tensor::new(ids.as_slice(), &Device::Cpu).expect("ids"), 0)
+        .rows(&Tensor::new(ids.as_slice(), &Device::Cpu).expect("ids"))
         .expect("rows");
     assert_eq!(max_abs_diff(vars[0].1.as_tensor(), &want), 0.0);
     let out = dir.path().join("text");

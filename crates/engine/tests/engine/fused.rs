@@ -224,7 +224,7 @@ fn lm_head_cross_entropy_matches_its_composition() {
             .unwrap();
         // The logits whole only where the fused ops are off (`PEFT_STUDIO_FUSED=off`).
         let whole = |h: &Tensor| Ok(h.matmul(&w.t()?)?);
-        blocks::head_loss(&t[0], Some(&w), whole, &targets, &weights)
+        blocks::head_loss(&t[0], Some(&w.clone().into()), whole, &targets, &weights)
             .unwrap()
             .0
     });
@@ -254,7 +254,9 @@ fn lm_head_cross_entropy_matches_its_composition() {
     // A token id outside the vocabulary is an error, not a panic.
     let bad = Tensor::from_vec(vec![vocab as u32; n], n, &Device::Cpu).unwrap();
     let hidden = Tensor::zeros((n, h), DType::F32, &Device::Cpu).unwrap();
-    let w = Tensor::zeros((vocab, h), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((vocab, h), DType::F32, &Device::Cpu)
+        .unwrap()
+        .into();
     let err = fused::cross_entropy::lm_head_cross_entropy(&hidden, &w, &bad, &weights)
         .unwrap_err()
         .to_string();
@@ -273,7 +275,7 @@ fn trained_lm_head_cross_entropy_matches_its_composition() {
         &inputs,
         &|t| {
             let whole = |x: &Tensor| Ok(x.matmul(&t[1].t()?)?);
-            blocks::head_loss(&t[0], Some(&t[1]), whole, &targets, &weights)
+            blocks::head_loss(&t[0], Some(&t[1].clone().into()), whole, &targets, &weights)
                 .unwrap()
                 .0
         },

@@ -196,6 +196,10 @@ fn a_gguf_base_trains_as_stored() {
     assert_eq!(converted.dtype, "F32");
     let model = load_model_quantized(&folder, DType::F32, &Device::Cpu, None).expect("load");
     assert_eq!(model.base_quantization(), Some(Quantization::Q8_0.ggml()));
+    // The embeddings and the LM head stay quantized too (the fused loss widens the head a
+    // tile at a time, the lookup only the rows it reads).
+    assert!(model.embed_tokens().quantized().is_some());
+    assert!(model.linears().last().unwrap().weight.quantized().is_some());
     // The dequantized copy of the stored file is what `--convert` writes: the same logits
     // prove the stored q/k rows were put in transformers' order.
     let f32_dir = home.join("models").join("f32");

@@ -12,11 +12,12 @@
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::linear::Weight;
+use super::linear::{contiguous, Weight};
 use super::math;
 use super::matmul::{matmul, Mat};
-use super::view::{tensor, view, weight_view};
+use super::view::{base_weight_view, tensor, view};
 use crate::error::Result;
+use crate::model::base_weight::BaseWeight;
 use crate::model::generic::cross_entropy::{check_targets, loss_node};
 
 /// Rows per chunk: a chunk's logits are `ROWS × vocabulary` floats (50 MB for 49k). Fewer
@@ -170,26 +171,27 @@ fn chunk(
 }
 
 /// Mean cross-entropy of the logits `hidden·weightᵀ` (`hidden` [n, h], `weight` [vocab, h],
-/// frozen or trained) against `targets` [n] (u32), over the positions whose `weights` [n] entry is not
+/// frozen (quantized, too) or trained) against `targets` [n] (u32), over the positions whose `weights` [n] entry is not
 /// 0, each counted with its weight: the value of `ops::masked_cross_entropy` on the logits.
 /// Returns `(loss, counted positions)`.
 pub fn lm_head_cross_entropy(
     hidden: &Tensor,
-    weight: &Tensor,
+    weight: &BaseWeight,
     targets: &Tensor,
     weights: &Tensor,
 ) -> Result<(Tensor, f64)> {
     let (n, h) = hidden.dims2()?;
-    let vocab = weight.dim(0)?;
+    let vocab = weight.dims().0;
     let targets: Vec<u32> = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
     let weights: Vec<f32> = weights.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
     check_targets(&targets, vocab)?;
     let count: f64 = weights.iter().map(|&w| w as f64).sum();
     let active: Vec<usize> = (0..n).filter(|&r| weights[r] != 0.0).collect();
     let hidden_c = hidden.contiguous()?;
-    let weight_c = weight.contiguous()?;
-    let (hs, ws) = (view(&hidden_c)?, weight_view(&weight_c)?);
-    let train_head = weight.track_op();
+    let weight_c = contiguous(weight)?;
+    let (hs, ws) = (view(&hidden_c)?, base_weight_view(&weight_c)?);
+    let trained_head = weight_c.as_dense().filter(|w| w.track_op());
+    let train_head = trained_head.is_some();
     let grad_scale = (hidden.track_op() || train_head).then_some(1.0 / count.max(1.0) as f32);
     let mut dw = train_head.then(|| vec![0.0f32; vocab * h]);
     let parts: Vec<(f64, Vec<f32>)> = active
@@ -222,7 +224,10 @@ pub fn lm_head_cross_entropy(
     };
     drop((hs, ws));
     let loss = Tensor::new(loss as f32, hidden.device())?;
-    let weight_grad = dw.map(|dw| tensor(dw, &weight_c)).transpose()?;
-    let loss = loss_node(&hidden_c, &weight_c, loss, grad, weight_grad)?;
+    let trained = match (trained_head, dw) {
+        (Some(w), Some(dw)) => Some((w, tensor(dw, w)?)),
+        _ => None,
+    };
+    let loss = loss_node(&hidden_c, loss, grad, trained)?;
     Ok((loss, count))
 }

@@ -67,21 +67,19 @@ impl CustomOp2 for HeadLoss {
 /// backward pass hands back the gradients computed with it.
 pub(crate) fn loss_node(
     hidden: &Tensor,
-    weight: &Tensor,
     loss: Tensor,
     hidden_grad: Option<Tensor>,
-    weight_grad: Option<Tensor>,
+    trained: Option<(&Tensor, Tensor)>,
 ) -> Result<Tensor> {
-    let trained = weight_grad.is_some();
+    let (weight, weight_grad) = trained.unzip();
     let op = HeadLoss {
         loss: Precomputed::new(loss),
         hidden_grad,
         weight_grad,
     };
-    Ok(if trained {
-        hidden.apply_op2(weight, op)?
-    } else {
-        hidden.apply_op1(op)?
+    Ok(match weight {
+        Some(weight) => hidden.apply_op2(weight, op)?,
+        None => hidden.apply_op1(op)?,
     })
 }
 
@@ -175,7 +173,8 @@ fn loss_in_chunks(
         .then(|| Tensor::cat(&dh, 0))
         .transpose()?;
     let weight_grad = dw.map(|g| g.to_dtype(weight.dtype())).transpose()?;
-    let loss = loss_node(hidden, weight, loss, hidden_grad, weight_grad)?;
+    let trained = weight_grad.map(|g| (weight, g));
+    let loss = loss_node(hidden, loss, hidden_grad, trained)?;
     Ok((loss, count))
 }
 

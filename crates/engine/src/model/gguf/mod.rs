@@ -227,9 +227,9 @@ impl GgufModel {
         Ok(Some(order.into_iter().map(|r| r as usize).collect()))
     }
 
-    /// Every weight for a model used as stored: the decoder layers' projections kept in
-    /// their block format (rows in transformers' order), everything else widened to `dtype`,
-    /// all on `device`, one tensor at a time.
+    /// Every weight for a model used as stored: matrices (the projections, the embeddings and
+    /// the LM head) kept in their block format (rows in transformers' order), vectors and
+    /// F32 matrices in `dtype`, all on `device`, one tensor at a time.
     pub fn weights_as_stored(
         &self,
         dtype: DType,
@@ -242,7 +242,7 @@ impl GgufModel {
             let stored = self.content.tensor_infos.get(gguf).map(|i| i.ggml_dtype);
             let blocks = match stored {
                 Some(GgmlDType::F32) | None => None,
-                Some(_) if !quantized::covers(hf, shape) => None,
+                Some(_) if shape.len() != 2 => None,
                 Some(_) => Some(self.content.tensor(&mut file, gguf, &Device::Cpu).map_err(
                     |e| EngineError::bad_file(&self.path, format!("tensor `{gguf}`: {e}")),
                 )?),

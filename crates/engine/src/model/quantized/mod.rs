@@ -213,6 +213,11 @@ impl QuantizedWeight {
         Ok(on_device.to_dtype(self.dtype)?.to_device(device)?)
     }
 
+    /// Rows `ids` [n] (u32) widened to the model's dtype, as [n, cols]: an embedding lookup.
+    pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.blocks.embedding(ids)?.to_dtype(self.dtype)?)
+    }
+
     /// Rows `r0..r0 + out.len() / cols` widened to f32 into `out` (a CPU weight), not rounded
     /// to the model's dtype: for callers that round them themselves.
     pub fn widen_rows(&self, r0: usize, out: &mut [f32]) -> candle_core::Result<()> {
