@@ -108,7 +108,10 @@ pub fn run_config(data: &[u8]) {
                 dtype: candle_core::DType::F32,
                 cpu: true,
                 checkpointing: cfg.train.gradient_checkpointing,
-                quantized: cfg.train.quantize.map(|q| q.ggml()),
+                quantized: cfg
+                    .train
+                    .quantize
+                    .map(peft_studio_engine::model::quantized::BaseFormats::projections),
             },
         );
     }

@@ -8,7 +8,7 @@ use peft_studio_engine::chat::Message;
 use peft_studio_engine::device::DeviceRequest;
 use peft_studio_engine::generate::{generate, GenerateOptions};
 use peft_studio_engine::memory::{self, StepShape};
-use peft_studio_engine::model::load::projection_format;
+use peft_studio_engine::model::load::base_formats;
 use peft_studio_engine::model::quantized::ggml_name;
 use peft_studio_engine::model::{load_model, LlamaConfig};
 use peft_studio_engine::peft::describe;
@@ -45,7 +45,7 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
             } else {
                 model.clone()
             };
-            let quantized = projection_format(&folder, a.quantize)?;
+            let quantized = base_formats(&folder, a.quantize)?;
             let mut method = MethodConfig::default();
             apply_method_args(&mut method, &a.method)?;
             let counts = count_params(&cfg, &method)?;
@@ -64,7 +64,7 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
             };
             let estimate = memory::estimate(&cfg, &method, step)?;
             let base = quantized.map_or_else(String::new, |f| {
-                format!(", projections in {}", ggml_name(f))
+                format!(", projections in {}", ggml_name(f.projections))
             });
             println!(
                 "{estimate} for batch {} x {} tokens, {}{base}",

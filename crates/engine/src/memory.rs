@@ -10,12 +10,11 @@
 //! SmolLM2-135M (`bench`, see docs/BENCHMARKS.md) account for the backward pass's temporaries
 //! and the allocator's slack.
 
-use candle_core::quantized::GgmlDType;
 use candle_core::DType;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::model::quantized;
+use crate::model::quantized::{self, BaseFormats};
 use crate::model::LlamaConfig;
 use crate::peft::{MethodConfig, MethodKind};
 use crate::plan::count_params;
@@ -126,9 +125,9 @@ pub struct StepShape {
     pub cpu: bool,
     /// Gradient checkpointing (`TrainConfig::gradient_checkpointing`).
     pub checkpointing: bool,
-    /// The block format the decoder's projections are held in (`model::quantized`), or
-    /// `None` when they are held in `dtype`.
-    pub quantized: Option<GgmlDType>,
+    /// The block formats the base's weights are held in (`model::quantized`), or `None`
+    /// when they are all held in `dtype`.
+    pub quantized: Option<BaseFormats>,
 }
 
 /// Which kernels compute the decoder layers (`model::fused::kernels`, by device and dtype).
@@ -230,7 +229,12 @@ pub fn estimate(
                 } else {
                     0.0
                 };
-                (n * d + FUSED_HEAD_ROWS * vocab) * 4.0 + widened(vocab * d) + weight_grad
+                // A quantized head is widened a tile per thread at a time (f32 and bf16).
+                let head_weight = match quantized_head(cfg, step) {
+                    true => 2.0 * 6.0 * FUSED_HEAD_ROWS * d,
+                    false => widened(vocab * d),
+                };
+                (n * d + FUSED_HEAD_ROWS * vocab) * 4.0 + head_weight + weight_grad
             }
         };
         (acts as u64, head as u64)
@@ -262,7 +266,7 @@ pub fn estimate(
         };
         let head = match head_role(cfg, method)? {
             HeadRole::Adapted => LOSS_HEAD_TENSORS * n * vocab * 4.0,
-            role => generic_head(cfg, role, n, e),
+            role => generic_head(cfg, role, n, e) + widened_head(cfg, step),
         };
         (
             (GENERIC_ACTIVATION_FACTOR * (kept + temporaries)) as u64,
@@ -293,7 +297,7 @@ pub fn estimate(
         };
         let head = match head_role(cfg, method)? {
             HeadRole::Adapted => LOSS_HEAD_TENSORS * n * vocab * 4.0,
-            role if generic => generic_head(cfg, role, n, elem as f64),
+            role if generic => generic_head(cfg, role, n, elem as f64) + widened_head(cfg, step),
             _ => LOSS_HEAD_TENSORS * n * vocab * 4.0,
         };
         ((acts * elem as f64 + mixed + block) as u64, head as u64)
@@ -304,12 +308,12 @@ pub fn estimate(
         MethodKind::Freeze | MethodKind::Full => 0,
         _ => counts.trainable,
     };
-    let (projections, projection_bytes) = match step.quantized {
-        Some(format) => projection_storage(cfg, format, elem),
+    let (quantized_params, quantized_bytes) = match step.quantized {
+        Some(formats) => quantized_storage(cfg, formats, elem),
         None => (0, 0),
     };
-    let weights = (counts.total - adapter_params - projections) * elem
-        + projection_bytes
+    let weights = (counts.total - adapter_params - quantized_params) * elem
+        + quantized_bytes
         + adapter_params * 4;
     Ok(MemoryEstimate {
         weights,
@@ -332,23 +336,49 @@ fn dequantized(step: StepShape, params: f64) -> f64 {
     }
 }
 
-/// The decoder projections' parameters and the bytes they take in `format` (or in the type
-/// llama.cpp falls back to for widths its blocks do not divide, `quantized::format_for`;
-/// `elem` bytes each where none does).
-pub fn projection_storage(cfg: &LlamaConfig, format: GgmlDType, elem: u64) -> (u64, u64) {
+/// The parameters held quantized and the bytes they take: the projections in their format
+/// (or in the type llama.cpp falls back to for widths its blocks do not divide,
+/// `quantized::format_for`; `elem` bytes each where none does), the embeddings and the head
+/// in theirs.
+pub fn quantized_storage(cfg: &LlamaConfig, formats: BaseFormats, elem: u64) -> (u64, u64) {
     let (mut params, mut bytes) = (0u64, 0u64);
     for (name, shape) in cfg.weight_shapes() {
-        if !quantized::covers(&name, &shape) {
+        let format = if quantized::covers(&name, &shape) {
+            quantized::format_for(formats.projections, shape[1])
+        } else if name == "model.embed_tokens.weight" {
+            formats.embeddings
+        } else if name == "lm_head.weight" {
+            formats.head
+        } else {
             continue;
-        }
+        };
         let count = shape.iter().product::<usize>() as u64;
         params += count;
-        bytes += match quantized::format_for(format, shape[1]) {
+        bytes += match format {
             Some(f) => count / f.block_size() as u64 * f.type_size() as u64,
             None => count * elem,
         };
     }
     (params, bytes)
+}
+
+/// Outside the fused kernels a quantized head is widened whole for the loss (f32, then the
+/// model's dtype).
+fn widened_head(cfg: &LlamaConfig, step: StepShape) -> f64 {
+    match quantized_head(cfg, step) {
+        true => dequantized(step, (cfg.vocab_size * cfg.hidden_size) as f64),
+        false => 0.0,
+    }
+}
+
+/// Whether the LM head is held quantized: an untied head in a quantized format, or tied
+/// embeddings that are.
+fn quantized_head(cfg: &LlamaConfig, step: StepShape) -> bool {
+    step.quantized
+        .is_some_and(|f| match cfg.tie_word_embeddings {
+            true => f.embeddings.is_some(),
+            false => f.head.is_some(),
+        })
 }
 
 /// Bytes of the temporaries of one block of queries of the generic attention (at most

@@ -57,7 +57,7 @@ pub async fn plan_run(
             dtype: precision.unwrap_or_default().dtype(),
             cpu: peft_studio_engine::run::default_device().is_cpu(),
             checkpointing: checkpointing.unwrap_or(false),
-            quantized: peft_studio_engine::model::load::projection_format(&dir, quantize)?,
+            quantized: peft_studio_engine::model::load::base_formats(&dir, quantize)?,
         };
         let memory = estimate(&cfg, &method, step)?;
         Ok(PlanView {

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::LlamaConfig;
 use super::gguf::GgufModel;
 use super::llama::LlamaModel;
-use super::quantized::{self, Quantization, QuantizedWeight};
+use super::quantized::{self, BaseFormats, Quantization, QuantizedWeight};
 use crate::error::{EngineError, Result};
 
 /// The GGUF file a model folder uses as stored, in place of safetensors weights.
@@ -73,15 +73,12 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// The block format a model's projections will be held in when it is loaded with
-/// `quantize`: a GGUF base's own (its most common projection type), else `quantize`'s.
-pub fn projection_format(
-    dir: &Path,
-    quantize: Option<Quantization>,
-) -> Result<Option<candle_core::quantized::GgmlDType>> {
+/// The block formats a model's weights will be held in when it is loaded with `quantize`:
+/// a GGUF base's own, else `quantize`'s for the projections; `None` when nothing is.
+pub fn base_formats(dir: &Path, quantize: Option<Quantization>) -> Result<Option<BaseFormats>> {
     Ok(match weights_of(dir) {
-        Ok(WeightFiles::Gguf(path)) => GgufModel::open(&path)?.projection_format(),
-        _ => quantize.map(Quantization::ggml),
+        Ok(WeightFiles::Gguf(path)) => GgufModel::open(&path)?.formats(),
+        _ => quantize.map(BaseFormats::projections),
     })
 }
 

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
 use super::load::GGUF_WEIGHTS;
-use super::quantized::{self, QuantizedWeight};
+use super::quantized::{self, BaseFormats, QuantizedWeight};
 use crate::error::{EngineError, Result};
 use crate::fsutil::{write_atomic, write_safetensors_streaming};
 use meta::Metadata;
@@ -263,6 +263,20 @@ impl GgufModel {
             }
         }
         Ok((dense, quantized))
+    }
+
+    /// The block formats the file holds its weights in, when its projections are quantized.
+    pub fn formats(&self) -> Option<BaseFormats> {
+        let stored = |hf: &str| {
+            let (gguf, _, _) = self.weights.iter().find(|w| w.1 == hf)?;
+            let info = self.content.tensor_infos.get(gguf)?;
+            (info.ggml_dtype != GgmlDType::F32).then_some(info.ggml_dtype)
+        };
+        Some(BaseFormats {
+            projections: self.projection_format()?,
+            embeddings: stored("model.embed_tokens.weight"),
+            head: stored("lm_head.weight"),
+        })
     }
 
     /// The type most of the decoder's projections are stored in (`Q4_K`; a Q4_K_M file

@@ -237,6 +237,28 @@ impl QuantizedWeight {
     }
 }
 
+/// The block formats a quantized base holds its weights in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseFormats {
+    /// The decoder's projections (the most common type, for a GGUF file that mixes them).
+    pub projections: GgmlDType,
+    /// The token embeddings, when they are quantized (a GGUF base).
+    pub embeddings: Option<GgmlDType>,
+    /// An untied LM head, when it is quantized (a GGUF base).
+    pub head: Option<GgmlDType>,
+}
+
+impl BaseFormats {
+    /// A safetensors base quantized at load time: projections only, as QLoRA does.
+    pub fn projections(quantize: Quantization) -> Self {
+        Self {
+            projections: quantize.ggml(),
+            embeddings: None,
+            head: None,
+        }
+    }
+}
+
 /// Whether a base quantization covers the weight `name` of shape `dims`: the decoder
 /// layers' projections. Embeddings, norms and the LM head stay in the model's dtype, as
 /// QLoRA keeps them.
