@@ -178,9 +178,28 @@ pub enum ModelsCommand {
         /// The .gguf file to write (must not exist).
         #[arg(long)]
         out: PathBuf,
-        /// Weight type: f32, f16 or q8_0.
+        /// Weight type: f32, f16, or a block format (q8_0, q4_k, q6_k, q5_k, q4_0, …).
         #[arg(long = "type", default_value = "f16")]
         ty: String,
+    },
+    /// Write a GGUF model with random weights in the shape of a config.json (for measuring
+    /// memory and speed at sizes no one wants to download, e.g. an 8B model).
+    Random {
+        /// The config.json giving the shape.
+        #[arg(long)]
+        config: PathBuf,
+        /// A model folder whose tokenizer the file carries (padded to the config's vocabulary).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// The .gguf file to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight type: f32, f16, or a block format (q4_k, q8_0, …).
+        #[arg(long = "type", default_value = "q4_k")]
+        ty: String,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Remove a model from the library (files the studio converted are deleted too).
     Remove {

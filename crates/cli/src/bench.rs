@@ -30,6 +30,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         &device,
         a.quantize,
     )?;
+    // The peak so far is loading's.
+    if let Some(rss) = peak_rss_bytes() {
+        println!("load_peak_rss_mb={:.1}", rss as f64 / (1024.0 * 1024.0));
+    }
     let mut method = MethodConfig::default();
     apply_method_args(&mut method, &a.method)?;
     let trainables = method.apply(&mut model, 0)?;

@@ -65,6 +65,31 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             eprintln!("wrote {}", out.display());
             Ok(())
         }
+        ModelsCommand::Random {
+            config,
+            tokenizer,
+            out,
+            ty,
+            seed,
+        } => {
+            if out.exists() {
+                return Err(EngineError::bad_file(
+                    &out,
+                    "already exists; choose a new name",
+                ));
+            }
+            let cfg = peft_studio_engine::model::LlamaConfig::from_path(&config)?;
+            let tokenizer = peft_studio_engine::library::resolve(&home, &tokenizer)?;
+            peft_studio_engine::export::gguf_model::write_random_gguf(
+                &cfg,
+                &tokenizer,
+                ty.parse()?,
+                seed,
+                &out,
+            )?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
         ModelsCommand::Remove { name } => {
             let mut registry = Registry::open(&home)?;
             let entry = registry.remove(&name)?;

@@ -321,7 +321,7 @@ pub fn estimate(
         optimizer: counts.trainable * 4 * 4,
         activations,
         loss_head,
-        loading: loading_peak(cfg, weights, step.cpu),
+        loading: loading_peak(cfg, weights, step),
         process: PROCESS_BYTES,
         gpu_runtime: if step.cpu { 0 } else { GPU_RUNTIME_BYTES },
     })
@@ -506,11 +506,15 @@ fn adapter_activations(
 /// and (on a GPU) moved, and its pages released, so at most the largest tensor is in flight
 /// (its copy in the file's dtype and its mapped pages; measured: 290-360 MiB over the
 /// weights for a 1B model whose embedding is 192 MiB) next to the weights
-/// already loaded; on a GPU the weights are in device memory, not the host's.
-fn loading_peak(cfg: &LlamaConfig, weights: u64, cpu: bool) -> u64 {
+/// already loaded; on a GPU the weights are in device memory, not the host's. A GGUF base
+/// reads its largest tensor, the embeddings, in their block format.
+fn loading_peak(cfg: &LlamaConfig, weights: u64, step: StepShape) -> u64 {
     let largest = (cfg.vocab_size.max(cfg.intermediate_size) * cfg.hidden_size) as u64;
-    let in_flight = 2 * largest * cfg.stored_dtype.size_in_bytes() as u64;
-    if cpu {
+    let in_flight = match step.quantized.and_then(|f| f.embeddings) {
+        Some(f) => 2 * largest / f.block_size() as u64 * f.type_size() as u64,
+        None => 2 * largest * cfg.stored_dtype.size_in_bytes() as u64,
+    };
+    if step.cpu {
         weights + in_flight
     } else {
         in_flight

@@ -1,21 +1,25 @@
 //! A whole model (a base model, or one with its adapters merged in) as one GGUF file that
 //! llama.cpp, Ollama and LM Studio load: the architecture's hyperparameters, the tokenizer
 //! (`gguf_vocab`), and the weights under llama.cpp's names (PEFT-FORMATS.md §8), q/k rows
-//! permuted for the `llama` architecture, in F32, F16 or Q8_0 (norms and biases stay F32, as
-//! llama.cpp's converter keeps them).
+//! permuted for the `llama` architecture, in F32, F16 or one of llama.cpp's block formats
+//! (norms and biases stay F32, as llama.cpp's converter keeps them).
 
 use std::path::Path;
 use std::str::FromStr;
 
+use std::borrow::Cow;
+
 use candle_core::quantized::gguf_file::Value;
-use candle_core::quantized::GgmlDType;
-use candle_core::Tensor;
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::gguf_lora::gguf_architecture;
 use super::gguf_vocab::tokenizer_metadata;
 use super::gguf_write::{gguf_tensor, write_gguf};
 use crate::error::{EngineError, Result};
 use crate::model::gguf::tensors::{gguf_module, llama3_divisor, permute};
+use crate::model::ops::SplitMix64;
+use crate::model::quantized::{self, Quantization, QUANTIZATIONS};
 use crate::model::{LlamaConfig, LlamaModel};
 
 /// The data type of a GGUF model's weight matrices.
@@ -25,25 +29,40 @@ pub enum GgufType {
     F32,
     /// 16-bit floats: half the size, what the converter writes by default.
     F16,
-    /// 8-bit blocks of 32 with an F16 scale: a quarter of the size, near-lossless.
-    Q8_0,
+    /// One of llama.cpp's block formats (`q8_0`: a quarter of the size, near-lossless;
+    /// `q4_k`: what Ollama's default tags hold), each matrix whose rows the blocks do not
+    /// divide in the type llama.cpp's quantizer falls back to (`quantized::format_for`).
+    Quantized(Quantization),
 }
 
 impl GgufType {
-    fn dtype(self) -> GgmlDType {
+    /// The type a [rows, cols] matrix is written in.
+    fn matrix_dtype(self, cols: usize) -> GgmlDType {
         match self {
             Self::F32 => GgmlDType::F32,
             Self::F16 => GgmlDType::F16,
-            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Quantized(q) => quantized::format_for(q.ggml(), cols).unwrap_or(GgmlDType::F16),
         }
     }
 
-    /// `general.file_type` (llama.cpp's `LLAMA_FTYPE_*`).
+    /// `general.file_type` (llama.cpp's `LLAMA_FTYPE_*`, `include/llama.h`; k-quants in
+    /// one type throughout are its `_S` variants).
     fn file_type(self) -> u32 {
         match self {
             Self::F32 => 0,
             Self::F16 => 1,
-            Self::Q8_0 => 7,
+            Self::Quantized(q) => match q {
+                Quantization::Q4_0 => 2,
+                Quantization::Q4_1 => 3,
+                Quantization::Q8_0 => 7,
+                Quantization::Q5_0 => 8,
+                Quantization::Q5_1 => 9,
+                Quantization::Q2K => 10,
+                Quantization::Q3K => 11,
+                Quantization::Q4K => 14,
+                Quantization::Q5K => 16,
+                Quantization::Q6K => 18,
+            },
         }
     }
 }
@@ -54,11 +73,17 @@ impl FromStr for GgufType {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
-            "q8_0" | "q8" => Ok(Self::Q8_0),
-            other => Err(EngineError::config(
-                "gguf type",
-                format!("`{other}` is not supported; supported: f32, f16, q8_0"),
-            )),
+            "q8" => Ok(Self::Quantized(Quantization::Q8_0)),
+            other => other.parse().map(Self::Quantized).map_err(|_| {
+                let names: Vec<&str> = QUANTIZATIONS.iter().map(|q| q.name()).collect();
+                EngineError::config(
+                    "gguf type",
+                    format!(
+                        "`{other}` is not supported; supported: f32, f16, {}",
+                        names.join(", ")
+                    ),
+                )
+            }),
         }
     }
 }
@@ -168,14 +193,64 @@ pub fn write_gguf_model(
             ("llama", Some("attn_k")) => permute(weight, cfg.num_key_value_heads)?,
             _ => weight.clone(),
         };
-        // Matrices take the chosen type where their rows split into its blocks; vectors stay
-        // F32, as llama.cpp's converter keeps them.
+        // Matrices take the chosen type; vectors stay F32, as llama.cpp's converter keeps them.
         let dtype = match weight.dims() {
-            [_, cols] if cols % ty.dtype().block_size() == 0 => ty.dtype(),
-            [_, _] if ty != GgufType::F32 => GgmlDType::F16,
+            [_, cols] => ty.matrix_dtype(*cols),
             _ => GgmlDType::F32,
         };
         tensors.push((gguf, gguf_tensor(&weight, dtype)?));
+    }
+    write_gguf(out, &meta, &tensors)
+}
+
+/// Writes a GGUF model of the shape `cfg` describes with random weights (normal, std 0.02,
+/// as transformers initialises Llama; norms 1) in `ty`, with the tokenizer of the folder
+/// `tokenizer_dir`: models at the sizes people train, for benchmarks no fixture could ship.
+/// Each matrix is drawn and quantized in parallel blocks of rows, never whole in f32.
+pub fn write_random_gguf(
+    cfg: &LlamaConfig,
+    tokenizer_dir: &Path,
+    ty: GgufType,
+    seed: u64,
+    out: &Path,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let arch = gguf_architecture(cfg)?;
+    let mut meta = architecture_metadata(cfg, arch, "random", ty);
+    meta.extend(tokenizer_metadata(tokenizer_dir, cfg.vocab_size)?);
+    let mut tensors = Vec::new();
+    for (i, (hf, shape)) in cfg.weight_shapes().into_iter().enumerate() {
+        let gguf = gguf_name(&hf).ok_or_else(|| {
+            EngineError::config("model", format!("weight `{hf}` has no llama.cpp name"))
+        })?;
+        let tensor = match shape[..] {
+            [rows, cols] => {
+                let dtype = ty.matrix_dtype(cols);
+                const ROWS: usize = 256;
+                let blocks: Vec<Vec<u8>> = (0..rows)
+                    .step_by(ROWS)
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .map(|r0| {
+                        let n = ROWS.min(rows - r0);
+                        let mut rng = SplitMix64::new(SplitMix64::mix(seed, (i << 32 | r0) as u64));
+                        let values: Vec<f32> = (0..n * cols)
+                            .map(|_| (rng.next_normal() * 0.02) as f32)
+                            .collect();
+                        let t = Tensor::from_vec(values, (n, cols), &Device::Cpu)?;
+                        Ok(gguf_tensor(&t, dtype)?.data()?.into_owned())
+                    })
+                    .collect::<Result<_>>()?;
+                let storage =
+                    QStorage::from_data(Cow::Owned(blocks.concat()), &Device::Cpu, dtype)?;
+                QTensor::new(storage, (rows, cols))?
+            }
+            _ => gguf_tensor(
+                &Tensor::ones(shape, DType::F32, &Device::Cpu)?,
+                GgmlDType::F32,
+            )?,
+        };
+        tensors.push((gguf, tensor));
     }
     write_gguf(out, &meta, &tensors)
 }

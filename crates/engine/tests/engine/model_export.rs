@@ -9,6 +9,7 @@ use peft_studio_engine::fixtures::TinySpec;
 use peft_studio_engine::library::import::import_gguf;
 use peft_studio_engine::model::gguf::tensors::permute;
 use peft_studio_engine::model::gguf::GgufWeights;
+use peft_studio_engine::model::quantized::Quantization;
 use peft_studio_engine::model::{load_model, ForwardCtx, LlamaModel};
 use peft_studio_engine::peft::gguf_lora::read_gguf_lora;
 use peft_studio_engine::tokenizer::TextTokenizer;
@@ -116,7 +117,13 @@ fn quantised_gguf_models_round_within_their_format() {
     let path = tiny_model(dir.path(), &spec);
     let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
     let heads = (spec.num_attention_heads, spec.num_key_value_heads);
-    for (ty, file_type) in [(GgufType::F16, 1u32), (GgufType::Q8_0, 7)] {
+    let (q8, q4k) = (Quantization::Q8_0, Quantization::Q4K);
+    for (ty, file_type) in [
+        (GgufType::F16, 1u32),
+        (GgufType::Quantized(q8), 7),
+        // The tiny model's rows (32, 64) take Q4_K's fallback, Q5_0.
+        (GgufType::Quantized(q4k), 14),
+    ] {
         let file = dir.path().join(format!("{file_type}.gguf"));
         write_gguf_model(&mut model, &path, "tiny", ty, &file).expect("write");
         let mut f = std::fs::File::open(&file).expect("open");
@@ -162,7 +169,9 @@ fn quantised_gguf_models_round_within_their_format() {
                 .and_then(|a| a.flatten_all()?.max(0)?.to_scalar::<f32>())
                 .expect("amax");
             let bound = match ty {
-                GgufType::Q8_0 => amax / 127.0 * 0.5 + amax * 1e-3,
+                GgufType::Quantized(Quantization::Q8_0) => amax / 127.0 * 0.5 + amax * 1e-3,
+                // Q5_0: steps of amax/16 (a whole step at the clipped end of the range).
+                GgufType::Quantized(_) => amax / 16.0 + amax * 1e-3,
                 _ => amax * 1e-3,
             };
             assert!(err <= bound, "{gguf}: {err} > {bound}");
