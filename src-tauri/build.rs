@@ -8,6 +8,7 @@ const COMMANDS: &[&str] = &[
     "import_model",
     "download_model",
     "list_methods",
+    "list_quantizations",
     "plan_run",
     "inspect_dataset",
     "start_run",

@@ -33,6 +33,7 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
             commands::models::import_model,
             commands::models::download_model,
             commands::methods::list_methods,
+            commands::methods::list_quantizations,
             commands::methods::plan_run,
             commands::datasets::inspect_dataset,
             commands::runs::start_run,

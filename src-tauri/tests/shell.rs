@@ -197,6 +197,7 @@ fn commands_over_ipc_in_a_fresh_home() {
         "get_run": shape(&answer("get_run", serde_json::json!({"id": id}))),
         "compare_runs": shape(&comparison),
         "plan_run": shape(&plan),
+        "list_quantizations": shape(&answer("list_quantizations", serde_json::json!({}))),
         "inspect_dataset": shape(&view),
         "demo_setup": shape(&demo),
         "list_models": shape(&models),

@@ -2,6 +2,8 @@
 
 use peft_studio_engine::library::{resolve, studio_home};
 use peft_studio_engine::memory::{estimate, MemoryEstimate, StepShape};
+use peft_studio_engine::model::load::{base_formats, weights_of, WeightFiles};
+use peft_studio_engine::model::quantized::{ggml_name, Quantization, QUANTIZATIONS};
 use peft_studio_engine::model::LlamaConfig;
 use peft_studio_engine::peft::describe::{methods, MethodInfo};
 use peft_studio_engine::peft::MethodConfig;
@@ -15,6 +17,27 @@ use crate::error::{blocking, CommandResult};
 #[tauri::command]
 pub fn list_methods() -> Vec<MethodInfo> {
     methods()
+}
+
+/// A block format a base's projections can be held in, as the hyperparameters step offers it.
+#[derive(Debug, Serialize)]
+pub struct QuantizationView {
+    /// The `quantize` value (`q4_k`).
+    pub name: String,
+    /// Bits per weight.
+    pub bits_per_weight: f64,
+}
+
+/// Every `quantize` choice, the usual first.
+#[tauri::command]
+pub fn list_quantizations() -> Vec<QuantizationView> {
+    QUANTIZATIONS
+        .iter()
+        .map(|q| QuantizationView {
+            name: q.name().into(),
+            bits_per_weight: q.bits_per_weight(),
+        })
+        .collect()
 }
 
 /// What a method on a model costs, as the method step shows it.
@@ -34,6 +57,9 @@ pub struct PlanView {
     pub available: Option<u64>,
     /// The device runs train on (this build's: the CPU unless built with a GPU feature).
     pub device: String,
+    /// The type a GGUF base stores its projections in (`Q4_K`), which it trains with:
+    /// `quantize` does not apply to it.
+    pub stored_quantization: Option<String>,
 }
 
 /// Counts and predicted peak memory of training `method` on `model` (a name or folder).
@@ -45,7 +71,7 @@ pub async fn plan_run(
     seq_len: usize,
     checkpointing: Option<bool>,
     precision: Option<peft_studio_engine::train::Precision>,
-    quantize: Option<peft_studio_engine::model::quantized::Quantization>,
+    quantize: Option<Quantization>,
 ) -> CommandResult<PlanView> {
     blocking(move || {
         let dir = resolve(&studio_home(), model.as_ref())?;
@@ -57,7 +83,11 @@ pub async fn plan_run(
             dtype: precision.unwrap_or_default().dtype(),
             cpu: peft_studio_engine::run::default_device().is_cpu(),
             checkpointing: checkpointing.unwrap_or(false),
-            quantized: peft_studio_engine::model::load::base_formats(&dir, quantize)?,
+            quantized: base_formats(&dir, quantize)?,
+        };
+        let stored = match weights_of(&dir) {
+            Ok(WeightFiles::Gguf(_)) => base_formats(&dir, None)?.map(|f| ggml_name(f.projections)),
+            _ => None,
         };
         let memory = estimate(&cfg, &method, step)?;
         Ok(PlanView {
@@ -68,6 +98,7 @@ pub async fn plan_run(
             memory,
             available: available_memory_bytes(),
             device: peft_studio_app::launch::device_name(),
+            stored_quantization: stored,
         })
     })
     .await

@@ -45,7 +45,7 @@ impl GgufType {
         }
     }
 
-    /// `general.file_type` (llama.cpp's `LLAMA_FTYPE_*`, `include/llama.h`; k-quants in
+    /// `general.file_type` (llama.cpp's `LLAMA_FTYPE_*`, docs/QUANTIZED.md §4; k-quants in
     /// one type throughout are its `_S` variants).
     fn file_type(self) -> u32 {
         match self {

@@ -239,38 +239,15 @@ fn trainable_weights_are_never_quantized() {
 }
 
 #[test]
-#[ignore]
-fn widen_speed() {
-    use std::time::Instant;
-    let (rows, cols) = (2048usize, 2048usize);
-    let data: Vec<f32> = (0..rows * cols)
-        .map(|i| ((i % 13) as f32 - 6.0) / 64.0)
-        .collect();
-    let w = Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap();
-    for f in [
-        Quantization::Q4K,
-        Quantization::Q8_0,
-        Quantization::Q4_0,
-        Quantization::Q6K,
-    ] {
-        for dtype in [DType::F32, DType::BF16] {
-            let q = peft_studio_engine::model::quantized::QuantizedWeight::quantize(
-                &w,
-                f.ggml(),
-                dtype,
-                &Device::Cpu,
-            )
-            .unwrap();
-            let mut out = vec![0f32; 128 * cols];
-            let t = Instant::now();
-            for r in (0..rows).step_by(128) {
-                q.rows_to_f32(r, &mut out).unwrap();
-            }
-            let s = t.elapsed().as_secs_f64();
-            println!(
-                "{f} {dtype:?}: {:.2} ns/element",
-                s * 1e9 / (rows * cols) as f64
-            );
-        }
+fn the_quantize_setting_reads_as_it_is_written() {
+    use peft_studio_engine::train::TrainConfig;
+    for q in QUANTIZATIONS {
+        let json = format!(r#"{{"quantize": "{}"}}"#, q.name());
+        let cfg: TrainConfig = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{q}: {e}"));
+        assert_eq!(cfg.quantize, Some(q));
+        assert_eq!(serde_json::to_value(q).unwrap(), q.name());
+        assert_eq!(q.name().parse::<Quantization>().unwrap(), q);
     }
+    assert_eq!("Q4_K_M".parse::<Quantization>().unwrap(), Quantization::Q4K);
+    assert!((Quantization::Q4K.bits_per_weight() - 4.5).abs() < 1e-9);
 }

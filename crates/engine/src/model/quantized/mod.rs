@@ -1,5 +1,5 @@
-//! Frozen base weights kept quantized in memory (issue 21): llama.cpp's block formats as a
-//! GGUF file stores them, or made at load time from a safetensors base. A weight is never
+//! Frozen base weights kept quantized in memory: llama.cpp's block formats as a GGUF file
+//! stores them, or made at load time from a safetensors base (docs/QUANTIZED.md). A weight is never
 //! widened whole on the CPU: the fused products widen a tile of rows at a time
 //! (`fused::linear::Weight::Quantized`); elsewhere one layer's weight is dequantized just
 //! before use and dropped after it (`BaseWeight::dense`).
@@ -68,6 +68,12 @@ impl Quantization {
             Self::Q5K => "q5_k",
             Self::Q6K => "q6_k",
         }
+    }
+
+    /// Bits a weight takes (its block's bytes over its weights).
+    pub fn bits_per_weight(self) -> f64 {
+        let f = self.ggml();
+        8.0 * f.type_size() as f64 / f.block_size() as f64
     }
 
     /// The block format the weights are stored in.
@@ -268,8 +274,8 @@ pub fn covers(name: &str, dims: &[usize]) -> bool {
 
 /// The block format a weight `cols` wide gets when `wanted` is asked for: `wanted`, or where
 /// its rows do not divide into `wanted`'s blocks the type llama.cpp's quantizer falls back to
-/// (`llama_tensor_get_type` in llama.cpp's `src/llama-quant.cpp`; IQ4_NL, its choice for
-/// Q2_K and Q3_K, is not one candle stores, so Q4_0), or `None` when no block fits.
+/// (docs/QUANTIZED.md §3; IQ4_NL, its choice for Q2_K and Q3_K, is not one candle stores, so
+/// Q4_0), or `None` when no block fits.
 pub fn format_for(wanted: GgmlDType, cols: usize) -> Option<GgmlDType> {
     let fits = |f: GgmlDType| cols.is_multiple_of(f.block_size());
     if fits(wanted) {
