@@ -92,6 +92,20 @@ fn figure(x: Option<f64>) -> String {
     x.map_or_else(|| "—".into(), |v| format!("{v:.4}"))
 }
 
+/// How the run held the base's weights: its precision, or the block format a quantized base
+/// (a GGUF file as stored, or `quantize`) kept its projections in.
+fn base_weights(cfg: &RunConfig) -> String {
+    let formats = crate::model::load::base_formats(&cfg.model, cfg.train.quantize);
+    match formats.ok().flatten() {
+        Some(f) => format!(
+            "quantized, projections in {} (the adapter is a plain PEFT adapter: it loads on the \
+             unquantized base as well)",
+            crate::model::quantized::ggml_name(f.projections)
+        ),
+        None => cfg.train.precision.to_string(),
+    }
+}
+
 /// The card's Markdown for run `cfg` with `figures`, the base model recorded as `base`.
 pub fn model_card(
     cfg: &RunConfig,
@@ -116,6 +130,7 @@ pub fn model_card(
 Trained and exported with PEFT Studio {version}.\n\n\
 | | |\n|---|---|\n\
 | Base model | `{base}` |\n\
+| Base weights in training | {held} |\n\
 | Dataset | `{dataset}` |\n\
 | Method | {kind} |\n\
 | Steps | {steps} |\n\
@@ -134,6 +149,7 @@ Trained and exported with PEFT Studio {version}.\n\n\
         train = figure(figures.train_loss),
         eval = figure(figures.eval_loss),
         snippet = load_snippet(kind, what, base),
+        held = base_weights(cfg),
     ))
 }
 

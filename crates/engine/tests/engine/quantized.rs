@@ -251,3 +251,43 @@ fn the_quantize_setting_reads_as_it_is_written() {
     assert_eq!("Q4_K_M".parse::<Quantization>().unwrap(), Quantization::Q4K);
     assert!((Quantization::Q4K.bits_per_weight() - 4.5).abs() < 1e-9);
 }
+
+/// A whole run as a user starts it, with `quantize` in its config: it trains, its loss
+/// falls, its adapter exports as a plain PEFT adapter and the card says how the base was held.
+#[test]
+fn a_run_with_quantize_trains_and_exports() {
+    use crate::common::{memorisable_dataset, run_config};
+    use peft_studio_engine::run;
+    use peft_studio_engine::train::Recorder;
+    use peft_studio_engine::train::TrainConfig;
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path(), &spec());
+    let data = memorisable_dataset(dir.path());
+    let train = TrainConfig {
+        max_steps: Some(12),
+        batch_size: 2,
+        lr: 5e-3,
+        quantize: Some(Quantization::Q4K),
+        ..Default::default()
+    };
+    let cfg = run_config(dir.path(), model, data, lora_method(4, "all-linear"), train);
+    let adapter = run::train(
+        &cfg,
+        false,
+        &mut Recorder::default(),
+        &AtomicBool::new(false),
+    )
+    .expect("train on a quantized base");
+    let events = std::fs::read_to_string(cfg.out.join("events.jsonl")).unwrap();
+    let losses: Vec<f64> = events
+        .lines()
+        .filter(|l| l.contains("\"event\":\"step\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+        .collect();
+    assert!(losses.len() == 12 && losses[11] < losses[0], "{losses:?}");
+    let card = std::fs::read_to_string(adapter.join("README.md")).unwrap();
+    assert!(card.contains("quantized, projections in Q4_K"), "{card}");
+    let config = std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap();
+    assert!(config.contains("\"peft_type\": \"LORA\""), "{config}");
+}
