@@ -72,6 +72,8 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
             );
             if !cpu {
                 println!("{}", memory::gpu_fit(&cfg, &method, step)?);
+            } else if let Some(fit) = memory::machine_fit(estimate.total()) {
+                println!("{fit}");
             }
             Ok(())
         }

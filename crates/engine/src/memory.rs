@@ -521,6 +521,26 @@ fn loading_peak(cfg: &LlamaConfig, weights: u64, step: StepShape) -> u64 {
     }
 }
 
+/// Whether a CPU run of `total` bytes fits the memory this machine has available now, in a
+/// sentence (`None` where the system does not say).
+pub fn machine_fit(total: u64) -> Option<String> {
+    let available = crate::sysinfo::available_memory_bytes()?;
+    Some(if total <= available {
+        format!(
+            "fits this machine: {} of {} available",
+            human_bytes(total),
+            human_bytes(available)
+        )
+    } else {
+        format!(
+            "does not fit this machine: {} needed, {} available (try gradient checkpointing, a \
+             smaller batch or sequence, bf16, or a quantized base)",
+            human_bytes(total),
+            human_bytes(available)
+        )
+    })
+}
+
 /// The GPU sizes people train on, in GiB (a 24 GB card, a 48 GB card, an 80 GB H100).
 const GPU_SIZES_GIB: [u64; 3] = [24, 48, 80];
 

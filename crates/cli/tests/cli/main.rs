@@ -47,6 +47,7 @@ fn ok(o: Output) -> Output {
     o
 }
 
+const LLAMA3_8B: &str = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":4096,"intermediate_size":14336,"num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,"rms_norm_eps":1e-05,"rope_theta":500000.0,"tie_word_embeddings":false,"torch_dtype":"bfloat16","vocab_size":128256,"max_position_embeddings":8192}"#;
 const LLAMA2_7B: &str = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":4096,"intermediate_size":11008,
  "num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":32,"vocab_size":32000,
  "tie_word_embeddings":false,"model_type":"llama"}"#;
@@ -134,6 +135,56 @@ fn plan_prints_peft_line_for_a_config_or_folder() {
         "{}",
         stdout(&o)
     );
+}
+
+/// `plan --quantize q4_k` counts a Llama-3-8B's projections at 4.5 bits (embeddings and head
+/// in bf16, as QLoRA keeps them) and says whether the run fits this machine.
+#[test]
+fn plan_counts_a_quantized_base_and_says_whether_it_fits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, LLAMA3_8B).expect("config");
+    let args = |quantize: &'static [&'static str]| {
+        let mut a = vec![
+            "plan",
+            "--model",
+            s(&config),
+            "--r",
+            "16",
+            "--target-modules",
+            "all-linear",
+            "--seq-len",
+            "512",
+            "--batch-size",
+            "1",
+            "--precision",
+            "bf16",
+            "--gradient-checkpointing",
+        ];
+        a.extend_from_slice(quantize);
+        stdout(&ok(cli(&a)))
+    };
+    let out = args(&["--quantize", "q4_k"]);
+    let lines: Vec<&str> = out.lines().collect();
+    // 6,979,321,856 projection weights × 144/256 bytes + embeddings and head in bf16 + norms
+    // + 41.9M adapter weights in f32 = 6,195,519,488 bytes.
+    assert!(lines[1].contains("weights 5.77 GiB"), "{out}");
+    assert!(lines[1].ends_with("projections in Q4_K"), "{out}");
+    assert!(
+        lines[2].starts_with("fits this machine: ")
+            || lines[2].starts_with("does not fit this machine: "),
+        "{out}"
+    );
+    let dense = args(&[]);
+    assert!(
+        dense
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("weights 15.11 GiB")),
+        "{dense}"
+    );
+    let bad = cli(&["plan", "--model", s(&config), "--quantize", "q3_x"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("q4_k"));
 }
 
 /// `plan --device cuda` answers for a GPU this machine need not have: GPU memory apart from

@@ -4,6 +4,7 @@
 //! conversion needs the memory of one tensor, not of the model.
 
 pub mod meta;
+mod scan;
 pub mod tensors;
 pub mod vocab;
 
@@ -73,13 +74,35 @@ fn check_extents(path: &Path, file: &std::fs::File, content: &Content) -> Result
     Ok(())
 }
 
+/// Names the first tensor whose type candle cannot read, and what to do about it.
+fn unknown_type(path: &Path) -> String {
+    let readable = [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 30];
+    let found = std::fs::File::open(path)
+        .ok()
+        .and_then(|mut f| scan::tensor_types(&mut std::io::BufReader::new(&mut f)))
+        .and_then(|types| types.into_iter().find(|(_, t)| !readable.contains(t)));
+    let supported = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
+    let fix = "convert it with llama.cpp's llama-quantize (e.g. to Q4_K_M or Q8_0), or use \
+               another quantization of the model";
+    match found {
+        Some((name, ty)) => format!(
+            "tensor `{name}` is stored as {}, a type this version cannot read (it reads \
+             {supported}); {fix}",
+            scan::type_name(ty)
+        ),
+        None => {
+            format!("uses a tensor type this version cannot read (it reads {supported}); {fix}")
+        }
+    }
+}
+
 /// A candle GGUF error as the studio words it.
 fn gguf_error(path: &Path, e: candle_core::Error) -> EngineError {
     let text = e.to_string();
     let hint = if text.contains("magic") {
         "not a GGUF file (wrong magic number)".to_string()
     } else if text.contains("unknown dtype") {
-        format!("uses a tensor type this version cannot read ({text})")
+        unknown_type(path)
     } else if text.contains("failed to fill whole buffer") || text.contains("remaining") {
         format!("truncated or corrupt GGUF header ({text})")
     } else {
