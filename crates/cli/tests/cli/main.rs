@@ -137,6 +137,27 @@ fn plan_prints_peft_line_for_a_config_or_folder() {
     );
 }
 
+/// `plan` of LoRA r=16 on every linear layer, bf16, 1 × `seq_len` tokens, with `extra` flags.
+fn plan_lora16_all_bf16(config: &Path, seq_len: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "plan",
+        "--model",
+        s(config),
+        "--r",
+        "16",
+        "--target-modules",
+        "all-linear",
+        "--seq-len",
+        seq_len,
+        "--batch-size",
+        "1",
+        "--precision",
+        "bf16",
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
 /// `plan --quantize q4_k` counts a Llama-3-8B's projections at 4.5 bits (embeddings and head
 /// in bf16, as QLoRA keeps them) and says whether the run fits this machine.
 #[test]
@@ -144,27 +165,8 @@ fn plan_counts_a_quantized_base_and_says_whether_it_fits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("config.json");
     std::fs::write(&config, LLAMA3_8B).expect("config");
-    let args = |quantize: &'static [&'static str]| {
-        let mut a = vec![
-            "plan",
-            "--model",
-            s(&config),
-            "--r",
-            "16",
-            "--target-modules",
-            "all-linear",
-            "--seq-len",
-            "512",
-            "--batch-size",
-            "1",
-            "--precision",
-            "bf16",
-            "--gradient-checkpointing",
-        ];
-        a.extend_from_slice(quantize);
-        stdout(&ok(cli(&a)))
-    };
-    let out = args(&["--quantize", "q4_k"]);
+    let args = |quantize: &[&str]| stdout(&ok(plan_lora16_all_bf16(&config, "512", quantize)));
+    let out = args(&["--gradient-checkpointing", "--quantize", "q4_k"]);
     let lines: Vec<&str> = out.lines().collect();
     // 6,979,321,856 projection weights × 144/256 bytes + embeddings and head in bf16 + norms
     // + 41.9M adapter weights in f32 = 6,195,519,488 bytes.
@@ -175,7 +177,7 @@ fn plan_counts_a_quantized_base_and_says_whether_it_fits() {
             || lines[2].starts_with("does not fit this machine: "),
         "{out}"
     );
-    let dense = args(&[]);
+    let dense = args(&["--gradient-checkpointing"]);
     assert!(
         dense
             .lines()
@@ -195,23 +197,7 @@ fn plan_for_a_gpu_says_what_fits_and_what_to_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("config.json");
     std::fs::write(&config, LLAMA2_7B).expect("config");
-    let o = ok(cli(&[
-        "--device",
-        "cuda",
-        "plan",
-        "--model",
-        s(&config),
-        "--r",
-        "16",
-        "--target-modules",
-        "all-linear",
-        "--seq-len",
-        "2048",
-        "--batch-size",
-        "1",
-        "--precision",
-        "bf16",
-    ]));
+    let o = ok(plan_lora16_all_bf16(&config, "2048", &["--device", "cuda"]));
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[1].starts_with("estimated peak GPU memory: "), "{out}");

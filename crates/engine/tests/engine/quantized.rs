@@ -362,33 +362,3 @@ fn the_real_smollm2_gguf_trains_as_stored() {
         );
     }
 }
-
-/// A GGUF holding a type candle cannot read (IQ4_XS here) is refused naming the tensor, the
-/// type and what to do.
-#[test]
-fn an_unreadable_gguf_type_names_the_tensor_and_the_type() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = tiny_model(dir.path(), &TinySpec::default());
-    let file = dir.path().join("tiny.gguf");
-    peft_studio_engine::run::convert_to_gguf(&path, "f32".parse().unwrap(), &file).unwrap();
-    let mut bytes = std::fs::read(&file).unwrap();
-    // The tensor info: name, n_dims (u32), two u64 dims, then the type (u32).
-    let name = b"blk.0.attn_v.weight";
-    let at = bytes
-        .windows(name.len())
-        .position(|w| w == name)
-        .expect("tensor info")
-        + name.len();
-    bytes[at + 4 + 16..at + 4 + 16 + 4].copy_from_slice(&23u32.to_le_bytes());
-    std::fs::write(&file, &bytes).unwrap();
-    let err = peft_studio_engine::model::gguf::GgufModel::open(&file)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(
-        err.contains("blk.0.attn_v.weight")
-            && err.contains("IQ4_XS")
-            && err.contains("llama-quantize"),
-        "{err}"
-    );
-}
