@@ -9,7 +9,6 @@ use peft_studio_engine::device::DeviceRequest;
 use peft_studio_engine::generate::{generate, GenerateOptions};
 use peft_studio_engine::memory::{self, StepShape};
 use peft_studio_engine::model::load::base_formats;
-use peft_studio_engine::model::quantized::ggml_name;
 use peft_studio_engine::model::{load_model, LlamaConfig};
 use peft_studio_engine::peft::describe;
 use peft_studio_engine::peft::{load::attach_adapter, target, MethodConfig, TargetModules};
@@ -64,7 +63,7 @@ pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
             };
             let estimate = memory::estimate(&cfg, &method, step)?;
             let base = quantized.map_or_else(String::new, |f| {
-                format!(", projections in {}", ggml_name(f.projections))
+                format!(", projections in {}", f.projections)
             });
             println!(
                 "{estimate} for batch {} x {} tokens, {}{base}",

@@ -3,7 +3,7 @@
 use peft_studio_engine::library::{resolve, studio_home};
 use peft_studio_engine::memory::{estimate, MemoryEstimate, StepShape};
 use peft_studio_engine::model::load::{base_formats, weights_of, WeightFiles};
-use peft_studio_engine::model::quantized::{ggml_name, Quantization, QUANTIZATIONS};
+use peft_studio_engine::model::quantized::{Quantization, QUANTIZATIONS};
 use peft_studio_engine::model::LlamaConfig;
 use peft_studio_engine::peft::describe::{methods, MethodInfo};
 use peft_studio_engine::peft::MethodConfig;
@@ -86,7 +86,9 @@ pub async fn plan_run(
             quantized: base_formats(&dir, quantize)?,
         };
         let stored = match weights_of(&dir) {
-            Ok(WeightFiles::Gguf(_)) => base_formats(&dir, None)?.map(|f| ggml_name(f.projections)),
+            Ok(WeightFiles::Gguf(_)) => {
+                base_formats(&dir, None)?.map(|f| f.projections.to_string())
+            }
             _ => None,
         };
         let memory = estimate(&cfg, &method, step)?;

@@ -100,7 +100,7 @@ fn base_weights(cfg: &RunConfig) -> String {
         Some(f) => format!(
             "quantized, projections in {} (the adapter is a plain PEFT adapter: it loads on the \
              unquantized base as well)",
-            crate::model::quantized::ggml_name(f.projections)
+            f.projections
         ),
         None => cfg.train.precision.to_string(),
     }

@@ -19,7 +19,7 @@ use super::gguf_write::{gguf_tensor, write_gguf};
 use crate::error::{EngineError, Result};
 use crate::model::gguf::tensors::{gguf_module, llama3_divisor, permute};
 use crate::model::ops::SplitMix64;
-use crate::model::quantized::{self, Quantization, QUANTIZATIONS};
+use crate::model::quantized::{self, Format, Quantization, QUANTIZATIONS};
 use crate::model::{LlamaConfig, LlamaModel};
 
 /// The data type of a GGUF model's weight matrices.
@@ -41,7 +41,11 @@ impl GgufType {
         match self {
             Self::F32 => GgmlDType::F32,
             Self::F16 => GgmlDType::F16,
-            Self::Quantized(q) => quantized::format_for(q.ggml(), cols).unwrap_or(GgmlDType::F16),
+            Self::Quantized(q) => match quantized::format_for(q.format(), cols) {
+                Some(Format::Ggml(f)) => f,
+                // NF4 is not a GGUF type (`from_str` refuses it); F16 where no block fits.
+                _ => GgmlDType::F16,
+            },
         }
     }
 
@@ -62,6 +66,8 @@ impl GgufType {
                 Quantization::Q4K => 14,
                 Quantization::Q5K => 16,
                 Quantization::Q6K => 18,
+                // Refused by `from_str`: GGUF has no NF4.
+                Quantization::Nf4 => 1,
             },
         }
     }
@@ -74,16 +80,27 @@ impl FromStr for GgufType {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
             "q8" => Ok(Self::Quantized(Quantization::Q8_0)),
-            other => other.parse().map(Self::Quantized).map_err(|_| {
-                let names: Vec<&str> = QUANTIZATIONS.iter().map(|q| q.name()).collect();
-                EngineError::config(
+            other => match other.parse() {
+                Ok(Quantization::Nf4) => Err(EngineError::config(
                     "gguf type",
-                    format!(
-                        "`{other}` is not supported; supported: f32, f16, {}",
-                        names.join(", ")
-                    ),
-                )
-            }),
+                    "NF4 is bitsandbytes' format, not a GGUF type; for a 4-bit GGUF choose q4_k",
+                )),
+                Ok(q) => Ok(Self::Quantized(q)),
+                Err(_) => {
+                    let names: Vec<&str> = QUANTIZATIONS
+                        .iter()
+                        .filter(|q| **q != Quantization::Nf4)
+                        .map(|q| q.name())
+                        .collect();
+                    Err(EngineError::config(
+                        "gguf type",
+                        format!(
+                            "`{other}` is not supported; supported: f32, f16, {}",
+                            names.join(", ")
+                        ),
+                    ))
+                }
+            },
         }
     }
 }

@@ -9,7 +9,6 @@ use crate::error::{EngineError, Result};
 use crate::model::config::LlamaConfig;
 use crate::model::gguf::GgufModel;
 use crate::model::load::{weights_of, WeightFiles};
-use crate::model::quantized::ggml_name;
 use crate::tokenizer::TextTokenizer;
 
 /// Safetensors headers larger than this are refused (real ones are well under 10 MB).
@@ -100,7 +99,7 @@ pub fn check_folder(dir: &Path) -> Result<FolderSummary> {
         WeightFiles::Gguf(path) => {
             // Opening checks every tensor against the file's own metadata.
             let gguf = GgufModel::open(&path)?;
-            stored = gguf.projection_format().map(ggml_name);
+            stored = gguf.projection_format().map(|f| f.to_string());
             found.extend(
                 gguf.stored_types()
                     .into_iter()

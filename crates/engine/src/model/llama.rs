@@ -395,15 +395,14 @@ impl LlamaModel {
     }
 
     /// The block format of the base's quantized weights (the most common one), if any.
-    pub fn base_quantization(&self) -> Option<candle_core::quantized::GgmlDType> {
-        let mut counts: Vec<(candle_core::quantized::GgmlDType, usize)> = Vec::new();
-        for q in self.linears().iter().filter_map(|l| l.weight.quantized()) {
-            match counts.iter_mut().find(|(f, _)| *f == q.format()) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((q.format(), 1)),
-            }
-        }
-        counts.into_iter().max_by_key(|(_, n)| *n).map(|(f, _)| f)
+    pub fn base_quantization(&self) -> Option<super::quantized::Format> {
+        let linears = self.linears();
+        super::quantized::most_common(
+            linears
+                .iter()
+                .filter_map(|l| l.weight.quantized())
+                .map(|q| q.format()),
+        )
     }
 
     /// Widens every quantized base weight to the model's dtype (for writing a merged model).

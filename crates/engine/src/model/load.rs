@@ -122,7 +122,7 @@ fn read_safetensors_as(
             .map_err(|e| not_safetensors(path, e))?;
         let format = quantize
             .filter(|_| quantized::covers(&name, t.dims()))
-            .and_then(|q| quantized::format_for(q.ggml(), t.dims()[1]));
+            .and_then(|q| quantized::format_for(q.format(), t.dims()[1]));
         match format {
             Some(f) => {
                 let q = QuantizedWeight::quantize(&t, f, dtype, device)?;

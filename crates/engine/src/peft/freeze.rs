@@ -5,7 +5,6 @@ use candle_core::Var;
 
 use super::{MethodConfig, Trainables};
 use crate::error::{EngineError, Result};
-use crate::model::quantized::ggml_name;
 use crate::model::{LlamaConfig, LlamaModel};
 use crate::peft::target::layer_index;
 
@@ -104,7 +103,7 @@ fn refuse_quantized(model: &LlamaModel, names: &[String]) -> Result<()> {
                 l.name,
                 l.weight
                     .quantized()
-                    .map_or_else(String::new, |q| ggml_name(q.format()))
+                    .map_or_else(String::new, |q| q.format().to_string())
             ),
         )),
         None => Ok(()),

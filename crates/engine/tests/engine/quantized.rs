@@ -128,7 +128,7 @@ fn every_type_trains_as_its_dequantized_copy() {
             let held = lin.weight.quantized().map(|w| w.format());
             assert_eq!(
                 held,
-                Some(q.ggml()),
+                Some(q.format()),
                 "{q}: {} is held as {held:?}",
                 lin.name
             );
@@ -148,24 +148,24 @@ fn every_type_trains_as_its_dequantized_copy() {
 #[test]
 fn rows_that_do_not_fit_a_k_quant_fall_back_as_llama_cpp_does() {
     assert_eq!(
-        format_for(Quantization::Q4K.ggml(), 576),
-        Some(Quantization::Q5_0.ggml())
+        format_for(Quantization::Q4K.format(), 576),
+        Some(Quantization::Q5_0.format())
     );
     assert_eq!(
-        format_for(Quantization::Q6K.ggml(), 576),
-        Some(Quantization::Q8_0.ggml())
+        format_for(Quantization::Q6K.format(), 576),
+        Some(Quantization::Q8_0.format())
     );
     assert_eq!(
-        format_for(Quantization::Q4K.ggml(), 1536),
-        Some(Quantization::Q4K.ggml())
+        format_for(Quantization::Q4K.format(), 1536),
+        Some(Quantization::Q4K.format())
     );
-    assert_eq!(format_for(Quantization::Q8_0.ggml(), 20), None);
+    assert_eq!(format_for(Quantization::Q8_0.format(), 20), None);
     // The default tiny model is 32 wide: Q4_K falls back to Q5_0 and still trains exactly.
     let dir = tempfile::tempdir().unwrap();
     let path = tiny_model(dir.path(), &TinySpec::default());
     let model =
         load_model_quantized(&path, DType::F32, &Device::Cpu, Some(Quantization::Q4K)).unwrap();
-    assert_eq!(model.base_quantization(), Some(Quantization::Q5_0.ggml()));
+    assert_eq!(model.base_quantization(), Some(Quantization::Q5_0.format()));
     assert_trains_as_dequantized("q4_k on rows of 32", model);
 }
 
@@ -195,7 +195,7 @@ fn a_gguf_base_trains_as_stored() {
         .expect("import converted");
     assert_eq!(converted.dtype, "F32");
     let model = load_model_quantized(&folder, DType::F32, &Device::Cpu, None).expect("load");
-    assert_eq!(model.base_quantization(), Some(Quantization::Q8_0.ggml()));
+    assert_eq!(model.base_quantization(), Some(Quantization::Q8_0.format()));
     // The embeddings and the LM head stay quantized too (the fused loss widens the head a
     // tile at a time, the lookup only the rows it reads).
     assert!(model.embed_tokens().quantized().is_some());
@@ -360,5 +360,43 @@ fn the_real_smollm2_gguf_trains_as_stored() {
             ((x - y) / y).abs() < 1e-5,
             "as stored {a:?}, on the f32 copy {b:?}"
         );
+    }
+}
+
+/// NF4 codes and maxima equal bitsandbytes' own (0.50.2, its CPU `quantize_4bit`,
+/// `quant_type="nf4"`, blocks of 64, no double quantization), recorded for this input: four
+/// blocks at different scales, the first holding every midpoint between NF4 values and their
+/// negations (a weight on a midpoint takes the lower value, as `torch.bucketize` does).
+#[test]
+fn nf4_codes_equal_bitsandbytes() {
+    use peft_studio_engine::model::quantized::{nf4, Format, QuantizedWeight};
+    let scale = [1.0f32, 0.25, 8.0, 0.0625];
+    let mut x: Vec<f32> = (0..256)
+        .map(|i| (((i * 37) % 101) as f32 / 50.0 - 1.0) * scale[i / 64])
+        .collect();
+    x[0] = 1.0;
+    for (i, pair) in nf4::CODE.windows(2).enumerate() {
+        x[1 + i] = (pair[0] + pair[1]) / 2.0;
+        x[16 + i] = -((pair[0] + pair[1]) / 2.0);
+    }
+    let t = Tensor::from_vec(x, (2, 128), &Device::Cpu).unwrap();
+    let q = QuantizedWeight::quantize(&t, Format::Nf4, DType::F32, &Device::Cpu).unwrap();
+    let (codes, absmax) = q.nf4_parts().expect("NF4");
+    let hex: String = codes.iter().map(|b| format!("{b:02x}")).collect();
+    let bitsandbytes = "f0123456789abcdeedcba98765432104c16e18e3b05d17e29f3b05d18e2af4c16d18e3b04c17e29f3b05d17e2af4c06d18e2a04c16e29f3b05d17e29f3c05d18e2af4c16e18e3b05d17e29f3b05d18e2af4c16d18e3b04c17e29f3b05d17e2af4c06d18e2a04c16e29f3b05d17e29f3c05d18e2af4c16e18e3b05d17e29f3b05";
+    assert_eq!(hex, bitsandbytes);
+    assert_eq!(absmax, scale);
+    // Dequantized: each code's value times its block's maximum, as bitsandbytes computes it.
+    let back = q
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for (i, v) in back.iter().enumerate() {
+        let byte = codes[i / 2];
+        let code = if i % 2 == 0 { byte >> 4 } else { byte & 0xF };
+        assert_eq!(*v, nf4::CODE[code as usize] * scale[i / 64], "weight {i}");
     }
 }

@@ -10,7 +10,7 @@ use half::bf16;
 
 use super::bf16_matmul::{self, Kernel, Packed};
 use super::linear::Weight;
-use crate::model::quantized::{self, QuantizedWeight};
+use crate::model::quantized::{self, Format, QuantizedWeight};
 
 /// GFLOP/s of one product shape: f32, then each bf16 kernel (fastest first), each with its
 /// packing per product included, as training runs it.
@@ -65,7 +65,7 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
         .collect();
     let mut quantized = Vec::new();
     let dense = candle_core::Tensor::from_slice(&w32, (out, fan_in), &Device::Cpu);
-    let format = quantized::format_for(GgmlDType::Q4K, fan_in);
+    let format = quantized::format_for(Format::Ggml(GgmlDType::Q4K), fan_in);
     for (suffix, dtype) in [("", DType::F32), ("-bf16", DType::BF16)] {
         let q = dense
             .as_ref()
@@ -75,7 +75,7 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
         if let Some(q) = q {
             let w = Weight::quantized(&q);
             let s = best(&mut || w.forward(&x, &mut y, (rows, fan_in, out), true));
-            let label = quantized::ggml_name(q.format()).to_lowercase() + suffix;
+            let label = q.format().to_string().to_lowercase() + suffix;
             quantized.push((label, flops / s / 1e9));
         }
     }

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
 use super::load::GGUF_WEIGHTS;
-use super::quantized::{self, BaseFormats, QuantizedWeight};
+use super::quantized::{self, BaseFormats, Format, QuantizedWeight};
 use crate::error::{EngineError, Result};
 use crate::fsutil::{write_atomic, write_safetensors_streaming};
 use meta::Metadata;
@@ -293,7 +293,7 @@ impl GgufModel {
         let stored = |hf: &str| {
             let (gguf, _, _) = self.weights.iter().find(|w| w.1 == hf)?;
             let info = self.content.tensor_infos.get(gguf)?;
-            (info.ggml_dtype != GgmlDType::F32).then_some(info.ggml_dtype)
+            (info.ggml_dtype != GgmlDType::F32).then_some(Format::Ggml(info.ggml_dtype))
         };
         Some(BaseFormats {
             projections: self.projection_format()?,
@@ -304,21 +304,11 @@ impl GgufModel {
 
     /// The type most of the decoder's projections are stored in (`Q4_K`; a Q4_K_M file
     /// keeps some in Q6_K), if they are quantized at all.
-    pub fn projection_format(&self) -> Option<GgmlDType> {
-        let mut counts: Vec<(GgmlDType, usize)> = Vec::new();
-        for (gguf, hf, shape) in &self.weights {
-            let Some(info) = self.content.tensor_infos.get(gguf) else {
-                continue;
-            };
-            if !quantized::covers(hf, shape) || info.ggml_dtype == GgmlDType::F32 {
-                continue;
-            }
-            match counts.iter_mut().find(|(f, _)| *f == info.ggml_dtype) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((info.ggml_dtype, 1)),
-            }
-        }
-        counts.into_iter().max_by_key(|(_, n)| *n).map(|(f, _)| f)
+    pub fn projection_format(&self) -> Option<Format> {
+        quantized::most_common(self.weights.iter().filter_map(|(gguf, hf, shape)| {
+            let ty = self.content.tensor_infos.get(gguf)?.ggml_dtype;
+            (quantized::covers(hf, shape) && ty != GgmlDType::F32).then_some(Format::Ggml(ty))
+        }))
     }
 
     /// Every weight's transformers name, the type the file stores it in (`Q4_K`) and its

@@ -5,6 +5,7 @@
 //! before use and dropped after it (`BaseWeight::dense`).
 
 mod ggml;
+pub mod nf4;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -37,11 +38,14 @@ pub enum Quantization {
     Q5K,
     /// 6.6 bits per weight.
     Q6K,
+    /// QLoRA's 4-bit NormalFloat (bitsandbytes' NF4: blocks of 64, f32 maxima): 4.5 bits.
+    Nf4,
 }
 
 /// Every [`Quantization`], in the order forms and messages list them.
-pub const QUANTIZATIONS: [Quantization; 10] = [
+pub const QUANTIZATIONS: [Quantization; 11] = [
     Quantization::Q4K,
+    Quantization::Nf4,
     Quantization::Q8_0,
     Quantization::Q4_0,
     Quantization::Q4_1,
@@ -67,18 +71,19 @@ impl Quantization {
             Self::Q4K => "q4_k",
             Self::Q5K => "q5_k",
             Self::Q6K => "q6_k",
+            Self::Nf4 => "nf4",
         }
     }
 
     /// Bits a weight takes (its block's bytes over its weights).
     pub fn bits_per_weight(self) -> f64 {
-        let f = self.ggml();
+        let f = self.format();
         8.0 * f.type_size() as f64 / f.block_size() as f64
     }
 
-    /// The block format the weights are stored in.
-    pub fn ggml(self) -> GgmlDType {
-        match self {
+    /// The block format the weights are held in.
+    pub fn format(self) -> Format {
+        Format::Ggml(match self {
             Self::Q4_0 => GgmlDType::Q4_0,
             Self::Q4_1 => GgmlDType::Q4_1,
             Self::Q5_0 => GgmlDType::Q5_0,
@@ -89,6 +94,49 @@ impl Quantization {
             Self::Q4K => GgmlDType::Q4K,
             Self::Q5K => GgmlDType::Q5K,
             Self::Q6K => GgmlDType::Q6K,
+            Self::Nf4 => return Format::Nf4,
+        })
+    }
+}
+
+/// A block format a frozen weight is held in: one of llama.cpp's, or NF4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// llama.cpp's block formats (and F16/BF16), as a GGUF file stores them.
+    Ggml(GgmlDType),
+    /// QLoRA's NF4.
+    Nf4,
+}
+
+impl Format {
+    /// Weights per block.
+    pub fn block_size(self) -> usize {
+        match self {
+            Self::Ggml(f) => f.block_size(),
+            Self::Nf4 => nf4::BLOCK,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        match self {
+            Self::Ggml(f) => f.type_size(),
+            // Two codes a byte and the block's f32 maximum.
+            Self::Nf4 => nf4::BLOCK / 2 + 4,
+        }
+    }
+
+    /// Bytes of `count` weights (a whole number of blocks).
+    pub fn bytes(self, count: u64) -> u64 {
+        count / self.block_size() as u64 * self.type_size() as u64
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ggml(g) => f.write_str(&ggml_name(*g)),
+            Self::Nf4 => f.write_str("NF4"),
         }
     }
 }
@@ -125,10 +173,18 @@ pub fn ggml_name(dtype: GgmlDType) -> String {
     }
 }
 
+/// Where a quantized weight's bytes are.
+enum Blocks {
+    /// llama.cpp's formats, in candle's `QTensor` (its dequantize kernels on every device).
+    Ggml(QTensor),
+    /// NF4: packed codes [rows · cols / 2] (u8) and per-block maxima (f32), on the device.
+    Nf4 { codes: Tensor, absmax: Tensor },
+}
+
 /// A frozen weight [rows, cols] held in a block format; products read it through
 /// [`Self::rows_to_f32`] (the CPU) or [`Self::dequantize`] (any device).
 pub struct QuantizedWeight {
-    blocks: QTensor,
+    blocks: Blocks,
     rows: usize,
     cols: usize,
     /// The model's dtype: what a dequantized weight is given as, and what the CPU's tiles
@@ -141,7 +197,7 @@ impl std::fmt::Debug for QuantizedWeight {
         write!(
             f,
             "QuantizedWeight({} [{}, {}])",
-            ggml_name(self.format()),
+            self.format(),
             self.rows,
             self.cols
         )
@@ -153,34 +209,43 @@ impl QuantizedWeight {
     /// `dtype` results.
     pub fn quantize(
         weight: &Tensor,
-        format: GgmlDType,
+        format: Format,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let (_, cols) = weight.dims2()?;
+        let (rows, cols) = weight.dims2()?;
         if !cols.is_multiple_of(format.block_size()) {
             return Err(EngineError::config(
                 "quantize",
                 format!(
-                    "{} needs rows whose width divides into blocks of {}; a weight is {cols} wide",
-                    ggml_name(format),
+                    "{format} needs rows whose width divides into blocks of {}; a weight is {cols} wide",
                     format.block_size()
                 ),
             ));
         }
         let cpu = weight.to_device(&Device::Cpu)?;
-        let blocks = match device {
-            Device::Cpu => QTensor::quantize(&cpu, format)?,
-            d => QTensor::quantize_onto(&cpu, format, d)?,
+        let blocks = match (format, device) {
+            (Format::Ggml(f), Device::Cpu) => Blocks::Ggml(QTensor::quantize(&cpu, f)?),
+            (Format::Ggml(f), d) => Blocks::Ggml(QTensor::quantize_onto(&cpu, f, d)?),
+            (Format::Nf4, d) => {
+                let values = cpu.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let (codes, absmax) = nf4::on_device(&values, d)?;
+                Blocks::Nf4 { codes, absmax }
+            }
         };
-        Self::from_blocks(blocks, dtype)
+        Ok(Self {
+            blocks,
+            rows,
+            cols,
+            dtype,
+        })
     }
 
     /// Wraps blocks as read from a GGUF file ([rows, cols] in transformers' order).
     pub fn from_blocks(blocks: QTensor, dtype: DType) -> Result<Self> {
         let (rows, cols) = blocks.shape().dims2()?;
         Ok(Self {
-            blocks,
+            blocks: Blocks::Ggml(blocks),
             rows,
             cols,
             dtype,
@@ -193,13 +258,19 @@ impl QuantizedWeight {
     }
 
     /// The block format.
-    pub fn format(&self) -> GgmlDType {
-        self.blocks.dtype()
+    pub fn format(&self) -> Format {
+        match &self.blocks {
+            Blocks::Ggml(q) => Format::Ggml(q.dtype()),
+            Blocks::Nf4 { .. } => Format::Nf4,
+        }
     }
 
     /// The device the blocks are on.
     pub fn device(&self) -> Device {
-        self.blocks.device()
+        match &self.blocks {
+            Blocks::Ggml(q) => q.device(),
+            Blocks::Nf4 { codes, .. } => codes.device().clone(),
+        }
     }
 
     /// The dtype products give.
@@ -209,26 +280,49 @@ impl QuantizedWeight {
 
     /// Bytes held.
     pub fn size_in_bytes(&self) -> usize {
-        self.blocks.storage_size_in_bytes()
+        match &self.blocks {
+            Blocks::Ggml(q) => q.storage_size_in_bytes(),
+            Blocks::Nf4 { codes, absmax } => codes.elem_count() + 4 * absmax.elem_count(),
+        }
     }
 
     /// The whole weight widened to the model's dtype on `device` (one layer at a time: the
     /// caller drops it after use).
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
-        let on_device = self.blocks.dequantize(&self.device())?;
+        let on_device = match &self.blocks {
+            Blocks::Ggml(q) => q.dequantize(&q.device())?,
+            Blocks::Nf4 { codes, absmax } => nf4::dequantize(codes, absmax, self.dims())?,
+        };
         Ok(on_device.to_dtype(self.dtype)?.to_device(device)?)
     }
 
     /// Rows `ids` [n] (u32) widened to the model's dtype, as [n, cols]: an embedding lookup.
     pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(self.blocks.embedding(ids)?.to_dtype(self.dtype)?)
+        match &self.blocks {
+            Blocks::Ggml(q) => Ok(q.embedding(ids)?.to_dtype(self.dtype)?),
+            // Never an embedding today (`quantize` covers projections only): widened whole.
+            Blocks::Nf4 { .. } => Ok(self.dequantize(&self.device())?.index_select(ids, 0)?),
+        }
     }
 
     /// Rows `r0..r0 + out.len() / cols` widened to f32 into `out` (a CPU weight), not rounded
     /// to the model's dtype: for callers that round them themselves.
     pub fn widen_rows(&self, r0: usize, out: &mut [f32]) -> candle_core::Result<()> {
-        let bytes = self.blocks.data()?;
-        ggml::rows_to_f32(self.format(), &bytes, self.cols, r0, out)
+        use candle_core::{CpuStorage, Storage};
+        match &self.blocks {
+            Blocks::Ggml(q) => ggml::rows_to_f32(q.dtype(), &q.data()?, self.cols, r0, out),
+            Blocks::Nf4 { codes, absmax } => {
+                let (c, cl) = codes.storage_and_layout();
+                let (a, al) = absmax.storage_and_layout();
+                match (&*c, &*a) {
+                    (Storage::Cpu(CpuStorage::U8(c)), Storage::Cpu(CpuStorage::F32(a))) => {
+                        let (c, a) = (&c[cl.start_offset()..], &a[al.start_offset()..]);
+                        nf4::rows_to_f32(c, a, self.cols, r0, out)
+                    }
+                    _ => candle_core::bail!("NF4 weight: not on the CPU"),
+                }
+            }
+        }
     }
 
     /// Rows `r0..r0 + out.len() / cols` widened to f32 into `out` (a CPU weight), rounded to
@@ -241,28 +335,48 @@ impl QuantizedWeight {
         }
         Ok(())
     }
+
+    /// NF4's packed codes and per-block maxima as held (to compare with bitsandbytes').
+    pub fn nf4_parts(&self) -> Option<(Vec<u8>, Vec<f32>)> {
+        match &self.blocks {
+            Blocks::Nf4 { codes, absmax } => Some((codes.to_vec1().ok()?, absmax.to_vec1().ok()?)),
+            Blocks::Ggml(_) => None,
+        }
+    }
 }
 
 /// The block formats a quantized base holds its weights in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BaseFormats {
     /// The decoder's projections (the most common type, for a GGUF file that mixes them).
-    pub projections: GgmlDType,
+    pub projections: Format,
     /// The token embeddings, when they are quantized (a GGUF base).
-    pub embeddings: Option<GgmlDType>,
+    pub embeddings: Option<Format>,
     /// An untied LM head, when it is quantized (a GGUF base).
-    pub head: Option<GgmlDType>,
+    pub head: Option<Format>,
 }
 
 impl BaseFormats {
     /// A safetensors base quantized at load time: projections only, as QLoRA does.
     pub fn projections(quantize: Quantization) -> Self {
         Self {
-            projections: quantize.ggml(),
+            projections: quantize.format(),
             embeddings: None,
             head: None,
         }
     }
+}
+
+/// The format that occurs most often (of a tie, the later), if any.
+pub fn most_common(formats: impl Iterator<Item = Format>) -> Option<Format> {
+    let mut counts: Vec<(Format, usize)> = Vec::new();
+    for f in formats {
+        match counts.iter_mut().find(|(g, _)| *g == f) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((f, 1)),
+        }
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(f, _)| f)
 }
 
 /// Whether a base quantization covers the weight `name` of shape `dims`: the decoder
@@ -275,20 +389,21 @@ pub fn covers(name: &str, dims: &[usize]) -> bool {
 /// The block format a weight `cols` wide gets when `wanted` is asked for: `wanted`, or where
 /// its rows do not divide into `wanted`'s blocks the type llama.cpp's quantizer falls back to
 /// (docs/QUANTIZED.md §3; IQ4_NL, its choice for Q2_K and Q3_K, is not one candle stores, so
-/// Q4_0), or `None` when no block fits.
-pub fn format_for(wanted: GgmlDType, cols: usize) -> Option<GgmlDType> {
-    let fits = |f: GgmlDType| cols.is_multiple_of(f.block_size());
+/// Q4_0), or `None` when no block fits (NF4 has no fallback: its blocks must not straddle
+/// rows here).
+pub fn format_for(wanted: Format, cols: usize) -> Option<Format> {
+    let fits = |f: Format| cols.is_multiple_of(f.block_size());
     if fits(wanted) {
         return Some(wanted);
     }
     let fallback = match wanted {
-        GgmlDType::Q2K | GgmlDType::Q3K => GgmlDType::Q4_0,
-        GgmlDType::Q4K => GgmlDType::Q5_0,
-        GgmlDType::Q5K => GgmlDType::Q5_1,
-        GgmlDType::Q6K => GgmlDType::Q8_0,
+        Format::Ggml(GgmlDType::Q2K | GgmlDType::Q3K) => GgmlDType::Q4_0,
+        Format::Ggml(GgmlDType::Q4K) => GgmlDType::Q5_0,
+        Format::Ggml(GgmlDType::Q5K) => GgmlDType::Q5_1,
+        Format::Ggml(GgmlDType::Q6K) => GgmlDType::Q8_0,
         _ => return None,
     };
-    fits(fallback).then_some(fallback)
+    Some(Format::Ggml(fallback)).filter(|&f| fits(f))
 }
 
 /// `blocks` [rows, cols] with its rows reordered: row `r` of the result is row `order[r]`.
