@@ -7,6 +7,9 @@ prints one `max_abs_diff=<x>` line (and, for llama.cpp, `top5=<equal|differ>`).
   make-peft BASE KIND OUT IDS                PEFT makes an adapter with non-zero weights and
                                              writes its logits to OUT/reference.safetensors
   make-adapters BASE KIND OUT IDS            the same with the adapters library
+  peft-nf4  BASE ADAPTER STUDIO_LOGITS IDS   PEFT on the base whose projections bitsandbytes
+                                             quantized to NF4 and dequantized (its
+                                             quantize_4bit / dequantize_4bit)
   logits    STUDIO_LOGITS REFERENCE          compare two logits files
   merged    BASE ADAPTER MERGED_DIR          PEFT's merge_and_unload weights against the
                                              studio's merged folder, and their logits
@@ -59,6 +62,23 @@ def peft_logits(model, adapter_dir, ids):
 def cmd_peft(base_dir, adapter_dir, studio_file, ids):
     from peft import PeftModel
     model = PeftModel.from_pretrained(base_model(base_dir), adapter_dir).eval()
+    report(peft_logits(model, adapter_dir, ids_of(ids)), studio_file)
+
+
+def cmd_peft_nf4(base_dir, adapter_dir, studio_file, ids):
+    # bitsandbytes' canonical NF4 (blocks of 64, f32 maxima), applied by its own functions.
+    # (transformers' `load_in_4bit` on a CPU repacks the weights for its CPU kernels with the
+    # maxima rounded to bf16: other numbers than QLoRA's NF4 anywhere else.)
+    import bitsandbytes.functional as F
+    from peft import PeftModel
+    base = base_model(base_dir)
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if name.startswith("model.layers.") and name.endswith("_proj"):
+                w = module.weight.data
+                q, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
+                module.weight.data = F.dequantize_4bit(q, state).to(w.dtype)
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
     report(peft_logits(model, adapter_dir, ids_of(ids)), studio_file)
 
 
@@ -195,7 +215,7 @@ def cmd_gguf_read(model_gguf, lora_gguf):
 
 
 COMMANDS = {
-    "peft": cmd_peft, "adapters": cmd_adapters, "make-peft": cmd_make_peft,
+    "peft": cmd_peft, "peft-nf4": cmd_peft_nf4, "adapters": cmd_adapters, "make-peft": cmd_make_peft,
     "make-adapters": cmd_make_adapters, "logits": cmd_logits, "merged": cmd_merged,
     "llama-cpp": cmd_llama_cpp, "gguf-read": cmd_gguf_read,
 }

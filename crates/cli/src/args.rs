@@ -562,6 +562,9 @@ pub struct LogitsArgs {
     /// Output safetensors file (one tensor `logits`, [tokens, vocab], f32).
     #[arg(long)]
     pub out: PathBuf,
+    /// Hold the base's projections quantized, as a run with `quantize` trained on it.
+    #[arg(long)]
+    pub quantize: Option<Quantization>,
 }
 
 /// `generate`.
@@ -591,6 +594,9 @@ pub struct GenerateArgs {
     /// Wrap the prompt in the model's chat template as a user turn.
     #[arg(long)]
     pub chat: bool,
+    /// Hold the base's projections quantized (q4_k, nf4, …): a quarter of the memory.
+    #[arg(long)]
+    pub quantize: Option<Quantization>,
 }
 
 /// `bench`.

@@ -8,8 +8,8 @@ use peft_studio_engine::chat::Message;
 use peft_studio_engine::device::DeviceRequest;
 use peft_studio_engine::generate::{generate, GenerateOptions};
 use peft_studio_engine::memory::{self, StepShape};
-use peft_studio_engine::model::load::base_formats;
-use peft_studio_engine::model::{load_model, LlamaConfig};
+use peft_studio_engine::model::load::{base_formats, load_model_quantized};
+use peft_studio_engine::model::LlamaConfig;
 use peft_studio_engine::peft::describe;
 use peft_studio_engine::peft::{load::attach_adapter, target, MethodConfig, TargetModules};
 use peft_studio_engine::plan::count_params;
@@ -333,7 +333,7 @@ fn adapters(catalog: &Path, c: AdaptersCommand) -> peft_studio_app::Result<()> {
 fn logits_cmd(a: LogitsArgs) -> Result<()> {
     let dir = resolve_model(&a.model)?;
     let device = run::default_device();
-    let mut model = load_model(&dir, DType::F32, &device)?;
+    let mut model = load_model_quantized(&dir, DType::F32, &device, a.quantize)?;
     if let Some(adapter) = &a.adapter {
         attach_adapter(&mut model, adapter, Some(0.0))?;
     }
@@ -367,7 +367,7 @@ fn generate_cmd(mut a: GenerateArgs) -> Result<()> {
     use std::io::Write;
     a.model = resolve_model(&a.model)?;
     let device = run::default_device();
-    let mut model = load_model(&a.model, DType::F32, &device)?;
+    let mut model = load_model_quantized(&a.model, DType::F32, &device, a.quantize)?;
     let tok = TextTokenizer::load(&a.model, &model.config().eos_token_ids)?;
     if let Some(dir) = &a.adapter {
         attach_adapter(&mut model, dir, Some(0.0))?;
