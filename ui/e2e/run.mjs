@@ -63,7 +63,7 @@ function safetensorsKeys(path) {
 }
 
 // Trains the demo by clicks from the first screen: returns the run id.
-async function trainDemo({ epochs, lr }) {
+async function trainDemo({ epochs, lr, quantize }) {
   await go("#/");
   await (await s.find("#train-demo")).click();
   await s.find("#model-choices input:checked");
@@ -78,6 +78,11 @@ async function trainDemo({ epochs, lr }) {
   await (await s.find("#step-next")).click();
   await (await s.find("input[name=epochs]")).type(String(epochs));
   await (await s.find("input[name=lr]")).type(String(lr));
+  if (quantize) {
+    // The base held quantized: the select under Advanced.
+    await (await s.find(".new-run details summary")).click();
+    await (await s.find(`select[name=quantize] option[value=${quantize}]`)).click();
+  }
   await shot("new-run-4-hyperparameters");
   await (await s.find("#step-next")).click();
   await s.find("#review");
@@ -132,7 +137,8 @@ try {
   });
 
   await step("(b) compare two runs", async () => {
-    const second = await trainDemo({ epochs: 2, lr: 0.005 });
+    // The second run trains on a base held in Q8_0.
+    const second = await trainDemo({ epochs: 2, lr: 0.005, quantize: "q8_0" });
     await s.waitFor(async () => (await statusOf()) === "completed", 600000, "the second run to complete");
     await go("#/runs");
     await (await s.find(`input[type=checkbox][data-run="${first}"]`)).click();
@@ -141,7 +147,7 @@ try {
     await (await s.find("#compare-selected")).click();
     await s.waitFor(async () => (await s.findAll("#compare-chart path")).length >= 2, 20000, "two curves");
     const diff = await (await s.find("#config-diff")).text();
-    if (!/train\.lr/.test(diff) || !/train\.epochs/.test(diff)) throw new Error(`config diff lacks lr/epochs: ${diff}`);
+    if (!/train\.lr/.test(diff) || !/train\.epochs/.test(diff) || !/train\.quantize/.test(diff)) throw new Error(`config diff lacks lr/epochs/quantize: ${diff}`);
     await (await s.find("#compare-log")).click();
     await shot("compare");
     const png = join(EXPORTS, "compare.png");
