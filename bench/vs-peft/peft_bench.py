@@ -3,7 +3,7 @@
 
     python peft_bench.py --model DIR [--method lora|dora|ia3|prompt-tuning|prefix-tuning|full]
         --r 8 --targets q_proj,k_proj,v_proj,o_proj --batch-size 4 --seq-len 256 --steps 5
-        --threads 2 [--device cuda] [--dtype bf16]
+        --threads 2 [--device cuda] [--dtype bf16] [--quantize nf4]
 
 The LoRA flags (`--r`, `--targets`) apply to lora and dora; IA3 takes PEFT's default
 modules, prompt and prefix tuning 20 virtual tokens: the studio's defaults for the same.
@@ -49,11 +49,21 @@ def main():
     # The base weights' dtype: f32 with bf16 autocast by default; bf16 as people load a big
     # model onto a GPU (the adapters are kept in f32 by PEFT either way).
     p.add_argument("--load-dtype", default="f32", choices=["f32", "bf16"])
+    # QLoRA: the base loaded 4-bit by bitsandbytes (NF4, no double quantization, computing in
+    # --dtype), as the studio's `--quantize nf4` holds it.
+    p.add_argument("--quantize", choices=["nf4"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     load = torch.bfloat16 if a.load_dtype == "bf16" else torch.float32
-    model = tf.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=load).to(a.device)
+    if a.quantize:
+        nf4 = tf.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
+            bnb_4bit_compute_dtype=torch.bfloat16 if a.dtype == "bf16" else torch.float32)
+        model = tf.AutoModelForCausalLM.from_pretrained(
+            a.model, torch_dtype=load, quantization_config=nf4, device_map=a.device)
+    else:
+        model = tf.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=load).to(a.device)
     config = peft_config(a)
     if config is not None:
         model = get_peft_model(model, config)
