@@ -339,8 +339,8 @@ fn trained_model(checkpoint_dir: &Path) -> Result<(RunConfig, LlamaModel, usize)
 /// runs' trained weights in place).
 pub fn export_merged(checkpoint_dir: &Path, out: &Path) -> Result<()> {
     use crate::export::merged::{write_merged_model, MAX_SHARD_BYTES};
-    let (cfg, mut model, step) = trained_model(checkpoint_dir)?;
-    write_merged_model(&mut model, &cfg.model, out, MAX_SHARD_BYTES)?;
+    let (cfg, model, step) = trained_model(checkpoint_dir)?;
+    write_merged_model(&model, &cfg.model, out, MAX_SHARD_BYTES)?;
     let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
     let base = base.display().to_string();
     crate::export::card::write_model_card(&cfg, &base, Exported::MergedModel, Some(step), out)

@@ -10,8 +10,9 @@ use candle_core::{DType, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::fsutil::{write_atomic, write_safetensors_streaming};
+use crate::model::llama::BasePart;
 use crate::model::LlamaModel;
-use crate::peft::merge::merge_adapters;
+use crate::peft::merge::{check_mergeable, merged_weight};
 
 /// The files of a model folder that travel unchanged into a merged copy.
 const CARRIED_FILES: [&str; 6] = [
@@ -26,17 +27,17 @@ const CARRIED_FILES: [&str; 6] = [
 /// The largest shard transformers' `save_pretrained` writes by default (5 GB).
 pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
 
-/// Merges `model`'s adapters into its weights and writes the merged model (with the files of
-/// `base_dir`, the folder it was loaded from) to `out`, in shards of at most
-/// `max_shard_bytes`.
+/// Writes `model` with its adapters folded into its weights (with the files of `base_dir`, the
+/// folder it was loaded from) to `out`, in shards of at most `max_shard_bytes`; the model
+/// itself is left as it is. Each weight is merged as it is written, so a quantized base is
+/// never widened whole.
 pub fn write_merged_model(
-    model: &mut LlamaModel,
+    model: &LlamaModel,
     base_dir: &Path,
     out: &Path,
     max_shard_bytes: usize,
 ) -> Result<()> {
-    merge_adapters(model)?;
-    model.dequantize_base()?;
+    check_mergeable(model)?;
     std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
     for name in CARRIED_FILES {
         let src = base_dir.join(name);
@@ -45,16 +46,33 @@ pub fn write_merged_model(
             write_atomic(&out.join(name), &bytes)?;
         }
     }
-    let weights: Vec<(String, Tensor)> = model
-        .base_weights_mut()
-        .into_iter()
-        .map(|(n, t)| (n, t.clone()))
-        .collect();
+    // Each weight is merged when it is written and dropped after it: a quantized base is
+    // widened one layer at a time, never whole.
+    let parts = model.base_parts();
+    let shape = |part: &BasePart| match part {
+        BasePart::Tensor(t) => t.dims().to_vec(),
+        BasePart::Weight(w) => vec![w.dims().0, w.dims().1],
+        BasePart::Linear(l) => vec![l.out_features(), l.in_features()],
+        BasePart::Bias(l) => vec![l.out_features()],
+    };
+    let merged = |part: &BasePart| -> Result<Tensor> {
+        Ok(match part {
+            BasePart::Tensor(t) => (*t).clone(),
+            BasePart::Weight(w) => w.dense()?.into_owned(),
+            BasePart::Linear(l) => merged_weight(l)?.0,
+            BasePart::Bias(l) => merged_weight(l)?.1.ok_or_else(|| {
+                EngineError::config("merge", format!("`{}` lost its bias", l.name))
+            })?,
+        })
+    };
+    let weights: Vec<(String, Vec<usize>)> =
+        parts.iter().map(|(n, p)| (n.clone(), shape(p))).collect();
+    let bytes_of = |shape: &Vec<usize>| shape.iter().product::<usize>() * 4;
     // Consecutive weights fill a shard until the next would overflow it.
     let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
     let mut filled = 0;
-    for (i, (_, t)) in weights.iter().enumerate() {
-        let bytes = t.elem_count() * 4;
+    for (i, (_, shape)) in weights.iter().enumerate() {
+        let bytes = bytes_of(shape);
         if filled > 0 && filled + bytes > max_shard_bytes {
             shards.push(Vec::new());
             filled = 0;
@@ -74,19 +92,19 @@ pub fn write_merged_model(
     };
     let mut weight_map = serde_json::Map::new();
     for (k, members) in shards.iter().enumerate() {
-        let shapes: Vec<(String, Vec<usize>)> = members
-            .iter()
-            .map(|&i| (weights[i].0.clone(), weights[i].1.dims().to_vec()))
-            .collect();
+        let shapes: Vec<(String, Vec<usize>)> =
+            members.iter().map(|&i| weights[i].clone()).collect();
         write_safetensors_streaming(&out.join(file_of(k)), &shapes, |j| {
-            Ok(weights[members[j]].1.detach().to_dtype(DType::F32)?)
+            Ok(merged(&parts[members[j]].1)?
+                .detach()
+                .to_dtype(DType::F32)?)
         })?;
         for (name, _) in &shapes {
             weight_map.insert(name.clone(), file_of(k).into());
         }
     }
     if count > 1 {
-        let total: usize = weights.iter().map(|(_, t)| t.elem_count() * 4).sum();
+        let total: usize = weights.iter().map(|(_, shape)| bytes_of(shape)).sum();
         let index =
             serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         write_atomic(

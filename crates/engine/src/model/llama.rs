@@ -110,6 +110,18 @@ struct Positions {
     mask: Option<Tensor>,
 }
 
+/// One base weight as `LlamaModel::base_parts` lists it.
+pub enum BasePart<'a> {
+    /// A norm's weight.
+    Tensor(&'a Tensor),
+    /// The embeddings (dense or quantized).
+    Weight(&'a BaseWeight),
+    /// A linear layer's weight, with its adapter (if any) to fold in.
+    Linear(&'a Linear),
+    /// A linear layer's bias, with its adapter (IA³ scales it).
+    Bias(&'a Linear),
+}
+
 /// A causal language model of the Llama family.
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
@@ -419,6 +431,37 @@ impl LlamaModel {
         }
         self.retie();
         Ok(())
+    }
+
+    /// Every base weight by its transformers name, in the order `base_weights_mut` lists them
+    /// (a tied `lm_head` once), read-only and whatever it is held as: what a merged export
+    /// writes one at a time.
+    pub fn base_parts(&self) -> Vec<(String, BasePart<'_>)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            BasePart::Weight(&self.embed_tokens),
+        )];
+        for (l, b) in self.layers.iter().enumerate() {
+            out.push((
+                format!("model.layers.{l}.input_layernorm.weight"),
+                BasePart::Tensor(&b.input_layernorm),
+            ));
+            out.push((
+                format!("model.layers.{l}.post_attention_layernorm.weight"),
+                BasePart::Tensor(&b.post_attention_layernorm),
+            ));
+            for lin in b.linears() {
+                out.push((format!("{}.weight", lin.name), BasePart::Linear(lin)));
+                if lin.bias.is_some() {
+                    out.push((format!("{}.bias", lin.name), BasePart::Bias(lin)));
+                }
+            }
+        }
+        out.push(("model.norm.weight".into(), BasePart::Tensor(&self.norm)));
+        if !self.cfg.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), BasePart::Linear(&self.lm_head)));
+        }
+        out
     }
 
     /// Re-points a tied `lm_head` at the (possibly replaced) embedding tensor.

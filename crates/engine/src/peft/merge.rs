@@ -38,6 +38,25 @@ pub fn merged_weight(lin: &Linear) -> Result<(Tensor, Option<Tensor>)> {
 /// how many layers changed. A tied `lm_head` cannot take an adapter's change without changing
 /// the embeddings too, so that is refused.
 pub fn merge_adapters(model: &mut LlamaModel) -> Result<usize> {
+    check_mergeable(model)?;
+    let mut merged = 0;
+    for lin in model.linears_mut() {
+        if lin.lora.is_none() && lin.ia3.is_none() {
+            continue;
+        }
+        let (w, b) = merged_weight(lin)?;
+        lin.weight = w.into();
+        lin.bias = b;
+        lin.lora = None;
+        lin.ia3 = None;
+        merged += 1;
+    }
+    Ok(merged)
+}
+
+/// Refuses what no weight can hold: bottleneck adapters, virtual tokens, an adapter on a
+/// tied `lm_head` (its change would change the embeddings too).
+pub fn check_mergeable(model: &LlamaModel) -> Result<()> {
     if model.has_bottleneck_adapters() {
         return Err(EngineError::config(
             "merge",
@@ -53,24 +72,16 @@ pub fn merge_adapters(model: &mut LlamaModel) -> Result<usize> {
         ));
     }
     let tied = model.config().tie_word_embeddings;
-    let mut merged = 0;
-    for lin in model.linears_mut() {
-        if lin.lora.is_none() && lin.ia3.is_none() {
-            continue;
-        }
-        if tied && lin.name == "lm_head" {
-            return Err(EngineError::config(
-                "merge",
-                "the adapter changes lm_head, whose weight is tied to the embeddings; \
-                 export the adapter instead of a merged model",
-            ));
-        }
-        let (w, b) = merged_weight(lin)?;
-        lin.weight = w.into();
-        lin.bias = b;
-        lin.lora = None;
-        lin.ia3 = None;
-        merged += 1;
+    let adapted_head = model
+        .linears()
+        .into_iter()
+        .any(|l| l.name == "lm_head" && (l.lora.is_some() || l.ia3.is_some()));
+    if tied && adapted_head {
+        return Err(EngineError::config(
+            "merge",
+            "the adapter changes lm_head, whose weight is tied to the embeddings; \
+             export the adapter instead of a merged model",
+        ));
     }
-    Ok(merged)
+    Ok(())
 }

@@ -42,7 +42,7 @@ fn merged_folders_shard_like_transformers_and_load_back() {
             .apply(&mut model, 5)
             .expect("apply");
         let out = dir.path().join(name);
-        write_merged_model(&mut model, &path, &out, max_shard).expect("merge");
+        write_merged_model(&model, &path, &out, max_shard).expect("merge");
         let back = load_model(&out, DType::F32, &Device::Cpu).expect("load merged");
         logits_of.push(logits(&back));
         let index = out.join("model.safetensors.index.json");

@@ -400,3 +400,30 @@ fn nf4_codes_equal_bitsandbytes() {
         assert_eq!(*v, nf4::CODE[code as usize] * scale[i / 64], "weight {i}");
     }
 }
+
+/// A merged export from a quantized base folds the adapter into the dequantized weights, one
+/// layer at a time: the merged folder's logits are the adapted quantized model's.
+#[test]
+fn a_quantized_base_merges_into_its_dequantized_weights() {
+    use peft_studio_engine::export::merged::write_merged_model;
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(dir.path(), &spec());
+    let mut model =
+        load_model_quantized(&path, DType::F32, &Device::Cpu, Some(Quantization::Q4K)).unwrap();
+    with_lora(&mut model);
+    let out = dir.path().join("merged");
+    write_merged_model(&model, &path, &out, usize::MAX).expect("merge");
+    let merged = load_model_quantized(&out, DType::F32, &Device::Cpu, None).expect("load merged");
+    let ids = Tensor::new(&[[1u32, 50, 60, 70, 3, 4]], &Device::Cpu).unwrap();
+    let logits = |m: &LlamaModel| {
+        m.forward(&ids, None, &ForwardCtx::eval())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (logits(&model), logits(&merged));
+    let r = relative(&b, &a);
+    assert!(r < 1e-5, "merged logits differ by {r:e} (relative)");
+}
