@@ -166,11 +166,10 @@ fn check_and_record(catalog: &Catalog, dir: &Path, base: Option<&Path>) -> Resul
     let mut warnings = Vec::new();
     let base_model = match base {
         Some(base) => {
-            let mut model = peft_studio_engine::model::load_model(
-                base,
-                candle_core::DType::F32,
-                &peft_studio_engine::run::default_device(),
-            )?;
+            // The adapter's fit is a matter of names and shapes: the base's config is enough,
+            // and an 8B base is never loaded for it.
+            let cfg = peft_studio_engine::model::LlamaConfig::from_path(&base.join("config.json"))?;
+            let mut model = peft_studio_engine::model::LlamaModel::skeleton(&cfg)?;
             peft_studio_engine::peft::load::attach_adapter(&mut model, dir, Some(0.0))?;
             let chosen = base.file_name().map(|n| n.to_string_lossy().into_owned());
             let named_last = named_base.rsplit(['/', '\\']).next().unwrap_or(&named_base);

@@ -273,6 +273,26 @@ impl LlamaModel {
         })
     }
 
+    /// The model `cfg` describes with every weight a broadcast zero (no memory behind it):
+    /// for checks that need the layers' names and shapes only, such as whether an adapter fits
+    /// a base, without loading the base. Never to be run.
+    pub fn skeleton(cfg: &LlamaConfig) -> Result<Self> {
+        let zero = Tensor::zeros((), DType::F32, &Device::Cpu)?;
+        let tensors = cfg
+            .weight_shapes()
+            .into_iter()
+            .map(|(name, shape)| Ok((name, zero.broadcast_as(shape)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        Self::from_tensors(
+            cfg,
+            tensors,
+            HashMap::new(),
+            "config.json",
+            DType::F32,
+            &Device::Cpu,
+        )
+    }
+
     /// Sets (or clears) the virtual-token embeddings [tokens, hidden] that prompt tuning puts
     /// before every input; outputs cover the real tokens only.
     pub fn set_prompt(&mut self, prompt: Option<Tensor>) {
