@@ -279,12 +279,7 @@ fn a_run_with_quantize_trains_and_exports() {
         &AtomicBool::new(false),
     )
     .expect("train on a quantized base");
-    let events = std::fs::read_to_string(cfg.out.join("events.jsonl")).unwrap();
-    let losses: Vec<f64> = events
-        .lines()
-        .filter(|l| l.contains("\"event\":\"step\""))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
-        .collect();
+    let losses = step_losses(&cfg.out);
     assert!(losses.len() == 12 && losses[11] < losses[0], "{losses:?}");
     let card = std::fs::read_to_string(adapter.join("README.md")).unwrap();
     assert!(card.contains("quantized, projections in Q4_K"), "{card}");
@@ -346,12 +341,7 @@ fn the_real_smollm2_gguf_trains_as_stored() {
             &AtomicBool::new(false),
         )
         .expect("train");
-        let events = std::fs::read_to_string(cfg.out.join("events.jsonl")).unwrap();
-        events
-            .lines()
-            .filter(|l| l.contains("\"event\":\"step\""))
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
-            .collect::<Vec<f64>>()
+        step_losses(&cfg.out)
     };
     let (a, b) = (losses(stored.path, "stored"), losses(copy.path, "copy"));
     assert_eq!(a.len(), 4);
@@ -426,4 +416,14 @@ fn a_quantized_base_merges_into_its_dequantized_weights() {
     let (a, b) = (logits(&model), logits(&merged));
     let r = relative(&b, &a);
     assert!(r < 1e-5, "merged logits differ by {r:e} (relative)");
+}
+
+/// The training losses a run logged, step by step.
+fn step_losses(run: &std::path::Path) -> Vec<f64> {
+    let events = std::fs::read_to_string(run.join("events.jsonl")).unwrap();
+    events
+        .lines()
+        .filter(|l| l.contains("\"event\":\"step\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+        .collect()
 }
