@@ -73,16 +73,16 @@ pub fn rows_to_f32(
     ) else {
         candle_core::bail!("NF4 weight: rows from {r0} out of range")
     };
-    for ((o, c), m) in out
+    for ((o, c), &m) in out
         .chunks_mut(BLOCK)
         .zip(codes.chunks(BLOCK / 2))
         .zip(absmax)
     {
-        for (pair, &byte) in o.chunks_mut(2).zip(c) {
-            pair[0] = CODE[(byte >> 4) as usize] * m;
-            if let Some(second) = pair.get_mut(1) {
-                *second = CODE[(byte & 0xF) as usize] * m;
-            }
+        // The block's 16 values once (the same products as one per weight), then lookups.
+        let values: [f32; 16] = std::array::from_fn(|i| CODE[i] * m);
+        for (pair, &byte) in o.chunks_exact_mut(2).zip(c) {
+            pair[0] = values[(byte >> 4) as usize];
+            pair[1] = values[(byte & 0xF) as usize];
         }
     }
     Ok(())
