@@ -355,7 +355,7 @@ pub fn quantized_storage(cfg: &LlamaConfig, formats: BaseFormats, elem: u64) -> 
         let count = shape.iter().product::<usize>() as u64;
         params += count;
         bytes += match format {
-            Some(f) => count / f.block_size() as u64 * f.type_size() as u64,
+            Some(f) => f.bytes(count),
             None => count * elem,
         };
     }
@@ -511,7 +511,7 @@ fn adapter_activations(
 fn loading_peak(cfg: &LlamaConfig, weights: u64, step: StepShape) -> u64 {
     let largest = (cfg.vocab_size.max(cfg.intermediate_size) * cfg.hidden_size) as u64;
     let in_flight = match step.quantized.and_then(|f| f.embeddings) {
-        Some(f) => 2 * largest / f.block_size() as u64 * f.type_size() as u64,
+        Some(f) => 2 * f.bytes(largest),
         None => 2 * largest * cfg.stored_dtype.size_in_bytes() as u64,
     };
     if step.cpu {

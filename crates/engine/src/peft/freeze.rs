@@ -5,6 +5,7 @@ use candle_core::Var;
 
 use super::{MethodConfig, Trainables};
 use crate::error::{EngineError, Result};
+use crate::model::llama::BasePart;
 use crate::model::{LlamaConfig, LlamaModel};
 use crate::peft::target::layer_index;
 
@@ -86,24 +87,25 @@ pub fn make_trainable(model: &mut LlamaModel, names: &[String]) -> Result<Traina
 }
 
 /// A quantized weight holds rounded numbers in blocks no optimiser step can update, so
-/// training one is refused, naming it.
+/// training one (a projection, or a GGUF base's embeddings) is refused, naming it.
 fn refuse_quantized(model: &LlamaModel, names: &[String]) -> Result<()> {
-    let quantized = model
-        .linears()
-        .into_iter()
-        .find(|l| l.weight.quantized().is_some() && names.contains(&format!("{}.weight", l.name)));
-    match quantized {
-        Some(l) => Err(EngineError::config(
+    let held = model.base_parts().into_iter().find_map(|(name, part)| {
+        let weight = match part {
+            BasePart::Weight(w) => w,
+            BasePart::Linear(l) => &l.weight,
+            BasePart::Tensor(_) | BasePart::Bias(_) => return None,
+        };
+        let format = weight.quantized()?.format();
+        names.contains(&name).then_some((name, format))
+    });
+    match held {
+        Some((name, format)) => Err(EngineError::config(
             "quantize",
             format!(
-                "`{}` is held quantized ({}), and trainable weights cannot be quantized; \
-                 train an adapter (LoRA, DoRA, IA3, …) on a quantized base, or load the base \
-                 unquantized (leave `quantize` unset, or import the GGUF with --convert) to \
-                 train its weights",
-                l.name,
-                l.weight
-                    .quantized()
-                    .map_or_else(String::new, |q| q.format().to_string())
+                "`{name}` is held quantized ({format}), and trainable weights cannot be \
+                 quantized; train an adapter (LoRA, DoRA, IA3, …) on a quantized base, or load \
+                 the base unquantized (leave `quantize` unset, or import the GGUF with \
+                 --convert) to train its weights"
             ),
         )),
         None => Ok(()),

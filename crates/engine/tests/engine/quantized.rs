@@ -212,6 +212,21 @@ fn a_gguf_base_trains_as_stored() {
     let (a, b) = (loss(&model), loss(&copy));
     assert!(((a - b) / b).abs() < 1e-6, "as stored {a}, converted {b}");
     assert_trains_as_dequantized("gguf q8_0", model);
+    // Training the file's quantized embeddings is refused, not silently skipped.
+    let mut stored_model = load_model_quantized(&folder, DType::F32, &Device::Cpu, None).unwrap();
+    let embeddings = MethodConfig {
+        kind: MethodKind::Freeze,
+        trainable_modules: vec!["model.embed_tokens".into()],
+        ..Default::default()
+    };
+    let err = embeddings
+        .apply(&mut stored_model, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.embed_tokens.weight") && err.contains("cannot be quantized"),
+        "{err}"
+    );
     // A quantize setting on a GGUF base is refused with the reason.
     let err = load_model_quantized(&folder, DType::F32, &Device::Cpu, Some(Quantization::Q4K))
         .unwrap_err()

@@ -10,7 +10,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
 
-use super::matmul::{matmul, matmul_par, Mat};
+use super::matmul::{add_product, matmul_par, Mat};
 use half::bf16;
 
 use super::bf16_matmul;
@@ -49,7 +49,7 @@ pub(super) struct LoraSlices<'a> {
 }
 
 /// A frozen weight [out, in]: f32, bf16 multiplied as it is (`bf16_matmul`), or rows
-/// `first..first + rows` of a quantized weight, widened a tile at a time (`quantized_tiles`).
+/// `first..first + rows` of a quantized weight, widened a tile at a time (`fused::quantized`).
 #[derive(Clone, Copy)]
 pub(super) enum Weight<'a> {
     F32(&'a [f32]),
@@ -106,10 +106,7 @@ impl<'a> Weight<'a> {
             Weight::F32(w) => {
                 let xm = Mat::rows(x, rows, fan_in, fan_in);
                 let wt = Mat::rows(w, out, fan_in, fan_in).t();
-                match parallel {
-                    true => matmul_par(y, out, xm, wt, 1.0, true),
-                    false => matmul(y, out, xm, wt, 1.0, true),
-                }
+                add_product(y, out, xm, wt, parallel)
             }
             Weight::Bf16(w) => bf16_matmul::matmul_wt(y, x, w, (out, fan_in), true, parallel),
         }
@@ -183,10 +180,7 @@ impl<'a> Weight<'a> {
             Weight::F32(w) => {
                 let gm = Mat::rows(g, rows, out, out);
                 let wm = Mat::rows(w, out, fan_in, fan_in);
-                match parallel {
-                    true => matmul_par(dx, fan_in, gm, wm, 1.0, true),
-                    false => matmul(dx, fan_in, gm, wm, 1.0, true),
-                }
+                add_product(dx, fan_in, gm, wm, parallel)
             }
             Weight::Bf16(w) => {
                 let packed = bf16_matmul::Packed::plain(w, out, fan_in);

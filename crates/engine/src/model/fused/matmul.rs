@@ -110,6 +110,14 @@ pub fn matmul_par(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, scale: f32, ac
         });
 }
 
+/// `dst += a·b` on every thread of rayon's pool (`parallel`) or on the calling one.
+pub fn add_product(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, parallel: bool) {
+    match parallel {
+        true => matmul_par(dst, dst_rs, a, b, 1.0, true),
+        false => matmul(dst, dst_rs, a, b, 1.0, true),
+    }
+}
+
 /// The views are built from the kernels' own shapes; a mismatch is a bug in a kernel, and
 /// neither BLAS nor gemm may ever read or write out of bounds.
 fn check(dst: &[f32], dst_rs: usize, a: Mat, b: Mat) {

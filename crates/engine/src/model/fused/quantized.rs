@@ -8,7 +8,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::bf16_matmul::{self, Packed};
-use super::matmul::{matmul, matmul_par, Mat};
+use super::matmul::{add_product, Mat};
 use crate::model::quantized::QuantizedWeight;
 
 /// Elements of a quantized weight widened per tile, few enough that the tile stays in the
@@ -41,7 +41,7 @@ pub fn forward(
         parallel,
         |j0, tile, n| match tile {
             // y[:, j0..j0 + n] += x·tileᵀ, written in place through y's row stride.
-            Tile::F32(t) => product(
+            Tile::F32(t) => add_product(
                 &mut y[j0..],
                 out,
                 xm,
@@ -79,7 +79,7 @@ pub fn input_gradient(
             // dx += g[:, j0..j0 + n]·tile.
             Tile::F32(t) => {
                 let gm = Mat::rows(&g[j0..], rows, n, out);
-                product(dx, fan_in, gm, Mat::rows(t, n, fan_in, fan_in), parallel);
+                add_product(dx, fan_in, gm, Mat::rows(t, n, fan_in, fan_in), parallel);
             }
             // The bf16 kernels read whole rows: g's columns for the tile are copied out first.
             Tile::Bf16(t) => {
@@ -191,12 +191,5 @@ fn tiles(
                 *s = back;
             }
         });
-    }
-}
-
-fn product(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, parallel: bool) {
-    match parallel {
-        true => matmul_par(dst, dst_rs, a, b, 1.0, true),
-        false => matmul(dst, dst_rs, a, b, 1.0, true),
     }
 }

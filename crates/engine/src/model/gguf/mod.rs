@@ -60,10 +60,10 @@ pub fn read_content(path: &Path, file: &mut std::fs::File) -> Result<Content> {
 fn check_extents(path: &Path, file: &std::fs::File, content: &Content) -> Result<()> {
     let size = file.metadata().map_err(|e| EngineError::io(path, e))?.len();
     for (name, info) in &content.tensor_infos {
-        let blocks = (info.shape.elem_count() / info.ggml_dtype.block_size().max(1)) as u64;
+        let bytes = Format::Ggml(info.ggml_dtype).bytes(info.shape.elem_count() as u64);
         let end = (content.tensor_data_offset)
             .saturating_add(info.offset)
-            .saturating_add(blocks.saturating_mul(info.ggml_dtype.type_size() as u64));
+            .saturating_add(bytes);
         if end > size {
             return Err(EngineError::bad_file(
                 path,

@@ -78,7 +78,7 @@ impl Quantization {
     /// Bits a weight takes (its block's bytes over its weights).
     pub fn bits_per_weight(self) -> f64 {
         let f = self.format();
-        8.0 * f.type_size() as f64 / f.block_size() as f64
+        8.0 * f.bytes(f.block_size() as u64) as f64 / f.block_size() as f64
     }
 
     /// The block format the weights are held in.
@@ -126,9 +126,10 @@ impl Format {
         }
     }
 
-    /// Bytes of `count` weights (a whole number of blocks).
+    /// Bytes of `count` weights (a whole number of blocks), saturating (a hostile GGUF
+    /// header may claim any count).
     pub fn bytes(self, count: u64) -> u64 {
-        count / self.block_size() as u64 * self.type_size() as u64
+        (count / self.block_size().max(1) as u64).saturating_mul(self.type_size() as u64)
     }
 }
 
@@ -276,14 +277,6 @@ impl QuantizedWeight {
     /// The dtype products give.
     pub fn dtype(&self) -> DType {
         self.dtype
-    }
-
-    /// Bytes held.
-    pub fn size_in_bytes(&self) -> usize {
-        match &self.blocks {
-            Blocks::Ggml(q) => q.storage_size_in_bytes(),
-            Blocks::Nf4 { codes, absmax } => codes.elem_count() + 4 * absmax.elem_count(),
-        }
     }
 
     /// The whole weight widened to the model's dtype on `device` (one layer at a time: the
