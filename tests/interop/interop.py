@@ -17,6 +17,10 @@ prints one `max_abs_diff=<x>` line (and, for llama.cpp, `top5=<equal|differ>`).
                                              llama.cpp's logits (top-5 ids compared too)
   gguf-read MODEL_GGUF LORA_GGUF|-           the gguf reader: the keys and shapes llama.cpp needs
                                              (prints `structure=ok`)
+  make-tiny FAMILY TOKENIZER_DIR OUT         transformers writes a tiny random checkpoint of
+                                             FAMILY (gemma3, qwen3, mistral) with the tokenizer
+                                             of TOKENIZER_DIR
+  base      BASE STUDIO_LOGITS IDS           transformers' logits of the base alone
 """
 import json
 import os
@@ -142,6 +146,50 @@ def cmd_make_adapters(base_dir, kind, out, ids):
     print("max_abs_diff=0")
 
 
+def tiny_config(family):
+    """Every part of FAMILY made small enough to matter: a 4-position sliding window against
+    12 ids, Gemma's query_pre_attn_scalar unlike head_dim, two rotary bases."""
+    import transformers as tf
+    sizes = dict(vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                 bos_token_id=256, eos_token_id=256, pad_token_id=None)
+    if family == "gemma3":
+        return tf.Gemma3ForCausalLM, tf.Gemma3TextConfig(
+            **sizes, head_dim=8, query_pre_attn_scalar=16, sliding_window=4,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+            tie_word_embeddings=True)
+    if family == "qwen3":
+        return tf.Qwen3ForCausalLM, tf.Qwen3Config(**sizes, head_dim=8, tie_word_embeddings=True)
+    if family == "mistral":
+        return tf.MistralForCausalLM, tf.MistralConfig(**sizes, sliding_window=4,
+                                                       tie_word_embeddings=False)
+    raise SystemExit(f"no tiny {family}")
+
+
+def cmd_make_tiny(family, tokenizer_dir, out):
+    import shutil
+    cls, config = tiny_config(family)
+    torch.manual_seed(1)
+    model = cls(config).to(torch.float32)
+    # Weights well away from their initial values (norms included: Gemma's start at 0, the
+    # others' at 1), so that a misplaced offset or norm shows in the logits.
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            scale = 0.3 if p.dim() == 1 else 0.15
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    model.eval().save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(out, name))
+    print("max_abs_diff=0")
+
+
+def cmd_base(base_dir, studio_file, ids):
+    report(forward(base_model(base_dir), ids_of(ids)).numpy(), studio_file)
+
+
 def cmd_logits(studio_file, reference_file):
     report(load_file(reference_file)["logits"], studio_file)
 
@@ -215,6 +263,8 @@ def cmd_gguf_read(model_gguf, lora_gguf):
 
 
 COMMANDS = {
+    "make-tiny": cmd_make_tiny,
+    "base": cmd_base,
     "peft": cmd_peft, "peft-nf4": cmd_peft_nf4, "adapters": cmd_adapters, "make-peft": cmd_make_peft,
     "make-adapters": cmd_make_adapters, "logits": cmd_logits, "merged": cmd_merged,
     "llama-cpp": cmd_llama_cpp, "gguf-read": cmd_gguf_read,

@@ -27,8 +27,12 @@ pub struct TinySpec {
     pub num_key_value_heads: usize,
     /// Share lm_head with the embeddings.
     pub tie_word_embeddings: bool,
-    /// Qwen2-style q/k/v bias.
+    /// Qwen2-style q/k/v bias (a Qwen2 model when `architecture` is Llama's).
     pub qkv_bias: bool,
+    /// `architectures[0]`: Llama, or a family of `model::family::FAMILIES` with its parts made
+    /// small enough to matter in a tiny model (a 4-position sliding window, Gemma's
+    /// `query_pre_attn_scalar` unlike `head_dim`, norm weights away from their neutral value).
+    pub architecture: &'static str,
     /// Weight seed.
     pub seed: u64,
 }
@@ -43,6 +47,7 @@ impl Default for TinySpec {
             num_key_value_heads: 2,
             tie_word_embeddings: false,
             qkv_bias: false,
+            architecture: "LlamaForCausalLM",
             seed: 7,
         }
     }
@@ -103,13 +108,12 @@ pub fn tokenizer_json() -> serde_json::Value {
 
 /// The config.json of a tiny model.
 pub fn config_json(spec: &TinySpec) -> serde_json::Value {
-    let arch = if spec.qkv_bias {
-        "Qwen2ForCausalLM"
-    } else {
-        "LlamaForCausalLM"
+    let arch = match spec.architecture {
+        "LlamaForCausalLM" if spec.qkv_bias => "Qwen2ForCausalLM",
+        other => other,
     };
-    let model_type = if spec.qkv_bias { "qwen2" } else { "llama" };
-    json!({
+    let model_type = crate::model::family::family(arch).map_or("llama", |f| f.model_type);
+    let mut config = json!({
         "architectures": [arch],
         "model_type": model_type,
         "hidden_size": spec.hidden_size,
@@ -127,7 +131,46 @@ pub fn config_json(spec: &TinySpec) -> serde_json::Value {
         "bos_token_id": EOS_ID,
         "eos_token_id": EOS_ID,
         "torch_dtype": "float32"
-    })
+    });
+    let head_dim = spec.hidden_size / spec.num_attention_heads;
+    let layer_types: Vec<&str> = (0..spec.num_hidden_layers)
+        .map(|l| {
+            if l % 2 == 0 {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    let extra = match arch {
+        "Qwen3ForCausalLM" => json!({"head_dim": head_dim}),
+        "MistralForCausalLM" => json!({"sliding_window": 4}),
+        "Gemma3ForCausalLM" => json!({
+            "head_dim": head_dim,
+            "hidden_act": null,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "query_pre_attn_scalar": head_dim * 2,
+            "sliding_window": 4,
+            "layer_types": layer_types,
+            "rope_theta": null,
+            "rope_parameters": {
+                "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}
+            },
+            "final_logit_softcapping": null,
+            "attn_logit_softcapping": null
+        }),
+        _ => json!({}),
+    };
+    if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            match v {
+                serde_json::Value::Null => c.remove(k),
+                v => c.insert(k.clone(), v.clone()),
+            };
+        }
+    }
+    config
 }
 
 /// Writes a complete tiny model folder to `dir`.
@@ -136,10 +179,21 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
     let cfg = LlamaConfig::from_json(&config.to_string())?;
     let mut rng = SplitMix64::new(spec.seed);
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    // Llama and Qwen2 keep neutral norms (their figures in tests predate the other families);
+    // the others get norms away from neutral, so a misplaced norm or offset shows.
+    let neutral_norms = matches!(
+        cfg.architecture.as_str(),
+        "LlamaForCausalLM" | "Qwen2ForCausalLM"
+    );
+    let neutral = 1.0 - cfg.family.norm_offset as f32;
     for (name, shape) in cfg.weight_shapes() {
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = if name.ends_with("norm.weight") {
+        let data: Vec<f32> = if name.ends_with("norm.weight") && neutral_norms {
             vec![1.0; n]
+        } else if name.ends_with("norm.weight") {
+            (0..n)
+                .map(|_| neutral + ((rng.next_f64() * 2.0 - 1.0) * 0.3) as f32)
+                .collect()
         } else {
             // Uniform with std 0.1: large enough for distinct logits, small enough to train.
             (0..n)

@@ -25,9 +25,9 @@ pub struct ExportInfo {
 
 /// `target_modules` as PEFT records it: a regex as given, otherwise the sorted names of the
 /// modules actually wrapped (PEFT expands `all-linear` and stores names, not paths).
-fn recorded_targets(targets: &TargetModules, wrapped: &[String]) -> Value {
+fn recorded_targets(targets: &Option<TargetModules>, wrapped: &[String]) -> Value {
     match targets {
-        TargetModules::Pattern(p) if p != "all-linear" => json!(p),
+        Some(TargetModules::Pattern(p)) if p != "all-linear" => json!(p),
         _ => {
             let mut names: Vec<&str> = wrapped
                 .iter()
@@ -87,7 +87,7 @@ pub fn adapter_config(
             ("rank_pattern", json!({})),
             (
                 "target_modules",
-                recorded_targets(&method.targets(), trained_modules),
+                recorded_targets(&method.target_modules, trained_modules),
             ),
             ("use_dora", json!(method.use_dora)),
             ("use_rslora", json!(method.use_rslora)),
@@ -109,12 +109,12 @@ pub fn ia3_adapter_config(
             ("fan_in_fan_out", json!(false)),
             (
                 "feedforward_modules",
-                recorded_targets(&method.feedforward(), feedforward_modules),
+                recorded_targets(&Some(method.feedforward()), feedforward_modules),
             ),
             ("init_ia3_weights", json!(true)),
             (
                 "target_modules",
-                recorded_targets(&method.targets(), trained_modules),
+                recorded_targets(&method.target_modules, trained_modules),
             ),
         ],
     )

@@ -4,13 +4,46 @@
 use candle_core::Tensor;
 
 use super::base_weight::BaseWeight;
+use super::family::Activation;
 use super::fused;
 use super::ops;
 use super::rope::apply_rope;
 use crate::error::Result;
 
-/// RMSNorm over the last dimension.
-pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+/// How a layer's queries attend: the factor on their scores and, for a sliding-window
+/// layer, how many positions back they see (their own included).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Attend {
+    /// Factor on `q·k` (`head_dim^-½` unless the model says otherwise).
+    pub scale: f64,
+    /// Keys a query sees, its own included; `None`: every earlier key.
+    pub window: Option<usize>,
+}
+
+impl Attend {
+    /// Plain causal attention scaled by `head_dim^-½`.
+    pub fn causal(head_dim: usize) -> Self {
+        Self {
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            window: None,
+        }
+    }
+
+    /// The first key position the query at position `pos` sees.
+    pub fn first_key(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
+}
+
+/// RMSNorm over the last dimension; `offset` is added to the weight first (Gemma's `1 + w`).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f64) -> Result<Tensor> {
+    let shifted;
+    let weight = if offset == 0.0 {
+        weight
+    } else {
+        shifted = (weight + offset)?;
+        &shifted
+    };
     if fused::applies(x) {
         fused::norm::rms_norm(x, weight, eps)
     } else {
@@ -28,33 +61,44 @@ pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// `silu(gate) · up`.
-pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if fused::applies(gate) {
-        fused::swiglu::swiglu(gate, up)
-    } else {
-        Ok((gate.silu()? * up)?)
+/// `act(gate) · up`.
+pub fn gated(gate: &Tensor, up: &Tensor, act: Activation) -> Result<Tensor> {
+    match (act, fused::applies(gate)) {
+        (Activation::Silu, true) => fused::swiglu::swiglu(gate, up),
+        (Activation::Silu, false) => Ok((gate.silu()? * up)?),
+        (Activation::GeluTanh, true) => fused::swiglu::geglu(gate, up),
+        (Activation::GeluTanh, false) => Ok((gate.gelu()? * up)?),
     }
 }
 
-/// Whether [`attention`] needs the additive causal mask for `seq` queries of `x`'s dtype and
-/// device: the composed path does, for more than one query; the fused and generic kernels
-/// mask themselves.
-pub fn needs_mask(x: &Tensor, seq: usize) -> bool {
-    seq > 1 && !fused::applies(x) && !super::generic::applies(x)
+/// Whether [`attention`] needs the additive causal mask for `seq` queries over `keys` keys
+/// of `x`'s dtype and device: the composed path does, for more than one query or where a
+/// sliding `window` hides some keys; the fused and generic kernels mask themselves.
+pub fn needs_mask(x: &Tensor, seq: usize, keys: usize, window: Option<usize>) -> bool {
+    (seq > 1 || window.is_some_and(|w| keys > w))
+        && !fused::applies(x)
+        && !super::generic::applies(x)
 }
 
 /// Causal grouped-query attention: queries [batch, q_heads, seq, head_dim], keys and values
 /// [batch, kv_heads, keys, head_dim] with the last `seq` keys the queries' own. Returns
 /// [batch, seq, q_heads · head_dim]. `mask` is the additive causal mask [seq, keys] the
-/// composed path uses, present where [`needs_mask`] says so.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+/// composed path uses (with `attend`'s window), present where [`needs_mask`] says so.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    attend: Attend,
+) -> Result<Tensor> {
     let (batch, hq, seq, d) = q.dims4()?;
     if fused::applies(q) {
-        return Ok(fused::attention::causal_attention(q, k, v)?.reshape((batch, seq, hq * d))?);
+        return Ok(
+            fused::attention::causal_attention(q, k, v, attend)?.reshape((batch, seq, hq * d))?
+        );
     }
     if super::generic::applies(q) {
-        let out = super::generic::attention::causal_attention(q, k, v)?;
+        let out = super::generic::attention::causal_attention(q, k, v, attend)?;
         return Ok(out.transpose(1, 2)?.reshape((batch, seq, hq * d))?);
     }
     let (hkv, keys) = (k.dim(1)?, k.dim(2)?);
@@ -62,7 +106,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
     // Query heads of one group stacked along the sequence, so one matmul serves the group
     // and keys are never repeated.
     let q = q.reshape((batch, hkv, group * seq, d))?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    let scores = (q.matmul(&k.t()?)? * attend.scale)?;
     let scores = match mask {
         Some(m) => {
             let m = m

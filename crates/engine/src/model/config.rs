@@ -1,16 +1,13 @@
-//! `config.json` of a Llama-family model (Llama 2/3, Mistral, Qwen2, SmolLM, TinyLlama),
-//! as written by Hugging Face transformers 4.x and 5.x.
+//! `config.json` of a supported decoder (Llama 2/3, Mistral, Qwen2, Qwen3, Gemma 3, SmolLM,
+//! TinyLlama), as written by Hugging Face transformers 4.x and 5.x.
 
 use std::path::Path;
 
 use candle_core::DType;
 use serde::Deserialize;
 
+use super::family::{self, Activation, Family, LayerKind};
 use crate::error::{EngineError, Result};
-
-/// The architectures this decoder implements (`architectures[0]` in config.json).
-pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
 
 /// Llama 3 style frequency scaling (`rope_scaling.rope_type = "llama3"`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -46,6 +43,18 @@ struct RawConfig {
     max_position_embeddings: Option<usize>,
     eos_token_id: Option<serde_json::Value>,
     hidden_act: Option<String>,
+    hidden_activation: Option<String>,
+    query_pre_attn_scalar: Option<f64>,
+    /// Missing and `null` differ: Mistral and Gemma default a missing window to 4096.
+    #[serde(default, deserialize_with = "present")]
+    sliding_window: Option<serde_json::Value>,
+    use_sliding_window: Option<bool>,
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    sliding_window_pattern: Option<usize>,
+    rope_local_base_freq: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
     torch_dtype: Option<String>,
     dtype: Option<String>,
 }
@@ -77,10 +86,24 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     /// Llama 3 RoPE scaling, when present.
     pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Linear RoPE scaling of the full-attention layers (positions divided by it; 1 = none).
+    pub rope_linear_factor: f64,
+    /// The RoPE base of sliding-window layers where it differs (Gemma 3's local base).
+    pub local_rope_theta: Option<f64>,
     /// Whether `lm_head` shares `embed_tokens`' weight.
     pub tie_word_embeddings: bool,
     /// Whether q/k/v projections carry a bias (Qwen2).
     pub qkv_bias: bool,
+    /// The parts the architecture is made of (`family::FAMILIES`).
+    pub family: Family,
+    /// The MLP's gate activation.
+    pub activation: Activation,
+    /// The factor on attention scores: `head_dim^-½`, or `query_pre_attn_scalar^-½` (Gemma).
+    pub attention_scale: f64,
+    /// Positions a sliding-window layer sees, its own included.
+    pub sliding_window: Option<usize>,
+    /// Full or sliding-window attention, per layer.
+    pub layer_kinds: Vec<LayerKind>,
     /// Longest context the model supports.
     pub max_position_embeddings: usize,
     /// End-of-sequence token ids from config.json.
@@ -113,6 +136,152 @@ fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
     }
 }
 
+/// Keeps an explicit `null` as `Some(Null)`; a missing field stays `None` (`serde(default)`).
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// The rotary embedding's settings, from transformers 4's `rope_theta` / `rope_scaling` /
+/// `rope_local_base_freq` or transformers 5's `rope_parameters` (flat, or per layer kind
+/// as Gemma 3 writes it: `{"full_attention": {...}, "sliding_attention": {...}}`).
+struct RopeFields {
+    theta: f64,
+    llama3: Option<Llama3RopeScaling>,
+    linear_factor: f64,
+    local_theta: Option<f64>,
+}
+
+impl RopeFields {
+    fn parse(raw: &RawConfig, family: &Family) -> Result<Self> {
+        let params = raw.rope_parameters.as_ref();
+        let per_kind = |k: &str| params.and_then(|p| p.get(k));
+        let full = per_kind("full_attention")
+            .or(params)
+            .or(raw.rope_scaling.as_ref());
+        let theta_of = |p: Option<&serde_json::Value>| {
+            p.and_then(|p| p.get("rope_theta"))
+                .and_then(|v| v.as_f64())
+        };
+        let gemma = family.norm_offset != 0.0;
+        let theta = raw
+            .rope_theta
+            .or_else(|| theta_of(full))
+            .unwrap_or(if gemma { 1e6 } else { 10_000.0 });
+        let local_theta = theta_of(per_kind("sliding_attention"))
+            .or(raw.rope_local_base_freq)
+            .or(gemma.then_some(10_000.0));
+        for (field, v) in [("rope_theta", Some(theta)), ("rope_local_base_freq", local_theta)] {
+            if v.is_some_and(|x| !(x.is_finite() && x > 0.0)) {
+                return Err(EngineError::config(field, "must be a positive number"));
+            }
+        }
+        let (mut llama3, mut linear_factor) = (None, 1.0);
+        if let Some(p) = full {
+            let kind = p
+                .get("rope_type")
+                .or_else(|| p.get("type"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("default");
+            match kind {
+                "default" => {}
+                "llama3" => {
+                    llama3 = Some(
+                        serde_json::from_value::<Llama3RopeScaling>(p.clone())
+                            .map_err(|e| EngineError::config("rope_scaling", e.to_string()))?,
+                    )
+                }
+                "linear" => {
+                    linear_factor = p
+                        .get("factor")
+                        .and_then(|v| v.as_f64())
+                        .filter(|f| f.is_finite() && *f > 0.0)
+                        .ok_or_else(|| {
+                            EngineError::config("rope_scaling", "linear scaling needs a positive `factor`")
+                        })?
+                }
+                other => {
+                    return Err(EngineError::config(
+                        "rope_scaling",
+                        format!("rope_type `{other}` is not supported; supported: default, linear, llama3"),
+                    ))
+                }
+            }
+        }
+        Ok(Self {
+            theta,
+            llama3,
+            linear_factor,
+            local_theta,
+        })
+    }
+}
+
+/// Full or sliding attention per layer: `layer_types` when the config lists them, else each
+/// family's rule (Gemma 3: every `sliding_window_pattern`-th layer full, the rest sliding;
+/// Mistral: all sliding; Qwen with `use_sliding_window`: the layers from `max_window_layers`).
+fn layer_kinds(raw: &RawConfig, architecture: &str) -> Result<Vec<LayerKind>> {
+    let n = raw.num_hidden_layers;
+    if let Some(types) = &raw.layer_types {
+        if types.len() != n {
+            return Err(EngineError::config(
+                "layer_types",
+                format!("{} entries for num_hidden_layers = {n}", types.len()),
+            ));
+        }
+        return types
+            .iter()
+            .map(|t| match t.as_str() {
+                "full_attention" => Ok(LayerKind::Full),
+                "sliding_attention" => Ok(LayerKind::Sliding),
+                other => Err(EngineError::config(
+                    "layer_types",
+                    format!("`{other}` is not supported; supported: full_attention, sliding_attention"),
+                )),
+            })
+            .collect();
+    }
+    let kind = |sliding: bool| {
+        if sliding {
+            LayerKind::Sliding
+        } else {
+            LayerKind::Full
+        }
+    };
+    Ok(match architecture {
+        "Gemma3ForCausalLM" => {
+            let pattern = raw.sliding_window_pattern.unwrap_or(6).max(1);
+            (0..n).map(|i| kind(!(i + 1).is_multiple_of(pattern))).collect()
+        }
+        "MistralForCausalLM" => vec![LayerKind::Sliding; n],
+        "Qwen2ForCausalLM" | "Qwen3ForCausalLM" if raw.use_sliding_window == Some(true) => {
+            let from = raw.max_window_layers.unwrap_or(28);
+            (0..n).map(|i| kind(i >= from)).collect()
+        }
+        _ => vec![LayerKind::Full; n],
+    })
+}
+
+/// The window of sliding layers: `sliding_window` (Mistral and Gemma default a missing one to
+/// 4096 as transformers does; Qwen uses it only with `use_sliding_window`).
+fn sliding_window(raw: &RawConfig, architecture: &str) -> Result<Option<usize>> {
+    if architecture.starts_with("Qwen") && raw.use_sliding_window != Some(true) {
+        return Ok(None);
+    }
+    match &raw.sliding_window {
+        None if matches!(architecture, "MistralForCausalLM" | "Gemma3ForCausalLM") => Ok(Some(4096)),
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|w| *w > 0)
+            .map(|w| Some(w as usize))
+            .ok_or_else(|| {
+                EngineError::config("sliding_window", "must be a positive integer or null")
+            }),
+    }
+}
+
 impl LlamaConfig {
     /// Reads and validates `config.json`; `path` is the file or the folder holding it.
     pub fn from_path(path: &Path) -> Result<Self> {
@@ -139,20 +308,36 @@ impl LlamaConfig {
             .as_ref()
             .and_then(|a| a.first().cloned())
             .unwrap_or_else(|| "LlamaForCausalLM".to_string());
-        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
-            return Err(EngineError::config(
+        let family = family::family(&architecture).ok_or_else(|| {
+            EngineError::config(
                 "architectures",
                 format!(
                     "`{architecture}` is not supported; supported: {}",
-                    SUPPORTED_ARCHITECTURES.join(", ")
+                    family::supported()
                 ),
-            ));
-        }
-        if let Some(act) = &raw.hidden_act {
-            if act != "silu" {
+            )
+        })?;
+        let (act_field, act_name) = match (&raw.hidden_activation, &raw.hidden_act) {
+            (Some(a), _) => ("hidden_activation", Some(a)),
+            (None, a) => ("hidden_act", a.as_ref()),
+        };
+        let activation = match act_name {
+            None => family.activation,
+            Some(name) => Activation::parse(name).ok_or_else(|| {
+                EngineError::config(
+                    act_field,
+                    format!("`{name}` is not supported; supported: silu, gelu_pytorch_tanh"),
+                )
+            })?,
+        };
+        for (field, v) in [
+            ("final_logit_softcapping", raw.final_logit_softcapping),
+            ("attn_logit_softcapping", raw.attn_logit_softcapping),
+        ] {
+            if v.is_some() {
                 return Err(EngineError::config(
-                    "hidden_act",
-                    format!("`{act}` is not supported; only `silu`"),
+                    field,
+                    "logit soft-capping (Gemma 2) is not supported yet",
                 ));
             }
         }
@@ -226,46 +411,32 @@ impl LlamaConfig {
                 "must be even for rotary embeddings",
             ));
         }
-        // transformers 5 moves rope_theta and the scaling into `rope_parameters`.
-        let rope_params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
-        let rope_theta = raw
-            .rope_theta
-            .or_else(|| {
-                raw.rope_parameters
-                    .as_ref()
-                    .and_then(|p| p.get("rope_theta"))
-                    .and_then(|v| v.as_f64())
-            })
-            .unwrap_or(10_000.0);
-        let rope_scaling = match rope_params {
-            Some(p) => {
-                let kind = p
-                    .get("rope_type")
-                    .or_else(|| p.get("type"))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("default");
-                match kind {
-                    "default" => None,
-                    "llama3" => Some(
-                        serde_json::from_value::<Llama3RopeScaling>(p.clone())
-                            .map_err(|e| EngineError::config("rope_scaling", e.to_string()))?,
-                    ),
-                    other => {
-                        return Err(EngineError::config(
-                            "rope_scaling",
-                            format!(
-                                "rope_type `{other}` is not supported; supported: default, llama3"
-                            ),
-                        ))
-                    }
-                }
-            }
-            None => None,
+        let rope = RopeFields::parse(&raw, &family)?;
+        let sliding_window = sliding_window(&raw, &architecture)?;
+        // Without a window every layer attends to everything, whatever it is called.
+        let layer_kinds = match sliding_window {
+            Some(_) => layer_kinds(&raw, &architecture)?,
+            None => vec![LayerKind::Full; raw.num_hidden_layers],
         };
-        let model_type = raw.model_type.unwrap_or_else(|| "llama".to_string());
-        let qkv_bias = raw
-            .attention_bias
-            .unwrap_or(model_type == "qwen2" || architecture == "Qwen2ForCausalLM");
+        let sliding_window = sliding_window.filter(|_| layer_kinds.contains(&LayerKind::Sliding));
+        if let Some(s) = raw.query_pre_attn_scalar {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(EngineError::config(
+                    "query_pre_attn_scalar",
+                    "must be a positive number",
+                ));
+            }
+        }
+        let attention_scale = raw
+            .query_pre_attn_scalar
+            .filter(|_| family.norm_offset != 0.0)
+            .unwrap_or(head_dim as f64)
+            .powf(-0.5);
+        let model_type = raw
+            .model_type
+            .clone()
+            .unwrap_or_else(|| family.model_type.to_string());
+        let qkv_bias = raw.attention_bias.unwrap_or(family.qkv_bias);
         Ok(Self {
             architecture,
             model_type,
@@ -277,14 +448,51 @@ impl LlamaConfig {
             head_dim,
             vocab_size: raw.vocab_size,
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta,
-            rope_scaling,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            rope_theta: rope.theta,
+            rope_scaling: rope.llama3,
+            rope_linear_factor: rope.linear_factor,
+            local_rope_theta: rope.local_theta,
+            tie_word_embeddings: raw
+                .tie_word_embeddings
+                .unwrap_or(family.norm_offset != 0.0),
             qkv_bias,
+            family,
+            activation,
+            attention_scale,
+            sliding_window,
+            layer_kinds,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
             eos_token_ids: token_ids(&raw.eos_token_id),
             stored_dtype: stored_dtype(raw.torch_dtype.as_deref().or(raw.dtype.as_deref())),
         })
+    }
+
+    /// Whether every layer is Llama's: the shape the whole-layer ops compute (RMSNorm with
+    /// plain weights, two norms, SwiGLU, no q/k norms, `head_dim^-½`; a sliding window is
+    /// the caller's to check against the keys, see [`Self::window`]).
+    pub fn llama_shaped(&self) -> bool {
+        let f = &self.family;
+        f.norm_offset == 0.0
+            && !f.qk_norm
+            && !f.sandwich_norms
+            && !f.scaled_embeddings
+            && self.activation == Activation::Silu
+            && (self.attention_scale * (self.head_dim as f64).sqrt() - 1.0).abs() < 1e-12
+    }
+
+    /// Whether layer `l` attends through a sliding window, and how wide.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        match self.layer_kinds.get(l) {
+            Some(LayerKind::Sliding) => self.sliding_window,
+            _ => None,
+        }
+    }
+
+    /// The factor on the embeddings: √hidden for Gemma, else none.
+    pub fn embedding_scale(&self) -> Option<f64> {
+        self.family
+            .scaled_embeddings
+            .then(|| (self.hidden_size as f64).sqrt())
     }
 
     /// Output width of q_proj.
@@ -330,6 +538,15 @@ impl LlamaConfig {
                 }
             }
             out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            if self.family.qk_norm {
+                let d = self.head_dim;
+                out.push((format!("{p}.self_attn.q_norm.weight"), vec![d]));
+                out.push((format!("{p}.self_attn.k_norm.weight"), vec![d]));
+            }
+            if self.family.sandwich_norms {
+                out.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![h]));
+                out.push((format!("{p}.post_feedforward_layernorm.weight"), vec![h]));
+            }
         }
         out.push(("model.norm.weight".to_string(), vec![h]));
         if !self.tie_word_embeddings {

@@ -1,8 +1,11 @@
-//! The Llama-family decoder written for training.
+//! The decoder written for training, one for every supported family: it reads the parts
+//! table of `family.rs` (q/k norms, Gemma's four norms per layer and `1 + w` norms, the gate
+//! activation, scaled embeddings, sliding-window layers with their own rotary base).
 //!
 //! Reference: transformers `models/llama/modeling_llama.py` (Llama 2/3, Mistral, SmolLM,
-//! TinyLlama) and `models/qwen2/modeling_qwen2.py` (q/k/v bias). Weight names mirror
-//! transformers' module tree so that PEFT's target matching and key names apply unchanged.
+//! TinyLlama), `models/qwen2/modeling_qwen2.py` (q/k/v bias), `models/qwen3/modeling_qwen3.py`
+//! and `models/gemma3/modeling_gemma3.py`. Weight names mirror transformers' module tree so
+//! that PEFT's target matching and key names apply unchanged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +13,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use super::base_weight::BaseWeight;
-use super::blocks::{self, rms_norm};
+use super::blocks::{self, Attend};
 use super::config::LlamaConfig;
 use super::fused;
 use super::linear::Linear;
@@ -57,11 +60,26 @@ struct Block {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Llama: the MLP's input norm; Gemma: the attention output's norm.
     post_attention_layernorm: Tensor,
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    /// RMSNorm of each query and key head (Qwen3, Gemma 3).
+    qk_norm: Option<(Tensor, Tensor)>,
+    /// Gemma's MLP input and output norms.
+    feedforward_norms: Option<(Tensor, Tensor)>,
 }
+
+/// A block's norm weights' names below `model.layers.{i}.`, in `Block::norms` order.
+const NORM_NAMES: [&str; 6] = [
+    "input_layernorm",
+    "post_attention_layernorm",
+    "self_attn.q_norm",
+    "self_attn.k_norm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+];
 
 impl Block {
     fn linears(&self) -> [&Linear; 7] {
@@ -80,8 +98,26 @@ impl Block {
         self.parts_mut().1
     }
 
-    /// The two norm weights and the seven linears, borrowed together.
-    fn parts_mut(&mut self) -> ([&mut Tensor; 2], [&mut Linear; 7]) {
+    /// The norm weights the block has, each with its name (`NORM_NAMES`).
+    fn norms(&self) -> Vec<(&'static str, &Tensor)> {
+        let (qk, ff) = (self.qk_norm.as_ref(), self.feedforward_norms.as_ref());
+        let all = [
+            Some(&self.input_layernorm),
+            Some(&self.post_attention_layernorm),
+            qk.map(|n| &n.0),
+            qk.map(|n| &n.1),
+            ff.map(|n| &n.0),
+            ff.map(|n| &n.1),
+        ];
+        NORM_NAMES
+            .into_iter()
+            .zip(all)
+            .filter_map(|(name, t)| t.map(|t| (name, t)))
+            .collect()
+    }
+
+    /// The norm weights (named) and the seven linears, borrowed together.
+    fn parts_mut(&mut self) -> (Vec<(&'static str, &mut Tensor)>, [&mut Linear; 7]) {
         let Block {
             input_layernorm,
             q_proj,
@@ -92,22 +128,71 @@ impl Block {
             gate_proj,
             up_proj,
             down_proj,
+            qk_norm,
+            feedforward_norms,
         } = self;
+        let (q_norm, k_norm) = match qk_norm {
+            Some((q, k)) => (Some(q), Some(k)),
+            None => (None, None),
+        };
+        let (pre_ff, post_ff) = match feedforward_norms {
+            Some((a, b)) => (Some(a), Some(b)),
+            None => (None, None),
+        };
+        let all = [
+            Some(input_layernorm),
+            Some(post_attention_layernorm),
+            q_norm,
+            k_norm,
+            pre_ff,
+            post_ff,
+        ];
+        let norms = NORM_NAMES
+            .into_iter()
+            .zip(all)
+            .filter_map(|(name, t)| t.map(|t| (name, t)))
+            .collect();
         (
-            [input_layernorm, post_attention_layernorm],
+            norms,
             [
                 q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj,
             ],
         )
     }
+
+    /// Whether every norm weight is frozen.
+    fn norms_frozen(&self) -> bool {
+        self.norms().iter().all(|(_, t)| !t.is_variable())
+    }
 }
 
 /// What every block needs about the positions of the current tokens.
 struct Positions {
-    cos: Tensor,
-    sin: Tensor,
-    /// Causal mask, for the composed attention only (`blocks::needs_mask`).
-    mask: Option<Tensor>,
+    /// `(cos, sin)` of full-attention layers.
+    full: (Tensor, Tensor),
+    /// `(cos, sin)` of sliding-window layers, where their rotary base differs.
+    local: Option<(Tensor, Tensor)>,
+    /// Causal masks of full and sliding layers, for the composed attention only
+    /// (`blocks::needs_mask`).
+    masks: Option<(Tensor, Option<Tensor>)>,
+}
+
+impl Positions {
+    fn rotary(&self, sliding: bool) -> (&Tensor, &Tensor) {
+        let (cos, sin) = match (&self.local, sliding) {
+            (Some(local), true) => local,
+            _ => &self.full,
+        };
+        (cos, sin)
+    }
+
+    fn mask(&self, sliding: bool) -> Option<&Tensor> {
+        let (full, windowed) = self.masks.as_ref()?;
+        match (windowed, sliding) {
+            (Some(w), true) => Some(w),
+            _ => Some(full),
+        }
+    }
 }
 
 /// One base weight as `LlamaModel::base_parts` lists it.
@@ -132,6 +217,8 @@ pub struct LlamaModel {
     /// `lm_head`; its weight is `embed_tokens` itself when embeddings are tied.
     lm_head: Linear,
     rope: Rope,
+    /// Sliding-window layers' rotary embedding, where its base differs (Gemma 3).
+    local_rope: Option<Rope>,
     dtype: DType,
     device: Device,
     /// Prompt tuning's virtual-token embeddings [tokens, hidden], put before the input.
@@ -233,6 +320,23 @@ impl LlamaModel {
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let b = cfg.qkv_bias;
+            let d = cfg.head_dim;
+            let qk_norm = if cfg.family.qk_norm {
+                Some((
+                    src.take(&format!("{p}.self_attn.q_norm.weight"), &[d])?,
+                    src.take(&format!("{p}.self_attn.k_norm.weight"), &[d])?,
+                ))
+            } else {
+                None
+            };
+            let feedforward_norms = if cfg.family.sandwich_norms {
+                Some((
+                    src.take(&format!("{p}.pre_feedforward_layernorm.weight"), &[h])?,
+                    src.take(&format!("{p}.post_feedforward_layernorm.weight"), &[h])?,
+                ))
+            } else {
+                None
+            };
             layers.push(Block {
                 input_layernorm: src.take(&format!("{p}.input_layernorm.weight"), &[h])?,
                 q_proj: src.linear(format!("{p}.self_attn.q_proj"), h, cfg.q_dim(), b)?,
@@ -244,6 +348,8 @@ impl LlamaModel {
                 gate_proj: src.linear(format!("{p}.mlp.gate_proj"), h, i, false)?,
                 up_proj: src.linear(format!("{p}.mlp.up_proj"), h, i, false)?,
                 down_proj: src.linear(format!("{p}.mlp.down_proj"), i, h, false)?,
+                qk_norm,
+                feedforward_norms,
             });
         }
         let norm = src.take("model.norm.weight", &[h])?;
@@ -265,6 +371,7 @@ impl LlamaModel {
             norm,
             lm_head,
             rope: Rope::new(cfg),
+            local_rope: Rope::local(cfg),
             dtype,
             device: device.clone(),
             prompt: None,
@@ -398,15 +505,10 @@ impl LlamaModel {
             out.push(("model.embed_tokens.weight".into(), embed));
         }
         for (l, b) in self.layers.iter_mut().enumerate() {
-            let ([input_norm, post_norm], linears) = b.parts_mut();
-            out.push((
-                format!("model.layers.{l}.input_layernorm.weight"),
-                input_norm,
-            ));
-            out.push((
-                format!("model.layers.{l}.post_attention_layernorm.weight"),
-                post_norm,
-            ));
+            let (norms, linears) = b.parts_mut();
+            for (name, norm) in norms {
+                out.push((format!("model.layers.{l}.{name}.weight"), norm));
+            }
             for lin in linears {
                 // Quantized weights are frozen for good (`dequantize_base` widens them).
                 if let BaseWeight::Dense(w) = &mut lin.weight {
@@ -462,14 +564,12 @@ impl LlamaModel {
             BasePart::Weight(&self.embed_tokens),
         )];
         for (l, b) in self.layers.iter().enumerate() {
-            out.push((
-                format!("model.layers.{l}.input_layernorm.weight"),
-                BasePart::Tensor(&b.input_layernorm),
-            ));
-            out.push((
-                format!("model.layers.{l}.post_attention_layernorm.weight"),
-                BasePart::Tensor(&b.post_attention_layernorm),
-            ));
+            for (name, norm) in b.norms() {
+                out.push((
+                    format!("model.layers.{l}.{name}.weight"),
+                    BasePart::Tensor(norm),
+                ));
+            }
             for lin in b.linears() {
                 out.push((format!("{}.weight", lin.name), BasePart::Linear(lin)));
                 if lin.bias.is_some() {
@@ -525,6 +625,11 @@ impl LlamaModel {
             .embed_tokens
             .rows(&input_ids.flatten_all()?)?
             .reshape((batch, seq, self.cfg.hidden_size))?;
+        if let Some(scale) = self.cfg.embedding_scale() {
+            // In the compute dtype, as transformers rounds it (`embed_scale.to(weight.dtype)`).
+            let scale = Tensor::new(scale as f32, &self.device)?.to_dtype(x.dtype())?;
+            x = x.broadcast_mul(&scale)?;
+        }
         // Prompt tuning: the virtual tokens come first (once; a cache already holds them), at
         // positions 0..T, as PEFT concatenates them to the input embeddings.
         let virtual_tokens = match (&self.prompt, start) {
@@ -539,27 +644,35 @@ impl LlamaModel {
             _ => 0,
         };
         let seq = seq + virtual_tokens;
-        let (cos, sin) = self.rope.tables(start, seq, self.dtype, &self.device)?;
+        let tables = |rope: &Rope| rope.tables(start, seq, self.dtype, &self.device);
+        let full = tables(&self.rope)?;
+        let local = self.local_rope.as_ref().map(tables).transpose()?;
         // Built only for the composed attention: at long sequences it is megabytes.
-        let mask = if blocks::needs_mask(&x, seq) {
-            Some(self.causal_mask(seq, start)?)
+        let masks = if blocks::needs_mask(&x, seq, start + seq, self.cfg.sliding_window) {
+            let windowed = self
+                .cfg
+                .sliding_window
+                .map(|w| self.causal_mask(seq, start, Some(w)))
+                .transpose()?;
+            Some((self.causal_mask(seq, start, None)?, windowed))
         } else {
             None
         };
-        let pos = Positions { cos, sin, mask };
+        let pos = Positions { full, local, masks };
         if let Some(c) = cache.as_mut() {
             c.layers.resize(self.layers.len(), None);
         }
         for (l, block) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[l]);
             let layer = LayerInput {
+                index: l,
                 adapters: self.adapters.get(l),
                 cache: layer_cache,
                 prefix_only,
             };
             x = self.block_forward(block, layer, &x, &pos, ctx)?;
         }
-        let h = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
+        let h = self.norm(&x, &self.norm)?;
         Ok(h.narrow(1, virtual_tokens, seq - virtual_tokens)?)
     }
 
@@ -604,13 +717,20 @@ impl LlamaModel {
         self.lm_head.forward(hidden, ctx)
     }
 
-    /// Additive mask [seq, start + seq]: 0 where query i may see key j, -inf elsewhere.
-    fn causal_mask(&self, seq: usize, start: usize) -> Result<Tensor> {
+    /// RMSNorm with the model's epsilon and norm offset.
+    fn norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        blocks::rms_norm(x, weight, self.cfg.rms_norm_eps, self.cfg.family.norm_offset)
+    }
+
+    /// Additive mask [seq, start + seq]: 0 where query i may see key j (causally, and within
+    /// `window` positions), -inf elsewhere.
+    fn causal_mask(&self, seq: usize, start: usize, window: Option<usize>) -> Result<Tensor> {
         let total = start + seq;
+        let attend = Attend { scale: 1.0, window };
         let mask: Vec<f32> = (0..seq)
             .flat_map(|i| {
                 (0..total).map(move |j| {
-                    if j <= start + i {
+                    if j <= start + i && j >= attend.first_key(start + i) {
                         0.0
                     } else {
                         f32::NEG_INFINITY
@@ -634,9 +754,9 @@ impl LlamaModel {
         ctx: &ForwardCtx,
         generic: Option<super::generic::layer::Extras<'a>>,
     ) -> Option<fused::layer::LayerParts<'a>> {
-        let plain = adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
-            && !b.input_layernorm.is_variable()
-            && !b.post_attention_layernorm.is_variable()
+        let plain = self.cfg.llama_shaped()
+            && adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
+            && b.norms_frozen()
             && (generic.is_some()
                 || b.linears().iter().all(|l| {
                     l.ia3.is_none() && l.lora.as_ref().is_none_or(|lo| lo.magnitude.is_none())
@@ -675,24 +795,31 @@ impl LlamaModel {
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
         let LayerInput {
+            index,
             adapters,
             cache,
             prefix_only,
         } = layer;
         // Training and scoring run the whole block as one op; decoding keeps the cache. The
-        // generic layer also takes a prefix's keys and values.
-        if cache.is_none() && fused::applies(x) {
+        // generic layer also takes a prefix's keys and values. Neither has a sliding window:
+        // they serve a sliding layer only where the window reaches every key (Mistral's 4096).
+        let earlier = cache
+            .as_ref()
+            .and_then(|c| c.as_ref())
+            .map_or(0, |(k, _)| k.dims()[2]);
+        let keys = earlier + x.dim(1)?;
+        let whole = self.cfg.window(index).is_none_or(|w| keys <= w);
+        if whole && cache.is_none() && fused::applies(x) {
             if let Some(parts) = self.layer_parts(b, adapters, ctx, None) {
-                return fused::layer::decoder_layer(x, &parts, &pos.cos, &pos.sin);
+                return fused::layer::decoder_layer(x, &parts, &pos.full.0, &pos.full.1);
             }
-        } else if (cache.is_none() || prefix_only) && super::generic::applies(x) {
+        } else if whole && (cache.is_none() || prefix_only) && super::generic::applies(x) {
             let prefix = cache.as_ref().and_then(|c| c.as_ref()).map(|(k, v)| (k, v));
             let generic = super::generic::layer::Extras { prefix };
             if let Some(parts) = self.layer_parts(b, adapters, ctx, Some(generic)) {
-                return super::generic::layer::decoder_layer(x, &parts, &pos.cos, &pos.sin);
+                return super::generic::layer::decoder_layer(x, &parts, &pos.full.0, &pos.full.1);
             }
         }
-        let eps = self.cfg.rms_norm_eps;
         // The residual stream after a sublayer: plain, or through its bottleneck adapter.
         let join = |out: Tensor, input: &Tensor, site: Site| -> Result<Tensor> {
             match adapters.and_then(|a| a.at(site)) {
@@ -700,12 +827,25 @@ impl LlamaModel {
                 None => Ok((input + out)?),
             }
         };
-        let h = rms_norm(x, &b.input_layernorm, eps)?;
-        let attn = self.attention(b, &h, pos, cache, ctx)?;
+        let h = self.norm(x, &b.input_layernorm)?;
+        let mut attn = self.attention(b, index, &h, pos, cache, ctx)?;
+        // Gemma: the attention's output is normed, and the MLP has norms of its own.
+        let mlp_norm = match &b.feedforward_norms {
+            Some((pre, _)) => {
+                attn = self.norm(&attn, &b.post_attention_layernorm)?;
+                pre
+            }
+            None => &b.post_attention_layernorm,
+        };
         let x = join(attn, x, Site::Attention)?;
-        let h = rms_norm(&x, &b.post_attention_layernorm, eps)?;
-        let act = blocks::swiglu(&b.gate_proj.forward(&h, ctx)?, &b.up_proj.forward(&h, ctx)?)?;
-        join(b.down_proj.forward(&act, ctx)?, &x, Site::Output)
+        let h = self.norm(&x, mlp_norm)?;
+        let gate = b.gate_proj.forward(&h, ctx)?;
+        let act = blocks::gated(&gate, &b.up_proj.forward(&h, ctx)?, self.cfg.activation)?;
+        let mut out = b.down_proj.forward(&act, ctx)?;
+        if let Some((_, post)) = &b.feedforward_norms {
+            out = self.norm(&out, post)?;
+        }
+        join(out, &x, Site::Output)
     }
 
     /// Grouped-query attention without repeating keys: the query heads that share a key
@@ -713,18 +853,28 @@ impl LlamaModel {
     fn attention(
         &self,
         b: &Block,
+        layer: usize,
         x: &Tensor,
         pos: &Positions,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
-        let Positions { cos, sin, mask } = pos;
         let c = &self.cfg;
+        let window = c.window(layer);
+        let (cos, sin) = pos.rotary(window.is_some());
         let (batch, seq, _) = x.dims3()?;
         let (hq, hkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let split = |t: Tensor, n: usize| t.reshape((batch, seq, n, d));
-        let q = blocks::rope_heads(&split(b.q_proj.forward(x, ctx)?, hq)?, cos, sin)?;
-        let mut k = blocks::rope_heads(&split(b.k_proj.forward(x, ctx)?, hkv)?, cos, sin)?;
+        let (mut q, mut k) = (
+            split(b.q_proj.forward(x, ctx)?, hq)?,
+            split(b.k_proj.forward(x, ctx)?, hkv)?,
+        );
+        if let Some((q_norm, k_norm)) = &b.qk_norm {
+            q = self.norm(&q, q_norm)?;
+            k = self.norm(&k, k_norm)?;
+        }
+        let q = blocks::rope_heads(&q, cos, sin)?;
+        let mut k = blocks::rope_heads(&k, cos, sin)?;
         let mut v = split(b.v_proj.forward(x, ctx)?, hkv)?
             .transpose(1, 2)?
             .contiguous()?;
@@ -738,7 +888,11 @@ impl LlamaModel {
             // in the generated length). This forward pass still uses the tracked k and v.
             *slot = Some((k.detach(), v.detach()));
         }
-        let out = blocks::attention(&q, &k, &v, mask.as_ref())?;
+        let attend = Attend {
+            scale: c.attention_scale,
+            window,
+        };
+        let out = blocks::attention(&q, &k, &v, pos.mask(window.is_some()), attend)?;
         b.o_proj.forward(&out, ctx)
     }
 
@@ -768,6 +922,7 @@ impl LlamaModel {
 /// What one decoder layer is given besides its input: its bottleneck adapters, its slot of
 /// the KV cache, and whether that cache holds only the prefix (this call's own).
 struct LayerInput<'c> {
+    index: usize,
     adapters: Option<&'c LayerAdapters>,
     cache: Option<&'c mut Option<(Tensor, Tensor)>>,
     prefix_only: bool,

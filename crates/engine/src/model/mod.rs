@@ -3,6 +3,7 @@
 pub mod base_weight;
 pub mod blocks;
 pub mod config;
+pub mod family;
 pub mod frozen;
 pub mod fused;
 pub mod generic;

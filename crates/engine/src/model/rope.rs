@@ -1,4 +1,5 @@
-//! Rotary position embeddings in transformers' "rotate half" layout, with Llama 3 scaling.
+//! Rotary position embeddings in transformers' "rotate half" layout, with Llama 3 and linear
+//! scaling.
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -12,18 +13,19 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// Frequencies from `rope_theta`, adjusted by Llama 3 `rope_scaling` when present
-    /// (transformers `_compute_llama3_parameters`).
+    /// The full-attention layers' frequencies: from `rope_theta`, adjusted by Llama 3
+    /// `rope_scaling` (transformers `_compute_llama3_parameters`) or linear scaling
+    /// (`_compute_linear_scaling_rope_parameters`) when present.
     pub fn new(cfg: &LlamaConfig) -> Self {
-        let d = cfg.head_dim;
-        let mut inv_freq: Vec<f64> = (0..d / 2)
-            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64))
-            .collect();
+        let mut rope = Self::plain(cfg.head_dim, cfg.rope_theta);
+        rope.inv_freq
+            .iter_mut()
+            .for_each(|f| *f /= cfg.rope_linear_factor);
         if let Some(s) = &cfg.rope_scaling {
             let old_ctx = s.original_max_position_embeddings as f64;
             let low_wavelen = old_ctx / s.low_freq_factor;
             let high_wavelen = old_ctx / s.high_freq_factor;
-            for f in inv_freq.iter_mut() {
+            for f in rope.inv_freq.iter_mut() {
                 let wavelen = 2.0 * std::f64::consts::PI / *f;
                 *f = if wavelen < high_wavelen {
                     *f
@@ -36,7 +38,22 @@ impl Rope {
                 };
             }
         }
-        Self { inv_freq }
+        rope
+    }
+
+    /// The sliding-window layers' frequencies, where they have their own base (Gemma 3).
+    pub fn local(cfg: &LlamaConfig) -> Option<Self> {
+        cfg.local_rope_theta
+            .map(|theta| Self::plain(cfg.head_dim, theta))
+    }
+
+    fn plain(head_dim: usize, theta: f64) -> Self {
+        let d = head_dim;
+        Self {
+            inv_freq: (0..d / 2)
+                .map(|i| 1.0 / theta.powf((2 * i) as f64 / d as f64))
+                .collect(),
+        }
     }
 
     /// `(cos, sin)` tables [len, head_dim] for positions `start..start + len`.

@@ -6,9 +6,16 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::Result;
 
-/// PEFT's IA³ targets for Llama-family models (`utils/constants.py`).
-pub const DEFAULT_TARGETS: [&str; 3] = ["k_proj", "v_proj", "down_proj"];
-/// PEFT's IA³ feed-forward modules for Llama-family models.
+/// PEFT's IA³ targets for a `model_type` (`utils/constants.py`,
+/// `TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`): Llama and Mistral scale keys, Qwen
+/// and Gemma queries.
+pub fn default_targets(model_type: &str) -> [&'static str; 3] {
+    match model_type {
+        "llama" | "mistral" => ["k_proj", "v_proj", "down_proj"],
+        _ => ["q_proj", "v_proj", "down_proj"],
+    }
+}
+/// PEFT's IA³ feed-forward modules for every supported family.
 pub const DEFAULT_FEEDFORWARD: [&str; 1] = ["down_proj"];
 
 /// One layer's IA³ vector.

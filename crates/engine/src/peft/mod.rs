@@ -252,13 +252,16 @@ impl MethodConfig {
         }
     }
 
-    /// The target modules: as configured, or PEFT's default for Llama-family models.
-    pub fn targets(&self) -> TargetModules {
+    /// The target modules: as configured, or PEFT's default for `model_type`.
+    pub fn targets(&self, model_type: &str) -> TargetModules {
         match (&self.target_modules, self.kind) {
             (Some(t), _) => t.clone(),
-            (None, MethodKind::Ia3) => {
-                TargetModules::List(ia3::DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect())
-            }
+            (None, MethodKind::Ia3) => TargetModules::List(
+                ia3::default_targets(model_type)
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            ),
             (None, _) => TargetModules::default(),
         }
     }
@@ -308,7 +311,11 @@ impl MethodConfig {
         let all = linear_module_names(cfg);
         let names: Vec<String> = all.iter().map(|(n, _, _)| n.clone()).collect();
         let picked =
-            target::select_modules(&names, &self.targets(), self.layers_to_transform.as_deref())?;
+            target::select_modules(
+            &names,
+            &self.targets(&cfg.model_type),
+            self.layers_to_transform.as_deref(),
+        )?;
         Ok(picked.into_iter().map(|i| all[i].clone()).collect())
     }
 
@@ -384,7 +391,7 @@ impl MethodConfig {
                     self.num_virtual_tokens,
                     self.prompt_tuning_init,
                     text_ids.as_deref(),
-                    &embed,
+                    (&embed, model.config().embedding_scale()),
                     seed,
                     model.dtype(),
                     &model.device().clone(),

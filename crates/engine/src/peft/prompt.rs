@@ -61,12 +61,14 @@ pub fn text_init_ids(text_ids: &[u32], tokens: usize) -> Vec<u32> {
 }
 
 /// The initial virtual-token embeddings [tokens, hidden] as a trainable variable.
-/// `text_ids` are the tokens of `prompt_tuning_init_text` (TEXT init only).
+/// `text_ids` are the tokens of `prompt_tuning_init_text` (TEXT init only). Copied rows are
+/// the embedding module's output, as PEFT takes them: scaled where the model scales its
+/// embeddings (`embed_scale`, Gemma's √hidden).
 pub fn init_prompt(
     tokens: usize,
     init: PromptInit,
     text_ids: Option<&[u32]>,
-    embed_tokens: &BaseWeight,
+    (embed_tokens, embed_scale): (&BaseWeight, Option<f64>),
     seed: u64,
     dtype: DType,
     device: &Device,
@@ -81,11 +83,14 @@ pub fn init_prompt(
             ));
         }
         let ids = Tensor::from_vec(ids, tokens, &embed_tokens.device())?;
-        Ok(embed_tokens
-            .rows(&ids)?
-            .detach()
-            .to_dtype(dtype)?
-            .to_device(device)?)
+        let rows = embed_tokens.rows(&ids)?.detach().to_dtype(dtype)?;
+        let rows = match embed_scale {
+            Some(s) => rows.broadcast_mul(
+                &Tensor::new(s as f32, &rows.device().clone())?.to_dtype(dtype)?,
+            )?,
+            None => rows,
+        };
+        Ok(rows.to_device(device)?)
     };
     let values = match init {
         PromptInit::Random => Tensor::from_vec(

@@ -5,7 +5,9 @@
 use candle_core::{DType, Device, Tensor, Var};
 use peft_studio_engine::model::ops::{self, SplitMix64};
 use peft_studio_engine::model::ForwardCtx;
-use peft_studio_engine::model::{blocks, fused};
+use peft_studio_engine::model::blocks::{self, Attend};
+use peft_studio_engine::model::family::Activation;
+use peft_studio_engine::model::fused;
 use peft_studio_engine::peft::{MethodConfig, MethodKind, TargetModules};
 use peft_studio_engine::train::batch_loss;
 
@@ -105,20 +107,30 @@ fn rms_norm_matches_its_composition() {
     check(
         "rms_norm",
         &inputs,
-        &|t| blocks::rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+        &|t| blocks::rms_norm(&t[0], &t[1], 1e-5, 0.0).unwrap(),
+        1e-5,
+    );
+    // Gemma's `1 + w`, also on per-head rows (q/k norms).
+    let inputs = [input(&[2, 5, 3, 8], 1), input(&[8], 2)];
+    check(
+        "rms_norm (1 + w)",
+        &inputs,
+        &|t| blocks::rms_norm(&t[0], &t[1], 1e-6, 1.0).unwrap(),
         1e-5,
     );
 }
 
 #[test]
-fn swiglu_matches_its_composition() {
+fn gated_activations_match_their_composition() {
     let inputs = [input(&[4, 7, 24], 3), input(&[4, 7, 24], 4)];
-    check(
-        "swiglu",
-        &inputs,
-        &|t| blocks::swiglu(&t[0], &t[1]).unwrap(),
-        1e-5,
-    );
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        check(
+            &format!("{act:?}"),
+            &inputs,
+            &|t| blocks::gated(&t[0], &t[1], act).unwrap(),
+            1e-5,
+        );
+    }
 }
 
 /// Rotary tables for positions `start..start + len` in the rotate-half layout.
@@ -151,12 +163,14 @@ fn rope_matches_its_composition() {
     );
 }
 
-/// The composed path's additive mask: query i sees keys up to `keys − seq + i`.
-fn mask(seq: usize, keys: usize, dtype: DType) -> Tensor {
+/// The composed path's additive mask: query i sees keys up to `keys − seq + i`, and no
+/// more than `window` of them.
+fn mask(seq: usize, keys: usize, window: Option<usize>, dtype: DType) -> Tensor {
     let v: Vec<f64> = (0..seq)
         .flat_map(|i| {
             (0..keys).map(move |j| {
-                if j <= keys - seq + i {
+                let pos = keys - seq + i;
+                if j <= pos && window.is_none_or(|w| j + w > pos) {
                     0.0
                 } else {
                     f64::NEG_INFINITY
@@ -175,18 +189,34 @@ fn attention_matches_its_composition() {
     // Grouped queries (6 heads over 2 key heads), with and without earlier keys (a prefix
     // or a cache), a single decoded query, and more query rows than one block (64) of the
     // causal skipping.
-    for (seq, keys) in [(5, 5), (5, 8), (1, 4), (130, 130), (70, 75)] {
+    // causal skipping; plain, and with a sliding window and another score factor (Gemma).
+    let plain = Attend::causal(8);
+    let sliding = Attend {
+        scale: 0.25,
+        window: Some(3),
+    };
+    for (seq, keys, attend) in [
+        (5, 5, plain),
+        (5, 8, plain),
+        (1, 4, plain),
+        (130, 130, plain),
+        (70, 75, plain),
+        (9, 9, sliding),
+        (1, 6, sliding),
+        (70, 75, Attend { window: Some(40), ..sliding }),
+    ] {
         let inputs = [
             input(&[2, 6, seq, 8], 6),
             input(&[2, 2, keys, 8], 7),
             input(&[2, 2, keys, 8], 8),
         ];
         check(
-            &format!("attention seq={seq} keys={keys}"),
+            &format!("attention seq={seq} keys={keys} {attend:?}"),
             &inputs,
             &|t| {
-                let m = (seq > 1).then(|| mask(seq, keys, t[0].dtype()));
-                blocks::attention(&t[0], &t[1], &t[2], m.as_ref()).unwrap()
+                let windowed = attend.window.is_some() && seq < keys;
+                let m = (seq > 1 || windowed).then(|| mask(seq, keys, attend.window, t[0].dtype()));
+                blocks::attention(&t[0], &t[1], &t[2], m.as_ref(), attend).unwrap()
             },
             1e-5,
         );

@@ -11,6 +11,7 @@ use super::math;
 use super::matmul::{matmul, Mat};
 use super::view::{output, storage_slice, tensor, view};
 use crate::error::Result;
+use crate::model::blocks::Attend;
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -22,6 +23,8 @@ struct Dims {
     /// Key positions: cached or prefix keys first, then one per query.
     keys: usize,
     head_dim: usize,
+    /// Keys a query sees, its own included (a sliding-window layer).
+    window: Option<usize>,
 }
 
 impl Dims {
@@ -32,6 +35,12 @@ impl Dims {
     /// Keys query `i` may see: every key up to its own position.
     fn visible(&self, i: usize) -> usize {
         (self.keys - self.seq + i + 1).min(self.keys)
+    }
+
+    /// The first key query `i` sees: past a sliding window's reach, none before it.
+    fn first(&self, i: usize) -> usize {
+        self.window
+            .map_or(0, |w| (self.keys - self.seq + i + 1).saturating_sub(w))
     }
 
     fn q_head<'a>(&self, q: &'a [f32], b: usize, h: usize) -> &'a [f32] {
@@ -61,6 +70,7 @@ impl Attention {
         (q_heads, kv_heads, head_dim): (usize, usize, usize),
         seq: usize,
         keys: usize,
+        attend: Attend,
     ) -> Self {
         let dims = Dims {
             batch,
@@ -69,10 +79,11 @@ impl Attention {
             seq,
             keys,
             head_dim,
+            window: attend.window,
         };
         Self {
             dims,
-            scale: 1.0 / (head_dim as f32).sqrt(),
+            scale: attend.scale as f32,
         }
     }
 
@@ -100,7 +111,10 @@ impl Attention {
             matmul(&mut p[r0 * t..], t, qb, kb.t(), self.scale, true);
         }
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
-            let (live, masked) = row.split_at_mut(dm.visible(i));
+            let (row, masked) = row.split_at_mut(dm.visible(i));
+            let (before, live) = row.split_at_mut(dm.first(i));
+            // Zero probabilities outside the window also zero their gradients below.
+            before.fill(0.0);
             let max = math::max(live);
             math::exp_shifted(live, max);
             let inv = 1.0 / math::sum(live);
@@ -258,14 +272,14 @@ impl CustomOp3 for Attention {
     }
 }
 
-/// `softmax(Q·Kᵀ/√d + causal mask)·V` for queries [batch, q_heads, seq, head_dim] and keys
+/// `softmax(scale · Q·Kᵀ + causal mask)·V` (a sliding window's mask too, see [`Attend`]) for queries [batch, q_heads, seq, head_dim] and keys
 /// and values [batch, kv_heads, keys, head_dim] (`keys ≥ seq`: the last `seq` keys belong to
 /// the queries, earlier ones are cached or prefix positions every query sees). Query head `h`
 /// reads key head `h / (q_heads / kv_heads)`. Returns [batch, seq, q_heads, head_dim].
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, attend: Attend) -> Result<Tensor> {
     let (batch, q_heads, seq, head_dim) = q.dims4()?;
     let (_, kv_heads, keys, _) = k.dims4()?;
-    let op = Attention::new(batch, (q_heads, kv_heads, head_dim), seq, keys);
+    let op = Attention::new(batch, (q_heads, kv_heads, head_dim), seq, keys, attend);
     Ok(q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }

@@ -18,6 +18,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use super::attention::Attention;
+use crate::model::blocks::Attend;
 use super::linear::contiguous;
 use super::linear::{LinearParts, LoraSlices, Projection};
 use super::norm;
@@ -148,7 +149,13 @@ impl DecoderLayer {
 
     fn attention(&self) -> Attention {
         let heads = (self.q_heads, self.kv_heads, self.head_dim);
-        Attention::new(self.batch, heads, self.seq, self.seq)
+        Attention::new(
+            self.batch,
+            heads,
+            self.seq,
+            self.seq,
+            Attend::causal(self.head_dim),
+        )
     }
 
     fn forward(&self, x: &[f32], pack: &[f32]) -> candle_core::Result<Vec<f32>> {

@@ -1,53 +1,97 @@
-//! The SwiGLU gate as one op: `silu(gate) · up`, and its backward.
+//! The gated MLP activation as one op: `act(gate) · up` with SiLU (SwiGLU) or tanh-GELU
+//! (GeGLU, Gemma), and its backward.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::math::sigmoid;
+use crate::model::family::Activation;
 use super::view::{output, storage_slice, tensor, view};
 use crate::error::Result;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
+/// √(2/π), in GELU's tanh approximation.
+const GELU_C: f32 = 0.797_884_6;
+/// The cubic term's factor in GELU's tanh approximation.
+const GELU_A: f32 = 0.044_715;
+
+/// `(act(x), act'(x))`.
+fn act_and_slope(act: Activation, x: f32) -> (f32, f32) {
+    match act {
+        // d silu(x)/dx = σ(x)·(1 + x·(1 − σ(x))).
+        Activation::Silu => {
+            let s = sigmoid(x);
+            (x * s, s * (1.0 + x * (1.0 - s)))
+        }
+        // gelu(x) = ½x(1 + tanh(c(x + a·x³))); its slope ½(1 + t) + ½x(1 − t²)·c(1 + 3a·x²).
+        Activation::GeluTanh => {
+            let t = (GELU_C * (x + GELU_A * x * x * x)).tanh();
+            let y = 0.5 * x * (1.0 + t);
+            let dy = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x);
+            (y, dy)
+        }
+    }
+}
+
 /// `silu(g) · u` elementwise.
 pub(super) fn forward(g: &[f32], u: &[f32]) -> Vec<f32> {
+    forward_with(Activation::Silu, g, u)
+}
+
+/// `act(g) · u` elementwise.
+fn forward_with(act: Activation, g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut y = vec![0.0f32; g.len()];
     y.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-        .for_each(|(y, (g, u))| {
-            for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
-                *y = g * sigmoid(*g) * u;
+        .for_each(|(y, (g, u))| match act {
+            // The hot loop of every Llama-family layer: σ alone, no slope.
+            Activation::Silu => {
+                for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
+                    *y = g * sigmoid(*g) * u;
+                }
+            }
+            _ => {
+                for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
+                    *y = act_and_slope(act, *g).0 * u;
+                }
             }
         });
     y
 }
 
-/// The gradients of `g` and `u` for the output gradient `dy`.
+/// The gradients of `g` and `u` for the output gradient `dy` of `silu(g) · u`.
 pub(super) fn backward(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    backward_with(Activation::Silu, g, u, dy)
+}
+
+fn backward_with(act: Activation, g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let mut dg = vec![0.0f32; g.len()];
     let mut du = vec![0.0f32; g.len()];
-    // d silu(g)/dg = σ(g)·(1 + g·(1 − σ(g))).
     dg.par_chunks_mut(CHUNK)
         .zip(du.par_chunks_mut(CHUNK))
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
         .zip(dy.par_chunks(CHUNK))
         .for_each(|(((dg, du), (g, u)), dy)| {
             for i in 0..g.len() {
-                let s = sigmoid(g[i]);
-                du[i] = dy[i] * g[i] * s;
-                dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                let (a, slope) = act_and_slope(act, g[i]);
+                du[i] = dy[i] * a;
+                dg[i] = dy[i] * u[i] * slope;
             }
         });
     (dg, du)
 }
 
-struct SwiGlu;
+struct Gated(Activation);
 
-impl CustomOp2 for SwiGlu {
+impl CustomOp2 for Gated {
     fn name(&self) -> &'static str {
-        "fused-swiglu"
+        match self.0 {
+            Activation::Silu => "fused-swiglu",
+            Activation::GeluTanh => "fused-geglu",
+        }
     }
 
     fn cpu_fwd(
@@ -58,7 +102,11 @@ impl CustomOp2 for SwiGlu {
         lu: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, u) = (storage_slice(gate, lg)?, storage_slice(up, lu)?);
-        Ok(output(forward(&g, &u), lg.shape().clone(), gate.dtype()))
+        Ok(output(
+            forward_with(self.0, &g, &u),
+            lg.shape().clone(),
+            gate.dtype(),
+        ))
     }
 
     fn bwd(
@@ -69,12 +117,21 @@ impl CustomOp2 for SwiGlu {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (dg, du) = backward(&view(gate)?, &view(up)?, &view(&grad)?);
+        let (dg, du) = backward_with(self.0, &view(gate)?, &view(up)?, &view(&grad)?);
         Ok((Some(tensor(dg, gate)?), Some(tensor(du, up)?)))
     }
 }
 
 /// `silu(gate) · up` for two tensors of one shape.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?)
+    Ok(gate
+        .contiguous()?
+        .apply_op2(&up.contiguous()?, Gated(Activation::Silu))?)
+}
+
+/// `gelu_tanh(gate) · up` for two tensors of one shape.
+pub fn geglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok(gate
+        .contiguous()?
+        .apply_op2(&up.contiguous()?, Gated(Activation::GeluTanh))?)
 }

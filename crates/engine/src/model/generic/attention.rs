@@ -7,6 +7,7 @@
 use candle_core::{CustomOp3, DType, Device, Tensor, D};
 
 use crate::error::Result;
+use crate::model::blocks::Attend;
 use crate::model::reentry::{precomputed_forward, Precomputed};
 
 /// Most score elements one block of queries holds by default (64 MiB in f32).
@@ -29,6 +30,8 @@ pub struct Attention {
     pub head_dim: usize,
     /// Most score elements a block of queries may hold ([`SCORES_PER_BLOCK`]).
     pub scores_per_block: usize,
+    /// The scores' factor and a sliding layer's window.
+    pub attend: Attend,
 }
 
 /// One block's operands, the query heads of a key head stacked along the rows so one
@@ -93,12 +96,13 @@ impl Attention {
     /// The block's attention probabilities in f32 [batch, kv_heads, group · len, keys].
     fn probs(&self, blk: &Block) -> Result<Tensor> {
         let (offset, keys) = (self.offset(), self.offset() + blk.start + blk.len);
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (blk.q.matmul(&blk.k.t()?)?.to_dtype(DType::F32)? * scale)?;
+        let scores = (blk.q.matmul(&blk.k.t()?)?.to_dtype(DType::F32)? * self.attend.scale)?;
+        let attend = self.attend;
         let mask: Vec<f32> = (0..blk.len)
             .flat_map(|r| {
+                let pos = offset + blk.start + r;
                 (0..keys).map(move |j| {
-                    if j <= offset + blk.start + r {
+                    if j <= pos && j >= attend.first_key(pos) {
                         0.0
                     } else {
                         f32::NEG_INFINITY
@@ -136,7 +140,7 @@ impl Attention {
         d_out: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let dtype = q.dtype();
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scale = self.attend.scale;
         let kv_shape = (self.batch, self.kv_heads, self.keys, self.head_dim);
         let mut dk = Tensor::zeros(kv_shape, DType::F32, q.device())?;
         let mut dv = Tensor::zeros(kv_shape, DType::F32, q.device())?;
@@ -200,7 +204,7 @@ impl CustomOp3 for AttentionOp {
 /// Causal grouped-query attention of `q` [batch, q_heads, seq, d] over `k`, `v`
 /// [batch, kv_heads, keys, d] (the queries' own keys last), in blocks of queries:
 /// [batch, q_heads, seq, d].
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, attend: Attend) -> Result<Tensor> {
     let (batch, q_heads, seq, head_dim) = q.dims4()?;
     let (kv_heads, keys) = (k.dim(1)?, k.dim(2)?);
     let shape = Attention {
@@ -211,6 +215,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         keys,
         head_dim,
         scores_per_block: SCORES_PER_BLOCK,
+        attend,
     };
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     let out = shape.forward(&q.detach(), &k.detach(), &v.detach())?;
@@ -254,6 +259,7 @@ mod tests {
             keys,
             head_dim: 8,
             scores_per_block,
+            attend: Attend::causal(8),
         };
         // Earlier keys (a prefix) every query sees, or none.
         for earlier in [0, 5] {

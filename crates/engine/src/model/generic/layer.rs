@@ -293,6 +293,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             keys: earlier + seq,
             head_dim: parts.head_dim,
             scores_per_block: super::attention::SCORES_PER_BLOCK,
+            attend: crate::model::blocks::Attend::causal(parts.head_dim),
         },
     };
     let (out, kept) = layer.forward(&x.detach().reshape((batch * seq, hidden))?)?;

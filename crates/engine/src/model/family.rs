@@ -1,0 +1,127 @@
+//! What each supported architecture is made of: one row per `architectures[0]`, read by the
+//! one decoder in `llama.rs`. Sources, per family, in transformers 5:
+//! `models/llama/modeling_llama.py`, `models/mistral/modeling_mistral.py` (a sliding window on
+//! every layer), `models/qwen2/modeling_qwen2.py` (q/k/v bias), `models/qwen3/modeling_qwen3.py`
+//! (RMSNorm of each query and key head before the rotary embedding) and
+//! `models/gemma3/modeling_gemma3.py` (norms as `x̂ · (1 + w)`, four norms per layer, q/k
+//! norms, GeGLU with tanh-GELU, embeddings × √hidden, `query_pre_attn_scalar`, sliding-window
+//! layers with their own rotary base). docs/FAMILIES.md has the table.
+
+use serde::{Deserialize, Serialize};
+
+/// The MLP's gate activation: `act(gate) · up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    /// SwiGLU (`silu`).
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (`gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+impl Activation {
+    /// The activation a config's `hidden_act` / `hidden_activation` names, if supported.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "silu" | "swish" => Some(Self::Silu),
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Some(Self::GeluTanh),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a layer attends to every earlier position or to a window of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// Every earlier position (`full_attention`).
+    Full,
+    /// The last `sliding_window` positions, its own included (`sliding_attention`).
+    Sliding,
+}
+
+/// The parts one architecture uses, besides its sizes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Family {
+    /// The `model_type` transformers writes for it.
+    pub model_type: &'static str,
+    /// Added to every norm weight when it is applied: Gemma stores `w` and scales by `1 + w`.
+    pub norm_offset: f64,
+    /// An RMSNorm over each query and key head (`self_attn.q_norm`, `self_attn.k_norm`).
+    pub qk_norm: bool,
+    /// Gemma 2/3's four norms per layer: the attention's and the MLP's outputs are normed
+    /// before the residual add (`post_attention_layernorm`, `post_feedforward_layernorm`) and
+    /// the MLP's input has its own (`pre_feedforward_layernorm`).
+    pub sandwich_norms: bool,
+    /// Embeddings are multiplied by √hidden (in the compute dtype).
+    pub scaled_embeddings: bool,
+    /// q/k/v projections carry a bias unless `attention_bias` says otherwise.
+    pub qkv_bias: bool,
+    /// The activation when the config names none.
+    pub activation: Activation,
+}
+
+const LLAMA: Family = Family {
+    model_type: "llama",
+    norm_offset: 0.0,
+    qk_norm: false,
+    sandwich_norms: false,
+    scaled_embeddings: false,
+    qkv_bias: false,
+    activation: Activation::Silu,
+};
+
+/// Every supported `architectures[0]` with its parts.
+pub const FAMILIES: &[(&str, Family)] = &[
+    ("LlamaForCausalLM", LLAMA),
+    (
+        "MistralForCausalLM",
+        Family {
+            model_type: "mistral",
+            ..LLAMA
+        },
+    ),
+    (
+        "Qwen2ForCausalLM",
+        Family {
+            model_type: "qwen2",
+            qkv_bias: true,
+            ..LLAMA
+        },
+    ),
+    (
+        "Qwen3ForCausalLM",
+        Family {
+            model_type: "qwen3",
+            qk_norm: true,
+            ..LLAMA
+        },
+    ),
+    (
+        "Gemma3ForCausalLM",
+        Family {
+            model_type: "gemma3_text",
+            norm_offset: 1.0,
+            qk_norm: true,
+            sandwich_norms: true,
+            scaled_embeddings: true,
+            qkv_bias: false,
+            activation: Activation::GeluTanh,
+        },
+    ),
+];
+
+/// The parts of `architecture`, if it is supported.
+pub fn family(architecture: &str) -> Option<Family> {
+    FAMILIES
+        .iter()
+        .find(|(a, _)| *a == architecture)
+        .map(|(_, f)| *f)
+}
+
+/// The supported architectures, for error messages.
+pub fn supported() -> String {
+    FAMILIES
+        .iter()
+        .map(|(a, _)| *a)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
