@@ -12,9 +12,10 @@ export CARGO_TERM_COLOR=never
 # A fresh CI clone gains nothing from incremental caches, which cost gigabytes of disk.
 export CARGO_INCREMENTAL=0
 start=$(date +%s)
-# The real SmolLM2 the GGUF reference test compares against transformers with.
+# The real SmolLM2 and Gemma 3 270M the GGUF reference tests compare against transformers with.
 PEFT_STUDIO_SMOLLM2_GGUF="$(bash scripts/fetch-smollm2.sh)"
-export PEFT_STUDIO_SMOLLM2_GGUF PEFT_STUDIO_REQUIRE_REAL_MODEL=1
+PEFT_STUDIO_GEMMA3_GGUF="$(bash scripts/fetch-gemma3.sh)"
+export PEFT_STUDIO_SMOLLM2_GGUF PEFT_STUDIO_GEMMA3_GGUF PEFT_STUDIO_REQUIRE_REAL_MODEL=1
 # Tests never touch the user's studio home (model library, token cache).
 PEFT_STUDIO_HOME="$(mktemp -d)"
 export PEFT_STUDIO_HOME

@@ -21,6 +21,8 @@ pub fn gguf_architecture(cfg: &LlamaConfig) -> Result<&'static str> {
     match cfg.model_type.as_str() {
         "llama" | "mistral" => Ok("llama"),
         "qwen2" => Ok("qwen2"),
+        "qwen3" => Ok("qwen3"),
+        "gemma3_text" => Ok("gemma3"),
         other => Err(EngineError::config(
             "model_type",
             format!("`{other}` has no llama.cpp LoRA mapping here"),
@@ -58,7 +60,7 @@ pub fn write_gguf_lora(
             .ok_or_else(|| {
                 EngineError::config("params", format!("`{module}` has lora_A but no lora_B"))
             })?;
-        let gguf = gguf_module(module).ok_or_else(|| {
+        let gguf = gguf_module(module, cfg.family.sandwich_norms).ok_or_else(|| {
             EngineError::config(
                 "target_modules",
                 format!("`{module}` has no llama.cpp tensor"),

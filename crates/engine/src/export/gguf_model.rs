@@ -107,14 +107,14 @@ impl FromStr for GgufType {
 
 /// The GGUF name of a transformers weight (`model.layers.0.self_attn.q_proj.weight` →
 /// `blk.0.attn_q.weight`).
-fn gguf_name(hf: &str) -> Option<String> {
+fn gguf_name(hf: &str, sandwich: bool) -> Option<String> {
     match hf {
         "model.norm.weight" => return Some("output_norm.weight".into()),
         "lm_head.weight" => return Some("output.weight".into()),
         _ => {}
     }
     let (module, suffix) = hf.rsplit_once('.')?;
-    Some(format!("{}.{suffix}", gguf_module(module)?))
+    Some(format!("{}.{suffix}", gguf_module(module, sandwich)?))
 }
 
 /// The hyperparameter keys llama.cpp reads for `arch`.
@@ -152,6 +152,9 @@ fn architecture_metadata(
         ("attention.key_length", u(cfg.head_dim)),
         ("attention.value_length", u(cfg.head_dim)),
     ];
+    if let Some(w) = cfg.sliding_window {
+        meta.push((format!("{arch}.attention.sliding_window"), u(w)));
+    }
     meta.extend(
         per_arch
             .into_iter()
@@ -202,12 +205,16 @@ pub fn write_gguf_model(
         ));
     }
     for (hf, weight) in model.base_weights_mut() {
-        let gguf = gguf_name(&hf).ok_or_else(|| {
+        let gguf = gguf_name(&hf, cfg.family.sandwich_norms).ok_or_else(|| {
             EngineError::config("model", format!("weight `{hf}` has no llama.cpp name"))
         })?;
         let weight = match (arch, gguf.split('.').nth(2)) {
             ("llama", Some("attn_q")) => permute(weight, cfg.num_attention_heads)?,
             ("llama", Some("attn_k")) => permute(weight, cfg.num_key_value_heads)?,
+            // llama.cpp stores Gemma's norms with the 1 of `1 + w` added.
+            _ if hf.ends_with("norm.weight") && cfg.family.norm_offset != 0.0 => {
+                (&*weight + cfg.family.norm_offset)?
+            }
             _ => weight.clone(),
         };
         // Matrices take the chosen type; vectors stay F32, as llama.cpp's converter keeps them.
@@ -237,7 +244,7 @@ pub fn write_random_gguf(
     meta.extend(tokenizer_metadata(tokenizer_dir, cfg.vocab_size)?);
     let mut tensors = Vec::new();
     for (i, (hf, shape)) in cfg.weight_shapes().into_iter().enumerate() {
-        let gguf = gguf_name(&hf).ok_or_else(|| {
+        let gguf = gguf_name(&hf, cfg.family.sandwich_norms).ok_or_else(|| {
             EngineError::config("model", format!("weight `{hf}` has no llama.cpp name"))
         })?;
         let tensor = match shape[..] {

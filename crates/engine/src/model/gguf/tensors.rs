@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use crate::error::{EngineError, Result};
 
 /// GGUF block tensor names and their transformers names below `model.layers.{i}.`
-/// (PEFT-FORMATS.md §8).
+/// (PEFT-FORMATS.md §8; docs/FAMILIES.md for the q/k norms).
 const BLOCK_NAMES: &[(&str, &str)] = &[
     ("attn_q", "self_attn.q_proj"),
     ("attn_k", "self_attn.k_proj"),
@@ -15,11 +15,34 @@ const BLOCK_NAMES: &[(&str, &str)] = &[
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),
     ("attn_norm", "input_layernorm"),
-    ("ffn_norm", "post_attention_layernorm"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
 ];
 
+/// The MLP's norms: Llama's one, called `post_attention_layernorm` in transformers.
+const LLAMA_NORMS: &[(&str, &str)] = &[("ffn_norm", "post_attention_layernorm")];
+
+/// Gemma's four norms per layer (gguf-py `TensorNameMap`: `ffn_norm` is transformers'
+/// `pre_feedforward_layernorm` there, and the attention output's norm is
+/// `post_attention_norm`).
+const SANDWICH_NORMS: &[(&str, &str)] = &[
+    ("post_attention_norm", "post_attention_layernorm"),
+    ("ffn_norm", "pre_feedforward_layernorm"),
+    ("post_ffw_norm", "post_feedforward_layernorm"),
+];
+
+fn block_names(sandwich: bool) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    let norms = if sandwich {
+        SANDWICH_NORMS
+    } else {
+        LLAMA_NORMS
+    };
+    BLOCK_NAMES.iter().chain(norms)
+}
+
 /// The transformers name of a GGUF tensor, or `None` when the decoder has no such weight.
-pub fn hf_name(gguf: &str) -> Option<String> {
+/// `sandwich`: the model has Gemma's four norms per layer (`Family::sandwich_norms`).
+pub fn hf_name(gguf: &str, sandwich: bool) -> Option<String> {
     match gguf {
         "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
         "output_norm.weight" => return Some("model.norm.weight".into()),
@@ -33,13 +56,13 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     if suffix != "weight" && suffix != "bias" {
         return None;
     }
-    let (_, hf) = BLOCK_NAMES.iter().find(|(g, _)| *g == part)?;
+    let (_, hf) = block_names(sandwich).find(|(g, _)| *g == part)?;
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
 }
 
 /// The GGUF name of a transformers module path (`model.layers.3.self_attn.q_proj` →
 /// `blk.3.attn_q`; `lm_head` → `output`), or `None` when GGUF has no such tensor.
-pub fn gguf_module(hf: &str) -> Option<String> {
+pub fn gguf_module(hf: &str, sandwich: bool) -> Option<String> {
     match hf {
         "lm_head" => return Some("output".into()),
         "model.embed_tokens" => return Some("token_embd".into()),
@@ -48,7 +71,7 @@ pub fn gguf_module(hf: &str) -> Option<String> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let (gguf, _) = BLOCK_NAMES.iter().find(|(_, h)| *h == part)?;
+    let (gguf, _) = block_names(sandwich).find(|(_, h)| *h == part)?;
     Some(format!("blk.{layer}.{gguf}"))
 }
 

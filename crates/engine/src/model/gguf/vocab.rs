@@ -73,6 +73,13 @@ pub fn tokenizer(meta: &Metadata) -> Result<GgufTokenizer> {
                 .ok_or_else(|| path_error(format!("metadata `{key}` = {id} is not a token id"))),
         }
     };
+    // Gemma's SentencePiece vocabulary takes transformers' `gemma_tokenizer` route
+    // (`integrations/gguf/gguf_tokenizer_mapping.py`).
+    let gemma = kind == "llama"
+        && matches!(
+            meta.string("general.architecture")?.as_deref(),
+            Some("gemma" | "gemma2" | "gemma3")
+        );
     let bos = token_at("tokenizer.ggml.bos_token_id")?;
     let eos = token_at("tokenizer.ggml.eos_token_id")?;
     let unk = token_at("tokenizer.ggml.unknown_token_id")?;
@@ -93,6 +100,16 @@ pub fn tokenizer(meta: &Metadata) -> Result<GgufTokenizer> {
             };
             let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
             (model, vocab, pre_tokenizer, decoder, true)
+        }
+        "llama" if gemma => {
+            let (model, vocab) = gemma_model(meta, &tokens)?;
+            // `GemmaTokenizer`: spaces become ▁ before anything else; no prefix space.
+            let pre = json!({"type": "Split", "pattern": {"String": " "},
+                "behavior": "MergedWithPrevious", "invert": false});
+            let decoder = json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}]});
+            (model, vocab, pre, decoder, false)
         }
         "llama" => {
             let scores = meta
@@ -145,9 +162,14 @@ pub fn tokenizer(meta: &Metadata) -> Result<GgufTokenizer> {
             "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
             "special_tokens": {}}),
     };
+    let normalizer = if gemma {
+        json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})
+    } else {
+        Value::Null
+    };
     let tokenizer_json = json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": post_processor,
+        "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": post_processor,
         "decoder": decoder, "model": model,
     });
     let text = |t: &Option<(u64, String)>| t.as_ref().map(|(_, s)| s.clone());
@@ -227,6 +249,26 @@ fn sentencepiece_model(
     let model = json!({"type": "BPE", "dropout": null, "unk_token": null,
         "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
         "byte_fallback": true, "ignore_merges": false, "vocab": ordered, "merges": merges});
+    Ok((model, vocab))
+}
+
+/// Gemma's vocabulary as transformers' `gemma_tokenizer` builds it: a token of two or more
+/// spaces respelled as ▁s, merges recovered with each token's position in the file as its
+/// score (Gemma's stored scores do not follow its merge order), `<unk>` as the unknown token.
+fn gemma_model(meta: &Metadata, tokens: &[String]) -> Result<(Value, HashMap<String, usize>)> {
+    let respelled: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            if t.contains(' ') && t.trim().is_empty() {
+                "\u{2581}".repeat(t.chars().count())
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    let positions: Vec<f64> = (0..respelled.len()).map(|i| -(i as f64)).collect();
+    let (mut model, vocab) = sentencepiece_model(meta, &respelled, &positions)?;
+    model["unk_token"] = json!("<unk>");
     Ok((model, vocab))
 }
 
