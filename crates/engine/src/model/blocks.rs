@@ -94,7 +94,7 @@ pub fn attention(
     let (batch, hq, seq, d) = q.dims4()?;
     if fused::applies(q) {
         return Ok(
-            fused::attention::causal_attention(q, k, v, attend)?.reshape((batch, seq, hq * d))?
+            fused::attention::causal_attention(q, k, v, attend)?.reshape((batch, seq, hq * d))?,
         );
     }
     if super::generic::applies(q) {

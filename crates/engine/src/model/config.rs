@@ -161,8 +161,7 @@ impl RopeFields {
             .or(params)
             .or(raw.rope_scaling.as_ref());
         let theta_of = |p: Option<&serde_json::Value>| {
-            p.and_then(|p| p.get("rope_theta"))
-                .and_then(|v| v.as_f64())
+            p.and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64())
         };
         let gemma = family.norm_offset != 0.0;
         let theta = raw
@@ -172,7 +171,10 @@ impl RopeFields {
         let local_theta = theta_of(per_kind("sliding_attention"))
             .or(raw.rope_local_base_freq)
             .or(gemma.then_some(10_000.0));
-        for (field, v) in [("rope_theta", Some(theta)), ("rope_local_base_freq", local_theta)] {
+        for (field, v) in [
+            ("rope_theta", Some(theta)),
+            ("rope_local_base_freq", local_theta),
+        ] {
             if v.is_some_and(|x| !(x.is_finite() && x > 0.0)) {
                 return Err(EngineError::config(field, "must be a positive number"));
             }
@@ -198,15 +200,18 @@ impl RopeFields {
                         .and_then(|v| v.as_f64())
                         .filter(|f| f.is_finite() && *f > 0.0)
                         .ok_or_else(|| {
-                            EngineError::config("rope_scaling", "linear scaling needs a positive `factor`")
+                            EngineError::config(
+                                "rope_scaling",
+                                "linear scaling needs a positive `factor`",
+                            )
                         })?
                 }
-                other => {
-                    return Err(EngineError::config(
-                        "rope_scaling",
-                        format!("rope_type `{other}` is not supported; supported: default, linear, llama3"),
-                    ))
-                }
+                other => return Err(EngineError::config(
+                    "rope_scaling",
+                    format!(
+                        "rope_type `{other}` is not supported; supported: default, linear, llama3"
+                    ),
+                )),
             }
         }
         Ok(Self {
@@ -237,7 +242,9 @@ fn layer_kinds(raw: &RawConfig, architecture: &str) -> Result<Vec<LayerKind>> {
                 "sliding_attention" => Ok(LayerKind::Sliding),
                 other => Err(EngineError::config(
                     "layer_types",
-                    format!("`{other}` is not supported; supported: full_attention, sliding_attention"),
+                    format!(
+                        "`{other}` is not supported; supported: full_attention, sliding_attention"
+                    ),
                 )),
             })
             .collect();
@@ -252,7 +259,9 @@ fn layer_kinds(raw: &RawConfig, architecture: &str) -> Result<Vec<LayerKind>> {
     Ok(match architecture {
         "Gemma3ForCausalLM" => {
             let pattern = raw.sliding_window_pattern.unwrap_or(6).max(1);
-            (0..n).map(|i| kind(!(i + 1).is_multiple_of(pattern))).collect()
+            (0..n)
+                .map(|i| kind(!(i + 1).is_multiple_of(pattern)))
+                .collect()
         }
         "MistralForCausalLM" => vec![LayerKind::Sliding; n],
         "Qwen2ForCausalLM" | "Qwen3ForCausalLM" if raw.use_sliding_window == Some(true) => {
@@ -270,7 +279,9 @@ fn sliding_window(raw: &RawConfig, architecture: &str) -> Result<Option<usize>> 
         return Ok(None);
     }
     match &raw.sliding_window {
-        None if matches!(architecture, "MistralForCausalLM" | "Gemma3ForCausalLM") => Ok(Some(4096)),
+        None if matches!(architecture, "MistralForCausalLM" | "Gemma3ForCausalLM") => {
+            Ok(Some(4096))
+        }
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(v) => v
             .as_u64()
@@ -452,9 +463,7 @@ impl LlamaConfig {
             rope_scaling: rope.llama3,
             rope_linear_factor: rope.linear_factor,
             local_rope_theta: rope.local_theta,
-            tie_word_embeddings: raw
-                .tie_word_embeddings
-                .unwrap_or(family.norm_offset != 0.0),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(family.norm_offset != 0.0),
             qkv_bias,
             family,
             activation,

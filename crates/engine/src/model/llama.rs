@@ -719,7 +719,12 @@ impl LlamaModel {
 
     /// RMSNorm with the model's epsilon and norm offset.
     fn norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        blocks::rms_norm(x, weight, self.cfg.rms_norm_eps, self.cfg.family.norm_offset)
+        blocks::rms_norm(
+            x,
+            weight,
+            self.cfg.rms_norm_eps,
+            self.cfg.family.norm_offset,
+        )
     }
 
     /// Additive mask [seq, start + seq]: 0 where query i may see key j (causally, and within

@@ -310,8 +310,7 @@ impl MethodConfig {
     pub fn lora_targets(&self, cfg: &LlamaConfig) -> Result<Vec<(String, usize, usize)>> {
         let all = linear_module_names(cfg);
         let names: Vec<String> = all.iter().map(|(n, _, _)| n.clone()).collect();
-        let picked =
-            target::select_modules(
+        let picked = target::select_modules(
             &names,
             &self.targets(&cfg.model_type),
             self.layers_to_transform.as_deref(),

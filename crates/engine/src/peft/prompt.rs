@@ -85,9 +85,8 @@ pub fn init_prompt(
         let ids = Tensor::from_vec(ids, tokens, &embed_tokens.device())?;
         let rows = embed_tokens.rows(&ids)?.detach().to_dtype(dtype)?;
         let rows = match embed_scale {
-            Some(s) => rows.broadcast_mul(
-                &Tensor::new(s as f32, &rows.device().clone())?.to_dtype(dtype)?,
-            )?,
+            Some(s) => rows
+                .broadcast_mul(&Tensor::new(s as f32, &rows.device().clone())?.to_dtype(dtype)?)?,
             None => rows,
         };
         Ok(rows.to_device(device)?)

@@ -81,14 +81,45 @@ pub fn gradient_model(
     peft_studio_engine::model::LlamaModel,
     peft_studio_engine::peft::Trainables,
 ) {
-    use candle_core::{Device, Tensor};
-    use peft_studio_engine::model::ops::SplitMix64;
     let spec = TinySpec {
         qkv_bias: true,
         tie_word_embeddings: true,
         ..Default::default()
     };
-    let path = tiny_model(dir, &spec);
+    gradient_model_of(dir, method, dtype, &spec)
+}
+
+/// The tiny model of each family besides Llama/Qwen2 that the gradient tests check too
+/// (tied embeddings; their parts made to matter: `TinySpec::architecture`).
+pub fn family_specs() -> Vec<TinySpec> {
+    [
+        "Gemma3ForCausalLM",
+        "Qwen3ForCausalLM",
+        "MistralForCausalLM",
+    ]
+    .into_iter()
+    .map(|architecture| TinySpec {
+        architecture,
+        tie_word_embeddings: true,
+        num_hidden_layers: 3,
+        ..Default::default()
+    })
+    .collect()
+}
+
+/// [`gradient_model`] of the model `spec` describes.
+pub fn gradient_model_of(
+    dir: &Path,
+    method: &MethodConfig,
+    dtype: candle_core::DType,
+    spec: &TinySpec,
+) -> (
+    peft_studio_engine::model::LlamaModel,
+    peft_studio_engine::peft::Trainables,
+) {
+    use candle_core::{Device, Tensor};
+    use peft_studio_engine::model::ops::SplitMix64;
+    let path = tiny_model(dir, spec);
     let mut model =
         peft_studio_engine::model::load_model(&path, dtype, &Device::Cpu).expect("load");
     let vars = method.apply(&mut model, 3).expect("apply method");

@@ -3,11 +3,11 @@
 //! Then whole models: each method's gradients through the fused path against the composed one.
 
 use candle_core::{DType, Device, Tensor, Var};
-use peft_studio_engine::model::ops::{self, SplitMix64};
-use peft_studio_engine::model::ForwardCtx;
 use peft_studio_engine::model::blocks::{self, Attend};
 use peft_studio_engine::model::family::Activation;
 use peft_studio_engine::model::fused;
+use peft_studio_engine::model::ops::{self, SplitMix64};
+use peft_studio_engine::model::ForwardCtx;
 use peft_studio_engine::peft::{MethodConfig, MethodKind, TargetModules};
 use peft_studio_engine::train::batch_loss;
 
@@ -203,7 +203,14 @@ fn attention_matches_its_composition() {
         (70, 75, plain),
         (9, 9, sliding),
         (1, 6, sliding),
-        (70, 75, Attend { window: Some(40), ..sliding }),
+        (
+            70,
+            75,
+            Attend {
+                window: Some(40),
+                ..sliding
+            },
+        ),
     ] {
         let inputs = [
             input(&[2, 6, seq, 8], 6),
@@ -416,9 +423,17 @@ fn model_gradients_with(
 ) -> (f64, Vec<(String, Vec<f64>)>) {
     let dir = tempfile::tempdir().unwrap();
     let (model, vars) = gradient_model(dir.path(), method, dtype);
+    loss_and_gradients(&model, &vars, ctx)
+}
+
+fn loss_and_gradients(
+    model: &peft_studio_engine::model::LlamaModel,
+    vars: &peft_studio_engine::peft::Trainables,
+    ctx: ForwardCtx,
+) -> (f64, Vec<(String, Vec<f64>)>) {
     let examples = gradient_examples();
     let batch = examples.batch_at(0, &Device::Cpu).unwrap();
-    let (loss, _) = batch_loss(&model, &batch, &ctx).unwrap();
+    let (loss, _) = batch_loss(model, &batch, &ctx).unwrap();
     let grads = loss.backward().unwrap();
     let value = loss
         .to_dtype(DType::F64)
@@ -518,6 +533,26 @@ fn fused_methods() -> [MethodConfig; 8] {
             ..Default::default()
         },
     ]
+}
+
+/// The families' parts through the fused single ops (norms with `1 + w`, q/k norms, GeGLU,
+/// windowed attention with Gemma's score factor) against the composed ops in f64.
+#[test]
+fn every_family_trains_the_same_through_the_fused_ops() {
+    for spec in crate::common::family_specs() {
+        for method in &fused_methods() {
+            let run = |dtype| {
+                let dir = tempfile::tempdir().unwrap();
+                let (model, vars) =
+                    crate::common::gradient_model_of(dir.path(), method, dtype, &spec);
+                loss_and_gradients(&model, &vars, ForwardCtx::eval())
+            };
+            let ((l32, g32), (l64, g64)) = (run(DType::F32), run(DType::F64));
+            let label = format!("{} {:?}", spec.architecture, method.kind);
+            assert!((l32 - l64).abs() < 1e-4, "{label}: loss {l32} vs {l64}");
+            assert_gradients_close(&label, &g32, &g64, 1e-3, 1e-3);
+        }
+    }
 }
 
 #[test]

@@ -6,7 +6,9 @@ use peft_studio_engine::fixtures::TinySpec;
 use peft_studio_engine::model::{load_model, ForwardCtx, LlamaModel};
 use peft_studio_engine::train::batch_loss;
 
-use crate::common::{gradient_examples, gradient_model, lora_method, tiny_model};
+use crate::common::{
+    family_specs, gradient_examples, gradient_model, gradient_model_of, lora_method, tiny_model,
+};
 
 fn loss_of(model: &LlamaModel, examples: &Examples) -> (Tensor, f64) {
     let batch = examples.batch_at(0, model.device()).expect("batch");
@@ -95,6 +97,60 @@ fn bottleneck_gradients_match_central_finite_differences() {
     }
 }
 
+/// Every method on every family with parts of its own (Gemma 3: `1 + w` norms, four norms
+/// per layer, q/k norms, GeGLU, scaled embeddings, its score factor, sliding layers with
+/// their own rotary base; Qwen3: q/k norms; Mistral: a sliding window), against central
+/// differences: the 7-token example sees past the 4-position window.
+#[test]
+fn every_family_s_gradients_match_central_finite_differences() {
+    let mut dora = lora_method(4, "all-linear");
+    dora.use_dora = true;
+    let methods = [
+        (lora_method(4, "all-linear"), 6 * 7 * 3),
+        (
+            peft_studio_engine::peft::MethodConfig {
+                kind: peft_studio_engine::peft::MethodKind::Ia3,
+                ..Default::default()
+            },
+            3 * 3 * 3,
+        ),
+        (
+            peft_studio_engine::peft::MethodConfig {
+                kind: peft_studio_engine::peft::MethodKind::PromptTuning,
+                num_virtual_tokens: 3,
+                ..Default::default()
+            },
+            3,
+        ),
+        (
+            peft_studio_engine::peft::MethodConfig {
+                kind: peft_studio_engine::peft::MethodKind::PrefixTuning,
+                num_virtual_tokens: 3,
+                ..Default::default()
+            },
+            3,
+        ),
+        (
+            peft_studio_engine::peft::MethodConfig {
+                kind: peft_studio_engine::peft::MethodKind::Houlsby,
+                reduction_factor: 4,
+                ..Default::default()
+            },
+            3 * 3,
+        ),
+    ];
+    for spec in family_specs() {
+        for (method, min) in &methods {
+            eprintln!("{} {:?}", spec.architecture, method.kind);
+            check_gradients_of(&spec, method, *min, |_| true);
+        }
+        eprintln!("{} DoRA magnitudes", spec.architecture);
+        check_gradients_of(&spec, &dora, 6 * 3, |name| {
+            name.ends_with("lora_magnitude_vector")
+        });
+    }
+}
+
 /// Compares three entries of each trainable tensor of `method` that `checked_names` picks
 /// with central differences.
 fn check_gradients(
@@ -104,8 +160,29 @@ fn check_gradients(
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (model, vars) = gradient_model(dir.path(), method, DType::F64);
+    check_model_gradients(&model, &vars, min_checked, checked_names);
+}
+
+/// [`check_gradients`] on the model `spec` describes.
+fn check_gradients_of(
+    spec: &peft_studio_engine::fixtures::TinySpec,
+    method: &peft_studio_engine::peft::MethodConfig,
+    min_checked: usize,
+    checked_names: fn(&str) -> bool,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (model, vars) = gradient_model_of(dir.path(), method, DType::F64, spec);
+    check_model_gradients(&model, &vars, min_checked, checked_names);
+}
+
+fn check_model_gradients(
+    model: &LlamaModel,
+    vars: &peft_studio_engine::peft::Trainables,
+    min_checked: usize,
+    checked_names: fn(&str) -> bool,
+) {
     let examples = gradient_examples();
-    let (loss, _) = loss_of(&model, &examples);
+    let (loss, _) = loss_of(model, &examples);
     let grads = loss.backward().expect("backward");
     let eps = 1e-5;
     let mut checked = 0;
@@ -120,9 +197,9 @@ fn check_gradients(
             .expect("vec");
         for &i in &[0, var.elem_count() / 2, var.elem_count() - 1] {
             bump(var, i, eps);
-            let (_, up) = loss_of(&model, &examples);
+            let (_, up) = loss_of(model, &examples);
             bump(var, i, -2.0 * eps);
-            let (_, down) = loss_of(&model, &examples);
+            let (_, down) = loss_of(model, &examples);
             bump(var, i, eps);
             let numeric = (up - down) / (2.0 * eps);
             let rel = (numeric - g[i]).abs() / (numeric.abs() + g[i].abs()).max(1e-7);

@@ -210,10 +210,9 @@ fn real_gemma3_gguf_matches_transformers() {
         .unwrap();
     let model = load_model(dir.path(), DType::F32, &Device::Cpu).unwrap();
     let tok = TextTokenizer::load(dir.path(), &model.config().eos_token_ids).unwrap();
-    let cases: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("gemma3/greedy.json")).unwrap(),
-    )
-    .unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("gemma3/greedy.json")).unwrap())
+            .unwrap();
     let as_ids = |v: &serde_json::Value| -> Vec<u32> {
         v.as_array()
             .unwrap()

@@ -18,7 +18,6 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use super::attention::Attention;
-use crate::model::blocks::Attend;
 use super::linear::contiguous;
 use super::linear::{LinearParts, LoraSlices, Projection};
 use super::norm;
@@ -27,6 +26,7 @@ use super::swiglu;
 use super::view::{base_weight_view, output, storage_slice, tensor, view, Floats, WeightView};
 use crate::error::Result;
 use crate::model::base_weight::BaseWeight;
+use crate::model::blocks::Attend;
 use crate::model::ops::DropoutDraw;
 
 /// The layer's projections, in this order (the generic layer's too).

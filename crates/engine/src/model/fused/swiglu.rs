@@ -6,9 +6,9 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::math::sigmoid;
-use crate::model::family::Activation;
 use super::view::{output, storage_slice, tensor, view};
 use crate::error::Result;
+use crate::model::family::Activation;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -30,7 +30,8 @@ fn act_and_slope(act: Activation, x: f32) -> (f32, f32) {
         Activation::GeluTanh => {
             let t = (GELU_C * (x + GELU_A * x * x * x)).tanh();
             let y = 0.5 * x * (1.0 + t);
-            let dy = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x);
+            let dy =
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x);
             (y, dy)
         }
     }

@@ -240,10 +240,9 @@ impl<'a> Metadata<'a> {
             }
             cfg["rope_local_base_freq"] = json!(10_000.0);
             let scaling = self.string(&key("rope.scaling.type"))?;
-            if let (Some("linear"), Some(factor)) = (
-                scaling.as_deref(),
-                self.float(&key("rope.scaling.factor"))?,
-            ) {
+            if let (Some("linear"), Some(factor)) =
+                (scaling.as_deref(), self.float(&key("rope.scaling.factor"))?)
+            {
                 cfg["rope_scaling"] = json!({"rope_type": "linear", "factor": factor});
             }
         }
