@@ -64,6 +64,20 @@ fn special_id(value: &Json, ids: &HashMap<String, u32>) -> Option<u32> {
 /// The `tokenizer.*` metadata for the model folder `dir` with `vocab_size` rows of
 /// embeddings (ids the tokenizer does not use are written as unused padding tokens).
 pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Value)>> {
+    // A model used as its GGUF file says it all already: its `tokenizer.*` keys are copied,
+    // whatever the tokenizer (SentencePiece too), exactly as llama.cpp wrote them.
+    let stored = dir.join(crate::model::load::GGUF_WEIGHTS);
+    if stored.is_file() {
+        let mut file = std::fs::File::open(&stored).map_err(|e| EngineError::io(&stored, e))?;
+        let content = crate::model::gguf::read_content(&stored, &mut file)?;
+        let mut keys: Vec<(String, Value)> = content
+            .metadata
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        return Ok(keys);
+    }
     let tok_path = dir.join("tokenizer.json");
     let tok = read_json(&tok_path)?;
     let model = &tok["model"];

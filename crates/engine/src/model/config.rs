@@ -206,12 +206,14 @@ impl RopeFields {
                             )
                         })?
                 }
-                other => return Err(EngineError::config(
-                    "rope_scaling",
-                    format!(
+                other => {
+                    return Err(EngineError::config(
+                        "rope_scaling",
+                        format!(
                         "rope_type `{other}` is not supported; supported: default, linear, llama3"
                     ),
-                )),
+                    ))
+                }
             }
         }
         Ok(Self {
