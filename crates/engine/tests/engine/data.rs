@@ -630,3 +630,34 @@ fn parquet_that_panics_its_reader_is_an_error() {
         "{err}"
     );
 }
+
+/// A Gemma GGUF without a template of its own gets Gemma's turns, rendered as Google's
+/// Gemma 3 template renders text: the system message before the first user turn, the
+/// assistant as `model`, contents trimmed.
+#[test]
+fn gemma_s_template_renders_gemma_turns() {
+    use peft_studio_engine::chat::{ChatTemplate, Message, GEMMA};
+    let m = |role: &str, content: &str| Message {
+        role: role.into(),
+        content: content.into(),
+    };
+    let t = ChatTemplate::new(GEMMA, "<bos>", "<eos>").unwrap();
+    let conversation = [
+        m("system", "Be brief."),
+        m("user", " Capital of France? "),
+        m("assistant", "Paris."),
+    ];
+    assert_eq!(
+        t.render(&conversation, false).unwrap(),
+        "<bos><start_of_turn>user\nBe brief.\n\nCapital of France?<end_of_turn>\n<start_of_turn>model\nParis.<end_of_turn>\n"
+    );
+    assert_eq!(
+        t.render(&conversation[..2], true).unwrap(),
+        "<bos><start_of_turn>user\nBe brief.\n\nCapital of France?<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let err = t
+        .render(&[m("user", "a"), m("user", "b")], false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("alternate"), "{err}");
+}

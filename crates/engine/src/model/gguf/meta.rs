@@ -255,6 +255,16 @@ impl<'a> Metadata<'a> {
                 cfg[name] = json!(id);
             }
         }
+        // Gemma ends a chat turn with `<end_of_turn>`, which its generation_config.json lists
+        // as an end token beside `<eos>`; the GGUF keeps one id.
+        let end_of_turn = (arch == "gemma3")
+            .then(|| self.strings("tokenizer.ggml.tokens"))
+            .transpose()?
+            .flatten()
+            .and_then(|t| t.iter().position(|t| t == "<end_of_turn>"));
+        if let (Some(turn), Some(eos)) = (end_of_turn, cfg["eos_token_id"].as_u64()) {
+            cfg["eos_token_id"] = json!([eos, turn]);
+        }
         Ok(cfg)
     }
 }

@@ -180,8 +180,11 @@ pub fn tokenizer(meta: &Metadata) -> Result<GgufTokenizer> {
         "add_eos_token": meta.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
         "clean_up_tokenization_spaces": false,
     });
-    if let Some(template) = meta.string("tokenizer.chat_template")? {
-        tokenizer_config["chat_template"] = json!(template);
+    match meta.string("tokenizer.chat_template")? {
+        Some(template) => tokenizer_config["chat_template"] = json!(template),
+        // Gemma's base checkpoints ship without one; its turns are Gemma's, not ChatML's.
+        None if gemma => tokenizer_config["chat_template"] = json!(crate::chat::GEMMA),
+        None => {}
     }
     Ok(GgufTokenizer {
         tokenizer_json,
