@@ -6,7 +6,9 @@ import { formatBytes, formatCount } from "../metrics.js";
 
 const RECOMMENDED = [
   ["HuggingFaceTB/SmolLM2-135M-Instruct", "135 M parameters: trains on a laptop CPU"],
+  ["unsloth/gemma-3-270m-it", "Gemma 3 270M: Google's small model made for task fine-tunes"],
   ["HuggingFaceTB/SmolLM2-360M-Instruct", "360 M: better answers, still CPU-friendly"],
+  ["Qwen/Qwen3-0.6B", "0.6 B, Qwen3"],
   ["Qwen/Qwen2.5-0.5B-Instruct", "0.5 B, multilingual"],
   ["TinyLlama/TinyLlama-1.1B-Chat-v1.0", "1.1 B, Llama architecture"],
 ];
