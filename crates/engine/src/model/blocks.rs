@@ -41,7 +41,8 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f64) -> Result<Te
     let weight = if offset == 0.0 {
         weight
     } else {
-        shifted = (weight + offset)?;
+        // In f32: `1 + w` in bf16 would keep 8 bits of w.
+        shifted = (weight.to_dtype(candle_core::DType::F32)? + offset)?;
         &shifted
     };
     if fused::applies(x) {

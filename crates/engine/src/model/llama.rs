@@ -746,20 +746,22 @@ impl LlamaModel {
         Ok(Tensor::from_vec(mask, (seq, total), &self.device)?.to_dtype(self.dtype)?)
     }
 
-    /// The block as one fused op takes it, when it can compute it: on the CPU, frozen
-    /// norms, every linear fusable (`Linear::fusable`) without IA³, no bottleneck adapter.
-    /// The layer as one op's parts, where its weights are frozen and its projections carry
-    /// plain LoRA or nothing.
+    /// The layer `index` as one op's parts, where its norms are frozen, it has no
+    /// bottleneck adapter and its projections carry plain LoRA or nothing.
     /// `generic`: for the device-generic layer, which also serves DoRA and IA³ and takes a
-    /// prefix's keys and values; the CPU's fused layer serves none of these.
+    /// prefix's keys and values, but computes Llama's layers only (`llama_shaped`, no
+    /// window); the CPU's fused layer serves every family.
     fn layer_parts<'a>(
         &self,
         b: &'a Block,
+        index: usize,
         adapters: Option<&LayerAdapters>,
         ctx: &ForwardCtx,
         generic: Option<super::generic::layer::Extras<'a>>,
     ) -> Option<fused::layer::LayerParts<'a>> {
-        let plain = self.cfg.llama_shaped()
+        let c = &self.cfg;
+        let window = c.window(index);
+        let plain = (generic.is_none() || (c.llama_shaped() && window.is_none()))
             && adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
             && b.norms_frozen()
             && (generic.is_some()
@@ -775,10 +777,21 @@ impl LlamaModel {
         let dropout = b
             .linears()
             .map(|l| l.lora.as_ref().and_then(|lo| ctx.draw_dropout(lo.dropout)));
-        let c = &self.cfg;
+        let (post_norm, output_norms) = match &b.feedforward_norms {
+            Some((pre, post)) => (pre, Some((&b.post_attention_layernorm, post))),
+            None => (&b.post_attention_layernorm, None),
+        };
         Some(fused::layer::LayerParts {
             input_norm: &b.input_layernorm,
-            post_norm: &b.post_attention_layernorm,
+            post_norm,
+            output_norms,
+            qk_norm: b.qk_norm.as_ref().map(|(q, k)| (q, k)),
+            norm_offset: c.family.norm_offset,
+            activation: c.activation,
+            attend: Attend {
+                scale: c.attention_scale,
+                window,
+            },
             linears,
             dropout,
             ia3: b.linears().map(|l| l.ia3.as_ref()),
@@ -806,23 +819,17 @@ impl LlamaModel {
             prefix_only,
         } = layer;
         // Training and scoring run the whole block as one op; decoding keeps the cache. The
-        // generic layer also takes a prefix's keys and values. Neither has a sliding window:
-        // they serve a sliding layer only where the window reaches every key (Mistral's 4096).
-        let earlier = cache
-            .as_ref()
-            .and_then(|c| c.as_ref())
-            .map_or(0, |(k, _)| k.dims()[2]);
-        let keys = earlier + x.dim(1)?;
-        let whole = self.cfg.window(index).is_none_or(|w| keys <= w);
-        if whole && cache.is_none() && fused::applies(x) {
-            if let Some(parts) = self.layer_parts(b, adapters, ctx, None) {
-                return fused::layer::decoder_layer(x, &parts, &pos.full.0, &pos.full.1);
+        // generic layer also takes a prefix's keys and values.
+        let (cos, sin) = pos.rotary(self.cfg.window(index).is_some());
+        if cache.is_none() && fused::applies(x) {
+            if let Some(parts) = self.layer_parts(b, index, adapters, ctx, None) {
+                return fused::layer::decoder_layer(x, &parts, cos, sin);
             }
-        } else if whole && (cache.is_none() || prefix_only) && super::generic::applies(x) {
+        } else if (cache.is_none() || prefix_only) && super::generic::applies(x) {
             let prefix = cache.as_ref().and_then(|c| c.as_ref()).map(|(k, v)| (k, v));
             let generic = super::generic::layer::Extras { prefix };
-            if let Some(parts) = self.layer_parts(b, adapters, ctx, Some(generic)) {
-                return super::generic::layer::decoder_layer(x, &parts, &pos.full.0, &pos.full.1);
+            if let Some(parts) = self.layer_parts(b, index, adapters, ctx, Some(generic)) {
+                return super::generic::layer::decoder_layer(x, &parts, cos, sin);
             }
         }
         // The residual stream after a sublayer: plain, or through its bottleneck adapter.

@@ -535,22 +535,33 @@ fn fused_methods() -> [MethodConfig; 8] {
     ]
 }
 
-/// The families' parts through the fused single ops (norms with `1 + w`, q/k norms, GeGLU,
-/// windowed attention with Gemma's score factor) against the composed ops in f64.
+/// The families' parts through the fused ops — the whole layer (norms with `1 + w`, q/k
+/// norms, the sublayers' output norms, GeGLU, windowed attention with Gemma's score factor,
+/// a sliding layer's own rotary base) and the single ops — against the composed ops in f64;
+/// in f32, with gradient checkpointing (the layer recomputed), and in bf16.
 #[test]
 fn every_family_trains_the_same_through_the_fused_ops() {
     for spec in crate::common::family_specs() {
-        for method in &fused_methods() {
-            let run = |dtype| {
+        for (i, method) in fused_methods().iter().enumerate() {
+            let run = |dtype, ctx| {
                 let dir = tempfile::tempdir().unwrap();
                 let (model, vars) =
                     crate::common::gradient_model_of(dir.path(), method, dtype, &spec);
-                loss_and_gradients(&model, &vars, ForwardCtx::eval())
+                loss_and_gradients(&model, &vars, ctx)
             };
-            let ((l32, g32), (l64, g64)) = (run(DType::F32), run(DType::F64));
+            let (l64, g64) = run(DType::F64, ForwardCtx::eval());
             let label = format!("{} {:?}", spec.architecture, method.kind);
+            let (l32, g32) = run(DType::F32, ForwardCtx::eval());
             assert!((l32 - l64).abs() < 1e-4, "{label}: loss {l32} vs {l64}");
             assert_gradients_close(&label, &g32, &g64, 1e-3, 1e-3);
+            if i == 0 {
+                let (lc, gc) = run(DType::F32, ForwardCtx::eval().with_checkpointing(true));
+                assert!((lc - l64).abs() < 1e-4, "{label} checkpointed: loss {lc} vs {l64}");
+                assert_gradients_close(&format!("{label} checkpointed"), &gc, &g64, 1e-3, 1e-3);
+            }
+            let (l16, g16) = run(DType::BF16, ForwardCtx::eval());
+            assert!((l16 - l64).abs() < 1e-2, "{label} bf16: loss {l16} vs {l64}");
+            assert_gradients_close(&format!("{label} bf16"), &g16, &g64, 8e-2, 1e-3);
         }
     }
 }

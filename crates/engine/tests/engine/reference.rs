@@ -118,7 +118,10 @@ fn check_gguf_against_transformers(gguf: &Path, expected: &Path, tolerance: f32)
     }
     // A Gemma file without a template is given Gemma's turns (`chat::GEMMA`); transformers
     // gives it none.
-    match (texts["chat_template"].as_str(), cfg.family.norm_offset != 0.0) {
+    match (
+        texts["chat_template"].as_str(),
+        cfg.family.norm_offset != 0.0,
+    ) {
         (None, true) => assert_eq!(tok.chat_template(), Some(peft_studio_engine::chat::GEMMA)),
         (want, _) => assert_eq!(tok.chat_template(), want),
     }

@@ -1,6 +1,8 @@
-//! A whole decoder layer as one op: RMSNorm, q/k/v with RoPE, causal attention, o_proj and
-//! the residual sum, RMSNorm, gate/up, SwiGLU, down_proj and the residual sum, with the LoRA
-//! branches of any of the seven projections.
+//! A whole decoder layer as one op: RMSNorm, q/k/v (q/k normed per head where the family
+//! has it) with RoPE, causal attention (a sliding window where the layer has one), o_proj and
+//! the residual sum, RMSNorm, gate/up, SwiGLU or GeGLU, down_proj and the residual sum, with
+//! the LoRA branches of any of the seven projections; Gemma's norms of the two sublayers'
+//! outputs before their residual sums.
 //!
 //! Built from the single fused ops, a layer is some fifteen autograd nodes, and candle's
 //! backward pass gives every node's gradient a zero-filled slot plus an add (the q, k and v
@@ -27,6 +29,7 @@ use super::view::{base_weight_view, output, storage_slice, tensor, view, Floats,
 use crate::error::Result;
 use crate::model::base_weight::BaseWeight;
 use crate::model::blocks::Attend;
+use crate::model::family::Activation;
 use crate::model::ops::DropoutDraw;
 
 /// The layer's projections, in this order (the generic layer's too).
@@ -44,6 +47,19 @@ pub struct LayerParts<'a> {
     pub input_norm: &'a Tensor,
     /// RMSNorm weight before the MLP [hidden].
     pub post_norm: &'a Tensor,
+    /// Gemma's norms of the attention's and the MLP's outputs before their residual sums
+    /// (`post_attention_layernorm`, `post_feedforward_layernorm`; the device-generic layer
+    /// is given none).
+    pub output_norms: Option<(&'a Tensor, &'a Tensor)>,
+    /// RMSNorm weights of each query and key head [head_dim] (Qwen3, Gemma 3; the
+    /// device-generic layer is given none).
+    pub qk_norm: Option<(&'a Tensor, &'a Tensor)>,
+    /// Added to every norm weight when applied (Gemma's `1 + w`).
+    pub norm_offset: f64,
+    /// The MLP's gate activation.
+    pub activation: Activation,
+    /// The attention's score factor and window.
+    pub attend: Attend,
     /// q, k, v, o, gate, up and down, in that order.
     pub linears: [LinearParts<'a>; 7],
     /// The dropout on each one's LoRA input, when active.
@@ -105,7 +121,31 @@ impl Frozen {
     }
 }
 
-/// What the forward pass keeps for the backward pass; the normed inputs and the SwiGLU
+/// A norm's input and its rows' `inv_rms`, kept for its backward pass.
+struct NormInput {
+    x: Vec<f32>,
+    inv: Vec<f32>,
+}
+
+impl NormInput {
+    fn new(x: Vec<f32>, width: usize, eps: f32) -> Self {
+        let inv = norm::inv_rms(&x, width, eps);
+        Self { x, inv }
+    }
+
+    fn output(&self, w: &[f32]) -> Vec<f32> {
+        norm::normalized(&self.x, w, &self.inv)
+    }
+
+    /// The input's gradient for the output gradient `g`.
+    fn backward(&self, w: &[f32], g: &[f32]) -> Vec<f32> {
+        let mut dx = vec![0.0f32; self.x.len()];
+        norm::backward(&self.x, w, &self.inv, g, &mut dx, false);
+        dx
+    }
+}
+
+/// What the forward pass keeps for the backward pass; the normed inputs and the gate's
 /// output are recomputed instead (one elementwise pass each).
 struct Saved {
     inv_rms1: Vec<f32>,
@@ -120,11 +160,22 @@ struct Saved {
     inv_rms2: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// q and k before their per-head norms.
+    qk: Option<(NormInput, NormInput)>,
+    /// o_proj's and down_proj's outputs before their norms (Gemma).
+    outputs: Option<(NormInput, NormInput)>,
 }
 
 struct DecoderLayer {
     linears: [Frozen; 7],
+    /// The norms as applied (offset added), in f32: before attention and before the MLP.
     norms: [Tensor; 2],
+    /// The sublayers' output norms (Gemma), as applied.
+    output_norms: Option<[Tensor; 2]>,
+    /// The per-head q and k norms, as applied.
+    qk_norm: Option<[Tensor; 2]>,
+    activation: Activation,
+    attend: Attend,
     cos: Tensor,
     sin: Tensor,
     eps: f32,
@@ -149,13 +200,7 @@ impl DecoderLayer {
 
     fn attention(&self) -> Attention {
         let heads = (self.q_heads, self.kv_heads, self.head_dim);
-        Attention::new(
-            self.batch,
-            heads,
-            self.seq,
-            self.seq,
-            Attend::causal(self.head_dim),
-        )
+        Attention::new(self.batch, heads, self.seq, self.seq, self.attend)
     }
 
     fn forward(&self, x: &[f32], pack: &[f32]) -> candle_core::Result<Vec<f32>> {
@@ -190,13 +235,40 @@ impl DecoderLayer {
             let xd = lora_input(i, x);
             p(i).add_forward_with(x, xd.as_deref().unwrap_or(x), y);
         };
-        let q = q_heads.split(&fresh(Q, &h1), Some(tables));
-        let k = kv_heads.split(&fresh(K, &h1), Some(tables));
+        let (q, k) = (fresh(Q, &h1), fresh(K, &h1));
+        let (q, k, qk) = match &w.qk_norm {
+            Some([wq, wk]) => {
+                let d = self.head_dim;
+                let (q, k) = (
+                    NormInput::new(q, d, self.eps),
+                    NormInput::new(k, d, self.eps),
+                );
+                (q.output(wq), k.output(wk), Some((q, k)))
+            }
+            None => (q, k, None),
+        };
+        let q = q_heads.split(&q, Some(tables));
+        let k = kv_heads.split(&k, Some(tables));
         let v = kv_heads.split(&fresh(V, &h1), None);
         drop(h1);
         let attn = self.attention().forward(&q, &k, &v);
         let mut x2 = x.to_vec();
-        project(O, &attn, &mut x2);
+        // A sublayer's output joins the residual stream, through its own norm where the
+        // family has one (kept for the backward pass).
+        let join = |i: usize, input: &[f32], w_out: Option<&Floats>, y: &mut [f32]| match w_out {
+            Some(w_out) => {
+                let out = NormInput::new(fresh(i, input), hidden, self.eps);
+                y.iter_mut()
+                    .zip(out.output(w_out))
+                    .for_each(|(y, o)| *y += o);
+                Some(out)
+            }
+            None => {
+                project(i, input, y);
+                None
+            }
+        };
+        let attn_out = join(O, &attn, w.output_norms.as_ref().map(|n| &n[0]), &mut x2);
 
         let inv_rms2 = norm::inv_rms(&x2, hidden, self.eps);
         let h2 = norm::normalized(&x2, &w.norm2, &inv_rms2);
@@ -204,10 +276,14 @@ impl DecoderLayer {
         let up = fresh(UP, &h2);
         drop(h2);
         let mut y = Vec::new();
-        if output {
-            let act = swiglu::forward(&gate, &up);
+        let mut outputs = None;
+        // Without output (recomputing for the backward pass), only a normed down_proj's
+        // output is needed.
+        if output || w.output_norms.is_some() {
+            let act = swiglu::forward(self.activation, &gate, &up);
             y = x2.clone();
-            project(DOWN, &act, &mut y);
+            let down_out = join(DOWN, &act, w.output_norms.as_ref().map(|n| &n[1]), &mut y);
+            outputs = attn_out.zip(down_out);
         }
         let saved = Saved {
             inv_rms1,
@@ -219,6 +295,8 @@ impl DecoderLayer {
             inv_rms2,
             gate,
             up,
+            qk,
+            outputs,
         };
         Ok((y, saved))
     }
@@ -257,12 +335,23 @@ impl DecoderLayer {
             }
         };
 
-        // MLP: down, SwiGLU, gate and up, the second norm; the residual passes dy on.
-        let act = swiglu::forward(&s.gate, &s.up);
+        // A sublayer output's gradient, through its norm where it has one.
+        let (attn_out, down_out) = match s.outputs {
+            Some((a, d)) => (Some(a), Some(d)),
+            None => (None, None),
+        };
+        let through = |out: &Option<NormInput>, k: usize, g: &[f32]| -> Option<Vec<f32>> {
+            let w_out = &w.output_norms.as_ref()?[k];
+            Some(out.as_ref()?.backward(w_out, g))
+        };
+
+        // MLP: down, the gate, gate and up, the second norm; the residual passes dy on.
+        let act = swiglu::forward(self.activation, &s.gate, &s.up);
         let mut dact = vec![0.0f32; act.len()];
-        back(DOWN, &act, dy, Some(&mut dact));
-        drop(act);
-        let (dgate, dup) = swiglu::backward(&s.gate, &s.up, &dact);
+        let ddown = through(&down_out, 1, dy);
+        back(DOWN, &act, ddown.as_deref().unwrap_or(dy), Some(&mut dact));
+        drop((act, ddown, down_out));
+        let (dgate, dup) = swiglu::backward(self.activation, &s.gate, &s.up, &dact);
         drop((dact, s.gate, s.up));
         let h2 = norm::normalized(&s.x2, &w.norm2, &s.inv_rms2);
         let mut dh2 = vec![0.0f32; h2.len()];
@@ -275,11 +364,23 @@ impl DecoderLayer {
 
         // Attention: o, the attention itself, RoPE, q/k/v, the first norm.
         let mut dattn = vec![0.0f32; s.attn.len()];
-        back(O, &s.attn, &dx2, Some(&mut dattn));
+        let dout = through(&attn_out, 0, &dx2);
+        back(
+            O,
+            &s.attn,
+            dout.as_deref().unwrap_or(&dx2),
+            Some(&mut dattn),
+        );
+        drop((dout, attn_out));
         let (dq, dk, dv) = self.attention().backward(&s.q, &s.k, &s.v, &s.attn, &dattn);
         drop((dattn, s.q, s.k, s.v, s.attn));
-        let dq = q_heads.merge(&dq, Some(tables));
-        let dk = kv_heads.merge(&dk, Some(tables));
+        let mut dq = q_heads.merge(&dq, Some(tables));
+        let mut dk = kv_heads.merge(&dk, Some(tables));
+        if let (Some((q, k)), Some([wq, wk])) = (&s.qk, &w.qk_norm) {
+            dq = q.backward(wq, &dq);
+            dk = k.backward(wk, &dk);
+        }
+        drop(s.qk);
         let dv = kv_heads.merge(&dv, None);
         let h1 = norm::normalized(x, &w.norm1, &s.inv_rms1);
         let mut dh1 = x_grad.then(|| vec![0.0f32; h1.len()]);
@@ -300,6 +401,8 @@ struct Borrowed<'a> {
     biases: Vec<Option<Floats<'a>>>,
     norm1: Floats<'a>,
     norm2: Floats<'a>,
+    output_norms: Option<[Floats<'a>; 2]>,
+    qk_norm: Option<[Floats<'a>; 2]>,
     cos: Floats<'a>,
     sin: Floats<'a>,
 }
@@ -319,10 +422,16 @@ impl DecoderLayer {
                 .collect::<candle_core::Result<_>>()?,
             norm1: view(&self.norms[0])?,
             norm2: view(&self.norms[1])?,
+            output_norms: self.output_norms.as_ref().map(views).transpose()?,
+            qk_norm: self.qk_norm.as_ref().map(views).transpose()?,
             cos: view(&self.cos)?,
             sin: view(&self.sin)?,
         })
     }
+}
+
+fn views(pair: &[Tensor; 2]) -> candle_core::Result<[Floats<'_>; 2]> {
+    Ok([view(&pair[0])?, view(&pair[1])?])
 }
 
 impl Borrowed<'_> {
@@ -427,12 +536,20 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
     let linears: [Frozen; 7] = linears
         .try_into()
         .map_err(|_| candle_core::Error::Msg("fused decoder layer: seven projections".into()))?;
+    // The norms as applied, in f32 (Gemma's `1 + w` would lose bits in bf16).
+    let applied = |w: &Tensor| -> Result<Tensor> {
+        Ok((w.to_dtype(candle_core::DType::F32)? + parts.norm_offset)?.contiguous()?)
+    };
+    let pair = |p: Option<(&Tensor, &Tensor)>| -> Result<Option<[Tensor; 2]>> {
+        p.map(|(a, b)| Ok([applied(a)?, applied(b)?])).transpose()
+    };
     let op = DecoderLayer {
         linears,
-        norms: [
-            parts.input_norm.contiguous()?,
-            parts.post_norm.contiguous()?,
-        ],
+        norms: [applied(parts.input_norm)?, applied(parts.post_norm)?],
+        output_norms: pair(parts.output_norms)?,
+        qk_norm: pair(parts.qk_norm)?,
+        activation: parts.activation,
+        attend: parts.attend,
         cos: cos.contiguous()?,
         sin: sin.contiguous()?,
         eps: parts.eps as f32,

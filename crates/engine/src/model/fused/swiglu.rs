@@ -5,7 +5,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::math::sigmoid;
+use super::math::{sigmoid, tanh};
 use super::view::{output, storage_slice, tensor, view};
 use crate::error::Result;
 use crate::model::family::Activation;
@@ -28,7 +28,7 @@ fn act_and_slope(act: Activation, x: f32) -> (f32, f32) {
         }
         // gelu(x) = ½x(1 + tanh(c(x + a·x³))); its slope ½(1 + t) + ½x(1 − t²)·c(1 + 3a·x²).
         Activation::GeluTanh => {
-            let t = (GELU_C * (x + GELU_A * x * x * x)).tanh();
+            let t = tanh(GELU_C * (x + GELU_A * x * x * x));
             let y = 0.5 * x * (1.0 + t);
             let dy =
                 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x);
@@ -37,13 +37,8 @@ fn act_and_slope(act: Activation, x: f32) -> (f32, f32) {
     }
 }
 
-/// `silu(g) · u` elementwise.
-pub(super) fn forward(g: &[f32], u: &[f32]) -> Vec<f32> {
-    forward_with(Activation::Silu, g, u)
-}
-
 /// `act(g) · u` elementwise.
-fn forward_with(act: Activation, g: &[f32], u: &[f32]) -> Vec<f32> {
+pub(super) fn forward(act: Activation, g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut y = vec![0.0f32; g.len()];
     y.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
@@ -63,12 +58,8 @@ fn forward_with(act: Activation, g: &[f32], u: &[f32]) -> Vec<f32> {
     y
 }
 
-/// The gradients of `g` and `u` for the output gradient `dy` of `silu(g) · u`.
-pub(super) fn backward(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    backward_with(Activation::Silu, g, u, dy)
-}
-
-fn backward_with(act: Activation, g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// The gradients of `g` and `u` for the output gradient `dy` of `act(g) · u`.
+pub(super) fn backward(act: Activation, g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let mut dg = vec![0.0f32; g.len()];
     let mut du = vec![0.0f32; g.len()];
     dg.par_chunks_mut(CHUNK)
@@ -104,7 +95,7 @@ impl CustomOp2 for Gated {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, u) = (storage_slice(gate, lg)?, storage_slice(up, lu)?);
         Ok(output(
-            forward_with(self.0, &g, &u),
+            forward(self.0, &g, &u),
             lg.shape().clone(),
             gate.dtype(),
         ))
@@ -118,7 +109,7 @@ impl CustomOp2 for Gated {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (dg, du) = backward_with(self.0, &view(gate)?, &view(up)?, &view(&grad)?);
+        let (dg, du) = backward(self.0, &view(gate)?, &view(up)?, &view(&grad)?);
         Ok((Some(tensor(dg, gate)?), Some(tensor(du, up)?)))
     }
 }

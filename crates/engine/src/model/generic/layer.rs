@@ -229,6 +229,18 @@ impl CustomOp2 for LayerOp {
 /// The decoder layer for `x` [batch, seq, hidden] on any device; `cos`, `sin` are the
 /// model's rotary tables [seq, head_dim].
 pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    // Llama's layers only: the other families' parts compose single ops on this path.
+    let llama = parts.output_norms.is_none()
+        && parts.qk_norm.is_none()
+        && parts.norm_offset == 0.0
+        && parts.activation == crate::model::family::Activation::Silu
+        && parts.attend == crate::model::blocks::Attend::causal(parts.head_dim);
+    if !llama {
+        return Err(crate::error::EngineError::config(
+            "model",
+            "the device-generic layer computes Llama-shaped layers only",
+        ));
+    }
     let (batch, seq, hidden) = x.dims3()?;
     let mut flat = Vec::new();
     let mut projections = Vec::with_capacity(7);
