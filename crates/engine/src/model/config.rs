@@ -440,11 +440,13 @@ impl LlamaConfig {
                 ));
             }
         }
-        let attention_scale = raw
-            .query_pre_attn_scalar
-            .filter(|_| family.norm_offset != 0.0)
-            .unwrap_or(head_dim as f64)
-            .powf(-0.5);
+        // Written as `Attend::causal` computes it, so Llama's factor is that one bit for bit.
+        let attention_scale = 1.0
+            / raw
+                .query_pre_attn_scalar
+                .filter(|_| family.norm_offset != 0.0)
+                .unwrap_or(head_dim as f64)
+                .sqrt();
         let model_type = raw
             .model_type
             .clone()
@@ -488,7 +490,7 @@ impl LlamaConfig {
             && !f.sandwich_norms
             && !f.scaled_embeddings
             && self.activation == Activation::Silu
-            && (self.attention_scale * (self.head_dim as f64).sqrt() - 1.0).abs() < 1e-12
+            && self.attention_scale == 1.0 / (self.head_dim as f64).sqrt()
     }
 
     /// Whether layer `l` attends through a sliding window, and how wide.

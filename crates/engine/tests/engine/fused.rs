@@ -556,11 +556,17 @@ fn every_family_trains_the_same_through_the_fused_ops() {
             assert_gradients_close(&label, &g32, &g64, 1e-3, 1e-3);
             if i == 0 {
                 let (lc, gc) = run(DType::F32, ForwardCtx::eval().with_checkpointing(true));
-                assert!((lc - l64).abs() < 1e-4, "{label} checkpointed: loss {lc} vs {l64}");
+                assert!(
+                    (lc - l64).abs() < 1e-4,
+                    "{label} checkpointed: loss {lc} vs {l64}"
+                );
                 assert_gradients_close(&format!("{label} checkpointed"), &gc, &g64, 1e-3, 1e-3);
             }
             let (l16, g16) = run(DType::BF16, ForwardCtx::eval());
-            assert!((l16 - l64).abs() < 1e-2, "{label} bf16: loss {l16} vs {l64}");
+            assert!(
+                (l16 - l64).abs() < 1e-2,
+                "{label} bf16: loss {l16} vs {l64}"
+            );
             assert_gradients_close(&format!("{label} bf16"), &g16, &g64, 8e-2, 1e-3);
         }
     }
