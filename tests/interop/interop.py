@@ -18,7 +18,7 @@ prints one `max_abs_diff=<x>` line (and, for llama.cpp, `top5=<equal|differ>`).
   gguf-read MODEL_GGUF LORA_GGUF|-           the gguf reader: the keys and shapes llama.cpp needs
                                              (prints `structure=ok`)
   make-tiny FAMILY TOKENIZER_DIR OUT         transformers writes a tiny random checkpoint of
-                                             FAMILY (gemma3, qwen3, mistral) with the tokenizer
+                                             FAMILY (gemma3, gemma2, qwen3, mistral) with the tokenizer
                                              of TOKENIZER_DIR
   base      BASE STUDIO_LOGITS IDS           transformers' logits of the base alone
 """
@@ -168,6 +168,10 @@ def tiny_config(family):
             rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
                              "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
             tie_word_embeddings=True)
+    if family == "gemma2":
+        return tf.Gemma2ForCausalLM, tf.Gemma2Config(
+            **sizes, head_dim=8, query_pre_attn_scalar=16, sliding_window=4,
+            attn_logit_softcapping=0.5, final_logit_softcapping=2.0, tie_word_embeddings=True)
     if family == "qwen3":
         return tf.Qwen3ForCausalLM, tf.Qwen3Config(**sizes, head_dim=8, tie_word_embeddings=True)
     if family == "mistral":

@@ -145,6 +145,15 @@ pub fn config_json(spec: &TinySpec) -> serde_json::Value {
     let extra = match arch {
         "Qwen3ForCausalLM" => json!({"head_dim": head_dim}),
         "MistralForCausalLM" => json!({"sliding_window": 4}),
+        "Gemma2ForCausalLM" => json!({
+            "head_dim": head_dim,
+            "hidden_act": null,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "query_pre_attn_scalar": head_dim * 2,
+            "sliding_window": 4,
+            "attn_logit_softcapping": 0.5,
+            "final_logit_softcapping": 2.0
+        }),
         "Gemma3ForCausalLM" => json!({
             "head_dim": head_dim,
             "hidden_act": null,

@@ -22,6 +22,7 @@ pub fn gguf_architecture(cfg: &LlamaConfig) -> Result<&'static str> {
         "llama" | "mistral" => Ok("llama"),
         "qwen2" => Ok("qwen2"),
         "qwen3" => Ok("qwen3"),
+        "gemma2" => Ok("gemma2"),
         "gemma3_text" => Ok("gemma3"),
         other => Err(EngineError::config(
             "model_type",

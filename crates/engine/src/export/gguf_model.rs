@@ -155,12 +155,68 @@ fn architecture_metadata(
     if let Some(w) = cfg.sliding_window {
         meta.push((format!("{arch}.attention.sliding_window"), u(w)));
     }
+    for (key, cap) in [
+        ("attn_logit_softcapping", cfg.attn_softcap),
+        ("final_logit_softcapping", cfg.final_softcap),
+    ] {
+        if let Some(cap) = cap {
+            meta.push((format!("{arch}.{key}"), Value::F32(cap as f32)));
+        }
+    }
     meta.extend(
         per_arch
             .into_iter()
             .map(|(k, v)| (format!("{arch}.{k}"), v)),
     );
     meta
+}
+
+/// What llama.cpp's Gemma architectures assume instead of reading it (docs/FAMILIES.md):
+/// every other layer sliding (gemma2) or every 6th global (gemma3), scores scaled by
+/// `key_length^-½`, the local layers' rotary base 10,000. A model that differs would be
+/// computed as another model there: refused, naming the setting.
+fn check_llama_cpp_assumptions(cfg: &LlamaConfig, arch: &str) -> Result<()> {
+    use crate::model::family::LayerKind;
+    let kinds = |sliding: &dyn Fn(usize) -> bool| -> Vec<LayerKind> {
+        (0..cfg.num_hidden_layers)
+            .map(|i| {
+                if sliding(i) {
+                    LayerKind::Sliding
+                } else {
+                    LayerKind::Full
+                }
+            })
+            .collect()
+    };
+    let assumed = match arch {
+        "gemma2" => kinds(&|i| i % 2 == 0),
+        "gemma3" => kinds(&|i| !(i + 1).is_multiple_of(6)),
+        _ => return Ok(()),
+    };
+    let refuse = |field: &str, what: &str| {
+        Err(EngineError::config(
+            field,
+            format!("llama.cpp's {arch} assumes {what}; this model differs, so a GGUF of it would compute another model"),
+        ))
+    };
+    if cfg.sliding_window.is_some() && cfg.layer_kinds != assumed {
+        let pattern = if arch == "gemma2" {
+            "every other layer sliding"
+        } else {
+            "every 6th layer global"
+        };
+        return refuse("layer_types", pattern);
+    }
+    if cfg.attention_scale != 1.0 / (cfg.head_dim as f64).sqrt() {
+        return refuse("query_pre_attn_scalar", "scores scaled by head_dim^-1/2");
+    }
+    if arch == "gemma3" && cfg.local_rope_theta.is_some_and(|t| t != 10_000.0) {
+        return refuse(
+            "rope_local_base_freq",
+            "a rotary base of 10,000 on sliding layers",
+        );
+    }
+    Ok(())
 }
 
 /// Llama 3's rope scaling as llama.cpp stores it: one divisor per frequency.
@@ -195,6 +251,7 @@ pub fn write_gguf_model(
     model.dequantize_base()?;
     let cfg = model.config().clone();
     let arch = gguf_architecture(&cfg)?;
+    check_llama_cpp_assumptions(&cfg, arch)?;
     let mut meta = architecture_metadata(&cfg, arch, name, ty);
     meta.extend(tokenizer_metadata(tokenizer_dir, cfg.vocab_size)?);
     let mut tensors = Vec::new();
@@ -240,6 +297,7 @@ pub fn write_random_gguf(
 ) -> Result<()> {
     use rayon::prelude::*;
     let arch = gguf_architecture(cfg)?;
+    check_llama_cpp_assumptions(cfg, arch)?;
     let mut meta = architecture_metadata(cfg, arch, "random", ty);
     meta.extend(tokenizer_metadata(tokenizer_dir, cfg.vocab_size)?);
     let mut tensors = Vec::new();

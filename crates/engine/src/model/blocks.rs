@@ -18,6 +18,8 @@ pub struct Attend {
     pub scale: f64,
     /// Keys a query sees, its own included; `None`: every earlier key.
     pub window: Option<usize>,
+    /// Scores become `cap · tanh(score / cap)` before the mask and softmax (Gemma 2).
+    pub softcap: Option<f64>,
 }
 
 impl Attend {
@@ -26,6 +28,7 @@ impl Attend {
         Self {
             scale: 1.0 / (head_dim as f64).sqrt(),
             window: None,
+            softcap: None,
         }
     }
 
@@ -108,6 +111,10 @@ pub fn attention(
     // and keys are never repeated.
     let q = q.reshape((batch, hkv, group * seq, d))?;
     let scores = (q.matmul(&k.t()?)? * attend.scale)?;
+    let scores = match attend.softcap {
+        Some(cap) => ((scores / cap)?.tanh()? * cap)?,
+        None => scores,
+    };
     let scores = match mask {
         Some(m) => {
             let m = m
@@ -129,19 +136,20 @@ pub fn attention(
 /// Mean masked cross-entropy of `lm_head`'s logits for `hidden` [n, h] (see
 /// `ops::masked_cross_entropy`). `head` is the head's weight [vocab, h] (frozen or trained)
 /// when the fused loss may compute the logits itself, chunk by chunk; `logits` computes them
-/// whole.
+/// whole (soft-capped already where `softcap` says the model caps them).
 pub fn head_loss(
     hidden: &Tensor,
     head: Option<&BaseWeight>,
     logits: impl FnOnce(&Tensor) -> Result<Tensor>,
     targets: &Tensor,
     weights: &Tensor,
+    softcap: Option<f64>,
 ) -> Result<(Tensor, f64)> {
     match head {
         Some(w) if fused::applies(hidden) => {
-            fused::cross_entropy::lm_head_cross_entropy(hidden, w, targets, weights)
+            fused::cross_entropy::lm_head_cross_entropy(hidden, w, targets, weights, softcap)
         }
-        Some(w) if super::generic::applies(hidden) => {
+        Some(w) if super::generic::applies(hidden) && softcap.is_none() => {
             // A quantized head is widened for this loss and dropped after it.
             super::generic::cross_entropy::lm_head_cross_entropy(
                 hidden,

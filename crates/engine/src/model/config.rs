@@ -53,8 +53,11 @@ struct RawConfig {
     layer_types: Option<Vec<String>>,
     sliding_window_pattern: Option<usize>,
     rope_local_base_freq: Option<f64>,
-    final_logit_softcapping: Option<f64>,
-    attn_logit_softcapping: Option<f64>,
+    /// Missing and `null` differ: Gemma 2 defaults missing caps to 30 and 50.
+    #[serde(default, deserialize_with = "present")]
+    final_logit_softcapping: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    attn_logit_softcapping: Option<serde_json::Value>,
     torch_dtype: Option<String>,
     dtype: Option<String>,
 }
@@ -104,6 +107,10 @@ pub struct LlamaConfig {
     pub sliding_window: Option<usize>,
     /// Full or sliding-window attention, per layer.
     pub layer_kinds: Vec<LayerKind>,
+    /// Attention scores become `cap · tanh(score / cap)` (Gemma 2).
+    pub attn_softcap: Option<f64>,
+    /// Final logits become `cap · tanh(logit / cap)` (Gemma 2).
+    pub final_softcap: Option<f64>,
     /// Longest context the model supports.
     pub max_position_embeddings: usize,
     /// End-of-sequence token ids from config.json.
@@ -154,7 +161,7 @@ struct RopeFields {
 }
 
 impl RopeFields {
-    fn parse(raw: &RawConfig, family: &Family) -> Result<Self> {
+    fn parse(raw: &RawConfig, architecture: &str) -> Result<Self> {
         let params = raw.rope_parameters.as_ref();
         let per_kind = |k: &str| params.and_then(|p| p.get(k));
         let full = per_kind("full_attention")
@@ -163,14 +170,16 @@ impl RopeFields {
         let theta_of = |p: Option<&serde_json::Value>| {
             p.and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64())
         };
-        let gemma = family.norm_offset != 0.0;
-        let theta = raw
-            .rope_theta
-            .or_else(|| theta_of(full))
-            .unwrap_or(if gemma { 1e6 } else { 10_000.0 });
+        let theta = raw.rope_theta.or_else(|| theta_of(full)).unwrap_or(
+            if architecture == "Gemma3ForCausalLM" {
+                1e6
+            } else {
+                10_000.0
+            },
+        );
         let local_theta = theta_of(per_kind("sliding_attention"))
             .or(raw.rope_local_base_freq)
-            .or(gemma.then_some(10_000.0));
+            .or((architecture == "Gemma3ForCausalLM").then_some(10_000.0));
         for (field, v) in [
             ("rope_theta", Some(theta)),
             ("rope_local_base_freq", local_theta),
@@ -259,6 +268,7 @@ fn layer_kinds(raw: &RawConfig, architecture: &str) -> Result<Vec<LayerKind>> {
         }
     };
     Ok(match architecture {
+        "Gemma2ForCausalLM" => (0..n).map(|i| kind(i % 2 == 0)).collect(),
         "Gemma3ForCausalLM" => {
             let pattern = raw.sliding_window_pattern.unwrap_or(6).max(1);
             (0..n)
@@ -274,6 +284,23 @@ fn layer_kinds(raw: &RawConfig, architecture: &str) -> Result<Vec<LayerKind>> {
     })
 }
 
+/// A soft-capping factor: the field's number, none for `null`, `default` when missing.
+fn softcap(
+    field: &str,
+    value: &Option<serde_json::Value>,
+    default: Option<f64>,
+) -> Result<Option<f64>> {
+    match value {
+        None => Ok(default),
+        Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .filter(|c| c.is_finite() && *c > 0.0)
+            .map(Some)
+            .ok_or_else(|| EngineError::config(field, "must be a positive number or null")),
+    }
+}
+
 /// The window of sliding layers: `sliding_window` (Mistral and Gemma default a missing one to
 /// 4096 as transformers does; Qwen uses it only with `use_sliding_window`).
 fn sliding_window(raw: &RawConfig, architecture: &str) -> Result<Option<usize>> {
@@ -281,7 +308,11 @@ fn sliding_window(raw: &RawConfig, architecture: &str) -> Result<Option<usize>> 
         return Ok(None);
     }
     match &raw.sliding_window {
-        None if matches!(architecture, "MistralForCausalLM" | "Gemma3ForCausalLM") => {
+        None if matches!(
+            architecture,
+            "MistralForCausalLM" | "Gemma2ForCausalLM" | "Gemma3ForCausalLM"
+        ) =>
+        {
             Ok(Some(4096))
         }
         None | Some(serde_json::Value::Null) => Ok(None),
@@ -343,17 +374,17 @@ impl LlamaConfig {
                 )
             })?,
         };
-        for (field, v) in [
-            ("final_logit_softcapping", raw.final_logit_softcapping),
-            ("attn_logit_softcapping", raw.attn_logit_softcapping),
-        ] {
-            if v.is_some() {
-                return Err(EngineError::config(
-                    field,
-                    "logit soft-capping (Gemma 2) is not supported yet",
-                ));
-            }
-        }
+        let gemma2 = architecture == "Gemma2ForCausalLM";
+        let final_softcap = softcap(
+            "final_logit_softcapping",
+            &raw.final_logit_softcapping,
+            gemma2.then_some(30.0),
+        )?;
+        let attn_softcap = softcap(
+            "attn_logit_softcapping",
+            &raw.attn_logit_softcapping,
+            gemma2.then_some(50.0),
+        )?;
         // Sizes past these are no model anyone trains on one machine, but a hostile file that
         // would make every later count overflow or allocation abort.
         let bounds = [
@@ -424,7 +455,7 @@ impl LlamaConfig {
                 "must be even for rotary embeddings",
             ));
         }
-        let rope = RopeFields::parse(&raw, &family)?;
+        let rope = RopeFields::parse(&raw, &architecture)?;
         let sliding_window = sliding_window(&raw, &architecture)?;
         // Without a window every layer attends to everything, whatever it is called.
         let layer_kinds = match sliding_window {
@@ -474,6 +505,8 @@ impl LlamaConfig {
             attention_scale,
             sliding_window,
             layer_kinds,
+            attn_softcap,
+            final_softcap,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
             eos_token_ids: token_ids(&raw.eos_token_id),
             stored_dtype: stored_dtype(raw.torch_dtype.as_deref().or(raw.dtype.as_deref())),
@@ -491,6 +524,7 @@ impl LlamaConfig {
             && !f.scaled_embeddings
             && self.activation == Activation::Silu
             && self.attention_scale == 1.0 / (self.head_dim as f64).sqrt()
+            && self.attn_softcap.is_none()
     }
 
     /// Whether layer `l` attends through a sliding window, and how wide.

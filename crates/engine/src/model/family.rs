@@ -5,7 +5,9 @@
 //! (RMSNorm of each query and key head before the rotary embedding) and
 //! `models/gemma3/modeling_gemma3.py` (norms as `x̂ · (1 + w)`, four norms per layer, q/k
 //! norms, GeGLU with tanh-GELU, embeddings × √hidden, `query_pre_attn_scalar`, sliding-window
-//! layers with their own rotary base). docs/FAMILIES.md has the table.
+//! layers with their own rotary base) and `models/gemma2/modeling_gemma2.py` (Gemma 3's parts
+//! without q/k norms or a second rotary base, with tanh soft-capping of attention scores and
+//! final logits). docs/FAMILIES.md has the table.
 
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +95,18 @@ pub const FAMILIES: &[(&str, Family)] = &[
             model_type: "qwen3",
             qk_norm: true,
             ..LLAMA
+        },
+    ),
+    (
+        "Gemma2ForCausalLM",
+        Family {
+            model_type: "gemma2",
+            norm_offset: 1.0,
+            qk_norm: false,
+            sandwich_norms: true,
+            scaled_embeddings: true,
+            qkv_bias: false,
+            activation: Activation::GeluTanh,
         },
     ),
     (

@@ -684,7 +684,7 @@ impl LlamaModel {
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
         let h = self.hidden_states(input_ids, cache, ctx)?;
-        self.lm_head.forward(&h, ctx)
+        self.logits(&h, ctx)
     }
 
     /// Mean next-token loss of `input_ids` [batch, seq] against `targets` [batch, seq] (u32),
@@ -706,15 +706,21 @@ impl LlamaModel {
         blocks::head_loss(
             &h,
             Some(&head.weight).filter(|_| plain),
-            |h| head.forward(h, ctx),
+            |h| self.logits(h, ctx),
             &targets.flatten_all()?,
             &weights.flatten_all()?,
+            self.cfg.final_softcap,
         )
     }
 
-    /// Applies `lm_head` to hidden states.
+    /// Applies `lm_head` to hidden states, soft-capped where the model caps its logits
+    /// (Gemma 2: `cap · tanh(logit / cap)`).
     pub fn logits(&self, hidden: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        self.lm_head.forward(hidden, ctx)
+        let logits = self.lm_head.forward(hidden, ctx)?;
+        Ok(match self.cfg.final_softcap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        })
     }
 
     /// RMSNorm with the model's epsilon and norm offset.
@@ -731,7 +737,11 @@ impl LlamaModel {
     /// `window` positions), -inf elsewhere.
     fn causal_mask(&self, seq: usize, start: usize, window: Option<usize>) -> Result<Tensor> {
         let total = start + seq;
-        let attend = Attend { scale: 1.0, window };
+        let attend = Attend {
+            scale: 1.0,
+            window,
+            softcap: None,
+        };
         let mask: Vec<f32> = (0..seq)
             .flat_map(|i| {
                 (0..total).map(move |j| {
@@ -791,6 +801,7 @@ impl LlamaModel {
             attend: Attend {
                 scale: c.attention_scale,
                 window,
+                softcap: c.attn_softcap,
             },
             linears,
             dropout,
@@ -903,6 +914,7 @@ impl LlamaModel {
         let attend = Attend {
             scale: c.attention_scale,
             window,
+            softcap: c.attn_softcap,
         };
         let out = blocks::attention(&q, &k, &v, pos.mask(window.is_some()), attend)?;
         b.o_proj.forward(&out, ctx)
@@ -923,11 +935,7 @@ impl LlamaModel {
         let ctx = ForwardCtx::eval();
         let h = self.hidden_states(input_ids, Some(cache), &ctx)?;
         let last = h.narrow(1, h.dim(1)? - 1, 1)?;
-        Ok(self
-            .lm_head
-            .forward(&last, &ctx)?
-            .squeeze(1)?
-            .to_dtype(DType::F32)?)
+        Ok(self.logits(&last, &ctx)?.squeeze(1)?.to_dtype(DType::F32)?)
     }
 }
 

@@ -94,6 +94,7 @@ pub fn gradient_model(
 pub fn family_specs() -> Vec<TinySpec> {
     [
         "Gemma3ForCausalLM",
+        "Gemma2ForCausalLM",
         "Qwen3ForCausalLM",
         "MistralForCausalLM",
     ]

@@ -189,11 +189,17 @@ fn attention_matches_its_composition() {
     // Grouped queries (6 heads over 2 key heads), with and without earlier keys (a prefix
     // or a cache), a single decoded query, and more query rows than one block (64) of the
     // causal skipping.
-    // causal skipping; plain, and with a sliding window and another score factor (Gemma).
+    // causal skipping; plain, with a sliding window and another score factor (Gemma), and
+    // with scores soft-capped (Gemma 2).
     let plain = Attend::causal(8);
     let sliding = Attend {
         scale: 0.25,
         window: Some(3),
+        softcap: None,
+    };
+    let capped = Attend {
+        softcap: Some(0.7),
+        ..plain
     };
     for (seq, keys, attend) in [
         (5, 5, plain),
@@ -208,6 +214,16 @@ fn attention_matches_its_composition() {
             75,
             Attend {
                 window: Some(40),
+                ..sliding
+            },
+        ),
+        (9, 9, capped),
+        (70, 75, capped),
+        (
+            9,
+            12,
+            Attend {
+                softcap: Some(0.7),
                 ..sliding
             },
         ),
@@ -261,9 +277,16 @@ fn lm_head_cross_entropy_matches_its_composition() {
             .unwrap();
         // The logits whole only where the fused ops are off (`PEFT_STUDIO_FUSED=off`).
         let whole = |h: &Tensor| Ok(h.matmul(&w.t()?)?);
-        blocks::head_loss(&t[0], Some(&w.clone().into()), whole, &targets, &weights)
-            .unwrap()
-            .0
+        blocks::head_loss(
+            &t[0],
+            Some(&w.clone().into()),
+            whole,
+            &targets,
+            &weights,
+            None,
+        )
+        .unwrap()
+        .0
     });
     let (loss64, g64) = run(DType::F64, &inputs[..1], &|t| {
         let w = Tensor::from_vec(inputs[1].0.clone(), (vocab, h), &Device::Cpu).unwrap();
@@ -294,30 +317,40 @@ fn lm_head_cross_entropy_matches_its_composition() {
     let w = Tensor::zeros((vocab, h), DType::F32, &Device::Cpu)
         .unwrap()
         .into();
-    let err = fused::cross_entropy::lm_head_cross_entropy(&hidden, &w, &bad, &weights)
+    let err = fused::cross_entropy::lm_head_cross_entropy(&hidden, &w, &bad, &weights, None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("outside the model's vocabulary"), "{err}");
 }
 
 /// A trained head (full fine-tuning, a freeze run training the head): the fused loss also
-/// gives the head weight's gradient, summed over chunks and vocabulary slices.
+/// gives the head weight's gradient, summed over chunks and vocabulary slices; plain, and
+/// with the logits soft-capped (Gemma 2).
 #[test]
 fn trained_lm_head_cross_entropy_matches_its_composition() {
     let (n, h, vocab) = (300, 16, 70);
     let (targets, weights) = loss_targets(n, vocab, 12, 4);
     let inputs = [input(&[n, h], 13), input(&[vocab, h], 14)];
-    check(
-        "trained lm head",
-        &inputs,
-        &|t| {
-            let whole = |x: &Tensor| Ok(x.matmul(&t[1].t()?)?);
-            blocks::head_loss(&t[0], Some(&t[1].clone().into()), whole, &targets, &weights)
-                .unwrap()
-                .0
-        },
-        1e-5,
-    );
+    for cap in [None, Some(1.5)] {
+        check(
+            &format!("trained lm head, cap {cap:?}"),
+            &inputs,
+            &|t| {
+                let whole = |x: &Tensor| {
+                    let logits = x.matmul(&t[1].t()?)?;
+                    Ok(match cap {
+                        Some(c) => ((logits / c)?.tanh()? * c)?,
+                        None => logits,
+                    })
+                };
+                let w = Some(t[1].clone().into());
+                blocks::head_loss(&t[0], w.as_ref(), whole, &targets, &weights, cap)
+                    .unwrap()
+                    .0
+            },
+            1e-5,
+        );
+    }
 }
 
 /// Under `PEFT_STUDIO_FUSED=generic` (the test command's run of what a GPU runs) a

@@ -62,6 +62,7 @@ fn every_architecture_matches_transformers_logits() {
         "mistral_sliding",
         "qwen3",
         "gemma3",
+        "gemma2",
     ] {
         let dir = fixture(&format!("archs/{arch}"));
         let model = load_model(&dir, DType::F32, &Device::Cpu).unwrap();

@@ -25,6 +25,8 @@ struct Dims {
     head_dim: usize,
     /// Keys a query sees, its own included (a sliding-window layer).
     window: Option<usize>,
+    /// Scores become `cap · tanh(score / cap)` (Gemma 2).
+    softcap: Option<f32>,
 }
 
 impl Dims {
@@ -80,6 +82,7 @@ impl Attention {
             keys,
             head_dim,
             window: attend.window,
+            softcap: attend.softcap.map(|c| c as f32),
         };
         Self {
             dims,
@@ -97,8 +100,16 @@ impl Attention {
     }
 
     /// `softmax(scale · Q·Kᵀ + causal mask)` for head `h` of example `b`, [seq, keys]
-    /// (entries a row cannot see are 0).
-    fn probabilities(&self, q: &[f32], k: &[f32], b: usize, h: usize) -> Vec<f32> {
+    /// (entries a row cannot see are 0), soft-capped first where the layer is; with
+    /// `slopes`, also the cap's derivative `1 − tanh²` per entry, for the backward pass.
+    fn probabilities(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        b: usize,
+        h: usize,
+        slopes: bool,
+    ) -> (Vec<f32>, Option<Vec<f32>>) {
         let dm = self.dims;
         let (s, t, d) = (dm.seq, dm.keys, dm.head_dim);
         let mut p = vec![0.0f32; s * t];
@@ -109,6 +120,19 @@ impl Attention {
             let kb = Mat::rows(kg, vis, d, d);
             // `p` is freshly zeroed: accumulate (see `matmul`).
             matmul(&mut p[r0 * t..], t, qb, kb.t(), self.scale, true);
+        }
+        let mut slope = (slopes && dm.softcap.is_some()).then(|| vec![0.0f32; s * t]);
+        if let Some(cap) = dm.softcap {
+            for (i, row) in p.chunks_exact_mut(t).enumerate() {
+                let live = &mut row[..dm.visible(i)];
+                for (j, x) in live.iter_mut().enumerate() {
+                    let th = math::tanh(*x / cap);
+                    *x = cap * th;
+                    if let Some(sl) = slope.as_mut() {
+                        sl[i * t + j] = 1.0 - th * th;
+                    }
+                }
+            }
         }
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
             let (row, masked) = row.split_at_mut(dm.visible(i));
@@ -121,7 +145,7 @@ impl Attention {
             live.iter_mut().for_each(|x| *x *= inv);
             masked.fill(0.0);
         }
-        p
+        (p, slope)
     }
 
     /// The output [batch, seq, q_heads, head_dim] for queries [batch, q_heads, seq, head_dim]
@@ -133,7 +157,7 @@ impl Attention {
             .into_par_iter()
             .map(|job| {
                 let (b, h) = (job / dm.q_heads, job % dm.q_heads);
-                let p = self.probabilities(q, k, b, h);
+                let (p, _) = self.probabilities(q, k, b, h, false);
                 let vg = dm.kv_head(v, b, h / dm.group());
                 let mut out = vec![0.0f32; s * d];
                 for (r0, r1, vis) in self.blocks() {
@@ -188,7 +212,7 @@ impl Attention {
                 let mut ds = vec![0.0f32; s * t];
                 for (hh, dq) in dq.chunks_exact_mut(s * d).enumerate() {
                     let h = g * group + hh;
-                    let p = self.probabilities(q, k, b, h);
+                    let (p, slope) = self.probabilities(q, k, b, h, true);
                     let qh = dm.q_head(q, b, h);
                     let row0 = (b * s * dm.q_heads + h) * d;
                     let rs = dm.q_heads * d;
@@ -210,6 +234,12 @@ impl Attention {
                             let row = &mut ds[i * t..][..vis];
                             for (x, pr) in row.iter_mut().zip(&p[i * t..][..vis]) {
                                 *x = pr * (*x - delta);
+                            }
+                            // Through the soft cap: d score = d capped · (1 − tanh²).
+                            if let Some(sl) = &slope {
+                                row.iter_mut()
+                                    .zip(&sl[i * t..][..vis])
+                                    .for_each(|(x, d)| *x *= d);
                             }
                         }
                         // dQ = scale·dS·K; dK += scale·dSᵀ·Q.

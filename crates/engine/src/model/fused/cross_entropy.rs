@@ -46,12 +46,18 @@ impl Slice {
         hidden: usize,
         (v0, width): (usize, usize),
         targets: &[usize],
+        softcap: Option<f32>,
     ) -> Self {
         let c = targets.len();
         let mut logits = vec![0.0f32; c * width];
         // `logits` is freshly zeroed: accumulate (see `matmul`).
         let slice = w.rows(v0, width, hidden);
         slice.forward(hc, &mut logits, (c, hidden, width), false);
+        if let Some(cap) = softcap {
+            logits
+                .iter_mut()
+                .for_each(|x| *x = cap * math::tanh(*x / cap));
+        }
         let (mut max, mut sum, mut picked) = (
             Vec::with_capacity(c),
             Vec::with_capacity(c),
@@ -90,6 +96,7 @@ fn chunk(
     weights: &[f32],
     grad_scale: Option<f32>,
     dw: Option<&mut [f32]>,
+    softcap: Option<f32>,
 ) -> (f64, Vec<f32>) {
     let c = rows.len();
     let mut hc = vec![0.0f32; c * hidden];
@@ -102,7 +109,10 @@ fn chunk(
         .step_by(width.max(1))
         .collect::<Vec<_>>()
         .into_par_iter()
-        .map(|v0| Slice::compute(&hc, w, hidden, (v0, width.min(vocab - v0)), &chunk_targets))
+        .map(|v0| {
+            let slice = (v0, width.min(vocab - v0));
+            Slice::compute(&hc, w, hidden, slice, &chunk_targets, softcap)
+        })
         .collect();
     // Per row: the overall maximum and sum of exponentials, the loss, and each slice's
     // factor turning its exponentials into d loss / d logits = w·(softmax − one_hot)/count.
@@ -137,10 +147,31 @@ fn chunk(
         .zip(dw_slices.par_iter_mut())
         .map(|((s, f), dw)| {
             for (i, row) in s.logits.chunks_exact_mut(s.width).enumerate() {
+                // Soft-capped logits c = cap·tanh(l/cap) are recovered from their
+                // exponentials (c = ln e + max: exact while 2·cap < 87, the exponential's
+                // floor; past it only entries of probability < e^-87 are off), for the cap's
+                // derivative 1 − tanh² per entry.
+                let slopes: Option<Vec<f32>> = softcap.map(|cap| {
+                    let mut d: Vec<f32> = row
+                        .iter()
+                        .map(|e| {
+                            let t = (e.ln() + s.max[i]) / cap;
+                            1.0 - t * t
+                        })
+                        .collect();
+                    // The target's own capped logit is at hand, exact whatever the cap.
+                    if let Some(c) = s.picked[i] {
+                        d[chunk_targets[i] - s.v0] = 1.0 - (c / cap) * (c / cap);
+                    }
+                    d
+                });
                 row.iter_mut().for_each(|x| *x *= f[i]);
                 let t = chunk_targets[i];
                 if (s.v0..s.v0 + s.width).contains(&t) {
                     row[t - s.v0] -= weights[rows[i]] * grad_scale;
+                }
+                if let Some(slopes) = slopes {
+                    row.iter_mut().zip(&slopes).for_each(|(x, d)| *x *= d);
                 }
             }
             // dW[v0 + j] += Σ_i dlogits[i, j] · hc[i].
@@ -171,14 +202,16 @@ fn chunk(
 }
 
 /// Mean cross-entropy of the logits `hidden·weightᵀ` (`hidden` [n, h], `weight` [vocab, h],
-/// frozen (quantized, too) or trained) against `targets` [n] (u32), over the positions whose `weights` [n] entry is not
-/// 0, each counted with its weight: the value of `ops::masked_cross_entropy` on the logits.
-/// Returns `(loss, counted positions)`.
+/// frozen (quantized, too) or trained; soft-capped as `cap · tanh(logit / cap)` with
+/// `softcap`) against `targets` [n] (u32), over the positions whose
+/// `weights` [n] entry is not 0, each counted with its weight: the value of
+/// `ops::masked_cross_entropy` on the logits. Returns `(loss, counted positions)`.
 pub fn lm_head_cross_entropy(
     hidden: &Tensor,
     weight: &BaseWeight,
     targets: &Tensor,
     weights: &Tensor,
+    softcap: Option<f64>,
 ) -> Result<(Tensor, f64)> {
     let (n, h) = hidden.dims2()?;
     let vocab = weight.dims().0;
@@ -206,6 +239,7 @@ pub fn lm_head_cross_entropy(
                 &weights,
                 grad_scale,
                 dw.as_deref_mut(),
+                softcap.map(|c| c as f32),
             )
         })
         .collect();

@@ -93,10 +93,19 @@ impl Attention {
         })
     }
 
-    /// The block's attention probabilities in f32 [batch, kv_heads, group · len, keys].
-    fn probs(&self, blk: &Block) -> Result<Tensor> {
+    /// The block's attention probabilities in f32 [batch, kv_heads, group · len, keys], and
+    /// where the scores are soft-capped, the cap's derivative `1 − tanh²` (same shape).
+    fn probs(&self, blk: &Block) -> Result<(Tensor, Option<Tensor>)> {
         let (offset, keys) = (self.offset(), self.offset() + blk.start + blk.len);
         let scores = (blk.q.matmul(&blk.k.t()?)?.to_dtype(DType::F32)? * self.attend.scale)?;
+        let (scores, slope) = match self.attend.softcap {
+            Some(cap) => {
+                let t = (scores / cap)?.tanh()?;
+                let slope = t.sqr()?.affine(-1.0, 1.0)?;
+                ((t * cap)?, Some(slope))
+            }
+            None => (scores, None),
+        };
         let attend = self.attend;
         let mask: Vec<f32> = (0..blk.len)
             .flat_map(|r| {
@@ -116,7 +125,10 @@ impl Attention {
         let scores = scores
             .reshape((b, hkv, g, blk.len, keys))?
             .broadcast_add(&mask)?;
-        Ok(candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, hkv, g * blk.len, keys))?)
+        Ok((
+            candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, hkv, g * blk.len, keys))?,
+            slope,
+        ))
     }
 
     /// Attention of `q` [batch, q_heads, seq, d] over `k`, `v` [batch, kv_heads, keys, d]:
@@ -125,7 +137,7 @@ impl Attention {
         let mut out = Vec::new();
         for (start, len) in self.blocks() {
             let blk = self.block(q, k, v, start, len)?;
-            let p = self.probs(&blk)?.to_dtype(q.dtype())?;
+            let p = self.probs(&blk)?.0.to_dtype(q.dtype())?;
             out.push(self.unstack(&p.matmul(&blk.v)?, len)?);
         }
         Ok(Tensor::cat(&out, 2)?)
@@ -148,7 +160,7 @@ impl Attention {
         for (start, len) in self.blocks() {
             let blk = self.block(q, k, v, start, len)?;
             let d_o = self.stack(d_out, start, len)?;
-            let p = self.probs(&blk)?;
+            let (p, slope) = self.probs(&blk)?;
             let p_low = p.to_dtype(dtype)?;
             let pad = self.keys - (self.offset() + start + len);
             let dv_part = p_low.t()?.matmul(&d_o)?.to_dtype(DType::F32)?;
@@ -156,7 +168,13 @@ impl Attention {
             let dp = d_o.matmul(&blk.v.t()?)?.to_dtype(DType::F32)?;
             // dS = P ∘ (dP − rowsum(P ∘ dP)), scaled as the scores were.
             let delta = (&p * &dp)?.sum_keepdim(D::Minus1)?;
-            let ds = ((p * dp.broadcast_sub(&delta)?)? * scale)?.to_dtype(dtype)?;
+            let ds = (p * dp.broadcast_sub(&delta)?)?;
+            // Through the soft cap: d score = d capped · (1 − tanh²).
+            let ds = match slope {
+                Some(slope) => (ds * slope)?,
+                None => ds,
+            };
+            let ds = (ds * scale)?.to_dtype(dtype)?;
             dq.push(self.unstack(&ds.matmul(&blk.k)?, len)?);
             let dk_part = ds.t()?.matmul(&blk.q)?.to_dtype(DType::F32)?;
             dk = (dk + dk_part.pad_with_zeros(2, 0, pad)?)?;

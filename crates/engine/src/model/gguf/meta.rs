@@ -14,6 +14,7 @@ pub const GGUF_ARCHITECTURES: &[(&str, &str)] = &[
     ("llama", "LlamaForCausalLM"),
     ("qwen2", "Qwen2ForCausalLM"),
     ("qwen3", "Qwen3ForCausalLM"),
+    ("gemma2", "Gemma2ForCausalLM"),
     ("gemma3", "Gemma3ForCausalLM"),
 ];
 
@@ -228,16 +229,28 @@ impl<'a> Metadata<'a> {
         if arch == "qwen2" {
             cfg["attention_bias"] = json!(true);
         }
-        if arch == "gemma3" {
-            // llama.cpp's gemma3: tanh-GELU, scores scaled by `key_length^-½` (its
-            // `f_attention_scale` for every size but 27B), every 6th layer global, the local
-            // layers' rotary base 10,000, linear scaling of the global ones where stored.
+        if arch == "gemma2" || arch == "gemma3" {
+            // llama.cpp's Gemmas: tanh-GELU, scores scaled by `key_length^-½` (its
+            // `f_attention_scale` for every size but 27B).
             cfg["hidden_act"] = json!(null);
             cfg["hidden_activation"] = json!("gelu_pytorch_tanh");
             cfg["query_pre_attn_scalar"] = json!(head_dim);
             if let Some(w) = self.uint(&key("attention.sliding_window"))? {
                 cfg["sliding_window"] = json!(w);
             }
+        }
+        if arch == "gemma2" {
+            // Every other layer sliding (the family's rule); the caps as stored, none if absent.
+            for (field, k) in [
+                ("attn_logit_softcapping", "attn_logit_softcapping"),
+                ("final_logit_softcapping", "final_logit_softcapping"),
+            ] {
+                cfg[field] = json!(self.float(&key(k))?);
+            }
+        }
+        if arch == "gemma3" {
+            // Every 6th layer global, the local layers' rotary base 10,000, linear scaling of
+            // the global ones where stored.
             cfg["rope_local_base_freq"] = json!(10_000.0);
             let scaling = self.string(&key("rope.scaling.type"))?;
             if let (Some("linear"), Some(factor)) =
@@ -257,7 +270,7 @@ impl<'a> Metadata<'a> {
         }
         // Gemma ends a chat turn with `<end_of_turn>`, which its generation_config.json lists
         // as an end token beside `<eos>`; the GGUF keeps one id.
-        let end_of_turn = (arch == "gemma3")
+        let end_of_turn = (arch == "gemma2" || arch == "gemma3")
             .then(|| self.strings("tokenizer.ggml.tokens"))
             .transpose()?
             .flatten()
