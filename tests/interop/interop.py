@@ -21,6 +21,9 @@ prints one `max_abs_diff=<x>` line (and, for llama.cpp, `top5=<equal|differ>`).
                                              FAMILY (gemma3, gemma2, qwen3, mistral) with the tokenizer
                                              of TOKENIZER_DIR
   base      BASE STUDIO_LOGITS IDS           transformers' logits of the base alone
+  plan-line BASE KIND STUDIO_LINE             PEFT's print_trainable_parameters line for KIND
+                                             (make-peft's kinds) against the studio's `plan`
+                                             line (prints `same=yes|no`)
 """
 import json
 import os
@@ -202,6 +205,18 @@ def cmd_base(base_dir, studio_file, ids):
     report(forward(base_model(base_dir), ids_of(ids)).numpy(), studio_file)
 
 
+def cmd_plan_line(base_dir, kind, studio_line):
+    import contextlib, io
+    from peft import get_peft_model
+    model = get_peft_model(base_model(base_dir), peft_config(kind, base_dir))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        model.print_trainable_parameters()
+    line = out.getvalue().strip()
+    print(f"peft: {line}")
+    print(f"same={'yes' if line == studio_line.strip() else 'no'}")
+
+
 def cmd_logits(studio_file, reference_file):
     reference = load_file(reference_file)
     report(reference["logits"], studio_file)
@@ -282,6 +297,7 @@ def cmd_gguf_read(model_gguf, lora_gguf):
 COMMANDS = {
     "make-tiny": cmd_make_tiny,
     "base": cmd_base,
+    "plan-line": cmd_plan_line,
     "peft": cmd_peft, "peft-nf4": cmd_peft_nf4, "adapters": cmd_adapters, "make-peft": cmd_make_peft,
     "make-adapters": cmd_make_adapters, "logits": cmd_logits, "merged": cmd_merged,
     "llama-cpp": cmd_llama_cpp, "gguf-read": cmd_gguf_read,
