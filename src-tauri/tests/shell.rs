@@ -57,6 +57,7 @@ fn commands_over_ipc_in_a_fresh_home() {
         path: model_dir.clone(),
         source: "local".into(),
         architecture: "LlamaForCausalLM".into(),
+        family: "Llama".into(),
         parameters: 1000,
         dtype: "F32".into(),
         context_length: 256,

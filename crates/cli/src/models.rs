@@ -149,8 +149,9 @@ impl DownloadProgress for BytesBar {
 fn add(home: &Path, entry: ModelEntry) -> Result<()> {
     let mut registry = Registry::open(home)?;
     eprintln!(
-        "installed {} ({}, {} parameters, {}) at {}",
+        "installed {} ({}: {}, {} parameters, {}) at {}",
         entry.name,
+        entry.family,
         entry.architecture,
         entry.parameters,
         entry.dtype,
@@ -174,14 +175,14 @@ fn list(home: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<28} {:<20} {:>12} {:>6} {:>8} {:>10}  SOURCE",
-        "NAME", "ARCHITECTURE", "PARAMETERS", "DTYPE", "CONTEXT", "SIZE"
+        "{:<28} {:<10} {:>12} {:>6} {:>8} {:>10}  SOURCE",
+        "NAME", "FAMILY", "PARAMETERS", "DTYPE", "CONTEXT", "SIZE"
     );
     for m in registry.models() {
         println!(
-            "{:<28} {:<20} {:>12} {:>6} {:>8} {:>9.1}M  {}",
+            "{:<28} {:<10} {:>12} {:>6} {:>8} {:>9.1}M  {}",
             m.name,
-            m.architecture,
+            m.family,
             m.parameters,
             m.dtype,
             m.context_length,

@@ -25,6 +25,7 @@ pub fn describe_folder(dir: &Path, name: &str, source: &str) -> Result<ModelEntr
         path,
         source: source.to_string(),
         architecture: summary.config.architecture.clone(),
+        family: crate::model::family::label(&summary.config.architecture),
         parameters: summary.parameters,
         dtype: summary.dtype,
         context_length: summary.config.max_position_embeddings,

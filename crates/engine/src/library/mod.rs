@@ -38,6 +38,10 @@ pub struct ModelEntry {
     pub source: String,
     /// `architectures[0]` from config.json.
     pub architecture: String,
+    /// The family's name for people (`Gemma 3`), from `architecture` (`model::family`);
+    /// derived, so never read back from models.json.
+    #[serde(default, skip_deserializing)]
+    pub family: String,
     /// Number of weights (a tied lm_head counted once).
     pub parameters: u64,
     /// Storage type of the weights, e.g. `F32` or `BF16`.
@@ -66,8 +70,15 @@ impl Registry {
     pub fn open(home: &Path) -> Result<Self> {
         let path = home.join("models.json");
         let file = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|e| EngineError::bad_file(&path, format!("not a model registry: {e}")))?,
+            Ok(text) => {
+                let mut file: RegistryFile = serde_json::from_str(&text).map_err(|e| {
+                    EngineError::bad_file(&path, format!("not a model registry: {e}"))
+                })?;
+                for m in &mut file.models {
+                    m.family = crate::model::family::label(&m.architecture);
+                }
+                file
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => RegistryFile::default(),
             Err(e) => return Err(EngineError::io(&path, e)),
         };

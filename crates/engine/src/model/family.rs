@@ -43,6 +43,8 @@ pub enum LayerKind {
 /// The parts one architecture uses, besides its sizes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Family {
+    /// Its name for people, as the model library shows it.
+    pub label: &'static str,
     /// The `model_type` transformers writes for it.
     pub model_type: &'static str,
     /// Added to every norm weight when it is applied: Gemma stores `w` and scales by `1 + w`.
@@ -62,6 +64,7 @@ pub struct Family {
 }
 
 const LLAMA: Family = Family {
+    label: "Llama",
     model_type: "llama",
     norm_offset: 0.0,
     qk_norm: false,
@@ -77,6 +80,7 @@ pub const FAMILIES: &[(&str, Family)] = &[
     (
         "MistralForCausalLM",
         Family {
+            label: "Mistral",
             model_type: "mistral",
             ..LLAMA
         },
@@ -84,6 +88,7 @@ pub const FAMILIES: &[(&str, Family)] = &[
     (
         "Qwen2ForCausalLM",
         Family {
+            label: "Qwen2",
             model_type: "qwen2",
             qkv_bias: true,
             ..LLAMA
@@ -92,6 +97,7 @@ pub const FAMILIES: &[(&str, Family)] = &[
     (
         "Qwen3ForCausalLM",
         Family {
+            label: "Qwen3",
             model_type: "qwen3",
             qk_norm: true,
             ..LLAMA
@@ -100,6 +106,7 @@ pub const FAMILIES: &[(&str, Family)] = &[
     (
         "Gemma2ForCausalLM",
         Family {
+            label: "Gemma 2",
             model_type: "gemma2",
             norm_offset: 1.0,
             qk_norm: false,
@@ -112,6 +119,7 @@ pub const FAMILIES: &[(&str, Family)] = &[
     (
         "Gemma3ForCausalLM",
         Family {
+            label: "Gemma 3",
             model_type: "gemma3_text",
             norm_offset: 1.0,
             qk_norm: true,
@@ -129,6 +137,11 @@ pub fn family(architecture: &str) -> Option<Family> {
         .iter()
         .find(|(a, _)| *a == architecture)
         .map(|(_, f)| *f)
+}
+
+/// The family name people know `architecture` by (`Gemma 3`), or the architecture itself.
+pub fn label(architecture: &str) -> String {
+    family(architecture).map_or_else(|| architecture.to_string(), |f| f.label.to_string())
 }
 
 /// The supported architectures, for error messages.

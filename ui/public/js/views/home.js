@@ -23,9 +23,9 @@ export async function home(root) {
     root.append(h("p", { class: "empty" }, "No models yet. ", h("a", { href: "#/models" }, "Import or download one"), " (SmolLM2-135M-Instruct trains on a laptop CPU)."));
   } else {
     root.append(h("table", { id: "models" },
-      h("thead", {}, h("tr", {}, ["Name", "Architecture", "Parameters", "Context", "Size"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Name", "Family", "Parameters", "Context", "Size"].map((t) => h("th", {}, t)))),
       h("tbody", {}, models.map((m) => h("tr", {},
-        h("td", {}, m.name), h("td", {}, m.architecture), h("td", {}, formatCount(m.parameters)),
+        h("td", {}, m.name), h("td", { title: m.architecture }, m.family || m.architecture), h("td", {}, formatCount(m.parameters)),
         h("td", {}, m.context_length.toLocaleString()), h("td", {}, formatBytes(m.size_bytes)))))));
   }
   if (runs.length) {

@@ -21,9 +21,9 @@ export async function modelsView(root) {
   async function refresh() {
     const models = await invoke("list_models");
     list.replaceChildren(models.length ? h("table", { id: "models" },
-      h("thead", {}, h("tr", {}, ["Name", "Architecture", "Parameters", "Context", "Size", "Source"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Name", "Family", "Parameters", "Context", "Size", "Source"].map((t) => h("th", {}, t)))),
       h("tbody", {}, models.map((m) => h("tr", {},
-        h("td", {}, m.name), h("td", {}, m.architecture), h("td", {}, formatCount(m.parameters)),
+        h("td", {}, m.name), h("td", { title: m.architecture }, m.family || m.architecture), h("td", {}, formatCount(m.parameters)),
         h("td", {}, m.context_length.toLocaleString()), h("td", {}, formatBytes(m.size_bytes)), h("td", { class: "muted" }, m.source)))))
       : h("p", { class: "empty" }, "No models yet: import one below, or download a recommended one."));
   }
@@ -41,7 +41,7 @@ export async function modelsView(root) {
         label.textContent = `${p.stage} ${p.total ? `${formatBytes(p.done)} / ${formatBytes(p.total)}` : ""}`;
       });
       const m = await invoke(cmd, { ...args, onProgress: ch });
-      progress.replaceChildren(h("p", { class: "ok", id: "model-installed" }, `Installed ${m.name} (${m.architecture}, ${formatCount(m.parameters)} parameters).`));
+      progress.replaceChildren(h("p", { class: "ok", id: "model-installed" }, `Installed ${m.name} (${m.family || m.architecture}, ${formatCount(m.parameters)} parameters).`));
       await refresh();
     } catch (e) {
       progress.replaceChildren();

@@ -82,7 +82,7 @@ export async function newRun(root, params) {
     return [h("fieldset", { class: "choices", id: "model-choices" }, h("legend", {}, "Base model"),
       models.map((m) => h("label", { class: "choice" },
         h("input", { type: "radio", name: "model", value: m.name, checked: m.name === state.model, onchange: () => { state.model = m.name; } }),
-        h("strong", {}, m.name), ` ${m.architecture} · ${formatCount(m.parameters)} parameters · context ${m.context_length.toLocaleString()}`)))];
+        h("strong", {}, m.name), ` ${m.family || m.architecture} · ${formatCount(m.parameters)} parameters · context ${m.context_length.toLocaleString()}`)))];
   }
 
   function datasetStep() {
