@@ -46,6 +46,38 @@ fn unsupported_architecture_is_named() {
         err.contains("GPT2LMHeadModel") && err.contains("LlamaForCausalLM"),
         "{err}"
     );
+    // Every family is listed; one not built yet says so the same way.
+    let phi = LlamaConfig::from_json(
+        r#"{"architectures":["Phi3ForCausalLM"],"hidden_size":8,"intermediate_size":8,
+        "num_hidden_layers":1,"num_attention_heads":1,"vocab_size":10}"#,
+    )
+    .expect_err("phi3")
+    .to_string();
+    for family in ["Gemma3ForCausalLM", "Gemma2ForCausalLM", "Qwen3ForCausalLM"] {
+        assert!(phi.contains("Phi3ForCausalLM") && phi.contains(family), "{phi}");
+    }
+}
+
+/// A family's own fields, bad: each error names its field.
+#[test]
+fn bad_family_fields_are_named() {
+    let base = r#""architectures":["Gemma2ForCausalLM"],"hidden_size":8,"intermediate_size":8,
+        "num_hidden_layers":2,"num_attention_heads":1,"vocab_size":10"#;
+    for (extra, field) in [
+        (r#""layer_types":["full_attention"]"#, "layer_types"),
+        (r#""layer_types":["global","local"]"#, "layer_types"),
+        (r#""attn_logit_softcapping":-1"#, "attn_logit_softcapping"),
+        (r#""final_logit_softcapping":"big""#, "final_logit_softcapping"),
+        (r#""sliding_window":0"#, "sliding_window"),
+        (r#""hidden_activation":"relu""#, "hidden_activation"),
+        (r#""query_pre_attn_scalar":0"#, "query_pre_attn_scalar"),
+        (r#""rope_scaling":{"rope_type":"yarn","factor":4}"#, "rope_scaling"),
+    ] {
+        let err = LlamaConfig::from_json(&format!("{{{base},{extra}}}"))
+            .expect_err(extra)
+            .to_string();
+        assert!(err.contains(field), "{extra}: {err}");
+    }
 }
 
 #[test]
