@@ -54,7 +54,10 @@ fn unsupported_architecture_is_named() {
     .expect_err("phi3")
     .to_string();
     for family in ["Gemma3ForCausalLM", "Gemma2ForCausalLM", "Qwen3ForCausalLM"] {
-        assert!(phi.contains("Phi3ForCausalLM") && phi.contains(family), "{phi}");
+        assert!(
+            phi.contains("Phi3ForCausalLM") && phi.contains(family),
+            "{phi}"
+        );
     }
 }
 
@@ -67,11 +70,17 @@ fn bad_family_fields_are_named() {
         (r#""layer_types":["full_attention"]"#, "layer_types"),
         (r#""layer_types":["global","local"]"#, "layer_types"),
         (r#""attn_logit_softcapping":-1"#, "attn_logit_softcapping"),
-        (r#""final_logit_softcapping":"big""#, "final_logit_softcapping"),
+        (
+            r#""final_logit_softcapping":"big""#,
+            "final_logit_softcapping",
+        ),
         (r#""sliding_window":0"#, "sliding_window"),
         (r#""hidden_activation":"relu""#, "hidden_activation"),
         (r#""query_pre_attn_scalar":0"#, "query_pre_attn_scalar"),
-        (r#""rope_scaling":{"rope_type":"yarn","factor":4}"#, "rope_scaling"),
+        (
+            r#""rope_scaling":{"rope_type":"yarn","factor":4}"#,
+            "rope_scaling",
+        ),
     ] {
         let err = LlamaConfig::from_json(&format!("{{{base},{extra}}}"))
             .expect_err(extra)
