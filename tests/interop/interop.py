@@ -18,7 +18,7 @@ prints one `max_abs_diff=<x>` line (and, for llama.cpp, `top5=<equal|differ>`).
   gguf-read MODEL_GGUF LORA_GGUF|-           the gguf reader: the keys and shapes llama.cpp needs
                                              (prints `structure=ok`)
   make-tiny FAMILY TOKENIZER_DIR OUT         transformers writes a tiny random checkpoint of
-                                             FAMILY (gemma3, gemma2, qwen3, mistral) with the tokenizer
+                                             FAMILY (gemma3, gemma2, qwen3, mistral, phi3) with the tokenizer
                                              of TOKENIZER_DIR
   base      BASE STUDIO_LOGITS IDS           transformers' logits of the base alone
   plan-line BASE KIND STUDIO_LINE             PEFT's print_trainable_parameters line for KIND
@@ -122,6 +122,7 @@ def peft_config(kind, base_dir):
         "rslora": LoraConfig(**lora, use_rslora=True),
         "dora": LoraConfig(**lora, use_dora=True),
         "ia3": IA3Config(),
+        "ia3-fused": IA3Config(target_modules=["qkv_proj", "down_proj"], feedforward_modules=["down_proj"]),
         "prompt": PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
         "prefix": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
     }[kind]
@@ -175,6 +176,13 @@ def tiny_config(family):
         return tf.Gemma2ForCausalLM, tf.Gemma2Config(
             **sizes, head_dim=8, query_pre_attn_scalar=16, sliding_window=4,
             attn_logit_softcapping=0.5, final_logit_softcapping=2.0, tie_word_embeddings=True)
+    if family == "phi3":
+        # 12 ids stay within the 16-position pretraining context: LongRoPE's short factors.
+        return tf.Phi3ForCausalLM, tf.Phi3Config(
+            **sizes, original_max_position_embeddings=16, sliding_window=5,
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                             "short_factor": [1.0, 1.5], "long_factor": [2.0, 3.0]},
+            tie_word_embeddings=False)
     if family == "qwen3":
         return tf.Qwen3ForCausalLM, tf.Qwen3Config(**sizes, head_dim=8, tie_word_embeddings=True)
     if family == "mistral":

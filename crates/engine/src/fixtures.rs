@@ -145,6 +145,17 @@ pub fn config_json(spec: &TinySpec) -> serde_json::Value {
     let extra = match arch {
         "Qwen3ForCausalLM" => json!({"head_dim": head_dim}),
         "MistralForCausalLM" => json!({"sliding_window": 4}),
+        // Half of each head rotated, LongRoPE past 4 positions, a 5-position window.
+        "Phi3ForCausalLM" => json!({
+            "partial_rotary_factor": 0.5,
+            "original_max_position_embeddings": 4,
+            "rope_scaling": {
+                "type": "longrope",
+                "short_factor": (0..head_dim / 4).map(|i| 1.0 + 0.5 * i as f64).collect::<Vec<_>>(),
+                "long_factor": (0..head_dim / 4).map(|i| 2.0 + i as f64).collect::<Vec<_>>()
+            },
+            "sliding_window": 5
+        }),
         "Gemma2ForCausalLM" => json!({
             "head_dim": head_dim,
             "hidden_act": null,

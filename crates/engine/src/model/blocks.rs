@@ -56,8 +56,18 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f64) -> Result<Te
 }
 
 /// Projections [batch, seq, heads, head_dim] rotated and laid out as
-/// [batch, heads, seq, head_dim].
+/// [batch, heads, seq, head_dim]. Tables narrower than a head (`partial_rotary_factor`)
+/// turn its leading dimensions and pass the rest through.
 pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (d, rotary) = (x.dim(3)?, cos.dim(1)?);
+    if rotary < d {
+        let turned = rope_heads(&x.narrow(3, 0, rotary)?.contiguous()?, cos, sin)?;
+        let kept = x
+            .narrow(3, rotary, d - rotary)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        return Ok(Tensor::cat(&[&turned, &kept], 3)?);
+    }
     if fused::applies(x) {
         fused::rope::rope_heads(x, cos, sin)
     } else {

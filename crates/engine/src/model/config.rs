@@ -22,6 +22,21 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: usize,
 }
 
+/// LongRoPE (Phi-3 128k, Phi-3.5, Phi-4-mini; transformers `_compute_longrope_parameters`):
+/// each frequency divided by a per-frequency factor, the short ones up to the pretraining
+/// context and the long ones past it, and cos/sin multiplied by `attention_factor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    /// Factors used while the sequence fits `original_max_position_embeddings`.
+    pub short_factor: Vec<f64>,
+    /// Factors used past it.
+    pub long_factor: Vec<f64>,
+    /// The context the model was pretrained with.
+    pub original_max_position_embeddings: usize,
+    /// The factor on cos and sin: given, or `√(1 + ln(max/original) / ln(original))`.
+    pub attention_factor: f64,
+}
+
 /// Raw config.json: both the transformers-4 and transformers-5 spellings are read.
 #[derive(Debug, Deserialize)]
 struct RawConfig {
@@ -53,6 +68,8 @@ struct RawConfig {
     layer_types: Option<Vec<String>>,
     sliding_window_pattern: Option<usize>,
     rope_local_base_freq: Option<f64>,
+    partial_rotary_factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
     /// Missing and `null` differ: Gemma 2 defaults missing caps to 30 and 50.
     #[serde(default, deserialize_with = "present")]
     final_logit_softcapping: Option<serde_json::Value>,
@@ -93,6 +110,11 @@ pub struct LlamaConfig {
     pub rope_linear_factor: f64,
     /// The RoPE base of sliding-window layers where it differs (Gemma 3's local base).
     pub local_rope_theta: Option<f64>,
+    /// LongRoPE's factors (Phi-3), when present.
+    pub longrope: Option<LongRope>,
+    /// The leading dimensions of each head the rotary embedding turns (`partial_rotary_factor`
+    /// × head_dim; all of them but in Phi-4-mini-like models).
+    pub rotary_dim: usize,
     /// Whether `lm_head` shares `embed_tokens`' weight.
     pub tie_word_embeddings: bool,
     /// Whether q/k/v projections carry a bias (Qwen2).
@@ -158,6 +180,8 @@ struct RopeFields {
     llama3: Option<Llama3RopeScaling>,
     linear_factor: f64,
     local_theta: Option<f64>,
+    longrope: Option<LongRope>,
+    partial_factor: f64,
 }
 
 impl RopeFields {
@@ -188,7 +212,7 @@ impl RopeFields {
                 return Err(EngineError::config(field, "must be a positive number"));
             }
         }
-        let (mut llama3, mut linear_factor) = (None, 1.0);
+        let (mut llama3, mut linear_factor, mut longrope) = (None, 1.0, None);
         if let Some(p) = full {
             let kind = p
                 .get("rope_type")
@@ -215,21 +239,77 @@ impl RopeFields {
                             )
                         })?
                 }
+                "longrope" | "su" => longrope = Some(LongRope::parse(raw, p)?),
                 other => {
                     return Err(EngineError::config(
                         "rope_scaling",
-                        format!(
-                        "rope_type `{other}` is not supported; supported: default, linear, llama3"
-                    ),
+                        format!("rope_type `{other}` is not supported; supported: default, linear, llama3, longrope"),
                     ))
                 }
             }
+        }
+        let partial_factor = raw
+            .partial_rotary_factor
+            .or_else(|| {
+                full.and_then(|p| p.get("partial_rotary_factor"))
+                    .and_then(|v| v.as_f64())
+            })
+            .unwrap_or(1.0);
+        if !(partial_factor > 0.0 && partial_factor <= 1.0) {
+            return Err(EngineError::config(
+                "partial_rotary_factor",
+                "must be in (0, 1]",
+            ));
         }
         Ok(Self {
             theta,
             llama3,
             linear_factor,
             local_theta,
+            longrope,
+            partial_factor,
+        })
+    }
+}
+
+impl LongRope {
+    fn parse(raw: &RawConfig, p: &serde_json::Value) -> Result<Self> {
+        let factors = |key: &str| -> Result<Vec<f64>> {
+            p.get(key)
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect::<Vec<_>>())
+                .filter(|f: &Vec<f64>| !f.is_empty() && f.iter().all(|x| x.is_finite() && *x > 0.0))
+                .ok_or_else(|| {
+                    EngineError::config(
+                        "rope_scaling",
+                        format!("longrope needs positive `{key}` numbers"),
+                    )
+                })
+        };
+        let original = p
+            .get("original_max_position_embeddings")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .or(raw.original_max_position_embeddings)
+            .filter(|o| *o > 1)
+            .ok_or_else(|| {
+                EngineError::config(
+                    "original_max_position_embeddings",
+                    "longrope needs the pretraining context",
+                )
+            })?;
+        let max = raw.max_position_embeddings.unwrap_or(original) as f64;
+        let factor = max / original as f64;
+        let attention_factor = match p.get("attention_factor").and_then(|v| v.as_f64()) {
+            Some(f) => f,
+            None if factor <= 1.0 => 1.0,
+            None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+        };
+        Ok(Self {
+            short_factor: factors("short_factor")?,
+            long_factor: factors("long_factor")?,
+            original_max_position_embeddings: original,
+            attention_factor,
         })
     }
 }
@@ -275,7 +355,7 @@ fn layer_kinds(raw: &RawConfig, architecture: &str) -> Result<Vec<LayerKind>> {
                 .map(|i| kind(!(i + 1).is_multiple_of(pattern)))
                 .collect()
         }
-        "MistralForCausalLM" => vec![LayerKind::Sliding; n],
+        "MistralForCausalLM" | "Phi3ForCausalLM" => vec![LayerKind::Sliding; n],
         "Qwen2ForCausalLM" | "Qwen3ForCausalLM" if raw.use_sliding_window == Some(true) => {
             let from = raw.max_window_layers.unwrap_or(28);
             (0..n).map(|i| kind(i >= from)).collect()
@@ -456,6 +536,27 @@ impl LlamaConfig {
             ));
         }
         let rope = RopeFields::parse(&raw, &architecture)?;
+        let rotary_dim = ((head_dim as f64 * rope.partial_factor) as usize) / 2 * 2;
+        if rotary_dim == 0 {
+            return Err(EngineError::config(
+                "partial_rotary_factor",
+                "leaves no dimension of a head to rotate",
+            ));
+        }
+        if let Some(l) = &rope.longrope {
+            for f in [&l.short_factor, &l.long_factor] {
+                if f.len() != rotary_dim / 2 {
+                    return Err(EngineError::config(
+                        "rope_scaling",
+                        format!(
+                            "longrope has {} factors; the rotary embedding has {} frequencies",
+                            f.len(),
+                            rotary_dim / 2
+                        ),
+                    ));
+                }
+            }
+        }
         let sliding_window = sliding_window(&raw, &architecture)?;
         // Without a window every layer attends to everything, whatever it is called.
         let layer_kinds = match sliding_window {
@@ -498,6 +599,8 @@ impl LlamaConfig {
             rope_scaling: rope.llama3,
             rope_linear_factor: rope.linear_factor,
             local_rope_theta: rope.local_theta,
+            rotary_dim,
+            longrope: rope.longrope,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(family.norm_offset != 0.0),
             qkv_bias,
             family,
@@ -525,6 +628,8 @@ impl LlamaConfig {
             && self.activation == Activation::Silu
             && self.attention_scale == 1.0 / (self.head_dim as f64).sqrt()
             && self.attn_softcap.is_none()
+            && !f.fused_projections
+            && self.rotary_dim == self.head_dim
     }
 
     /// Whether layer `l` attends through a sliding window, and how wide.
@@ -556,6 +661,15 @@ impl LlamaConfig {
     /// named as in transformers' module tree below `model.layers.{i}.`.
     pub fn block_linears(&self) -> Vec<(&'static str, usize, usize, bool)> {
         let (h, i, b) = (self.hidden_size, self.intermediate_size, self.qkv_bias);
+        if self.family.fused_projections {
+            let qkv = self.q_dim() + 2 * self.kv_dim();
+            return vec![
+                ("self_attn.qkv_proj", h, qkv, b),
+                ("self_attn.o_proj", self.q_dim(), h, false),
+                ("mlp.gate_up_proj", h, 2 * i, false),
+                ("mlp.down_proj", i, h, false),
+            ];
+        }
         vec![
             ("self_attn.q_proj", h, self.q_dim(), b),
             ("self_attn.k_proj", h, self.kv_dim(), b),

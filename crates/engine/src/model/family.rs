@@ -7,7 +7,8 @@
 //! norms, GeGLU with tanh-GELU, embeddings × √hidden, `query_pre_attn_scalar`, sliding-window
 //! layers with their own rotary base) and `models/gemma2/modeling_gemma2.py` (Gemma 3's parts
 //! without q/k norms or a second rotary base, with tanh soft-capping of attention scores and
-//! final logits). docs/FAMILIES.md has the table.
+//! final logits) and `models/phi3/modeling_phi3.py` (one `qkv_proj` and one `gate_up_proj`,
+//! rotary embedding on a part of each head, LongRoPE). docs/FAMILIES.md has the table.
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +60,8 @@ pub struct Family {
     pub scaled_embeddings: bool,
     /// q/k/v projections carry a bias unless `attention_bias` says otherwise.
     pub qkv_bias: bool,
+    /// One `qkv_proj` and one `gate_up_proj` instead of q/k/v and gate/up (Phi-3).
+    pub fused_projections: bool,
     /// The activation when the config names none.
     pub activation: Activation,
 }
@@ -71,6 +74,7 @@ const LLAMA: Family = Family {
     sandwich_norms: false,
     scaled_embeddings: false,
     qkv_bias: false,
+    fused_projections: false,
     activation: Activation::Silu,
 };
 
@@ -113,6 +117,7 @@ pub const FAMILIES: &[(&str, Family)] = &[
             sandwich_norms: true,
             scaled_embeddings: true,
             qkv_bias: false,
+            fused_projections: false,
             activation: Activation::GeluTanh,
         },
     ),
@@ -126,7 +131,17 @@ pub const FAMILIES: &[(&str, Family)] = &[
             sandwich_norms: true,
             scaled_embeddings: true,
             qkv_bias: false,
+            fused_projections: false,
             activation: Activation::GeluTanh,
+        },
+    ),
+    (
+        "Phi3ForCausalLM",
+        Family {
+            label: "Phi-3",
+            model_type: "phi3",
+            fused_projections: true,
+            ..LLAMA
         },
     ),
 ];

@@ -53,17 +53,66 @@ impl KvCache {
     }
 }
 
+/// Input projections of a sublayer: apart (q, k, v; gate, up), or one fused matrix whose
+/// output rows are theirs in that order (Phi-3's `qkv_proj`, `gate_up_proj`).
+#[derive(Debug, Clone)]
+enum Inputs<const N: usize> {
+    Apart([Linear; N]),
+    Fused(Linear),
+}
+
+impl<const N: usize> Inputs<N> {
+    fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Inputs::Apart(all) => all.iter().collect(),
+            Inputs::Fused(one) => vec![one],
+        }
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        match self {
+            Inputs::Apart(all) => all.iter_mut().collect(),
+            Inputs::Fused(one) => vec![one],
+        }
+    }
+
+    /// Each part's output for `x`, a fused matrix's split along the last axis by `widths`.
+    fn forward(&self, x: &Tensor, widths: [usize; N], ctx: &ForwardCtx) -> Result<Vec<Tensor>> {
+        match self {
+            Inputs::Apart(all) => all.iter().map(|l| l.forward(x, ctx)).collect(),
+            Inputs::Fused(one) => {
+                let out = one.forward(x, ctx)?;
+                let last = out.rank() - 1;
+                let mut at = 0;
+                widths
+                    .iter()
+                    .map(|&w| {
+                        at += w;
+                        Ok(out.narrow(last, at - w, w)?.contiguous()?)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn apart(&self) -> Option<&[Linear; N]> {
+        match self {
+            Inputs::Apart(all) => Some(all),
+            Inputs::Fused(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Block {
     input_layernorm: Tensor,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q, k and v.
+    attn_in: Inputs<3>,
     o_proj: Linear,
     /// Llama: the MLP's input norm; Gemma: the attention output's norm.
     post_attention_layernorm: Tensor,
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate and up.
+    mlp_in: Inputs<2>,
     down_proj: Linear,
     /// RMSNorm of each query and key head (Qwen3, Gemma 3).
     qk_norm: Option<(Tensor, Tensor)>,
@@ -82,20 +131,24 @@ const NORM_NAMES: [&str; 6] = [
 ];
 
 impl Block {
-    fn linears(&self) -> [&Linear; 7] {
-        [
-            &self.q_proj,
-            &self.k_proj,
-            &self.v_proj,
-            &self.o_proj,
-            &self.gate_proj,
-            &self.up_proj,
-            &self.down_proj,
-        ]
+    /// The block's linear layers in transformers' order (q, k, v or qkv; o; gate, up or
+    /// gate_up; down).
+    fn linears(&self) -> Vec<&Linear> {
+        let mut out = self.attn_in.linears();
+        out.push(&self.o_proj);
+        out.extend(self.mlp_in.linears());
+        out.push(&self.down_proj);
+        out
     }
 
-    fn linears_mut(&mut self) -> [&mut Linear; 7] {
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
         self.parts_mut().1
+    }
+
+    /// The seven projections apart, as the whole-layer ops take them (none for fused ones).
+    fn seven(&self) -> Option<[&Linear; 7]> {
+        let ([q, k, v], [gate, up]) = (self.attn_in.apart()?, self.mlp_in.apart()?);
+        Some([q, k, v, &self.o_proj, gate, up, &self.down_proj])
     }
 
     /// The norm weights the block has, each with its name (`NORM_NAMES`).
@@ -116,17 +169,14 @@ impl Block {
             .collect()
     }
 
-    /// The norm weights (named) and the seven linears, borrowed together.
-    fn parts_mut(&mut self) -> (Vec<(&'static str, &mut Tensor)>, [&mut Linear; 7]) {
+    /// The norm weights (named) and the linears, borrowed together.
+    fn parts_mut(&mut self) -> (Vec<(&'static str, &mut Tensor)>, Vec<&mut Linear>) {
         let Block {
             input_layernorm,
-            q_proj,
-            k_proj,
-            v_proj,
+            attn_in,
             o_proj,
             post_attention_layernorm,
-            gate_proj,
-            up_proj,
+            mlp_in,
             down_proj,
             qk_norm,
             feedforward_norms,
@@ -152,12 +202,11 @@ impl Block {
             .zip(all)
             .filter_map(|(name, t)| t.map(|t| (name, t)))
             .collect();
-        (
-            norms,
-            [
-                q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj,
-            ],
-        )
+        let mut linears = attn_in.linears_mut();
+        linears.push(o_proj);
+        linears.extend(mlp_in.linears_mut());
+        linears.push(down_proj);
+        (norms, linears)
     }
 
     /// Whether every norm weight is frozen.
@@ -337,16 +386,32 @@ impl LlamaModel {
             } else {
                 None
             };
+            let (attn_in, mlp_in) = if cfg.family.fused_projections {
+                let qkv = cfg.q_dim() + 2 * cfg.kv_dim();
+                (
+                    Inputs::Fused(src.linear(format!("{p}.self_attn.qkv_proj"), h, qkv, b)?),
+                    Inputs::Fused(src.linear(format!("{p}.mlp.gate_up_proj"), h, 2 * i, false)?),
+                )
+            } else {
+                (
+                    Inputs::Apart([
+                        src.linear(format!("{p}.self_attn.q_proj"), h, cfg.q_dim(), b)?,
+                        src.linear(format!("{p}.self_attn.k_proj"), h, cfg.kv_dim(), b)?,
+                        src.linear(format!("{p}.self_attn.v_proj"), h, cfg.kv_dim(), b)?,
+                    ]),
+                    Inputs::Apart([
+                        src.linear(format!("{p}.mlp.gate_proj"), h, i, false)?,
+                        src.linear(format!("{p}.mlp.up_proj"), h, i, false)?,
+                    ]),
+                )
+            };
             layers.push(Block {
                 input_layernorm: src.take(&format!("{p}.input_layernorm.weight"), &[h])?,
-                q_proj: src.linear(format!("{p}.self_attn.q_proj"), h, cfg.q_dim(), b)?,
-                k_proj: src.linear(format!("{p}.self_attn.k_proj"), h, cfg.kv_dim(), b)?,
-                v_proj: src.linear(format!("{p}.self_attn.v_proj"), h, cfg.kv_dim(), b)?,
+                attn_in,
                 o_proj: src.linear(format!("{p}.self_attn.o_proj"), cfg.q_dim(), h, false)?,
                 post_attention_layernorm: src
                     .take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_proj: src.linear(format!("{p}.mlp.gate_proj"), h, i, false)?,
-                up_proj: src.linear(format!("{p}.mlp.up_proj"), h, i, false)?,
+                mlp_in,
                 down_proj: src.linear(format!("{p}.mlp.down_proj"), i, h, false)?,
                 qk_norm,
                 feedforward_norms,
@@ -771,22 +836,22 @@ impl LlamaModel {
     ) -> Option<fused::layer::LayerParts<'a>> {
         let c = &self.cfg;
         let window = c.window(index);
+        // Both whole-layer ops rotate whole heads and take the seven projections apart.
+        let seven = b.seven().filter(|_| c.rotary_dim == c.head_dim)?;
         let plain = (generic.is_none() || (c.llama_shaped() && window.is_none()))
             && adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
             && b.norms_frozen()
             && (generic.is_some()
-                || b.linears().iter().all(|l| {
+                || seven.iter().all(|l| {
                     l.ia3.is_none() && l.lora.as_ref().is_none_or(|lo| lo.magnitude.is_none())
                 }));
         if !plain {
             return None;
         }
-        let [q, k, v, o, gate, up, down] = b.linears().map(|l| l.frozen_parts());
+        let [q, k, v, o, gate, up, down] = seven.map(|l| l.frozen_parts());
         let linears = [q?, k?, v?, o?, gate?, up?, down?];
         // Dropout masks drawn in the order the composed ops draw them: the same masks.
-        let dropout = b
-            .linears()
-            .map(|l| l.lora.as_ref().and_then(|lo| ctx.draw_dropout(lo.dropout)));
+        let dropout = seven.map(|l| l.lora.as_ref().and_then(|lo| ctx.draw_dropout(lo.dropout)));
         let (post_norm, output_norms) = match &b.feedforward_norms {
             Some((pre, post)) => (pre, Some((&b.post_attention_layernorm, post))),
             None => (&b.post_attention_layernorm, None),
@@ -805,7 +870,7 @@ impl LlamaModel {
             },
             linears,
             dropout,
-            ia3: b.linears().map(|l| l.ia3.as_ref()),
+            ia3: seven.map(|l| l.ia3.as_ref()),
             prefix: generic.and_then(|g| g.prefix),
             eps: c.rms_norm_eps,
             q_heads: c.num_attention_heads,
@@ -862,8 +927,13 @@ impl LlamaModel {
         };
         let x = join(attn, x, Site::Attention)?;
         let h = self.norm(&x, mlp_norm)?;
-        let gate = b.gate_proj.forward(&h, ctx)?;
-        let act = blocks::gated(&gate, &b.up_proj.forward(&h, ctx)?, self.cfg.activation)?;
+        let i = self.cfg.intermediate_size;
+        let [gate, up]: [Tensor; 2] = b
+            .mlp_in
+            .forward(&h, [i, i], ctx)?
+            .try_into()
+            .map_err(|_| EngineError::config("model", "the MLP has two inputs"))?;
+        let act = blocks::gated(&gate, &up, self.cfg.activation)?;
         let mut out = b.down_proj.forward(&act, ctx)?;
         if let Some((_, post)) = &b.feedforward_norms {
             out = self.norm(&out, post)?;
@@ -888,19 +958,19 @@ impl LlamaModel {
         let (batch, seq, _) = x.dims3()?;
         let (hq, hkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let split = |t: Tensor, n: usize| t.reshape((batch, seq, n, d));
-        let (mut q, mut k) = (
-            split(b.q_proj.forward(x, ctx)?, hq)?,
-            split(b.k_proj.forward(x, ctx)?, hkv)?,
-        );
+        let [q, k, v]: [Tensor; 3] = b
+            .attn_in
+            .forward(x, [c.q_dim(), c.kv_dim(), c.kv_dim()], ctx)?
+            .try_into()
+            .map_err(|_| EngineError::config("model", "attention has three inputs"))?;
+        let (mut q, mut k) = (split(q, hq)?, split(k, hkv)?);
         if let Some((q_norm, k_norm)) = &b.qk_norm {
             q = self.norm(&q, q_norm)?;
             k = self.norm(&k, k_norm)?;
         }
         let q = blocks::rope_heads(&q, cos, sin)?;
         let mut k = blocks::rope_heads(&k, cos, sin)?;
-        let mut v = split(b.v_proj.forward(x, ctx)?, hkv)?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let mut v = split(v, hkv)?.transpose(1, 2)?.contiguous()?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;

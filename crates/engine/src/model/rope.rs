@@ -1,5 +1,5 @@
-//! Rotary position embeddings in transformers' "rotate half" layout, with Llama 3 and linear
-//! scaling.
+//! Rotary position embeddings in transformers' "rotate half" layout, with Llama 3, linear and
+//! LongRoPE scaling, over all of a head or its leading `rotary_dim` dimensions.
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -10,6 +10,10 @@ use crate::error::Result;
 #[derive(Debug, Clone)]
 pub struct Rope {
     inv_freq: Vec<f64>,
+    /// LongRoPE's frequencies past the pretraining context, and that context.
+    long: Option<(Vec<f64>, usize)>,
+    /// The factor on cos and sin (LongRoPE's attention factor; 1 otherwise).
+    scale: f64,
 }
 
 impl Rope {
@@ -17,7 +21,20 @@ impl Rope {
     /// `rope_scaling` (transformers `_compute_llama3_parameters`) or linear scaling
     /// (`_compute_linear_scaling_rope_parameters`) when present.
     pub fn new(cfg: &LlamaConfig) -> Self {
-        let mut rope = Self::plain(cfg.head_dim, cfg.rope_theta);
+        let mut rope = Self::plain(cfg.rotary_dim, cfg.rope_theta);
+        if let Some(l) = &cfg.longrope {
+            let divided = |factors: &[f64]| -> Vec<f64> {
+                rope.inv_freq
+                    .iter()
+                    .zip(factors)
+                    .map(|(f, d)| f / d)
+                    .collect()
+            };
+            let long = divided(&l.long_factor);
+            rope.inv_freq = divided(&l.short_factor);
+            rope.long = Some((long, l.original_max_position_embeddings));
+            rope.scale = l.attention_factor;
+        }
         rope.inv_freq
             .iter_mut()
             .for_each(|f| *f /= cfg.rope_linear_factor);
@@ -44,7 +61,7 @@ impl Rope {
     /// The sliding-window layers' frequencies, where they have their own base (Gemma 3).
     pub fn local(cfg: &LlamaConfig) -> Option<Self> {
         cfg.local_rope_theta
-            .map(|theta| Self::plain(cfg.head_dim, theta))
+            .map(|theta| Self::plain(cfg.rotary_dim, theta))
     }
 
     fn plain(head_dim: usize, theta: f64) -> Self {
@@ -53,10 +70,14 @@ impl Rope {
             inv_freq: (0..d / 2)
                 .map(|i| 1.0 / theta.powf((2 * i) as f64 / d as f64))
                 .collect(),
+            long: None,
+            scale: 1.0,
         }
     }
 
-    /// `(cos, sin)` tables [len, head_dim] for positions `start..start + len`.
+    /// `(cos, sin)` tables [len, rotary_dim] for positions `start..start + len`. LongRoPE
+    /// takes its long frequencies once the positions pass the pretraining context (as
+    /// transformers' `longrope_frequency_update` does for the whole call).
     pub fn tables(
         &self,
         start: usize,
@@ -64,15 +85,19 @@ impl Rope {
         dtype: DType,
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
+        let inv_freq = match &self.long {
+            Some((long, original)) if start + len > *original => long,
+            _ => &self.inv_freq,
+        };
+        let half = inv_freq.len();
         let mut cos = Vec::with_capacity(len * half * 2);
         let mut sin = Vec::with_capacity(len * half * 2);
         for p in start..start + len {
             for _ in 0..2 {
-                for f in &self.inv_freq {
+                for f in inv_freq {
                     let angle = p as f64 * f;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
+                    cos.push((angle.cos() * self.scale) as f32);
+                    sin.push((angle.sin() * self.scale) as f32);
                 }
             }
         }

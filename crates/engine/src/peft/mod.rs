@@ -258,7 +258,8 @@ impl MethodConfig {
             (Some(t), _) => t.clone(),
             (None, MethodKind::Ia3) => TargetModules::List(
                 ia3::default_targets(model_type)
-                    .iter()
+                    .into_iter()
+                    .flatten()
                     .map(|s| s.to_string())
                     .collect(),
             ),

@@ -97,6 +97,7 @@ pub fn family_specs() -> Vec<TinySpec> {
         "Gemma2ForCausalLM",
         "Qwen3ForCausalLM",
         "MistralForCausalLM",
+        "Phi3ForCausalLM",
     ]
     .into_iter()
     .map(|architecture| TinySpec {
@@ -108,7 +109,33 @@ pub fn family_specs() -> Vec<TinySpec> {
     .collect()
 }
 
-/// [`gradient_model`] of the model `spec` describes.
+/// `method` as it reads on the model `spec` describes: on Phi-3, whose projections are fused,
+/// q/k/v targets become `qkv_proj` and gate/up `gate_up_proj`, and IA³ (which PEFT gives no
+/// default there) scales `qkv_proj` and `down_proj`.
+pub fn for_family(method: &MethodConfig, spec: &TinySpec) -> MethodConfig {
+    use peft_studio_engine::peft::{MethodKind, TargetModules};
+    let mut m = method.clone();
+    if spec.architecture != "Phi3ForCausalLM" {
+        return m;
+    }
+    let fused = |name: &str| match name {
+        "q_proj" | "k_proj" | "v_proj" => "qkv_proj".to_string(),
+        "gate_proj" | "up_proj" => "gate_up_proj".to_string(),
+        other => other.to_string(),
+    };
+    m.target_modules = match (&m.target_modules, m.kind) {
+        (Some(TargetModules::List(names)), _) => {
+            let mut names: Vec<String> = names.iter().map(|n| fused(n)).collect();
+            names.dedup();
+            Some(TargetModules::List(names))
+        }
+        (None, MethodKind::Ia3) => Some(TargetModules::parse_cli("qkv_proj,down_proj")),
+        (t, _) => t.clone(),
+    };
+    m
+}
+
+/// [`gradient_model`] of the model `spec` describes (`method` read by [`for_family`]).
 pub fn gradient_model_of(
     dir: &Path,
     method: &MethodConfig,
@@ -120,6 +147,7 @@ pub fn gradient_model_of(
 ) {
     use candle_core::{Device, Tensor};
     use peft_studio_engine::model::ops::SplitMix64;
+    let method = &for_family(method, spec);
     let path = tiny_model(dir, spec);
     let mut model =
         peft_studio_engine::model::load_model(&path, dtype, &Device::Cpu).expect("load");

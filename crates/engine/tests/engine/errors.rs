@@ -46,18 +46,14 @@ fn unsupported_architecture_is_named() {
         err.contains("GPT2LMHeadModel") && err.contains("LlamaForCausalLM"),
         "{err}"
     );
-    // Every family is listed; one not built yet says so the same way.
-    let phi = LlamaConfig::from_json(
-        r#"{"architectures":["Phi3ForCausalLM"],"hidden_size":8,"intermediate_size":8,
-        "num_hidden_layers":1,"num_attention_heads":1,"vocab_size":10}"#,
-    )
-    .expect_err("phi3")
-    .to_string();
-    for family in ["Gemma3ForCausalLM", "Gemma2ForCausalLM", "Qwen3ForCausalLM"] {
-        assert!(
-            phi.contains("Phi3ForCausalLM") && phi.contains(family),
-            "{phi}"
-        );
+    // Every family is listed.
+    for family in [
+        "Gemma3ForCausalLM",
+        "Gemma2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "Phi3ForCausalLM",
+    ] {
+        assert!(err.contains(family), "{err}");
     }
 }
 

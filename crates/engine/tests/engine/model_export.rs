@@ -77,7 +77,8 @@ fn merged_folders_shard_like_transformers_and_load_back() {
 fn f32_gguf_models_import_back_to_the_same_model() {
     let families = crate::common::family_specs()
         .into_iter()
-        .filter(|s| s.architecture != "MistralForCausalLM");
+        // llama.cpp writes Mistral as `llama` (no window); Phi-3's GGUF is not mapped yet.
+        .filter(|s| !matches!(s.architecture, "MistralForCausalLM" | "Phi3ForCausalLM"));
     for spec in [
         TinySpec::default(),
         TinySpec {

@@ -63,6 +63,7 @@ fn every_architecture_matches_transformers_logits() {
         "qwen3",
         "gemma3",
         "gemma2",
+        "phi3",
     ] {
         let dir = fixture(&format!("archs/{arch}"));
         let model = load_model(&dir, DType::F32, &Device::Cpu).unwrap();
