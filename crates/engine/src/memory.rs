@@ -23,9 +23,8 @@ use crate::plan::count_params;
 /// allocator's retained buffers (fitted to measured peaks): composed ops, fused kernels.
 const ACTIVATION_FACTOR: f64 = 1.5;
 const FUSED_ACTIVATION_FACTOR: f64 = 1.15;
-/// The fused loss head's rows per chunk (`model::fused::cross_entropy`), and the chunks in
-/// flight at once (one per thread; two counted).
-const FUSED_HEAD_ROWS: f64 = 128.0 * 2.0;
+/// Rows of a quantized head widened at once per thread (tiles of `fused::quantized`).
+const QUANTIZED_HEAD_ROWS: f64 = 256.0;
 /// The loss head holds this many f32 [tokens, vocab] tensors at its peak: logits, shifted,
 /// exponentials and log-probabilities from the forward pass, their gradients and the
 /// allocator's slack in the backward pass (fitted to measured peaks).
@@ -231,10 +230,15 @@ pub fn estimate(
                 };
                 // A quantized head is widened a tile per thread at a time (f32 and bf16).
                 let head_weight = match quantized_head(cfg, step) {
-                    true => 2.0 * 6.0 * FUSED_HEAD_ROWS * d,
+                    true => 2.0 * 6.0 * QUANTIZED_HEAD_ROWS * d,
                     false => widened(vocab * d),
                 };
-                (n * d + FUSED_HEAD_ROWS * vocab) * 4.0 + head_weight + weight_grad
+                // One chunk's logits (`fused::cross_entropy::chunk_rows` rows, or every
+                // token where fewer).
+                let chunk =
+                    crate::model::fused::cross_entropy::chunk_rows(cfg.vocab_size, cfg.hidden_size);
+                let rows = n.min(chunk as f64);
+                (n * d + rows * vocab) * 4.0 + head_weight + weight_grad
             }
         };
         (acts as u64, head as u64)
