@@ -24,6 +24,7 @@ pub fn gguf_architecture(cfg: &LlamaConfig) -> Result<&'static str> {
         "qwen3" => Ok("qwen3"),
         "gemma2" => Ok("gemma2"),
         "gemma3_text" => Ok("gemma3"),
+        "phi3" => Ok("phi3"),
         other => Err(EngineError::config(
             "model_type",
             format!("`{other}` has no llama.cpp LoRA mapping here"),
@@ -61,7 +62,7 @@ pub fn write_gguf_lora(
             .ok_or_else(|| {
                 EngineError::config("params", format!("`{module}` has lora_A but no lora_B"))
             })?;
-        let gguf = gguf_module(module, cfg.family.sandwich_norms).ok_or_else(|| {
+        let gguf = gguf_module(module, &cfg.family).ok_or_else(|| {
             EngineError::config(
                 "target_modules",
                 format!("`{module}` has no llama.cpp tensor"),

@@ -107,14 +107,14 @@ impl FromStr for GgufType {
 
 /// The GGUF name of a transformers weight (`model.layers.0.self_attn.q_proj.weight` →
 /// `blk.0.attn_q.weight`).
-fn gguf_name(hf: &str, sandwich: bool) -> Option<String> {
+fn gguf_name(hf: &str, family: &crate::model::family::Family) -> Option<String> {
     match hf {
         "model.norm.weight" => return Some("output_norm.weight".into()),
         "lm_head.weight" => return Some("output.weight".into()),
         _ => {}
     }
     let (module, suffix) = hf.rsplit_once('.')?;
-    Some(format!("{}.{suffix}", gguf_module(module, sandwich)?))
+    Some(format!("{}.{suffix}", gguf_module(module, family)?))
 }
 
 /// The hyperparameter keys llama.cpp reads for `arch`.
@@ -148,12 +148,22 @@ fn architecture_metadata(
             Value::F32(cfg.rms_norm_eps as f32),
         ),
         ("vocab_size", u(cfg.vocab_size)),
-        ("rope.dimension_count", u(cfg.head_dim)),
+        ("rope.dimension_count", u(cfg.rotary_dim)),
         ("attention.key_length", u(cfg.head_dim)),
         ("attention.value_length", u(cfg.head_dim)),
     ];
     if let Some(w) = cfg.sliding_window {
         meta.push((format!("{arch}.attention.sliding_window"), u(w)));
+    }
+    if let Some(l) = &cfg.longrope {
+        meta.push((
+            format!("{arch}.rope.scaling.attn_factor"),
+            Value::F32(l.attention_factor as f32),
+        ));
+        meta.push((
+            format!("{arch}.rope.scaling.original_context_length"),
+            u(l.original_max_position_embeddings),
+        ));
     }
     for (key, cap) in [
         ("attn_logit_softcapping", cfg.attn_softcap),
@@ -261,8 +271,17 @@ pub fn write_gguf_model(
             gguf_tensor(&freqs, GgmlDType::F32)?,
         ));
     }
+    if let Some(l) = &cfg.longrope {
+        let names = crate::model::gguf::LONGROPE_TENSORS;
+        for (name, factors) in names.into_iter().zip([&l.long_factor, &l.short_factor]) {
+            let f: Vec<f32> = factors.iter().map(|&x| x as f32).collect();
+            let n = f.len();
+            let t = Tensor::from_vec(f, n, &Device::Cpu)?;
+            tensors.push((name.to_string(), gguf_tensor(&t, GgmlDType::F32)?));
+        }
+    }
     for (hf, weight) in model.base_weights_mut() {
-        let gguf = gguf_name(&hf, cfg.family.sandwich_norms).ok_or_else(|| {
+        let gguf = gguf_name(&hf, &cfg.family).ok_or_else(|| {
             EngineError::config("model", format!("weight `{hf}` has no llama.cpp name"))
         })?;
         let weight = match (arch, gguf.split('.').nth(2)) {
@@ -302,7 +321,7 @@ pub fn write_random_gguf(
     meta.extend(tokenizer_metadata(tokenizer_dir, cfg.vocab_size)?);
     let mut tensors = Vec::new();
     for (i, (hf, shape)) in cfg.weight_shapes().into_iter().enumerate() {
-        let gguf = gguf_name(&hf, cfg.family.sandwich_norms).ok_or_else(|| {
+        let gguf = gguf_name(&hf, &cfg.family).ok_or_else(|| {
             EngineError::config("model", format!("weight `{hf}` has no llama.cpp name"))
         })?;
         let tensor = match shape[..] {

@@ -60,7 +60,7 @@ pub fn read_gguf_lora(path: &Path, base: &LlamaConfig) -> Result<GgufLora> {
             .rsplit_once('.')
             .filter(|(_, p)| *p == "lora_a" || *p == "lora_b")
             .ok_or_else(|| bad(format!("tensor `{name}` is not a lora_a or lora_b")))?;
-        let hf = hf_name(weight, base.family.sandwich_norms)
+        let hf = hf_name(weight, &base.family)
             .ok_or_else(|| bad(format!("tensor `{name}` names no weight of a {arch} model")))?;
         let (_, shape) = shapes.iter().find(|(n, _)| *n == hf).ok_or_else(|| {
             bad(format!(

@@ -70,15 +70,15 @@ fn merged_folders_shard_like_transformers_and_load_back() {
 }
 
 /// Llama (q/k rows permuted, GQA), Qwen2 (biases, no permutation), Qwen3, Gemma 3 and Gemma 2
-/// (their norms with llama.cpp's +1, their own tensor names and metadata) in F32: importing
-/// the file gives the same logits (Gemma's norms round through w + 1 − 1) and the same token
-/// ids.
+/// (their norms with llama.cpp's +1, their own tensor names and metadata) and Phi-3 (fused
+/// projections, partial rotary, LongRoPE's factors as tensors) in F32: importing the file
+/// gives the same logits (Gemma's norms round through w + 1 − 1) and the same token ids.
 #[test]
 fn f32_gguf_models_import_back_to_the_same_model() {
     let families = crate::common::family_specs()
         .into_iter()
-        // llama.cpp writes Mistral as `llama` (no window); Phi-3's GGUF is not mapped yet.
-        .filter(|s| !matches!(s.architecture, "MistralForCausalLM" | "Phi3ForCausalLM"));
+        // llama.cpp writes Mistral as `llama` (no window).
+        .filter(|s| s.architecture != "MistralForCausalLM");
     for spec in [
         TinySpec::default(),
         TinySpec {
@@ -193,7 +193,8 @@ fn quantised_gguf_models_round_within_their_format() {
                 "lm_head.weight" => "output.weight".to_string(),
                 _ => {
                     let module = hf.strip_suffix(".weight").expect("weight");
-                    let g = peft_studio_engine::model::gguf::tensors::gguf_module(module, false)
+                    let family = model.config().family;
+                    let g = peft_studio_engine::model::gguf::tensors::gguf_module(module, &family)
                         .expect("mapped");
                     format!("{g}.weight")
                 }

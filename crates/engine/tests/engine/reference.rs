@@ -163,6 +163,17 @@ fn gguf_llama_with_sentencepiece_vocabulary_matches_transformers() {
     );
 }
 
+/// llama.cpp's `phi3` (fused `attn_qkv` and `ffn_up`) with a SentencePiece vocabulary, whose
+/// prefix space transformers puts in a normalizer (`phi3_tokenizer`).
+#[test]
+fn gguf_phi3_with_sentencepiece_vocabulary_matches_transformers() {
+    check_gguf_against_transformers(
+        &fixture("gguf/tiny-phi3-spm.gguf"),
+        &fixture("gguf/tiny-phi3-spm.expected.safetensors"),
+        1e-4,
+    );
+}
+
 #[test]
 fn gguf_qwen2_with_byte_level_vocabulary_matches_transformers() {
     check_gguf_against_transformers(

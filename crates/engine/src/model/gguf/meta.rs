@@ -16,6 +16,7 @@ pub const GGUF_ARCHITECTURES: &[(&str, &str)] = &[
     ("qwen3", "Qwen3ForCausalLM"),
     ("gemma2", "Gemma2ForCausalLM"),
     ("gemma3", "Gemma3ForCausalLM"),
+    ("phi3", "Phi3ForCausalLM"),
 ];
 
 /// A GGUF file's metadata, with errors that name the file and the key.
@@ -237,6 +238,19 @@ impl<'a> Metadata<'a> {
             cfg["query_pre_attn_scalar"] = json!(head_dim);
             if let Some(w) = self.uint(&key("attention.sliding_window"))? {
                 cfg["sliding_window"] = json!(w);
+            }
+        }
+        if arch == "phi3" {
+            // The rotated part of each head, the window of every layer, LongRoPE's
+            // pretraining context (its factors are tensors, read by `GgufModel::open`).
+            if let Some(rd) = self.optional_count(&key("rope.dimension_count"))? {
+                cfg["partial_rotary_factor"] = json!(rd as f64 / head_dim as f64);
+            }
+            if let Some(w) = self.uint(&key("attention.sliding_window"))? {
+                cfg["sliding_window"] = json!(w);
+            }
+            if let Some(o) = self.uint(&key("rope.scaling.original_context_length"))? {
+                cfg["original_max_position_embeddings"] = json!(o);
             }
         }
         if arch == "gemma2" {

@@ -47,6 +47,9 @@ pub struct GgufModel {
     weights: Vec<(String, String, Vec<usize>)>,
 }
 
+/// llama.cpp's tensors of Phi-3's LongRoPE factors: long, then short.
+pub const LONGROPE_TENSORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_short.weight"];
+
 /// Reads the header of a GGUF file, with errors that name the file.
 pub fn read_content(path: &Path, file: &mut std::fs::File) -> Result<Content> {
     // candle's reader divides by `general.alignment` unchecked; a hostile 0 must not abort us.
@@ -124,10 +127,10 @@ impl GgufModel {
         let tokenizer = vocab::tokenizer(&meta)?;
         let mut weights = Vec::new();
         for (name, info) in &content.tensor_infos {
-            if name == "rope_freqs.weight" {
+            if name == "rope_freqs.weight" || LONGROPE_TENSORS.contains(&name.as_str()) {
                 continue;
             }
-            let hf = tensors::hf_name(name, family.sandwich_norms).ok_or_else(|| {
+            let hf = tensors::hf_name(name, &family).ok_or_else(|| {
                 EngineError::bad_file(
                     path,
                     format!("tensor `{name}` is not part of a {arch} model this version reads"),
@@ -165,6 +168,31 @@ impl GgufModel {
                     "`rope_freqs.weight` does not match Llama 3 rope scaling; this rope scaling is not supported",
                 )
             })?;
+            config_json["rope_scaling"] = scaling;
+        }
+        // Phi-3's LongRoPE factors are tensors in llama.cpp's files.
+        let mut factors = |name: &str| -> Result<Option<Vec<f32>>> {
+            match content.tensor_infos.get(name) {
+                None => Ok(None),
+                Some(info) if info.shape.elem_count() > 1 << 16 => Err(EngineError::bad_file(
+                    path,
+                    format!("`{name}` has an absurd shape"),
+                )),
+                Some(_) => tensors::dequantized(&content, &mut file, name)
+                    .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                    .map(Some)
+                    .map_err(|e| EngineError::bad_file(path, format!("tensor `{name}`: {e}"))),
+            }
+        };
+        if let (Some(long), Some(short)) =
+            (factors(LONGROPE_TENSORS[0])?, factors(LONGROPE_TENSORS[1])?)
+        {
+            let mut scaling = serde_json::json!({
+                "type": "longrope", "long_factor": long, "short_factor": short,
+            });
+            if let Some(f) = meta.float(&format!("{arch}.rope.scaling.attn_factor"))? {
+                scaling["attention_factor"] = serde_json::json!(f);
+            }
             config_json["rope_scaling"] = scaling;
         }
         let config = LlamaConfig::from_json(&config_json.to_string()).map_err(|e| {

@@ -3,6 +3,7 @@
 use candle_core::{Device, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::model::family::Family;
 
 /// GGUF block tensor names and their transformers names below `model.layers.{i}.`
 /// (PEFT-FORMATS.md §8; docs/FAMILIES.md for the q/k norms).
@@ -19,6 +20,12 @@ const BLOCK_NAMES: &[(&str, &str)] = &[
     ("attn_k_norm", "self_attn.k_norm"),
 ];
 
+/// Phi-3's fused projections (llama.cpp's `phi3`: `ffn_up` holds gate and up, gate first).
+const FUSED_NAMES: &[(&str, &str)] = &[
+    ("attn_qkv", "self_attn.qkv_proj"),
+    ("ffn_up", "mlp.gate_up_proj"),
+];
+
 /// The MLP's norms: Llama's one, called `post_attention_layernorm` in transformers.
 const LLAMA_NORMS: &[(&str, &str)] = &[("ffn_norm", "post_attention_layernorm")];
 
@@ -31,18 +38,25 @@ const SANDWICH_NORMS: &[(&str, &str)] = &[
     ("post_ffw_norm", "post_feedforward_layernorm"),
 ];
 
-fn block_names(sandwich: bool) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
-    let norms = if sandwich {
+/// The block names of a family: its norms, and its fused projections first where it has them
+/// (they shadow `ffn_up`'s plain meaning).
+fn block_names(family: &Family) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    let norms = if family.sandwich_norms {
         SANDWICH_NORMS
     } else {
         LLAMA_NORMS
     };
-    BLOCK_NAMES.iter().chain(norms)
+    let fused: &[(&str, &str)] = if family.fused_projections {
+        FUSED_NAMES
+    } else {
+        &[]
+    };
+    fused.iter().chain(BLOCK_NAMES).chain(norms)
 }
 
 /// The transformers name of a GGUF tensor, or `None` when the decoder has no such weight.
-/// `sandwich`: the model has Gemma's four norms per layer (`Family::sandwich_norms`).
-pub fn hf_name(gguf: &str, sandwich: bool) -> Option<String> {
+/// The names depend on the `family`'s norms and fused projections.
+pub fn hf_name(gguf: &str, family: &Family) -> Option<String> {
     match gguf {
         "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
         "output_norm.weight" => return Some("model.norm.weight".into()),
@@ -56,13 +70,13 @@ pub fn hf_name(gguf: &str, sandwich: bool) -> Option<String> {
     if suffix != "weight" && suffix != "bias" {
         return None;
     }
-    let (_, hf) = block_names(sandwich).find(|(g, _)| *g == part)?;
+    let (_, hf) = block_names(family).find(|(g, _)| *g == part)?;
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
 }
 
 /// The GGUF name of a transformers module path (`model.layers.3.self_attn.q_proj` →
 /// `blk.3.attn_q`; `lm_head` → `output`), or `None` when GGUF has no such tensor.
-pub fn gguf_module(hf: &str, sandwich: bool) -> Option<String> {
+pub fn gguf_module(hf: &str, family: &Family) -> Option<String> {
     match hf {
         "lm_head" => return Some("output".into()),
         "model.embed_tokens" => return Some("token_embd".into()),
@@ -71,7 +85,7 @@ pub fn gguf_module(hf: &str, sandwich: bool) -> Option<String> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let (gguf, _) = block_names(sandwich).find(|(_, h)| *h == part)?;
+    let (gguf, _) = block_names(family).find(|(_, h)| *h == part)?;
     Some(format!("blk.{layer}.{gguf}"))
 }
 

@@ -80,6 +80,9 @@ pub fn tokenizer(meta: &Metadata) -> Result<GgufTokenizer> {
             meta.string("general.architecture")?.as_deref(),
             Some("gemma" | "gemma2" | "gemma3")
         );
+    // Phi-3's SentencePiece vocabulary puts its prefix space in a normalizer rather than in
+    // `Metaspace` (transformers' `phi3_tokenizer`): it shows on text that starts with a space.
+    let phi3 = kind == "llama" && meta.string("general.architecture")?.as_deref() == Some("phi3");
     let bos = token_at("tokenizer.ggml.bos_token_id")?;
     let eos = token_at("tokenizer.ggml.eos_token_id")?;
     let unk = token_at("tokenizer.ggml.unknown_token_id")?;
@@ -164,9 +167,14 @@ pub fn tokenizer(meta: &Metadata) -> Result<GgufTokenizer> {
     };
     let normalizer = if gemma {
         json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})
+    } else if phi3 {
+        json!({"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u{2581}"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]})
     } else {
         Value::Null
     };
+    let pre_tokenizer = if phi3 { Value::Null } else { pre_tokenizer };
     let tokenizer_json = json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
         "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": post_processor,
