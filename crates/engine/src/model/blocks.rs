@@ -38,14 +38,19 @@ impl Attend {
     }
 }
 
+/// A norm's weight as applied, `weight + offset`, in f32: Gemma's `1 + w` in bf16 would keep
+/// 8 bits of w.
+pub fn applied_norm_weight(weight: &Tensor, offset: f64) -> Result<Tensor> {
+    Ok((weight.to_dtype(candle_core::DType::F32)? + offset)?)
+}
+
 /// RMSNorm over the last dimension; `offset` is added to the weight first (Gemma's `1 + w`).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f64) -> Result<Tensor> {
     let shifted;
     let weight = if offset == 0.0 {
         weight
     } else {
-        // In f32: `1 + w` in bf16 would keep 8 bits of w.
-        shifted = (weight.to_dtype(candle_core::DType::F32)? + offset)?;
+        shifted = applied_norm_weight(weight, offset)?;
         &shifted
     };
     if fused::applies(x) {
@@ -120,11 +125,7 @@ pub fn attention(
     // Query heads of one group stacked along the sequence, so one matmul serves the group
     // and keys are never repeated.
     let q = q.reshape((batch, hkv, group * seq, d))?;
-    let scores = (q.matmul(&k.t()?)? * attend.scale)?;
-    let scores = match attend.softcap {
-        Some(cap) => ((scores / cap)?.tanh()? * cap)?,
-        None => scores,
-    };
+    let scores = ops::soft_cap((q.matmul(&k.t()?)? * attend.scale)?, attend.softcap)?;
     let scores = match mask {
         Some(m) => {
             let m = m

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::DType;
 use serde::Deserialize;
 
-use super::family::{self, Activation, Family, LayerKind};
+use super::family::{self, Activation, Family, LayerKind, SlidingLayers};
 use crate::error::{EngineError, Result};
 
 /// Llama 3 style frequency scaling (`rope_scaling.rope_type = "llama3"`).
@@ -185,7 +185,7 @@ struct RopeFields {
 }
 
 impl RopeFields {
-    fn parse(raw: &RawConfig, architecture: &str) -> Result<Self> {
+    fn parse(raw: &RawConfig, family: &Family) -> Result<Self> {
         let params = raw.rope_parameters.as_ref();
         let per_kind = |k: &str| params.and_then(|p| p.get(k));
         let full = per_kind("full_attention")
@@ -194,16 +194,13 @@ impl RopeFields {
         let theta_of = |p: Option<&serde_json::Value>| {
             p.and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64())
         };
-        let theta = raw.rope_theta.or_else(|| theta_of(full)).unwrap_or(
-            if architecture == "Gemma3ForCausalLM" {
-                1e6
-            } else {
-                10_000.0
-            },
-        );
+        let theta = raw
+            .rope_theta
+            .or_else(|| theta_of(full))
+            .unwrap_or(family.rope_theta);
         let local_theta = theta_of(per_kind("sliding_attention"))
             .or(raw.rope_local_base_freq)
-            .or((architecture == "Gemma3ForCausalLM").then_some(10_000.0));
+            .or(family.local_rope_theta);
         for (field, v) in [
             ("rope_theta", Some(theta)),
             ("rope_local_base_freq", local_theta),
@@ -314,10 +311,9 @@ impl LongRope {
     }
 }
 
-/// Full or sliding attention per layer: `layer_types` when the config lists them, else each
-/// family's rule (Gemma 3: every `sliding_window_pattern`-th layer full, the rest sliding;
-/// Mistral: all sliding; Qwen with `use_sliding_window`: the layers from `max_window_layers`).
-fn layer_kinds(raw: &RawConfig, architecture: &str) -> Result<Vec<LayerKind>> {
+/// Full or sliding attention per layer: `layer_types` when the config lists them, else the
+/// family's rule (`Family::sliding_layers`).
+fn layer_kinds(raw: &RawConfig, family: &Family) -> Result<Vec<LayerKind>> {
     let n = raw.num_hidden_layers;
     if let Some(types) = &raw.layer_types {
         if types.len() != n {
@@ -347,20 +343,20 @@ fn layer_kinds(raw: &RawConfig, architecture: &str) -> Result<Vec<LayerKind>> {
             LayerKind::Full
         }
     };
-    Ok(match architecture {
-        "Gemma2ForCausalLM" => (0..n).map(|i| kind(i % 2 == 0)).collect(),
-        "Gemma3ForCausalLM" => {
+    Ok(match family.sliding_layers {
+        SlidingLayers::None => vec![LayerKind::Full; n],
+        SlidingLayers::All => vec![LayerKind::Sliding; n],
+        SlidingLayers::EveryOther => (0..n).map(|i| kind(i % 2 == 0)).collect(),
+        SlidingLayers::AllButEveryNth => {
             let pattern = raw.sliding_window_pattern.unwrap_or(6).max(1);
             (0..n)
                 .map(|i| kind(!(i + 1).is_multiple_of(pattern)))
                 .collect()
         }
-        "MistralForCausalLM" | "Phi3ForCausalLM" => vec![LayerKind::Sliding; n],
-        "Qwen2ForCausalLM" | "Qwen3ForCausalLM" if raw.use_sliding_window == Some(true) => {
+        SlidingLayers::FromMaxWindowLayers => {
             let from = raw.max_window_layers.unwrap_or(28);
             (0..n).map(|i| kind(i >= from)).collect()
         }
-        _ => vec![LayerKind::Full; n],
     })
 }
 
@@ -381,21 +377,18 @@ fn softcap(
     }
 }
 
-/// The window of sliding layers: `sliding_window` (Mistral and Gemma default a missing one to
-/// 4096 as transformers does; Qwen uses it only with `use_sliding_window`).
-fn sliding_window(raw: &RawConfig, architecture: &str) -> Result<Option<usize>> {
-    if architecture.starts_with("Qwen") && raw.use_sliding_window != Some(true) {
+/// The window of sliding layers: `sliding_window`, the family's default when the field is
+/// missing (Mistral's and Gemma's 4096, as transformers has it); Qwen uses it only with
+/// `use_sliding_window`.
+fn sliding_window(raw: &RawConfig, family: &Family) -> Result<Option<usize>> {
+    if family.sliding_layers == SlidingLayers::FromMaxWindowLayers
+        && raw.use_sliding_window != Some(true)
+    {
         return Ok(None);
     }
     match &raw.sliding_window {
-        None if matches!(
-            architecture,
-            "MistralForCausalLM" | "Gemma2ForCausalLM" | "Gemma3ForCausalLM"
-        ) =>
-        {
-            Ok(Some(4096))
-        }
-        None | Some(serde_json::Value::Null) => Ok(None),
+        None => Ok(family.sliding_window),
+        Some(serde_json::Value::Null) => Ok(None),
         Some(v) => v
             .as_u64()
             .filter(|w| *w > 0)
@@ -454,16 +447,16 @@ impl LlamaConfig {
                 )
             })?,
         };
-        let gemma2 = architecture == "Gemma2ForCausalLM";
-        let final_softcap = softcap(
-            "final_logit_softcapping",
-            &raw.final_logit_softcapping,
-            gemma2.then_some(30.0),
-        )?;
+        let (attn_cap, final_cap) = family.softcaps.unzip();
         let attn_softcap = softcap(
             "attn_logit_softcapping",
             &raw.attn_logit_softcapping,
-            gemma2.then_some(50.0),
+            attn_cap,
+        )?;
+        let final_softcap = softcap(
+            "final_logit_softcapping",
+            &raw.final_logit_softcapping,
+            final_cap,
         )?;
         // Sizes past these are no model anyone trains on one machine, but a hostile file that
         // would make every later count overflow or allocation abort.
@@ -535,7 +528,7 @@ impl LlamaConfig {
                 "must be even for rotary embeddings",
             ));
         }
-        let rope = RopeFields::parse(&raw, &architecture)?;
+        let rope = RopeFields::parse(&raw, &family)?;
         let rotary_dim = ((head_dim as f64 * rope.partial_factor) as usize) / 2 * 2;
         if rotary_dim == 0 {
             return Err(EngineError::config(
@@ -557,10 +550,10 @@ impl LlamaConfig {
                 }
             }
         }
-        let sliding_window = sliding_window(&raw, &architecture)?;
+        let sliding_window = sliding_window(&raw, &family)?;
         // Without a window every layer attends to everything, whatever it is called.
         let layer_kinds = match sliding_window {
-            Some(_) => layer_kinds(&raw, &architecture)?,
+            Some(_) => layer_kinds(&raw, &family)?,
             None => vec![LayerKind::Full; raw.num_hidden_layers],
         };
         let sliding_window = sliding_window.filter(|_| layer_kinds.contains(&LayerKind::Sliding));
@@ -576,7 +569,7 @@ impl LlamaConfig {
         let attention_scale = 1.0
             / raw
                 .query_pre_attn_scalar
-                .filter(|_| family.norm_offset != 0.0)
+                .filter(|_| family.query_pre_attn_scalar)
                 .unwrap_or(head_dim as f64)
                 .sqrt();
         let model_type = raw
@@ -601,7 +594,7 @@ impl LlamaConfig {
             local_rope_theta: rope.local_theta,
             rotary_dim,
             longrope: rope.longrope,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(family.norm_offset != 0.0),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(family.tied_embeddings),
             qkv_bias,
             family,
             activation,

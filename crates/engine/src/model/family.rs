@@ -41,7 +41,24 @@ pub enum LayerKind {
     Sliding,
 }
 
-/// The parts one architecture uses, besides its sizes.
+/// Which layers attend through a sliding window when the config has one and lists no
+/// `layer_types` (transformers' defaults per family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlidingLayers {
+    /// None (Llama).
+    None,
+    /// Every layer (Mistral, Phi-3).
+    All,
+    /// Layers 0, 2, 4, … (Gemma 2).
+    EveryOther,
+    /// All but every `sliding_window_pattern`-th (6 by default; Gemma 3).
+    AllButEveryNth,
+    /// Layers from `max_window_layers` on, with `use_sliding_window` only (Qwen).
+    FromMaxWindowLayers,
+}
+
+/// The parts one architecture uses, besides its sizes, and the values its config.json may
+/// leave out.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Family {
     /// Its name for people, as the model library shows it.
@@ -64,6 +81,22 @@ pub struct Family {
     pub fused_projections: bool,
     /// The activation when the config names none.
     pub activation: Activation,
+    /// `tie_word_embeddings` when the config leaves it out.
+    pub tied_embeddings: bool,
+    /// Scores scaled by `query_pre_attn_scalar^-½` where the config gives it (Gemma).
+    pub query_pre_attn_scalar: bool,
+    /// `rope_theta` when the config leaves it out.
+    pub rope_theta: f64,
+    /// The rotary base of sliding layers when the config leaves it out (Gemma 3's local
+    /// base); `None`: they share the full layers'.
+    pub local_rope_theta: Option<f64>,
+    /// Which layers slide.
+    pub sliding_layers: SlidingLayers,
+    /// `sliding_window` when the field is missing (not `null`).
+    pub sliding_window: Option<usize>,
+    /// `(attn_logit_softcapping, final_logit_softcapping)` when the fields are missing (not
+    /// `null`): Gemma 2's 50 and 30.
+    pub softcaps: Option<(f64, f64)>,
 }
 
 const LLAMA: Family = Family {
@@ -76,6 +109,30 @@ const LLAMA: Family = Family {
     qkv_bias: false,
     fused_projections: false,
     activation: Activation::Silu,
+    tied_embeddings: false,
+    query_pre_attn_scalar: false,
+    rope_theta: 10_000.0,
+    local_rope_theta: None,
+    sliding_layers: SlidingLayers::None,
+    sliding_window: None,
+    softcaps: None,
+};
+
+/// Gemma 2 and 3's common parts.
+const GEMMA: Family = Family {
+    label: "Gemma",
+    model_type: "gemma",
+    norm_offset: 1.0,
+    qk_norm: false,
+    sandwich_norms: true,
+    scaled_embeddings: true,
+    qkv_bias: false,
+    fused_projections: false,
+    activation: Activation::GeluTanh,
+    tied_embeddings: true,
+    query_pre_attn_scalar: true,
+    sliding_window: Some(4096),
+    ..LLAMA
 };
 
 /// Every supported `architectures[0]` with its parts.
@@ -86,6 +143,8 @@ pub const FAMILIES: &[(&str, Family)] = &[
         Family {
             label: "Mistral",
             model_type: "mistral",
+            sliding_layers: SlidingLayers::All,
+            sliding_window: Some(4096),
             ..LLAMA
         },
     ),
@@ -95,6 +154,7 @@ pub const FAMILIES: &[(&str, Family)] = &[
             label: "Qwen2",
             model_type: "qwen2",
             qkv_bias: true,
+            sliding_layers: SlidingLayers::FromMaxWindowLayers,
             ..LLAMA
         },
     ),
@@ -104,6 +164,7 @@ pub const FAMILIES: &[(&str, Family)] = &[
             label: "Qwen3",
             model_type: "qwen3",
             qk_norm: true,
+            sliding_layers: SlidingLayers::FromMaxWindowLayers,
             ..LLAMA
         },
     ),
@@ -112,13 +173,9 @@ pub const FAMILIES: &[(&str, Family)] = &[
         Family {
             label: "Gemma 2",
             model_type: "gemma2",
-            norm_offset: 1.0,
-            qk_norm: false,
-            sandwich_norms: true,
-            scaled_embeddings: true,
-            qkv_bias: false,
-            fused_projections: false,
-            activation: Activation::GeluTanh,
+            sliding_layers: SlidingLayers::EveryOther,
+            softcaps: Some((50.0, 30.0)),
+            ..GEMMA
         },
     ),
     (
@@ -126,13 +183,11 @@ pub const FAMILIES: &[(&str, Family)] = &[
         Family {
             label: "Gemma 3",
             model_type: "gemma3_text",
-            norm_offset: 1.0,
             qk_norm: true,
-            sandwich_norms: true,
-            scaled_embeddings: true,
-            qkv_bias: false,
-            fused_projections: false,
-            activation: Activation::GeluTanh,
+            rope_theta: 1e6,
+            local_rope_theta: Some(10_000.0),
+            sliding_layers: SlidingLayers::AllButEveryNth,
+            ..GEMMA
         },
     ),
     (
@@ -141,6 +196,7 @@ pub const FAMILIES: &[(&str, Family)] = &[
             label: "Phi-3",
             model_type: "phi3",
             fused_projections: true,
+            sliding_layers: SlidingLayers::All,
             ..LLAMA
         },
     ),

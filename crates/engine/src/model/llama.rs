@@ -77,9 +77,12 @@ impl<const N: usize> Inputs<N> {
     }
 
     /// Each part's output for `x`, a fused matrix's split along the last axis by `widths`.
-    fn forward(&self, x: &Tensor, widths: [usize; N], ctx: &ForwardCtx) -> Result<Vec<Tensor>> {
-        match self {
-            Inputs::Apart(all) => all.iter().map(|l| l.forward(x, ctx)).collect(),
+    fn forward(&self, x: &Tensor, widths: [usize; N], ctx: &ForwardCtx) -> Result<[Tensor; N]> {
+        let parts: Vec<Tensor> = match self {
+            Inputs::Apart(all) => all
+                .iter()
+                .map(|l| l.forward(x, ctx))
+                .collect::<Result<_>>()?,
             Inputs::Fused(one) => {
                 let out = one.forward(x, ctx)?;
                 let last = out.rank() - 1;
@@ -90,9 +93,13 @@ impl<const N: usize> Inputs<N> {
                         at += w;
                         Ok(out.narrow(last, at - w, w)?.contiguous()?)
                     })
-                    .collect()
+                    .collect::<Result<_>>()?
             }
-        }
+        };
+        // One part per width, by construction.
+        parts
+            .try_into()
+            .map_err(|_| EngineError::config("model", "a split projection lost a part"))
     }
 
     fn apart(&self) -> Option<&[Linear; N]> {
@@ -130,6 +137,15 @@ const NORM_NAMES: [&str; 6] = [
     "post_feedforward_layernorm",
 ];
 
+/// The norms a block has, in `NORM_NAMES` order, each with its name.
+fn named<T>(norms: [Option<T>; 6]) -> Vec<(&'static str, T)> {
+    NORM_NAMES
+        .into_iter()
+        .zip(norms)
+        .filter_map(|(name, t)| t.map(|t| (name, t)))
+        .collect()
+}
+
 impl Block {
     /// The block's linear layers in transformers' order (q, k, v or qkv; o; gate, up or
     /// gate_up; down).
@@ -154,19 +170,14 @@ impl Block {
     /// The norm weights the block has, each with its name (`NORM_NAMES`).
     fn norms(&self) -> Vec<(&'static str, &Tensor)> {
         let (qk, ff) = (self.qk_norm.as_ref(), self.feedforward_norms.as_ref());
-        let all = [
+        named([
             Some(&self.input_layernorm),
             Some(&self.post_attention_layernorm),
             qk.map(|n| &n.0),
             qk.map(|n| &n.1),
             ff.map(|n| &n.0),
             ff.map(|n| &n.1),
-        ];
-        NORM_NAMES
-            .into_iter()
-            .zip(all)
-            .filter_map(|(name, t)| t.map(|t| (name, t)))
-            .collect()
+        ])
     }
 
     /// The norm weights (named) and the linears, borrowed together.
@@ -189,19 +200,14 @@ impl Block {
             Some((a, b)) => (Some(a), Some(b)),
             None => (None, None),
         };
-        let all = [
+        let norms = named([
             Some(input_layernorm),
             Some(post_attention_layernorm),
             q_norm,
             k_norm,
             pre_ff,
             post_ff,
-        ];
-        let norms = NORM_NAMES
-            .into_iter()
-            .zip(all)
-            .filter_map(|(name, t)| t.map(|t| (name, t)))
-            .collect();
+        ]);
         let mut linears = attn_in.linears_mut();
         linears.push(o_proj);
         linears.extend(mlp_in.linears_mut());
@@ -369,23 +375,26 @@ impl LlamaModel {
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let b = cfg.qkv_bias;
-            let d = cfg.head_dim;
-            let qk_norm = if cfg.family.qk_norm {
-                Some((
-                    src.take(&format!("{p}.self_attn.q_norm.weight"), &[d])?,
-                    src.take(&format!("{p}.self_attn.k_norm.weight"), &[d])?,
-                ))
-            } else {
-                None
+            // A pair of norms of `width` the family has, or none.
+            let mut norms = |has: bool, [a, b]: [&str; 2], width: usize| -> Result<_> {
+                Ok(match has {
+                    true => Some((
+                        src.take(&format!("{p}.{a}.weight"), &[width])?,
+                        src.take(&format!("{p}.{b}.weight"), &[width])?,
+                    )),
+                    false => None,
+                })
             };
-            let feedforward_norms = if cfg.family.sandwich_norms {
-                Some((
-                    src.take(&format!("{p}.pre_feedforward_layernorm.weight"), &[h])?,
-                    src.take(&format!("{p}.post_feedforward_layernorm.weight"), &[h])?,
-                ))
-            } else {
-                None
-            };
+            let qk_norm = norms(
+                cfg.family.qk_norm,
+                ["self_attn.q_norm", "self_attn.k_norm"],
+                cfg.head_dim,
+            )?;
+            let feedforward_norms = norms(
+                cfg.family.sandwich_norms,
+                ["pre_feedforward_layernorm", "post_feedforward_layernorm"],
+                h,
+            )?;
             let (attn_in, mlp_in) = if cfg.family.fused_projections {
                 let qkv = cfg.q_dim() + 2 * cfg.kv_dim();
                 (
@@ -686,15 +695,9 @@ impl LlamaModel {
             None => own_cache.as_mut(),
         };
         let start = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        let mut x = self
-            .embed_tokens
-            .rows(&input_ids.flatten_all()?)?
-            .reshape((batch, seq, self.cfg.hidden_size))?;
-        if let Some(scale) = self.cfg.embedding_scale() {
-            // In the compute dtype, as transformers rounds it (`embed_scale.to(weight.dtype)`).
-            let scale = Tensor::new(scale as f32, &self.device)?.to_dtype(x.dtype())?;
-            x = x.broadcast_mul(&scale)?;
-        }
+        let mut x =
+            self.embed(&input_ids.flatten_all()?)?
+                .reshape((batch, seq, self.cfg.hidden_size))?;
         // Prompt tuning: the virtual tokens come first (once; a cache already holds them), at
         // positions 0..T, as PEFT concatenates them to the input embeddings.
         let virtual_tokens = match (&self.prompt, start) {
@@ -781,11 +784,17 @@ impl LlamaModel {
     /// Applies `lm_head` to hidden states, soft-capped where the model caps its logits
     /// (Gemma 2: `cap · tanh(logit / cap)`).
     pub fn logits(&self, hidden: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let logits = self.lm_head.forward(hidden, ctx)?;
-        Ok(match self.cfg.final_softcap {
-            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
-            None => logits,
-        })
+        super::ops::soft_cap(self.lm_head.forward(hidden, ctx)?, self.cfg.final_softcap)
+    }
+
+    /// How layer `l`'s queries attend: the model's score factor and cap, the layer's window.
+    fn attend(&self, l: usize) -> Attend {
+        let c = &self.cfg;
+        Attend {
+            scale: c.attention_scale,
+            window: c.window(l),
+            softcap: c.attn_softcap,
+        }
     }
 
     /// RMSNorm with the model's epsilon and norm offset.
@@ -863,11 +872,7 @@ impl LlamaModel {
             qk_norm: b.qk_norm.as_ref().map(|(q, k)| (q, k)),
             norm_offset: c.family.norm_offset,
             activation: c.activation,
-            attend: Attend {
-                scale: c.attention_scale,
-                window,
-                softcap: c.attn_softcap,
-            },
+            attend: self.attend(index),
             linears,
             dropout,
             ia3: seven.map(|l| l.ia3.as_ref()),
@@ -928,11 +933,7 @@ impl LlamaModel {
         let x = join(attn, x, Site::Attention)?;
         let h = self.norm(&x, mlp_norm)?;
         let i = self.cfg.intermediate_size;
-        let [gate, up]: [Tensor; 2] = b
-            .mlp_in
-            .forward(&h, [i, i], ctx)?
-            .try_into()
-            .map_err(|_| EngineError::config("model", "the MLP has two inputs"))?;
+        let [gate, up] = b.mlp_in.forward(&h, [i, i], ctx)?;
         let act = blocks::gated(&gate, &up, self.cfg.activation)?;
         let mut out = b.down_proj.forward(&act, ctx)?;
         if let Some((_, post)) = &b.feedforward_norms {
@@ -958,11 +959,9 @@ impl LlamaModel {
         let (batch, seq, _) = x.dims3()?;
         let (hq, hkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let split = |t: Tensor, n: usize| t.reshape((batch, seq, n, d));
-        let [q, k, v]: [Tensor; 3] = b
+        let [q, k, v] = b
             .attn_in
-            .forward(x, [c.q_dim(), c.kv_dim(), c.kv_dim()], ctx)?
-            .try_into()
-            .map_err(|_| EngineError::config("model", "attention has three inputs"))?;
+            .forward(x, [c.q_dim(), c.kv_dim(), c.kv_dim()], ctx)?;
         let (mut q, mut k) = (split(q, hq)?, split(k, hkv)?);
         if let Some((q_norm, k_norm)) = &b.qk_norm {
             q = self.norm(&q, q_norm)?;
@@ -981,13 +980,22 @@ impl LlamaModel {
             // in the generated length). This forward pass still uses the tracked k and v.
             *slot = Some((k.detach(), v.detach()));
         }
-        let attend = Attend {
-            scale: c.attention_scale,
-            window,
-            softcap: c.attn_softcap,
-        };
-        let out = blocks::attention(&q, &k, &v, pos.mask(window.is_some()), attend)?;
+        let out = blocks::attention(&q, &k, &v, pos.mask(window.is_some()), self.attend(layer))?;
         b.o_proj.forward(&out, ctx)
+    }
+
+    /// The embeddings of `ids` [n] as the model reads them [n, hidden]: in its dtype, scaled
+    /// where the family scales them (Gemma's √hidden, rounded to the dtype as transformers'
+    /// `embed_scale.to(weight.dtype)`).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let rows = self.embed_tokens.rows(ids)?.to_dtype(self.dtype)?;
+        match self.cfg.embedding_scale() {
+            Some(scale) => {
+                let scale = Tensor::new(scale as f32, rows.device())?.to_dtype(self.dtype)?;
+                Ok(rows.broadcast_mul(&scale)?)
+            }
+            None => Ok(rows),
+        }
     }
 
     /// The embedding matrix [vocab, hidden].

@@ -37,6 +37,14 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     })
 }
 
+/// `cap · tanh(x / cap)` (Gemma 2's soft-capping of scores and logits), or `x` without a cap.
+pub fn soft_cap(x: Tensor, cap: Option<f64>) -> Result<Tensor> {
+    Ok(match cap {
+        Some(cap) => ((x / cap)?.tanh()? * cap)?,
+        None => x,
+    })
+}
+
 /// Softmax over the last dimension (in f32). The max is detached: softmax is
 /// shift-invariant, so the gradient is unchanged and the max needs no backward.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {

@@ -372,7 +372,6 @@ impl MethodConfig {
                 Ok(out)
             }
             MethodKind::PromptTuning => {
-                let embed = model.embed_tokens().clone();
                 let text_ids = match (self.prompt_tuning_init, &self.prompt_tuning_init_text) {
                     (PromptInit::Text, Some(text)) => Some(
                         tokenizer
@@ -391,10 +390,8 @@ impl MethodConfig {
                     self.num_virtual_tokens,
                     self.prompt_tuning_init,
                     text_ids.as_deref(),
-                    (&embed, model.config().embedding_scale()),
+                    model,
                     seed,
-                    model.dtype(),
-                    &model.device().clone(),
                 )?;
                 model.set_prompt(Some(var.as_tensor().clone()));
                 Ok(vec![(prompt::PROMPT_EMBEDDINGS.to_string(), var)])

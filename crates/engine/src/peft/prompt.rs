@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::model::base_weight::BaseWeight;
 use crate::model::ops::SplitMix64;
+use crate::model::LlamaModel;
 
 /// The name the virtual-token embeddings are trained and saved under.
 pub const PROMPT_EMBEDDINGS: &str = "prompt_embeddings";
@@ -62,18 +62,17 @@ pub fn text_init_ids(text_ids: &[u32], tokens: usize) -> Vec<u32> {
 
 /// The initial virtual-token embeddings [tokens, hidden] as a trainable variable.
 /// `text_ids` are the tokens of `prompt_tuning_init_text` (TEXT init only). Copied rows are
-/// the embedding module's output, as PEFT takes them: scaled where the model scales its
-/// embeddings (`embed_scale`, Gemma's √hidden).
+/// the embedding module's output, as PEFT takes them: `model.embed` (scaled where the family
+/// scales its embeddings, Gemma's √hidden).
 pub fn init_prompt(
     tokens: usize,
     init: PromptInit,
     text_ids: Option<&[u32]>,
-    (embed_tokens, embed_scale): (&BaseWeight, Option<f64>),
+    model: &LlamaModel,
     seed: u64,
-    dtype: DType,
-    device: &Device,
 ) -> Result<Var> {
-    let (vocab, hidden) = embed_tokens.dims();
+    let (vocab, hidden) = model.embed_tokens().dims();
+    let (dtype, device) = (model.dtype(), model.device());
     let mut rng = SplitMix64::new(seed);
     let rows = |ids: Vec<u32>| -> Result<Tensor> {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
@@ -82,14 +81,8 @@ pub fn init_prompt(
                 format!("token {bad} is outside the vocabulary of {vocab}"),
             ));
         }
-        let ids = Tensor::from_vec(ids, tokens, &embed_tokens.device())?;
-        let rows = embed_tokens.rows(&ids)?.detach().to_dtype(dtype)?;
-        let rows = match embed_scale {
-            Some(s) => rows
-                .broadcast_mul(&Tensor::new(s as f32, &rows.device().clone())?.to_dtype(dtype)?)?,
-            None => rows,
-        };
-        Ok(rows.to_device(device)?)
+        let ids = Tensor::from_vec(ids, tokens, device)?;
+        Ok(model.embed(&ids)?.detach())
     };
     let values = match init {
         PromptInit::Random => Tensor::from_vec(

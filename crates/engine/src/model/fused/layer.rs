@@ -536,9 +536,8 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
     let linears: [Frozen; 7] = linears
         .try_into()
         .map_err(|_| candle_core::Error::Msg("fused decoder layer: seven projections".into()))?;
-    // The norms as applied, in f32 (Gemma's `1 + w` would lose bits in bf16).
     let applied = |w: &Tensor| -> Result<Tensor> {
-        Ok((w.to_dtype(candle_core::DType::F32)? + parts.norm_offset)?.contiguous()?)
+        Ok(crate::model::blocks::applied_norm_weight(w, parts.norm_offset)?.contiguous()?)
     };
     let pair = |p: Option<(&Tensor, &Tensor)>| -> Result<Option<[Tensor; 2]>> {
         p.map(|(a, b)| Ok([applied(a)?, applied(b)?])).transpose()

@@ -230,24 +230,22 @@ impl<'a> Metadata<'a> {
         if arch == "qwen2" {
             cfg["attention_bias"] = json!(true);
         }
+        // Where llama.cpp stores a window (Gemma, Phi-3); the family says which layers slide.
+        if let Some(w) = self.uint(&key("attention.sliding_window"))? {
+            cfg["sliding_window"] = json!(w);
+        }
         if arch == "gemma2" || arch == "gemma3" {
             // llama.cpp's Gemmas: tanh-GELU, scores scaled by `key_length^-½` (its
             // `f_attention_scale` for every size but 27B).
             cfg["hidden_act"] = json!(null);
             cfg["hidden_activation"] = json!("gelu_pytorch_tanh");
             cfg["query_pre_attn_scalar"] = json!(head_dim);
-            if let Some(w) = self.uint(&key("attention.sliding_window"))? {
-                cfg["sliding_window"] = json!(w);
-            }
         }
         if arch == "phi3" {
-            // The rotated part of each head, the window of every layer, LongRoPE's
-            // pretraining context (its factors are tensors, read by `GgufModel::open`).
+            // The rotated part of each head, LongRoPE's pretraining context (its factors are
+            // tensors, read by `GgufModel::open`).
             if let Some(rd) = self.optional_count(&key("rope.dimension_count"))? {
                 cfg["partial_rotary_factor"] = json!(rd as f64 / head_dim as f64);
-            }
-            if let Some(w) = self.uint(&key("attention.sliding_window"))? {
-                cfg["sliding_window"] = json!(w);
             }
             if let Some(o) = self.uint(&key("rope.scaling.original_context_length"))? {
                 cfg["original_max_position_embeddings"] = json!(o);

@@ -75,14 +75,11 @@ pub fn tokenizer(meta: &Metadata) -> Result<GgufTokenizer> {
     };
     // Gemma's SentencePiece vocabulary takes transformers' `gemma_tokenizer` route
     // (`integrations/gguf/gguf_tokenizer_mapping.py`).
-    let gemma = kind == "llama"
-        && matches!(
-            meta.string("general.architecture")?.as_deref(),
-            Some("gemma" | "gemma2" | "gemma3")
-        );
+    let arch = meta.string("general.architecture")?.unwrap_or_default();
+    let gemma = kind == "llama" && matches!(arch.as_str(), "gemma" | "gemma2" | "gemma3");
     // Phi-3's SentencePiece vocabulary puts its prefix space in a normalizer rather than in
     // `Metaspace` (transformers' `phi3_tokenizer`): it shows on text that starts with a space.
-    let phi3 = kind == "llama" && meta.string("general.architecture")?.as_deref() == Some("phi3");
+    let phi3 = kind == "llama" && arch == "phi3";
     let bos = token_at("tokenizer.ggml.bos_token_id")?;
     let eos = token_at("tokenizer.ggml.eos_token_id")?;
     let unk = token_at("tokenizer.ggml.unknown_token_id")?;
