@@ -124,4 +124,10 @@ fn print_product_rates(config: &LlamaConfig) {
         "products_gflops shape={rows}x{fan_in}x{out} f32={:.0}{bf16}",
         r.f32
     );
+    if let Some(peak) = r.f32_peak {
+        println!(
+            "f32_peak_gflops={peak:.0} f32_products_of_peak={:.2}",
+            r.f32 / peak
+        );
+    }
 }

@@ -684,6 +684,35 @@ fn lora_dropout_in_the_fused_layer_matches_the_composed_ops() {
     }
 }
 
+/// The kernel bf16 weights are multiplied on is one this CPU runs: AMX's tiles wherever it
+/// has them; the dot products only where `PEFT_STUDIO_BF16_PRODUCTS=on` asks for them or they
+/// were timed faster than widening to f32; none when it is `off` or the CPU has no
+/// AVX-512-BF16 (then the weights are widened, which `available` says).
+#[test]
+fn the_bf16_kernel_is_one_this_cpu_runs_and_amx_where_it_has_it() {
+    use peft_studio_engine::model::fused::bf16_matmul::{available, Kernel};
+    let (kernels, best) = (Kernel::available(), Kernel::best());
+    eprintln!("bf16 kernels {kernels:?}, chosen {best:?}");
+    assert_eq!(available(), best.is_some());
+    match best {
+        Some(kernel) => assert!(kernels.contains(&kernel)),
+        None => assert!(
+            !kernels.contains(&Kernel::Tiles),
+            "tiles exist but were not chosen"
+        ),
+    }
+    if kernels.contains(&Kernel::Tiles) {
+        assert_eq!(best, Some(Kernel::Tiles));
+    }
+    let setting = std::env::var("PEFT_STUDIO_BF16_PRODUCTS").unwrap_or_default();
+    if setting == "on" {
+        assert_eq!(best, kernels.first().copied());
+    }
+    if setting == "off" {
+        assert!(kernels.is_empty() && best.is_none());
+    }
+}
+
 /// The bf16 products, on every kernel this CPU has (AMX tiles, AVX-512-BF16 dot products),
 /// against f64 products of the same bf16-rounded operands: only f32 accumulation separates
 /// them. Odd `k`, `k` short of whole tiles, partial panels and row blocks, both packings, on

@@ -25,14 +25,17 @@ const MR: usize = 8;
 // The tiles read the same panels.
 const _: () = assert!(NR == amx::COLS);
 
+/// Whether bf16 weights are multiplied as they are ([`Kernel::best`] chose a kernel), rather
+/// than widened and multiplied in f32.
+pub fn available() -> bool {
+    Kernel::best().is_some()
+}
+
 /// Whether this CPU runs the kernels (AVX-512-BF16) and `PEFT_STUDIO_BF16_PRODUCTS` is not
 /// `off` (then bf16 weights are widened and multiplied in f32: for comparisons).
-pub fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let off = std::env::var("PEFT_STUDIO_BF16_PRODUCTS").is_ok_and(|v| v == "off");
-        !off && cpu_has_bf16()
-    })
+fn cpu_runs_bf16() -> bool {
+    let off = std::env::var("PEFT_STUDIO_BF16_PRODUCTS").is_ok_and(|v| v == "off");
+    !off && cpu_has_bf16()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -174,11 +177,24 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU has, `None` without AVX-512-BF16 (or with
-    /// `PEFT_STUDIO_BF16_PRODUCTS=off`). Where both exist, tiles multiply 4–7× faster than
-    /// dot products (docs/BENCHMARKS.md, the AMX VM).
+    /// The kernel bf16 products run on, `None` where widening to f32 serves better: AMX tiles
+    /// where the CPU has them (4–7× the dot products, 4–6× f32: docs/BENCHMARKS.md, the AMX
+    /// VM); else the dot products where, timed once on this CPU, they beat widening the
+    /// weight and multiplying in f32 by [`DOTS_MARGIN`] (about 2× on an AMD EPYC with
+    /// AVX-512-BF16, 0.55× on an Intel Xeon's cores: docs/BENCHMARKS.md), so that bf16 is
+    /// never slower than f32. `PEFT_STUDIO_BF16_PRODUCTS=on` takes the dot products unmeasured
+    /// (tests), `off` widens. Decided once per process.
     pub fn best() -> Option<Kernel> {
-        Self::available().first().copied()
+        static BEST: OnceLock<Option<Kernel>> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let forced = std::env::var("PEFT_STUDIO_BF16_PRODUCTS").is_ok_and(|v| v == "on");
+            match Self::available().first().copied() {
+                Some(Kernel::DotProducts) if !forced => {
+                    (dots_against_widening() >= DOTS_MARGIN).then_some(Kernel::DotProducts)
+                }
+                first => first,
+            }
+        })
     }
 
     /// Every kernel this CPU runs, fastest first (decided once per process).
@@ -186,7 +202,7 @@ impl Kernel {
         static KERNELS: OnceLock<Vec<Kernel>> = OnceLock::new();
         KERNELS.get_or_init(|| {
             let mut kernels = Vec::new();
-            if available() {
+            if cpu_runs_bf16() {
                 if amx::available() {
                     kernels.push(Kernel::Tiles);
                 }
@@ -316,6 +332,44 @@ pub fn matmul_wt(
                 )
             }
         });
+}
+
+/// How much faster the dot products must be than widening for [`Kernel::best`] to take them:
+/// widening keeps the activations in f32, so a near tie goes to it, and a machine near the
+/// line does not flip between runs (resume reproduces a run only on the same kernel).
+const DOTS_MARGIN: f64 = 1.15;
+
+/// The dot products' speed over widening's on this CPU, on the calling thread: `x·Wᵀ` at a
+/// small decoder's shape, the weight packed (dot products) or widened to f32 (OpenBLAS) per
+/// product as training does, the best of three runs each after one warm-up.
+fn dots_against_widening() -> f64 {
+    use super::matmul::{matmul, Mat};
+    let (m, k, n) = (128, 1024, 1024);
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 / 16.0 - 0.5).collect();
+    let w: Vec<bf16> = (0..n * k)
+        .map(|i| bf16::from_f32((i % 13) as f32 / 64.0 - 0.1))
+        .collect();
+    let mut y = vec![0.0f32; m * n];
+    let mut best = |run: &mut dyn FnMut(&mut [f32])| {
+        run(&mut y);
+        (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                run(&mut y);
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let dots = best(&mut |y| {
+        let packed = Packed::transposed(&w, n, k);
+        matmul_with(Kernel::DotProducts, y, &x, &packed, false, false)
+    });
+    let widened = best(&mut |y| {
+        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        let (xm, wt) = (Mat::rows(&x, m, k, k), Mat::rows(&wf, n, k, k).t());
+        matmul(y, n, xm, wt, 1.0, false)
+    });
+    widened / dots.max(1e-12)
 }
 
 /// Rows of `m` each thread takes (all on one when not `parallel`): a multiple of `unit`, the

@@ -19,6 +19,9 @@ pub struct ProductRates {
     pub shape: (usize, usize, usize),
     /// f32 products on all threads.
     pub f32: f64,
+    /// What the cores' f32 FMAs reach on all threads with nothing to load ([`f32_peak`]),
+    /// `None` on CPUs without FMA.
+    pub f32_peak: Option<f64>,
     /// bf16 products per kernel, packing included.
     pub bf16: Vec<(Kernel, f64)>,
     /// Products from a Q4_K weight (or the type llama.cpp falls back to for this width),
@@ -82,7 +85,82 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
     ProductRates {
         shape: (rows, fan_in, out),
         f32: flops / f32_s / 1e9,
+        f32_peak: f32_peak(),
         bf16,
         quantized,
     }
+}
+
+/// The f32 peak of this machine in GFLOP/s: every rayon thread runs independent FMA chains
+/// on registers alone (AVX-512 where the CPU has it, else AVX2), long enough to reach the
+/// clock that sustained vector work runs at. The ceiling `bench` reads the products against.
+pub fn f32_peak() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let wide = std::arch::is_x86_feature_detected!("avx512f");
+        let fma = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        if !wide && !fma {
+            return None;
+        }
+        const ITERS: usize = 20_000_000;
+        let start = Instant::now();
+        let flops: usize = rayon::broadcast(|_| {
+            // SAFETY: the features each loop needs were detected above.
+            let (lanes, sink) = unsafe {
+                if wide {
+                    (16, fma_chains_512(ITERS))
+                } else {
+                    (8, fma_chains_256(ITERS))
+                }
+            };
+            std::hint::black_box(sink);
+            ITERS * CHAINS * lanes * 2
+        })
+        .into_iter()
+        .sum();
+        Some(flops as f64 / start.elapsed().as_secs_f64() / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// Independent accumulator chains: enough to cover an FMA's latency on two ports.
+#[cfg(target_arch = "x86_64")]
+const CHAINS: usize = 12;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fma_chains_512(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    // Distinct starting values, so that no chain can be merged with another.
+    let mut acc: [__m512; CHAINS] = std::array::from_fn(|i| _mm512_set1_ps(1.0 + i as f32));
+    for _ in 0..iters {
+        for a in &mut acc {
+            *a = _mm512_fmadd_ps(*a, x, y);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_chains_256(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (x, y) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    let mut acc: [__m256; CHAINS] = std::array::from_fn(|i| _mm256_set1_ps(1.0 + i as f32));
+    for _ in 0..iters {
+        for a in &mut acc {
+            *a = _mm256_fmadd_ps(*a, x, y);
+        }
+    }
+    let mut lanes = [0.0f32; 8];
+    acc.iter()
+        .map(|&a| {
+            // SAFETY: `lanes` holds the eight f32 of one register.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
+            lanes.iter().sum::<f32>()
+        })
+        .sum()
 }
