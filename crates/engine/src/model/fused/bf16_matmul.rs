@@ -17,6 +17,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::amx;
+use super::math;
 
 /// Output columns per panel (two 16-lane registers) and rows per micro-kernel call: 8 × 2
 /// accumulators, two panel loads and a broadcast fit the 32 vector registers.
@@ -62,30 +63,62 @@ pub struct Packed {
 }
 
 impl Packed {
-    fn build(k: usize, n: usize, at: impl Fn(usize, usize) -> u16 + Sync) -> Self {
+    /// `n` columns of `k` in panels, each filled on every thread by `fill(p, panel)`, which
+    /// must write every word of its panel (`depth × NR`; `clear_padding` zeroes a panel that
+    /// has columns past `n` or pairs past `k`'s, before `fill` writes the rest). The words
+    /// come from a buffer an earlier product gave back where one is large enough.
+    fn panels(k: usize, n: usize, fill: impl Fn(usize, &mut [u32]) + Sync) -> Self {
         let (pairs, depth) = pairs_and_depth(k);
-        let panels = n.div_ceil(NR);
-        let mut words = vec![0u32; panels * depth * NR];
-        words
-            .par_chunks_mut(depth * NR)
-            .enumerate()
-            .for_each(|(p, panel)| {
-                let cols = NR.min(n - p * NR);
-                for (j, pair) in panel.chunks_exact_mut(NR).take(pairs).enumerate() {
-                    let (k0, k1) = (2 * j, 2 * j + 1);
-                    for (c, w) in pair[..cols].iter_mut().enumerate() {
-                        let col = p * NR + c;
-                        let hi = if k1 < k { at(k1, col) } else { 0 };
-                        *w = at(k0, col) as u32 | (hi as u32) << 16;
-                    }
-                }
-            });
+        let mut words = spare_words(n.div_ceil(NR) * depth * NR);
+        if depth > 0 {
+            words
+                .par_chunks_mut(depth * NR)
+                .enumerate()
+                .for_each(|(p, panel)| fill(p, panel));
+        }
         Self {
             k,
             n,
             pairs,
             depth,
             words,
+        }
+    }
+
+    /// Zeroes panel `p` where it has columns past `n` or pairs past `k`'s: the words `fill`
+    /// does not write. Returns the panel's live columns.
+    fn clear_padding(&self, p: usize, panel: &mut [u32]) -> usize {
+        let cols = NR.min(self.n - p * NR);
+        if cols < NR || self.pairs < self.depth {
+            panel.fill(0);
+        }
+        cols
+    }
+
+    fn build(k: usize, n: usize, at: impl Fn(usize, usize) -> u16 + Sync) -> Self {
+        let shape = Self::shape(k, n);
+        Self::panels(k, n, |p, panel| {
+            let cols = shape.clear_padding(p, panel);
+            for (j, pair) in panel.chunks_exact_mut(NR).take(shape.pairs).enumerate() {
+                let (k0, k1) = (2 * j, 2 * j + 1);
+                for (c, w) in pair[..cols].iter_mut().enumerate() {
+                    let col = p * NR + c;
+                    let hi = if k1 < k { at(k1, col) } else { 0 };
+                    *w = at(k0, col) as u32 | (hi as u32) << 16;
+                }
+            }
+        })
+    }
+
+    /// The sizes of a packing of `k × n`, without its words (for `clear_padding`).
+    fn shape(k: usize, n: usize) -> Self {
+        let (pairs, depth) = pairs_and_depth(k);
+        Self {
+            k,
+            n,
+            pairs,
+            depth,
+            words: Vec::new(),
         }
     }
 
@@ -95,69 +128,111 @@ impl Packed {
         if k % 2 == 1 {
             return Self::build(k, n, |r, c| w[c * k + r].to_bits());
         }
-        let (pairs, depth) = pairs_and_depth(k);
-        let mut words = vec![0u32; n.div_ceil(NR) * depth * NR];
-        words
-            .par_chunks_mut(depth * NR)
-            .zip(w.par_chunks(NR * k))
-            .for_each(|(panel, rows)| {
-                for (c, row) in rows.chunks_exact(k).enumerate() {
-                    for (j, pair) in row.chunks_exact(2).enumerate() {
-                        panel[j * NR + c] =
-                            pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
-                    }
+        let shape = Self::shape(k, n);
+        Self::panels(k, n, |p, panel| {
+            shape.clear_padding(p, panel);
+            let rows = &w[p * NR * k..][..NR.min(n - p * NR) * k];
+            for (c, row) in rows.chunks_exact(k).enumerate() {
+                for (j, pair) in row.chunks_exact(2).enumerate() {
+                    panel[j * NR + c] = pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
                 }
-            });
-        Self {
-            k,
-            n,
-            pairs,
-            depth,
-            words,
-        }
+            }
+        })
     }
 
     /// `B = W` for `W` [k, n] row-major: `g·W`, a linear layer's input gradient. Pair `j` of
     /// a panel interleaves rows `2j` and `2j + 1` over the panel's columns.
     pub fn plain(w: &[bf16], k: usize, n: usize) -> Self {
-        let (pairs, depth) = pairs_and_depth(k);
-        let mut words = vec![0u32; n.div_ceil(NR) * depth * NR];
-        words
-            .par_chunks_mut(depth * NR)
-            .enumerate()
-            .for_each(|(p, panel)| {
-                let (c0, cols) = (p * NR, NR.min(n - p * NR));
-                for (j, pair) in panel.chunks_exact_mut(NR).take(pairs).enumerate() {
-                    let lo = &w[2 * j * n + c0..][..cols];
-                    if 2 * j + 1 < k {
-                        let hi = &w[(2 * j + 1) * n + c0..][..cols];
+        let shape = Self::shape(k, n);
+        Self::panels(k, n, |p, panel| {
+            let (c0, cols) = (p * NR, shape.clear_padding(p, panel));
+            for (j, pair) in panel.chunks_exact_mut(NR).take(shape.pairs).enumerate() {
+                let lo = &w[2 * j * n + c0..][..cols];
+                let pair = &mut pair[..cols];
+                if 2 * j + 1 < k {
+                    let hi = &w[(2 * j + 1) * n + c0..][..cols];
+                    math::wide(|| {
                         for ((d, l), h) in pair.iter_mut().zip(lo).zip(hi) {
                             *d = l.to_bits() as u32 | (h.to_bits() as u32) << 16;
                         }
-                    } else {
-                        for (d, l) in pair.iter_mut().zip(lo) {
-                            *d = l.to_bits() as u32;
-                        }
+                    });
+                } else {
+                    for (d, l) in pair.iter_mut().zip(lo) {
+                        *d = l.to_bits() as u32;
                     }
                 }
-            });
-        Self {
-            k,
-            n,
-            pairs,
-            depth,
-            words,
-        }
+            }
+        })
     }
 
     /// `B = Xᵀ` for `X` [n, k] row-major f32, rounded to bf16: the activations as the right
     /// operand, when the weight's rows are the left one (`matmul_wt`).
     fn activations(x: &[f32], n: usize, k: usize) -> Self {
-        Self::build(k, n, |r, c| bf16::from_f32(x[c * k + r]).to_bits())
+        let shape = Self::shape(k, n);
+        Self::panels(k, n, |p, panel| {
+            shape.clear_padding(p, panel);
+            // A row rounded at once (vectorised), then its pairs spread over the panel's
+            // column; an odd `k`'s last pair keeps a zero high half.
+            let mut rounded = vec![bf16::ZERO; 2 * shape.pairs];
+            let rows = &x[p * NR * k..][..NR.min(n - p * NR) * k];
+            for (c, row) in rows.chunks_exact(k).enumerate() {
+                round_into(row, &mut rounded[..k]);
+                for (j, pair) in rounded.chunks_exact(2).enumerate() {
+                    panel[j * NR + c] = pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
+                }
+            }
+        })
     }
 
     fn panel(&self, p: usize) -> &[u32] {
         &self.words[p * self.depth * NR..][..self.depth * NR]
+    }
+}
+
+impl Drop for Packed {
+    fn drop(&mut self) {
+        give_back_words(std::mem::take(&mut self.words));
+    }
+}
+
+/// Packed operands' buffers given back for the next product: a backward pass packs a weight
+/// for every product, and a fresh buffer cost a zeroing and a page fault per page each time
+/// (a tenth of a 1.07B bf16 step on the AMX VM). At most [`SPARES`] are kept, the largest
+/// no larger than the largest packing a step makes, so the peak is unchanged.
+static SPARE_WORDS: std::sync::Mutex<Vec<Vec<u32>>> = std::sync::Mutex::new(Vec::new());
+const SPARES: usize = 6;
+
+/// `len` words, from the smallest spare buffer that holds them (its old contents left in
+/// place: the packing overwrites every word), else zeros.
+fn spare_words(len: usize) -> Vec<u32> {
+    let spare = SPARE_WORDS.lock().ok().and_then(|mut spares| {
+        let i = (0..spares.len())
+            .filter(|&i| spares[i].capacity() >= len)
+            .min_by_key(|&i| spares[i].capacity())?;
+        Some(spares.swap_remove(i))
+    });
+    match spare {
+        Some(mut words) => {
+            words.resize(len.max(words.len()), 0);
+            words.truncate(len);
+            words
+        }
+        None => vec![0; len],
+    }
+}
+
+fn give_back_words(words: Vec<u32>) {
+    if words.capacity() == 0 {
+        return;
+    }
+    if let Ok(mut spares) = SPARE_WORDS.lock() {
+        if spares.len() < SPARES {
+            spares.push(words);
+        } else if let Some(smallest) = spares.iter_mut().min_by_key(|w| w.capacity()) {
+            if smallest.capacity() < words.capacity() {
+                *smallest = words;
+            }
+        }
     }
 }
 

@@ -1,6 +1,43 @@
 //! Softmax's inner loops written so the compiler vectorises them: libm's `expf` is called
 //! one value at a time, and a single running sum serialises on the adder's latency.
 
+/// Runs `f` inside a function compiled for AVX-512 (else AVX2 + FMA) where the CPU has it, so
+/// that the elementwise loop inlined into it is vectorised 16 (8) lanes wide instead of the
+/// x86-64 baseline's 4. Results are the same bits on every width: the compiler neither
+/// reassociates nor fuses float operations. `f` should be one loop over a chunk, small enough
+/// to inline.
+#[inline(always)]
+pub fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn on_avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn on_avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        static WIDTH: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let width = *WIDTH.get_or_init(|| {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                512
+            } else if has_fma() {
+                256
+            } else {
+                128
+            }
+        });
+        // SAFETY: each runs only where the CPU has the features it was compiled for.
+        match width {
+            512 => return unsafe { on_avx512(f) },
+            256 => return unsafe { on_avx2(f) },
+            _ => {}
+        }
+    }
+    f()
+}
+
 /// `e^x` for `x ≤ 0` (arguments minus their row's maximum), to within 2 ulp; values below
 /// −87 give ~1e−38 instead of underflowing.
 #[inline(always)]
@@ -41,6 +78,7 @@ pub fn tanh(x: f32) -> f32 {
 }
 
 /// `x ← e^(x − shift)` for every element (`shift` at least every element: the row maximum).
+#[inline(always)]
 pub fn exp_shifted(xs: &mut [f32], shift: f32) {
     for x in xs.iter_mut() {
         *x = exp_nonpositive(*x - shift);
@@ -48,6 +86,7 @@ pub fn exp_shifted(xs: &mut [f32], shift: f32) {
 }
 
 /// The maximum of a row (−∞ for an empty one).
+#[inline(always)]
 pub fn max(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let chunks = xs.chunks_exact(8);
@@ -64,6 +103,7 @@ pub fn max(xs: &[f32]) -> f32 {
 }
 
 /// The sum of a row, in eight interleaved partial sums.
+#[inline(always)]
 pub fn sum(xs: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = xs.chunks_exact(8);

@@ -5,7 +5,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::math::{sigmoid, tanh};
+use super::math::{sigmoid, tanh, wide};
 use super::view::{output, storage_slice, tensor, view};
 use crate::error::Result;
 use crate::model::family::Activation;
@@ -19,6 +19,7 @@ const GELU_C: f32 = 0.797_884_6;
 const GELU_A: f32 = 0.044_715;
 
 /// `(act(x), act'(x))`.
+#[inline(always)]
 fn act_and_slope(act: Activation, x: f32) -> (f32, f32) {
     match act {
         // d silu(x)/dx = σ(x)·(1 + x·(1 − σ(x))).
@@ -44,16 +45,16 @@ pub(super) fn forward(act: Activation, g: &[f32], u: &[f32]) -> Vec<f32> {
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
         .for_each(|(y, (g, u))| match act {
             // The hot loop of every Llama-family layer: σ alone, no slope.
-            Activation::Silu => {
+            Activation::Silu => wide(|| {
                 for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
                     *y = g * sigmoid(*g) * u;
                 }
-            }
-            _ => {
+            }),
+            _ => wide(|| {
                 for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
                     *y = act_and_slope(act, *g).0 * u;
                 }
-            }
+            }),
         });
     y
 }
@@ -67,10 +68,28 @@ pub(super) fn backward(act: Activation, g: &[f32], u: &[f32], dy: &[f32]) -> (Ve
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
         .zip(dy.par_chunks(CHUNK))
         .for_each(|(((dg, du), (g, u)), dy)| {
-            for i in 0..g.len() {
-                let (a, slope) = act_and_slope(act, g[i]);
-                du[i] = dy[i] * a;
-                dg[i] = dy[i] * u[i] * slope;
+            let n = g
+                .len()
+                .min(u.len())
+                .min(dy.len())
+                .min(dg.len())
+                .min(du.len());
+            let (g, u, dy, dg, du) = (&g[..n], &u[..n], &dy[..n], &mut dg[..n], &mut du[..n]);
+            match act {
+                Activation::Silu => wide(|| {
+                    for i in 0..n {
+                        let (a, slope) = act_and_slope(Activation::Silu, g[i]);
+                        du[i] = dy[i] * a;
+                        dg[i] = dy[i] * u[i] * slope;
+                    }
+                }),
+                _ => wide(|| {
+                    for i in 0..n {
+                        let (a, slope) = act_and_slope(act, g[i]);
+                        du[i] = dy[i] * a;
+                        dg[i] = dy[i] * u[i] * slope;
+                    }
+                }),
             }
         });
     (dg, du)

@@ -10,8 +10,11 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Shape, Storage, StorageRef, Tensor};
 use half::{bf16, f16};
 
+use rayon::prelude::*;
+
 use super::bf16_matmul;
 use super::linear::Weight;
+use super::math;
 use crate::model::base_weight::BaseWeight;
 use crate::model::quantized::QuantizedWeight;
 
@@ -144,8 +147,8 @@ pub fn storage_slice<'a>(
 
 fn widened(storage: &CpuStorage, start: usize, end: usize) -> candle_core::Result<Vec<f32>> {
     Ok(match storage {
-        CpuStorage::BF16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
-        CpuStorage::F16(v) => v[start..end].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::BF16(v) => converted(&v[start..end], bf16::to_f32),
+        CpuStorage::F16(v) => converted(&v[start..end], f16::to_f32),
         s => candle_core::bail!("fused op: expected f32, bf16 or f16, got {:?}", s.dtype()),
     })
 }
@@ -153,19 +156,43 @@ fn widened(storage: &CpuStorage, start: usize, end: usize) -> candle_core::Resul
 /// A result vector as a custom op's output in `dtype` (its input's).
 pub fn output(data: Vec<f32>, shape: impl Into<Shape>, dtype: DType) -> (CpuStorage, Shape) {
     let storage = match dtype {
-        DType::BF16 => CpuStorage::BF16(data.into_iter().map(bf16::from_f32).collect()),
-        DType::F16 => CpuStorage::F16(data.into_iter().map(f16::from_f32).collect()),
+        DType::BF16 => CpuStorage::BF16(converted(&data, bf16::from_f32)),
+        DType::F16 => CpuStorage::F16(converted(&data, f16::from_f32)),
         _ => CpuStorage::F32(data),
     };
     (storage, shape.into())
 }
 
+/// Elements per parallel task of a conversion between f32 and half precision.
+const CONVERT_CHUNK: usize = 1 << 16;
+
+/// `src` converted element by element on every thread, each chunk vectorised as wide as the
+/// CPU allows (`math::wide`): the widening and narrowing around every fused op of a bf16
+/// model, which ran one element at a time.
+fn converted<S: Copy + Sync, T: Send>(src: &[S], convert: impl Fn(S) -> T + Sync) -> Vec<T> {
+    let mut out = Vec::with_capacity(src.len());
+    out.spare_capacity_mut()[..src.len()]
+        .par_chunks_mut(CONVERT_CHUNK)
+        .zip(src.par_chunks(CONVERT_CHUNK))
+        .for_each(|(out, src)| {
+            math::wide(|| {
+                for (o, s) in out.iter_mut().zip(src) {
+                    o.write(convert(*s));
+                }
+            })
+        });
+    // SAFETY: the chunks above cover the first `src.len()` elements, each written once.
+    unsafe { out.set_len(src.len()) };
+    out
+}
+
 /// The gradient `data` of the tensor `like`, in its shape and dtype.
 pub fn tensor(data: Vec<f32>, like: &Tensor) -> candle_core::Result<Tensor> {
-    let t = Tensor::from_vec(data, like.shape(), &candle_core::Device::Cpu)?;
-    if like.dtype() == DType::F32 {
-        Ok(t)
-    } else {
-        t.to_dtype(like.dtype())
+    let cpu = &candle_core::Device::Cpu;
+    match like.dtype() {
+        DType::BF16 => Tensor::from_vec(converted(&data, bf16::from_f32), like.shape(), cpu),
+        DType::F16 => Tensor::from_vec(converted(&data, f16::from_f32), like.shape(), cpu),
+        DType::F32 => Tensor::from_vec(data, like.shape(), cpu),
+        other => Tensor::from_vec(data, like.shape(), cpu)?.to_dtype(other),
     }
 }
