@@ -200,14 +200,15 @@ impl Drop for Packed {
 /// (a tenth of a 1.07B bf16 step on the AMX VM). At most [`SPARES`] are kept, the largest
 /// no larger than the largest packing a step makes, so the peak is unchanged.
 static SPARE_WORDS: std::sync::Mutex<Vec<Vec<u32>>> = std::sync::Mutex::new(Vec::new());
-const SPARES: usize = 6;
+const SPARES: usize = 8;
 
-/// `len` words, from the smallest spare buffer that holds them (its old contents left in
-/// place: the packing overwrites every word), else zeros.
+/// `len` words, from the smallest spare buffer that holds them but not twice over (so that a
+/// small packing does not take the buffer a large one needs next), its old contents left in
+/// place (the packing overwrites every word); else zeros.
 fn spare_words(len: usize) -> Vec<u32> {
     let spare = SPARE_WORDS.lock().ok().and_then(|mut spares| {
         let i = (0..spares.len())
-            .filter(|&i| spares[i].capacity() >= len)
+            .filter(|&i| (len..=2 * len).contains(&spares[i].capacity()))
             .min_by_key(|&i| spares[i].capacity())?;
         Some(spares.swap_remove(i))
     });
