@@ -730,6 +730,13 @@ impl LlamaModel {
         if let Some(c) = cache.as_mut() {
             c.layers.resize(self.layers.len(), None);
         }
+        // A half-precision model whose layers run as fused CPU ops keeps the residual stream
+        // between them in f32, as PyTorch's autocast does: each op computes in f32 anyway, so
+        // this saves a rounding and a widening per layer, and the stream's gradients are
+        // summed in f32 (candle's half-precision adds of them were a tenth of a 135M step).
+        if cache.is_none() && x.dtype() != DType::F32 && fused::applies(&x) {
+            x = x.to_dtype(DType::F32)?;
+        }
         for (l, block) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[l]);
             let layer = LayerInput {
@@ -740,7 +747,7 @@ impl LlamaModel {
             };
             x = self.block_forward(block, layer, &x, &pos, ctx)?;
         }
-        let h = self.norm(&x, &self.norm)?;
+        let h = self.norm(&x.to_dtype(self.dtype)?, &self.norm)?;
         Ok(h.narrow(1, virtual_tokens, seq - virtual_tokens)?)
     }
 
@@ -913,6 +920,9 @@ impl LlamaModel {
                 return super::generic::layer::decoder_layer(x, &parts, cos, sin);
             }
         }
+        // The composed ops take the stream in the model's dtype (a fused layer before kept it
+        // in f32).
+        let x = &x.to_dtype(self.dtype)?;
         // The residual stream after a sublayer: plain, or through its bottleneck adapter.
         let join = |out: Tensor, input: &Tensor, site: Site| -> Result<Tensor> {
             match adapters.and_then(|a| a.at(site)) {
