@@ -134,19 +134,9 @@ impl Attention {
                 }
             }
         }
-        math::wide(|| {
-            for (i, row) in p.chunks_exact_mut(t).enumerate() {
-                let (row, masked) = row.split_at_mut(dm.visible(i));
-                let (before, live) = row.split_at_mut(dm.first(i));
-                // Zero probabilities outside the window also zero their gradients below.
-                before.fill(0.0);
-                let max = math::max(live);
-                math::exp_shifted(live, max);
-                let inv = 1.0 / math::sum(live);
-                live.iter_mut().for_each(|x| *x *= inv);
-                masked.fill(0.0);
-            }
-        });
+        for (i, row) in p.chunks_exact_mut(t).enumerate() {
+            math::softmax_row(row, dm.first(i), dm.visible(i));
+        }
         (p, slope)
     }
 

@@ -150,12 +150,7 @@ impl Packed {
                 let lo = &w[2 * j * n + c0..][..cols];
                 let pair = &mut pair[..cols];
                 if 2 * j + 1 < k {
-                    let hi = &w[(2 * j + 1) * n + c0..][..cols];
-                    math::wide(|| {
-                        for ((d, l), h) in pair.iter_mut().zip(lo).zip(hi) {
-                            *d = l.to_bits() as u32 | (h.to_bits() as u32) << 16;
-                        }
-                    });
+                    interleave(pair, lo, &w[(2 * j + 1) * n + c0..][..cols]);
                 } else {
                     for (d, l) in pair.iter_mut().zip(lo) {
                         *d = l.to_bits() as u32;
@@ -186,6 +181,15 @@ impl Packed {
 
     fn panel(&self, p: usize) -> &[u32] {
         &self.words[p * self.depth * NR..][..self.depth * NR]
+    }
+}
+
+math::vectorised! {
+    /// Words of two bf16: `lo` in the low half, `hi` in the high one.
+    fn interleave(words: &mut [u32], lo: &[bf16], hi: &[bf16]) {
+        for ((d, l), h) in words.iter_mut().zip(lo).zip(hi) {
+            *d = l.to_bits() as u32 | (h.to_bits() as u32) << 16;
+        }
     }
 }
 

@@ -1,25 +1,47 @@
 //! Softmax's inner loops written so the compiler vectorises them: libm's `expf` is called
 //! one value at a time, and a single running sum serialises on the adder's latency.
 
-/// Runs `f` inside a function compiled for AVX-512 (else AVX2 + FMA) where the CPU has it, so
-/// that the elementwise loop inlined into it is vectorised 16 (8) lanes wide instead of the
-/// x86-64 baseline's 4. Results are the same bits on every width: the compiler neither
-/// reassociates nor fuses float operations. `f` should be one loop over a chunk, small enough
-/// to inline.
-#[inline(always)]
-pub fn wide<R>(f: impl FnOnce() -> R) -> R {
+/// Defines a function whose body is compiled three times — for AVX-512, for AVX2 + FMA and
+/// for the x86-64 baseline — and runs the widest this CPU has, so that its elementwise loops
+/// are vectorised 16 (8) lanes wide instead of the baseline's 4. The body is an
+/// `#[inline(always)]` function, so each copy really holds it (a closure handed to a
+/// target-feature function was often left a baseline call). Results are the same bits on
+/// every width: the compiler neither reassociates nor fuses float operations.
+macro_rules! vectorised {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn on_avx512($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn on_avx2($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                // SAFETY: each runs only where the CPU has the features it was compiled for.
+                match $crate::model::fused::math::vector_width() {
+                    512 => return unsafe { on_avx512($($arg),*) },
+                    256 => return unsafe { on_avx2($($arg),*) },
+                    _ => {}
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(super) use vectorised;
+
+/// The widest vectors [`vectorised`] functions run on here: 512, 256 or 128 bits.
+pub fn vector_width() -> u32 {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f")]
-        fn on_avx512<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn on_avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
         static WIDTH: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-        let width = *WIDTH.get_or_init(|| {
+        *WIDTH.get_or_init(|| {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 512
             } else if has_fma() {
@@ -27,15 +49,25 @@ pub fn wide<R>(f: impl FnOnce() -> R) -> R {
             } else {
                 128
             }
-        });
-        // SAFETY: each runs only where the CPU has the features it was compiled for.
-        match width {
-            512 => return unsafe { on_avx512(f) },
-            256 => return unsafe { on_avx2(f) },
-            _ => {}
-        }
+        })
     }
-    f()
+    #[cfg(not(target_arch = "x86_64"))]
+    128
+}
+
+vectorised! {
+    /// A softmax over `row[first..visible]`, zeros elsewhere (outside a window or past the
+    /// causal edge: zero probabilities also zero their gradients).
+    pub fn softmax_row(row: &mut [f32], first: usize, visible: usize) {
+        let (row, masked) = row.split_at_mut(visible);
+        let (before, live) = row.split_at_mut(first);
+        before.fill(0.0);
+        let max = max(live);
+        exp_shifted(live, max);
+        let inv = 1.0 / sum(live);
+        live.iter_mut().for_each(|x| *x *= inv);
+        masked.fill(0.0);
+    }
 }
 
 /// `e^x` for `x ≤ 0` (arguments minus their row's maximum), to within 2 ulp; values below

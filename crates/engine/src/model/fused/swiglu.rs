@@ -5,7 +5,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::math::{sigmoid, tanh, wide};
+use super::math::{sigmoid, tanh, vectorised};
 use super::view::{output, storage_slice, tensor, view};
 use crate::error::Result;
 use crate::model::family::Activation;
@@ -38,23 +38,45 @@ fn act_and_slope(act: Activation, x: f32) -> (f32, f32) {
     }
 }
 
+vectorised! {
+    /// `y = silu(g) · u`: the hot loop of every Llama-family layer (σ alone, no slope).
+    fn silu_into(y: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
+            *y = g * sigmoid(*g) * u;
+        }
+    }
+}
+
+vectorised! {
+    /// `y = act(g) · u`.
+    fn gated_into(act: Activation, y: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
+            *y = act_and_slope(act, *g).0 * u;
+        }
+    }
+}
+
+vectorised! {
+    /// `du = dy · act(g)`, `dg = dy · u · act'(g)`.
+    fn gated_gradients(act: Activation, g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+        let n = g.len().min(u.len()).min(dy.len()).min(dg.len()).min(du.len());
+        let (g, u, dy, dg, du) = (&g[..n], &u[..n], &dy[..n], &mut dg[..n], &mut du[..n]);
+        for i in 0..n {
+            let (a, slope) = act_and_slope(act, g[i]);
+            du[i] = dy[i] * a;
+            dg[i] = dy[i] * u[i] * slope;
+        }
+    }
+}
+
 /// `act(g) · u` elementwise.
 pub(super) fn forward(act: Activation, g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut y = vec![0.0f32; g.len()];
     y.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
         .for_each(|(y, (g, u))| match act {
-            // The hot loop of every Llama-family layer: σ alone, no slope.
-            Activation::Silu => wide(|| {
-                for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
-                    *y = g * sigmoid(*g) * u;
-                }
-            }),
-            _ => wide(|| {
-                for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
-                    *y = act_and_slope(act, *g).0 * u;
-                }
-            }),
+            Activation::Silu => silu_into(y, g, u),
+            _ => gated_into(act, y, g, u),
         });
     y
 }
@@ -67,31 +89,7 @@ pub(super) fn backward(act: Activation, g: &[f32], u: &[f32], dy: &[f32]) -> (Ve
         .zip(du.par_chunks_mut(CHUNK))
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
         .zip(dy.par_chunks(CHUNK))
-        .for_each(|(((dg, du), (g, u)), dy)| {
-            let n = g
-                .len()
-                .min(u.len())
-                .min(dy.len())
-                .min(dg.len())
-                .min(du.len());
-            let (g, u, dy, dg, du) = (&g[..n], &u[..n], &dy[..n], &mut dg[..n], &mut du[..n]);
-            match act {
-                Activation::Silu => wide(|| {
-                    for i in 0..n {
-                        let (a, slope) = act_and_slope(Activation::Silu, g[i]);
-                        du[i] = dy[i] * a;
-                        dg[i] = dy[i] * u[i] * slope;
-                    }
-                }),
-                _ => wide(|| {
-                    for i in 0..n {
-                        let (a, slope) = act_and_slope(act, g[i]);
-                        du[i] = dy[i] * a;
-                        dg[i] = dy[i] * u[i] * slope;
-                    }
-                }),
-            }
-        });
+        .for_each(|(((dg, du), (g, u)), dy)| gated_gradients(act, g, u, dy, dg, du));
     (dg, du)
 }
 

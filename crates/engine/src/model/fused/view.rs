@@ -4,6 +4,7 @@
 //! ops, at half the bytes, and its ops' results are narrowed back to its dtype.
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::Deref;
 
 use candle_core::backend::BackendStorage;
@@ -147,8 +148,8 @@ pub fn storage_slice<'a>(
 
 fn widened(storage: &CpuStorage, start: usize, end: usize) -> candle_core::Result<Vec<f32>> {
     Ok(match storage {
-        CpuStorage::BF16(v) => converted(&v[start..end], bf16::to_f32),
-        CpuStorage::F16(v) => converted(&v[start..end], f16::to_f32),
+        CpuStorage::BF16(v) => converted(&v[start..end], bf16_to_f32),
+        CpuStorage::F16(v) => converted(&v[start..end], f16_to_f32),
         s => candle_core::bail!("fused op: expected f32, bf16 or f16, got {:?}", s.dtype()),
     })
 }
@@ -156,8 +157,8 @@ fn widened(storage: &CpuStorage, start: usize, end: usize) -> candle_core::Resul
 /// A result vector as a custom op's output in `dtype` (its input's).
 pub fn output(data: Vec<f32>, shape: impl Into<Shape>, dtype: DType) -> (CpuStorage, Shape) {
     let storage = match dtype {
-        DType::BF16 => CpuStorage::BF16(converted(&data, bf16::from_f32)),
-        DType::F16 => CpuStorage::F16(converted(&data, f16::from_f32)),
+        DType::BF16 => CpuStorage::BF16(converted(&data, f32_to_bf16)),
+        DType::F16 => CpuStorage::F16(converted(&data, f32_to_f16)),
         _ => CpuStorage::F32(data),
     };
     (storage, shape.into())
@@ -166,21 +167,47 @@ pub fn output(data: Vec<f32>, shape: impl Into<Shape>, dtype: DType) -> (CpuStor
 /// Elements per parallel task of a conversion between f32 and half precision.
 const CONVERT_CHUNK: usize = 1 << 16;
 
-/// `src` converted element by element on every thread, each chunk vectorised as wide as the
-/// CPU allows (`math::wide`): the widening and narrowing around every fused op of a bf16
-/// model, which ran one element at a time.
-fn converted<S: Copy + Sync, T: Send>(src: &[S], convert: impl Fn(S) -> T + Sync) -> Vec<T> {
+math::vectorised! {
+    fn bf16_to_f32(out: &mut [MaybeUninit<f32>], src: &[bf16]) {
+        for (o, s) in out.iter_mut().zip(src) {
+            o.write(s.to_f32());
+        }
+    }
+}
+
+math::vectorised! {
+    fn f16_to_f32(out: &mut [MaybeUninit<f32>], src: &[f16]) {
+        for (o, s) in out.iter_mut().zip(src) {
+            o.write(s.to_f32());
+        }
+    }
+}
+
+math::vectorised! {
+    fn f32_to_bf16(out: &mut [MaybeUninit<bf16>], src: &[f32]) {
+        for (o, s) in out.iter_mut().zip(src) {
+            o.write(bf16::from_f32(*s));
+        }
+    }
+}
+
+math::vectorised! {
+    fn f32_to_f16(out: &mut [MaybeUninit<f16>], src: &[f32]) {
+        for (o, s) in out.iter_mut().zip(src) {
+            o.write(f16::from_f32(*s));
+        }
+    }
+}
+
+/// `src` converted by `convert` (one of the functions above) on every thread: the widening
+/// and narrowing around every fused op of a half-precision model, which ran one element at a
+/// time.
+fn converted<S: Sync, T: Send>(src: &[S], convert: fn(&mut [MaybeUninit<T>], &[S])) -> Vec<T> {
     let mut out = Vec::with_capacity(src.len());
     out.spare_capacity_mut()[..src.len()]
         .par_chunks_mut(CONVERT_CHUNK)
         .zip(src.par_chunks(CONVERT_CHUNK))
-        .for_each(|(out, src)| {
-            math::wide(|| {
-                for (o, s) in out.iter_mut().zip(src) {
-                    o.write(convert(*s));
-                }
-            })
-        });
+        .for_each(|(out, src)| convert(out, src));
     // SAFETY: the chunks above cover the first `src.len()` elements, each written once.
     unsafe { out.set_len(src.len()) };
     out
@@ -190,9 +217,57 @@ fn converted<S: Copy + Sync, T: Send>(src: &[S], convert: impl Fn(S) -> T + Sync
 pub fn tensor(data: Vec<f32>, like: &Tensor) -> candle_core::Result<Tensor> {
     let cpu = &candle_core::Device::Cpu;
     match like.dtype() {
-        DType::BF16 => Tensor::from_vec(converted(&data, bf16::from_f32), like.shape(), cpu),
-        DType::F16 => Tensor::from_vec(converted(&data, f16::from_f32), like.shape(), cpu),
+        DType::BF16 => Tensor::from_vec(converted(&data, f32_to_bf16), like.shape(), cpu),
+        DType::F16 => Tensor::from_vec(converted(&data, f32_to_f16), like.shape(), cpu),
         DType::F32 => Tensor::from_vec(data, like.shape(), cpu),
         other => Tensor::from_vec(data, like.shape(), cpu)?.to_dtype(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectorised conversions give `half`'s bits for every value, rounding ties, NaN,
+    /// infinities and subnormals included, over several parallel chunks.
+    #[test]
+    fn conversions_equal_half_s_element_by_element() {
+        let special = [
+            0.0,
+            -0.0,
+            1.0,
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            1e-40,
+            -3e-39,
+        ];
+        let data: Vec<f32> = special
+            .into_iter()
+            .chain(
+                (0..3 * CONVERT_CHUNK as u32 + 17)
+                    .map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))),
+            )
+            .collect();
+        let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let narrowed = converted(&data, f32_to_bf16);
+        let want: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
+        assert_eq!(bits(&narrowed), bits(&want));
+        let widened = converted(&narrowed, bf16_to_f32);
+        assert!(widened
+            .iter()
+            .zip(&want)
+            .all(|(w, h)| w.to_bits() == h.to_f32().to_bits()));
+        let halves = converted(&data, f32_to_f16);
+        let want16: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+        assert!(halves
+            .iter()
+            .zip(&want16)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let back = converted(&halves, f16_to_f32);
+        assert!(back
+            .iter()
+            .zip(&want16)
+            .all(|(a, b)| a.to_bits() == b.to_f32().to_bits()));
     }
 }
