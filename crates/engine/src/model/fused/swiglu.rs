@@ -3,6 +3,8 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::math::{sigmoid, tanh, vectorised};
@@ -40,56 +42,85 @@ fn act_and_slope(act: Activation, x: f32) -> (f32, f32) {
 
 vectorised! {
     /// `y = silu(g) · u`: the hot loop of every Llama-family layer (σ alone, no slope).
-    fn silu_into(y: &mut [f32], g: &[f32], u: &[f32]) {
+    fn silu_into(y: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
         for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
-            *y = g * sigmoid(*g) * u;
+            y.write(g * sigmoid(*g) * u);
         }
     }
 }
 
 vectorised! {
     /// `y = act(g) · u`.
-    fn gated_into(act: Activation, y: &mut [f32], g: &[f32], u: &[f32]) {
+    fn gated_into(act: Activation, y: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
         for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
-            *y = act_and_slope(act, *g).0 * u;
+            y.write(act_and_slope(act, *g).0 * u);
         }
     }
 }
 
 vectorised! {
-    /// `du = dy · act(g)`, `dg = dy · u · act'(g)`.
-    fn gated_gradients(act: Activation, g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
-        let n = g.len().min(u.len()).min(dy.len()).min(dg.len()).min(du.len());
-        let (g, u, dy, dg, du) = (&g[..n], &u[..n], &dy[..n], &mut dg[..n], &mut du[..n]);
-        for i in 0..n {
-            let (a, slope) = act_and_slope(act, g[i]);
-            du[i] = dy[i] * a;
-            dg[i] = dy[i] * u[i] * slope;
+    /// `du = dy · act(g)`, `dg = dy · u · act'(g)`, for slices of one length.
+    fn gated_gradients(
+        act: Activation,
+        parts: (&[f32], &[f32], &[f32]),
+        dg: &mut [MaybeUninit<f32>],
+        du: &mut [MaybeUninit<f32>],
+    ) {
+        let (g, u, dy) = parts;
+        let outs = dg.iter_mut().zip(du.iter_mut());
+        for ((dg, du), ((g, u), dy)) in outs.zip(g.iter().zip(u).zip(dy)) {
+            let (a, slope) = act_and_slope(act, *g);
+            du.write(dy * a);
+            dg.write(dy * u * slope);
         }
     }
 }
 
+/// `n` elements written chunk by chunk on every thread by `fill` (which writes every element
+/// of the chunk it is given), without zeroing them first.
+fn filled(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| fill(c * CHUNK, chunk));
+    // SAFETY: the chunks cover the first `n` elements and `fill` writes each of them.
+    unsafe { out.set_len(n) };
+    out
+}
+
 /// `act(g) · u` elementwise.
 pub(super) fn forward(act: Activation, g: &[f32], u: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0f32; g.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-        .for_each(|(y, (g, u))| match act {
+    let n = g.len().min(u.len());
+    filled(n, |i, y| {
+        let (g, u) = (&g[i..][..y.len()], &u[i..][..y.len()]);
+        match act {
             Activation::Silu => silu_into(y, g, u),
             _ => gated_into(act, y, g, u),
-        });
-    y
+        }
+    })
 }
 
 /// The gradients of `g` and `u` for the output gradient `dy` of `act(g) · u`.
 pub(super) fn backward(act: Activation, g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let mut dg = vec![0.0f32; g.len()];
-    let mut du = vec![0.0f32; g.len()];
-    dg.par_chunks_mut(CHUNK)
-        .zip(du.par_chunks_mut(CHUNK))
-        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-        .zip(dy.par_chunks(CHUNK))
-        .for_each(|(((dg, du), (g, u)), dy)| gated_gradients(act, g, u, dy, dg, du));
+    let n = g.len().min(u.len()).min(dy.len());
+    let mut du = Vec::with_capacity(n);
+    let du_chunks = du.spare_capacity_mut()[..n].par_chunks_mut(CHUNK);
+    let mut dg = Vec::with_capacity(n);
+    dg.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
+        .zip(du_chunks)
+        .enumerate()
+        .for_each(|(c, (dg, du))| {
+            let (i, len) = (c * CHUNK, dg.len());
+            let parts = (&g[i..][..len], &u[i..][..len], &dy[i..][..len]);
+            gated_gradients(act, parts, dg, du);
+        });
+    // SAFETY: the chunks cover the first `n` elements of both, each written above.
+    unsafe {
+        dg.set_len(n);
+        du.set_len(n);
+    }
     (dg, du)
 }
 
