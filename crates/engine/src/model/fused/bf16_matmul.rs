@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::amx;
 use super::math;
+use super::spare;
 
 /// Output columns per panel (two 16-lane registers) and rows per micro-kernel call: 8 × 2
 /// accumulators, two panel loads and a broadcast fit the 32 vector registers.
@@ -69,7 +70,7 @@ impl Packed {
     /// come from a buffer an earlier product gave back where one is large enough.
     fn panels(k: usize, n: usize, fill: impl Fn(usize, &mut [u32]) + Sync) -> Self {
         let (pairs, depth) = pairs_and_depth(k);
-        let mut words = spare_words(n.div_ceil(NR) * depth * NR);
+        let mut words = spare::take(n.div_ceil(NR) * depth * NR);
         if depth > 0 {
             words
                 .par_chunks_mut(depth * NR)
@@ -195,49 +196,7 @@ math::vectorised! {
 
 impl Drop for Packed {
     fn drop(&mut self) {
-        give_back_words(std::mem::take(&mut self.words));
-    }
-}
-
-/// Packed operands' buffers given back for the next product: a backward pass packs a weight
-/// for every product, and a fresh buffer cost a zeroing and a page fault per page each time
-/// (a tenth of a 1.07B bf16 step on the AMX VM). At most [`SPARES`] are kept, the largest
-/// no larger than the largest packing a step makes, so the peak is unchanged.
-static SPARE_WORDS: std::sync::Mutex<Vec<Vec<u32>>> = std::sync::Mutex::new(Vec::new());
-const SPARES: usize = 8;
-
-/// `len` words, from the smallest spare buffer that holds them but not twice over (so that a
-/// small packing does not take the buffer a large one needs next), its old contents left in
-/// place (the packing overwrites every word); else zeros.
-fn spare_words(len: usize) -> Vec<u32> {
-    let spare = SPARE_WORDS.lock().ok().and_then(|mut spares| {
-        let i = (0..spares.len())
-            .filter(|&i| (len..=2 * len).contains(&spares[i].capacity()))
-            .min_by_key(|&i| spares[i].capacity())?;
-        Some(spares.swap_remove(i))
-    });
-    match spare {
-        Some(mut words) => {
-            words.resize(len.max(words.len()), 0);
-            words.truncate(len);
-            words
-        }
-        None => vec![0; len],
-    }
-}
-
-fn give_back_words(words: Vec<u32>) {
-    if words.capacity() == 0 {
-        return;
-    }
-    if let Ok(mut spares) = SPARE_WORDS.lock() {
-        if spares.len() < SPARES {
-            spares.push(words);
-        } else if let Some(smallest) = spares.iter_mut().min_by_key(|w| w.capacity()) {
-            if smallest.capacity() < words.capacity() {
-                *smallest = words;
-            }
-        }
+        spare::give_back(std::mem::take(&mut self.words));
     }
 }
 

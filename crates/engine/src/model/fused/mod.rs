@@ -23,6 +23,7 @@ pub mod norm;
 mod quantized;
 pub mod rates;
 pub mod rope;
+mod spare;
 pub mod swiglu;
 pub(crate) mod view;
 
