@@ -33,11 +33,16 @@ pub fn available() -> bool {
     Kernel::best().is_some()
 }
 
-/// Whether this CPU runs the kernels (AVX-512-BF16) and `PEFT_STUDIO_BF16_PRODUCTS` is not
-/// `off` (then bf16 weights are widened and multiplied in f32: for comparisons).
+/// `PEFT_STUDIO_BF16_PRODUCTS`: `off` widens bf16 weights to f32 (for comparisons), `on`
+/// takes the dot products without timing them (tests); anything else lets
+/// [`Kernel::best`] choose.
+fn products_setting() -> Option<String> {
+    std::env::var("PEFT_STUDIO_BF16_PRODUCTS").ok()
+}
+
+/// Whether this CPU runs the kernels (AVX-512-BF16) and the setting is not `off`.
 fn cpu_runs_bf16() -> bool {
-    let off = std::env::var("PEFT_STUDIO_BF16_PRODUCTS").is_ok_and(|v| v == "off");
-    !off && cpu_has_bf16()
+    products_setting().as_deref() != Some("off") && cpu_has_bf16()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -105,7 +110,7 @@ impl Packed {
                 for (c, w) in pair[..cols].iter_mut().enumerate() {
                     let col = p * NR + c;
                     let hi = if k1 < k { at(k1, col) } else { 0 };
-                    *w = at(k0, col) as u32 | (hi as u32) << 16;
+                    *w = word(at(k0, col), hi);
                 }
             }
         })
@@ -134,9 +139,7 @@ impl Packed {
             shape.clear_padding(p, panel);
             let rows = &w[p * NR * k..][..NR.min(n - p * NR) * k];
             for (c, row) in rows.chunks_exact(k).enumerate() {
-                for (j, pair) in row.chunks_exact(2).enumerate() {
-                    panel[j * NR + c] = pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
-                }
+                spread(panel, c, row);
             }
         })
     }
@@ -154,7 +157,7 @@ impl Packed {
                     interleave(pair, lo, &w[(2 * j + 1) * n + c0..][..cols]);
                 } else {
                     for (d, l) in pair.iter_mut().zip(lo) {
-                        *d = l.to_bits() as u32;
+                        *d = word(l.to_bits(), 0);
                     }
                 }
             }
@@ -173,9 +176,7 @@ impl Packed {
             let rows = &x[p * NR * k..][..NR.min(n - p * NR) * k];
             for (c, row) in rows.chunks_exact(k).enumerate() {
                 round_into(row, &mut rounded[..k]);
-                for (j, pair) in rounded.chunks_exact(2).enumerate() {
-                    panel[j * NR + c] = pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
-                }
+                spread(panel, c, &rounded);
             }
         })
     }
@@ -185,11 +186,25 @@ impl Packed {
     }
 }
 
+/// A word of two bf16: `lo`'s bits in the low half, `hi`'s in the high one.
+#[inline(always)]
+fn word(lo: u16, hi: u16) -> u32 {
+    lo as u32 | (hi as u32) << 16
+}
+
+/// A row of `k` bf16 (an even count, or padded with a zero to one) as its pairs' words, down
+/// column `c` of a panel: word `j` at `j·NR + c`.
+fn spread(panel: &mut [u32], c: usize, row: &[bf16]) {
+    for (j, pair) in row.chunks_exact(2).enumerate() {
+        panel[j * NR + c] = word(pair[0].to_bits(), pair[1].to_bits());
+    }
+}
+
 math::vectorised! {
     /// Words of two bf16: `lo` in the low half, `hi` in the high one.
     fn interleave(words: &mut [u32], lo: &[bf16], hi: &[bf16]) {
         for ((d, l), h) in words.iter_mut().zip(lo).zip(hi) {
-            *d = l.to_bits() as u32 | (h.to_bits() as u32) << 16;
+            *d = word(l.to_bits(), h.to_bits());
         }
     }
 }
@@ -226,7 +241,7 @@ impl Kernel {
     pub fn best() -> Option<Kernel> {
         static BEST: OnceLock<Option<Kernel>> = OnceLock::new();
         *BEST.get_or_init(|| {
-            let forced = std::env::var("PEFT_STUDIO_BF16_PRODUCTS").is_ok_and(|v| v == "on");
+            let forced = products_setting().as_deref() == Some("on");
             match Self::available().first().copied() {
                 Some(Kernel::DotProducts) if !forced => {
                     (dots_against_widening() >= DOTS_MARGIN).then_some(Kernel::DotProducts)
@@ -383,30 +398,21 @@ const DOTS_MARGIN: f64 = 1.15;
 /// product as training does, the best of three runs each after one warm-up.
 fn dots_against_widening() -> f64 {
     use super::matmul::{matmul, Mat};
+    use super::rates::best_seconds;
     let (m, k, n) = (128, 1024, 1024);
     let x: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 / 16.0 - 0.5).collect();
     let w: Vec<bf16> = (0..n * k)
         .map(|i| bf16::from_f32((i % 13) as f32 / 64.0 - 0.1))
         .collect();
     let mut y = vec![0.0f32; m * n];
-    let mut best = |run: &mut dyn FnMut(&mut [f32])| {
-        run(&mut y);
-        (0..3)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                run(&mut y);
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
-    let dots = best(&mut |y| {
+    let dots = best_seconds(3, &mut || {
         let packed = Packed::transposed(&w, n, k);
-        matmul_with(Kernel::DotProducts, y, &x, &packed, false, false)
+        matmul_with(Kernel::DotProducts, &mut y, &x, &packed, false, false)
     });
-    let widened = best(&mut |y| {
+    let widened = best_seconds(3, &mut || {
         let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
         let (xm, wt) = (Mat::rows(&x, m, k, k), Mat::rows(&wf, n, k, k).t());
-        matmul(y, n, xm, wt, 1.0, false)
+        matmul(&mut y, n, xm, wt, 1.0, false)
     });
     widened / dots.max(1e-12)
 }

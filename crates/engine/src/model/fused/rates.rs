@@ -41,16 +41,7 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
     let w16: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
     let flops = 2.0 * (rows * fan_in * out) as f64;
     let mut y = vec![0.0f32; rows * out];
-    let best = |run: &mut dyn FnMut()| {
-        run();
-        (0..repeats.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                run();
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
+    let best = |run: &mut dyn FnMut()| best_seconds(repeats, run);
     let f32_s = best(&mut || Weight::F32(&w32).forward(&x, &mut y, (rows, fan_in, out), true));
     let bf16 = Kernel::available()
         .iter()
@@ -91,24 +82,34 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
     }
 }
 
+/// The shortest of `repeats` timed runs of `run`, after one untimed warm-up run.
+pub(super) fn best_seconds(repeats: usize, run: &mut dyn FnMut()) -> f64 {
+    run();
+    (0..repeats.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            run();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 /// The f32 peak of this machine in GFLOP/s: every rayon thread runs independent FMA chains
 /// on registers alone (AVX-512 where the CPU has it, else AVX2), long enough to reach the
 /// clock that sustained vector work runs at. The ceiling `bench` reads the products against.
 pub fn f32_peak() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
-        let wide = std::arch::is_x86_feature_detected!("avx512f");
-        let fma = std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma");
-        if !wide && !fma {
+        let width = super::math::vector_width();
+        if width < 256 {
             return None;
         }
         const ITERS: usize = 20_000_000;
         let start = Instant::now();
         let flops: usize = rayon::broadcast(|_| {
-            // SAFETY: the features each loop needs were detected above.
+            // SAFETY: `vector_width` found the features each loop needs.
             let (lanes, sink) = unsafe {
-                if wide {
+                if width == 512 {
                     (16, fma_chains_512(ITERS))
                 } else {
                     (8, fma_chains_256(ITERS))

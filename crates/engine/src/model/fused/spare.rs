@@ -20,8 +20,7 @@ pub(super) fn take(len: usize) -> Vec<u32> {
     });
     match spare {
         Some(mut words) => {
-            words.resize(len.max(words.len()), 0);
-            words.truncate(len);
+            words.resize(len, 0);
             words
         }
         None => vec![0; len],

@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::math::{sigmoid, tanh, vectorised};
-use super::view::{output, storage_slice, tensor, view};
+use super::view::{filled, output, storage_slice, tensor, view};
 use crate::error::Result;
 use crate::model::family::Activation;
 
@@ -76,23 +76,10 @@ vectorised! {
     }
 }
 
-/// `n` elements written chunk by chunk on every thread by `fill` (which writes every element
-/// of the chunk it is given), without zeroing them first.
-fn filled(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    out.spare_capacity_mut()[..n]
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| fill(c * CHUNK, chunk));
-    // SAFETY: the chunks cover the first `n` elements and `fill` writes each of them.
-    unsafe { out.set_len(n) };
-    out
-}
-
 /// `act(g) · u` elementwise.
 pub(super) fn forward(act: Activation, g: &[f32], u: &[f32]) -> Vec<f32> {
     let n = g.len().min(u.len());
-    filled(n, |i, y| {
+    filled(n, CHUNK, |i, y| {
         let (g, u) = (&g[i..][..y.len()], &u[i..][..y.len()]);
         match act {
             Activation::Silu => silu_into(y, g, u),

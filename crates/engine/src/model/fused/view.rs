@@ -203,13 +203,26 @@ math::vectorised! {
 /// and narrowing around every fused op of a half-precision model, which ran one element at a
 /// time.
 fn converted<S: Sync, T: Send>(src: &[S], convert: fn(&mut [MaybeUninit<T>], &[S])) -> Vec<T> {
-    let mut out = Vec::with_capacity(src.len());
-    out.spare_capacity_mut()[..src.len()]
-        .par_chunks_mut(CONVERT_CHUNK)
-        .zip(src.par_chunks(CONVERT_CHUNK))
-        .for_each(|(out, src)| convert(out, src));
-    // SAFETY: the chunks above cover the first `src.len()` elements, each written once.
-    unsafe { out.set_len(src.len()) };
+    filled(src.len(), CONVERT_CHUNK, |i, out| {
+        convert(out, &src[i..][..out.len()])
+    })
+}
+
+/// `n` elements written `chunk` at a time on every thread by `fill(start, chunk)`, which must
+/// write every element of the chunk it is given: an output is not zeroed first only to be
+/// overwritten.
+pub(super) fn filled<T: Send>(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(c, part)| fill(c * chunk, part));
+    // SAFETY: the chunks cover the first `n` elements and `fill` writes each of them.
+    unsafe { out.set_len(n) };
     out
 }
 
