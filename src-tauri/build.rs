@@ -9,6 +9,7 @@ const COMMANDS: &[&str] = &[
     "download_model",
     "list_methods",
     "list_quantizations",
+    "form_settings",
     "plan_run",
     "inspect_dataset",
     "start_run",

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use peft_studio_engine::data::load::{read_records, DataConfig};
 use peft_studio_engine::fixtures::{write_tiny_model, TinySpec};
+use peft_studio_engine::gguf::lora_read::read_gguf_lora;
 use peft_studio_engine::model::gguf::GgufModel;
 use peft_studio_engine::model::{load_model, LlamaConfig};
-use peft_studio_engine::peft::gguf_lora::read_gguf_lora;
 use peft_studio_engine::peft::load::attach_adapter;
 use peft_studio_engine::run::RunConfig;
 

@@ -25,7 +25,7 @@ impl From<peft_studio_app::AppError> for CommandError {
     fn from(e: peft_studio_app::AppError) -> Self {
         use peft_studio_app::AppError;
         let hint = match &e {
-            AppError::Engine(peft_studio_engine::EngineError::Config { .. }) => {
+            AppError::Engine(peft_studio_app::EngineError::Config { .. }) => {
                 Some("change the field named and try again")
             }
             AppError::Catalog(_) => Some("the run catalog could not be used; is the disk full?"),
@@ -38,8 +38,8 @@ impl From<peft_studio_app::AppError> for CommandError {
     }
 }
 
-impl From<peft_studio_engine::EngineError> for CommandError {
-    fn from(e: peft_studio_engine::EngineError) -> Self {
+impl From<peft_studio_app::EngineError> for CommandError {
+    fn from(e: peft_studio_app::EngineError) -> Self {
         peft_studio_app::AppError::from(e).into()
     }
 }

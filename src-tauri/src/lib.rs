@@ -1,9 +1,8 @@
-//! The desktop shell: registers commands and opens the window. Logic lives in the crates.
+//! The desktop shell: registers commands and opens the window. Logic lives in the app crate.
 
 pub mod commands;
 pub mod error;
 pub mod paths;
-pub mod worker_mode;
 
 /// Registers every command on `builder` (the real one, or Tauri's mock in tests).
 pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
@@ -24,7 +23,7 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
                 }
             }
         })
-        .manage(commands::playground::Playground::default())
+        .manage(commands::playground::Shared::default())
         .manage(commands::runs::Follows::default())
         .invoke_handler(tauri::generate_handler![
             commands::about::app_info,
@@ -34,6 +33,7 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
             commands::models::download_model,
             commands::methods::list_methods,
             commands::methods::list_quantizations,
+            commands::methods::form_settings,
             commands::methods::plan_run,
             commands::datasets::inspect_dataset,
             commands::runs::start_run,

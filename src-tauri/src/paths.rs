@@ -12,7 +12,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
-use peft_studio_engine::library::studio_home;
+use peft_studio_app::studio_home;
 
 use crate::error::CommandError;
 

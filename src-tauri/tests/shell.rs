@@ -246,10 +246,19 @@ fn check_snapshot(name: &str, now: &str) {
 /// The UI's tests read the method descriptions from this snapshot of the backend's answer.
 #[test]
 fn ipc_snapshot_of_the_method_picker_is_current() {
-    let now = serde_json::to_string_pretty(&peft_studio_engine::peft::describe::methods())
+    let now =
+        serde_json::to_string_pretty(&peft_studio_app::describe::methods()).expect("json") + "\n";
+    check_snapshot("methods.json", &now);
+}
+
+/// The UI's tests read the New run form's settings (the `[train]` descriptions, presets,
+/// formats) from this snapshot of the backend's answer.
+#[test]
+fn ipc_snapshot_of_the_form_settings_is_current() {
+    let now = serde_json::to_string_pretty(&peft_studio_app::describe::form_settings())
         .expect("json")
         + "\n";
-    check_snapshot("methods.json", &now);
+    check_snapshot("settings.json", &now);
 }
 
 /// The webview may call exactly the commands the UI calls: the capability grants each by name
@@ -653,4 +662,86 @@ fn a_path_picked_in_a_dialog_is_accepted_and_nothing_beside_it() {
         inside
     );
     assert!(write_destination(&dir.path().join("other"), &[], &chosen).is_err());
+}
+
+/// The UI's tests check its requests against each command's parameters as the Rust source
+/// declares them (camelCase, as Tauri names them; required unless an `Option`; `State` and
+/// the `AppHandle` are Tauri's to give), from this snapshot.
+#[test]
+fn ipc_snapshot_of_the_commands_is_current() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src-tauri/src/commands");
+    let mut commands = std::collections::BTreeMap::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("commands")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("source");
+        for part in text.split("#[tauri::command]").skip(1) {
+            let sig = &part[part.find("fn ").expect("fn") + 3..];
+            let open = sig.find('(').expect("(");
+            // `choose_path<R: Runtime>`: the name ends at its generics.
+            let name = sig[..open]
+                .split('<')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let mut params = serde_json::Map::new();
+            for param in top_level_items(&sig[open + 1..]) {
+                let Some((pname, ty)) = param.split_once(':') else {
+                    continue;
+                };
+                let ty = ty.trim();
+                let injected = ["State<", "tauri::State<", "AppHandle<"];
+                if injected.iter().any(|t| ty.starts_with(t)) {
+                    continue;
+                }
+                params.insert(camel(pname.trim()), (!ty.starts_with("Option<")).into());
+            }
+            commands.insert(name, serde_json::Value::Object(params));
+        }
+    }
+    assert!(commands.len() > 20, "{commands:?}");
+    let now = serde_json::to_string_pretty(&commands).expect("json") + "\n";
+    check_snapshot("commands.json", &now);
+}
+
+/// The comma-separated items of a parameter list up to its closing `)`.
+fn top_level_items(list: &str) -> Vec<String> {
+    let (mut items, mut depth, mut current) = (Vec::new(), 0i32, String::new());
+    for c in list.chars() {
+        match c {
+            '(' | '<' | '[' => depth += 1,
+            ')' if depth == 0 => break,
+            ')' | '>' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    items.push(current);
+    items.into_iter().filter(|i| !i.trim().is_empty()).collect()
+}
+
+/// `max_steps` as the page sends it: `maxSteps`.
+fn camel(name: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

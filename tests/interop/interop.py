@@ -21,6 +21,8 @@ prints one `max_abs_diff=<x>` line (and, for llama.cpp, `top5=<equal|differ>`).
                                              FAMILY (gemma3, gemma2, qwen3, mistral, phi3) with the tokenizer
                                              of TOKENIZER_DIR
   base      BASE STUDIO_LOGITS IDS           transformers' logits of the base alone
+  peft-t5   BASE ADAPTER STUDIO_LOGITS IDS   a studio T5 LoRA loaded by PEFT: its logits
+  make-peft-t5 BASE KIND OUT IDS             PEFT's T5 adapter of KIND (lora, ia3) with its logits
   plan-line BASE KIND STUDIO_LINE             PEFT's print_trainable_parameters line for KIND
                                              (make-peft's kinds) against the studio's `plan`
                                              line (prints `same=yes|no`)
@@ -70,6 +72,16 @@ def cmd_peft(base_dir, adapter_dir, studio_file, ids):
     from peft import PeftModel
     model = PeftModel.from_pretrained(base_model(base_dir), adapter_dir).eval()
     report(peft_logits(model, adapter_dir, ids_of(ids)), studio_file)
+
+
+def cmd_peft_t5(base_dir, adapter_dir, studio_file, ids):
+    """A studio T5 LoRA loaded by PEFT: the logits of source IDS, the decoder reading its start
+    token and then the same ids (as `peft-studio-cli logits` computes them for a T5)."""
+    import transformers as tf
+    from peft import PeftModel
+    base = tf.T5ForConditionalGeneration.from_pretrained(base_dir, torch_dtype=torch.float32).eval()
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    report(t5_logits(model, ids), studio_file)
 
 
 def cmd_peft_nf4(base_dir, adapter_dir, studio_file, ids):
@@ -142,6 +154,30 @@ def cmd_make_peft(base_dir, kind, out, ids):
     exact = PeftModel.from_pretrained(exact, out).eval()
     logits64 = peft_logits(exact, out, ids_of(ids))
     save_file({"logits": logits, "logits64": logits64}, os.path.join(out, "reference.safetensors"))
+    print("max_abs_diff=0")
+
+
+def t5_logits(model, ids):
+    """Logits of source IDS with the decoder reading its start token and then the same ids."""
+    source = ids_of(ids)
+    decoder = [model.config.decoder_start_token_id] + source
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([source]), decoder_input_ids=torch.tensor([decoder])).logits[0].numpy()
+
+
+def cmd_make_peft_t5(base_dir, kind, out, ids):
+    """A PEFT adapter on a T5 (`lora`: LoRA r=4 on every attention projection with rsLoRA; `ia3`:
+    PEFT's T5 defaults), seeded non-zero, saved with PEFT's logits."""
+    import transformers as tf
+    from peft import IA3Config, LoraConfig, get_peft_model
+    config = {"lora": LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=["q", "k", "v", "o"],
+                                 task_type="SEQ_2_SEQ_LM"),
+              "ia3": IA3Config(task_type="SEQ_2_SEQ_LM")}[kind]
+    base = tf.T5ForConditionalGeneration.from_pretrained(base_dir, torch_dtype=torch.float32)
+    model = get_peft_model(base, config)
+    perturb(model)
+    model.eval().save_pretrained(out, safe_serialization=True)
+    save_file({"logits": t5_logits(model, ids)}, os.path.join(out, "reference.safetensors"))
     print("max_abs_diff=0")
 
 
@@ -306,7 +342,7 @@ COMMANDS = {
     "make-tiny": cmd_make_tiny,
     "base": cmd_base,
     "plan-line": cmd_plan_line,
-    "peft": cmd_peft, "peft-nf4": cmd_peft_nf4, "adapters": cmd_adapters, "make-peft": cmd_make_peft,
+    "peft": cmd_peft, "peft-nf4": cmd_peft_nf4, "peft-t5": cmd_peft_t5, "make-peft-t5": cmd_make_peft_t5, "adapters": cmd_adapters, "make-peft": cmd_make_peft,
     "make-adapters": cmd_make_adapters, "logits": cmd_logits, "merged": cmd_merged,
     "llama-cpp": cmd_llama_cpp, "gguf-read": cmd_gguf_read,
 }

@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { parseModules, parseLayers, methodConfig, defaultValues } from "../public/js/form.js";
+import { parseModules, parseLayers, methodConfig, defaultValues, formValues } from "../public/js/form.js";
 
-// The shape `peft-studio-cli methods --json` prints (checked against the real output by
-// tests/methods-json.test.js).
+// The shape `peft-studio-cli methods --json` prints (methods.test.js reads the backend's real
+// answer from the snapshot ipc/methods.json).
 const lora = {
   kind: "lora",
   params: [
@@ -37,5 +37,14 @@ describe("method form", () => {
     expect(() => methodConfig("lora", lora, { r: "0" })).toThrow(/Rank/);
     expect(() => methodConfig("lora", lora, { r: "2.5" })).toThrow(/Rank/);
     expect(() => methodConfig("lora", lora, { lora_alpha: "-1" })).toThrow(/Alpha/);
+  });
+});
+
+describe("the demo's method", () => {
+  it("fills the form with the [method] table the app sends, and reads back the same", () => {
+    const shapes = { kind: "lora", r: 8, lora_alpha: 16, target_modules: ["q_proj", "v_proj"], use_dora: false, layers_to_transform: null };
+    const values = formValues(shapes);
+    expect(values).toEqual({ r: 8, lora_alpha: 16, target_modules: "q_proj, v_proj", use_dora: false, layers_to_transform: "" });
+    expect(methodConfig("lora", lora, values)).toEqual({ kind: "lora", r: 8, lora_alpha: 16, target_modules: ["q_proj", "v_proj"], use_dora: false });
   });
 });

@@ -8,7 +8,7 @@ const shapes = JSON.parse(readFileSync(new URL("./ipc/shapes.json", import.meta.
 
 const READS = {
   list_runs: [["0", "id"], ["0", "name"], ["0", "status"], ["0", "method"], ["0", "last_step"], ["0", "last_loss"], ["0", "best_eval_loss"], ["0", "created_at"]],
-  get_run: [["run", "status"], ["run", "total_steps"], ["run", "peak_memory_bytes"], ["run", "device"], ["run", "error"], ["run", "out_dir"], ["run", "name"], ["adapters"], ["checkpoints"]],
+  get_run: [["can_stop"], ["can_resume"], ["run", "status"], ["run", "total_steps"], ["run", "peak_memory_bytes"], ["run", "device"], ["run", "error"], ["run", "out_dir"], ["run", "name"], ["adapters"], ["checkpoints"]],
   compare_runs: [["runs", "0", "id"], ["runs", "0", "last_loss"], ["series", "0", "run_id"], ["series", "0", "label"], ["series", "0", "loss", "0", "x"], ["series", "0", "loss", "0", "y"], ["series", "0", "eval_loss"], ["config_diff"]],
   plan_run: [["trainable"], ["total"], ["memory_total"], ["available"], ["device"], ["stored_quantization"]],
   list_quantizations: [["0", "name"], ["0", "bits_per_weight"]],

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { mergeRows, sortedRows, pointsOf, etaSeconds, formatDuration, formatBytes, fitVerdict, PRESETS } from "../public/js/metrics.js";
+import { mergeRows, sortedRows, pointsOf, etaSeconds, formatDuration, formatBytes, fitVerdict } from "../public/js/metrics.js";
 
 describe("live rows", () => {
   it("keeps the newest row per step, merging late fields", () => {
@@ -45,10 +45,5 @@ describe("formatting", () => {
     expect(fitVerdict(90, 100)).toBe("tight");
     expect(fitVerdict(101, 100)).toBe("over");
     expect(fitVerdict(1, null)).toBe("unknown");
-  });
-
-  it("has three presets of growing effort", () => {
-    const epochs = ["quick", "balanced", "thorough"].map((k) => PRESETS[k].train.epochs);
-    expect(epochs).toEqual([...epochs].sort());
   });
 });

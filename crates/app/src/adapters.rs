@@ -129,7 +129,7 @@ pub fn import_adapter(
             EngineError::config("model", "a GGUF LoRA says nothing of its base model's layout; choose the base model it was made for")
         })?;
         let out = converted_dir(store, path);
-        if let Err(e) = peft_studio_engine::peft::gguf_lora::gguf_lora_to_peft(path, base, &out) {
+        if let Err(e) = peft_studio_engine::gguf::lora_read::gguf_lora_to_peft(path, base, &out) {
             let _ = std::fs::remove_dir_all(&out);
             return Err(e.into());
         }
@@ -196,5 +196,37 @@ fn check_and_record(catalog: &Catalog, dir: &Path, base: Option<&Path>) -> Resul
         id,
         path: dir.to_path_buf(),
         warnings,
+    })
+}
+
+/// [`import_adapter`] into the studio's own `adapters` folder, with `model` (a folder or an
+/// installed model's name) as the base it must fit.
+pub fn import_into_library(
+    catalog: &Catalog,
+    path: &Path,
+    model: Option<&Path>,
+) -> Result<ImportedAdapter> {
+    let base = model.map(crate::models::resolve_model).transpose()?;
+    import_adapter(
+        catalog,
+        &crate::studio_home().join("adapters"),
+        path,
+        base.as_deref(),
+    )
+}
+
+/// Forgets adapter `id`; its folder is deleted too when the studio wrote it inside its own
+/// data folder (a run's adapter), and kept when it lies elsewhere (an export the user placed).
+/// Returns whether files were deleted.
+pub fn delete(catalog: &Catalog, id: i64) -> Result<bool> {
+    let record = catalog.delete_adapter(id)?;
+    let home = crate::studio_home();
+    let owned = Path::new(&record.path)
+        .canonicalize()
+        .ok()
+        .filter(|p| home.canonicalize().is_ok_and(|h| p.starts_with(h)));
+    Ok(match owned {
+        Some(dir) => std::fs::remove_dir_all(dir).is_ok(),
+        None => false,
     })
 }

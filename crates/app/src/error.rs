@@ -41,5 +41,11 @@ impl AppError {
     }
 }
 
+impl From<candle_core::Error> for AppError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Engine(e.into())
+    }
+}
+
 /// The app layer's result type.
 pub type Result<T> = std::result::Result<T, AppError>;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use peft_studio_catalog::{Catalog, NewAdapter};
-use peft_studio_engine::export::gguf_model::GgufType;
+use peft_studio_engine::gguf::model::GgufType;
 use peft_studio_engine::run::{self, RunConfig};
 use peft_studio_engine::train::checkpoint;
 use peft_studio_engine::EngineError;
@@ -50,6 +50,44 @@ impl FromStr for ExportFormat {
             },
         }
     }
+}
+
+/// An export format as the run view offers it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportChoice {
+    /// The value [`ExportFormat`] reads (`gguf-q8_0`).
+    pub format: &'static str,
+    /// What it gives, for the user.
+    pub label: &'static str,
+    /// One `.gguf` file rather than a folder.
+    pub file: bool,
+}
+
+/// The export formats offered, the usual first.
+pub fn choices() -> Vec<ExportChoice> {
+    [
+        ("peft", "Adapter (PEFT / adapters library format)"),
+        ("merged", "Merged model (Hugging Face folder)"),
+        ("gguf-lora", "LoRA for llama.cpp / Ollama (GGUF file)"),
+        (
+            "gguf-f16",
+            "Merged model for llama.cpp / Ollama / LM Studio (GGUF, F16)",
+        ),
+        (
+            "gguf-q8_0",
+            "Merged model, 8-bit (GGUF, Q8_0: a quarter of F32)",
+        ),
+        ("gguf-f32", "Merged model, exact (GGUF, F32)"),
+    ]
+    .into_iter()
+    .map(|(format, label)| ExportChoice {
+        format,
+        label,
+        file: format
+            .parse::<ExportFormat>()
+            .is_ok_and(ExportFormat::is_file),
+    })
+    .collect()
 }
 
 /// The newest complete checkpoint of the run in `run_dir`.
@@ -113,4 +151,18 @@ pub fn record_adapter(catalog: &Catalog, run_id: i64, cfg: &RunConfig, dir: &Pat
         size_bytes,
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every format offered is one the export reads, and its file kind is the export's.
+    #[test]
+    fn every_choice_is_an_export_format() {
+        for c in choices() {
+            let f: ExportFormat = c.format.parse().expect(c.format);
+            assert_eq!(f.is_file(), c.file, "{}", c.format);
+        }
+    }
 }

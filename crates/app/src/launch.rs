@@ -9,13 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use peft_studio_catalog::{Catalog, NewRun, Run, RunStatus};
-use peft_studio_engine::run::RunConfig;
 use peft_studio_engine::train::checkpoint;
 use peft_studio_engine::EngineError;
 
 use crate::error::{AppError, Result};
-use crate::worker::worker_args;
+use crate::models::resolve_model;
+use crate::runs::{stored_config, DataConfig, Format, MethodConfig, RunConfig, TrainConfig};
 
 /// An absolute form of a path that must exist, or an error naming it and its role.
 fn existing(path: &Path, role: &str) -> Result<PathBuf> {
@@ -32,7 +34,7 @@ fn architecture(model: &Path) -> Option<String> {
 
 /// The name of the device runs train on in this build.
 pub fn device_name() -> String {
-    peft_studio_engine::device::device_name(&peft_studio_engine::run::default_device())
+    peft_studio_engine::device::device_name(&peft_studio_engine::device::default_device())
 }
 
 /// Records a new queued run: paths made absolute (the worker and later resumes may run
@@ -104,6 +106,34 @@ pub fn spawn_worker(
         .map_err(|e| AppError::io(program, e))
 }
 
+/// Starts the worker of a queued run as this program in worker mode (see [`spawn_worker`]).
+pub fn start_worker(catalog_path: &Path, run_id: i64, detached: bool) -> Result<Child> {
+    let exe = std::env::current_exe().map_err(|e| {
+        AppError::Invalid(format!("cannot find this program to start the worker: {e}"))
+    })?;
+    spawn_worker(&exe, catalog_path, run_id, detached)
+}
+
+/// Starts the worker of a queued run and returns at once; a thread waits for it, so that a
+/// crash is recorded with its signal as soon as it happens (the catalog's liveness check
+/// would find it later anyway).
+pub fn start_in_background(catalog_path: &Path, run_id: i64) -> Result<()> {
+    let child = start_worker(catalog_path, run_id, false)?;
+    let path = catalog_path.to_path_buf();
+    std::thread::spawn(move || {
+        if let Ok(catalog) = Catalog::open(&path) {
+            let _ = attach_child(
+                child,
+                &catalog,
+                run_id,
+                &mut |_| {},
+                &AtomicBool::new(false),
+            );
+        }
+    });
+    Ok(())
+}
+
 /// Words for how a process ended, for the failure reason.
 fn describe_exit(status: std::process::ExitStatus) -> String {
     #[cfg(unix)]
@@ -173,9 +203,7 @@ pub fn requeue(catalog: &Catalog, run_id: i64, max_steps: Option<usize>) -> Resu
     catalog.reap_dead()?;
     let run = catalog.run(run_id)?;
     if let Some(steps) = max_steps {
-        let mut cfg: RunConfig = serde_json::from_value(run.config).map_err(|e| {
-            AppError::Invalid(format!("run {run_id}: stored config is unreadable: {e}"))
-        })?;
+        let mut cfg = stored_config(&run)?;
         cfg.train.max_steps = Some(steps);
         cfg.train.validate()?;
         let value = serde_json::to_value(&cfg)
@@ -225,4 +253,94 @@ fn free_out_dir(method: &str) -> PathBuf {
         .map(|n| runs.join(format!("{stamp}-{method}-{n}")))
         .find(|p| !p.exists())
         .unwrap_or(first)
+}
+
+/// What the New run form sends.
+#[derive(Debug, Deserialize)]
+pub struct RunRequest {
+    /// A name for the run list (default: method and model).
+    pub name: Option<String>,
+    /// An installed model's name, or a model folder.
+    pub model: String,
+    /// The training data file.
+    pub dataset: PathBuf,
+    /// The method and its settings.
+    pub method: MethodConfig,
+    /// Optimiser and batching.
+    pub train: TrainConfig,
+    /// The record format (detected per record when absent).
+    pub format: Option<Format>,
+}
+
+impl RunRequest {
+    /// The run config: the model resolved, a fresh run folder reserved.
+    fn config(self) -> Result<RunConfig> {
+        Ok(RunConfig {
+            model: resolve_model(Path::new(&self.model))?,
+            dataset: self.dataset,
+            out: reserve_out_dir(self.method.kind.as_str())?,
+            method: self.method,
+            train: self.train,
+            data: DataConfig {
+                format: self.format.unwrap_or_default(),
+                ..DataConfig::default()
+            },
+        })
+    }
+}
+
+/// Records a run from a form's request (not started: see `launch::start_worker`); returns
+/// its id.
+pub fn create_requested(catalog: &Catalog, request: RunRequest) -> Result<i64> {
+    let name = request.name.clone();
+    let cfg = request.config()?;
+    create_reserved(catalog, &cfg, name.as_deref(), true)
+}
+
+/// Records `cfg` as a run; when its folder was `reserved` for it and the run is refused, the
+/// folder goes (`remove_dir` keeps one that is not empty).
+pub fn create_reserved(
+    catalog: &Catalog,
+    cfg: &RunConfig,
+    name: Option<&str>,
+    reserved: bool,
+) -> Result<i64> {
+    create_run(catalog, cfg, name).inspect_err(|_| {
+        if reserved {
+            let _ = std::fs::remove_dir(&cfg.out);
+        }
+    })
+}
+
+/// The catalog and run of a worker command line, or `None` when `args` (after the program
+/// name) do not start with `worker`: both front ends start their worker this way.
+pub fn parse_worker_args(args: &[String]) -> Option<Result<(PathBuf, i64)>> {
+    if args.first().map(String::as_str) != Some("worker") {
+        return None;
+    }
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .ok_or_else(|| AppError::Invalid(format!("worker mode needs {flag}")))
+    };
+    Some((|| {
+        let catalog = PathBuf::from(value("--catalog")?);
+        let run = value("--run")?;
+        let run = run
+            .parse()
+            .map_err(|_| AppError::Invalid(format!("--run `{run}` is not a run id")))?;
+        Ok((catalog, run))
+    })())
+}
+
+/// The arguments that start a worker for `run_id` (after the program's own path).
+pub fn worker_args(catalog_path: &Path, run_id: i64) -> Vec<std::ffi::OsString> {
+    vec![
+        "worker".into(),
+        "--catalog".into(),
+        PathBuf::from(catalog_path).into_os_string(),
+        "--run".into(),
+        run_id.to_string().into(),
+    ]
 }

@@ -4,14 +4,15 @@
 //! A parent that goes away does not stop it.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peft_studio_catalog::{Catalog, MetricRow, RunStatus};
-use peft_studio_engine::run::{self, RunConfig};
+use peft_studio_engine::run;
+use peft_studio_engine::run_folder::events::train_events;
 use peft_studio_engine::train::{checkpoint, TrainEvent, TrainSink};
 use peft_studio_engine::EngineError;
 use serde_json::json;
@@ -53,7 +54,7 @@ pub fn run_worker(catalog_path: &Path, run_id: i64, cancel: Arc<AtomicBool>) -> 
     if !wait_for_turn(&catalog, run_id, pid)? {
         return Ok(catalog.run(run_id)?.status);
     }
-    let result = train_claimed(&catalog, catalog_path, run_id, run.config, cancel);
+    let result = train_claimed(&catalog, catalog_path, &run, cancel);
     let (status, error) = match &result {
         Ok(()) => (RunStatus::Completed, None),
         Err(AppError::Engine(EngineError::Cancelled)) => (RunStatus::Cancelled, None),
@@ -91,13 +92,11 @@ fn wait_for_turn(catalog: &Catalog, run_id: i64, pid: u32) -> Result<bool> {
 fn train_claimed(
     catalog: &Catalog,
     catalog_path: &Path,
-    run_id: i64,
-    config: serde_json::Value,
+    run: &peft_studio_catalog::Run,
     cancel: Arc<AtomicBool>,
 ) -> Result<()> {
-    let cfg: RunConfig = serde_json::from_value(config).map_err(|e| {
-        AppError::Invalid(format!("run {run_id}: stored config is unreadable: {e}"))
-    })?;
+    let run_id = run.id;
+    let cfg = crate::runs::stored_config(run)?;
     // Continue from the newest complete checkpoint; the steps after it are trained again,
     // so their old metrics go.
     let resume_from = checkpoint::list(&cfg.checkpoints_dir())
@@ -111,7 +110,7 @@ fn train_claimed(
         .and_then(|r| r.wall_s)
         .unwrap_or(0.0);
     catalog.truncate_metrics_after(run_id, kept_until)?;
-    backfill_metrics(catalog, run_id, &cfg.out.join("events.jsonl"), kept_until)?;
+    backfill_metrics(catalog, run_id, &cfg.out, kept_until)?;
 
     let (tx, rx) = mpsc::channel();
     let recorder = {
@@ -153,8 +152,9 @@ impl TrainSink for WorkerSink {
 /// that flush would lose the steps before the checkpoint for good (the resumed run starts after
 /// it); the event log has every event, written as it happened. Their wall-clock times are left
 /// out: the old run's clock cannot be recovered.
-fn backfill_metrics(catalog: &Catalog, run_id: i64, events: &Path, until: i64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(events) else {
+fn backfill_metrics(catalog: &Catalog, run_id: i64, run_dir: &Path, until: i64) -> Result<()> {
+    // An unreadable log backfills nothing: the catalog's rows stand as they are.
+    let Ok(events) = train_events(run_dir) else {
         return Ok(());
     };
     // (step, is an evaluation) of every value the catalog already has.
@@ -171,10 +171,7 @@ fn backfill_metrics(catalog: &Catalog, run_id: i64, events: &Path, until: i64) -
         .map(|(step, eval, _)| (step, eval))
         .collect();
     let mut missing: std::collections::BTreeMap<(i64, bool), MetricRow> = Default::default();
-    for event in text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<TrainEvent>(l).ok())
-    {
+    for event in events {
         let eval = matches!(event, TrainEvent::Eval { .. });
         if let Some(row) = metric_of(&event, 0.0) {
             if row.step <= until && !have.contains(&(row.step, eval)) {
@@ -298,13 +295,28 @@ fn flush(
     Ok(())
 }
 
-/// The arguments that start a worker for `run_id` (after the program's own path).
-pub fn worker_args(catalog_path: &Path, run_id: i64) -> Vec<std::ffi::OsString> {
-    vec![
-        "worker".into(),
-        "--catalog".into(),
-        PathBuf::from(catalog_path).into_os_string(),
-        "--run".into(),
-        run_id.to_string().into(),
-    ]
+/// The worker entry point of both front ends: when this program was started as a worker
+/// (`worker --catalog FILE --run ID`, see `launch::worker_args`) it trains the run and returns the
+/// exit code (0 when the run completed; how it ended, and why, is in the catalog and in the
+/// last JSON line); `None` otherwise. Ctrl-C asks the run to stop after a checkpoint.
+pub fn main_if_worker() -> Option<i32> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (catalog, run_id) = match crate::launch::parse_worker_args(&args)? {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Some(2);
+        }
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
+    Some(match run_worker(&catalog, run_id, cancel) {
+        Ok(RunStatus::Completed) => 0,
+        Ok(_) => 1,
+        Err(e) => {
+            eprintln!("run {run_id}: {e}");
+            1
+        }
+    })
 }

@@ -410,3 +410,28 @@ fn exports_carry_a_card_and_imports_are_checked_against_their_base() {
         "two imports recorded"
     );
 }
+
+/// What the run view may offer follows the run's state: Stop while a worker is behind it,
+/// Resume once it stopped before its end; a completed run offers neither.
+#[test]
+fn a_run_s_detail_says_what_can_be_done_with_it() {
+    use peft_studio_app::catalog::RunStatus;
+    use peft_studio_app::runs::detail;
+    let dir = tempfile::tempdir().unwrap();
+    let c = Catalog::open(&dir.path().join("c.sqlite")).unwrap();
+    let flags = |id| {
+        let d = detail(&c, id).unwrap();
+        (d.can_stop, d.can_resume)
+    };
+    let queued = run_with_curve(&c, "queued", 1.0, 3);
+    assert_eq!(flags(queued), (true, false));
+    for (status, want) in [
+        (RunStatus::Cancelled, (false, true)),
+        (RunStatus::Failed, (false, true)),
+        (RunStatus::Completed, (false, false)),
+    ] {
+        let id = run_with_curve(&c, status.as_str(), 1.0, 3);
+        c.finish(id, status, None).unwrap();
+        assert_eq!(flags(id), want, "{}", status.as_str());
+    }
+}

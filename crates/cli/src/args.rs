@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use peft_studio_engine::model::quantized::Quantization;
-use peft_studio_engine::train::Precision;
+use peft_studio_app::plan::Quantization;
+use peft_studio_app::runs::Precision;
+
+use crate::flags::{MethodFlags, TrainFlags};
 
 /// Parameter-efficient fine-tuning of Llama-family models, headless.
 #[derive(Debug, Parser)]
@@ -41,9 +43,6 @@ pub enum Command {
     Runs(RunsCommand),
     /// Compare runs: final figures, the config fields that differ, and a loss chart.
     Compare(CompareArgs),
-    /// Train one queued run (started by `train` and `resume`; not for direct use).
-    #[command(hide = true)]
-    Worker(WorkerArgs),
     /// Export a run's adapter or a checkpoint.
     Export(ExportArgs),
     /// Generate text with a base model, optionally with an adapter.
@@ -75,7 +74,6 @@ impl Command {
             self,
             Self::Train(_)
                 | Self::Resume(_)
-                | Self::Worker(_)
                 | Self::Export(_)
                 | Self::Generate(_)
                 | Self::Logits(_)
@@ -236,57 +234,6 @@ pub struct DemoArgs {
     pub model: Option<PathBuf>,
 }
 
-/// Method settings shared by `plan` and `train`.
-#[derive(Debug, Args, Default, Clone)]
-pub struct MethodArgs {
-    /// lora, ia3, prompt-tuning, prefix-tuning, houlsby, pfeiffer, freeze or full.
-    #[arg(long)]
-    pub method: Option<String>,
-    /// LoRA rank.
-    #[arg(long)]
-    pub r: Option<usize>,
-    /// LoRA alpha.
-    #[arg(long)]
-    pub lora_alpha: Option<f64>,
-    /// LoRA dropout.
-    #[arg(long)]
-    pub lora_dropout: Option<f64>,
-    /// Scale by alpha/√r (rsLoRA).
-    #[arg(long)]
-    pub use_rslora: bool,
-    /// DoRA: learn a magnitude per output row too (weight-decomposed LoRA).
-    #[arg(long)]
-    pub use_dora: bool,
-    /// Comma-separated module names, `all-linear`, or a regex over full module paths
-    /// (default: PEFT's for the method: q_proj,v_proj for LoRA; k_proj,v_proj,down_proj for IA3).
-    #[arg(long)]
-    pub target_modules: Option<String>,
-    /// Houlsby/Pfeiffer: bottleneck width is hidden / this (default 16).
-    #[arg(long)]
-    pub reduction_factor: Option<usize>,
-    /// Prompt and prefix tuning: number of virtual tokens (default 20).
-    #[arg(long)]
-    pub num_virtual_tokens: Option<usize>,
-    /// Prompt tuning: RANDOM, SAMPLE_VOCAB or TEXT initial virtual tokens.
-    #[arg(long)]
-    pub prompt_tuning_init: Option<String>,
-    /// Prompt tuning: start the virtual tokens from this text's token embeddings (TEXT init).
-    #[arg(long)]
-    pub prompt_tuning_init_text: Option<String>,
-    /// IA3: target modules whose input (not output) is scaled (default: down_proj).
-    #[arg(long)]
-    pub feedforward_modules: Option<String>,
-    /// Layers to adapt, e.g. `0-15` or `0,2,4`.
-    #[arg(long)]
-    pub layers_to_transform: Option<String>,
-    /// Freeze method: comma-separated modules to train fully (e.g. lm_head).
-    #[arg(long)]
-    pub trainable_modules: Option<String>,
-    /// Freeze method: also train the last N layers fully.
-    #[arg(long)]
-    pub trainable_last_layers: Option<usize>,
-}
-
 /// `plan`.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -295,7 +242,7 @@ pub struct PlanArgs {
     pub model: PathBuf,
     /// Method settings.
     #[command(flatten)]
-    pub method: MethodArgs,
+    pub method: MethodFlags,
     /// Examples per batch, for the memory estimate.
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
@@ -353,40 +300,10 @@ pub struct TrainArgs {
     pub detach: bool,
     /// Method settings.
     #[command(flatten)]
-    pub method: MethodArgs,
-    /// Peak learning rate.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Examples per micro-batch.
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Micro-batches per optimiser step.
-    #[arg(long)]
-    pub grad_accum: Option<usize>,
-    /// Longest sequence in tokens.
-    #[arg(long)]
-    pub seq_len: Option<usize>,
-    /// Stop after N optimiser steps.
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Gradient checkpointing: layers recompute their activations in the backward pass
-    /// (about a third more compute, far less memory for long sequences).
-    #[arg(long)]
-    pub gradient_checkpointing: bool,
-    /// f32, or bf16 mixed precision: bf16 weights and activations, f32 trained values
-    /// (fastest on GPUs and CPUs with AVX-512-BF16; elsewhere about f32's speed).
-    #[arg(long)]
-    pub precision: Option<Precision>,
-    /// Keep the base's projections quantized (q4_k, q8_0, q4_0, …): about a quarter of
-    /// bf16's memory for the base at q4_k. A GGUF base keeps the types it stores.
-    #[arg(long)]
-    pub quantize: Option<Quantization>,
-    /// Passes over the data.
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Seed.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    pub method: MethodFlags,
+    /// Training settings.
+    #[command(flatten)]
+    pub train: TrainFlags,
     /// Dataset record format (auto, text, prompt-completion, alpaca, messages, sharegpt).
     #[arg(long)]
     pub format: Option<String>,
@@ -515,14 +432,6 @@ pub struct CompareArgs {
     pub json: bool,
 }
 
-/// `worker`.
-#[derive(Debug, Args)]
-pub struct WorkerArgs {
-    /// The run to train.
-    #[arg(long)]
-    pub run: i64,
-}
-
 /// `export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -607,7 +516,7 @@ pub struct BenchArgs {
     pub model: PathBuf,
     /// Method settings.
     #[command(flatten)]
-    pub method: MethodArgs,
+    pub method: MethodFlags,
     /// Examples per batch.
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,

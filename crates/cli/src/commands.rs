@@ -2,181 +2,108 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::DType;
-use peft_studio_app::demo::{demo_train, write_demo_dataset};
-use peft_studio_engine::chat::Message;
-use peft_studio_engine::device::DeviceRequest;
-use peft_studio_engine::generate::{generate, GenerateOptions};
-use peft_studio_engine::memory::{self, StepShape};
-use peft_studio_engine::model::load::{base_formats, load_model_quantized};
-use peft_studio_engine::model::LlamaConfig;
-use peft_studio_engine::peft::describe;
-use peft_studio_engine::peft::{load::attach_adapter, target, MethodConfig, TargetModules};
-use peft_studio_engine::plan::count_params;
-use peft_studio_engine::run::{self, RunConfig};
-use peft_studio_engine::tokenizer::TextTokenizer;
-use peft_studio_engine::{EngineError, Result};
+use peft_studio_app::bench::{bench, BenchRequest};
+use peft_studio_app::demo::write_demo;
+use peft_studio_app::describe::methods as described_methods;
+use peft_studio_app::device::{check_device, DeviceRequest, DEVICE_VAR};
+use peft_studio_app::launch::create_reserved;
+use peft_studio_app::logits::{parse_ids, write_logits};
+use peft_studio_app::models::resolve_model;
+use peft_studio_app::plan::{plan, PlanRequest};
+use peft_studio_app::playground::{GenerateOptions, GenerateRequest, Loaded};
+use peft_studio_app::runs::{
+    method_with_overrides, with_overrides, Format, MethodConfig, RunConfig,
+};
+use peft_studio_app::{EngineError, Result};
+use toml::{Table, Value};
 
 use crate::args::{
-    AdaptersCommand, Cli, Command, ExportArgs, GenerateArgs, LogitsArgs, MethodArgs, TrainArgs,
+    AdaptersCommand, BenchArgs, Cli, Command, ExportArgs, GenerateArgs, LogitsArgs, PlanArgs,
+    TrainArgs,
 };
 
 /// Runs one subcommand.
-pub fn run(cli: Cli) -> peft_studio_app::Result<()> {
+pub fn run(cli: Cli) -> Result<()> {
     let catalog = cli
         .catalog
         .clone()
         .unwrap_or_else(peft_studio_app::default_catalog_path);
     if let Some(device) = &cli.device {
-        let request: peft_studio_engine::device::DeviceRequest = device.parse()?;
+        let request: DeviceRequest = device.parse()?;
         // Set before any thread starts; workers started from here inherit it.
-        std::env::set_var(peft_studio_engine::device::DEVICE_VAR, request.to_string());
+        std::env::set_var(DEVICE_VAR, request.to_string());
     }
     if cli.command.computes() {
-        peft_studio_engine::device::check_device()?;
+        check_device()?;
     }
     match cli.command {
-        Command::Plan(a) => {
-            let model = resolve_model(&a.model)?;
-            let cfg = LlamaConfig::from_path(&model)?;
-            let folder = if model.is_file() {
-                model.parent().map(Path::to_path_buf).unwrap_or_default()
-            } else {
-                model.clone()
-            };
-            let quantized = base_formats(&folder, a.quantize)?;
-            let mut method = MethodConfig::default();
-            apply_method_args(&mut method, &a.method)?;
-            let counts = count_params(&cfg, &method)?;
-            println!("{counts}");
-            let cpu = match cli.device.as_deref().map(str::parse).transpose()? {
-                None | Some(DeviceRequest::Auto) => run::default_device().is_cpu(),
-                Some(request) => request == DeviceRequest::Cpu,
-            };
-            let step = StepShape {
-                batch: a.batch_size,
-                seq_len: a.seq_len,
-                dtype: a.precision.dtype(),
-                cpu,
-                checkpointing: a.gradient_checkpointing,
-                quantized,
-            };
-            let estimate = memory::estimate(&cfg, &method, step)?;
-            let base = quantized.map_or_else(String::new, |f| {
-                format!(", projections in {}", f.projections)
-            });
-            println!(
-                "{estimate} for batch {} x {} tokens, {}{base}",
-                a.batch_size, a.seq_len, a.precision
-            );
-            if !cpu {
-                println!("{}", memory::gpu_fit(&cfg, &method, step)?);
-            } else if let Some(fit) = memory::machine_fit(estimate.total()) {
-                println!("{fit}");
-            }
-            Ok(())
-        }
+        Command::Plan(a) => plan_cmd(&a, cli.device.as_deref()),
         Command::Methods(a) => {
             methods(a.json);
             Ok(())
         }
         Command::Train(a) => {
             let (cfg, reserved) = train_config(&a)?;
-            crate::runs::train(&catalog, &cfg, a.name.as_deref(), a.detach, &a.output).inspect_err(
-                |_| {
-                    // A refused run leaves no empty folder of ours behind.
-                    if reserved {
-                        let _ = std::fs::remove_dir(&cfg.out);
-                    }
-                },
-            )
+            let catalog = crate::runs::open(&catalog)?;
+            let id = create_reserved(&catalog, &cfg, a.name.as_deref(), reserved)?;
+            crate::runs::start(&catalog, id, a.detach, &a.output)
         }
         Command::Resume(a) => {
             crate::runs::resume(&catalog, &a.run, a.max_steps, a.detach, &a.output)
         }
         Command::Runs(c) => crate::runs::runs(&catalog, c),
         Command::Compare(a) => crate::runs::compare(&catalog, &a),
-        Command::Worker(a) => crate::runs::worker(&catalog, a.run),
         Command::Export(a) => export(&catalog, a),
-        Command::Generate(a) => Ok(generate_cmd(a)?),
-        Command::Logits(a) => Ok(logits_cmd(a)?),
-        Command::Bench(a) => Ok(crate::bench::bench(&a)?),
-        Command::Demo(a) => Ok(demo(&a.out, a.model.as_deref())?),
-        Command::Adapters(c) => adapters(&catalog, c),
-        Command::Models(c) => Ok(crate::models::run(c)?),
-        Command::Data(c) => Ok(crate::data::run(c)?),
-    }
-}
-
-/// A model folder as given, or the folder of the installed model of that name.
-pub fn resolve_model(model: &Path) -> Result<PathBuf> {
-    peft_studio_engine::library::resolve(&peft_studio_engine::library::studio_home(), model)
-}
-
-/// Applies method flags on top of a method config.
-pub fn apply_method_args(m: &mut MethodConfig, a: &MethodArgs) -> Result<()> {
-    if let Some(k) = &a.method {
-        let kind = k.parse()?;
-        if kind != m.kind && a.target_modules.is_none() {
-            // Targets belong to a method: switching methods starts from the new one's defaults.
-            m.target_modules = None;
-            m.feedforward_modules = None;
+        Command::Generate(a) => generate_cmd(a),
+        Command::Logits(a) => logits_cmd(a),
+        Command::Bench(a) => bench_cmd(&a),
+        Command::Demo(a) => {
+            eprintln!("{}", write_demo(&a.out, a.model.as_deref())?);
+            Ok(())
         }
-        m.kind = kind;
+        Command::Adapters(c) => adapters(&catalog, c),
+        Command::Models(c) => crate::models::run(c),
+        Command::Data(c) => crate::data::run(c),
     }
-    if let Some(r) = a.r {
-        m.r = r;
+}
+
+/// `plan`: PEFT's parameter line, the predicted peak memory and whether it fits.
+fn plan_cmd(a: &PlanArgs, device: Option<&str>) -> Result<()> {
+    let method = method_with_overrides(&MethodConfig::default(), &a.method.0)?;
+    let cpu = match device.map(str::parse).transpose()? {
+        None | Some(DeviceRequest::Auto) => None,
+        Some(request) => Some(request == DeviceRequest::Cpu),
+    };
+    let p = plan(&PlanRequest {
+        model: a.model.clone(),
+        method,
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        checkpointing: a.gradient_checkpointing,
+        precision: a.precision,
+        quantize: a.quantize,
+        cpu,
+    })?;
+    println!("{}", p.line);
+    let base = p
+        .projections
+        .map_or_else(String::new, |f| format!(", projections in {f}"));
+    match p.memory {
+        Some(memory) => println!(
+            "{memory} for batch {} x {} tokens, {}{base}",
+            a.batch_size, a.seq_len, a.precision
+        ),
+        None => println!("peak memory: not predicted for this model yet"),
     }
-    if let Some(alpha) = a.lora_alpha {
-        m.lora_alpha = alpha;
-    }
-    if let Some(d) = a.lora_dropout {
-        m.lora_dropout = d;
-    }
-    if a.use_rslora {
-        m.use_rslora = true;
-    }
-    if a.use_dora {
-        m.use_dora = true;
-    }
-    if let Some(t) = &a.target_modules {
-        m.target_modules = Some(TargetModules::parse_cli(t));
-    }
-    if let Some(f) = a.reduction_factor {
-        m.reduction_factor = f;
-    }
-    if let Some(n) = a.num_virtual_tokens {
-        m.num_virtual_tokens = n;
-    }
-    if let Some(init) = &a.prompt_tuning_init {
-        m.prompt_tuning_init = init.parse()?;
-    }
-    if let Some(text) = &a.prompt_tuning_init_text {
-        m.prompt_tuning_init = peft_studio_engine::peft::PromptInit::Text;
-        m.prompt_tuning_init_text = Some(text.clone());
-    }
-    if let Some(t) = &a.feedforward_modules {
-        m.feedforward_modules = Some(TargetModules::parse_cli(t));
-    }
-    if let Some(l) = &a.layers_to_transform {
-        m.layers_to_transform = Some(target::parse_layers(l)?);
-    }
-    if let Some(t) = &a.trainable_modules {
-        m.trainable_modules = t
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-    }
-    if let Some(n) = a.trainable_last_layers {
-        m.trainable_last_layers = n;
+    if let Some(fit) = p.fit {
+        println!("{fit}");
     }
     Ok(())
 }
 
 /// Prints every method with its hyperparameters (a table, or JSON for the app).
 fn methods(json: bool) {
-    let all = describe::methods();
+    let all = described_methods();
     if json {
         println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
         return;
@@ -203,9 +130,8 @@ fn methods(json: bool) {
     }
 }
 
-/// The run config `train` starts: the config file (if any) with the flags applied on top.
-/// The run config from the file and flags, and whether its folder was reserved here (no
-/// `out` given).
+/// The run config `train` starts: the config file (if any), with the paths given and every
+/// setting flag laid over it; and whether its folder was reserved here (no `out` given).
 fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
     let mut cfg = match &a.config {
         Some(path) => RunConfig::from_toml_file(path)?,
@@ -231,47 +157,22 @@ fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
         cfg.out = o.clone();
     }
     cfg.model = resolve_model(&cfg.model)?;
+    let mut data = Table::new();
     if let Some(f) = &a.format {
-        cfg.data.format = f.parse()?;
+        data.insert("format".into(), f.parse::<Format>()?.to_string().into());
     }
     if let Some(v) = &a.val_dataset {
-        cfg.data.val_dataset = Some(v.clone());
+        data.insert("val_dataset".into(), v.display().to_string().into());
     }
     if a.skip_bad_records {
-        cfg.data.on_bad_records = peft_studio_engine::data::OnBadRecords::Skip;
+        data.insert("on_bad_records".into(), "skip".into());
     }
-    apply_method_args(&mut cfg.method, &a.method)?;
-    let t = &mut cfg.train;
-    if let Some(v) = a.lr {
-        t.lr = v;
-    }
-    if let Some(v) = a.batch_size {
-        t.batch_size = v;
-    }
-    if let Some(v) = a.grad_accum {
-        t.grad_accum = v;
-    }
-    if let Some(v) = a.seq_len {
-        t.seq_len = v;
-    }
-    if let Some(v) = a.max_steps {
-        t.max_steps = Some(v);
-    }
-    if a.gradient_checkpointing {
-        t.gradient_checkpointing = true;
-    }
-    if let Some(v) = a.precision {
-        t.precision = v;
-    }
-    if let Some(v) = a.quantize {
-        t.quantize = Some(v);
-    }
-    if let Some(v) = a.epochs {
-        t.epochs = v;
-    }
-    if let Some(v) = a.seed {
-        t.seed = v;
-    }
+    let overrides = Table::from_iter([
+        ("method".to_string(), Value::Table(a.method.0.clone())),
+        ("train".to_string(), Value::Table(a.train.0.clone())),
+        ("data".to_string(), Value::Table(data)),
+    ]);
+    let mut cfg = with_overrides(&cfg, &overrides)?;
     let reserved = cfg.out.as_os_str().is_empty();
     if reserved {
         cfg.out = peft_studio_app::launch::reserve_out_dir(cfg.method.kind.as_str())?;
@@ -279,7 +180,7 @@ fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
     Ok((cfg, reserved))
 }
 
-fn export(catalog: &Path, a: ExportArgs) -> peft_studio_app::Result<()> {
+fn export(catalog: &Path, a: ExportArgs) -> Result<()> {
     use peft_studio_app::export::{export_checkpoint, latest_checkpoint, ExportFormat};
     let format: ExportFormat = a.format.parse()?;
     let checkpoint = match (&a.checkpoint, &a.run) {
@@ -300,7 +201,7 @@ fn export(catalog: &Path, a: ExportArgs) -> peft_studio_app::Result<()> {
     Ok(())
 }
 
-fn adapters(catalog: &Path, c: AdaptersCommand) -> peft_studio_app::Result<()> {
+fn adapters(catalog: &Path, c: AdaptersCommand) -> Result<()> {
     let catalog = crate::runs::open(catalog)?;
     match c {
         AdaptersCommand::List => {
@@ -313,14 +214,8 @@ fn adapters(catalog: &Path, c: AdaptersCommand) -> peft_studio_app::Result<()> {
             }
         }
         AdaptersCommand::Import { path, model } => {
-            let base = model.as_deref().map(resolve_model).transpose()?;
-            let store = peft_studio_engine::library::studio_home().join("adapters");
-            let done = peft_studio_app::adapters::import_adapter(
-                &catalog,
-                &store,
-                &path,
-                base.as_deref(),
-            )?;
+            let done =
+                peft_studio_app::adapters::import_into_library(&catalog, &path, model.as_deref())?;
             for w in &done.warnings {
                 eprintln!("warning: {w}");
             }
@@ -331,140 +226,49 @@ fn adapters(catalog: &Path, c: AdaptersCommand) -> peft_studio_app::Result<()> {
 }
 
 fn logits_cmd(a: LogitsArgs) -> Result<()> {
-    let dir = resolve_model(&a.model)?;
-    let device = run::default_device();
-    let mut model = load_model_quantized(&dir, DType::F32, &device, a.quantize)?;
-    if let Some(adapter) = &a.adapter {
-        attach_adapter(&mut model, adapter, Some(0.0))?;
-    }
-    let ids: Vec<u32> = a
-        .ids
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse()
-                .map_err(|_| EngineError::config("ids", format!("`{s}` is not a token id")))
-        })
-        .collect::<Result<_>>()?;
-    let vocab = model.config().vocab_size;
-    if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-        return Err(EngineError::config(
-            "ids",
-            format!("{bad} is outside the vocabulary of {vocab}"),
-        ));
-    }
-    let input = candle_core::Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
-    let logits = model
-        .forward(&input, None, &peft_studio_engine::model::ForwardCtx::eval())?
-        .squeeze(0)?;
-    peft_studio_engine::fsutil::write_atomic(
-        &a.out,
-        &peft_studio_engine::fsutil::safetensors_bytes(&[("logits".to_string(), logits)], None)?,
-    )
+    let ids = parse_ids(&a.ids)?;
+    write_logits(&a.model, a.adapter.as_deref(), a.quantize, &ids, &a.out)
 }
 
-fn generate_cmd(mut a: GenerateArgs) -> Result<()> {
+fn generate_cmd(a: GenerateArgs) -> Result<()> {
     use std::io::Write;
-    a.model = resolve_model(&a.model)?;
-    let device = run::default_device();
-    let mut model = load_model_quantized(&a.model, DType::F32, &device, a.quantize)?;
-    let tok = TextTokenizer::load(&a.model, &model.config().eos_token_ids)?;
-    if let Some(dir) = &a.adapter {
-        attach_adapter(&mut model, dir, Some(0.0))?;
-    }
-    let prompt = if a.chat {
-        tok.compiled_chat_template()?.render(
-            &[Message {
-                role: "user".into(),
-                content: a.prompt.clone(),
-            }],
-            true,
-        )?
-    } else {
-        a.prompt.clone()
+    let mut loaded = Loaded::open(&a.model, a.quantize)?;
+    let request = GenerateRequest {
+        adapter: a.adapter,
+        prompt: a.prompt,
+        chat: a.chat,
+        options: GenerateOptions {
+            max_new_tokens: a.max_new_tokens,
+            temperature: a.temperature,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
     };
-    let ids = tok.encode(&prompt, !a.chat)?;
-    let opts = GenerateOptions {
-        max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        top_p: a.top_p,
-        seed: a.seed,
-    };
-    // Stream text as it forms: decode the whole continuation and print what is new.
-    let mut produced: Vec<u32> = Vec::new();
-    let mut printed = 0usize;
     let mut stdout = std::io::stdout();
-    generate(&model, &ids, tok.eos_ids(), &opts, |id| {
-        produced.push(id);
-        if let Ok(text) = tok.decode(&produced) {
-            if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{fffd}')
-            {
-                let _ = write!(stdout, "{}", &text[printed..]);
-                let _ = stdout.flush();
-                printed = text.len();
-            }
-        }
-    })?;
-    let text = tok.decode(&produced)?;
-    if text.len() > printed {
-        print!("{}", text.get(printed..).unwrap_or(""));
-    }
+    let mut print = |text: &str| {
+        let _ = write!(stdout, "{text}");
+        let _ = stdout.flush();
+    };
+    loaded.generate(
+        &request,
+        &mut print,
+        &std::sync::atomic::AtomicBool::new(false),
+    )?;
     println!();
     Ok(())
 }
 
-/// Writes the demo dataset and a run config that trains on it: with `model` (a folder or an
-/// installed model's name) LoRA on q/k/v/o at a rate suited to a pretrained model, otherwise
-/// all-linear LoRA on a small model made in code.
-fn demo(out: &Path, model: Option<&Path>) -> Result<()> {
-    use peft_studio_engine::fixtures::{write_tiny_model, TinySpec};
-    use peft_studio_engine::fsutil::write_atomic;
-    if let Some(model) = model {
-        let model = resolve_model(model)?;
-        write_demo_dataset(out)?;
-        let cfg = RunConfig {
-            model,
-            dataset: out.join("dataset.jsonl"),
-            out: out.join("runs").join("demo"),
-            method: MethodConfig {
-                r: 8,
-                lora_alpha: 16.0,
-                target_modules: Some(TargetModules::parse_cli("q_proj,k_proj,v_proj,o_proj")),
-                ..Default::default()
-            },
-            train: demo_train(2e-3, 2),
-            data: Default::default(),
-        };
-        write_atomic(&out.join("run.toml"), cfg.to_toml()?.as_bytes())?;
-        eprintln!("demo dataset and run config written to {}", out.display());
-        return Ok(());
-    }
-    let model = out.join("model");
-    if !model.join("config.json").is_file() {
-        let spec = TinySpec {
-            hidden_size: 64,
-            intermediate_size: 128,
-            ..Default::default()
-        };
-        write_tiny_model(&model, &spec)?;
-    }
-    write_demo_dataset(out)?;
-    let method = MethodConfig {
-        target_modules: Some(TargetModules::Pattern("all-linear".into())),
-        ..Default::default()
-    };
-    let cfg = RunConfig {
-        model,
-        dataset: out.join("dataset.jsonl"),
-        out: out.join("runs").join("demo"),
+fn bench_cmd(a: &BenchArgs) -> Result<()> {
+    let method = method_with_overrides(&MethodConfig::default(), &a.method.0)?;
+    let request = BenchRequest {
+        model: a.model.clone(),
         method,
-        train: demo_train(1e-2, 20),
-        data: Default::default(),
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        steps: a.steps,
+        gradient_checkpointing: a.gradient_checkpointing,
+        precision: a.precision,
+        quantize: a.quantize,
     };
-    write_atomic(&out.join("run.toml"), cfg.to_toml()?.as_bytes())?;
-    eprintln!(
-        "demo model, dataset and run config written to {}",
-        out.display()
-    );
-    Ok(())
+    bench(&request, &mut |line| println!("{line}"))
 }

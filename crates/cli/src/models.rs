@@ -1,67 +1,42 @@
 //! `models`: the model library from the terminal, with progress bars for long work.
 
-use std::path::Path;
-
 use indicatif::{ProgressBar, ProgressStyle};
-use peft_studio_engine::library::hub::{self, DownloadProgress};
-use peft_studio_engine::library::import::{default_name, describe_folder, import_gguf};
-use peft_studio_engine::library::{studio_home, ModelEntry, Registry};
-use peft_studio_engine::model::gguf::GgufWeights;
-use peft_studio_engine::{EngineError, Result};
+use peft_studio_app::models::{self, DownloadProgress, ModelEntry};
+use peft_studio_app::Result;
 
 use crate::args::ModelsCommand;
 
 /// Runs one `models` subcommand.
 pub fn run(cmd: ModelsCommand) -> Result<()> {
-    let home = studio_home();
     match cmd {
-        ModelsCommand::List { json } => list(&home, json),
+        ModelsCommand::List { json } => list(json),
         ModelsCommand::Import {
             path,
             name,
             convert,
         } => {
-            let name = name.unwrap_or_else(|| default_name(&path));
-            let entry = if path.is_file() {
-                let weights = match convert {
-                    true => GgufWeights::Converted,
-                    false => GgufWeights::AsStored,
-                };
-                let bar = bar("{bar:32} {pos}/{len} tensors dequantised  eta {eta}");
-                let entry = import_gguf(&path, &home, &name, weights, &mut |done, total| {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
-                })?;
-                bar.finish_and_clear();
-                entry
-            } else {
-                describe_folder(&path, &name, "folder")?
-            };
-            add(&home, entry)
+            let bar = bar("{bar:32} {pos}/{len} tensors dequantised  eta {eta}");
+            let entry = models::import(&path, name, convert, &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            installed(&entry);
+            Ok(())
         }
         ModelsCommand::Download {
             repo,
             revision,
             name,
         } => {
-            let name = name.unwrap_or_else(|| default_name(Path::new(&repo)));
             let mut progress = BytesBar::default();
-            let snapshot = hub::download(&repo, &revision, &mut progress)?;
+            let entry = models::download(&repo, &revision, name, &mut progress)?;
             progress.finish();
-            add(
-                &home,
-                describe_folder(&snapshot, &name, &format!("hub:{repo}@{revision}"))?,
-            )
+            installed(&entry);
+            Ok(())
         }
         ModelsCommand::ToGguf { model, out, ty } => {
-            let dir = peft_studio_engine::library::resolve(&home, &model)?;
-            if out.exists() {
-                return Err(EngineError::bad_file(
-                    &out,
-                    "already exists; choose a new name",
-                ));
-            }
-            peft_studio_engine::run::convert_to_gguf(&dir, ty.parse()?, &out)?;
+            models::to_gguf(&model, &ty, &out)?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
@@ -72,34 +47,12 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             ty,
             seed,
         } => {
-            if out.exists() {
-                return Err(EngineError::bad_file(
-                    &out,
-                    "already exists; choose a new name",
-                ));
-            }
-            let cfg = peft_studio_engine::model::LlamaConfig::from_path(&config)?;
-            let tokenizer = peft_studio_engine::library::resolve(&home, &tokenizer)?;
-            peft_studio_engine::export::gguf_model::write_random_gguf(
-                &cfg,
-                &tokenizer,
-                ty.parse()?,
-                seed,
-                &out,
-            )?;
+            models::random_gguf(&config, &tokenizer, &ty, seed, &out)?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
         ModelsCommand::Remove { name } => {
-            let mut registry = Registry::open(&home)?;
-            let entry = registry.remove(&name)?;
-            // Only folders the studio itself wrote are deleted; others are the user's.
-            // Entries hold canonical paths, so compare against the canonical owned folder.
-            if let Ok(owned) = home.join("models").join(&name).canonicalize() {
-                if entry.path.starts_with(&owned) {
-                    let _ = std::fs::remove_dir_all(&owned);
-                }
-            }
+            models::remove(&name)?;
             eprintln!("removed {name}");
             Ok(())
         }
@@ -146,8 +99,7 @@ impl DownloadProgress for BytesBar {
     }
 }
 
-fn add(home: &Path, entry: ModelEntry) -> Result<()> {
-    let mut registry = Registry::open(home)?;
+fn installed(entry: &ModelEntry) {
     eprintln!(
         "installed {} ({}: {}, {} parameters, {}) at {}",
         entry.name,
@@ -157,18 +109,17 @@ fn add(home: &Path, entry: ModelEntry) -> Result<()> {
         entry.dtype,
         entry.path.display()
     );
-    registry.put(entry)
 }
 
-fn list(home: &Path, json: bool) -> Result<()> {
-    let registry = Registry::open(home)?;
+fn list(json: bool) -> Result<()> {
+    let all = models::list()?;
     if json {
-        for m in registry.models() {
+        for m in &all {
             println!("{}", serde_json::to_string(m).unwrap_or_default());
         }
         return Ok(());
     }
-    if registry.models().is_empty() {
+    if all.is_empty() {
         eprintln!(
             "no models installed; add one with `models import PATH` or `models download REPO`"
         );
@@ -178,7 +129,7 @@ fn list(home: &Path, json: bool) -> Result<()> {
         "{:<28} {:<10} {:>12} {:>6} {:>8} {:>10}  SOURCE",
         "NAME", "FAMILY", "PARAMETERS", "DTYPE", "CONTEXT", "SIZE"
     );
-    for m in registry.models() {
+    for m in &all {
         println!(
             "{:<28} {:<10} {:>12} {:>6} {:>8} {:>9.1}M  {}",
             m.name,

@@ -1,7 +1,7 @@
 //! The terminal sink for training events: a progress bar with loss and ETA.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use peft_studio_engine::train::{TrainEvent, TrainSink};
+use peft_studio_app::runs::{TrainEvent, TrainSink};
 
 /// A progress bar on stderr showing step, loss, throughput and ETA.
 #[derive(Default)]

@@ -1,5 +1,5 @@
 //! Runs through the catalog: `train` and `resume` (a worker process per run, followed live),
-//! `runs …`, `compare` and the hidden `worker` mode.
+//! `runs …` and `compare`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,11 +9,9 @@ use peft_studio_app::catalog::series::SeriesOptions;
 use peft_studio_app::catalog::{Catalog, Run, RunFilter, RunStatus};
 use peft_studio_app::chart::{render, ChartOptions};
 use peft_studio_app::compare::{compare as compare_runs, Comparison};
-use peft_studio_app::launch::{attach_child, create_run, requeue, spawn_worker};
-use peft_studio_app::{AppError, Result};
-use peft_studio_engine::run::RunConfig;
-use peft_studio_engine::train::{TrainEvent, TrainSink};
-use peft_studio_engine::EngineError;
+use peft_studio_app::launch::{attach_child, requeue, start_worker};
+use peft_studio_app::runs::{TrainEvent, TrainSink};
+use peft_studio_app::{AppError, EngineError, Result};
 
 use crate::args::{CompareArgs, OutputArgs, RunsCommand};
 use crate::progress::Bar;
@@ -55,19 +53,6 @@ fn cancel_on_ctrl_c() -> Arc<AtomicBool> {
     cancel
 }
 
-/// Records `cfg` as a new run and trains it in a worker, following it unless `detach`.
-pub fn train(
-    catalog_path: &Path,
-    cfg: &RunConfig,
-    name: Option<&str>,
-    detach: bool,
-    output: &OutputArgs,
-) -> Result<()> {
-    let catalog = open(catalog_path)?;
-    let id = create_run(&catalog, cfg, name)?;
-    start(&catalog, catalog_path, id, detach, output)
-}
-
 /// Queues a stopped run again and trains it from its newest checkpoint (to `max_steps` in
 /// all, when given).
 pub fn resume(
@@ -80,20 +65,13 @@ pub fn resume(
     let catalog = open(catalog_path)?;
     let id = find_run(&catalog, key)?.id;
     requeue(&catalog, id, max_steps)?;
-    start(&catalog, catalog_path, id, detach, output)
+    start(&catalog, id, detach, output)
 }
 
-fn start(
-    catalog: &Catalog,
-    catalog_path: &Path,
-    id: i64,
-    detach: bool,
-    output: &OutputArgs,
-) -> Result<()> {
-    let exe = std::env::current_exe()
-        .map_err(|e| AppError::Invalid(format!("cannot find this program: {e}")))?;
+/// Trains queued run `id` in a worker, following it unless `detach`.
+pub fn start(catalog: &Catalog, id: i64, detach: bool, output: &OutputArgs) -> Result<()> {
     let out_dir = catalog.run(id)?.out_dir;
-    let child = spawn_worker(&exe, catalog_path, id, detach)?;
+    let child = start_worker(catalog.path(), id, detach)?;
     if detach {
         eprintln!("run {id} started in the background (worker process {}); follow it with `peft-studio-cli runs watch {id}`", child.id());
         println!("{id}");
@@ -137,17 +115,6 @@ fn report_end(run: &Run) -> Result<()> {
             status.as_str(),
             run.error.as_deref().unwrap_or("no reason recorded")
         ))),
-    }
-}
-
-/// The hidden `worker` mode.
-pub fn worker(catalog_path: &Path, run_id: i64) -> Result<()> {
-    let cancel = cancel_on_ctrl_c();
-    match peft_studio_app::worker::run_worker(catalog_path, run_id, cancel)? {
-        RunStatus::Completed => Ok(()),
-        // How it ended, and why, is in the catalog and in the last JSON line; the attached
-        // parent prints it, so the worker only says it with its exit status.
-        _ => std::process::exit(1),
     }
 }
 

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::error::{EngineError, Result};
 use crate::fsutil::{safetensors_bytes, write_atomic};
-use crate::model::ops::SplitMix64;
 use crate::model::LlamaConfig;
+use crate::ops::SplitMix64;
 
 /// The shape of a tiny test model.
 #[derive(Debug, Clone)]

@@ -1,11 +1,12 @@
 //! Text generation with a KV cache: greedy or sampled (temperature, top-p), stopping at
 //! the tokenizer's end-of-sequence tokens.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
-use crate::model::ops::SplitMix64;
-use crate::model::{KvCache, LlamaModel};
+use crate::model::t5::T5Model;
+use crate::model::{ForwardCtx, KvCache, LlamaModel};
+use crate::ops::SplitMix64;
 
 /// Decoding settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -134,6 +135,46 @@ pub fn generate_until(
             break;
         }
         input = Tensor::new(&[next], device)?.unsqueeze(0)?;
+    }
+    Ok(out)
+}
+
+/// Continues `source` with a T5 model and returns the new ids (EOS excluded): the encoder runs
+/// once, the decoder starts from its start token with its keys and values cached. `on_token`
+/// sees each new id and stops early by returning false.
+pub fn generate_seq2seq(
+    model: &T5Model,
+    source: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
+    if source.is_empty() {
+        return Err(EngineError::config("prompt", "is empty"));
+    }
+    let device = model.device();
+    let ids = Tensor::new(source, device)?.unsqueeze(0)?;
+    let mask = Tensor::ones((1, source.len()), DType::F32, device)?;
+    let memory = model.encode(&ids, &mask, &ForwardCtx::eval())?.detach();
+    let mut cache = model.cache_for(&memory, &mask)?;
+    let mut rng = SplitMix64::new(opts.seed);
+    let eos = model.config().eos_token_id;
+    let mut next = model.config().decoder_start_token_id;
+    let mut out = Vec::new();
+    for _ in 0..opts.max_new_tokens {
+        let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
+        let logits: Vec<f32> = model
+            .step(&input, &mut cache)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?;
+        next = pick(&logits, opts, &mut rng);
+        if next == eos {
+            break;
+        }
+        out.push(next);
+        if !on_token(next) {
+            break;
+        }
     }
     Ok(out)
 }

@@ -497,9 +497,12 @@ fn adapter_activations(
         }
         // Down projection, activation, up projection and residual sum per site.
         MethodKind::Houlsby | MethodKind::Pfeiffer => {
-            let w = crate::peft::bottleneck::width(cfg.hidden_size, method.reduction_factor) as f64;
+            let w =
+                crate::model::adapters::bottleneck::width(cfg.hidden_size, method.reduction_factor)
+                    as f64;
             let sites =
-                crate::peft::bottleneck::sites(method.kind == MethodKind::Houlsby).len() as f64;
+                crate::model::adapters::bottleneck::sites(method.kind == MethodKind::Houlsby).len()
+                    as f64;
             sites * n * (2.0 * w + 2.0 * cfg.hidden_size as f64)
         }
         _ => 0.0,

@@ -2,6 +2,7 @@
 //! `print_trainable_parameters` prints them.
 
 use crate::error::Result;
+use crate::model::t5::T5Config;
 use crate::model::LlamaConfig;
 use crate::peft::{freeze, MethodConfig, MethodKind};
 
@@ -41,6 +42,33 @@ impl std::fmt::Display for ParamCounts {
             thousands(self.total)
         )
     }
+}
+
+/// Counts parameters for `method` on a T5 described by `cfg`, without loading weights, as
+/// PEFT counts them (LoRA: `r·(in + out)` per target, DoRA adding the outputs; IA³: one scale
+/// per output, per input for feed-forward modules).
+pub fn count_params_t5(cfg: &T5Config, method: &MethodConfig) -> Result<ParamCounts> {
+    let projections = cfg.projections();
+    let names: Vec<String> = projections.iter().map(|(n, _, _)| n.clone()).collect();
+    let (targets, feedforward) = method.t5_targets(&names)?;
+    let adapter: u64 = targets
+        .iter()
+        .map(|&i| {
+            let (_, fan_in, fan_out) = projections[i];
+            match method.kind {
+                MethodKind::Lora => {
+                    method.r as u64 * (fan_in + fan_out) as u64
+                        + u64::from(method.use_dora) * fan_out as u64
+                }
+                _ if feedforward.contains(&i) => fan_in as u64,
+                _ => fan_out as u64,
+            }
+        })
+        .sum();
+    Ok(ParamCounts {
+        trainable: adapter,
+        total: cfg.parameters() + adapter,
+    })
 }
 
 /// Counts parameters for `method` on the model described by `cfg`, without loading weights.
@@ -89,11 +117,13 @@ pub fn count_params(cfg: &LlamaConfig, method: &MethodConfig) -> Result<ParamCou
         MethodKind::Houlsby | MethodKind::Pfeiffer => {
             let (h, w) = (
                 cfg.hidden_size as u64,
-                crate::peft::bottleneck::width(cfg.hidden_size, method.reduction_factor) as u64,
+                crate::model::adapters::bottleneck::width(cfg.hidden_size, method.reduction_factor)
+                    as u64,
             );
             let per_adapter = 2 * h * w + w + h;
             let sites =
-                crate::peft::bottleneck::sites(method.kind == MethodKind::Houlsby).len() as u64;
+                crate::model::adapters::bottleneck::sites(method.kind == MethodKind::Houlsby).len()
+                    as u64;
             let adapter = per_adapter * sites * cfg.num_hidden_layers as u64;
             ParamCounts {
                 trainable: adapter,

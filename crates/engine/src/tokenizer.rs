@@ -124,6 +124,16 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// `text` as the tokenizer's own post-processor frames it (transformers' `tokenizer(text)`):
+    /// T5's appends its EOS to a source.
+    pub fn encode_framed(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

@@ -36,19 +36,7 @@ pub async fn list_adapters() -> CommandResult<Vec<AdapterView>> {
 /// folder (a run's adapter), and kept when it lies elsewhere (an export the user placed).
 #[tauri::command]
 pub async fn delete_adapter(id: i64) -> CommandResult<bool> {
-    blocking(move || {
-        let record = open_catalog()?.delete_adapter(id)?;
-        let home = peft_studio_engine::library::studio_home();
-        let owned = std::path::Path::new(&record.path)
-            .canonicalize()
-            .ok()
-            .filter(|p| home.canonicalize().is_ok_and(|h| p.starts_with(h)));
-        Ok(match owned {
-            Some(dir) => std::fs::remove_dir_all(dir).is_ok(),
-            None => false,
-        })
-    })
-    .await
+    blocking(move || Ok(peft_studio_app::adapters::delete(&open_catalog()?, id)?)).await
 }
 
 /// Opens a recorded adapter's folder in the system's file manager.
@@ -93,16 +81,10 @@ pub async fn import_adapter(
 ) -> CommandResult<peft_studio_app::adapters::ImportedAdapter> {
     let path = crate::paths::read_source(&path, crate::paths::ADAPTER, &chosen)?;
     blocking(move || {
-        let home = peft_studio_engine::library::studio_home();
-        let base = match model {
-            Some(m) => Some(peft_studio_engine::library::resolve(&home, &m)?),
-            None => None,
-        };
-        Ok(peft_studio_app::adapters::import_adapter(
+        Ok(peft_studio_app::adapters::import_into_library(
             &open_catalog()?,
-            &home.join("adapters"),
             &path,
-            base.as_deref(),
+            model.as_deref(),
         )?)
     })
     .await

@@ -1,4 +1,4 @@
-//! Commands the web UI may invoke; each is a thin layer over the crates.
+//! Commands the web UI may invoke; each parses the page's request and answers through the app crate.
 
 pub mod about;
 pub mod adapters;
@@ -12,16 +12,11 @@ pub mod runs;
 
 use peft_studio_app::catalog::Catalog;
 
-use crate::error::{CommandError, CommandResult};
+use crate::error::CommandResult;
 
 /// The studio's catalog (created with its folder on first use).
 pub(crate) fn open_catalog() -> CommandResult<Catalog> {
-    let path = peft_studio_app::default_catalog_path();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| CommandError {
-            message: format!("{}: {e}", dir.display()),
-            hint: None,
-        })?;
-    }
-    Ok(Catalog::open(&path)?)
+    Ok(peft_studio_app::open_catalog_at(
+        &peft_studio_app::default_catalog_path(),
+    )?)
 }

@@ -1,12 +1,9 @@
 //! The model library, shared with the CLI through `models.json` in the studio home: list,
 //! import a folder or GGUF file, download from the hub, with progress over a channel.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use peft_studio_engine::library::hub::{self, DownloadProgress};
-use peft_studio_engine::library::import::{default_name, describe_folder, import_gguf};
-use peft_studio_engine::library::{studio_home, ModelEntry, Registry};
-use peft_studio_engine::model::gguf::GgufWeights;
+use peft_studio_app::models::{self, DownloadProgress, ModelEntry};
 use serde::Serialize;
 use tauri::ipc::Channel;
 
@@ -15,32 +12,18 @@ use crate::error::{blocking, CommandResult};
 /// The installed models; errors come back as the message the UI shows.
 #[tauri::command]
 pub fn list_models() -> Result<Vec<ModelEntry>, String> {
-    Registry::open(&studio_home())
-        .map(|r| r.models().to_vec())
-        .map_err(|e| e.to_string())
+    models::list().map_err(|e| e.to_string())
 }
 
 /// Progress of an import or download.
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
-    /// What is being done (`dequantising`, or the file being downloaded).
+    /// What is being done (`reading tensors`, or the file being downloaded).
     pub stage: String,
     /// Units done.
     pub done: u64,
     /// Units in all (0 when unknown).
     pub total: u64,
-}
-
-/// The name asked for, or the default one for `source`.
-fn name_or_default(name: Option<String>, source: &Path) -> String {
-    name.filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| default_name(source))
-}
-
-fn install(entry: ModelEntry) -> CommandResult<ModelEntry> {
-    let mut registry = Registry::open(&studio_home())?;
-    registry.put(entry.clone())?;
-    Ok(entry)
 }
 
 /// Installs a Hugging Face folder or a GGUF file, both used in place (a GGUF base trains
@@ -54,20 +37,14 @@ pub async fn import_model(
 ) -> CommandResult<ModelEntry> {
     let path = crate::paths::read_source(&path, crate::paths::MODEL, &chosen)?;
     blocking(move || {
-        let name = name_or_default(name, &path);
-        let entry = if path.is_file() {
-            let weights = GgufWeights::AsStored;
-            import_gguf(&path, &studio_home(), &name, weights, &mut |done, total| {
-                let _ = on_progress.send(Progress {
-                    stage: "reading tensors".into(),
-                    done: done as u64,
-                    total: total as u64,
-                });
-            })?
-        } else {
-            describe_folder(&path, &name, "folder")?
+        let mut on_tensors = |done: usize, total: usize| {
+            let _ = on_progress.send(Progress {
+                stage: "reading tensors".into(),
+                done: done as u64,
+                total: total as u64,
+            });
         };
-        install(entry)
+        Ok(models::import(&path, name, false, &mut on_tensors)?)
     })
     .await
 }
@@ -100,7 +77,6 @@ pub async fn download_model(
     on_progress: Channel<Progress>,
 ) -> CommandResult<ModelEntry> {
     blocking(move || {
-        let name = name_or_default(name, Path::new(&repo));
         let mut progress = ChannelProgress {
             channel: on_progress,
             current: Progress {
@@ -109,12 +85,7 @@ pub async fn download_model(
                 total: 0,
             },
         };
-        let snapshot = hub::download(&repo, "main", &mut progress)?;
-        install(describe_folder(
-            &snapshot,
-            &name,
-            &format!("hub:{repo}@main"),
-        )?)
+        Ok(models::download(&repo, "main", name, &mut progress)?)
     })
     .await
 }

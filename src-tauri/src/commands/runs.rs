@@ -3,60 +3,20 @@
 //! reloaded window loses nothing: following a run reads the catalog, history first.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use peft_studio_app::catalog::series::{SeriesOptions, XAxis};
-use peft_studio_app::catalog::{AdapterRecord, Catalog, MetricRow, Run, RunFilter};
+use peft_studio_app::catalog::{MetricRow, Run, RunFilter};
 use peft_studio_app::compare::{compare, Comparison};
-use peft_studio_app::launch::{attach_child, create_run, requeue, reserve_out_dir, spawn_worker};
-use peft_studio_engine::data::format::Format;
-use peft_studio_engine::data::load::DataConfig;
-use peft_studio_engine::library::{resolve, studio_home};
-use peft_studio_engine::peft::MethodConfig;
-use peft_studio_engine::run::RunConfig;
-use peft_studio_engine::train::TrainConfig;
-use serde::{Deserialize, Serialize};
+use peft_studio_app::launch::{create_requested, requeue, start_in_background, RunRequest};
+use peft_studio_app::runs::{detail, RunDetail};
 use tauri::ipc::Channel;
 use tauri::State;
 
 use super::open_catalog;
-use crate::error::{blocking, CommandError, CommandResult};
-
-/// What the New run form sends.
-#[derive(Debug, Deserialize)]
-pub struct RunRequest {
-    /// A name for the run list (default: method and model).
-    pub name: Option<String>,
-    /// An installed model's name, or a model folder.
-    pub model: String,
-    /// The training data file.
-    pub dataset: PathBuf,
-    /// The method and its settings.
-    pub method: MethodConfig,
-    /// Optimiser and batching.
-    pub train: TrainConfig,
-    /// The record format (detected per record when absent).
-    pub format: Option<Format>,
-}
-
-/// Starts a worker for a queued run; a thread waits for it so that a crash is recorded at
-/// once with its signal (the catalog's liveness check would find it later anyway).
-fn launch(catalog: &Catalog, id: i64) -> CommandResult<()> {
-    let exe = std::env::current_exe().map_err(|e| CommandError {
-        message: format!("cannot find this program to start the worker: {e}"),
-        hint: None,
-    })?;
-    let child = spawn_worker(&exe, catalog.path(), id, false)?;
-    let path = catalog.path().to_path_buf();
-    std::thread::spawn(move || {
-        if let Ok(catalog) = Catalog::open(&path) {
-            let _ = attach_child(child, &catalog, id, &mut |_| {}, &AtomicBool::new(false));
-        }
-    });
-    Ok(())
-}
+use crate::error::{blocking, CommandResult};
 
 /// Records a run and starts training it; returns its id.
 #[tauri::command]
@@ -68,22 +28,8 @@ pub async fn start_run(
     let dataset = crate::paths::read_source(&request.dataset, crate::paths::DATASET, &chosen)?;
     blocking(move || {
         let catalog = open_catalog()?;
-        let cfg = RunConfig {
-            model: resolve(&studio_home(), Path::new(&request.model))?,
-            dataset,
-            out: reserve_out_dir(request.method.kind.as_str())?,
-            method: request.method,
-            train: request.train,
-            data: DataConfig {
-                format: request.format.unwrap_or_default(),
-                ..DataConfig::default()
-            },
-        };
-        let id = create_run(&catalog, &cfg, request.name.as_deref()).inspect_err(|_| {
-            // A refused run leaves no empty folder behind (remove_dir keeps a non-empty one).
-            let _ = std::fs::remove_dir(&cfg.out);
-        })?;
-        launch(&catalog, id)?;
+        let id = create_requested(&catalog, RunRequest { dataset, ..request })?;
+        start_in_background(catalog.path(), id)?;
         Ok(id)
     })
     .await
@@ -100,29 +46,10 @@ pub async fn list_runs() -> CommandResult<Vec<Run>> {
     .await
 }
 
-/// One run with what it produced.
-#[derive(Debug, Serialize)]
-pub struct RunDetail {
-    /// The run.
-    pub run: Run,
-    /// Its checkpoints, oldest first, as (step, folder).
-    pub checkpoints: Vec<(i64, String)>,
-    /// Adapters it exported.
-    pub adapters: Vec<AdapterRecord>,
-}
-
-/// A run, its checkpoints and adapters.
+/// A run, its checkpoints and adapters, and what can be done with it.
 #[tauri::command]
 pub async fn get_run(id: i64) -> CommandResult<RunDetail> {
-    blocking(move || {
-        let catalog = open_catalog()?;
-        Ok(RunDetail {
-            run: catalog.run(id)?,
-            checkpoints: catalog.checkpoints(id)?,
-            adapters: catalog.adapters(Some(id))?,
-        })
-    })
-    .await
+    blocking(move || Ok(detail(&open_catalog()?, id)?)).await
 }
 
 /// Stop flags of the follows in progress, by the token the window gave each.
@@ -186,7 +113,7 @@ pub async fn resume_run(id: i64, max_steps: Option<usize>) -> CommandResult<()> 
     blocking(move || {
         let catalog = open_catalog()?;
         requeue(&catalog, id, max_steps)?;
-        launch(&catalog, id)
+        Ok(start_in_background(catalog.path(), id)?)
     })
     .await
 }
@@ -228,24 +155,7 @@ pub async fn compare_runs(
 pub async fn run_log(id: i64, limit: Option<usize>) -> CommandResult<Vec<serde_json::Value>> {
     blocking(move || {
         let run = open_catalog()?.run(id)?;
-        let path = Path::new(&run.out_dir).join("events.jsonl");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                return Err(CommandError {
-                    message: format!("{}: {e}", path.display()),
-                    hint: None,
-                })
-            }
-        };
-        let mut events: Vec<serde_json::Value> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["event"] != "step")
-            .collect();
-        let keep = limit.unwrap_or(50);
-        Ok(events.split_off(events.len().saturating_sub(keep)))
+        Ok(peft_studio_app::runs::log(&run, limit.unwrap_or(50))?)
     })
     .await
 }
@@ -269,13 +179,10 @@ pub async fn export_run(
     blocking(move || {
         let catalog = open_catalog()?;
         let run = catalog.run(id)?;
-        let checkpoint = latest_checkpoint(Path::new(&run.out_dir))?;
+        let checkpoint = latest_checkpoint(std::path::Path::new(&run.out_dir))?;
         export_checkpoint(&checkpoint, format, &dest)?;
         if format == ExportFormat::Peft {
-            let cfg: RunConfig = serde_json::from_value(run.config).map_err(|e| CommandError {
-                message: format!("run {id}: stored config is unreadable: {e}"),
-                hint: None,
-            })?;
+            let cfg = peft_studio_app::runs::stored_config(&run)?;
             record_adapter(&catalog, id, &cfg, &dest)?;
         }
         Ok(dest)

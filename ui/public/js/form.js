@@ -1,4 +1,4 @@
-// Turning the method picker's fields into a `[method]` table and back: pure, tested.
+// Turning the New run form's fields into `[method]` and `[train]` tables and back: pure, tested.
 
 // "q_proj, v_proj" → ["q_proj", "v_proj"]; "all-linear" or a regex stays a string.
 export function parseModules(text) {
@@ -23,47 +23,63 @@ export function parseLayers(text) {
   return out;
 }
 
-// The method config for `kind` from the form's raw values ({field: string|bool}).
-export function methodConfig(kind, info, values) {
-  const cfg = { kind };
-  for (const p of info.params) {
+// A table of settings (`[method]` or `[train]`) from the form's raw values ({field:
+// string|bool}) and the settings' descriptions; empty fields are left to the engine's defaults.
+export function settingsTable(params, values) {
+  const out = {};
+  for (const p of params) {
     const raw = values[p.field];
     if (raw === undefined || raw === "" || raw === null) continue;
     switch (p.range.type) {
       case "int": {
         const n = Number(raw);
         if (!Number.isInteger(n) || n < p.range.min) throw new Error(`${p.label}: must be a whole number ≥ ${p.range.min}`);
-        cfg[p.field] = n;
+        out[p.field] = n;
         break;
       }
       case "float": {
         const x = Number(raw);
         if (!Number.isFinite(x) || x < p.range.min || x > p.range.max) throw new Error(`${p.label}: must be between ${p.range.min} and ${p.range.max}`);
-        cfg[p.field] = x;
+        out[p.field] = x;
         break;
       }
       case "bool":
-        cfg[p.field] = Boolean(raw);
+        out[p.field] = Boolean(raw);
         break;
       case "modules": {
         const m = parseModules(raw);
-        if (m !== null) cfg[p.field] = p.field === "trainable_modules" && typeof m === "string" ? [m] : m;
+        // A field that holds a list of names (its default is one) takes a lone pattern as one name.
+        if (m !== null) out[p.field] = Array.isArray(p.default) && typeof m === "string" ? [m] : m;
         break;
       }
+      case "layers":
+        out[p.field] = parseLayers(raw);
+        break;
       default:
-        cfg[p.field] = p.field === "layers_to_transform" ? parseLayers(raw) : String(raw);
+        out[p.field] = String(raw);
     }
   }
-  return cfg;
+  return out;
 }
 
-// The form's starting values for a method: its defaults, as text.
+// The method config for `kind` from the form's raw values.
+export function methodConfig(kind, info, values) {
+  return { kind, ...settingsTable(info.params, values) };
+}
+
+// A value as the form holds it: lists as comma-separated text, unset as "".
+function asFormValue(v) {
+  if (v === null || v === undefined) return "";
+  return Array.isArray(v) ? v.join(", ") : v;
+}
+
+// The form's starting values for settings (a method's `info`, or `{ params }`): their
+// defaults, as text.
 export function defaultValues(info) {
-  const out = {};
-  for (const p of info.params) {
-    if (p.default === null) out[p.field] = "";
-    else if (Array.isArray(p.default)) out[p.field] = p.default.join(", ");
-    else out[p.field] = p.default;
-  }
-  return out;
+  return Object.fromEntries(info.params.map((p) => [p.field, asFormValue(p.default)]));
+}
+
+// A settings table (as the app sends it) as the form's values; a method's `kind` is not a field.
+export function formValues(table) {
+  return Object.fromEntries(Object.entries(table).filter(([k]) => k !== "kind").map(([k, v]) => [k, asFormValue(v)]));
 }

@@ -68,13 +68,6 @@ export function formatLoss(x) {
   return typeof x === "number" && Number.isFinite(x) ? x.toFixed(4) : "–";
 }
 
-// Hyperparameter presets of the New run form.
-export const PRESETS = {
-  quick: { label: "Quick", help: "a first look in minutes", train: { epochs: 1, lr: 2e-3, batch_size: 4, seq_len: 128, eval_every: 4 } },
-  balanced: { label: "Balanced", help: "the usual choice", train: { epochs: 2, lr: 1e-3, batch_size: 4, seq_len: 256, eval_every: 10 } },
-  thorough: { label: "Thorough", help: "more passes, gentler rate", train: { epochs: 3, lr: 5e-4, batch_size: 8, seq_len: 512, eval_every: 25 } },
-};
-
 // Whether a predicted peak fits the memory available: "fits", "tight" (over 85%), "over".
 export function fitVerdict(predicted, available) {
   if (!available) return "unknown";

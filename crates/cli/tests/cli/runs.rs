@@ -334,7 +334,7 @@ fn twenty_kills_at_random_moments_lose_nothing() {
         .as_i64()
         .expect("id");
     let config = write("crashy");
-    let mut rng = peft_studio_engine::model::ops::SplitMix64::new(20);
+    let mut rng = peft_studio_engine::ops::SplitMix64::new(20);
     let mut id: Option<i64> = None;
     let mut kills = 0;
     while kills < 20 {

@@ -2,9 +2,9 @@
 
 use candle_core::{Device, Tensor};
 
-use super::load::Truncation;
+use super::config::Truncation;
 use crate::error::{EngineError, Result};
-use crate::model::ops::SplitMix64;
+use crate::ops::SplitMix64;
 
 /// A tokenized example; `loss_mask[i]` says whether token i is scored.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +13,9 @@ pub struct Example {
     pub ids: Vec<u32>,
     /// 1 where the token is a training target.
     pub loss_mask: Vec<u8>,
+    /// The encoder's input of a sequence-to-sequence example (T5): `ids` are then the
+    /// decoder's, starting with its start token. Empty for a decoder-only example.
+    pub source: Vec<u32>,
 }
 
 /// One batch: inputs, next-token targets and their loss weights, all [batch, seq].
@@ -26,6 +29,9 @@ pub struct Batch {
     pub weights: Tensor,
     /// Number of real (non-padding) input tokens.
     pub tokens: usize,
+    /// An encoder-decoder batch's source ids (u32) and their padding mask (f32, 1 = token),
+    /// both [batch, source length]; `None` for a decoder-only batch.
+    pub source: Option<(Tensor, Tensor)>,
 }
 
 /// A tokenized dataset cut to a maximum length, with its epoch order.
@@ -255,5 +261,24 @@ fn make_batch(members: &[&Example], device: &Device) -> Result<Batch> {
         targets: Tensor::from_vec(targets, (b, seq), device)?,
         weights: Tensor::from_vec(weights, (b, seq), device)?,
         tokens,
+        source: source_batch(members, device)?,
     })
+}
+
+/// The sources of a sequence-to-sequence batch, right-padded with 0 and masked.
+fn source_batch(members: &[&Example], device: &Device) -> Result<Option<(Tensor, Tensor)>> {
+    let len = members.iter().map(|e| e.source.len()).max().unwrap_or(0);
+    if len == 0 {
+        return Ok(None);
+    }
+    let b = members.len();
+    let (mut ids, mut mask) = (vec![0u32; b * len], vec![0f32; b * len]);
+    for (row, e) in members.iter().enumerate() {
+        ids[row * len..][..e.source.len()].copy_from_slice(&e.source);
+        mask[row * len..][..e.source.len()].fill(1.0);
+    }
+    Ok(Some((
+        Tensor::from_vec(ids, (b, len), device)?,
+        Tensor::from_vec(mask, (b, len), device)?,
+    )))
 }

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::batch::Example;
-use super::load::{DataConfig, DataReport};
+use super::config::{DataConfig, DataReport};
 use crate::error::{EngineError, Result};
 use crate::fsutil::write_atomic;
 use crate::tokenizer::TextTokenizer;
 
-const MAGIC: &[u8; 8] = b"PSTOK001";
+const MAGIC: &[u8; 8] = b"PSTOK002";
 
 /// The folder of cached tokenizations.
 pub struct TokenCache {
@@ -31,8 +31,9 @@ impl TokenCache {
         crate::hash::hash_file(&mut hasher, dataset)?;
         hasher.update(tok.fingerprint().as_bytes());
         // Only what changes the tokens or the report; stop/skip is decided after the cache.
-        let settings = serde_json::to_string(&(cfg.format, &cfg.columns, cfg.train_on))
-            .map_err(|e| EngineError::config("data", e.to_string()))?;
+        let settings =
+            serde_json::to_string(&(cfg.format, &cfg.columns, cfg.train_on, cfg.decoder_start))
+                .map_err(|e| EngineError::config("data", e.to_string()))?;
         hasher.update(settings.as_bytes());
         // The report names the file, so the path is part of the key too.
         hasher.update(dataset.to_string_lossy().as_bytes());
@@ -66,7 +67,16 @@ impl TokenCache {
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
             let loss_mask = take(len)?.to_vec();
-            examples.push(Example { ids, loss_mask });
+            let source_len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+            let source = take(source_len.checked_mul(4)?)?
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            examples.push(Example {
+                ids,
+                loss_mask,
+                source,
+            });
         }
         Some((examples, report))
     }
@@ -74,7 +84,10 @@ impl TokenCache {
     /// Stores examples and report under `key` (atomically, file by file).
     pub fn put(&self, key: &str, examples: &[Example], report: &DataReport) -> Result<()> {
         let (tokens, report_path) = self.paths(key);
-        let total: usize = examples.iter().map(|e| 4 + e.ids.len() * 5).sum();
+        let total: usize = examples
+            .iter()
+            .map(|e| 8 + e.ids.len() * 5 + e.source.len() * 4)
+            .sum();
         let mut bytes = Vec::with_capacity(16 + total);
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&(examples.len() as u64).to_le_bytes());
@@ -84,6 +97,10 @@ impl TokenCache {
                 bytes.extend_from_slice(&id.to_le_bytes());
             }
             bytes.extend_from_slice(&e.loss_mask);
+            bytes.extend_from_slice(&(e.source.len() as u32).to_le_bytes());
+            for id in &e.source {
+                bytes.extend_from_slice(&id.to_le_bytes());
+            }
         }
         write_atomic(&tokens, &bytes)?;
         let json =

@@ -5,24 +5,12 @@
 
 use std::ops::Range;
 
-use serde::{Deserialize, Serialize};
-
 use super::batch::Example;
+pub use super::config::TrainOn;
 use super::format::Record;
 use crate::chat::{ChatTemplate, Message};
 use crate::error::{EngineError, Result};
 use crate::tokenizer::TextTokenizer;
-
-/// Which tokens are scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TrainOn {
-    /// Completions and assistant turns only.
-    #[default]
-    Completions,
-    /// Every token, prompts and user turns included.
-    All,
-}
 
 /// A record as text, with the byte ranges that are trained.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +31,8 @@ pub struct Encoder<'a> {
     tok: &'a TextTokenizer,
     template: ChatTemplate,
     train_on: TrainOn,
+    /// For an encoder-decoder model: the decoder's start token (see [`Encoder::seq2seq`]).
+    decoder_start: Option<u32>,
 }
 
 impl<'a> Encoder<'a> {
@@ -52,6 +42,33 @@ impl<'a> Encoder<'a> {
             tok,
             template: tok.compiled_chat_template()?,
             train_on,
+            decoder_start: None,
+        })
+    }
+
+    /// Records read as a source and a target for an encoder-decoder model (T5), as PEFT's
+    /// sequence-to-sequence examples are built: the prompt (an alpaca record's instruction and
+    /// input) is the source, framed as the tokenizer frames it (T5 appends its EOS); the
+    /// completion and the EOS are the target, every token trained, after `start`.
+    pub fn seq2seq(self, start: Option<u32>) -> Self {
+        Self {
+            decoder_start: start,
+            ..self
+        }
+    }
+
+    fn encode_seq2seq(&self, record: &Record, start: u32) -> Result<Example> {
+        let (prompt, completion) = source_and_target(record)?;
+        let source = self.tok.encode_framed(&prompt)?;
+        let mut ids = vec![start];
+        ids.extend(self.tok.encode(&completion, false)?);
+        ids.extend(self.tok.eos_ids().first());
+        let mut loss_mask = vec![1u8; ids.len()];
+        loss_mask[0] = 0;
+        Ok(Example {
+            ids,
+            loss_mask,
+            source,
         })
     }
 
@@ -77,10 +94,19 @@ impl<'a> Encoder<'a> {
         Ok(Rendered { text, trained })
     }
 
-    /// The record as the model sees it, with the trained byte ranges (for previews).
+    /// The record as the model sees it, with the trained byte ranges (for previews). For an
+    /// encoder-decoder model: the source, a line break, then the target, which is trained.
     pub fn render(&self, record: &Record) -> Result<Rendered> {
         // Text and completions end with the EOS token that `encode` appends.
         let eos = self.tok.eos_token();
+        if self.decoder_start.is_some() {
+            let (prompt, completion) = source_and_target(record)?;
+            let source = format!("{prompt}{eos}\n");
+            return Ok(Rendered {
+                trained: one(source.len()..source.len() + completion.len() + eos.len()),
+                text: format!("{source}{completion}{eos}"),
+            });
+        }
         let mut rendered = match record {
             Record::Text(t) => Rendered {
                 text: format!("{t}{eos}"),
@@ -100,6 +126,9 @@ impl<'a> Encoder<'a> {
 
     /// Token ids and loss mask of one record.
     pub fn encode(&self, record: &Record) -> Result<Example> {
+        if let Some(start) = self.decoder_start {
+            return self.encode_seq2seq(record, start);
+        }
         let all = self.train_on == TrainOn::All;
         let eos: Vec<u32> = self.tok.eos_ids().first().copied().into_iter().collect();
         let (mut ids, mut mask) = match record {
@@ -128,6 +157,7 @@ impl<'a> Encoder<'a> {
                 return Ok(Example {
                     ids,
                     loss_mask: mask,
+                    source: Vec::new(),
                 });
             }
         };
@@ -136,6 +166,37 @@ impl<'a> Encoder<'a> {
         Ok(Example {
             ids,
             loss_mask: mask,
+            source: Vec::new(),
         })
+    }
+}
+
+/// A record as a sequence-to-sequence pair: a prompt and its completion, or a chat of one
+/// user turn (after an optional system message, joined to it by a blank line) and its answer
+/// (an alpaca record reads as one).
+fn source_and_target(record: &Record) -> Result<(String, String)> {
+    let refuse = || {
+        EngineError::config(
+            "format",
+            "an encoder-decoder model trains on records with a source and a target (prompt and completion, alpaca, or a chat of one question and its answer)",
+        )
+    };
+    match record {
+        Record::PromptCompletion { prompt, completion } => Ok((prompt.clone(), completion.clone())),
+        Record::Chat(messages) => match messages.as_slice() {
+            [user, answer] if user.role == "user" && answer.role == "assistant" => {
+                Ok((user.content.clone(), answer.content.clone()))
+            }
+            [system, user, answer]
+                if system.role == "system" && user.role == "user" && answer.role == "assistant" =>
+            {
+                Ok((
+                    format!("{}\n\n{}", system.content, user.content),
+                    answer.content.clone(),
+                ))
+            }
+            _ => Err(refuse()),
+        },
+        Record::Text(_) => Err(refuse()),
     }
 }

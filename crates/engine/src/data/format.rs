@@ -27,6 +27,18 @@ pub enum Format {
     Sharegpt,
 }
 
+impl Format {
+    /// Every format, `auto` first.
+    pub const ALL: [Format; 6] = [
+        Self::Auto,
+        Self::Text,
+        Self::PromptCompletion,
+        Self::Alpaca,
+        Self::Messages,
+        Self::Sharegpt,
+    ];
+}
+
 impl std::str::FromStr for Format {
     type Err = EngineError;
     fn from_str(s: &str) -> Result<Self, EngineError> {

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod config;
 pub mod encode;
 pub mod format;
 pub mod load;
@@ -11,8 +12,7 @@ pub mod stats;
 
 pub use batch::{Batch, Example, Examples};
 pub use cache::TokenCache;
-pub use encode::{Encoder, TrainOn};
+pub use config::{DataConfig, DataReport, OnBadRecords, Problem, TrainOn, Truncation};
+pub use encode::Encoder;
 pub use format::{Format, Record};
-pub use load::{
-    load_examples, load_examples_cached, DataConfig, DataReport, OnBadRecords, Truncation,
-};
+pub use load::{load_examples, load_examples_cached};

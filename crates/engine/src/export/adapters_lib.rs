@@ -1,5 +1,5 @@
 //! Export of Houlsby and Pfeiffer bottleneck adapters in the adapters library's directory
-//! format (PEFT-FORMATS.md §5): `adapter_config.json` (the adapter's full `BnConfig` inside the
+//! format (docs/FORMATS.md §5): `adapter_config.json` (the adapter's full `BnConfig` inside the
 //! library's wrapper) and `adapter.safetensors` with keys
 //! `model.layers.{i}.{attention,output}_adapters.adapters.{name}.adapter_{down.0,up}.{weight,bias}`.
 //! The library reads it with `load_adapter(dir, use_safetensors=True)`.

@@ -10,7 +10,8 @@ use serde::Serialize;
 use crate::error::{EngineError, Result};
 use crate::fsutil::write_atomic;
 use crate::peft::{MethodConfig, MethodKind};
-use crate::run::RunConfig;
+use crate::run_folder::events::train_events;
+use crate::run_folder::RunConfig;
 use crate::train::{TrainConfig, TrainEvent};
 
 /// The `[method]` and `[train]` tables of a run config, as the card lists them.
@@ -34,13 +35,9 @@ pub struct RunFigures {
 /// Reads the run's figures up to `up_to_step` (all of them when `None`). Unreadable lines
 /// are skipped: a card is a courtesy and never stops an export.
 pub fn run_figures(run_dir: &Path, up_to_step: Option<usize>) -> RunFigures {
-    let text = std::fs::read_to_string(run_dir.join("events.jsonl")).unwrap_or_default();
     let within = |s: usize| up_to_step.is_none_or(|max| s <= max);
     let mut figures = RunFigures::default();
-    for event in text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<TrainEvent>(l).ok())
-    {
+    for event in train_events(run_dir).unwrap_or_default() {
         match event {
             TrainEvent::Step(m) if within(m.step) => {
                 figures.step = Some(m.step);

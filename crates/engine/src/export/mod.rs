@@ -1,11 +1,8 @@
-//! Writing trained adapters in the formats other tools load.
+//! Writing trained adapters in the formats Python tools load (PEFT, the adapters library), the
+//! merged model as a Hugging Face folder, and the model card; llama.cpp's GGUF is `gguf`.
 
 pub mod adapters_lib;
 pub mod card;
-pub mod gguf_lora;
-pub mod gguf_model;
-pub mod gguf_vocab;
-pub mod gguf_write;
 pub mod merged;
 pub mod peft;
 

@@ -3,7 +3,7 @@
 //! named `base_model.model.<module>.lora_{A,B}.weight`, with DoRA also
 //! `base_model.model.<module>.lora_magnitude_vector`, for IA³ `base_model.model.<module>.ia3_l`;
 //! metadata `format = pt`), or prompt and prefix tuning's bare `prompt_embeddings`. See
-//! shared/PEFT-FORMATS.md §1–§4.
+//! docs/FORMATS.md §1–§4.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -21,6 +21,8 @@ use crate::peft::{MethodConfig, MethodKind, PromptInit, TargetModules};
 pub struct ExportInfo {
     /// `base_model_name_or_path`: the model folder or hub id the adapter was trained on.
     pub base_model: String,
+    /// PEFT's `task_type`: `CAUSAL_LM`, or `SEQ_2_SEQ_LM` for an encoder-decoder model (T5).
+    pub task_type: &'static str,
 }
 
 /// `target_modules` as PEFT records it: a regex as given, otherwise the sorted names of the
@@ -54,7 +56,7 @@ fn peft_config(
         ("modules_to_save", Value::Null),
         ("peft_type", json!(peft_type)),
         ("revision", Value::Null),
-        ("task_type", json!("CAUSAL_LM")),
+        ("task_type", json!(info.task_type)),
     ]);
     config.extend(fields);
     json!(config)
@@ -95,7 +97,7 @@ pub fn adapter_config(
     )
 }
 
-/// The `adapter_config.json` PEFT writes for an IA³ `method` (PEFT-FORMATS.md §3).
+/// The `adapter_config.json` PEFT writes for an IA³ `method` (docs/FORMATS.md §3).
 pub fn ia3_adapter_config(
     method: &MethodConfig,
     info: &ExportInfo,
@@ -121,7 +123,7 @@ pub fn ia3_adapter_config(
 }
 
 /// The `adapter_config.json` PEFT writes for prompt tuning with `tokens` virtual tokens of
-/// width `token_dim` (PEFT-FORMATS.md §4). `num_layers` and `num_attention_heads` are left
+/// width `token_dim` (docs/FORMATS.md §4). `num_layers` and `num_attention_heads` are left
 /// null: PEFT fills them in from the base model's config when it loads the adapter.
 pub fn prompt_adapter_config(
     method: &MethodConfig,
@@ -160,7 +162,7 @@ pub fn prompt_adapter_config(
 }
 
 /// The `adapter_config.json` PEFT writes for prefix tuning with `tokens` virtual tokens
-/// (PEFT-FORMATS.md §2). The shape fields (`num_layers`, `num_attention_heads`, `token_dim`,
+/// (docs/FORMATS.md §2). The shape fields (`num_layers`, `num_attention_heads`, `token_dim`,
 /// `encoder_hidden_size`) are left null: PEFT derives them from the base model's config when
 /// it loads the adapter, grouped-query attention included.
 pub fn prefix_adapter_config(info: &ExportInfo, tokens: usize) -> Value {

@@ -18,6 +18,9 @@ fn now_unix() -> u64 {
 /// Checks a Hugging Face folder and describes it as a library entry.
 pub fn describe_folder(dir: &Path, name: &str, source: &str) -> Result<ModelEntry> {
     check_name(name)?;
+    if crate::model::t5::is_t5(dir) {
+        return describe_t5(dir, name, source);
+    }
     let summary = check_folder(dir)?;
     let path = dir.canonicalize().map_err(|e| EngineError::io(dir, e))?;
     Ok(ModelEntry {
@@ -29,6 +32,25 @@ pub fn describe_folder(dir: &Path, name: &str, source: &str) -> Result<ModelEntr
         parameters: summary.parameters,
         dtype: summary.dtype,
         context_length: summary.config.max_position_embeddings,
+        size_bytes: summary.size_bytes,
+        added_unix: now_unix(),
+    })
+}
+
+/// A T5 folder, checked without loading a weight, as a library entry.
+fn describe_t5(dir: &Path, name: &str, source: &str) -> Result<ModelEntry> {
+    let summary = super::weights::check_t5_folder(dir)?;
+    let path = dir.canonicalize().map_err(|e| EngineError::io(dir, e))?;
+    Ok(ModelEntry {
+        name: name.to_string(),
+        path,
+        source: source.to_string(),
+        architecture: "T5ForConditionalGeneration".into(),
+        family: "T5".into(),
+        parameters: summary.parameters,
+        dtype: summary.dtype.to_lowercase(),
+        // Relative positions have no limit; T5 was trained on 512 tokens.
+        context_length: 512,
         size_bytes: summary.size_bytes,
         added_unix: now_unix(),
     })

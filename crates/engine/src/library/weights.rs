@@ -8,7 +8,8 @@ use std::path::Path;
 use crate::error::{EngineError, Result};
 use crate::model::config::LlamaConfig;
 use crate::model::gguf::GgufModel;
-use crate::model::load::{weights_of, WeightFiles};
+use crate::model::load::{weight_files, weights_of, WeightFiles};
+use crate::model::t5::T5Config;
 use crate::tokenizer::TextTokenizer;
 
 /// Safetensors headers larger than this are refused (real ones are well under 10 MB).
@@ -71,6 +72,80 @@ pub fn header(path: &Path) -> Result<HashMap<String, (String, Vec<usize>)>> {
     Ok(out)
 }
 
+/// Every tensor of `expected` is among the `found` headers with the shape the config implies;
+/// returns the storage type (`dtype` when given, else the first tensor's) and the number of
+/// weights.
+fn expected_shapes(
+    dir: &Path,
+    found: &HashMap<String, (String, Vec<usize>)>,
+    expected: Vec<(String, Vec<usize>)>,
+    mut dtype: String,
+) -> Result<(String, u64)> {
+    let mut parameters = 0u64;
+    for (name, shape) in expected {
+        let Some((d, s)) = found.get(&name) else {
+            return Err(EngineError::bad_file(
+                dir,
+                format!("weights lack tensor `{name}`"),
+            ));
+        };
+        if *s != shape {
+            return Err(EngineError::bad_file(
+                dir,
+                format!("tensor `{name}` has shape {s:?}, config.json implies {shape:?}"),
+            ));
+        }
+        if dtype.is_empty() {
+            dtype.clone_from(d);
+        }
+        // Shapes equal the config's, whose sizes a hostile config.json may make absurd.
+        let count = shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| {
+                EngineError::bad_file(dir, format!("tensor `{name}` is absurdly large"))
+            })?;
+        parameters = parameters.saturating_add(count);
+    }
+    Ok((dtype, parameters))
+}
+
+/// What a checked T5 folder holds.
+pub struct T5FolderSummary {
+    /// The validated configuration.
+    pub config: T5Config,
+    /// Weight storage type (the first tensor's).
+    pub dtype: String,
+    /// Number of weights.
+    pub parameters: u64,
+    /// Bytes of weight files.
+    pub size_bytes: u64,
+}
+
+/// [`check_folder`] for a T5: config.json, every weight header against the shapes the config
+/// implies, and the tokenizer, without loading a weight.
+pub fn check_t5_folder(dir: &Path) -> Result<T5FolderSummary> {
+    if !dir.is_dir() {
+        return Err(EngineError::bad_file(dir, "model folder not found"));
+    }
+    let config = T5Config::from_path(dir)?;
+    let (mut found, mut size_bytes) = (HashMap::new(), 0);
+    for file in weight_files(dir)? {
+        size_bytes += std::fs::metadata(&file)
+            .map_err(|e| EngineError::io(&file, e))?
+            .len();
+        found.extend(header(&file)?);
+    }
+    let (dtype, parameters) = expected_shapes(dir, &found, config.weight_shapes(), String::new())?;
+    TextTokenizer::load(dir, &[config.eos_token_id])?;
+    Ok(T5FolderSummary {
+        config,
+        dtype,
+        parameters,
+        size_bytes,
+    })
+}
+
 /// What a checked model folder holds.
 pub struct FolderSummary {
     /// The validated configuration.
@@ -117,33 +192,12 @@ pub fn check_folder(dir: &Path) -> Result<FolderSummary> {
             .len();
         found.extend(header(&file)?);
     }
-    let mut dtype = stored.unwrap_or_default();
-    let mut parameters = 0u64;
-    for (name, shape) in config.weight_shapes() {
-        let Some((d, s)) = found.get(&name) else {
-            return Err(EngineError::bad_file(
-                dir,
-                format!("weights lack tensor `{name}`"),
-            ));
-        };
-        if *s != shape {
-            return Err(EngineError::bad_file(
-                dir,
-                format!("tensor `{name}` has shape {s:?}, config.json implies {shape:?}"),
-            ));
-        }
-        if dtype.is_empty() {
-            dtype.clone_from(d);
-        }
-        // Shapes equal the config's, whose sizes a hostile config.json may make absurd.
-        let count = shape
-            .iter()
-            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
-            .ok_or_else(|| {
-                EngineError::bad_file(dir, format!("tensor `{name}` is absurdly large"))
-            })?;
-        parameters = parameters.saturating_add(count);
-    }
+    let (dtype, parameters) = expected_shapes(
+        dir,
+        &found,
+        config.weight_shapes(),
+        stored.unwrap_or_default(),
+    )?;
     TextTokenizer::load(dir, &config.eos_token_ids)?;
     Ok(FolderSummary {
         config,

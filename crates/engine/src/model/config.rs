@@ -399,21 +399,27 @@ fn sliding_window(raw: &RawConfig, family: &Family) -> Result<Option<usize>> {
     }
 }
 
+/// `parse` of a model's `config.json` (`path` is the file or the folder holding it); a field
+/// it refuses is named with the file.
+pub fn read_config_json<T>(path: &Path, parse: impl FnOnce(&str) -> Result<T>) -> Result<T> {
+    let file = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| EngineError::io(&file, e))?;
+    parse(&text).map_err(|e| match e {
+        EngineError::Config { field, message } => {
+            EngineError::bad_file(&file, format!("field `{field}`: {message}"))
+        }
+        other => other,
+    })
+}
+
 impl LlamaConfig {
     /// Reads and validates `config.json`; `path` is the file or the folder holding it.
     pub fn from_path(path: &Path) -> Result<Self> {
-        let file = if path.is_dir() {
-            path.join("config.json")
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file).map_err(|e| EngineError::io(&file, e))?;
-        Self::from_json(&text).map_err(|e| match e {
-            EngineError::Config { field, message } => {
-                EngineError::bad_file(&file, format!("field `{field}`: {message}"))
-            }
-            other => other,
-        })
+        read_config_json(path, Self::from_json)
     }
 
     /// Parses and validates the text of a config.json.

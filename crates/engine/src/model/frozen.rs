@@ -8,9 +8,9 @@
 use candle_core::{CustomOp1, Tensor};
 
 use super::base_weight::BaseWeight;
-use super::ops::linear_matmul;
 use super::reentry::{precomputed_forward, Precomputed};
 use crate::error::Result;
+use crate::ops::linear_matmul;
 
 struct FrozenProduct {
     weight: BaseWeight,

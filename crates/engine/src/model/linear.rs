@@ -8,10 +8,10 @@ use super::fused::{
     self,
     linear::{LinearParts, LoraParts},
 };
-use super::ops::{linear_matmul, ForwardCtx};
 use crate::error::Result;
-use crate::peft::ia3::Ia3Scale;
-use crate::peft::lora::LoraAdapter;
+use crate::model::adapters::ia3::Ia3Scale;
+use crate::model::adapters::lora::LoraAdapter;
+use crate::ops::{linear_matmul, ForwardCtx};
 
 /// `y = x Wᵀ + b`, plus the adapter's contribution when one is attached.
 #[derive(Debug, Clone)]

@@ -17,11 +17,11 @@ use super::blocks::{self, Attend};
 use super::config::LlamaConfig;
 use super::fused;
 use super::linear::Linear;
-use super::ops::ForwardCtx;
 use super::quantized::QuantizedWeight;
 use super::rope::Rope;
 use crate::error::{EngineError, Result};
-use crate::peft::bottleneck::{LayerAdapters, Site};
+use crate::model::adapters::bottleneck::{LayerAdapters, Site};
+use crate::ops::ForwardCtx;
 
 /// Keys and values of every layer for incremental decoding.
 #[derive(Debug, Default, Clone)]
@@ -481,7 +481,7 @@ impl LlamaModel {
     }
 
     /// Sets (or clears) prefix tuning's keys and values [tokens, layers·2·kv_heads·head_dim],
-    /// which every layer's attention sees before the input (PEFT-FORMATS.md §2).
+    /// which every layer's attention sees before the input (docs/FORMATS.md §2).
     pub fn set_prefix(&mut self, prefix: Option<Tensor>) {
         self.prefix = prefix;
     }
@@ -791,7 +791,7 @@ impl LlamaModel {
     /// Applies `lm_head` to hidden states, soft-capped where the model caps its logits
     /// (Gemma 2: `cap · tanh(logit / cap)`).
     pub fn logits(&self, hidden: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        super::ops::soft_cap(self.lm_head.forward(hidden, ctx)?, self.cfg.final_softcap)
+        crate::ops::soft_cap(self.lm_head.forward(hidden, ctx)?, self.cfg.final_softcap)
     }
 
     /// How layer `l`'s queries attend: the model's score factor and cap, the layer's window.

@@ -13,8 +13,7 @@ use super::llama::LlamaModel;
 use super::quantized::{self, BaseFormats, Quantization, QuantizedWeight};
 use crate::error::{EngineError, Result};
 
-/// The GGUF file a model folder uses as stored, in place of safetensors weights.
-pub const GGUF_WEIGHTS: &str = "model.gguf";
+pub use super::gguf::GGUF_WEIGHTS;
 
 /// A model folder's weights: safetensors files, or one GGUF file used as stored.
 pub enum WeightFiles {

@@ -1,5 +1,7 @@
 //! The Llama-family decoder: configuration, layers, differentiable ops and loading.
 
+pub mod adapters;
+pub mod attend;
 pub mod base_weight;
 pub mod blocks;
 pub mod config;
@@ -11,14 +13,14 @@ pub mod gguf;
 pub mod linear;
 pub mod llama;
 pub mod load;
-pub mod ops;
 pub mod quantized;
 pub mod reentry;
 pub mod rope;
+pub mod t5;
 
+pub use crate::ops::ForwardCtx;
 pub use base_weight::BaseWeight;
 pub use config::LlamaConfig;
 pub use linear::Linear;
 pub use llama::{KvCache, LlamaModel};
 pub use load::load_model;
-pub use ops::ForwardCtx;

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::error::{EngineError, Result};
 use crate::model::load::read_safetensors;
+use crate::model::t5::T5Model;
 use crate::model::LlamaModel;
 
 /// The fields of PEFT's adapter_config.json the studio uses; others are ignored, as PEFT does.
@@ -51,15 +52,6 @@ fn eight() -> usize {
 
 fn eight_f() -> f64 {
     8.0
-}
-
-/// The model's linear layers by module path.
-fn linears_by_name(model: &mut LlamaModel) -> HashMap<String, &mut crate::model::Linear> {
-    model
-        .linears_mut()
-        .into_iter()
-        .map(|l| (l.name.clone(), l))
-        .collect()
 }
 
 /// A loaded tensor as a trainable variable on the model's device and dtype.
@@ -282,10 +274,21 @@ fn attach_prompt(model: &mut LlamaModel, dir: &Path, prefix: bool) -> Result<Tra
 /// Attaches the IA³ adapter in `dir`: each `ia3_l` is [out, 1] (scales the output) or, for a
 /// feed-forward module, [1, in] (scales the input).
 fn attach_ia3(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {
+    let (dtype, device) = (model.dtype(), model.device().clone());
+    attach_ia3_to(model.linears_mut(), dtype, &device, dir)
+}
+
+/// The IA³ adapter in `dir` attached to the `linears` its module names name.
+fn attach_ia3_to(
+    linears: Vec<&mut crate::model::Linear>,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+    dir: &Path,
+) -> Result<Trainables> {
     let weights_path = dir.join("adapter_model.safetensors");
     let tensors = read_safetensors(&weights_path)?;
-    let (dtype, device) = (model.dtype(), model.device().clone());
-    let mut linears = linears_by_name(model);
+    let mut linears: HashMap<String, &mut crate::model::Linear> =
+        linears.into_iter().map(|l| (l.name.clone(), l)).collect();
     let mut keys: Vec<&String> = tensors.keys().collect();
     keys.sort();
     let mut out = Vec::new();
@@ -314,7 +317,7 @@ fn attach_ia3(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {
                 ),
             ));
         };
-        let var = trainable(t.clone(), dtype, &device)?;
+        let var = trainable(t.clone(), dtype, device)?;
         lin.ia3 = Some(Ia3Scale::from_var(&var, feedforward));
         out.push((format!("{m}.ia3_l"), var));
     }
@@ -327,6 +330,45 @@ fn attach_ia3(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {
 /// Attaches the LoRA (or DoRA) adapter in `dir` to `model`. Returns the adapter's variables
 /// (named as in training) so that training can continue from them.
 pub fn attach_lora(model: &mut LlamaModel, dir: &Path, dropout: Option<f64>) -> Result<Trainables> {
+    let (dtype, device) = (model.dtype(), model.device().clone());
+    attach_lora_to(model.linears_mut(), dtype, &device, dir, dropout)
+}
+
+/// A PEFT LoRA (or DoRA) or IA³ adapter for T5 (`task_type` SEQ_2_SEQ_LM) attached to
+/// `model`; other kinds are refused by name.
+pub fn attach_adapter_t5(
+    model: &mut T5Model,
+    dir: &Path,
+    dropout: Option<f64>,
+) -> Result<Trainables> {
+    let cfg = read_adapter_config(dir)?;
+    let (dtype, device) = (model.dtype(), model.device().clone());
+    match cfg.peft_type.as_str() {
+        "LORA" => attach_lora_to(model.linears_mut(), dtype, &device, dir, dropout),
+        "IA3" => attach_ia3_to(model.linears_mut(), dtype, &device, dir),
+        other => Err(EngineError::bad_file(
+            dir.join("adapter_config.json"),
+            format!("is a {other} adapter; for T5 the studio loads LoRA and IA3 adapters"),
+        )),
+    }
+}
+
+/// Removes every adapter from a T5 `model`.
+pub fn detach_adapters_t5(model: &mut T5Model) {
+    for lin in model.linears_mut() {
+        lin.lora = None;
+        lin.ia3 = None;
+    }
+}
+
+/// The LoRA adapter in `dir` attached to the `linears` its module names name.
+fn attach_lora_to(
+    linears: Vec<&mut crate::model::Linear>,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+    dir: &Path,
+    dropout: Option<f64>,
+) -> Result<Trainables> {
     let cfg = read_adapter_config(dir)?;
     if cfg.peft_type != "LORA" {
         return Err(EngineError::bad_file(
@@ -363,8 +405,8 @@ pub fn attach_lora(model: &mut LlamaModel, dir: &Path, dropout: Option<f64>) -> 
                 format!("alpha_pattern: {e}"),
             )
         })?;
-    let (dtype, device) = (model.dtype(), model.device().clone());
-    let mut linears = linears_by_name(model);
+    let mut linears: HashMap<String, &mut crate::model::Linear> =
+        linears.into_iter().map(|l| (l.name.clone(), l)).collect();
     let mut modules: Vec<String> = by_module.keys().cloned().collect();
     modules.sort();
     let mut out = Vec::new();
@@ -427,7 +469,7 @@ pub fn attach_lora(model: &mut LlamaModel, dir: &Path, dropout: Option<f64>) -> 
             use_rslora: cfg.use_rslora,
             use_dora: cfg.use_dora,
         };
-        let var = |t: Tensor| trainable(t, dtype, &device);
+        let var = |t: Tensor| trainable(t, dtype, device);
         let vars = LoraVars {
             a: var(a)?,
             b: var(b)?,

@@ -1,5 +1,5 @@
 //! Merging adapters into the base weights, as PEFT's `merge_and_unload` does
-//! (PEFT-FORMATS.md §7): LoRA `W + s·BA`; DoRA `(m / ‖W + s·BA‖_row) ⊙ (W + s·BA)`; IA³ rows
+//! (docs/FORMATS.md §7): LoRA `W + s·BA`; DoRA `(m / ‖W + s·BA‖_row) ⊙ (W + s·BA)`; IA³ rows
 //! (and the bias) scaled by `l`, or for a feed-forward module its columns.
 
 use candle_core::Tensor;

@@ -1,16 +1,17 @@
-//! Parameter-efficient methods. A method wraps the model's layers in place (the base model
-//! is never copied) and returns the named variables it trains.
+//! Parameter-efficient methods: which layers a method adapts (PEFT's targeting and defaults),
+//! with what settings and initial values, loading and merging adapters. A method attaches the
+//! adapter layers the model defines (`model::adapters`) to the model's layers in place (the
+//! base model is never copied) and returns the named variables it trains; the model never
+//! names a method.
 
-pub mod bottleneck;
-pub mod describe;
 pub mod freeze;
-pub mod gguf_lora;
-pub mod ia3;
 pub mod load;
-pub mod lora;
 pub mod merge;
 pub mod prompt;
+pub mod seq2seq;
 pub mod target;
+
+pub use crate::model::adapters::{bottleneck, ia3, lora};
 
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
@@ -21,8 +22,8 @@ pub use prompt::PromptInit;
 pub use target::TargetModules;
 
 use crate::error::{EngineError, Result};
-use crate::model::ops::SplitMix64;
 use crate::model::{LlamaConfig, LlamaModel};
+use crate::ops::SplitMix64;
 use crate::tokenizer::TextTokenizer;
 
 /// The training method.
@@ -98,7 +99,7 @@ impl std::str::FromStr for MethodKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MethodConfig {
-    /// `lora`, `freeze` or `full`.
+    /// The method (`MethodKind`: lora, ia3, prompt-tuning, prefix-tuning, houlsby, pfeiffer, freeze or full).
     pub kind: MethodKind,
     /// LoRA rank.
     pub r: usize,
@@ -159,6 +160,20 @@ impl Default for MethodConfig {
 
 /// The variables a method trains, in a fixed order, with the names they are saved under.
 pub type Trainables = Vec<(String, Var)>;
+
+/// A fresh LoRA adapter (PEFT's initialisation from `seed`) attached to `lin`; its variables
+/// under PEFT's names.
+pub(crate) fn init_lora(
+    lin: &mut crate::model::Linear,
+    settings: &LoraSettings,
+    seed: u64,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> Result<Trainables> {
+    let (ad, vars) = LoraAdapter::init(&lin.weight, settings, seed, dtype, device)?;
+    lin.lora = Some(ad);
+    Ok(lora_trainables(&lin.name, vars))
+}
 
 /// An adapter's variables under the names PEFT saves them with (without its
 /// `base_model.model.` prefix).
@@ -257,7 +272,7 @@ impl MethodConfig {
         match (&self.target_modules, self.kind) {
             (Some(t), _) => t.clone(),
             (None, MethodKind::Ia3) => TargetModules::List(
-                ia3::default_targets(model_type)
+                target::ia3_default_targets(model_type)
                     .into_iter()
                     .flatten()
                     .map(|s| s.to_string())
@@ -271,7 +286,7 @@ impl MethodConfig {
     pub fn feedforward(&self) -> TargetModules {
         self.feedforward_modules.clone().unwrap_or_else(|| {
             TargetModules::List(
-                ia3::DEFAULT_FEEDFORWARD
+                target::IA3_DEFAULT_FEEDFORWARD
                     .iter()
                     .map(|s| s.to_string())
                     .collect(),
@@ -344,15 +359,13 @@ impl MethodConfig {
                     if !targets.iter().any(|(n, _, _)| *n == lin.name) {
                         continue;
                     }
-                    let (ad, vars) = LoraAdapter::init(
-                        &lin.weight,
+                    out.extend(init_lora(
+                        lin,
                         &settings,
                         SplitMix64::mix(seed, i as u64),
                         dtype,
                         &device,
-                    )?;
-                    lin.lora = Some(ad);
-                    out.extend(lora_trainables(&lin.name, vars));
+                    )?);
                 }
                 Ok(out)
             }

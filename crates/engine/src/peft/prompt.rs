@@ -1,5 +1,5 @@
 //! PEFT's prompt-learning methods, both saved as one tensor named `prompt_embeddings`:
-//! - prompt tuning (Lester et al. 2021, `tuners/prompt_tuning`, PEFT-FORMATS.md §4): learned
+//! - prompt tuning (Lester et al. 2021, `tuners/prompt_tuning`, docs/FORMATS.md §4): learned
 //!   embeddings [tokens, hidden] of virtual tokens put before every input's embeddings;
 //! - prefix tuning (Li & Liang 2021, `tuners/prefix_tuning`, §2): learned keys and values
 //!   [tokens, layers·2·kv_heads·head_dim] that every layer's attention sees before the input.
@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::model::ops::SplitMix64;
 use crate::model::LlamaModel;
+use crate::ops::SplitMix64;
 
 /// The name the virtual-token embeddings are trained and saved under.
 pub const PROMPT_EMBEDDINGS: &str = "prompt_embeddings";

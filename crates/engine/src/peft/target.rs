@@ -45,11 +45,12 @@ impl TargetModules {
     }
 }
 
-/// The layer index in a module path such as `model.layers.3.mlp.up_proj`.
+/// The layer index in a module path such as `model.layers.3.mlp.up_proj` or T5's
+/// `encoder.block.3.layer.0.SelfAttention.q` (PEFT's layer patterns `layers` and `block`).
 pub fn layer_index(module: &str) -> Option<usize> {
     let mut parts = module.split('.');
     while let Some(p) = parts.next() {
-        if p == "layers" {
+        if p == "layers" || p == "block" {
             return parts.next().and_then(|i| i.parse().ok());
         }
     }
@@ -147,3 +148,24 @@ pub fn parse_layers(s: &str) -> Result<Vec<usize>> {
     }
     Ok(out)
 }
+
+/// PEFT's IA³ targets for a `model_type` (`utils/constants.py`,
+/// `TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`): Llama and Mistral scale keys, Qwen
+/// and Gemma queries; PEFT has none for Phi-3 (its fused projections), so neither has the
+/// studio.
+pub fn ia3_default_targets(model_type: &str) -> Option<[&'static str; 3]> {
+    match model_type {
+        "t5" => Some(["k", "v", "wo"]),
+        "llama" | "mistral" => Some(["k_proj", "v_proj", "down_proj"]),
+        "phi3" => None,
+        _ => Some(["q_proj", "v_proj", "down_proj"]),
+    }
+}
+/// PEFT's IA³ feed-forward modules for every supported family.
+pub const IA3_DEFAULT_FEEDFORWARD: [&str; 1] = ["down_proj"];
+
+/// PEFT's IA³ feed-forward modules for T5 (`wo`, its feed-forward block's output projection).
+pub const IA3_T5_FEEDFORWARD: [&str; 1] = ["wo"];
+
+/// PEFT's LoRA targets for T5 (`q` and `v` of every attention, cross-attention included).
+pub const LORA_T5_TARGETS: [&str; 2] = ["q", "v"];

@@ -82,6 +82,9 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Learning-rate schedule after warm-up.
     pub schedule: Schedule,
+    /// Where the linear and cosine schedules end, as a fraction of `lr` (transformers'
+    /// `cosine_with_min_lr`; 0 = they fall to 0).
+    pub min_lr_ratio: f64,
     /// Warm-up steps (takes precedence over `warmup_ratio`).
     pub warmup_steps: usize,
     /// Warm-up as a fraction of all steps.
@@ -129,6 +132,7 @@ impl Default for TrainConfig {
             eps: 1e-8,
             weight_decay: 0.0,
             schedule: Schedule::Linear,
+            min_lr_ratio: 0.0,
             warmup_steps: 0,
             warmup_ratio: 0.0,
             batch_size: 4,
@@ -181,6 +185,11 @@ impl TrainConfig {
             "must not be negative",
         )?;
         check(
+            (0.0..=1.0).contains(&self.min_lr_ratio),
+            "min_lr_ratio",
+            "must be in [0, 1]",
+        )?;
+        check(
             (0.0..1.0).contains(&self.warmup_ratio),
             "warmup_ratio",
             "must be in [0, 1)",
@@ -223,10 +232,48 @@ impl TrainConfig {
             return self.lr * step as f64 / warmup.max(1) as f64;
         }
         let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
-        match self.schedule {
-            Schedule::Constant => self.lr,
-            Schedule::Linear => self.lr * (1.0 - progress).max(0.0),
-            Schedule::Cosine => self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
-        }
+        // The share of the way from the floor to the peak still left.
+        let left = match self.schedule {
+            Schedule::Constant => return self.lr,
+            Schedule::Linear => (1.0 - progress).max(0.0),
+            Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        };
+        let floor = self.lr * self.min_lr_ratio;
+        floor + (self.lr - floor) * left
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schedules against transformers' formulas: warm-up from 0, then linear or cosine
+    /// decay to 0, or to `lr × min_lr_ratio` (cosine_with_min_lr).
+    #[test]
+    fn schedules_follow_transformers() {
+        let at = |schedule, min_lr_ratio, step| {
+            let cfg = TrainConfig {
+                lr: 1.0,
+                schedule,
+                min_lr_ratio,
+                warmup_steps: 2,
+                ..Default::default()
+            };
+            cfg.lr_at(step, 12)
+        };
+        assert_eq!(at(Schedule::Linear, 0.0, 1), 0.5);
+        assert_eq!(at(Schedule::Linear, 0.0, 2), 1.0);
+        assert!((at(Schedule::Linear, 0.0, 7) - 0.5).abs() < 1e-12);
+        assert!((at(Schedule::Cosine, 0.0, 7) - 0.5).abs() < 1e-12);
+        assert!(at(Schedule::Cosine, 0.0, 12).abs() < 1e-12);
+        assert!((at(Schedule::Cosine, 0.1, 12) - 0.1).abs() < 1e-12);
+        assert!((at(Schedule::Cosine, 0.1, 7) - 0.55).abs() < 1e-12);
+        assert!((at(Schedule::Linear, 0.2, 12) - 0.2).abs() < 1e-12);
+        assert_eq!(at(Schedule::Constant, 0.5, 9), 1.0);
+        let bad = TrainConfig {
+            min_lr_ratio: 1.5,
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
     }
 }

@@ -9,4 +9,4 @@ pub mod trainer;
 
 pub use config::{Precision, Schedule, TrainConfig};
 pub use events::{Recorder, StepMetrics, TrainEvent, TrainSink};
-pub use trainer::{batch_loss, Trainer};
+pub use trainer::{batch_loss, Objective, Trainer};

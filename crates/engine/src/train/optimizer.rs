@@ -7,7 +7,7 @@ use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
 use crate::error::Result;
 use crate::model::fused::view::view;
-use crate::model::ops::{host_scalar, wide};
+use crate::ops::{host_scalar, wide};
 
 /// Optimiser state for a list of variables.
 #[derive(Debug)]

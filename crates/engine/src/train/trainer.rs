@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 
 use super::checkpoint::{self, CheckpointState};
 use super::config::TrainConfig;
@@ -12,19 +12,61 @@ use super::events::{StepMetrics, TrainEvent, TrainSink};
 use super::optimizer::{collect_grads, global_norm, AdamW};
 use crate::data::{Batch, Examples};
 use crate::error::{EngineError, Result};
-use crate::model::ops::SplitMix64;
+use crate::model::t5::T5Model;
 use crate::model::{ForwardCtx, LlamaModel};
+use crate::ops;
+use crate::ops::SplitMix64;
 use crate::peft::Trainables;
 use crate::threads::on_compute_pool;
 
-/// Mean next-token loss of `batch` over its weighted targets, and the number of targets.
-pub fn batch_loss(model: &LlamaModel, batch: &Batch, ctx: &ForwardCtx) -> Result<(Tensor, f64)> {
-    model.loss(&batch.input_ids, &batch.targets, &batch.weights, ctx)
+/// What a trainer trains: a model that gives the mean loss of a batch over its weighted
+/// targets, and the number of targets. Decoder-only models predict the next token; an
+/// encoder-decoder model (T5) reads the batch's sources and predicts the targets.
+pub trait Objective: Sync {
+    /// The device batches go to.
+    fn device(&self) -> &Device;
+    /// The batch's mean loss and its number of weighted targets.
+    fn batch_loss(&self, batch: &Batch, ctx: &ForwardCtx) -> Result<(Tensor, f64)>;
+}
+
+impl Objective for LlamaModel {
+    fn device(&self) -> &Device {
+        LlamaModel::device(self)
+    }
+    fn batch_loss(&self, batch: &Batch, ctx: &ForwardCtx) -> Result<(Tensor, f64)> {
+        self.loss(&batch.input_ids, &batch.targets, &batch.weights, ctx)
+    }
+}
+
+impl Objective for T5Model {
+    fn device(&self) -> &Device {
+        T5Model::device(self)
+    }
+    fn batch_loss(&self, batch: &Batch, ctx: &ForwardCtx) -> Result<(Tensor, f64)> {
+        let (source, mask) = batch.source.as_ref().ok_or_else(|| {
+            EngineError::config(
+                "data",
+                "a T5 batch needs its sources (records with a prompt)",
+            )
+        })?;
+        let logits = self.forward(source, mask, &batch.input_ids, ctx)?;
+        let (b, t, v) = logits.dims3()?;
+        ops::masked_cross_entropy(
+            &logits.reshape((b * t, v))?,
+            &batch.targets.flatten_all()?,
+            &batch.weights.flatten_all()?,
+        )
+    }
+}
+
+/// Mean loss of `batch` over its weighted targets, and the number of targets.
+pub fn batch_loss(model: &dyn Objective, batch: &Batch, ctx: &ForwardCtx) -> Result<(Tensor, f64)> {
+    model.batch_loss(batch, ctx)
 }
 
 /// Trains the variables of a method-wrapped model.
 pub struct Trainer<'a> {
-    model: &'a LlamaModel,
+    model: &'a dyn Objective,
     vars: Trainables,
     cfg: TrainConfig,
     train: Examples,
@@ -38,7 +80,7 @@ pub struct Trainer<'a> {
 impl<'a> Trainer<'a> {
     /// A trainer at step 0.
     pub fn new(
-        model: &'a LlamaModel,
+        model: &'a dyn Objective,
         vars: Trainables,
         cfg: TrainConfig,
         train: Examples,
@@ -123,7 +165,7 @@ impl<'a> Trainer<'a> {
                     ),
                 ));
             }
-            let wide = crate::model::ops::wide(var.dtype());
+            let wide = crate::ops::wide(var.dtype());
             let on =
                 |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(var.device())?.to_dtype(wide)?) };
             self.opt.set_value(i, var, &on(p)?)?;
@@ -161,7 +203,7 @@ impl<'a> Trainer<'a> {
         let (mut total, mut count) = (0.0, 0.0);
         for batch in val.eval_batches(self.model.device())? {
             let (loss, n) = batch_loss(self.model, &batch, &ctx)?;
-            total += crate::model::ops::host_scalar(&loss)? * n;
+            total += crate::ops::host_scalar(&loss)? * n;
             count += n;
         }
         Ok(Some(total / count.max(1.0)))
@@ -180,7 +222,7 @@ impl<'a> Trainer<'a> {
             let ctx = ForwardCtx::train(SplitMix64::mix(self.cfg.seed, index as u64))
                 .with_checkpointing(self.cfg.gradient_checkpointing);
             let (loss, _) = batch_loss(self.model, &batch, &ctx)?;
-            let loss_value = crate::model::ops::host_scalar(&loss)?;
+            let loss_value = crate::ops::host_scalar(&loss)?;
             if !loss_value.is_finite() {
                 return Err(EngineError::config(
                     "lr",

@@ -146,7 +146,7 @@ pub fn gradient_model_of(
     peft_studio_engine::peft::Trainables,
 ) {
     use candle_core::{Device, Tensor};
-    use peft_studio_engine::model::ops::SplitMix64;
+    use peft_studio_engine::ops::SplitMix64;
     let method = &for_family(method, spec);
     let path = tiny_model(dir, spec);
     let mut model =
@@ -173,10 +173,12 @@ pub fn gradient_examples() -> peft_studio_engine::data::Examples {
             Example {
                 ids: vec![1, 50, 60, 70, 80, 90, 100],
                 loss_mask: vec![0, 0, 1, 1, 1, 1, 1],
+                source: Vec::new(),
             },
             Example {
                 ids: vec![3, 4, 5, 6],
                 loss_mask: vec![1, 1, 1, 1],
+                source: Vec::new(),
             },
         ],
         16,
@@ -184,4 +186,38 @@ pub fn gradient_examples() -> peft_studio_engine::data::Examples {
         0,
     )
     .expect("examples")
+}
+
+/// Adds `delta` to entry `index` of `var` (f64).
+fn bump(var: &candle_core::Var, index: usize, delta: f64) {
+    let shape = var.shape().clone();
+    let mut data: Vec<f64> = var
+        .as_tensor()
+        .flatten_all()
+        .expect("flat")
+        .to_vec1()
+        .expect("vec");
+    data[index] += delta;
+    var.set(&candle_core::Tensor::from_vec(data, shape, var.device()).expect("tensor"))
+        .expect("set");
+}
+
+/// The central difference of `loss` in entry `index` of `var` (f64), the entry restored.
+pub fn central_difference(
+    var: &candle_core::Var,
+    index: usize,
+    eps: f64,
+    mut loss: impl FnMut() -> f64,
+) -> f64 {
+    bump(var, index, eps);
+    let up = loss();
+    bump(var, index, -2.0 * eps);
+    let down = loss();
+    bump(var, index, eps);
+    (up - down) / (2.0 * eps)
+}
+
+/// `|a − b|` relative to their size (absolute below 1e-7).
+pub fn relative_error(a: f64, b: f64) -> f64 {
+    (a - b).abs() / (a.abs() + b.abs()).max(1e-7)
 }

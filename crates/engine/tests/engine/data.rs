@@ -393,6 +393,7 @@ fn truncation_keeps_the_chosen_end_and_is_counted() {
     let example = Example {
         ids: (0..10).collect(),
         loss_mask: vec![1; 10],
+        source: Vec::new(),
     };
     let right =
         Examples::with_truncation(vec![example.clone()], 3, 1, 0, Truncation::Right).unwrap();
@@ -416,6 +417,7 @@ fn token_statistics() {
     let ex = |n: usize| Example {
         ids: vec![1; n],
         loss_mask: (0..n).map(|i| u8::from(i % 2 == 0)).collect(),
+        source: Vec::new(),
     };
     let s = token_stats(&(1..=20).map(ex).collect::<Vec<_>>(), 15);
     assert_eq!(
@@ -592,10 +594,12 @@ fn packing_fills_rows_in_order_and_keeps_masks() {
     let ex = |n: u32, trained: u8| Example {
         ids: vec![n; n as usize],
         loss_mask: vec![trained; n as usize],
+        source: Vec::new(),
     };
     let prompt_then_answer = Example {
         ids: vec![4; 4],
         loss_mask: vec![0, 0, 1, 1],
+        source: Vec::new(),
     };
     let examples = Examples::new(
         vec![ex(3, 1), prompt_then_answer, ex(2, 1), ex(6, 1), ex(2, 1)],

@@ -6,8 +6,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use peft_studio_engine::export::{write_peft_dir, ExportInfo};
 use peft_studio_engine::fixtures::TinySpec;
-use peft_studio_engine::model::ops::SplitMix64;
 use peft_studio_engine::model::{load_model, ForwardCtx};
+use peft_studio_engine::ops::SplitMix64;
 use peft_studio_engine::peft::load::attach_lora;
 use peft_studio_engine::peft::MethodConfig;
 
@@ -24,6 +24,7 @@ fn write_adapter(out: &Path, method: &MethodConfig, vars: &[(String, Var)]) {
         method,
         &ExportInfo {
             base_model: "tiny".into(),
+            task_type: "CAUSAL_LM",
         },
         &params,
     )
@@ -727,7 +728,7 @@ fn prompt_tuning_text_ids_match_peft_on_smollm2() {
 #[test]
 fn gguf_lora_export_follows_llama_cpp() {
     use candle_core::quantized::gguf_file;
-    use peft_studio_engine::export::gguf_lora::write_gguf_lora;
+    use peft_studio_engine::gguf::lora::write_gguf_lora;
     use peft_studio_engine::model::gguf::tensors::unpermute;
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = TinySpec {

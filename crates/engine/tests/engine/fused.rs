@@ -6,8 +6,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use peft_studio_engine::model::blocks::{self, Attend};
 use peft_studio_engine::model::family::Activation;
 use peft_studio_engine::model::fused;
-use peft_studio_engine::model::ops::{self, SplitMix64};
 use peft_studio_engine::model::ForwardCtx;
+use peft_studio_engine::ops::{self, SplitMix64};
 use peft_studio_engine::peft::{MethodConfig, MethodKind, TargetModules};
 use peft_studio_engine::train::batch_loss;
 

@@ -17,4 +17,5 @@ mod precision;
 mod quantized;
 mod reference;
 mod resume;
+mod t5;
 mod training;

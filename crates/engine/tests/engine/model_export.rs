@@ -4,14 +4,14 @@
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
-use peft_studio_engine::export::gguf_model::{write_gguf_model, GgufType};
 use peft_studio_engine::fixtures::TinySpec;
+use peft_studio_engine::gguf::lora_read::read_gguf_lora;
+use peft_studio_engine::gguf::model::{write_gguf_model, GgufType};
 use peft_studio_engine::library::import::import_gguf;
 use peft_studio_engine::model::gguf::tensors::permute;
 use peft_studio_engine::model::gguf::GgufWeights;
 use peft_studio_engine::model::quantized::Quantization;
 use peft_studio_engine::model::{load_model, ForwardCtx, LlamaModel};
-use peft_studio_engine::peft::gguf_lora::read_gguf_lora;
 use peft_studio_engine::tokenizer::TextTokenizer;
 
 use crate::common::{lora_method, max_abs_diff, tiny_model};
@@ -234,7 +234,7 @@ fn quantised_gguf_models_round_within_their_format() {
 /// named.
 #[test]
 fn gguf_lora_reads_back_what_was_written() {
-    use peft_studio_engine::export::gguf_lora::write_gguf_lora;
+    use peft_studio_engine::gguf::lora::write_gguf_lora;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = tiny_model(dir.path(), &TinySpec::default());
     let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");

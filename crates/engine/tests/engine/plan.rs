@@ -273,49 +273,6 @@ fn bottleneck_counts_match_the_adapters_library() {
     }
 }
 
-/// Every method is described for the picker; each hyperparameter names a real field of the
-/// `[method]` table and its default is the engine's.
-#[test]
-fn method_descriptions_match_the_config() {
-    use peft_studio_engine::peft::describe::{methods, ParamRange};
-    let all = methods();
-    assert_eq!(all.len(), 8);
-    let defaults = serde_json::to_value(MethodConfig::default()).expect("json");
-    let fields = [
-        "target_modules",
-        "feedforward_modules",
-        "prompt_tuning_init_text",
-        "layers_to_transform",
-    ];
-    for m in &all {
-        assert!(
-            !m.summary.is_empty() && m.summary.ends_with('.'),
-            "{}",
-            m.name
-        );
-        let kind: MethodKind = m.kind.as_str().parse().expect("kind");
-        assert_eq!(kind, m.kind);
-        for p in &m.params {
-            assert!(
-                defaults.get(p.field).is_some() || fields.contains(&p.field),
-                "{}: `{}` is not a method field",
-                m.name,
-                p.field
-            );
-            if !p.default.is_null() {
-                assert_eq!(defaults[p.field], p.default, "{}.{}", m.name, p.field);
-            }
-            if let ParamRange::Int { min, max } = p.range {
-                let d = p.default.as_u64().unwrap_or(min);
-                assert!(min <= d && d <= max, "{}.{}", m.name, p.field);
-            }
-        }
-    }
-    // A config built from every default parses back.
-    let json = serde_json::to_string(&all).expect("serialize");
-    assert!(json.contains("\"kind\":\"prompt-tuning\""));
-}
-
 /// The memory estimate has the parts training has: full fine-tuning pays gradients and two
 /// moments for every weight, LoRA for its adapters only; activations grow with the batch and
 /// faster than linearly with the sequence (attention scores); virtual tokens cost activations.

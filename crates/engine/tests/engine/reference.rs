@@ -368,7 +368,7 @@ fn peft_written_adapters_give_peft_logits_and_gradients() {
 /// alone changes the plain model's logits.)
 #[test]
 fn adapters_library_bottlenecks_compute_what_the_library_computes() {
-    use peft_studio_engine::peft::bottleneck::Site;
+    use peft_studio_engine::model::adapters::bottleneck::Site;
     use peft_studio_engine::peft::load::attach_adapter;
     for (name, n_tensors) in [("pfeiffer", 8), ("houlsby", 16)] {
         let mut model = load_model(&fixture("adapters/base"), DType::F32, &Device::Cpu).unwrap();

@@ -3,12 +3,11 @@
 import { invoke, describeError, browseButton } from "../api.js";
 import { h, errorBox } from "../dom.js";
 
-// The record formats the reader knows; "auto" decides per record.
-export const FORMATS = ["auto", "text", "prompt-completion", "alpaca", "messages", "sharegpt"];
-
-export function formatSelect(id, value, onchange) {
+// A choice of the record formats the reader knows (as the app lists them; "auto" decides per
+// record).
+export function formatSelect(id, formats, value, onchange) {
   return h("select", { id, "aria-label": "record format", onchange: (e) => onchange(e.target.value) },
-    FORMATS.map((f) => h("option", { value: f, selected: f === value }, f === "auto" ? "format: detect" : `format: ${f}`)));
+    formats.map((f) => h("option", { value: f, selected: f === value }, f === "auto" ? "format: detect" : `format: ${f}`)));
 }
 
 export function datasetReport(view) {
@@ -85,12 +84,12 @@ if (typeof window !== "undefined") {
 }
 
 export async function datasets(root) {
-  const models = await invoke("list_models").catch(() => []);
+  const [models, settings] = await Promise.all([invoke("list_models").catch(() => []), invoke("form_settings")]);
   const out = h("div", {});
   const path = h("input", { type: "text", id: "inspect-path", placeholder: "/path/to/data.jsonl" });
   const model = h("select", { id: "inspect-model" }, h("option", { value: "" }, "(no tokenizer)"), models.map((m) => h("option", { value: m.name }, m.name)));
   let format = "auto";
-  const formatPick = formatSelect("inspect-format", format, (f) => { format = f; });
+  const formatPick = formatSelect("inspect-format", settings.formats, format, (f) => { format = f; });
   const run = async (e) => {
     e.preventDefault();
     out.replaceChildren(h("p", {}, "Reading…"));

@@ -1,14 +1,17 @@
 // New run: a stepper (model → dataset → method → hyperparameters → review).
 import { invoke, describeError, browseButton } from "../api.js";
 import { h, errorBox } from "../dom.js";
-import { PRESETS, fitVerdict, formatBytes, formatCount } from "../metrics.js";
-import { methodConfig, defaultValues } from "../form.js";
+import { fitVerdict, formatBytes, formatCount } from "../metrics.js";
+import { methodConfig, settingsTable, defaultValues, formValues } from "../form.js";
 import { datasetReport, formatSelect } from "./datasets.js";
 
 const STEPS = ["Model", "Dataset", "Method", "Hyperparameters", "Review"];
 
 export async function newRun(root, params) {
-  const [models, methods, quantizations] = await Promise.all([invoke("list_models"), invoke("list_methods"), invoke("list_quantizations")]);
+  const [models, methods, quantizations, settings] = await Promise.all([invoke("list_models"), invoke("list_methods"), invoke("list_quantizations"), invoke("form_settings")]);
+  // Every field, the hyperparameters step and the review come from the app's descriptions.
+  const trainInfo = { params: settings.train };
+  const [firstPreset] = settings.presets;
   const state = {
     step: 0,
     model: models[0]?.name || "",
@@ -16,16 +19,18 @@ export async function newRun(root, params) {
     format: "auto",
     kind: "lora",
     values: Object.fromEntries(methods.map((m) => [m.kind, defaultValues(m)])),
-    preset: "quick",
-    train: { ...PRESETS.quick.train, val_fraction: 0.2 },
+    preset: firstPreset.name,
+    train: { ...defaultValues(trainInfo), ...formValues(settings.start), ...formValues(firstPreset.train) },
     name: "",
   };
   if (params.get("demo")) {
     const demo = await invoke("demo_setup");
     if (demo.model) state.model = demo.model;
     state.dataset = demo.dataset;
-    state.train = { ...state.train, ...demo.train };
-    state.values.lora = { ...state.values.lora, r: 8, lora_alpha: 16, target_modules: "q_proj, k_proj, v_proj, o_proj" };
+    state.train = { ...state.train, ...formValues(demo.train) };
+    // The demo's method as the app declares it, as the form's text values.
+    state.kind = demo.method.kind;
+    state.values[demo.method.kind] = { ...state.values[demo.method.kind], ...formValues(demo.method) };
     state.name = "demo";
   }
   const infoOf = (kind) => methods.find((m) => m.kind === kind);
@@ -48,6 +53,7 @@ export async function newRun(root, params) {
       if (state.step === 0 && !state.model) throw new Error("Choose a model first (install one from the command line if the list is empty).");
       if (state.step === 1 && !state.dataset) throw new Error("Give the path of a dataset file.");
       if (state.step === 2) methodConfig(state.kind, infoOf(state.kind), state.values[state.kind]);
+      if (state.step === 3) settingsTable(settings.train, state.train);
       if (state.step < STEPS.length - 1) return go(state.step + 1);
       next.disabled = true;
       const id = await invoke("start_run", {
@@ -56,7 +62,7 @@ export async function newRun(root, params) {
           model: state.model,
           dataset: state.dataset,
           method: methodConfig(state.kind, infoOf(state.kind), state.values[state.kind]),
-          train: state.train,
+          train: settingsTable(settings.train, state.train),
           format: state.format,
         },
       });
@@ -98,7 +104,7 @@ export async function newRun(root, params) {
     };
     if (state.dataset) check();
     return [h("label", { for: "dataset-path" }, "Dataset file (JSONL, JSON, CSV, Parquet or text)"),
-      h("div", { class: "row" }, input, browseButton(input, { filters: [{ name: "Datasets", extensions: ["jsonl", "json", "csv", "tsv", "parquet", "txt"] }] }), formatSelect("dataset-format", state.format, (f) => { state.format = f; check(); }),
+      h("div", { class: "row" }, input, browseButton(input, { filters: [{ name: "Datasets", extensions: ["jsonl", "json", "csv", "tsv", "parquet", "txt"] }] }), formatSelect("dataset-format", settings.formats, state.format, (f) => { state.format = f; check(); }),
         h("button", { type: "button", id: "check-dataset", onclick: check }, "Check")), report];
   }
 
@@ -109,12 +115,14 @@ export async function newRun(root, params) {
     const refresh = debounce(async () => {
       try {
         const cfg = methodConfig(state.kind, info, values);
-        const p = await invoke("plan_run", { model: state.model, method: cfg, batchSize: state.train.batch_size, seqLen: state.train.seq_len, checkpointing: !!state.train.gradient_checkpointing, precision: state.train.precision || "f32", quantize: state.train.quantize || null });
-        const verdict = fitVerdict(p.memory_total, p.available);
+        const t = settingsTable(settings.train, state.train);
+        const p = await invoke("plan_run", { model: state.model, method: cfg, batchSize: t.batch_size, seqLen: t.seq_len, checkpointing: !!t.gradient_checkpointing, precision: t.precision, quantize: t.quantize || null });
+        const verdict = p.memory_total === null ? "unknown" : fitVerdict(p.memory_total, p.available);
         state.device = p.device;
         state.stored = p.stored_quantization;
         plan.replaceChildren(
           h("p", { id: "trainable" }, h("strong", {}, formatCount(p.trainable)), ` trainable parameters of ${formatCount(p.total)} (${(100 * p.trainable / p.total).toFixed(3)}%)`),
+          p.memory_total === null ? h("p", { class: "memory", id: "memory" }, `Peak memory on ${p.device}: not predicted for this model yet`) :
           h("p", { class: `memory memory-${verdict}`, id: "memory" }, `Predicted peak memory on ${p.device} ${formatBytes(p.memory_total)}`,
             p.available ? ` of ${formatBytes(p.available)} available` : "",
             verdict === "over" ? " — will not fit: lower the batch size or sequence length, or pick a lighter method." : verdict === "tight" ? " — tight." : ""));
@@ -141,31 +149,14 @@ export async function newRun(root, params) {
     // The build's device as the plan named it: "cpu", "cuda:0", "metal:0".
     const device = state.device || "cpu";
     const [kind, gpu = ""] = device.split(":");
-    const num = (key, label, help, step = "any") => h("label", { class: "param" }, h("span", {}, label),
-      h("input", { type: "number", step, name: key, value: t[key], oninput: (e) => { t[key] = Number(e.target.value); } }), h("small", {}, help));
+    // The base's quantization has its own field: a GGUF base shows what it stores instead.
+    const fieldOf = (p) => (p.field === "quantize" ? quantizeField(p, t, quantizations, state.stored) : field(p, t, () => {}));
     return [
-      h("fieldset", { class: "presets" }, h("legend", {}, "Preset"), Object.entries(PRESETS).map(([k, p]) => h("label", { class: "choice" },
-        h("input", { type: "radio", name: "preset", value: k, checked: state.preset === k, onchange: () => { state.preset = k; Object.assign(t, p.train); render(); } }),
+      h("fieldset", { class: "presets" }, h("legend", {}, "Preset"), settings.presets.map((p) => h("label", { class: "choice" },
+        h("input", { type: "radio", name: "preset", value: p.name, checked: state.preset === p.name, onchange: () => { state.preset = p.name; Object.assign(t, formValues(p.train)); render(); } }),
         h("strong", {}, p.label), ` ${p.help}`))),
-      h("div", { class: "params" },
-        num("epochs", "Epochs", "passes over the data", "1"),
-        num("lr", "Learning rate", "peak rate after warm-up"),
-        num("batch_size", "Batch size", "examples per step", "1"),
-        num("seq_len", "Sequence length", "tokens per example; longer ones are cut", "1")),
-      h("details", {}, h("summary", {}, "Advanced"), h("div", { class: "params" },
-        num("val_fraction", "Validation fraction", "held out to measure validation loss"),
-        num("eval_every", "Evaluate every", "steps between validation losses", "1"),
-        num("weight_decay", "Weight decay", "decoupled, AdamW"),
-        num("seed", "Seed", "data order and initialisation", "1"),
-        h("label", { class: "param" }, h("span", {}, "Gradient checkpointing"),
-          h("input", { type: "checkbox", name: "gradient_checkpointing", checked: !!t.gradient_checkpointing, onchange: (e) => { t.gradient_checkpointing = e.target.checked; } }),
-          h("small", {}, "recompute each layer in the backward pass: far less memory for long sequences, about a third slower")),
-        h("label", { class: "param" }, h("span", {}, "Precision"),
-          h("select", { name: "precision", onchange: (e) => { t.precision = e.target.value; } },
-            h("option", { value: "f32", selected: (t.precision || "f32") === "f32" }, "f32"),
-            h("option", { value: "bf16", selected: t.precision === "bf16" }, "bf16 mixed")),
-          h("small", {}, "bf16 mixed: half the weights' memory, trained values kept in f32; fastest on GPUs and on CPUs with AVX-512-BF16, about f32's speed on other CPUs")),
-        quantizeField(t, quantizations, state.stored))),
+      h("div", { class: "params" }, settings.train.filter((p) => !p.advanced).map(fieldOf)),
+      h("details", {}, h("summary", {}, "Advanced"), h("div", { class: "params" }, settings.train.filter((p) => p.advanced).map(fieldOf))),
       h("div", { class: "params" },
         h("label", { class: "param" }, h("span", {}, "Run name"), h("input", { type: "text", id: "run-name", value: state.name, oninput: (e) => { state.name = e.target.value; } })),
         h("label", { class: "param" }, h("span", {}, "Device"),
@@ -184,15 +175,16 @@ export async function newRun(root, params) {
   }
 
   function reviewStep() {
-    let method;
+    let method, train;
     try {
       method = methodConfig(state.kind, infoOf(state.kind), state.values[state.kind]);
+      train = settingsTable(settings.train, state.train);
     } catch (e) {
       return [errorBox(e.message)];
     }
     const rows = [["Model", state.model], ["Dataset", state.dataset], ["Record format", state.format], ["Method", infoOf(state.kind).name],
       ...Object.entries(method).filter(([k]) => k !== "kind").map(([k, v]) => [k, JSON.stringify(v)]),
-      ...Object.entries(state.train).map(([k, v]) => [k, String(v)])];
+      ...Object.entries(train).map(([k, v]) => [k, String(v)])];
     return [h("table", { class: "review", id: "review" }, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))))];
   }
 
@@ -212,14 +204,13 @@ function field(p, values, onChange) {
 
 // The base's projections held quantized (QLoRA's idea); a GGUF base trains with the types it
 // stores, so the choice is shown but not offered.
-function quantizeField(t, quantizations, stored) {
+function quantizeField(p, t, quantizations, stored) {
   const select = stored
-    ? h("select", { name: "quantize", disabled: true }, h("option", {}, `${stored}, as the GGUF file stores it`))
-    : h("select", { name: "quantize", onchange: (e) => { t.quantize = e.target.value || null; } },
-      h("option", { value: "", selected: !t.quantize }, "not quantized"),
-      quantizations.map((q) => h("option", { value: q.name, selected: t.quantize === q.name }, `${q.name} (${q.bits_per_weight.toFixed(1)} bits per weight)`)));
-  return h("label", { class: "param" }, h("span", {}, "Base weights"), select,
-    h("small", {}, "hold the base's projections quantized while adapters train: q4_k takes about a quarter of bf16's memory, a little slower; the adapter is the same PEFT adapter"));
+    ? h("select", { name: p.field, disabled: true }, h("option", {}, `${stored}, as the GGUF file stores it`))
+    : h("select", { name: p.field, onchange: (e) => { t[p.field] = e.target.value; } },
+      h("option", { value: "", selected: !t[p.field] }, "not quantized"),
+      quantizations.map((q) => h("option", { value: q.name, selected: t[p.field] === q.name }, `${q.name} (${q.bits_per_weight.toFixed(1)} bits per weight)`)));
+  return h("label", { class: "param" }, h("span", {}, p.label), select, h("small", {}, p.help));
 }
 
 function debounce(f, ms) {

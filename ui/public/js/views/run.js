@@ -21,17 +21,13 @@ export async function runView(root, id, isCurrent, onLeave) {
   const resume = h("button", { type: "button", id: "resume-run", onclick: async () => { await act(() => invoke("resume_run", { id, maxSteps: null })); follow(); } }, "Resume");
   const files = h("div", { class: "files" });
   const log = h("pre", { class: "log", id: "run-log" });
-  const exportDest = h("input", { type: "text", id: "export-dest", value: `${detail.run.out_dir}/export-peft` });
+  // The export formats as the app lists them (the first is the default).
+  const { exports } = await invoke("form_settings");
+  const exportPath = (e) => `${detail.run.out_dir}/export-${e.format}${e.file ? ".gguf" : ""}`;
+  const exportDest = h("input", { type: "text", id: "export-dest", value: exportPath(exports[0]) });
   const exportFormat = h("select", { id: "export-format", onchange: (e) => {
-    const f = e.target.value;
-    exportDest.value = `${detail.run.out_dir}/export-${f}${f.startsWith("gguf") ? ".gguf" : ""}`;
-  } },
-    h("option", { value: "peft" }, "Adapter (PEFT / adapters library format)"),
-    h("option", { value: "merged" }, "Merged model (Hugging Face folder)"),
-    h("option", { value: "gguf-lora" }, "LoRA for llama.cpp / Ollama (GGUF file)"),
-    h("option", { value: "gguf-f16" }, "Merged model for llama.cpp / Ollama / LM Studio (GGUF, F16)"),
-    h("option", { value: "gguf-q8_0" }, "Merged model, 8-bit (GGUF, Q8_0: a quarter of F32)"),
-    h("option", { value: "gguf-f32" }, "Merged model, exact (GGUF, F32)"));
+    exportDest.value = exportPath(exports.find((x) => x.format === e.target.value));
+  } }, exports.map((e) => h("option", { value: e.format }, e.label)));
   const exportResult = h("div", { id: "export-result", "aria-live": "polite" });
   const exportBtn = h("button", { type: "submit", class: "primary", id: "export-run" }, "Export");
   const exportForm = h("form", { class: "export", onsubmit: async (e) => {
@@ -74,8 +70,8 @@ export async function runView(root, id, isCurrent, onLeave) {
     const run = detail.run;
     const last = rows[rows.length - 1];
     status.replaceChildren(statusBadge(run.status));
-    cancel.hidden = !["queued", "running"].includes(run.status);
-    resume.hidden = ["queued", "running", "completed"].includes(run.status);
+    cancel.hidden = !detail.can_stop;
+    resume.hidden = !detail.can_resume;
     const total = run.total_steps || 0;
     if (total) {
       progress.max = total;

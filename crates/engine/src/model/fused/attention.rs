@@ -11,7 +11,7 @@ use super::math;
 use super::matmul::{matmul, Mat};
 use super::view::{output, storage_slice, tensor, view};
 use crate::error::Result;
-use crate::model::blocks::Attend;
+use crate::model::attend::Attend;
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {

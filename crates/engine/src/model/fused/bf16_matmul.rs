@@ -398,7 +398,7 @@ const DOTS_MARGIN: f64 = 1.15;
 /// product as training does, the best of three runs each after one warm-up.
 fn dots_against_widening() -> f64 {
     use super::matmul::{matmul, Mat};
-    use super::rates::best_seconds;
+    use super::timing::best_seconds;
     let (m, k, n) = (128, 1024, 1024);
     let x: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 / 16.0 - 0.5).collect();
     let w: Vec<bf16> = (0..n * k)

@@ -27,10 +27,10 @@ use super::rope::{Heads, Tables};
 use super::swiglu;
 use super::view::{base_weight_view, output, storage_slice, tensor, view, Floats, WeightView};
 use crate::error::Result;
+use crate::model::attend::Attend;
 use crate::model::base_weight::BaseWeight;
-use crate::model::blocks::Attend;
 use crate::model::family::Activation;
-use crate::model::ops::DropoutDraw;
+use crate::ops::DropoutDraw;
 
 /// The layer's projections, in this order (the generic layer's too).
 pub(crate) const Q: usize = 0;
@@ -66,7 +66,7 @@ pub struct LayerParts<'a> {
     pub dropout: [Option<DropoutDraw>; 7],
     /// Each one's IA³ scale, if any (the device-generic layer only: the CPU's fused layer is
     /// given none).
-    pub ia3: [Option<&'a crate::peft::ia3::Ia3Scale>; 7],
+    pub ia3: [Option<&'a crate::model::adapters::ia3::Ia3Scale>; 7],
     /// Prefix tuning's keys and values for this layer [batch, kv_heads, prefix, head_dim]
     /// (the device-generic layer only).
     pub prefix: Option<(&'a Tensor, &'a Tensor)>,

@@ -10,21 +10,12 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
 
-use super::matmul::{add_product, matmul_par, Mat};
-use half::bf16;
+use super::matmul::{matmul_par, Mat};
 
-use super::bf16_matmul;
-use super::math;
-use super::quantized;
 use super::view::{base_weight_view, output, storage_slice, tensor, view};
+pub(super) use super::weight::Weight;
 use crate::error::Result;
 use crate::model::base_weight::BaseWeight;
-use crate::model::quantized::QuantizedWeight;
-
-/// Products with at most this many rows run as dot products (`Weight::forward_by_dots`).
-const DOT_ROWS: usize = 4;
-/// Outputs per parallel task of those dot products.
-const DOT_OUTPUTS: usize = 64;
 
 /// A LoRA branch: A [r, in], B [out, r] and the scale s.
 #[derive(Clone, Copy)]
@@ -46,151 +37,6 @@ pub(super) struct LoraSlices<'a> {
     pub a: &'a [f32],
     pub b: &'a [f32],
     pub scale: f32,
-}
-
-/// A frozen weight [out, in]: f32, bf16 multiplied as it is (`bf16_matmul`), or rows
-/// `first..first + rows` of a quantized weight, widened a tile at a time (`fused::quantized`).
-#[derive(Clone, Copy)]
-pub(super) enum Weight<'a> {
-    F32(&'a [f32]),
-    Bf16(&'a [bf16]),
-    Quantized {
-        weight: &'a QuantizedWeight,
-        first: usize,
-        rows: usize,
-    },
-}
-
-impl<'a> Weight<'a> {
-    /// A whole quantized weight.
-    pub fn quantized(weight: &'a QuantizedWeight) -> Self {
-        Weight::Quantized {
-            weight,
-            first: 0,
-            rows: weight.dims().0,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        match self {
-            Weight::F32(w) => w.len(),
-            Weight::Bf16(w) => w.len(),
-            Weight::Quantized { weight, rows, .. } => rows * weight.dims().1,
-        }
-    }
-
-    /// Rows `r0..r0 + n` of the weight, rows `cols` wide.
-    pub fn rows(self, r0: usize, n: usize, cols: usize) -> Weight<'a> {
-        match self {
-            Weight::F32(w) => Weight::F32(&w[r0 * cols..][..n * cols]),
-            Weight::Bf16(w) => Weight::Bf16(&w[r0 * cols..][..n * cols]),
-            Weight::Quantized { weight, first, .. } => Weight::Quantized {
-                weight,
-                first: first + r0,
-                rows: n,
-            },
-        }
-    }
-
-    /// `y += x·Wᵀ` for `x` [rows, in] and `y` [rows, out], on every thread (`parallel`) or
-    /// on the calling one.
-    pub fn forward(&self, x: &[f32], y: &mut [f32], dims: (usize, usize, usize), parallel: bool) {
-        let (rows, fan_in, out) = dims;
-        if rows <= DOT_ROWS {
-            return self.forward_by_dots(x, y, dims, parallel);
-        }
-        match *self {
-            Weight::Quantized { weight, first, .. } => {
-                quantized::forward(weight, first, x, y, dims, parallel)
-            }
-            Weight::F32(w) => {
-                let xm = Mat::rows(x, rows, fan_in, fan_in);
-                let wt = Mat::rows(w, out, fan_in, fan_in).t();
-                add_product(y, out, xm, wt, parallel)
-            }
-            Weight::Bf16(w) => bf16_matmul::matmul_wt(y, x, w, (out, fan_in), true, parallel),
-        }
-    }
-
-    /// [`Self::forward`] for a few rows (decoding: one token per sequence) as one dot product
-    /// per output: the weight's rows are read as they lie, where a matrix product would pack
-    /// the whole weight for one row (OpenBLAS spent 60% of decoding in that packing).
-    fn forward_by_dots(
-        &self,
-        x: &[f32],
-        y: &mut [f32],
-        dims: (usize, usize, usize),
-        parallel: bool,
-    ) {
-        use rayon::prelude::*;
-        let (rows, fan_in, out) = dims;
-        // bf16 products take the activations rounded to bf16, as the tiles do.
-        let rounded: Vec<f32>;
-        let x = match self {
-            Weight::F32(_) | Weight::Quantized { .. } => x,
-            Weight::Bf16(_) => {
-                rounded = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
-                &rounded
-            }
-        };
-        let dots = |(j0, ys): (usize, &mut [f32]), xr: &[f32]| {
-            let mut row = Vec::new();
-            for (j, yj) in (j0..).zip(ys) {
-                *yj += match self {
-                    Weight::F32(w) => math::dot(xr, &w[j * fan_in..][..fan_in]),
-                    Weight::Bf16(w) => math::dot_bf16(xr, &w[j * fan_in..][..fan_in]),
-                    Weight::Quantized { weight, first, .. } => {
-                        row.resize(fan_in, 0.0);
-                        match weight.rows_to_f32(first + j, &mut row) {
-                            Ok(()) => math::dot(xr, &row),
-                            // The blocks were checked when the weight was made.
-                            Err(_) => f32::NAN,
-                        }
-                    }
-                };
-            }
-        };
-        for (xr, yr) in x
-            .chunks_exact(fan_in)
-            .zip(y.chunks_exact_mut(out))
-            .take(rows)
-        {
-            if parallel {
-                yr.par_chunks_mut(DOT_OUTPUTS)
-                    .enumerate()
-                    .for_each(|(c, ys)| dots((c * DOT_OUTPUTS, ys), xr));
-            } else {
-                yr.chunks_mut(DOT_OUTPUTS)
-                    .enumerate()
-                    .for_each(|(c, ys)| dots((c * DOT_OUTPUTS, ys), xr));
-            }
-        }
-    }
-
-    /// `dx += g·W` for `g` [rows, out] and `dx` [rows, in], threads as for `forward`.
-    pub fn input_gradient(
-        &self,
-        g: &[f32],
-        dx: &mut [f32],
-        dims: (usize, usize, usize),
-        parallel: bool,
-    ) {
-        let (rows, fan_in, out) = dims;
-        match *self {
-            Weight::F32(w) => {
-                let gm = Mat::rows(g, rows, out, out);
-                let wm = Mat::rows(w, out, fan_in, fan_in);
-                add_product(dx, fan_in, gm, wm, parallel)
-            }
-            Weight::Bf16(w) => {
-                let packed = bf16_matmul::Packed::plain(w, out, fan_in);
-                bf16_matmul::matmul(dx, g, &packed, true, parallel)
-            }
-            Weight::Quantized { weight, first, .. } => {
-                quantized::input_gradient(weight, first, g, dx, dims, parallel)
-            }
-        }
-    }
 }
 
 /// A frozen projection over borrowed elements: weight [out, in], bias [out] and a LoRA

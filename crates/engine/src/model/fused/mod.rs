@@ -25,7 +25,9 @@ pub mod rates;
 pub mod rope;
 mod spare;
 pub mod swiglu;
+mod timing;
 pub(crate) mod view;
+mod weight;
 
 use std::sync::OnceLock;
 

@@ -9,7 +9,8 @@ use candle_core::{DType, Device};
 use half::bf16;
 
 use super::bf16_matmul::{self, Kernel, Packed};
-use super::linear::Weight;
+use super::timing::best_seconds;
+use super::weight::Weight;
 use crate::model::quantized::{self, Format, QuantizedWeight};
 
 /// GFLOP/s of one product shape: f32, then each bf16 kernel (fastest first), each with its
@@ -80,18 +81,6 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
         bf16,
         quantized,
     }
-}
-
-/// The shortest of `repeats` timed runs of `run`, after one untimed warm-up run.
-pub(super) fn best_seconds(repeats: usize, run: &mut dyn FnMut()) -> f64 {
-    run();
-    (0..repeats.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            run();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 /// The f32 peak of this machine in GFLOP/s: every rayon thread runs independent FMA chains

@@ -14,8 +14,8 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::bf16_matmul;
-use super::linear::Weight;
 use super::math;
+use super::weight::Weight;
 use crate::model::base_weight::BaseWeight;
 use crate::model::quantized::QuantizedWeight;
 

@@ -7,7 +7,7 @@
 use candle_core::{CustomOp3, DType, Device, Tensor, D};
 
 use crate::error::Result;
-use crate::model::blocks::Attend;
+use crate::model::attend::Attend;
 use crate::model::reentry::{precomputed_forward, Precomputed};
 
 /// Most score elements one block of queries holds by default (64 MiB in f32).
@@ -252,7 +252,7 @@ mod tests {
     use super::*;
 
     fn random(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
-        let mut rng = crate::model::ops::SplitMix64::new(seed);
+        let mut rng = crate::ops::SplitMix64::new(seed);
         let n = shape.0 * shape.1 * shape.2 * shape.3;
         let data: Vec<f32> = (0..n).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect();
         Tensor::from_vec(data, shape, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"))

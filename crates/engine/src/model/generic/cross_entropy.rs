@@ -189,7 +189,7 @@ mod tests {
     #[test]
     fn chunks_of_rows_equal_one_chunk() -> Result<()> {
         let (n, h, vocab) = (50, 8, 20);
-        let mut rng = crate::model::ops::SplitMix64::new(5);
+        let mut rng = crate::ops::SplitMix64::new(5);
         let mut random = |len: usize| -> Vec<f32> {
             (0..len)
                 .map(|_| rng.next_f64() as f32 * 2.0 - 1.0)

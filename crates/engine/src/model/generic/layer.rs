@@ -234,7 +234,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
         && parts.qk_norm.is_none()
         && parts.norm_offset == 0.0
         && parts.activation == crate::model::family::Activation::Silu
-        && parts.attend == crate::model::blocks::Attend::causal(parts.head_dim);
+        && parts.attend == crate::model::attend::Attend::causal(parts.head_dim);
     if !llama {
         return Err(crate::error::EngineError::config(
             "model",
@@ -305,7 +305,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             keys: earlier + seq,
             head_dim: parts.head_dim,
             scores_per_block: super::attention::SCORES_PER_BLOCK,
-            attend: crate::model::blocks::Attend::causal(parts.head_dim),
+            attend: crate::model::attend::Attend::causal(parts.head_dim),
         },
     };
     let (out, kept) = layer.forward(&x.detach().reshape((batch * seq, hidden))?)?;

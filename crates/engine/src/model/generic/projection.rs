@@ -5,9 +5,9 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::Result;
+use crate::model::adapters::lora::row_norms;
 use crate::model::base_weight::BaseWeight;
-use crate::model::ops::DropoutDraw;
-use crate::peft::lora::row_norms;
+use crate::ops::DropoutDraw;
 
 /// A LoRA branch.
 pub struct Lora {

@@ -16,11 +16,13 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
-use super::load::GGUF_WEIGHTS;
 use super::quantized::{self, BaseFormats, Format, QuantizedWeight};
 use crate::error::{EngineError, Result};
 use crate::fsutil::{write_atomic, write_safetensors_streaming};
 use meta::Metadata;
+
+/// The GGUF file a model folder uses as stored, in place of safetensors weights.
+pub const GGUF_WEIGHTS: &str = "model.gguf";
 
 /// How an imported GGUF model keeps its weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use crate::error::{EngineError, Result};
 use crate::model::family::Family;
 
 /// GGUF block tensor names and their transformers names below `model.layers.{i}.`
-/// (PEFT-FORMATS.md §8; docs/FAMILIES.md for the q/k norms).
+/// (docs/FORMATS.md §8; docs/FAMILIES.md for the q/k norms).
 const BLOCK_NAMES: &[(&str, &str)] = &[
     ("attn_q", "self_attn.q_proj"),
     ("attn_k", "self_attn.k_proj"),

@@ -1,42 +1,68 @@
 //! `bench`: training throughput and peak memory for one config on synthetic tokens, with
-//! the step split into forward, backward and optimiser time.
+//! the step split into forward, backward and optimiser time, and what the CPU's products reach
+//! at the model's shape.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 use peft_studio_engine::data::Batch;
+use peft_studio_engine::device::default_device;
 use peft_studio_engine::model::fused::bf16_matmul::Kernel;
 use peft_studio_engine::model::fused::rates;
 use peft_studio_engine::model::load::load_model_quantized;
-use peft_studio_engine::model::ops::SplitMix64;
 use peft_studio_engine::model::ForwardCtx;
 use peft_studio_engine::model::LlamaConfig;
-use peft_studio_engine::peft::MethodConfig;
-use peft_studio_engine::run::default_device;
+use peft_studio_engine::ops::SplitMix64;
 use peft_studio_engine::sysinfo::peak_rss_bytes;
 use peft_studio_engine::train::batch_loss;
 use peft_studio_engine::train::optimizer::{collect_grads, AdamW};
-use peft_studio_engine::Result;
+use peft_studio_engine::Result as EngineResult;
 
-use crate::args::BenchArgs;
-use crate::commands::apply_method_args;
+use crate::error::Result;
+use crate::models::resolve_model;
+use crate::plan::Quantization;
+use crate::runs::{MethodConfig, Precision};
 
-/// Runs the benchmark and prints one summary line per figure.
-pub fn bench(a: &BenchArgs) -> Result<()> {
+/// One benchmark: a model, a method and a step's shape.
+#[derive(Debug, Clone)]
+pub struct BenchRequest {
+    /// A model folder or an installed model's name.
+    pub model: PathBuf,
+    /// The method and its settings.
+    pub method: MethodConfig,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Tokens per example.
+    pub seq_len: usize,
+    /// Timed steps (one more runs first, untimed).
+    pub steps: usize,
+    /// With gradient checkpointing.
+    pub gradient_checkpointing: bool,
+    /// The number format training computes in.
+    pub precision: Precision,
+    /// The projections held quantized.
+    pub quantize: Option<Quantization>,
+}
+
+/// Runs the benchmark; each figure goes to `out` as a line of `key=value` pairs (the form
+/// bench scripts read), as soon as it is known.
+pub fn bench(a: &BenchRequest, out: &mut dyn FnMut(String)) -> Result<()> {
     let device = default_device();
     let mut model = load_model_quantized(
-        &crate::commands::resolve_model(&a.model)?,
+        &resolve_model(&a.model)?,
         a.precision.dtype(),
         &device,
         a.quantize,
     )?;
     // The peak so far is loading's.
     if let Some(rss) = peak_rss_bytes() {
-        println!("load_peak_rss_mb={:.1}", rss as f64 / (1024.0 * 1024.0));
+        out(format!(
+            "load_peak_rss_mb={:.1}",
+            rss as f64 / (1024.0 * 1024.0)
+        ));
     }
-    let mut method = MethodConfig::default();
-    apply_method_args(&mut method, &a.method)?;
-    let trainables = method.apply(&mut model, 0)?;
+    let trainables = a.method.apply(&mut model, 0)?;
     let vars: Vec<&Var> = trainables.iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(&vars, 0.9, 0.999, 1e-8, 0.0)?;
     let vocab = model.config().vocab_size as u64;
@@ -51,8 +77,9 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         targets,
         weights,
         tokens: n,
+        source: None,
     };
-    let (fwd, bwd, optim) = peft_studio_engine::threads::on_compute_pool(|| -> Result<_> {
+    let (fwd, bwd, optim) = peft_studio_engine::threads::on_compute_pool(|| -> EngineResult<_> {
         let (mut fwd, mut bwd, mut optim) = (0.0, 0.0, 0.0);
         for step in 0..=a.steps {
             let t0 = Instant::now();
@@ -77,39 +104,42 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     })?;
     let steps = a.steps.max(1) as f64;
     let total = fwd + bwd + optim;
-    println!(
+    out(format!(
         "steps={} batch={} seq_len={} precision={} trainable_params={} device={} matmul={} bf16_products={}",
         a.steps,
         a.batch_size,
         a.seq_len,
         a.precision,
         vars.iter().map(|v| v.elem_count()).sum::<usize>(),
-        peft_studio_app::launch::device_name(),
+        crate::launch::device_name(),
         peft_studio_engine::model::fused::matmul_backend(),
         Kernel::best().map_or("widened", Kernel::name)
-    );
-    println!(
+    ));
+    out(format!(
         "step_s={:.4} forward_s={:.4} backward_s={:.4} optimizer_s={:.4}",
         total / steps,
         fwd / steps,
         bwd / steps,
         optim / steps
-    );
+    ));
     if let Some(rss) = peak_rss_bytes() {
-        println!("peak_rss_mb={:.1}", rss as f64 / (1024.0 * 1024.0));
+        out(format!("peak_rss_mb={:.1}", rss as f64 / (1024.0 * 1024.0)));
     }
-    println!("tokens_per_s={:.1}", n as f64 * steps / total.max(1e-9));
+    out(format!(
+        "tokens_per_s={:.1}",
+        n as f64 * steps / total.max(1e-9)
+    ));
     if device.is_cpu() {
-        print_product_rates(model.config());
+        product_rates(model.config(), out);
     }
     Ok(())
 }
 
 /// What the CPU's products reach at this model's MLP shape (512 rows): the ceiling a step's
 /// time is read against, f32 and each bf16 kernel.
-fn print_product_rates(config: &LlamaConfig) {
+fn product_rates(config: &LlamaConfig, out: &mut dyn FnMut(String)) {
     let r = rates::measure(512, config.hidden_size, config.intermediate_size, 3);
-    let (rows, fan_in, out) = r.shape;
+    let (rows, fan_in, outputs) = r.shape;
     let bf16: String = r
         .bf16
         .iter()
@@ -120,14 +150,14 @@ fn print_product_rates(config: &LlamaConfig) {
                 .map(|(label, g)| format!(" {label}={g:.0}")),
         )
         .collect();
-    println!(
-        "products_gflops shape={rows}x{fan_in}x{out} f32={:.0}{bf16}",
+    out(format!(
+        "products_gflops shape={rows}x{fan_in}x{outputs} f32={:.0}{bf16}",
         r.f32
-    );
+    ));
     if let Some(peak) = r.f32_peak {
-        println!(
+        out(format!(
             "f32_peak_gflops={peak:.0} f32_products_of_peak={:.2}",
             r.f32 / peak
-        );
+        ));
     }
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::error::{EngineError, Result};
 use crate::model::base_weight::BaseWeight;
 use crate::model::frozen::frozen_linear;
-use crate::model::ops::{linear_matmul, ForwardCtx, SplitMix64};
+use crate::ops::{linear_matmul, ForwardCtx, SplitMix64};
 
 /// The LoRA hyper-parameters, as in PEFT's `LoraConfig`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

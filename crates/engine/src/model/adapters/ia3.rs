@@ -6,20 +6,6 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::Result;
 
-/// PEFT's IA³ targets for a `model_type` (`utils/constants.py`,
-/// `TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`): Llama and Mistral scale keys, Qwen
-/// and Gemma queries; PEFT has none for Phi-3 (its fused projections), so neither has the
-/// studio.
-pub fn default_targets(model_type: &str) -> Option<[&'static str; 3]> {
-    match model_type {
-        "llama" | "mistral" => Some(["k_proj", "v_proj", "down_proj"]),
-        "phi3" => None,
-        _ => Some(["q_proj", "v_proj", "down_proj"]),
-    }
-}
-/// PEFT's IA³ feed-forward modules for every supported family.
-pub const DEFAULT_FEEDFORWARD: [&str; 1] = ["down_proj"];
-
 /// One layer's IA³ vector.
 #[derive(Debug, Clone)]
 pub struct Ia3Scale {

@@ -1,4 +1,4 @@
-//! Bottleneck adapters as the adapters library computes them for Llama (PEFT-FORMATS.md §5):
+//! Bottleneck adapters as the adapters library computes them for Llama (docs/FORMATS.md §5):
 //! a down projection to `hidden / reduction_factor`, a non-linearity, an up projection, added
 //! to the residual stream after a sublayer. With `h` the sublayer's output and `r` its input:
 //! - Houlsby (`double_seq_bn`, after attention and after the MLP, swish):
@@ -10,7 +10,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::Result;
-use crate::model::ops::{linear_matmul, SplitMix64};
+use crate::ops::{linear_matmul, SplitMix64};
 
 /// Where an adapter sits in a decoder layer, as the library names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

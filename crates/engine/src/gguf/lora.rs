@@ -1,4 +1,4 @@
-//! LoRA adapters as llama.cpp loads them (PEFT-FORMATS.md §6): a GGUF file with
+//! LoRA adapters as llama.cpp loads them (docs/FORMATS.md §6): a GGUF file with
 //! `general.type = adapter`, `adapter.type = lora`, `adapter.lora.alpha`, and per wrapped
 //! layer `<gguf tensor>.weight.lora_a` (ne = [in, r]) and `.lora_b` (ne = [r, out]), in F32.
 //! For the `llama` architecture the rows of q/k `lora_b` get llama.cpp's rotary permutation
@@ -10,7 +10,7 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Tensor;
 
-use super::gguf_write::{gguf_tensor, write_gguf};
+use super::write::{gguf_tensor, write_gguf};
 use crate::error::{EngineError, Result};
 use crate::model::gguf::tensors::{gguf_module, permute};
 use crate::model::LlamaConfig;

@@ -45,6 +45,16 @@ pub fn soft_cap(x: Tensor, cap: Option<f64>) -> Result<Tensor> {
     })
 }
 
+/// GELU's tanh approximation, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (transformers'
+/// `gelu_new` and `gelu_pytorch_tanh`), composed from elementary ops so that its gradient is
+/// exact: candle's own `gelu` differentiates with rounded constants (off by ~1e-3 of small
+/// gradients in f64).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let inner = ((x + (x.powf(3.0)? * 0.044715)?)? * c)?;
+    Ok(((inner.tanh()? + 1.0)? * x)?.affine(0.5, 0.0)?)
+}
+
 /// Softmax over the last dimension (in f32). The max is detached: softmax is
 /// shift-invariant, so the gradient is unchanged and the max needs no backward.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {

@@ -1,4 +1,4 @@
-//! LoRA adapters in llama.cpp's GGUF format (PEFT-FORMATS.md §6), read back into the studio's
+//! LoRA adapters in llama.cpp's GGUF format (docs/FORMATS.md §6), read back into the studio's
 //! form — the inverse of `export::gguf_lora` — so that a GGUF LoRA someone shares can be
 //! imported as a PEFT folder: q/k `lora_b` rows un-permuted, the file's single alpha kept.
 
@@ -8,8 +8,8 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::Tensor;
 
 use crate::error::{EngineError, Result};
-use crate::export::gguf_lora::gguf_architecture;
 use crate::export::{write_peft_dir, ExportInfo};
+use crate::gguf::lora::gguf_architecture;
 use crate::model::gguf::read_content;
 use crate::model::gguf::tensors::{dequantized, hf_name, unpermute};
 use crate::model::LlamaConfig;
@@ -131,6 +131,7 @@ pub fn gguf_lora_to_peft(path: &Path, base_dir: &Path, out: &Path) -> Result<()>
     };
     let info = ExportInfo {
         base_model: base_dir.display().to_string(),
+        task_type: "CAUSAL_LM",
     };
     write_peft_dir(out, &method, &info, &lora.params)
 }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{MethodConfig, MethodKind};
+use crate::runs::{MethodConfig, MethodKind};
 
 /// The kind of value a hyperparameter takes, with its allowed range.
 #[derive(Debug, Clone, Serialize)]
@@ -15,7 +15,7 @@ pub enum ParamRange {
     Int {
         /// Smallest allowed value.
         min: u64,
-        /// Largest sensible value (the UI's slider end; larger values are allowed).
+        /// Largest sensible value (larger values are allowed).
         max: u64,
     },
     /// A real number in `min..=max`.
@@ -30,21 +30,23 @@ pub enum ParamRange {
     /// One of the listed values.
     Choice {
         /// The allowed values.
-        options: &'static [&'static str],
+        options: Vec<&'static str>,
     },
     /// Module names (comma-separated), `all-linear`, or a regex over module paths.
     Modules {
         /// The names a Llama-family model offers.
         options: &'static [&'static str],
     },
+    /// Layer indices: numbers and ranges, e.g. `0-15` or `0,2,4`.
+    Layers,
     /// Free text.
     Text,
 }
 
-/// One hyperparameter of a method.
+/// One setting: a hyperparameter of a method, or a field of the `[train]` table.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParamInfo {
-    /// The field of the `[method]` table it sets.
+    /// The field of the `[method]` (or `[train]`) table it sets.
     pub field: &'static str,
     /// A short label.
     pub label: &'static str,
@@ -130,7 +132,7 @@ pub fn describe(kind: MethodKind) -> MethodInfo {
         "Layers",
         "Adapt only these layers, e.g. 0-15 (default: all).",
         Value::Null,
-        ParamRange::Text,
+        ParamRange::Layers,
         true,
     );
     let virtual_tokens = p(
@@ -190,7 +192,7 @@ pub fn describe(kind: MethodKind) -> MethodInfo {
                 p("prompt_tuning_init", "Initialisation",
                   "Random values, embeddings of random vocabulary tokens, or of a text of yours.",
                   d.prompt_tuning_init.as_str().into(),
-                  ParamRange::Choice { options: &["RANDOM", "SAMPLE_VOCAB", "TEXT"] }, false),
+                  ParamRange::Choice { options: vec!["RANDOM", "SAMPLE_VOCAB", "TEXT"] }, false),
                 p("prompt_tuning_init_text", "Initial text",
                   "With TEXT: a description of the task whose tokens start the virtual tokens.",
                   Value::Null, ParamRange::Text, false),
@@ -240,5 +242,52 @@ pub fn describe(kind: MethodKind) -> MethodInfo {
         summary,
         exported_as,
         params,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every method is described for the picker; each hyperparameter names a real field of the
+    /// `[method]` table and its default is the engine's.
+    #[test]
+    fn method_descriptions_match_the_config() {
+        let all = methods();
+        assert_eq!(all.len(), 8);
+        let defaults = serde_json::to_value(MethodConfig::default()).expect("json");
+        let fields = [
+            "target_modules",
+            "feedforward_modules",
+            "prompt_tuning_init_text",
+            "layers_to_transform",
+        ];
+        for m in &all {
+            assert!(
+                !m.summary.is_empty() && m.summary.ends_with('.'),
+                "{}",
+                m.name
+            );
+            let kind: MethodKind = m.kind.as_str().parse().expect("kind");
+            assert_eq!(kind, m.kind);
+            for p in &m.params {
+                assert!(
+                    defaults.get(p.field).is_some() || fields.contains(&p.field),
+                    "{}: `{}` is not a method field",
+                    m.name,
+                    p.field
+                );
+                if !p.default.is_null() {
+                    assert_eq!(defaults[p.field], p.default, "{}.{}", m.name, p.field);
+                }
+                if let ParamRange::Int { min, max } = p.range {
+                    let d = p.default.as_u64().unwrap_or(min);
+                    assert!(min <= d && d <= max, "{}.{}", m.name, p.field);
+                }
+            }
+        }
+        // A config built from every default parses back.
+        let json = serde_json::to_string(&all).expect("serialize");
+        assert!(json.contains("\"kind\":\"prompt-tuning\""));
     }
 }

@@ -1,6 +1,6 @@
 //! A whole model (a base model, or one with its adapters merged in) as one GGUF file that
 //! llama.cpp, Ollama and LM Studio load: the architecture's hyperparameters, the tokenizer
-//! (`gguf_vocab`), and the weights under llama.cpp's names (PEFT-FORMATS.md §8), q/k rows
+//! (`gguf_vocab`), and the weights under llama.cpp's names (docs/FORMATS.md §8), q/k rows
 //! permuted for the `llama` architecture, in F32, F16 or one of llama.cpp's block formats
 //! (norms and biases stay F32, as llama.cpp's converter keeps them).
 
@@ -13,14 +13,14 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::gguf_lora::gguf_architecture;
-use super::gguf_vocab::tokenizer_metadata;
-use super::gguf_write::{gguf_tensor, write_gguf};
+use super::lora::gguf_architecture;
+use super::vocab::tokenizer_metadata;
+use super::write::{gguf_tensor, write_gguf};
 use crate::error::{EngineError, Result};
 use crate::model::gguf::tensors::{gguf_module, llama3_divisor, permute};
-use crate::model::ops::SplitMix64;
 use crate::model::quantized::{self, Format, Quantization, QUANTIZATIONS};
 use crate::model::{LlamaConfig, LlamaModel};
+use crate::ops::SplitMix64;
 
 /// The data type of a GGUF model's weight matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

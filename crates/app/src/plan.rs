@@ -1,0 +1,135 @@
+//! What a method on a model costs before anything is trained: PEFT's parameter line and the
+//! predicted peak memory, with whether it fits this machine (or, planning for a GPU, which
+//! change makes it fit a common card).
+
+use std::path::Path;
+
+use peft_studio_engine::memory::{estimate, gpu_fit, machine_fit, StepShape};
+use peft_studio_engine::model::load::{base_formats, weights_of, WeightFiles};
+use peft_studio_engine::model::t5::{is_t5, T5Config};
+use peft_studio_engine::model::LlamaConfig;
+use peft_studio_engine::plan::count_params;
+use peft_studio_engine::plan::count_params_t5;
+use peft_studio_engine::sysinfo::available_memory_bytes;
+use serde::Serialize;
+
+pub use peft_studio_engine::memory::MemoryEstimate;
+pub use peft_studio_engine::model::quantized::{Quantization, QUANTIZATIONS};
+
+use crate::error::Result;
+use crate::models::resolve_model;
+use crate::runs::{MethodConfig, Precision};
+
+/// The step a plan is made for.
+#[derive(Debug, Clone)]
+pub struct PlanRequest {
+    /// A model folder, its config.json, or an installed model's name.
+    pub model: std::path::PathBuf,
+    /// The method and its settings.
+    pub method: MethodConfig,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Tokens per example.
+    pub seq_len: usize,
+    /// With gradient checkpointing.
+    pub checkpointing: bool,
+    /// The number format training computes in.
+    pub precision: Precision,
+    /// The projections held quantized (a GGUF base counts the types it stores).
+    pub quantize: Option<Quantization>,
+    /// Plan for the CPU (true) or a GPU (false); `None` for this build's device.
+    pub cpu: Option<bool>,
+}
+
+/// What a method on a model costs.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    /// PEFT's line: `trainable params: … || all params: … || trainable%: …`.
+    pub line: String,
+    /// Parameters trained.
+    pub trainable: u64,
+    /// All parameters.
+    pub total: u64,
+    /// Predicted peak memory, by part (`None` where the planner does not cover the model:
+    /// T5 for now).
+    pub memory: Option<MemoryEstimate>,
+    /// Its total in bytes.
+    pub memory_total: Option<u64>,
+    /// Memory available on this machine now, in bytes.
+    pub available: Option<u64>,
+    /// Whether it fits: this machine's memory on the CPU, common cards on a GPU.
+    pub fit: Option<String>,
+    /// The device runs train on (this build's: the CPU unless built with a GPU feature).
+    pub device: String,
+    /// The type a GGUF base stores its projections in (`Q4_K`), which it trains with:
+    /// `quantize` does not apply to it.
+    pub stored_quantization: Option<String>,
+    /// The projections' format the estimate assumed (stored or `quantize`), if not `precision`.
+    pub projections: Option<String>,
+}
+
+/// Counts and predicted peak memory of `request`.
+pub fn plan(request: &PlanRequest) -> Result<Plan> {
+    let resolved = resolve_model(&request.model)?;
+    if is_t5(&resolved) {
+        return plan_t5(&resolved, &request.method);
+    }
+    let cfg = LlamaConfig::from_path(&resolved)?;
+    // A config.json given alone plans for the folder it is in.
+    let dir = match resolved.is_file() {
+        true => resolved.parent().map(Path::to_path_buf).unwrap_or_default(),
+        false => resolved,
+    };
+    let method = &request.method;
+    let counts = count_params(&cfg, method)?;
+    let cpu = request
+        .cpu
+        .unwrap_or_else(|| peft_studio_engine::device::default_device().is_cpu());
+    let quantized = base_formats(&dir, request.quantize)?;
+    let step = StepShape {
+        batch: request.batch_size.max(1),
+        seq_len: request.seq_len.max(1),
+        dtype: request.precision.dtype(),
+        cpu,
+        checkpointing: request.checkpointing,
+        quantized,
+    };
+    let stored = match weights_of(&dir) {
+        Ok(WeightFiles::Gguf(_)) => base_formats(&dir, None)?.map(|f| f.projections.to_string()),
+        _ => None,
+    };
+    let memory = estimate(&cfg, method, step)?;
+    let fit = match cpu {
+        true => machine_fit(memory.total()),
+        false => Some(gpu_fit(&cfg, method, step)?),
+    };
+    Ok(Plan {
+        line: counts.to_string(),
+        trainable: counts.trainable,
+        total: counts.total,
+        memory_total: Some(memory.total()),
+        memory: Some(memory),
+        available: available_memory_bytes(),
+        fit,
+        device: crate::launch::device_name(),
+        stored_quantization: stored,
+        projections: quantized.map(|f| f.projections.to_string()),
+    })
+}
+
+/// A T5's plan: PEFT's line; its memory is not predicted yet.
+fn plan_t5(dir: &Path, method: &MethodConfig) -> Result<Plan> {
+    let counts = count_params_t5(&T5Config::from_path(dir)?, method)?;
+    Ok(Plan {
+        line: counts.to_string(),
+        trainable: counts.trainable,
+        total: counts.total,
+        memory: None,
+        memory_total: None,
+        available: available_memory_bytes(),
+        fit: None,
+        device: crate::launch::device_name(),
+        stored_quantization: None,
+        projections: None,
+    })
+}

@@ -1,0 +1,88 @@
+//! Methods on an encoder-decoder model (T5): LoRA (rsLoRA, DoRA) and IA³ on its projections,
+//! matched by PEFT's module names and with PEFT's T5 defaults (LoRA: `q`, `v`; IA³: `k`, `v`,
+//! `wo`, with `wo` feed-forward; `utils/constants.py`). The other methods are refused by name
+//! until they exist for T5.
+
+use super::target::{self, select_modules, TargetModules};
+use super::{init_lora, Ia3Scale, MethodConfig, MethodKind, Trainables};
+use crate::error::{EngineError, Result};
+use crate::model::t5::T5Model;
+use crate::ops::SplitMix64;
+
+fn list(names: &[&str]) -> TargetModules {
+    TargetModules::List(names.iter().map(|s| s.to_string()).collect())
+}
+
+impl MethodConfig {
+    /// This method with PEFT's T5 defaults written out where it leaves targets unset, as
+    /// training and the exported `adapter_config.json` use them.
+    pub fn with_t5_defaults(&self) -> Result<MethodConfig> {
+        let (targets, feedforward) = match self.kind {
+            MethodKind::Lora => (list(&target::LORA_T5_TARGETS), None),
+            MethodKind::Ia3 => (
+                list(&target::ia3_default_targets("t5").unwrap_or(["k", "v", "wo"])),
+                Some(list(&target::IA3_T5_FEEDFORWARD)),
+            ),
+            other => {
+                return Err(EngineError::config(
+                    "kind",
+                    format!("{other} is not available for T5 yet; use lora or ia3"),
+                ))
+            }
+        };
+        Ok(MethodConfig {
+            target_modules: Some(self.target_modules.clone().unwrap_or(targets)),
+            feedforward_modules: self.feedforward_modules.clone().or(feedforward),
+            ..self.clone()
+        })
+    }
+
+    /// The projections this method wraps on a T5 whose projections are named `names` (in
+    /// the model's order), and among them those IA³ scales on their input; both as indices
+    /// into `names`. Training and the planner both read it.
+    pub fn t5_targets(&self, names: &[String]) -> Result<(Vec<usize>, Vec<usize>)> {
+        let method = self.with_t5_defaults()?;
+        let targets = method.target_modules.clone().unwrap_or_default();
+        let picked = select_modules(names, &targets, self.layers_to_transform.as_deref())?;
+        let feedforward = match (self.kind, &method.feedforward_modules) {
+            (MethodKind::Ia3, Some(ff)) => {
+                let ff = select_modules(names, ff, None)?;
+                if let Some(stray) = ff.iter().find(|i| !picked.contains(i)) {
+                    return Err(EngineError::config(
+                        "feedforward_modules",
+                        format!("`{}` is not among the target modules; feed-forward modules must be targets too", names[*stray]),
+                    ));
+                }
+                ff
+            }
+            _ => Vec::new(),
+        };
+        Ok((picked, feedforward))
+    }
+
+    /// Wraps a T5 `model` with this method and returns what it trains; LoRA matrices are
+    /// initialised from `seed`.
+    pub fn apply_t5(&self, model: &mut T5Model, seed: u64) -> Result<Trainables> {
+        let (dtype, device) = (model.dtype(), model.device().clone());
+        let names: Vec<String> = model.linears().iter().map(|l| l.name.clone()).collect();
+        let (picked, feedforward) = self.t5_targets(&names)?;
+        let settings = self.lora();
+        let mut out = Vec::new();
+        for (i, lin) in model.linears_mut().into_iter().enumerate() {
+            if !picked.contains(&i) {
+                continue;
+            }
+            if self.kind == MethodKind::Lora {
+                let seed = SplitMix64::mix(seed, i as u64);
+                out.extend(init_lora(lin, &settings, seed, dtype, &device)?);
+            } else {
+                let ff = feedforward.contains(&i);
+                let (scale, var) =
+                    Ia3Scale::init(lin.in_features(), lin.out_features(), ff, dtype, &device)?;
+                lin.ia3 = Some(scale);
+                out.push((format!("{}.ia3_l", lin.name), var));
+            }
+        }
+        Ok(out)
+    }
+}
