@@ -6,7 +6,8 @@
         --threads 2 [--device cuda] [--dtype bf16] [--quantize nf4]
 
 The LoRA flags (`--r`, `--targets`) apply to lora and dora; IA3 takes PEFT's default
-modules, prompt and prefix tuning 20 virtual tokens: the studio's defaults for the same.
+modules, prompt and prefix tuning 20 virtual tokens: the studio's defaults for the same. A T5
+folder trains as SEQ_2_SEQ_LM on random sources and targets of --seq-len tokens each.
 """
 import argparse
 import resource
@@ -20,17 +21,17 @@ METHODS = ["lora", "dora", "ia3", "prompt-tuning", "prefix-tuning", "full"]
 VIRTUAL_TOKENS = 20
 
 
-def peft_config(a):
-    """The PEFT config of `--method`, or None for full fine-tuning."""
+def peft_config(a, task):
+    """The PEFT config of `--method` for TASK, or None for full fine-tuning."""
     targets = "all-linear" if a.targets == "all-linear" else a.targets.split(",")
     if a.method in ("lora", "dora"):
-        return LoraConfig(r=a.r, lora_alpha=2 * a.r, target_modules=targets, use_dora=a.method == "dora", task_type="CAUSAL_LM")
+        return LoraConfig(r=a.r, lora_alpha=2 * a.r, target_modules=targets, use_dora=a.method == "dora", task_type=task)
     if a.method == "ia3":
-        return IA3Config(task_type="CAUSAL_LM")
+        return IA3Config(task_type=task)
     if a.method == "prompt-tuning":
-        return PromptTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS, task_type="CAUSAL_LM")
+        return PromptTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS, task_type=task)
     if a.method == "prefix-tuning":
-        return PrefixTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS, task_type="CAUSAL_LM")
+        return PrefixTuningConfig(num_virtual_tokens=VIRTUAL_TOKENS, task_type=task)
     return None
 
 
@@ -56,7 +57,10 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     load = torch.bfloat16 if a.load_dtype == "bf16" else torch.float32
-    if a.quantize:
+    seq2seq = tf.AutoConfig.from_pretrained(a.model).model_type == "t5"
+    if seq2seq:
+        model = tf.T5ForConditionalGeneration.from_pretrained(a.model, torch_dtype=load).to(a.device)
+    elif a.quantize:
         nf4 = tf.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
             bnb_4bit_compute_dtype=torch.bfloat16 if a.dtype == "bf16" else torch.float32)
@@ -64,7 +68,7 @@ def main():
             a.model, torch_dtype=load, quantization_config=nf4, device_map=a.device)
     else:
         model = tf.AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=load).to(a.device)
-    config = peft_config(a)
+    config = peft_config(a, "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
     if config is not None:
         model = get_peft_model(model, config)
     model.train()
@@ -72,6 +76,7 @@ def main():
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, vocab, (a.batch_size, a.seq_len), generator=g).to(a.device)
+    labels = torch.randint(0, vocab, (a.batch_size, a.seq_len), generator=g).to(a.device) if seq2seq else ids
     autocast = torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.dtype == "bf16")
     # GPU work is asynchronous: each timed phase ends when the device has finished it.
     sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
@@ -79,7 +84,7 @@ def main():
     for step in range(a.steps + 1):
         t0 = time.perf_counter()
         with autocast:
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = model(input_ids=ids, labels=labels).loss
         loss.item()
         t1 = time.perf_counter()
         loss.backward()

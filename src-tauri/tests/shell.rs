@@ -58,6 +58,7 @@ fn commands_over_ipc_in_a_fresh_home() {
         source: "local".into(),
         architecture: "LlamaForCausalLM".into(),
         family: "Llama".into(),
+        encoder_decoder: false,
         parameters: 1000,
         dtype: "F32".into(),
         context_length: 256,

@@ -22,7 +22,7 @@ prints one `max_abs_diff=<x>` line (and, for llama.cpp, `top5=<equal|differ>`).
                                              of TOKENIZER_DIR
   base      BASE STUDIO_LOGITS IDS           transformers' logits of the base alone
   peft-t5   BASE ADAPTER STUDIO_LOGITS IDS   a studio T5 LoRA loaded by PEFT: its logits
-  make-peft-t5 BASE KIND OUT IDS             PEFT's T5 adapter of KIND (lora, ia3) with its logits
+  make-peft-t5 BASE KIND OUT IDS             PEFT's T5 adapter of KIND (lora, ia3, prompt, prefix) with its logits
   plan-line BASE KIND STUDIO_LINE             PEFT's print_trainable_parameters line for KIND
                                              (make-peft's kinds) against the studio's `plan`
                                              line (prints `same=yes|no`)
@@ -167,12 +167,15 @@ def t5_logits(model, ids):
 
 def cmd_make_peft_t5(base_dir, kind, out, ids):
     """A PEFT adapter on a T5 (`lora`: LoRA r=4 on every attention projection with rsLoRA; `ia3`:
-    PEFT's T5 defaults), seeded non-zero, saved with PEFT's logits."""
+    PEFT's T5 defaults; `prompt`, `prefix`: 4 virtual tokens), seeded non-zero, saved with
+    PEFT's logits."""
     import transformers as tf
-    from peft import IA3Config, LoraConfig, get_peft_model
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
     config = {"lora": LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=["q", "k", "v", "o"],
                                  task_type="SEQ_2_SEQ_LM"),
-              "ia3": IA3Config(task_type="SEQ_2_SEQ_LM")}[kind]
+              "ia3": IA3Config(task_type="SEQ_2_SEQ_LM"),
+              "prompt": PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4),
+              "prefix": PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4)}[kind]
     base = tf.T5ForConditionalGeneration.from_pretrained(base_dir, torch_dtype=torch.float32)
     model = get_peft_model(base, config)
     perturb(model)

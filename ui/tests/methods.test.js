@@ -11,6 +11,10 @@ describe("method picker", () => {
     expect(methods.map((m) => m.kind)).toEqual(["lora", "ia3", "prompt-tuning", "prefix-tuning", "houlsby", "pfeiffer", "freeze", "full"]);
   });
 
+  it("says which methods train an encoder-decoder model (T5)", () => {
+    expect(methods.filter((m) => m.encoder_decoder).map((m) => m.kind)).toEqual(["lora", "ia3", "prompt-tuning", "prefix-tuning"]);
+  });
+
   it("turns each method's defaults into a config the engine reads", () => {
     for (const m of methods) {
       const cfg = methodConfig(m.kind, m, defaultValues(m));

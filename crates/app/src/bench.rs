@@ -11,12 +11,14 @@ use peft_studio_engine::device::default_device;
 use peft_studio_engine::model::fused::bf16_matmul::Kernel;
 use peft_studio_engine::model::fused::rates;
 use peft_studio_engine::model::load::load_model_quantized;
+use peft_studio_engine::model::t5::{is_t5, T5Model};
 use peft_studio_engine::model::ForwardCtx;
 use peft_studio_engine::model::LlamaConfig;
 use peft_studio_engine::ops::SplitMix64;
+use peft_studio_engine::peft::Trainables;
 use peft_studio_engine::sysinfo::peak_rss_bytes;
-use peft_studio_engine::train::batch_loss;
 use peft_studio_engine::train::optimizer::{collect_grads, AdamW};
+use peft_studio_engine::train::{batch_loss, Objective};
 use peft_studio_engine::Result as EngineResult;
 
 use crate::error::Result;
@@ -46,45 +48,90 @@ pub struct BenchRequest {
 }
 
 /// Runs the benchmark; each figure goes to `out` as a line of `key=value` pairs (the form
-/// bench scripts read), as soon as it is known.
+/// bench scripts read), as soon as it is known. A T5 trains on random sources and targets of
+/// `seq_len` tokens each (tokens counted once per example, as PyTorch's side counts them).
 pub fn bench(a: &BenchRequest, out: &mut dyn FnMut(String)) -> Result<()> {
     let device = default_device();
-    let mut model = load_model_quantized(
-        &resolve_model(&a.model)?,
-        a.precision.dtype(),
-        &device,
-        a.quantize,
-    )?;
-    // The peak so far is loading's.
+    let dir = resolve_model(&a.model)?;
+    let dtype = a.precision.dtype();
+    let n = a.batch_size * a.seq_len;
+    let mut rng = SplitMix64::new(1);
+    let mut random_ids = |vocab: usize| -> candle_core::Result<Tensor> {
+        let ids: Vec<u32> = (0..n)
+            .map(|_| (rng.next_u64() % vocab as u64) as u32)
+            .collect();
+        Tensor::from_vec(ids, (a.batch_size, a.seq_len), &device)
+    };
+    let weights = Tensor::ones((a.batch_size, a.seq_len), DType::F32, &device)?;
+    if is_t5(&dir) {
+        let mut model = T5Model::load_quantized(&dir, dtype, &device, a.quantize)?;
+        loaded(out);
+        let trainables = a.method.apply_t5(&mut model, 0, None)?;
+        let (source, labels) = (
+            random_ids(model.config().vocab_size)?,
+            random_ids(model.config().vocab_size)?,
+        );
+        let rows: Vec<Vec<i64>> = labels
+            .to_vec2::<u32>()?
+            .into_iter()
+            .map(|r| r.into_iter().map(i64::from).collect())
+            .collect();
+        let decoder: Vec<u32> = model.shift_right(&rows).concat();
+        let batch = Batch {
+            input_ids: Tensor::from_vec(decoder, (a.batch_size, a.seq_len), &device)?,
+            targets: labels,
+            weights: weights.clone(),
+            tokens: n,
+            source: Some((source, weights)),
+        };
+        return timed(a, &model, &trainables, &batch, out);
+    }
+    let mut model = load_model_quantized(&dir, dtype, &device, a.quantize)?;
+    loaded(out);
+    let trainables = a.method.apply(&mut model, 0)?;
+    let ids = random_ids(model.config().vocab_size)?;
+    let batch = Batch {
+        input_ids: ids.clone(),
+        targets: ids,
+        weights,
+        tokens: n,
+        source: None,
+    };
+    timed(a, &model, &trainables, &batch, out)?;
+    if device.is_cpu() {
+        product_rates(model.config(), out);
+    }
+    Ok(())
+}
+
+/// The peak so far, which is loading's.
+fn loaded(out: &mut dyn FnMut(String)) {
     if let Some(rss) = peak_rss_bytes() {
         out(format!(
             "load_peak_rss_mb={:.1}",
             rss as f64 / (1024.0 * 1024.0)
         ));
     }
-    let trainables = a.method.apply(&mut model, 0)?;
+}
+
+/// Times `a.steps` training steps of `model` on `batch` (after one untimed step) and writes
+/// the figures.
+fn timed(
+    a: &BenchRequest,
+    model: &dyn Objective,
+    trainables: &Trainables,
+    batch: &Batch,
+    out: &mut dyn FnMut(String),
+) -> Result<()> {
+    let device = model.device().clone();
     let vars: Vec<&Var> = trainables.iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(&vars, 0.9, 0.999, 1e-8, 0.0)?;
-    let vocab = model.config().vocab_size as u64;
-    let mut rng = SplitMix64::new(1);
-    let n = a.batch_size * a.seq_len;
-    let ids: Vec<u32> = (0..n).map(|_| (rng.next_u64() % vocab) as u32).collect();
-    let input_ids = Tensor::from_vec(ids.clone(), (a.batch_size, a.seq_len), &device)?;
-    let targets = Tensor::from_vec(ids, (a.batch_size, a.seq_len), &device)?;
-    let weights = Tensor::ones((a.batch_size, a.seq_len), DType::F32, &device)?;
-    let batch = Batch {
-        input_ids,
-        targets,
-        weights,
-        tokens: n,
-        source: None,
-    };
     let (fwd, bwd, optim) = peft_studio_engine::threads::on_compute_pool(|| -> EngineResult<_> {
         let (mut fwd, mut bwd, mut optim) = (0.0, 0.0, 0.0);
         for step in 0..=a.steps {
             let t0 = Instant::now();
             let ctx = ForwardCtx::train(step as u64).with_checkpointing(a.gradient_checkpointing);
-            let (loss, _) = batch_loss(&model, &batch, &ctx)?;
+            let (loss, _) = batch_loss(model, batch, &ctx)?;
             loss.to_scalar::<f32>()?;
             let t1 = Instant::now();
             let grads = collect_grads(&vars, &loss.backward()?)?;
@@ -127,11 +174,8 @@ pub fn bench(a: &BenchRequest, out: &mut dyn FnMut(String)) -> Result<()> {
     }
     out(format!(
         "tokens_per_s={:.1}",
-        n as f64 * steps / total.max(1e-9)
+        batch.tokens as f64 * steps / total.max(1e-9)
     ));
-    if device.is_cpu() {
-        product_rates(model.config(), out);
-    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use peft_studio_engine::memory::{estimate, gpu_fit, machine_fit, StepShape};
+use peft_studio_engine::memory::{estimate, estimate_t5, gpu_fit, machine_fit, StepShape};
 use peft_studio_engine::model::load::{base_formats, weights_of, WeightFiles};
 use peft_studio_engine::model::t5::{is_t5, T5Config};
 use peft_studio_engine::model::LlamaConfig;
@@ -71,8 +71,19 @@ pub struct Plan {
 /// Counts and predicted peak memory of `request`.
 pub fn plan(request: &PlanRequest) -> Result<Plan> {
     let resolved = resolve_model(&request.model)?;
+    let cpu = request
+        .cpu
+        .unwrap_or_else(|| peft_studio_engine::device::default_device().is_cpu());
+    let step = |quantized| StepShape {
+        batch: request.batch_size.max(1),
+        seq_len: request.seq_len.max(1),
+        dtype: request.precision.dtype(),
+        cpu,
+        checkpointing: request.checkpointing,
+        quantized,
+    };
     if is_t5(&resolved) {
-        return plan_t5(&resolved, &request.method);
+        return plan_t5(&resolved, &request.method, step(None));
     }
     let cfg = LlamaConfig::from_path(&resolved)?;
     // A config.json given alone plans for the folder it is in.
@@ -82,18 +93,8 @@ pub fn plan(request: &PlanRequest) -> Result<Plan> {
     };
     let method = &request.method;
     let counts = count_params(&cfg, method)?;
-    let cpu = request
-        .cpu
-        .unwrap_or_else(|| peft_studio_engine::device::default_device().is_cpu());
     let quantized = base_formats(&dir, request.quantize)?;
-    let step = StepShape {
-        batch: request.batch_size.max(1),
-        seq_len: request.seq_len.max(1),
-        dtype: request.precision.dtype(),
-        cpu,
-        checkpointing: request.checkpointing,
-        quantized,
-    };
+    let step = step(quantized);
     let stored = match weights_of(&dir) {
         Ok(WeightFiles::Gguf(_)) => base_formats(&dir, None)?.map(|f| f.projections.to_string()),
         _ => None,
@@ -117,17 +118,23 @@ pub fn plan(request: &PlanRequest) -> Result<Plan> {
     })
 }
 
-/// A T5's plan: PEFT's line; its memory is not predicted yet.
-fn plan_t5(dir: &Path, method: &MethodConfig) -> Result<Plan> {
-    let counts = count_params_t5(&T5Config::from_path(dir)?, method)?;
+/// A T5's plan: PEFT's line and the predicted peak (the composed ops; on a GPU as on the
+/// CPU, where no card table applies yet).
+fn plan_t5(dir: &Path, method: &MethodConfig, step: StepShape) -> Result<Plan> {
+    let cfg = T5Config::from_path(dir)?;
+    let counts = count_params_t5(&cfg, method)?;
+    let memory = estimate_t5(&cfg, method, step)?;
     Ok(Plan {
         line: counts.to_string(),
         trainable: counts.trainable,
         total: counts.total,
-        memory: None,
-        memory_total: None,
+        memory_total: Some(memory.total()),
+        memory: Some(memory),
         available: available_memory_bytes(),
-        fit: None,
+        fit: match step.cpu {
+            true => machine_fit(memory.total()),
+            false => None,
+        },
         device: crate::launch::device_name(),
         stored_quantization: None,
         projections: None,

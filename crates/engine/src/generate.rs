@@ -154,8 +154,8 @@ pub fn generate_seq2seq(
     let device = model.device();
     let ids = Tensor::new(source, device)?.unsqueeze(0)?;
     let mask = Tensor::ones((1, source.len()), DType::F32, device)?;
-    let memory = model.encode(&ids, &mask, &ForwardCtx::eval())?.detach();
-    let mut cache = model.cache_for(&memory, &mask)?;
+    let (memory, memory_mask) = model.encode(&ids, &mask, &ForwardCtx::eval())?;
+    let mut cache = model.cache_for(&memory.detach(), &memory_mask)?;
     let mut rng = SplitMix64::new(opts.seed);
     let eos = model.config().eos_token_id;
     let mut next = model.config().decoder_start_token_id;

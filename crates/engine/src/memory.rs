@@ -10,8 +10,12 @@
 //! SmolLM2-135M (`bench`, see docs/BENCHMARKS.md) account for the backward pass's temporaries
 //! and the allocator's slack.
 
+mod t5;
+
 use candle_core::DType;
 use serde::Serialize;
+
+pub use t5::estimate_t5;
 
 use crate::error::Result;
 use crate::model::quantized::{self, BaseFormats};

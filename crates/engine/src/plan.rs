@@ -46,8 +46,24 @@ impl std::fmt::Display for ParamCounts {
 
 /// Counts parameters for `method` on a T5 described by `cfg`, without loading weights, as
 /// PEFT counts them (LoRA: `r·(in + out)` per target, DoRA adding the outputs; IA³: one scale
-/// per output, per input for feed-forward modules).
+/// per output, per input for feed-forward modules; prompt tuning: two rows of `d_model` per
+/// virtual token; prefix tuning: layers·2·`d_model` per virtual token).
 pub fn count_params_t5(cfg: &T5Config, method: &MethodConfig) -> Result<ParamCounts> {
+    let virtual_tokens = method.num_virtual_tokens as u64;
+    let adapter = match method.kind {
+        MethodKind::PromptTuning => Some(
+            crate::model::t5::prompt_rows(method.num_virtual_tokens) as u64 * cfg.d_model as u64,
+        ),
+        MethodKind::PrefixTuning => Some(virtual_tokens * cfg.prefix_width()? as u64),
+        _ => None,
+    };
+    if let Some(adapter) = adapter {
+        method.with_t5_defaults()?;
+        return Ok(ParamCounts {
+            trainable: adapter,
+            total: cfg.parameters() + adapter,
+        });
+    }
     let projections = cfg.projections();
     let names: Vec<String> = projections.iter().map(|(n, _, _)| n.clone()).collect();
     let (targets, feedforward) = method.t5_targets(&names)?;

@@ -73,6 +73,8 @@ pub struct MethodInfo {
     pub exported_as: &'static str,
     /// Its hyperparameters, most important first.
     pub params: Vec<ParamInfo>,
+    /// Whether it trains encoder-decoder models (T5) too.
+    pub encoder_decoder: bool,
 }
 
 const LINEAR_MODULES: &[&str] = &[
@@ -89,19 +91,7 @@ const LINEAR_MODULES: &[&str] = &[
 
 /// Every method, in the order the picker lists them.
 pub fn methods() -> Vec<MethodInfo> {
-    [
-        MethodKind::Lora,
-        MethodKind::Ia3,
-        MethodKind::PromptTuning,
-        MethodKind::PrefixTuning,
-        MethodKind::Houlsby,
-        MethodKind::Pfeiffer,
-        MethodKind::Freeze,
-        MethodKind::Full,
-    ]
-    .into_iter()
-    .map(describe)
-    .collect()
+    MethodKind::ALL.into_iter().map(describe).collect()
 }
 
 /// One method's description.
@@ -242,6 +232,7 @@ pub fn describe(kind: MethodKind) -> MethodInfo {
         summary,
         exported_as,
         params,
+        encoder_decoder: kind.on_encoder_decoder(),
     }
 }
 

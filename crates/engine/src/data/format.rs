@@ -17,7 +17,7 @@ pub enum Format {
     Auto,
     /// `{"text": …}`: every token trained.
     Text,
-    /// `{"prompt": …, "completion": …}`.
+    /// `{"prompt": …, "completion": …}` (or `{"input": …, "target": …}`).
     PromptCompletion,
     /// `{"instruction": …, "input": …, "output": …}` (input optional, `system` optional).
     Alpaca,
@@ -97,7 +97,7 @@ pub fn detect(fields: &Map<String, Value>) -> Option<Format> {
         Some(Format::Sharegpt)
     } else if has("instruction") || (has("output") && !has("completion")) {
         Some(Format::Alpaca)
-    } else if has("prompt") || has("completion") {
+    } else if has("prompt") || has("completion") || (has("input") && has("target")) {
         Some(Format::PromptCompletion)
     } else if has("text") {
         Some(Format::Text)
@@ -146,10 +146,20 @@ pub fn to_record(fields: &Map<String, Value>, format: Format) -> Result<Record, 
     let need = |name: &str| get(name, true).map(Option::unwrap_or_default);
     match format {
         Format::Auto | Format::Text => Ok(Record::Text(need("text")?)),
-        Format::PromptCompletion => Ok(Record::PromptCompletion {
-            prompt: need("prompt")?,
-            completion: need("completion")?,
-        }),
+        Format::PromptCompletion => {
+            // `input`/`target`, the usual names of sequence-to-sequence data, read as the
+            // prompt and its completion.
+            let named = |main: &str, alt: &str| match fields.contains_key(main)
+                || !fields.contains_key(alt)
+            {
+                true => need(main),
+                false => need(alt),
+            };
+            Ok(Record::PromptCompletion {
+                prompt: named("prompt", "input")?,
+                completion: named("completion", "target")?,
+            })
+        }
         Format::Alpaca => {
             let instruction = need("instruction")?;
             let input = get("input", false)?.unwrap_or_default();

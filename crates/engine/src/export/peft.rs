@@ -25,6 +25,17 @@ pub struct ExportInfo {
     pub task_type: &'static str,
 }
 
+impl ExportInfo {
+    /// PEFT's `num_transformer_submodules` for prompt learning: 2 on an encoder-decoder
+    /// model (a prompt table then holds two rows per virtual token), else 1.
+    pub fn transformer_submodules(&self) -> usize {
+        match self.task_type {
+            "SEQ_2_SEQ_LM" => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// `target_modules` as PEFT records it: a regex as given, otherwise the sorted names of the
 /// modules actually wrapped (PEFT expands `all-linear` and stores names, not paths).
 fn recorded_targets(targets: &Option<TargetModules>, wrapped: &[String]) -> Value {
@@ -122,23 +133,25 @@ pub fn ia3_adapter_config(
     )
 }
 
-/// The `adapter_config.json` PEFT writes for prompt tuning with `tokens` virtual tokens of
-/// width `token_dim` (docs/FORMATS.md §4). `num_layers` and `num_attention_heads` are left
-/// null: PEFT fills them in from the base model's config when it loads the adapter.
+/// The `adapter_config.json` PEFT writes for prompt tuning with a table of `rows` rows of
+/// width `token_dim` (docs/FORMATS.md §4): one row per virtual token, two on an
+/// encoder-decoder model. `num_layers` and `num_attention_heads` are left null: PEFT fills
+/// them in from the base model's config when it loads the adapter.
 pub fn prompt_adapter_config(
     method: &MethodConfig,
     info: &ExportInfo,
-    tokens: usize,
+    rows: usize,
     token_dim: usize,
 ) -> Value {
+    let submodules = info.transformer_submodules();
     peft_config(
         info,
         "PROMPT_TUNING",
         [
             ("num_attention_heads", Value::Null),
             ("num_layers", Value::Null),
-            ("num_transformer_submodules", json!(1)),
-            ("num_virtual_tokens", json!(tokens)),
+            ("num_transformer_submodules", json!(submodules)),
+            ("num_virtual_tokens", json!(rows / submodules)),
             (
                 "prompt_tuning_init",
                 json!(method.prompt_tuning_init.as_str()),
@@ -173,7 +186,10 @@ pub fn prefix_adapter_config(info: &ExportInfo, tokens: usize) -> Value {
             ("encoder_hidden_size", Value::Null),
             ("num_attention_heads", Value::Null),
             ("num_layers", Value::Null),
-            ("num_transformer_submodules", json!(1)),
+            (
+                "num_transformer_submodules",
+                json!(info.transformer_submodules()),
+            ),
             ("num_virtual_tokens", json!(tokens)),
             ("prefix_projection", json!(false)),
             ("token_dim", Value::Null),
@@ -224,8 +240,8 @@ pub fn write_peft_dir(
     }
     let config = match (method.kind, prompt_shape) {
         (MethodKind::Ia3, _) => ia3_adapter_config(method, info, &modules, &feedforward),
-        (MethodKind::PromptTuning, Some((tokens, dim))) => {
-            prompt_adapter_config(method, info, tokens, dim)
+        (MethodKind::PromptTuning, Some((rows, dim))) => {
+            prompt_adapter_config(method, info, rows, dim)
         }
         (MethodKind::PrefixTuning, Some((tokens, _))) => prefix_adapter_config(info, tokens),
         (MethodKind::PromptTuning | MethodKind::PrefixTuning, None) => {

@@ -28,13 +28,15 @@ pub fn describe_folder(dir: &Path, name: &str, source: &str) -> Result<ModelEntr
         path,
         source: source.to_string(),
         architecture: summary.config.architecture.clone(),
-        family: crate::model::family::label(&summary.config.architecture),
+        family: String::new(),
+        encoder_decoder: false,
         parameters: summary.parameters,
         dtype: summary.dtype,
         context_length: summary.config.max_position_embeddings,
         size_bytes: summary.size_bytes,
         added_unix: now_unix(),
-    })
+    }
+    .derive())
 }
 
 /// A T5 folder, checked without loading a weight, as a library entry.
@@ -45,15 +47,17 @@ fn describe_t5(dir: &Path, name: &str, source: &str) -> Result<ModelEntry> {
         name: name.to_string(),
         path,
         source: source.to_string(),
-        architecture: "T5ForConditionalGeneration".into(),
-        family: "T5".into(),
+        architecture: crate::model::t5::ARCHITECTURE.into(),
+        family: String::new(),
+        encoder_decoder: false,
         parameters: summary.parameters,
         dtype: summary.dtype.to_lowercase(),
         // Relative positions have no limit; T5 was trained on 512 tokens.
         context_length: 512,
         size_bytes: summary.size_bytes,
         added_unix: now_unix(),
-    })
+    }
+    .derive())
 }
 
 /// The default library name of a GGUF file, folder or hub repository: its last path part

@@ -42,6 +42,10 @@ pub struct ModelEntry {
     /// derived, so never read back from models.json.
     #[serde(default, skip_deserializing)]
     pub family: String,
+    /// Whether it is an encoder-decoder model (T5), which trains on sources and targets
+    /// with fewer methods; derived from `architecture`.
+    #[serde(default, skip_deserializing)]
+    pub encoder_decoder: bool,
     /// Number of weights (a tied lm_head counted once).
     pub parameters: u64,
     /// Storage type of the weights, e.g. `F32` or `BF16`.
@@ -52,6 +56,18 @@ pub struct ModelEntry {
     pub size_bytes: u64,
     /// Seconds since the Unix epoch when it was added.
     pub added_unix: u64,
+}
+
+impl ModelEntry {
+    /// Fills in the fields derived from `architecture`.
+    pub fn derive(mut self) -> Self {
+        self.encoder_decoder = self.architecture == crate::model::t5::ARCHITECTURE;
+        self.family = match self.encoder_decoder {
+            true => "T5".into(),
+            false => crate::model::family::label(&self.architecture),
+        };
+        self
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -74,9 +90,7 @@ impl Registry {
                 let mut file: RegistryFile = serde_json::from_str(&text).map_err(|e| {
                     EngineError::bad_file(&path, format!("not a model registry: {e}"))
                 })?;
-                for m in &mut file.models {
-                    m.family = crate::model::family::label(&m.architecture);
-                }
+                file.models = file.models.into_iter().map(ModelEntry::derive).collect();
                 file
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => RegistryFile::default(),

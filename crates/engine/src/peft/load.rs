@@ -44,6 +44,9 @@ pub struct PeftAdapterConfig {
     pub target_modules: Option<TargetModules>,
     /// The base model the adapter was trained on.
     pub base_model_name_or_path: Option<String>,
+    /// Prompt and prefix tuning: the virtual tokens used (a T5 prompt table holds twice as
+    /// many rows).
+    pub num_virtual_tokens: Option<usize>,
 }
 
 fn eight() -> usize {
@@ -233,9 +236,14 @@ fn attach_bottleneck(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {
     Ok(out)
 }
 
-/// Attaches prompt tuning's virtual tokens (`prompt_embeddings` [tokens, hidden]) or, with
-/// `prefix`, prefix tuning's keys and values ([tokens, layers·2·kv_heads·head_dim]).
-fn attach_prompt(model: &mut LlamaModel, dir: &Path, prefix: bool) -> Result<Trainables> {
+/// Prompt or prefix tuning's table from the adapter in `dir`, with rows of `width`, as a
+/// variable on the model's `dtype` and `device`.
+fn read_prompt(
+    dir: &Path,
+    width: usize,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> Result<Var> {
     let weights_path = dir.join("adapter_model.safetensors");
     let mut tensors = read_safetensors(&weights_path)?;
     let t = tensors.remove(PROMPT_EMBEDDINGS).ok_or_else(|| {
@@ -250,10 +258,6 @@ fn attach_prompt(model: &mut LlamaModel, dir: &Path, prefix: bool) -> Result<Tra
             format!("tensor `{stray}` is not part of a prompt- or prefix-tuning adapter"),
         ));
     }
-    let width = match prefix {
-        true => super::prompt::prefix_width(model.config()),
-        false => model.config().hidden_size,
-    };
     if t.rank() != 2 || t.dim(1)? != width || t.dim(0)? == 0 {
         return Err(EngineError::bad_file(
             &weights_path,
@@ -263,11 +267,53 @@ fn attach_prompt(model: &mut LlamaModel, dir: &Path, prefix: bool) -> Result<Tra
             ),
         ));
     }
-    let var = trainable(t, model.dtype(), &model.device().clone())?;
+    trainable(t, dtype, device)
+}
+
+/// Attaches prompt tuning's virtual tokens (`prompt_embeddings` [tokens, hidden]) or, with
+/// `prefix`, prefix tuning's keys and values ([tokens, layers·2·kv_heads·head_dim]).
+fn attach_prompt(model: &mut LlamaModel, dir: &Path, prefix: bool) -> Result<Trainables> {
+    let width = match prefix {
+        true => super::prompt::prefix_width(model.config()),
+        false => model.config().hidden_size,
+    };
+    let var = read_prompt(dir, width, model.dtype(), &model.device().clone())?;
     match prefix {
         true => model.set_prefix(Some(var.as_tensor().clone())),
         false => model.set_prompt(Some(var.as_tensor().clone())),
     }
+    Ok(vec![(PROMPT_EMBEDDINGS.to_string(), var)])
+}
+
+/// Attaches a T5 prompt-tuning table (its first `num_virtual_tokens` rows go before the
+/// source) or, with `prefix`, a prefix in PEFT's encoder-decoder layout.
+fn attach_prompt_t5(
+    model: &mut T5Model,
+    dir: &Path,
+    cfg: &PeftAdapterConfig,
+    prefix: bool,
+) -> Result<Trainables> {
+    let (dtype, device) = (model.dtype(), model.device().clone());
+    let var = match prefix {
+        true => {
+            let var = read_prompt(dir, model.config().prefix_width()?, dtype, &device)?;
+            model.set_prefix(Some(var.as_tensor().clone()));
+            var
+        }
+        false => {
+            let var = read_prompt(dir, model.config().d_model, dtype, &device)?;
+            let rows = var.dim(0)?;
+            let tokens = cfg.num_virtual_tokens.unwrap_or(rows / 2);
+            if tokens == 0 || tokens > rows {
+                return Err(EngineError::bad_file(
+                    dir.join("adapter_config.json"),
+                    format!("num_virtual_tokens {tokens} does not fit the table's {rows} rows"),
+                ));
+            }
+            model.set_prompt(Some(var.as_tensor().clone()), tokens);
+            var
+        }
+    };
     Ok(vec![(PROMPT_EMBEDDINGS.to_string(), var)])
 }
 
@@ -334,8 +380,8 @@ pub fn attach_lora(model: &mut LlamaModel, dir: &Path, dropout: Option<f64>) -> 
     attach_lora_to(model.linears_mut(), dtype, &device, dir, dropout)
 }
 
-/// A PEFT LoRA (or DoRA) or IA³ adapter for T5 (`task_type` SEQ_2_SEQ_LM) attached to
-/// `model`; other kinds are refused by name.
+/// A PEFT LoRA (or DoRA), IA³, prompt- or prefix-tuning adapter for T5 (`task_type`
+/// SEQ_2_SEQ_LM) attached to `model`; other kinds are refused by name.
 pub fn attach_adapter_t5(
     model: &mut T5Model,
     dir: &Path,
@@ -346,9 +392,11 @@ pub fn attach_adapter_t5(
     match cfg.peft_type.as_str() {
         "LORA" => attach_lora_to(model.linears_mut(), dtype, &device, dir, dropout),
         "IA3" => attach_ia3_to(model.linears_mut(), dtype, &device, dir),
+        "PROMPT_TUNING" => attach_prompt_t5(model, dir, &cfg, false),
+        "PREFIX_TUNING" => attach_prompt_t5(model, dir, &cfg, true),
         other => Err(EngineError::bad_file(
             dir.join("adapter_config.json"),
-            format!("is a {other} adapter; for T5 the studio loads LoRA and IA3 adapters"),
+            format!("is a {other} adapter; for T5 the studio loads LoRA, IA3, prompt- and prefix-tuning adapters"),
         )),
     }
 }
@@ -359,6 +407,8 @@ pub fn detach_adapters_t5(model: &mut T5Model) {
         lin.lora = None;
         lin.ia3 = None;
     }
+    model.set_prompt(None, 0);
+    model.set_prefix(None);
 }
 
 /// The LoRA adapter in `dir` attached to the `linears` its module names name.

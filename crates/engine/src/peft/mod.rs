@@ -52,6 +52,18 @@ pub enum MethodKind {
 }
 
 impl MethodKind {
+    /// Every method, in the order pickers list them.
+    pub const ALL: [MethodKind; 8] = [
+        Self::Lora,
+        Self::Ia3,
+        Self::PromptTuning,
+        Self::PrefixTuning,
+        Self::Houlsby,
+        Self::Pfeiffer,
+        Self::Freeze,
+        Self::Full,
+    ];
+
     /// The name used in configs and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -64,6 +76,14 @@ impl MethodKind {
             Self::Freeze => "freeze",
             Self::Full => "full",
         }
+    }
+
+    /// Whether the method trains an encoder-decoder model (T5) too.
+    pub fn on_encoder_decoder(self) -> bool {
+        matches!(
+            self,
+            Self::Lora | Self::Ia3 | Self::PromptTuning | Self::PrefixTuning
+        )
     }
 }
 
@@ -231,25 +251,7 @@ impl MethodConfig {
                 self.lora_targets(cfg).map(|_| ())
             }
             MethodKind::Ia3 => self.ia3_targets(cfg).map(|_| ()),
-            MethodKind::PromptTuning | MethodKind::PrefixTuning if self.num_virtual_tokens == 0 => {
-                Err(EngineError::config(
-                    "num_virtual_tokens",
-                    "prompt and prefix tuning need at least one virtual token",
-                ))
-            }
-            MethodKind::PromptTuning
-                if self.prompt_tuning_init == PromptInit::Text
-                    && self
-                        .prompt_tuning_init_text
-                        .as_deref()
-                        .is_none_or(|t| t.trim().is_empty()) =>
-            {
-                Err(EngineError::config(
-                    "prompt_tuning_init_text",
-                    "TEXT initialisation needs a text (e.g. a description of the task)",
-                ))
-            }
-            MethodKind::PromptTuning | MethodKind::PrefixTuning => Ok(()),
+            MethodKind::PromptTuning | MethodKind::PrefixTuning => self.validate_virtual_tokens(),
             MethodKind::Houlsby | MethodKind::Pfeiffer
                 if self.reduction_factor == 0 || self.reduction_factor > cfg.hidden_size =>
             {
@@ -264,6 +266,47 @@ impl MethodConfig {
             MethodKind::Houlsby | MethodKind::Pfeiffer => Ok(()),
             MethodKind::Freeze => freeze::trainable_weight_names(cfg, self).map(|_| ()),
             MethodKind::Full => Ok(()),
+        }
+    }
+
+    /// Prompt and prefix tuning's own settings, whatever the model.
+    pub fn validate_virtual_tokens(&self) -> Result<()> {
+        if self.num_virtual_tokens == 0 {
+            return Err(EngineError::config(
+                "num_virtual_tokens",
+                "prompt and prefix tuning need at least one virtual token",
+            ));
+        }
+        if self.kind == MethodKind::PromptTuning
+            && self.prompt_tuning_init == PromptInit::Text
+            && self
+                .prompt_tuning_init_text
+                .as_deref()
+                .is_none_or(|t| t.trim().is_empty())
+        {
+            return Err(EngineError::config(
+                "prompt_tuning_init_text",
+                "TEXT initialisation needs a text (e.g. a description of the task)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The tokens of `prompt_tuning_init_text` where prompt tuning starts from a text
+    /// (with the special tokens the tokenizer adds, as PEFT's `tokenizer(text)`).
+    pub fn prompt_text_ids(&self, tokenizer: Option<&TextTokenizer>) -> Result<Option<Vec<u32>>> {
+        match (self.prompt_tuning_init, &self.prompt_tuning_init_text) {
+            (PromptInit::Text, Some(text)) => Ok(Some(
+                tokenizer
+                    .ok_or_else(|| {
+                        EngineError::config(
+                            "prompt_tuning_init",
+                            "TEXT initialisation needs the model's tokenizer",
+                        )
+                    })?
+                    .encode(text, true)?,
+            )),
+            _ => Ok(None),
         }
     }
 
@@ -385,25 +428,12 @@ impl MethodConfig {
                 Ok(out)
             }
             MethodKind::PromptTuning => {
-                let text_ids = match (self.prompt_tuning_init, &self.prompt_tuning_init_text) {
-                    (PromptInit::Text, Some(text)) => Some(
-                        tokenizer
-                            .ok_or_else(|| {
-                                EngineError::config(
-                                    "prompt_tuning_init",
-                                    "TEXT initialisation needs the model's tokenizer",
-                                )
-                            })?
-                            // As PEFT's `tokenizer(text)`: with the BOS the tokenizer adds.
-                            .encode(text, true)?,
-                    ),
-                    _ => None,
-                };
+                let text_ids = self.prompt_text_ids(tokenizer)?;
                 let var = prompt::init_prompt(
                     self.num_virtual_tokens,
                     self.prompt_tuning_init,
                     text_ids.as_deref(),
-                    model,
+                    &*model,
                     seed,
                 )?;
                 model.set_prompt(Some(var.as_tensor().clone()));

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::model::t5::T5Model;
 use crate::model::LlamaModel;
 use crate::ops::SplitMix64;
 
@@ -60,19 +61,56 @@ pub fn text_init_ids(text_ids: &[u32], tokens: usize) -> Vec<u32> {
     text_ids.iter().copied().cycle().take(tokens).collect()
 }
 
+/// What prompt tuning's initialisation reads from a model: the size of its embedding
+/// matrix, and what its embedding module gives for token ids.
+pub trait TokenEmbedding {
+    /// The vocabulary and the width of an embedding row.
+    fn embedding_dims(&self) -> (usize, usize);
+    /// The embedding module's output [n, hidden] for `ids` [n], in the model's dtype.
+    fn embed_ids(&self, ids: &Tensor) -> Result<Tensor>;
+    /// The model's dtype and device.
+    fn placement(&self) -> (DType, Device);
+}
+
+impl TokenEmbedding for LlamaModel {
+    fn embedding_dims(&self) -> (usize, usize) {
+        self.embed_tokens().dims()
+    }
+    /// Scaled where the family scales its embeddings (Gemma's √hidden), as PEFT copies the
+    /// module's output.
+    fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed(ids)
+    }
+    fn placement(&self) -> (DType, Device) {
+        (self.dtype(), self.device().clone())
+    }
+}
+
+impl TokenEmbedding for T5Model {
+    fn embedding_dims(&self) -> (usize, usize) {
+        (self.config().vocab_size, self.config().d_model)
+    }
+    fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.embed(&ids.unsqueeze(0)?)?.squeeze(0)?)
+    }
+    fn placement(&self) -> (DType, Device) {
+        (self.dtype(), self.device().clone())
+    }
+}
+
 /// The initial virtual-token embeddings [tokens, hidden] as a trainable variable.
-/// `text_ids` are the tokens of `prompt_tuning_init_text` (TEXT init only). Copied rows are
-/// the embedding module's output, as PEFT takes them: `model.embed` (scaled where the family
-/// scales its embeddings, Gemma's √hidden).
+/// `text_ids` are the tokens of `prompt_tuning_init_text` (TEXT init only); copied rows are
+/// the model's embedding module's output, as PEFT takes them.
 pub fn init_prompt(
     tokens: usize,
     init: PromptInit,
     text_ids: Option<&[u32]>,
-    model: &LlamaModel,
+    model: &dyn TokenEmbedding,
     seed: u64,
 ) -> Result<Var> {
-    let (vocab, hidden) = model.embed_tokens().dims();
-    let (dtype, device) = (model.dtype(), model.device());
+    let (vocab, hidden) = model.embedding_dims();
+    let (dtype, device) = model.placement();
+    let device = &device;
     let mut rng = SplitMix64::new(seed);
     let rows = |ids: Vec<u32>| -> Result<Tensor> {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
@@ -82,7 +120,7 @@ pub fn init_prompt(
             ));
         }
         let ids = Tensor::from_vec(ids, tokens, device)?;
-        Ok(model.embed(&ids)?.detach())
+        Ok(model.embed_ids(&ids)?.detach())
     };
     let values = match init {
         PromptInit::Random => Tensor::from_vec(

@@ -1,13 +1,16 @@
 //! Methods on an encoder-decoder model (T5): LoRA (rsLoRA, DoRA) and IA³ on its projections,
 //! matched by PEFT's module names and with PEFT's T5 defaults (LoRA: `q`, `v`; IA³: `k`, `v`,
-//! `wo`, with `wo` feed-forward; `utils/constants.py`). The other methods are refused by name
-//! until they exist for T5.
+//! `wo`, with `wo` feed-forward; `utils/constants.py`), and prompt and prefix tuning in
+//! PEFT's encoder-decoder layout (`model/t5/prompting.rs`). The other methods are refused by
+//! name until they exist for T5.
 
+use super::prompt::{self, PROMPT_EMBEDDINGS};
 use super::target::{self, select_modules, TargetModules};
 use super::{init_lora, Ia3Scale, MethodConfig, MethodKind, Trainables};
 use crate::error::{EngineError, Result};
-use crate::model::t5::T5Model;
+use crate::model::t5::{prompt_rows, T5Model};
 use crate::ops::SplitMix64;
+use crate::tokenizer::TextTokenizer;
 
 fn list(names: &[&str]) -> TargetModules {
     TargetModules::List(names.iter().map(|s| s.to_string()).collect())
@@ -23,11 +26,23 @@ impl MethodConfig {
                 list(&target::ia3_default_targets("t5").unwrap_or(["k", "v", "wo"])),
                 Some(list(&target::IA3_T5_FEEDFORWARD)),
             ),
+            MethodKind::PromptTuning | MethodKind::PrefixTuning => {
+                self.validate_virtual_tokens()?;
+                return Ok(self.clone());
+            }
             other => {
+                let usable: Vec<&str> = MethodKind::ALL
+                    .iter()
+                    .filter(|k| k.on_encoder_decoder())
+                    .map(|k| k.as_str())
+                    .collect();
                 return Err(EngineError::config(
                     "kind",
-                    format!("{other} is not available for T5 yet; use lora or ia3"),
-                ))
+                    format!(
+                        "{other} is not available for T5 yet; use {}",
+                        usable.join(", ")
+                    ),
+                ));
             }
         };
         Ok(MethodConfig {
@@ -42,6 +57,12 @@ impl MethodConfig {
     /// into `names`. Training and the planner both read it.
     pub fn t5_targets(&self, names: &[String]) -> Result<(Vec<usize>, Vec<usize>)> {
         let method = self.with_t5_defaults()?;
+        if matches!(
+            self.kind,
+            MethodKind::PromptTuning | MethodKind::PrefixTuning
+        ) {
+            return Ok((Vec::new(), Vec::new()));
+        }
         let targets = method.target_modules.clone().unwrap_or_default();
         let picked = select_modules(names, &targets, self.layers_to_transform.as_deref())?;
         let feedforward = match (self.kind, &method.feedforward_modules) {
@@ -60,10 +81,40 @@ impl MethodConfig {
         Ok((picked, feedforward))
     }
 
-    /// Wraps a T5 `model` with this method and returns what it trains; LoRA matrices are
-    /// initialised from `seed`.
-    pub fn apply_t5(&self, model: &mut T5Model, seed: u64) -> Result<Trainables> {
+    /// Wraps a T5 `model` with this method and returns what it trains; LoRA matrices and
+    /// virtual tokens are initialised from `seed`, prompt tuning's TEXT initialisation
+    /// reads the model's `tokenizer`.
+    pub fn apply_t5(
+        &self,
+        model: &mut T5Model,
+        seed: u64,
+        tokenizer: Option<&TextTokenizer>,
+    ) -> Result<Trainables> {
         let (dtype, device) = (model.dtype(), model.device().clone());
+        match self.kind {
+            MethodKind::PromptTuning => {
+                self.validate_virtual_tokens()?;
+                let text_ids = self.prompt_text_ids(tokenizer)?;
+                let var = prompt::init_prompt(
+                    prompt_rows(self.num_virtual_tokens),
+                    self.prompt_tuning_init,
+                    text_ids.as_deref(),
+                    &*model,
+                    seed,
+                )?;
+                model.set_prompt(Some(var.as_tensor().clone()), self.num_virtual_tokens);
+                return Ok(vec![(PROMPT_EMBEDDINGS.to_string(), var)]);
+            }
+            MethodKind::PrefixTuning => {
+                self.validate_virtual_tokens()?;
+                let width = model.config().prefix_width()?;
+                let var =
+                    prompt::init_prefix(self.num_virtual_tokens, width, seed, dtype, &device)?;
+                model.set_prefix(Some(var.as_tensor().clone()));
+                return Ok(vec![(PROMPT_EMBEDDINGS.to_string(), var)]);
+            }
+            _ => {}
+        }
         let names: Vec<String> = model.linears().iter().map(|l| l.name.clone()).collect();
         let (picked, feedforward) = self.t5_targets(&names)?;
         let settings = self.lora();

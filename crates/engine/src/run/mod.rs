@@ -81,7 +81,9 @@ pub fn prepare_t5(cfg: &RunConfig) -> Result<PreparedT5> {
     let mut model =
         T5Model::load_quantized(&cfg.model, dtype, &default_device(), cfg.train.quantize)?;
     let tok = TextTokenizer::load(&cfg.model, &[model.config().eos_token_id])?;
-    let trainables = cfg.method.apply_t5(&mut model, cfg.train.seed)?;
+    let trainables = cfg
+        .method
+        .apply_t5(&mut model, cfg.train.seed, Some(&tok))?;
     let data = seq2seq_data(cfg, model.config().decoder_start_token_id)?;
     let (train, val, reports) = read_datasets(cfg, &tok, &data)?;
     Ok(PreparedT5 {

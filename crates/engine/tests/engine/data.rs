@@ -54,6 +54,24 @@ fn jsonl_with_bom_crlf_blank_lines_and_unicode() {
     );
 }
 
+/// Sequence-to-sequence data's usual `input`/`target` fields read as a prompt and its
+/// completion, detected or chosen; `input` alone stays an alpaca field.
+#[test]
+fn input_target_records_read_as_prompt_and_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "d.jsonl",
+        "{\"input\": \"translate: cat\", \"target\": \"chat\"}\n",
+    );
+    let want = vec![Record::PromptCompletion {
+        prompt: "translate: cat".into(),
+        completion: "chat".into(),
+    }];
+    assert_eq!(records(&path, Format::Auto), want);
+    assert_eq!(records(&path, Format::PromptCompletion), want);
+}
+
 #[test]
 fn every_reader_gives_the_same_records() {
     let dir = tempfile::tempdir().unwrap();

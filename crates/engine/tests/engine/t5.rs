@@ -78,10 +78,10 @@ fn t5_logits_loss_and_encoder_output_equal_transformers() {
             .collect();
         assert_eq!(shifted, want, "{version}: decoder inputs");
         let ctx = ForwardCtx::eval();
-        let memory = model.encode(&e.input_ids, &e.mask, &ctx).expect("encode");
+        let (memory, memory_mask) = model.encode(&e.input_ids, &e.mask, &ctx).expect("encode");
         let enc = max_diff(&memory, &e.encoder_output);
         let logits = model
-            .decode(&decoder_ids(&model, &e), &memory, &e.mask, &ctx)
+            .decode(&decoder_ids(&model, &e), &memory, &memory_mask, &ctx)
             .expect("decode");
         let diff = max_diff(&logits, &e.logits);
         let loss = T5Model::loss(&logits, &e.labels)
@@ -134,20 +134,138 @@ fn t5_methods_train_peft_s_parameters() {
     ];
     for (version, m, peft) in cases {
         let mut model = T5Model::load(&fixture(version), DType::F32, &Device::Cpu).expect("load");
-        let vars = m.apply_t5(&mut model, 0).expect("apply");
+        let vars = m.apply_t5(&mut model, 0, None).expect("apply");
         let count: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
         assert_eq!(count, peft, "{version} {:?} {:?}", m.kind, m.target_modules);
     }
     let mut model = T5Model::load(&fixture("v1_1"), DType::F32, &Device::Cpu).expect("load");
     let names: Vec<String> = method(MethodKind::Lora, 8, None)
-        .apply_t5(&mut model, 0)
+        .apply_t5(&mut model, 0, None)
         .expect("apply")
         .into_iter()
         .map(|(n, _)| n)
         .collect();
     assert!(names.contains(&"decoder.block.2.layer.1.EncDecAttention.v.lora_B.weight".to_string()));
-    let refused = method(MethodKind::PrefixTuning, 8, None).apply_t5(&mut model, 0);
+    let refused = method(MethodKind::Houlsby, 8, None).apply_t5(&mut model, 0, None);
     assert!(refused.is_err_and(|e| e.to_string().contains("not available for T5")));
+    // PEFT sizes a prefix by the encoder's depth: a deeper decoder is refused by name.
+    let refused = virtual_tokens(MethodKind::PrefixTuning, 4).apply_t5(&mut model, 0, None);
+    assert!(refused.is_err_and(|e| e.to_string().contains("as deep as the encoder")));
+}
+
+fn virtual_tokens(kind: MethodKind, tokens: usize) -> MethodConfig {
+    MethodConfig {
+        kind,
+        num_virtual_tokens: tokens,
+        ..Default::default()
+    }
+}
+
+/// Prompt and prefix tuning train PEFT's tables (PEFT 0.21, SEQ_2_SEQ_LM): prompt tuning two
+/// rows of d_model per virtual token, prefix tuning layers·2·d_model per virtual token.
+#[test]
+fn t5_prompt_and_prefix_tables_have_peft_s_shapes() {
+    for (version, m, shape) in [
+        (
+            "v1_1",
+            virtual_tokens(MethodKind::PromptTuning, 5),
+            [10, 32],
+        ),
+        (
+            "v1_0",
+            virtual_tokens(MethodKind::PromptTuning, 5),
+            [10, 32],
+        ),
+        (
+            "v1_0",
+            virtual_tokens(MethodKind::PrefixTuning, 4),
+            [4, 128],
+        ),
+    ] {
+        let mut model = T5Model::load(&fixture(version), DType::F32, &Device::Cpu).expect("load");
+        let vars = m.apply_t5(&mut model, 0, None).expect("apply");
+        let dims: Vec<Vec<usize>> = vars.iter().map(|(_, v)| v.dims().to_vec()).collect();
+        assert_eq!(dims, vec![shape.to_vec()], "{version} {:?}", m.kind);
+    }
+}
+
+/// A fixture in f64 with method `m` applied and every trained value moved off its start
+/// (LoRA's B starts at zero, where A's gradient vanishes).
+fn moved_off_start(
+    version: &str,
+    m: &MethodConfig,
+) -> (T5Model, peft_studio_engine::peft::Trainables) {
+    let mut model = T5Model::load(&fixture(version), DType::F64, &Device::Cpu).expect("load");
+    let vars = m.apply_t5(&mut model, 3, None).expect("apply");
+    for (i, (_, var)) in vars.iter().enumerate() {
+        let n = var.elem_count();
+        let noise: Vec<f64> = (0..n)
+            .map(|j| ((i * 31 + j * 17) % 13) as f64 / 40.0 - 0.15)
+            .collect();
+        let moved = (var.as_tensor()
+            + Tensor::from_vec(noise, var.shape(), var.device()).expect("noise"))
+        .expect("add");
+        var.set(&moved).expect("set");
+    }
+    (model, vars)
+}
+
+/// The fixture's loss for `model` in f64, and its gradients.
+fn loss_and_grads<'e>(
+    model: &T5Model,
+    e: &'e Expected,
+) -> (
+    impl Fn(&T5Model) -> f64 + 'e,
+    candle_core::backprop::GradStore,
+) {
+    let mask = e.mask.to_dtype(DType::F64).expect("mask");
+    let dec = decoder_ids(model, e);
+    let loss = move |model: &T5Model| -> Tensor {
+        let logits = model
+            .forward(&e.input_ids, &mask, &dec, &ForwardCtx::eval())
+            .expect("forward");
+        T5Model::loss(&logits, &e.labels).expect("loss")
+    };
+    let grads = loss(model).backward().expect("backward");
+    (
+        move |m: &T5Model| loss(m).to_scalar::<f64>().expect("loss"),
+        grads,
+    )
+}
+
+/// Checks entries `at` of `var`'s gradient against central differences of `loss`; returns
+/// the worst relative error.
+fn check_entries(
+    label: &str,
+    model: &T5Model,
+    var: &candle_core::Var,
+    grads: &candle_core::backprop::GradStore,
+    loss: &impl Fn(&T5Model) -> f64,
+    at: &[usize],
+) -> f64 {
+    let g: Vec<f64> = grads
+        .get(var.as_tensor())
+        .unwrap_or_else(|| panic!("no gradient for {label}"))
+        .flatten_all()
+        .expect("flat")
+        .to_vec1()
+        .expect("vec");
+    let mut worst = 0.0f64;
+    for &i in at {
+        let numeric = central_difference(var, i, 1e-5, || loss(model));
+        let rel = relative_error(numeric, g[i]);
+        worst = worst.max(rel);
+        assert!(
+            rel < 1e-5,
+            "{label}[{i}]: analytic {} vs numeric {numeric}",
+            g[i]
+        );
+        assert!(
+            g[i] != 0.0,
+            "{label}[{i}]: a gradient of exactly zero checks nothing"
+        );
+    }
+    worst
 }
 
 /// LoRA (with B made non-zero) and IA³ gradients through both stacks, cross-attention and the
@@ -160,57 +278,73 @@ fn t5_gradients_match_central_finite_differences() {
         ("v1_1", method(MethodKind::Ia3, 2, None)),
     ] {
         let e = expected(version);
-        let mut model = T5Model::load(&fixture(version), DType::F64, &Device::Cpu).expect("load");
-        let vars = m.apply_t5(&mut model, 3).expect("apply");
-        // LoRA's B starts at zero, where A's gradient vanishes: move every value off its start.
-        for (i, (_, var)) in vars.iter().enumerate() {
-            let n = var.elem_count();
-            let noise: Vec<f64> = (0..n)
-                .map(|j| ((i * 31 + j * 17) % 13) as f64 / 40.0 - 0.15)
-                .collect();
-            let moved = (var.as_tensor()
-                + Tensor::from_vec(noise, var.shape(), var.device()).expect("noise"))
-            .expect("add");
-            var.set(&moved).expect("set");
-        }
-        let input = e.input_ids.clone();
-        let mask = e.mask.to_dtype(DType::F64).expect("mask");
-        let dec = decoder_ids(&model, &e);
-        let loss_of = |model: &T5Model| -> Tensor {
-            let logits = model
-                .forward(&input, &mask, &dec, &ForwardCtx::eval())
-                .expect("forward");
-            T5Model::loss(&logits, &e.labels).expect("loss")
-        };
-        let grads = loss_of(&model).backward().expect("backward");
-        let (eps, mut checked, mut worst) = (1e-5, 0, 0.0f64);
+        let (model, vars) = moved_off_start(version, &m);
+        let (loss, grads) = loss_and_grads(&model, &e);
+        let (mut checked, mut worst) = (0, 0.0f64);
         for (name, var) in vars.iter().step_by(5) {
-            let g: Vec<f64> = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {name}"))
-                .flatten_all()
-                .expect("flat")
-                .to_vec1()
-                .expect("vec");
-            for &i in &[0, var.elem_count() / 2, var.elem_count() - 1] {
-                let numeric = central_difference(var, i, eps, || {
-                    loss_of(&model).to_scalar::<f64>().expect("loss")
-                });
-                let rel = relative_error(numeric, g[i]);
-                worst = worst.max(rel);
-                assert!(
-                    rel < 1e-5,
-                    "{version} {name}[{i}]: analytic {} vs numeric {numeric}",
-                    g[i]
-                );
-                checked += 1;
-            }
+            let n = var.elem_count();
+            let label = format!("{version} {name}");
+            worst = worst.max(check_entries(
+                &label,
+                &model,
+                var,
+                &grads,
+                &loss,
+                &[0, n / 2, n - 1],
+            ));
+            checked += 3;
         }
         eprintln!(
             "{version} {:?}: {checked} entries, worst relative error {worst:e}",
             m.kind
         );
         assert!(checked >= 9);
+    }
+}
+
+/// Prompt tuning's virtual tokens (through the encoder and the cross-attention) and prefix
+/// tuning's keys and values (in the decoder's self-attention, its queries placed after them),
+/// in f64, against central differences; the parts PEFT's layout never reads (a prompt
+/// table's second half, a two-layer prefix's layer-1 rows) get no gradient.
+#[test]
+fn t5_prompt_and_prefix_gradients_match_central_finite_differences() {
+    let d = 32;
+    for (version, m) in [
+        ("v1_1", virtual_tokens(MethodKind::PromptTuning, 3)),
+        ("v1_0", virtual_tokens(MethodKind::PromptTuning, 3)),
+        ("v1_0", virtual_tokens(MethodKind::PrefixTuning, 3)),
+    ] {
+        let e = expected(version);
+        let (model, vars) = moved_off_start(version, &m);
+        let (loss, grads) = loss_and_grads(&model, &e);
+        let (_, var) = &vars[0];
+        // Read entries: prompt rows 0..3; the prefix's layer-0 keys and values (the first
+        // 2·d columns of each of its rows [2·layers·d]).
+        let (read, unread): (Vec<usize>, Vec<usize>) = match m.kind {
+            MethodKind::PromptTuning => ((0..3 * d).step_by(7).collect(), vec![3 * d, 6 * d - 1]),
+            _ => (
+                (0..3)
+                    .flat_map(|t| (0..2 * d).step_by(9).map(move |c| t * 4 * d + c))
+                    .collect(),
+                vec![2 * d, 4 * d - 1, 4 * d + 3 * d],
+            ),
+        };
+        let label = format!("{version} {:?}", m.kind);
+        let worst = check_entries(&label, &model, var, &grads, &loss, &read);
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .expect("grad")
+            .flatten_all()
+            .expect("flat")
+            .to_vec1()
+            .expect("vec");
+        for i in unread {
+            assert_eq!(g[i], 0.0, "{label}[{i}] is never read");
+        }
+        eprintln!(
+            "{label}: {} entries, worst relative error {worst:e}",
+            read.len()
+        );
     }
 }
 
@@ -272,7 +406,8 @@ fn t5_config_names_every_projection_and_parameter() {
 }
 
 /// `plan`'s line equals PEFT's `print_trainable_parameters` (PEFT 0.21, transformers 5.25,
-/// the models built from these configs on the meta device) for Flan-T5-base and T5-large.
+/// the models built from these configs on the meta device, Flan-T5's head untied as a loaded
+/// checkpoint keeps it) for Flan-T5-base and T5-large: LoRA, IA³, prefix and prompt tuning.
 #[test]
 fn t5_plan_lines_equal_peft_s() {
     use peft_studio_engine::model::t5::T5Config;
@@ -302,12 +437,35 @@ fn t5_plan_lines_equal_peft_s() {
             MethodKind::Ia3,
             "trainable params: 344,064 || all params: 738,012,160 || trainable%: 0.0466",
         ),
+        (
+            flan_base,
+            MethodKind::PrefixTuning,
+            "trainable params: 368,640 || all params: 247,946,496 || trainable%: 0.1487",
+        ),
+        (
+            flan_base,
+            MethodKind::PromptTuning,
+            "trainable params: 30,720 || all params: 247,608,576 || trainable%: 0.0124",
+        ),
+        (
+            t5_large,
+            MethodKind::PrefixTuning,
+            "trainable params: 983,040 || all params: 738,651,136 || trainable%: 0.1331",
+        ),
+        (
+            t5_large,
+            MethodKind::PromptTuning,
+            "trainable params: 40,960 || all params: 737,709,056 || trainable%: 0.0056",
+        ),
     ];
     for (json, kind, peft) in cases {
         let cfg = T5Config::from_json(json).expect("config");
-        let line = count_params_t5(&cfg, &method(kind, 8, None))
-            .expect("count")
-            .to_string();
+        // LoRA r=8 on T5's defaults, IA³'s defaults, 20 virtual tokens.
+        let m = MethodConfig {
+            num_virtual_tokens: 20,
+            ..method(kind, 8, None)
+        };
+        let line = count_params_t5(&cfg, &m).expect("count").to_string();
         assert_eq!(line, peft, "{kind:?}");
     }
 }

@@ -34,6 +34,11 @@ export async function newRun(root, params) {
     state.name = "demo";
   }
   const infoOf = (kind) => methods.find((m) => m.kind === kind);
+  // An encoder-decoder model (T5) trains with fewer methods: the picker offers those.
+  const usableMethods = () => {
+    const model = models.find((m) => m.name === state.model);
+    return methods.filter((m) => !model?.encoder_decoder || m.encoder_decoder);
+  };
   const body = h("div", { class: "step-body" });
   const nav = h("ol", { class: "stepper" });
   const message = h("div", { class: "step-message", "aria-live": "polite" });
@@ -109,6 +114,8 @@ export async function newRun(root, params) {
   }
 
   function methodStep() {
+    const usable = usableMethods();
+    if (!usable.some((m) => m.kind === state.kind)) state.kind = usable[0].kind;
     const info = infoOf(state.kind);
     const plan = h("div", { class: "plan", id: "plan" });
     const values = state.values[state.kind];
@@ -135,7 +142,7 @@ export async function newRun(root, params) {
     refresh();
     return [
       h("fieldset", { class: "choices methods", id: "method-choices" }, h("legend", {}, "Method"),
-        methods.map((m) => h("label", { class: "choice" },
+        usable.map((m) => h("label", { class: "choice" },
           h("input", { type: "radio", name: "method", value: m.kind, checked: m.kind === state.kind, onchange: () => { state.kind = m.kind; render(); } }),
           h("strong", {}, m.name), " ", h("span", { class: "muted" }, m.summary)))),
       h("div", { class: "params" }, fields.filter((_, i) => !info.params[i].advanced)),

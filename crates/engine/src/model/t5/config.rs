@@ -256,6 +256,9 @@ impl T5Config {
     }
 }
 
+/// The architecture name of a T5 checkpoint (`architectures[0]`).
+pub const ARCHITECTURE: &str = "T5ForConditionalGeneration";
+
 /// Whether the folder holds an encoder-decoder T5 (`architectures` or `model_type`).
 pub fn is_t5(dir: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else {
@@ -268,7 +271,7 @@ pub fn is_t5(dir: &Path) -> bool {
         || v["architectures"]
             .get(0)
             .and_then(|a| a.as_str())
-            .is_some_and(|a| a == "T5ForConditionalGeneration")
+            .is_some_and(|a| a == ARCHITECTURE)
 }
 
 /// T5's relative-position bucket of `relative` (`key position − query position`), as

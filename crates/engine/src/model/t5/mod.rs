@@ -10,13 +10,15 @@
 //! `….layer.2.DenseReluDense.wi_0`).
 
 pub mod config;
+mod prompting;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-pub use config::{is_t5, relative_bucket, FeedForward, T5Config};
+pub use config::{is_t5, relative_bucket, FeedForward, T5Config, ARCHITECTURE};
+pub use prompting::prompt_rows;
 
 use crate::error::{EngineError, Result};
 use crate::model::blocks::gated;
@@ -46,12 +48,14 @@ fn split_heads(t: Tensor, b: usize, len: usize, heads: usize) -> Result<Tensor> 
 }
 
 impl Attention {
-    /// Attends from `x` [b, tq, d] to `kv` [b, tk, d] with `bias` [1 or b, h, tq, tk] added
-    /// to the scores.
+    /// Attends from `x` [b, tq, d] to `kv` [b, tk, d], after the keys and values `past`
+    /// [b, h, p, d] where given (a prefix), with `bias` [1 or b, h, tq, p + tk] added to the
+    /// scores.
     fn forward(
         &self,
         x: &Tensor,
         kv: &Tensor,
+        past: Option<&(Tensor, Tensor)>,
         bias: &Tensor,
         heads: usize,
         ctx: &ForwardCtx,
@@ -59,8 +63,12 @@ impl Attention {
         let (b, tq, _) = x.dims3()?;
         let tk = kv.dim(1)?;
         let q = split_heads(self.q.forward(x, ctx)?, b, tq, heads)?;
-        let k = split_heads(self.k.forward(kv, ctx)?, b, tk, heads)?;
-        let v = split_heads(self.v.forward(kv, ctx)?, b, tk, heads)?;
+        let mut k = split_heads(self.k.forward(kv, ctx)?, b, tk, heads)?;
+        let mut v = split_heads(self.v.forward(kv, ctx)?, b, tk, heads)?;
+        if let Some((pk, pv)) = past {
+            k = Tensor::cat(&[pk, &k], 2)?;
+            v = Tensor::cat(&[pv, &v], 2)?;
+        }
         self.attend(&q, &k, &v, bias, ctx)
     }
 
@@ -154,6 +162,10 @@ pub struct T5Model {
     decoder: Stack,
     /// The head of its own (v1.1, Flan-T5); `None` when tied to `shared`.
     lm_head: Option<Linear>,
+    /// Prompt tuning's table and the number of its rows put before each source.
+    prompt: Option<(Tensor, usize)>,
+    /// Prefix tuning's keys and values [tokens, layers·2·d_model].
+    prefix: Option<Tensor>,
     dtype: DType,
     device: Device,
 }
@@ -283,28 +295,35 @@ impl Stack {
     }
 
     /// Runs the stack over embedded inputs `x` [b, t, d]; `self_mask` is added to the
-    /// self-attention scores, and in the decoder `memory` (the encoder's output) is attended
-    /// to with `cross_mask`.
+    /// self-attention scores, each block's self-attention sees its `prefix` keys and values
+    /// first where given (the queries' positions counted after them), and in the decoder
+    /// `memory` (the encoder's output) is attended to with `cross_mask`.
     fn forward(
         &self,
         cfg: &T5Config,
         mut x: Tensor,
         self_mask: &Tensor,
+        prefix: Option<&[(Tensor, Tensor)]>,
         memory: Option<(&Tensor, &Tensor)>,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
         let t = x.dim(1)?;
+        let past = match prefix.and_then(|p| p.first()) {
+            Some((k, _)) => k.dim(2)?,
+            None => 0,
+        };
         let bias = self
-            .position_bias(cfg, 0, t, t)?
+            .position_bias(cfg, past, t, past + t)?
             .broadcast_add(&self_mask.to_dtype(self.relative_bias.dtype())?)?;
         let eps = cfg.layer_norm_epsilon;
         let heads = cfg.num_heads;
-        for block in &self.blocks {
+        for (i, block) in self.blocks.iter().enumerate() {
             let h = ops::rms_norm(&x, &block.self_norm, eps)?;
-            x = (x + block.self_attn.forward(&h, &h, &bias, heads, ctx)?)?;
+            let own = prefix.and_then(|p| p.get(i));
+            x = (x + block.self_attn.forward(&h, &h, own, &bias, heads, ctx)?)?;
             if let (Some((norm, attn)), Some((memory, cross_mask))) = (&block.cross, memory) {
                 let h = ops::rms_norm(&x, norm, eps)?;
-                x = (x + attn.forward(&h, memory, cross_mask, heads, ctx)?)?;
+                x = (x + attn.forward(&h, memory, None, cross_mask, heads, ctx)?)?;
             }
             let h = ops::rms_norm(&x, &block.ff_norm, eps)?;
             x = (x + block.ff.forward(&h, ctx)?)?;
@@ -345,12 +364,13 @@ fn padding_bias(mask: &Tensor) -> Result<Tensor> {
     Ok(((1.0 - keep)? * MASKED)?.unsqueeze(1)?.unsqueeze(1)?)
 }
 
-/// The causal mask [1, 1, t, t]: 0 on and below the diagonal, masked above it.
-fn causal_bias(t: usize, device: &Device) -> Result<Tensor> {
+/// The causal mask [1, 1, t, past + t] of `t` queries after `past` positions they all see
+/// (a prefix): 0 where key j ≤ past + i, masked above.
+fn causal_bias(t: usize, past: usize, device: &Device) -> Result<Tensor> {
     let v: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { MASKED as f32 } else { 0.0 }))
+        .flat_map(|i| (0..past + t).map(move |j| if j > past + i { MASKED as f32 } else { 0.0 }))
         .collect();
-    Ok(Tensor::from_vec(v, (1, 1, t, t), device)?)
+    Ok(Tensor::from_vec(v, (1, 1, t, past + t), device)?)
 }
 
 /// Refuses a quantized base for T5 by name (its projections are held in `dtype` for now).
@@ -402,6 +422,8 @@ impl T5Model {
             encoder,
             decoder,
             lm_head,
+            prompt: None,
+            prefix: None,
             dtype,
             device: device.clone(),
         })
@@ -422,15 +444,24 @@ impl T5Model {
         &self.device
     }
 
-    /// The encoder's output [b, s, d] for `input_ids` [b, s] with its padding mask [b, s].
-    pub fn encode(&self, input_ids: &Tensor, mask: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let x = self.embed(input_ids)?;
-        self.encoder
-            .forward(&self.cfg, x, &padding_bias(mask)?, None, ctx)
+    /// The encoder's output [b, s', d] for `input_ids` [b, s] with its padding mask [b, s],
+    /// and the mask [b, s'] the decoder attends to it with (s' = s, or with prompt tuning
+    /// its virtual tokens first).
+    pub fn encode(
+        &self,
+        input_ids: &Tensor,
+        mask: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> Result<(Tensor, Tensor)> {
+        let (x, mask) = self.with_prompt(self.embed(input_ids)?, mask)?;
+        let memory = self
+            .encoder
+            .forward(&self.cfg, x, &padding_bias(&mask)?, None, None, ctx)?;
+        Ok((memory, mask))
     }
 
     /// The logits [b, t, vocab] for `decoder_ids` [b, t] given the encoder's output and the
-    /// source's padding mask.
+    /// mask [`T5Model::encode`] returned with it.
     pub fn decode(
         &self,
         decoder_ids: &Tensor,
@@ -438,13 +469,15 @@ impl T5Model {
         mask: &Tensor,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
-        let t = decoder_ids.dim(1)?;
+        let (b, t) = decoder_ids.dims2()?;
         let x = self.embed(decoder_ids)?;
         let cross = padding_bias(mask)?;
+        let prefix = self.prefix_kv(b)?;
         let h = self.decoder.forward(
             &self.cfg,
             x,
-            &causal_bias(t, &self.device)?,
+            &causal_bias(t, self.prefix_len()?, &self.device)?,
+            prefix.as_deref(),
             Some((memory, &cross)),
             ctx,
         )?;
@@ -471,8 +504,8 @@ impl T5Model {
         decoder_ids: &Tensor,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
-        let memory = self.encode(input_ids, mask, ctx)?;
-        self.decode(decoder_ids, &memory, mask, ctx)
+        let (memory, memory_mask) = self.encode(input_ids, mask, ctx)?;
+        self.decode(decoder_ids, &memory, &memory_mask, ctx)
     }
 
     /// The decoder's input for `labels` [b, t] (`-100` where the loss ignores a position):
@@ -535,7 +568,8 @@ impl T5Model {
         out
     }
 
-    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+    /// The shared embedding's rows [b, t, d] for `ids` [b, t].
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let flat = ids.flatten_all()?;
         Ok(self
@@ -553,13 +587,14 @@ pub struct T5Cache {
     own: Vec<Option<(Tensor, Tensor)>>,
     cross: Vec<(Tensor, Tensor)>,
     cross_mask: Option<Tensor>,
-    /// Decoder positions done.
+    /// Decoder positions done (a prefix's included).
     pub position: usize,
 }
 
 impl T5Model {
-    /// A cache for generating from `memory` (the encoder's output [1, s, d]) with the
-    /// source's padding mask [1, s].
+    /// A cache for generating from `memory` (the encoder's output [b, s, d]) with the mask
+    /// [`T5Model::encode`] returned with it; with prefix tuning the decoder starts after the
+    /// prefix.
     pub fn cache_for(&self, memory: &Tensor, mask: &Tensor) -> Result<T5Cache> {
         let ctx = ForwardCtx::eval();
         let (b, s, _) = memory.dims3()?;
@@ -573,11 +608,15 @@ impl T5Model {
             let v = split_heads(attn.v.forward(memory, &ctx)?, b, s, heads)?.detach();
             cross.push((k, v));
         }
+        let own = match self.prefix_kv(b)? {
+            Some(prefix) => prefix.into_iter().map(Some).collect(),
+            None => vec![None; self.decoder.blocks.len()],
+        };
         Ok(T5Cache {
-            own: vec![None; self.decoder.blocks.len()],
+            own,
             cross,
             cross_mask: Some(padding_bias(mask)?),
-            position: 0,
+            position: self.prefix_len()?,
         })
     }
 
