@@ -25,7 +25,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # t5-small: d_model, d_ff, layers, heads (d_kv 64), ReLU feed-forward, tied head; no dropout,
 # which the studio does not apply to T5 either, so that both sides do the same work.
 T5_SMALL = dict(d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64, vocab_size=32128,
-                feed_forward_proj="relu", tie_word_embeddings=True, dropout_rate=0.0)
+                feed_forward_proj="relu", tie_word_embeddings=True, dropout_rate=0.0,
+                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
 
 
 def build(size):

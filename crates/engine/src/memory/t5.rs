@@ -4,11 +4,23 @@
 
 use candle_core::DType;
 
-use super::{MemoryEstimate, StepShape, ACTIVATION_FACTOR, LOSS_HEAD_TENSORS, PROCESS_BYTES};
+use super::{MemoryEstimate, Path, StepShape, LOSS_HEAD_TENSORS, PROCESS_BYTES};
 use crate::error::Result;
 use crate::model::t5::{FeedForward, T5Config};
 use crate::peft::{MethodConfig, MethodKind};
 use crate::plan::count_params_t5;
+
+/// Attention scores kept per score: through bias, mask and softmax, and the backward pass's
+/// temporaries at the peak.
+const SCORE_TENSORS: f64 = 6.0;
+/// bf16 mixed precision: the f32 copies around norms and softmax (`ops::in_f32`), in bytes
+/// per kept element.
+const MIXED_BYTES: f64 = 2.2;
+/// Kept elements are multiplied by this for the backward pass's gradient temporaries and the
+/// allocator's retained buffers. The three constants are fitted to `bench` peaks on a
+/// t5-small-shaped model (60.5M; LoRA r=8 on q,v, prefix and prompt tuning of 20 tokens;
+/// 4 × 128 to 2 × 512 tokens, f32 and bf16: within 9%; docs/BENCHMARKS.md).
+const KEPT_FACTOR: f64 = 1.3;
 
 /// Tensors of the feed-forward width one block keeps: `wi`'s output and its ReLU; or
 /// `wi_0`, `wi_1`, the tanh-GELU's five steps and the gated product.
@@ -26,7 +38,7 @@ fn attention(n: f64, kv_rows: f64, scores: f64, d: f64, inner: f64) -> f64 {
     3.0 * n * d
         + 2.0 * n * inner
         + 4.0 * kv_rows * inner
-        + 5.0 * scores
+        + SCORE_TENSORS * scores
         + 2.0 * n * inner
         + 2.0 * n * d
 }
@@ -55,17 +67,39 @@ pub fn estimate_t5(
     let decoder = attention(nd, nd + b * prefix, b * heads * t * (t + prefix), d, inner)
         + attention(nd, ne, b * heads * t * s, d, inner)
         + ff_kept(nd);
-    let kept = encoder * cfg.num_layers as f64
+    // An encoder nothing is trained in keeps no graph: one block's tensors at a time.
+    let names: Vec<String> = cfg.projections().into_iter().map(|p| p.0).collect();
+    let targets = method.t5_targets(&names)?.0;
+    let trains_encoder = match method.kind {
+        MethodKind::PrefixTuning => false,
+        MethodKind::PromptTuning => true,
+        _ => targets.iter().any(|&i| names[i].starts_with("encoder.")),
+    };
+    let encoder_blocks = match trains_encoder {
+        true => cfg.num_layers as f64,
+        false => 1.0,
+    };
+    let kept = encoder * encoder_blocks
         + decoder * cfg.num_decoder_layers as f64
         + adapters(cfg, method, ne, nd)?
         + 4.0 * (ne + nd) * d;
-    let activations = ACTIVATION_FACTOR * kept * elem;
-    // bf16 keeps f32 copies around its norms and softmax (`ops::in_f32`): counted as f32.
+    let activations = KEPT_FACTOR * kept * elem;
     let mixed = match step.dtype {
         DType::F32 => 0.0,
-        _ => kept * 4.0,
+        _ => kept * MIXED_BYTES,
     };
-    let loss_head = LOSS_HEAD_TENSORS * nd * cfg.vocab_size as f64 * 4.0;
+    let vocab = cfg.vocab_size as f64;
+    // On the CPU a plain head's product and the loss run in chunks (`T5Model::batch_loss`):
+    // the hidden states' gradient and one chunk's logits; a head with an adapter, or the
+    // composed ops, keep the whole logits.
+    let adapted_head = targets.iter().any(|&i| names[i] == "lm_head");
+    let loss_head = match step.path() == Path::Fused && !adapted_head {
+        true => {
+            let chunk = crate::model::fused::cross_entropy::chunk_rows(cfg.vocab_size, cfg.d_model);
+            (nd * d + nd.min(chunk as f64) * vocab) * 4.0
+        }
+        false => LOSS_HEAD_TENSORS * nd * vocab * 4.0,
+    };
     let adapter = counts.trainable;
     let weights = (counts.total - adapter) * elem as u64 + adapter * 4;
     // Every tensor of the files is read before any is converted (f32 files assumed, as

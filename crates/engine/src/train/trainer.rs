@@ -14,7 +14,6 @@ use crate::data::{Batch, Examples};
 use crate::error::{EngineError, Result};
 use crate::model::t5::T5Model;
 use crate::model::{ForwardCtx, LlamaModel};
-use crate::ops;
 use crate::ops::SplitMix64;
 use crate::peft::Trainables;
 use crate::threads::on_compute_pool;
@@ -49,12 +48,14 @@ impl Objective for T5Model {
                 "a T5 batch needs its sources (records with a prompt)",
             )
         })?;
-        let logits = self.forward(source, mask, &batch.input_ids, ctx)?;
-        let (b, t, v) = logits.dims3()?;
-        ops::masked_cross_entropy(
-            &logits.reshape((b * t, v))?,
-            &batch.targets.flatten_all()?,
-            &batch.weights.flatten_all()?,
+        T5Model::batch_loss(
+            self,
+            source,
+            mask,
+            &batch.input_ids,
+            &batch.targets,
+            &batch.weights,
+            ctx,
         )
     }
 }

@@ -102,6 +102,82 @@ fn t5_logits_loss_and_encoder_output_equal_transformers() {
     }
 }
 
+/// The fixture's labels as training's targets (u32) and weights (0 where `-100`), [b, t].
+fn targets_and_weights(e: &Expected) -> (Tensor, Tensor) {
+    let shape = (e.labels.len(), e.labels[0].len());
+    let labels = e.labels.iter().flatten();
+    let targets: Vec<u32> = labels.clone().map(|&l| l.max(0) as u32).collect();
+    let weights: Vec<f32> = labels.map(|&l| if l < 0 { 0.0 } else { 1.0 }).collect();
+    (
+        Tensor::from_vec(targets, shape, &Device::Cpu).expect("targets"),
+        Tensor::from_vec(weights, shape, &Device::Cpu).expect("weights"),
+    )
+}
+
+/// Training's loss (the head and the cross-entropy in chunks, where the fused CPU loss
+/// applies) equals transformers' loss, and with LoRA its gradients equal those of the whole
+/// logits' loss.
+#[test]
+fn t5_training_loss_equals_transformers_and_the_whole_logits_loss() {
+    let ctx = ForwardCtx::eval();
+    for version in ["v1_0", "v1_1"] {
+        let e = expected(version);
+        let (targets, weights) = targets_and_weights(&e);
+        let mut model = T5Model::load(&fixture(version), DType::F32, &Device::Cpu).expect("load");
+        let dec = decoder_ids(&model, &e);
+        let loss_of = |model: &T5Model| {
+            model
+                .batch_loss(&e.input_ids, &e.mask, &dec, &targets, &weights, &ctx)
+                .expect("batch loss")
+        };
+        let (loss, counted) = loss_of(&model);
+        let loss = loss.to_scalar::<f32>().expect("scalar");
+        assert!(
+            (loss - e.loss).abs() < 1e-4,
+            "{version}: {loss} vs {}",
+            e.loss
+        );
+        assert_eq!(
+            counted,
+            weights
+                .sum_all()
+                .and_then(|w| w.to_scalar::<f32>())
+                .expect("n") as f64
+        );
+        let vars = method(MethodKind::Lora, 2, Some("all-linear"))
+            .apply_t5(&mut model, 3, None)
+            .expect("apply");
+        for (_, var) in &vars {
+            var.set(&(var.as_tensor() + 0.05).expect("move"))
+                .expect("set");
+        }
+        let chunked = loss_of(&model).0;
+        let logits = model
+            .forward(&e.input_ids, &e.mask, &dec, &ctx)
+            .expect("forward");
+        let whole = T5Model::loss(&logits, &e.labels).expect("loss");
+        let (value, reference) = (
+            chunked.to_scalar::<f32>().expect("scalar"),
+            whole.to_scalar::<f32>().expect("scalar"),
+        );
+        assert!(
+            (value - reference).abs() < 1e-5,
+            "{version}: {value} vs {reference}"
+        );
+        let (a, b) = (
+            chunked.backward().expect("grads"),
+            whole.backward().expect("grads"),
+        );
+        for (name, var) in &vars {
+            let diff = max_diff(
+                a.get(var.as_tensor()).expect("a"),
+                b.get(var.as_tensor()).expect("b"),
+            );
+            assert!(diff < 1e-5, "{version} {name}: gradients differ by {diff}");
+        }
+    }
+}
+
 fn method(kind: MethodKind, r: usize, targets: Option<&str>) -> MethodConfig {
     MethodConfig {
         kind,

@@ -21,7 +21,8 @@ pub use config::{is_t5, relative_bucket, FeedForward, T5Config, ARCHITECTURE};
 pub use prompting::prompt_rows;
 
 use crate::error::{EngineError, Result};
-use crate::model::blocks::gated;
+use crate::model::base_weight::BaseWeight;
+use crate::model::blocks::{gated, head_loss};
 use crate::model::family::Activation;
 use crate::model::linear::Linear;
 use crate::model::load::{read_safetensors, weight_files};
@@ -469,6 +470,19 @@ impl T5Model {
         mask: &Tensor,
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
+        let h = self.decode_hidden(decoder_ids, memory, mask, ctx)?;
+        self.head(&h, ctx)
+    }
+
+    /// The decoder's output [b, t, d] for `decoder_ids` as the head reads it
+    /// ([`T5Model::head_input`]).
+    fn decode_hidden(
+        &self,
+        decoder_ids: &Tensor,
+        memory: &Tensor,
+        mask: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
         let (b, t) = decoder_ids.dims2()?;
         let x = self.embed(decoder_ids)?;
         let cross = padding_bias(mask)?;
@@ -481,19 +495,59 @@ impl T5Model {
             Some((memory, &cross)),
             ctx,
         )?;
-        self.head(&h, ctx)
+        self.head_input(h)
     }
 
-    /// Logits from the decoder's normed output: the head of its own, or the shared embedding
-    /// after scaling by `d_model^-½` (T5 v1.0).
+    /// The decoder's normed output as the head reads it: scaled by `d_model^-½` where the
+    /// head is the shared embedding (T5 v1.0).
+    fn head_input(&self, h: Tensor) -> Result<Tensor> {
+        match self.lm_head {
+            Some(_) => Ok(h),
+            None => Ok((h * (self.cfg.d_model as f64).powf(-0.5))?),
+        }
+    }
+
+    /// Logits from [`T5Model::head_input`]'s output: the head of its own, or the shared
+    /// embedding.
     fn head(&self, h: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         match &self.lm_head {
             Some(head) => head.forward(h, ctx),
-            None => {
-                let h = (h * (self.cfg.d_model as f64).powf(-0.5))?;
-                Ok(h.broadcast_matmul(&self.shared.t()?)?)
-            }
+            None => Ok(h.broadcast_matmul(&self.shared.t()?)?),
         }
+    }
+
+    /// The mean masked cross-entropy of the decoder's logits for sources `input_ids` with
+    /// padding mask `mask` and decoder inputs `decoder_ids` [b, t], against `targets` and
+    /// `weights` [b, t], and the number of weighted targets: on the CPU the head's product
+    /// and the loss in chunks (`blocks::head_loss`), never the whole [b·t, vocab] logits.
+    pub fn batch_loss(
+        &self,
+        input_ids: &Tensor,
+        mask: &Tensor,
+        decoder_ids: &Tensor,
+        targets: &Tensor,
+        weights: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> Result<(Tensor, f64)> {
+        let (memory, memory_mask) = self.encode(input_ids, mask, ctx)?;
+        let h = self.decode_hidden(decoder_ids, &memory, &memory_mask, ctx)?;
+        let (b, t, d) = h.dims3()?;
+        let h = h.reshape((b * t, d))?;
+        let shared = BaseWeight::from(self.shared.clone());
+        // A head with an adapter of its own computes its logits whole.
+        let plain = match &self.lm_head {
+            Some(head) if head.lora.is_none() && head.ia3.is_none() => Some(&head.weight),
+            Some(_) => None,
+            None => Some(&shared),
+        };
+        head_loss(
+            &h,
+            plain,
+            |h| self.head(h, ctx),
+            &targets.flatten_all()?,
+            &weights.flatten_all()?,
+            None,
+        )
     }
 
     /// The logits of `decoder_ids` for source `input_ids` with padding mask `mask`.
@@ -656,7 +710,7 @@ impl T5Model {
             x = (x + block.ff.forward(&h, &ctx)?)?;
         }
         cache.position += t;
-        let h = ops::rms_norm(&x, &self.decoder.final_norm, eps)?;
+        let h = self.head_input(ops::rms_norm(&x, &self.decoder.final_norm, eps)?)?;
         let logits = self.head(&h, &ctx)?;
         Ok(logits.narrow(1, t - 1, 1)?.squeeze(1)?)
     }
