@@ -50,11 +50,18 @@ def report(reference, studio_file):
 
 def base_model(base_dir):
     import transformers as tf
-    return tf.AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32).eval()
+    t5 = tf.AutoConfig.from_pretrained(base_dir).model_type == "t5"
+    cls = tf.T5ForConditionalGeneration if t5 else tf.AutoModelForCausalLM
+    return cls.from_pretrained(base_dir, torch_dtype=torch.float32).eval()
 
 
 def forward(model, ids):
+    """The logits of IDS; a T5's decoder reads its start token and then the same ids (as
+    `peft-studio-cli logits` computes them for a T5)."""
     with torch.no_grad():
+        if model.config.model_type == "t5":
+            decoder = [model.config.decoder_start_token_id] + list(ids)
+            return model(input_ids=torch.tensor([ids]), decoder_input_ids=torch.tensor([decoder])).logits[0]
         return model(input_ids=torch.tensor([ids])).logits[0]
 
 
@@ -159,10 +166,7 @@ def cmd_make_peft(base_dir, kind, out, ids):
 
 def t5_logits(model, ids):
     """Logits of source IDS with the decoder reading its start token and then the same ids."""
-    source = ids_of(ids)
-    decoder = [model.config.decoder_start_token_id] + source
-    with torch.no_grad():
-        return model(input_ids=torch.tensor([source]), decoder_input_ids=torch.tensor([decoder])).logits[0].numpy()
+    return forward(model, ids_of(ids)).numpy()
 
 
 def cmd_make_peft_t5(base_dir, kind, out, ids):
@@ -280,8 +284,10 @@ def cmd_merged(base_dir, adapter_dir, merged_dir):
     index = os.path.join(merged_dir, "model.safetensors.index.json")
     shards = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) else ["model.safetensors"]
     studio = {k: v for f in shards for k, v in load_file(os.path.join(merged_dir, f)).items()}
-    if "lm_head.weight" not in studio:
-        reference.pop("lm_head.weight", None)
+    # Tied weights are saved once: a tied head, and a T5's per-stack copies of `shared`.
+    for k in ("lm_head.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+        if k not in studio:
+            reference.pop(k, None)
     if set(reference) != set(studio):
         sys.exit(f"tensor names differ: {sorted(set(reference) ^ set(studio))[:5]}")
     worst = max(float(np.abs(reference[k] - studio[k]).max()) for k in reference)

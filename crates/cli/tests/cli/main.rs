@@ -908,16 +908,12 @@ fn train_lora_on_a_t5_model() {
             .is_some_and(|l| l.starts_with("estimated peak memory")),
         "{plan}"
     );
-    // The adapter exports; a merged model is refused by name, nothing written.
-    ok(cli(&[
-        "export",
-        "--run",
-        s(&out),
-        "--out",
-        s(&dir.path().join("peft")),
-    ]));
+    // The adapter exports, and the merged model: its logits alone are the base's with the
+    // adapter (LoRA folded into q and v), a GGUF file is refused by name.
+    let peft = dir.path().join("peft");
+    ok(cli(&["export", "--run", s(&out), "--out", s(&peft)]));
     let merged = dir.path().join("merged");
-    let o = cli(&[
+    ok(cli(&[
         "export",
         "--run",
         s(&out),
@@ -925,13 +921,61 @@ fn train_lora_on_a_t5_model() {
         "merged",
         "--out",
         s(&merged),
+    ]));
+    let logits = |model: &Path, adapter: Option<&Path>, file: &str| {
+        let out = dir.path().join(file);
+        let mut args = vec![
+            "logits",
+            "--model",
+            s(model),
+            "--ids",
+            "5,9,33,2",
+            "--out",
+            s(&out),
+        ];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", s(a)]);
+        }
+        ok(cli(&args));
+        let bytes = std::fs::read(&out).expect("logits");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("st");
+        let t = st.tensor("logits").expect("logits");
+        t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect::<Vec<f32>>()
+    };
+    let (adapted, folded) = (
+        logits(&model, Some(&peft), "adapted.st"),
+        logits(&merged, None, "merged.st"),
+    );
+    let base = logits(&model, None, "base.st");
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert!(
+        diff(&adapted, &folded) < 1e-4,
+        "merged differs by {}",
+        diff(&adapted, &folded)
+    );
+    assert!(diff(&adapted, &base) > 1e-3, "the adapter moved nothing");
+    let o = cli(&[
+        "export",
+        "--run",
+        s(&out),
+        "--format",
+        "gguf-f32",
+        "--out",
+        s(&dir.path().join("m.gguf")),
     ]);
     assert!(
         !o.status.success() && stderr(&o).contains("T5 run"),
         "{}",
         stderr(&o)
     );
-    assert!(!merged.exists());
     // The preview shows each source, then its target marked as trained.
     let o = ok(cli(&[
         "data",

@@ -11,6 +11,7 @@ use candle_core::{DType, Tensor};
 use crate::error::{EngineError, Result};
 use crate::fsutil::{write_atomic, write_safetensors_streaming};
 use crate::model::llama::BasePart;
+use crate::model::t5::T5Model;
 use crate::model::LlamaModel;
 use crate::peft::merge::{check_mergeable, merged_weight};
 
@@ -38,6 +39,28 @@ pub fn write_merged_model(
     max_shard_bytes: usize,
 ) -> Result<()> {
     check_mergeable(model)?;
+    write_merged_parts(&model.base_parts(), base_dir, out, max_shard_bytes)
+}
+
+/// [`write_merged_model`] for a T5 (LoRA, DoRA or IA³ folded in).
+pub fn write_merged_t5(
+    model: &T5Model,
+    base_dir: &Path,
+    out: &Path,
+    max_shard_bytes: usize,
+) -> Result<()> {
+    model.check_mergeable()?;
+    write_merged_parts(&model.base_parts(), base_dir, out, max_shard_bytes)
+}
+
+/// Writes the weights `parts` (adapters folded in as each is written) with the files of
+/// `base_dir` to `out`.
+fn write_merged_parts(
+    parts: &[(String, BasePart)],
+    base_dir: &Path,
+    out: &Path,
+    max_shard_bytes: usize,
+) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
     for name in CARRIED_FILES {
         let src = base_dir.join(name);
@@ -48,7 +71,6 @@ pub fn write_merged_model(
     }
     // Each weight is merged when it is written and dropped after it: a quantized base is
     // widened one layer at a time, never whole.
-    let parts = model.base_parts();
     let shape = |part: &BasePart| match part {
         BasePart::Tensor(t) => t.dims().to_vec(),
         BasePart::Weight(w) => vec![w.dims().0, w.dims().1],

@@ -12,7 +12,7 @@ use crate::export::card::Exported;
 use crate::export::{write_peft_dir, ExportInfo};
 use crate::fsutil::write_atomic;
 use crate::gguf::model::GgufType;
-use crate::model::t5::is_t5;
+use crate::model::t5::{is_t5, T5Model};
 use crate::model::{load_model, LlamaModel};
 use crate::peft::MethodKind;
 use crate::run_folder::{load_run, RunConfig};
@@ -110,15 +110,13 @@ pub fn export_checkpoint(checkpoint_dir: &Path, out: &Path) -> Result<()> {
     export_params(&cfg, &params, Some(step), out)
 }
 
-/// The run's base model with a checkpoint's trained parameters set (LoRA, DoRA and IA³
-/// adapters still attached; freeze and full runs' trained weights in place), the run, and the
-/// checkpoint's step.
-fn trained_model(checkpoint_dir: &Path) -> Result<(RunConfig, LlamaModel, usize)> {
-    let (cfg, ck) = run_and_checkpoint(checkpoint_dir)?;
-    decoder_only(&cfg, "a merged model")?;
-    let mut model = load_model(&cfg.model, DType::F32, &default_device())?;
-    let vars = cfg.method.apply(&mut model, cfg.train.seed)?;
-    for (name, var) in &vars {
+/// Sets each of `vars` to its trained value in the checkpoint `ck` (from `checkpoint_dir`).
+fn set_trained(
+    vars: &crate::peft::Trainables,
+    ck: &checkpoint::Checkpoint,
+    checkpoint_dir: &Path,
+) -> Result<()> {
+    for (name, var) in vars {
         let trained = ck.params.get(name).ok_or_else(|| {
             EngineError::bad_file(
                 checkpoint_dir,
@@ -127,18 +125,42 @@ fn trained_model(checkpoint_dir: &Path) -> Result<(RunConfig, LlamaModel, usize)
         })?;
         var.set(&trained.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
+    Ok(())
+}
+
+/// The run's base model with a checkpoint's trained parameters set (LoRA, DoRA and IA³
+/// adapters still attached; freeze and full runs' trained weights in place), the run, and the
+/// checkpoint's step.
+fn trained_model(checkpoint_dir: &Path) -> Result<(RunConfig, LlamaModel, usize)> {
+    let (cfg, ck) = run_and_checkpoint(checkpoint_dir)?;
+    decoder_only(&cfg, "a merged GGUF model")?;
+    let mut model = load_model(&cfg.model, DType::F32, &default_device())?;
+    let vars = cfg.method.apply(&mut model, cfg.train.seed)?;
+    set_trained(&vars, &ck, checkpoint_dir)?;
     Ok((cfg, model, ck.state.step))
 }
 
 /// Writes the run's base model with a checkpoint's trained parameters merged in, as a Hugging
 /// Face folder at `out` (LoRA, DoRA and IA³ adapters folded into the weights; freeze and full
-/// runs' trained weights in place).
+/// runs' trained weights in place); a T5 run's too.
 pub fn export_merged(checkpoint_dir: &Path, out: &Path) -> Result<()> {
-    use crate::export::merged::{write_merged_model, MAX_SHARD_BYTES};
-    let (cfg, model, step) = trained_model(checkpoint_dir)?;
-    write_merged_model(&model, &cfg.model, out, MAX_SHARD_BYTES)?;
+    use crate::export::merged::{write_merged_model, write_merged_t5, MAX_SHARD_BYTES};
+    let (cfg, ck) = run_and_checkpoint(checkpoint_dir)?;
+    let device = default_device();
+    if is_t5(&cfg.model) {
+        let mut model = T5Model::load(&cfg.model, DType::F32, &device)?;
+        let vars = cfg.method.apply_t5(&mut model, cfg.train.seed, None)?;
+        set_trained(&vars, &ck, checkpoint_dir)?;
+        write_merged_t5(&model, &cfg.model, out, MAX_SHARD_BYTES)?;
+    } else {
+        let mut model = load_model(&cfg.model, DType::F32, &device)?;
+        let vars = cfg.method.apply(&mut model, cfg.train.seed)?;
+        set_trained(&vars, &ck, checkpoint_dir)?;
+        write_merged_model(&model, &cfg.model, out, MAX_SHARD_BYTES)?;
+    }
     let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
     let base = base.display().to_string();
+    let step = ck.state.step;
     crate::export::card::write_model_card(&cfg, &base, Exported::MergedModel, Some(step), out)
 }
 

@@ -10,6 +10,7 @@
 //! `….layer.2.DenseReluDense.wi_0`).
 
 pub mod config;
+mod parts;
 mod prompting;
 
 use std::collections::HashMap;
