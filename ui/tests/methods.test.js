@@ -12,7 +12,7 @@ describe("method picker", () => {
   });
 
   it("says which methods train an encoder-decoder model (T5)", () => {
-    expect(methods.filter((m) => m.encoder_decoder).map((m) => m.kind)).toEqual(["lora", "ia3", "prompt-tuning", "prefix-tuning"]);
+    expect(methods.filter((m) => m.encoder_decoder).map((m) => m.kind)).toEqual(["lora", "ia3", "prompt-tuning", "prefix-tuning", "freeze", "full"]);
   });
 
   it("turns each method's defaults into a config the engine reads", () => {

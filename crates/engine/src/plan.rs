@@ -47,9 +47,22 @@ impl std::fmt::Display for ParamCounts {
 /// Counts parameters for `method` on a T5 described by `cfg`, without loading weights, as
 /// PEFT counts them (LoRA: `r·(in + out)` per target, DoRA adding the outputs; IA³: one scale
 /// per output, per input for feed-forward modules; prompt tuning: two rows of `d_model` per
-/// virtual token; prefix tuning: layers·2·`d_model` per virtual token).
+/// virtual token; prefix tuning: layers·2·`d_model` per virtual token; freeze and full: the
+/// weights they train, of the model's own).
 pub fn count_params_t5(cfg: &T5Config, method: &MethodConfig) -> Result<ParamCounts> {
     let virtual_tokens = method.num_virtual_tokens as u64;
+    if matches!(method.kind, MethodKind::Freeze | MethodKind::Full) {
+        let trained = method.t5_trained_weights(cfg)?;
+        return Ok(ParamCounts {
+            trainable: cfg
+                .weight_shapes()
+                .iter()
+                .filter(|(n, _)| trained.contains(n))
+                .map(|(_, s)| s.iter().product::<usize>() as u64)
+                .sum(),
+            total: cfg.parameters(),
+        });
+    }
     let adapter = match method.kind {
         MethodKind::PromptTuning => Some(
             crate::model::t5::prompt_rows(method.num_virtual_tokens) as u64 * cfg.d_model as u64,

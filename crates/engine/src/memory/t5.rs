@@ -72,7 +72,7 @@ pub fn estimate_t5(
     let targets = method.t5_targets(&names)?.0;
     let trains_encoder = match method.kind {
         MethodKind::PrefixTuning => false,
-        MethodKind::PromptTuning => true,
+        MethodKind::PromptTuning | MethodKind::Freeze | MethodKind::Full => true,
         _ => targets.iter().any(|&i| names[i].starts_with("encoder.")),
     };
     let encoder_blocks = match trains_encoder {
@@ -100,7 +100,11 @@ pub fn estimate_t5(
         }
         false => LOSS_HEAD_TENSORS * nd * vocab * 4.0,
     };
-    let adapter = counts.trainable;
+    // Freeze and full runs train weights that are already the base's.
+    let adapter = match method.kind {
+        MethodKind::Freeze | MethodKind::Full => 0,
+        _ => counts.trainable,
+    };
     let weights = (counts.total - adapter) * elem as u64 + adapter * 4;
     // Every tensor of the files is read before any is converted (f32 files assumed, as
     // T5 checkpoints are published); converted copies sit beside them.

@@ -6,6 +6,7 @@ use candle_core::Var;
 use super::{MethodConfig, Trainables};
 use crate::error::{EngineError, Result};
 use crate::model::llama::BasePart;
+use crate::model::t5::{T5Config, T5Model};
 use crate::model::{LlamaConfig, LlamaModel};
 use crate::peft::target::layer_index;
 
@@ -16,58 +17,90 @@ fn selects(pattern: &str, module: &str) -> bool {
         || module.ends_with(&format!(".{pattern}"))
 }
 
-/// The weight names the freeze method trains.
+/// The weight names the freeze method trains on a decoder-only model.
 pub fn trainable_weight_names(cfg: &LlamaConfig, method: &MethodConfig) -> Result<Vec<String>> {
+    // A tied lm_head is the embedding matrix.
+    let tied =
+        |p: &str| (p == "lm_head" && cfg.tie_word_embeddings).then_some("model.embed_tokens");
+    select_weights(
+        &cfg.weight_shapes(),
+        method,
+        |_| cfg.num_hidden_layers,
+        cfg.num_hidden_layers,
+        tied,
+    )
+}
+
+/// The weight names the freeze method trains on a T5: `trainable_last_layers` counts the last
+/// blocks of each stack (all of a shallower one).
+pub fn trainable_weight_names_t5(cfg: &T5Config, method: &MethodConfig) -> Result<Vec<String>> {
+    let depth = |module: &str| match module.starts_with("decoder.") {
+        true => cfg.num_decoder_layers,
+        false => cfg.num_layers,
+    };
+    // A tied head is the shared embedding.
+    let tied = |p: &str| (p == "lm_head" && cfg.tie_word_embeddings).then_some("shared");
+    select_weights(
+        &cfg.weight_shapes(),
+        method,
+        depth,
+        cfg.num_layers.max(cfg.num_decoder_layers),
+        tied,
+    )
+}
+
+/// The names among `weights` that `method` selects: under one of its `trainable_modules`
+/// (`tied` names what a pattern stands for where a module is another's alias), or in one of
+/// the last `trainable_last_layers` layers of the stack of `depth(module)` layers; `deepest`
+/// bounds `trainable_last_layers`.
+fn select_weights<'a>(
+    weights: &[(String, Vec<usize>)],
+    method: &MethodConfig,
+    depth: impl Fn(&str) -> usize,
+    deepest: usize,
+    tied: impl Fn(&str) -> Option<&'a str>,
+) -> Result<Vec<String>> {
     if method.trainable_modules.is_empty() && method.trainable_last_layers == 0 {
         return Err(EngineError::config(
             "trainable_modules",
             "the freeze method needs trainable_modules (e.g. lm_head) or trainable_last_layers > 0",
         ));
     }
-    if method.trainable_last_layers > cfg.num_hidden_layers {
+    if method.trainable_last_layers > deepest {
         return Err(EngineError::config(
             "trainable_last_layers",
             format!(
-                "{} exceeds the model's {} layers",
-                method.trainable_last_layers, cfg.num_hidden_layers
+                "{} exceeds the model's {deepest} layers",
+                method.trainable_last_layers
             ),
         ));
     }
-    let first_trained_layer = cfg.num_hidden_layers - method.trainable_last_layers;
-    // A tied lm_head is the embedding matrix.
-    let alias = |p: &str| {
-        if p == "lm_head" && cfg.tie_word_embeddings {
-            "model.embed_tokens".to_string()
-        } else {
-            p.to_string()
-        }
-    };
-    let weights = cfg.weight_shapes();
+    let alias = |p: &str| tied(p).unwrap_or(p).to_string();
+    let module_of = |w: &'_ str| w.rsplit_once('.').map(|x| x.0).unwrap_or(w).to_string();
     for pattern in &method.trainable_modules {
         let p = alias(pattern);
-        if !weights
-            .iter()
-            .any(|(w, _)| selects(&p, w.rsplit_once('.').map(|x| x.0).unwrap_or(w)))
-        {
+        if !weights.iter().any(|(w, _)| selects(&p, &module_of(w))) {
             return Err(EngineError::config(
                 "trainable_modules",
                 format!("`{pattern}` matches no module of the model"),
             ));
         }
     }
+    let last = method.trainable_last_layers;
     Ok(weights
-        .into_iter()
+        .iter()
         .map(|(w, _)| w)
         .filter(|w| {
-            let module = w.rsplit_once('.').map(|x| x.0).unwrap_or(w);
-            let by_layer = method.trainable_last_layers > 0
-                && layer_index(module).is_some_and(|l| l >= first_trained_layer);
+            let module = module_of(w);
+            let by_layer =
+                last > 0 && layer_index(&module).is_some_and(|l| l + last >= depth(&module));
             by_layer
                 || method
                     .trainable_modules
                     .iter()
-                    .any(|p| selects(&alias(p), module))
+                    .any(|p| selects(&alias(p), &module))
         })
+        .cloned()
         .collect())
 }
 
@@ -83,6 +116,19 @@ pub fn make_trainable(model: &mut LlamaModel, names: &[String]) -> Result<Traina
         }
     }
     model.retie();
+    Ok(out)
+}
+
+/// [`make_trainable`] for a T5 (held in its dtype, never quantized).
+pub fn make_trainable_t5(model: &mut T5Model, names: &[String]) -> Result<Trainables> {
+    let mut out = Vec::new();
+    for (name, tensor) in model.base_weights_mut() {
+        if names.contains(&name) {
+            let var = Var::from_tensor(tensor)?;
+            *tensor = var.as_tensor().clone();
+            out.push((name, var));
+        }
+    }
     Ok(out)
 }
 

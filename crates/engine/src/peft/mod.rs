@@ -80,10 +80,7 @@ impl MethodKind {
 
     /// Whether the method trains an encoder-decoder model (T5) too.
     pub fn on_encoder_decoder(self) -> bool {
-        matches!(
-            self,
-            Self::Lora | Self::Ia3 | Self::PromptTuning | Self::PrefixTuning
-        )
+        !matches!(self, Self::Houlsby | Self::Pfeiffer)
     }
 }
 

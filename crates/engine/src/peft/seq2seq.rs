@@ -1,14 +1,14 @@
 //! Methods on an encoder-decoder model (T5): LoRA (rsLoRA, DoRA) and IA³ on its projections,
 //! matched by PEFT's module names and with PEFT's T5 defaults (LoRA: `q`, `v`; IA³: `k`, `v`,
-//! `wo`, with `wo` feed-forward; `utils/constants.py`), and prompt and prefix tuning in
-//! PEFT's encoder-decoder layout (`model/t5/prompting.rs`). The other methods are refused by
-//! name until they exist for T5.
+//! `wo`, with `wo` feed-forward; `utils/constants.py`), prompt and prefix tuning in PEFT's
+//! encoder-decoder layout (`model/t5/prompting.rs`), freeze and full fine-tuning. Bottleneck
+//! adapters are refused by name until they exist for T5.
 
 use super::prompt::{self, PROMPT_EMBEDDINGS};
 use super::target::{self, select_modules, TargetModules};
-use super::{init_lora, Ia3Scale, MethodConfig, MethodKind, Trainables};
+use super::{freeze, init_lora, Ia3Scale, MethodConfig, MethodKind, Trainables};
 use crate::error::{EngineError, Result};
-use crate::model::t5::{prompt_rows, T5Model};
+use crate::model::t5::{prompt_rows, T5Config, T5Model};
 use crate::ops::SplitMix64;
 use crate::tokenizer::TextTokenizer;
 
@@ -30,6 +30,7 @@ impl MethodConfig {
                 self.validate_virtual_tokens()?;
                 return Ok(self.clone());
             }
+            MethodKind::Freeze | MethodKind::Full => return Ok(self.clone()),
             other => {
                 let usable: Vec<&str> = MethodKind::ALL
                     .iter()
@@ -57,10 +58,7 @@ impl MethodConfig {
     /// into `names`. Training and the planner both read it.
     pub fn t5_targets(&self, names: &[String]) -> Result<(Vec<usize>, Vec<usize>)> {
         let method = self.with_t5_defaults()?;
-        if matches!(
-            self.kind,
-            MethodKind::PromptTuning | MethodKind::PrefixTuning
-        ) {
+        if !matches!(self.kind, MethodKind::Lora | MethodKind::Ia3) {
             return Ok((Vec::new(), Vec::new()));
         }
         let targets = method.target_modules.clone().unwrap_or_default();
@@ -79,6 +77,16 @@ impl MethodConfig {
             _ => Vec::new(),
         };
         Ok((picked, feedforward))
+    }
+
+    /// The weights freeze and full fine-tuning train on a T5 described by `cfg` (none for
+    /// the other methods).
+    pub fn t5_trained_weights(&self, cfg: &T5Config) -> Result<Vec<String>> {
+        match self.kind {
+            MethodKind::Freeze => freeze::trainable_weight_names_t5(cfg, self),
+            MethodKind::Full => Ok(cfg.weight_shapes().into_iter().map(|(n, _)| n).collect()),
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// Wraps a T5 `model` with this method and returns what it trains; LoRA matrices and
@@ -112,6 +120,10 @@ impl MethodConfig {
                     prompt::init_prefix(self.num_virtual_tokens, width, seed, dtype, &device)?;
                 model.set_prefix(Some(var.as_tensor().clone()));
                 return Ok(vec![(PROMPT_EMBEDDINGS.to_string(), var)]);
+            }
+            MethodKind::Freeze | MethodKind::Full => {
+                let names = self.t5_trained_weights(model.config())?;
+                return freeze::make_trainable_t5(model, &names);
             }
             _ => {}
         }

@@ -424,6 +424,63 @@ fn t5_prompt_and_prefix_gradients_match_central_finite_differences() {
     }
 }
 
+/// Freeze (the last block of each stack and the head) and full fine-tuning: the weights they
+/// train, their counts, and their gradients (through the embeddings, norms, the relative
+/// bias tables and every projection) against central differences in f64.
+#[test]
+fn t5_freeze_and_full_gradients_match_central_finite_differences() {
+    use peft_studio_engine::plan::count_params_t5;
+    let freeze = MethodConfig {
+        kind: MethodKind::Freeze,
+        trainable_modules: vec!["lm_head".into()],
+        trainable_last_layers: 1,
+        ..Default::default()
+    };
+    let full = MethodConfig {
+        kind: MethodKind::Full,
+        ..Default::default()
+    };
+    for (version, m) in [("v1_1", &freeze), ("v1_0", &full), ("v1_1", &full)] {
+        let e = expected(version);
+        let (model, vars) = moved_off_start(version, m);
+        let cfg = model.config().clone();
+        let counted = count_params_t5(&cfg, m).expect("count");
+        let trained: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
+        assert_eq!(trained as u64, counted.trainable, "{version} {:?}", m.kind);
+        assert_eq!(counted.total, cfg.parameters());
+        let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+        if m.kind == MethodKind::Freeze {
+            // v1.1's own head, the encoder's block 1 and the decoder's block 2 (the last of each).
+            assert!(names.contains(&"lm_head.weight"), "{names:?}");
+            assert!(
+                names.iter().all(|n| n.starts_with("lm_head")
+                    || n.starts_with("encoder.block.1.")
+                    || n.starts_with("decoder.block.2.")),
+                "{names:?}"
+            );
+        } else {
+            assert_eq!(trained as u64, cfg.parameters());
+        }
+        let (loss, grads) = loss_and_grads(&model, &e);
+        let mut worst = 0.0f64;
+        for (name, var) in vars.iter().step_by(4) {
+            let g: Vec<f64> = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"))
+                .flatten_all()
+                .expect("flat")
+                .to_vec1()
+                .expect("vec");
+            // Rows of tokens or buckets the fixture never reads have no gradient to check.
+            let read: Vec<usize> = (0..g.len()).filter(|&i| g[i] != 0.0).collect();
+            let at = [read[0], read[read.len() / 2], read[read.len() - 1]];
+            let label = format!("{version} {:?} {name}", m.kind);
+            worst = worst.max(check_entries(&label, &model, var, &grads, &loss, &at));
+        }
+        eprintln!("{version} {:?}: worst relative error {worst:e}", m.kind);
+    }
+}
+
 /// Greedy generation equals transformers' `generate` on both checkpoints and both sources
 /// (the second without its padding): the encoder once, the decoder's keys and values cached.
 #[test]

@@ -50,6 +50,10 @@ fn split_heads(t: Tensor, b: usize, len: usize, heads: usize) -> Result<Tensor> 
 }
 
 impl Attention {
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        vec![&mut self.q, &mut self.k, &mut self.v, &mut self.o]
+    }
+
     /// Attends from `x` [b, tq, d] to `kv` [b, tk, d], after the keys and values `past`
     /// [b, h, p, d] where given (a prefix), with `bias` [1 or b, h, tq, p + tk] added to the
     /// scores.
@@ -336,10 +340,9 @@ impl Stack {
     fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut out = Vec::new();
         for b in &mut self.blocks {
-            let a = &mut b.self_attn;
-            out.extend([&mut a.q, &mut a.k, &mut a.v, &mut a.o]);
+            out.extend(b.self_attn.linears_mut());
             if let Some((_, a)) = &mut b.cross {
-                out.extend([&mut a.q, &mut a.k, &mut a.v, &mut a.o]);
+                out.extend(a.linears_mut());
             }
             out.extend(b.ff.linears_mut());
         }

@@ -2,8 +2,12 @@
 //! `encoder.block.0.layer.0.SelfAttention.q.weight`, …), for a merged export: norms and
 //! tables as they are, projections with their adapters to fold in.
 
+use candle_core::Tensor;
+
 use super::{Block, Stack, T5Model};
 use crate::error::{EngineError, Result};
+use crate::model::base_weight::BaseWeight;
+use crate::model::linear::Linear;
 use crate::model::llama::BasePart;
 
 impl Stack {
@@ -22,6 +26,51 @@ impl Stack {
             format!("{name}.final_layer_norm.weight"),
             BasePart::Tensor(&self.final_norm),
         ));
+    }
+}
+
+impl Stack {
+    fn weights_mut<'a>(&'a mut self, name: &str, out: &mut Vec<(String, &'a mut Tensor)>) {
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            let p = format!("{name}.block.{i}.layer");
+            let Block {
+                self_norm,
+                self_attn,
+                cross,
+                ff_norm,
+                ff,
+            } = block;
+            out.push((format!("{p}.0.layer_norm.weight"), self_norm));
+            let mut linears = self_attn.linears_mut();
+            let ff_at = match cross {
+                Some((norm, attn)) => {
+                    out.push((format!("{p}.1.layer_norm.weight"), norm));
+                    linears.extend(attn.linears_mut());
+                    2
+                }
+                None => 1,
+            };
+            out.push((format!("{p}.{ff_at}.layer_norm.weight"), ff_norm));
+            linears.extend(ff.linears_mut());
+            for lin in linears {
+                dense_weight(lin, out);
+            }
+        }
+        out.push((
+            format!("{name}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+            &mut self.relative_bias,
+        ));
+        out.push((
+            format!("{name}.final_layer_norm.weight"),
+            &mut self.final_norm,
+        ));
+    }
+}
+
+/// A projection's weight by its checkpoint name, where it is held dense.
+fn dense_weight<'a>(lin: &'a mut Linear, out: &mut Vec<(String, &'a mut Tensor)>) {
+    if let BaseWeight::Dense(w) = &mut lin.weight {
+        out.push((format!("{}.weight", lin.name), w));
     }
 }
 
@@ -62,6 +111,18 @@ impl T5Model {
         self.decoder.parts("decoder", &mut out);
         if let Some(head) = &self.lm_head {
             out.push(("lm_head.weight".into(), BasePart::Linear(head)));
+        }
+        out
+    }
+
+    /// Every weight by its checkpoint name, for turning chosen ones into variables (freeze and
+    /// full fine-tuning).
+    pub fn base_weights_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut out: Vec<(String, &mut Tensor)> = vec![("shared.weight".into(), &mut self.shared)];
+        self.encoder.weights_mut("encoder", &mut out);
+        self.decoder.weights_mut("decoder", &mut out);
+        if let Some(head) = &mut self.lm_head {
+            dense_weight(head, &mut out);
         }
         out
     }
