@@ -344,20 +344,34 @@ fn check_entries(
     worst
 }
 
-/// LoRA (with B made non-zero) and IA³ gradients through both stacks, cross-attention and the
-/// relative-position bias, in f64, against central differences.
+/// LoRA (with B made non-zero), DoRA's magnitudes (with rsLoRA), and IA³ gradients through
+/// both stacks, cross-attention and the relative-position bias, in f64, against central
+/// differences.
 #[test]
 fn t5_gradients_match_central_finite_differences() {
     for (version, m) in [
         ("v1_0", method(MethodKind::Lora, 2, Some("all-linear"))),
         ("v1_1", method(MethodKind::Lora, 2, Some("all-linear"))),
         ("v1_1", method(MethodKind::Ia3, 2, None)),
+        (
+            "v1_1",
+            MethodConfig {
+                use_dora: true,
+                use_rslora: true,
+                ..method(MethodKind::Lora, 2, Some("q,k,v,o,wo"))
+            },
+        ),
     ] {
         let e = expected(version);
         let (model, vars) = moved_off_start(version, &m);
         let (loss, grads) = loss_and_grads(&model, &e);
         let (mut checked, mut worst) = (0, 0.0f64);
-        for (name, var) in vars.iter().step_by(5) {
+        // DoRA's A and B are not held to differences: PEFT treats the row norm as a constant
+        // in the backward pass (the DoRA paper's §4.3), and so does the studio.
+        let checked_vars = vars
+            .iter()
+            .filter(|(n, _)| !m.use_dora || n.ends_with("lora_magnitude_vector"));
+        for (name, var) in checked_vars.step_by(5) {
             let n = var.elem_count();
             let label = format!("{version} {name}");
             worst = worst.max(check_entries(
