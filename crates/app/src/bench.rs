@@ -104,13 +104,15 @@ pub fn bench(a: &BenchRequest, out: &mut dyn FnMut(String)) -> Result<()> {
     Ok(())
 }
 
+/// This process's peak resident memory so far, in MiB, where the system says.
+pub fn peak_rss_mb() -> Option<f64> {
+    peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0))
+}
+
 /// The peak so far, which is loading's.
 fn loaded(out: &mut dyn FnMut(String)) {
-    if let Some(rss) = peak_rss_bytes() {
-        out(format!(
-            "load_peak_rss_mb={:.1}",
-            rss as f64 / (1024.0 * 1024.0)
-        ));
+    if let Some(rss) = peak_rss_mb() {
+        out(format!("load_peak_rss_mb={rss:.1}"));
     }
 }
 
@@ -169,8 +171,8 @@ fn timed(
         bwd / steps,
         optim / steps
     ));
-    if let Some(rss) = peak_rss_bytes() {
-        out(format!("peak_rss_mb={:.1}", rss as f64 / (1024.0 * 1024.0)));
+    if let Some(rss) = peak_rss_mb() {
+        out(format!("peak_rss_mb={rss:.1}"));
     }
     out(format!(
         "tokens_per_s={:.1}",

@@ -110,8 +110,10 @@ impl Loaded {
         };
         let start = Instant::now();
         let (mut produced, mut sent) = (Vec::new(), 0usize);
+        let mut first_token = None;
         let tok = &self.tok;
         let on_token = |id| {
+            first_token.get_or_insert_with(|| start.elapsed());
             produced.push(id);
             // Send only whole characters: a token may end inside a multi-byte one.
             if let Ok(text) = tok.decode(&produced) {
@@ -134,6 +136,8 @@ impl Loaded {
             text,
             tokens: produced.len(),
             ms: start.elapsed().as_millis() as u64,
+            first_token_ms: first_token.map(|d| d.as_millis() as u64),
+            prompt_tokens: ids.len(),
         })
     }
 }
@@ -160,6 +164,10 @@ pub struct Generation {
     pub tokens: usize,
     /// Time taken.
     pub ms: u64,
+    /// Time to the first new token (the prompt's forward pass), if one came.
+    pub first_token_ms: Option<u64>,
+    /// The prompt's tokens.
+    pub prompt_tokens: usize,
 }
 
 /// What loading reports.

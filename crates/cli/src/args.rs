@@ -506,6 +506,11 @@ pub struct GenerateArgs {
     /// Hold the base's projections quantized (q4_k, nf4, …): a quarter of the memory.
     #[arg(long)]
     pub quantize: Option<Quantization>,
+    /// Also print, on stderr, the prompt's and the new tokens, the time to the first new
+    /// token, the decoding speed after it and the peak memory (`key=value`, for
+    /// bench/generate).
+    #[arg(long)]
+    pub timing: bool,
 }
 
 /// `bench`.

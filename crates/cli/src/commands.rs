@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use peft_studio_app::bench::{bench, BenchRequest};
+use peft_studio_app::bench::{bench, peak_rss_mb, BenchRequest};
 use peft_studio_app::demo::write_demo;
 use peft_studio_app::describe::methods as described_methods;
 use peft_studio_app::device::{check_device, DeviceRequest, DEVICE_VAR};
@@ -249,12 +249,25 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         let _ = write!(stdout, "{text}");
         let _ = stdout.flush();
     };
-    loaded.generate(
+    let done = loaded.generate(
         &request,
         &mut print,
         &std::sync::atomic::AtomicBool::new(false),
     )?;
     println!();
+    if a.timing {
+        // Decoding speed: the tokens after the first over the time after it.
+        let first = done.first_token_ms.unwrap_or(done.ms);
+        let after = done.ms.saturating_sub(first).max(1) as f64 / 1000.0;
+        let rss = peak_rss_mb().unwrap_or(0.0);
+        eprintln!(
+            "prompt_tokens={} new_tokens={} ttft_s={:.4} decode_tokens_per_s={:.2} peak_rss_mb={rss:.1}",
+            done.prompt_tokens,
+            done.tokens,
+            first as f64 / 1000.0,
+            done.tokens.saturating_sub(1) as f64 / after,
+        );
+    }
     Ok(())
 }
 

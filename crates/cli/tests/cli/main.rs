@@ -791,6 +791,19 @@ fn generate_with_a_t5_model() {
     ];
     let o = ok(cli(&args));
     assert_eq!(stdout(&o).trim(), "jtz", "{}", stderr(&o));
+    // With --timing the same text, and its figures on stderr for bench/generate.
+    let o = ok(cli(&[&args[..], &["--timing"]].concat()));
+    assert_eq!(stdout(&o).trim(), "jtz");
+    let timing = stderr(&o);
+    for key in [
+        "prompt_tokens=",
+        "new_tokens=3 ",
+        "ttft_s=",
+        "decode_tokens_per_s=",
+        "peak_rss_mb=",
+    ] {
+        assert!(timing.contains(key), "{key} in {timing}");
+    }
     let o = cli(&[&args[..], &["--chat"]].concat());
     assert!(
         !o.status.success() && stderr(&o).contains("no chat template"),
