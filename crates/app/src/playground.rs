@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use candle_core::DType;
 use peft_studio_engine::chat::Message;
 use peft_studio_engine::device::default_device;
 use peft_studio_engine::generate::{generate_seq2seq, generate_until};
@@ -28,6 +27,7 @@ pub use peft_studio_engine::generate::GenerateOptions;
 use crate::error::{AppError, Result};
 use crate::models::resolve_model;
 use crate::plan::Quantization;
+use crate::runs::Precision;
 
 /// A decoder-only model, or an encoder-decoder one (T5).
 enum Net {
@@ -43,16 +43,22 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Loads `model` (a folder or an installed model's name) in f32 on this build's device,
-    /// its projections quantized to `quantize` when given.
-    pub fn open(model: &Path, quantize: Option<Quantization>) -> Result<Self> {
+    /// Loads `model` (a folder or an installed model's name) in `precision` on this build's
+    /// device, its projections quantized to `quantize` when given. bf16 halves the bytes
+    /// each new token reads (decoding is bound by them), at bf16's rounding.
+    pub fn open(
+        model: &Path,
+        quantize: Option<Quantization>,
+        precision: Precision,
+    ) -> Result<Self> {
         let dir = resolve_model(model)?;
+        let dtype = precision.dtype();
         let (net, eos) = if is_t5(&dir) {
-            let t5 = T5Model::load_quantized(&dir, DType::F32, &default_device(), quantize)?;
+            let t5 = T5Model::load_quantized(&dir, dtype, &default_device(), quantize)?;
             let eos = vec![t5.config().eos_token_id];
             (Net::Seq2Seq(Box::new(t5)), eos)
         } else {
-            let m = load_model_quantized(&dir, DType::F32, &default_device(), quantize)?;
+            let m = load_model_quantized(&dir, dtype, &default_device(), quantize)?;
             let eos = m.config().eos_token_ids.clone();
             (Net::Decoder(Box::new(m)), eos)
         };
@@ -206,7 +212,7 @@ impl Playground {
                 load_ms: 0,
             });
         }
-        *guard = Some(Loaded::open(Path::new(model), None)?);
+        *guard = Some(Loaded::open(Path::new(model), None, Precision::F32)?);
         Ok(LoadedModel {
             name: model.into(),
             load_ms: start.elapsed().as_millis() as u64,

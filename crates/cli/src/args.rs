@@ -506,6 +506,10 @@ pub struct GenerateArgs {
     /// Hold the base's projections quantized (q4_k, nf4, …): a quarter of the memory.
     #[arg(long)]
     pub quantize: Option<Quantization>,
+    /// The number format the model is held in: f32, or bf16 (half the bytes read per new
+    /// token, so faster decoding, at bf16's rounding: the greedy text may differ).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// Also print, on stderr, the prompt's and the new tokens, the time to the first new
     /// token, the decoding speed after it and the peak memory (`key=value`, for
     /// bench/generate).

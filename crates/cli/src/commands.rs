@@ -232,7 +232,7 @@ fn logits_cmd(a: LogitsArgs) -> Result<()> {
 
 fn generate_cmd(a: GenerateArgs) -> Result<()> {
     use std::io::Write;
-    let mut loaded = Loaded::open(&a.model, a.quantize)?;
+    let mut loaded = Loaded::open(&a.model, a.quantize, a.precision)?;
     let request = GenerateRequest {
         adapter: a.adapter,
         prompt: a.prompt,
