@@ -36,6 +36,8 @@ describe("training settings", () => {
       expect(p.help).toMatch(/\.$/);
     }
     expect(settings.formats[0]).toBe("auto");
+    // An encoder-decoder model is offered every format but plain text.
+    expect(settings.pair_formats).toEqual(settings.formats.filter((f) => f !== "text"));
   });
 
   it("offers the export formats, the adapter first, GGUF ones as files", () => {

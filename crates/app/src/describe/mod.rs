@@ -25,6 +25,8 @@ pub struct FormSettings {
     pub start: serde_json::Value,
     /// The record formats a dataset can be read as, `auto` (detected per record) first.
     pub formats: Vec<String>,
+    /// Those an encoder-decoder model (T5) reads: records with a source and a target.
+    pub pair_formats: Vec<String>,
     /// The formats a run's adapter can be exported in (the run view's choice).
     pub exports: Vec<crate::export::ExportChoice>,
 }
@@ -36,6 +38,11 @@ pub fn form_settings() -> FormSettings {
         presets: presets(),
         start: form_start(),
         formats: Format::ALL.iter().map(ToString::to_string).collect(),
+        pair_formats: Format::ALL
+            .iter()
+            .filter(|f| f.holds_pairs())
+            .map(ToString::to_string)
+            .collect(),
         exports: crate::export::choices(),
     }
 }

@@ -39,6 +39,14 @@ impl Format {
     ];
 }
 
+impl Format {
+    /// Whether its records can hold a source and a target, which an encoder-decoder model
+    /// (T5) trains on: every format but plain text (`auto` decides per record).
+    pub fn holds_pairs(self) -> bool {
+        self != Self::Text
+    }
+}
+
 impl std::str::FromStr for Format {
     type Err = EngineError;
     fn from_str(s: &str) -> Result<Self, EngineError> {

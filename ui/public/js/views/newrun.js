@@ -97,6 +97,9 @@ export async function newRun(root, params) {
   }
 
   function datasetStep() {
+    // An encoder-decoder model (T5) reads only records with a source and a target.
+    const formats = models.find((m) => m.name === state.model)?.encoder_decoder ? settings.pair_formats : settings.formats;
+    if (!formats.includes(state.format)) state.format = "auto";
     const report = h("div", { class: "dataset-report" });
     const input = h("input", { type: "text", id: "dataset-path", value: state.dataset, placeholder: "/path/to/data.jsonl", oninput: (e) => { state.dataset = e.target.value.trim(); } });
     const check = async () => {
@@ -109,7 +112,7 @@ export async function newRun(root, params) {
     };
     if (state.dataset) check();
     return [h("label", { for: "dataset-path" }, "Dataset file (JSONL, JSON, CSV, Parquet or text)"),
-      h("div", { class: "row" }, input, browseButton(input, { filters: [{ name: "Datasets", extensions: ["jsonl", "json", "csv", "tsv", "parquet", "txt"] }] }), formatSelect("dataset-format", settings.formats, state.format, (f) => { state.format = f; check(); }),
+      h("div", { class: "row" }, input, browseButton(input, { filters: [{ name: "Datasets", extensions: ["jsonl", "json", "csv", "tsv", "parquet", "txt"] }] }), formatSelect("dataset-format", formats, state.format, (f) => { state.format = f; check(); }),
         h("button", { type: "button", id: "check-dataset", onclick: check }, "Check")), report];
   }
 
