@@ -8,8 +8,7 @@ use peft_studio_engine::memory::{estimate, estimate_t5, gpu_fit, machine_fit, St
 use peft_studio_engine::model::load::{base_formats, weights_of, WeightFiles};
 use peft_studio_engine::model::t5::{is_t5, T5Config};
 use peft_studio_engine::model::LlamaConfig;
-use peft_studio_engine::plan::count_params;
-use peft_studio_engine::plan::count_params_t5;
+use peft_studio_engine::plan::{count_params, count_params_t5, ParamCounts};
 use peft_studio_engine::sysinfo::available_memory_bytes;
 use serde::Serialize;
 
@@ -105,17 +104,29 @@ pub fn plan(request: &PlanRequest) -> Result<Plan> {
         false => Some(gpu_fit(&cfg, method, step)?),
     };
     Ok(Plan {
-        line: counts.to_string(),
-        trainable: counts.trainable,
-        total: counts.total,
-        memory_total: Some(memory.total()),
-        memory: Some(memory),
-        available: available_memory_bytes(),
-        fit,
-        device: crate::launch::device_name(),
         stored_quantization: stored,
         projections: quantized.map(|f| f.projections.to_string()),
+        ..Plan::of(counts, memory, fit)
     })
+}
+
+impl Plan {
+    /// The plan of `counts` and `memory` on this build's device, with `fit` said of it; no
+    /// quantized projections.
+    fn of(counts: ParamCounts, memory: MemoryEstimate, fit: Option<String>) -> Plan {
+        Plan {
+            line: counts.to_string(),
+            trainable: counts.trainable,
+            total: counts.total,
+            memory_total: Some(memory.total()),
+            memory: Some(memory),
+            available: available_memory_bytes(),
+            fit,
+            device: crate::launch::device_name(),
+            stored_quantization: None,
+            projections: None,
+        }
+    }
 }
 
 /// A T5's plan: PEFT's line and the predicted peak (the composed ops; on a GPU as on the
@@ -124,19 +135,9 @@ fn plan_t5(dir: &Path, method: &MethodConfig, step: StepShape) -> Result<Plan> {
     let cfg = T5Config::from_path(dir)?;
     let counts = count_params_t5(&cfg, method)?;
     let memory = estimate_t5(&cfg, method, step)?;
-    Ok(Plan {
-        line: counts.to_string(),
-        trainable: counts.trainable,
-        total: counts.total,
-        memory_total: Some(memory.total()),
-        memory: Some(memory),
-        available: available_memory_bytes(),
-        fit: match step.cpu {
-            true => machine_fit(memory.total()),
-            false => None,
-        },
-        device: crate::launch::device_name(),
-        stored_quantization: None,
-        projections: None,
-    })
+    let fit = match step.cpu {
+        true => machine_fit(memory.total()),
+        false => None,
+    };
+    Ok(Plan::of(counts, memory, fit))
 }

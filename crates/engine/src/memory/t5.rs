@@ -68,8 +68,9 @@ pub fn estimate_t5(
         + attention(nd, ne, b * heads * t * s, d, inner)
         + ff_kept(nd);
     // An encoder nothing is trained in keeps no graph: one block's tensors at a time.
-    let names: Vec<String> = cfg.projections().into_iter().map(|p| p.0).collect();
-    let targets = method.t5_targets(&names)?.0;
+    let projections = cfg.projections();
+    let names: Vec<String> = projections.iter().map(|p| p.0.clone()).collect();
+    let (targets, feedforward) = method.t5_targets(&names)?;
     let trains_encoder = match method.kind {
         MethodKind::PrefixTuning => false,
         MethodKind::PromptTuning | MethodKind::Freeze | MethodKind::Full => true,
@@ -81,7 +82,7 @@ pub fn estimate_t5(
     };
     let kept = encoder * encoder_blocks
         + decoder * cfg.num_decoder_layers as f64
-        + adapters(cfg, method, ne, nd)?
+        + adapters(method, &projections, &targets, &feedforward, ne, nd)
         + 4.0 * (ne + nd) * d;
     let activations = KEPT_FACTOR * kept * elem;
     let mixed = match step.dtype {
@@ -131,11 +132,16 @@ pub fn estimate_t5(
 /// What the method's own operations keep: LoRA's x·A, (x·A)·B, its scaling and the sum per
 /// target (DoRA two more of the output); IA³ its scaled tensor. Encoder projections and the
 /// cross-attention's keys and values read the sources' rows, the others the targets'.
-fn adapters(cfg: &T5Config, method: &MethodConfig, ne: f64, nd: f64) -> Result<f64> {
-    let projections = cfg.projections();
-    let names: Vec<String> = projections.iter().map(|(n, _, _)| n.clone()).collect();
-    let (targets, feedforward) = method.t5_targets(&names)?;
-    Ok(targets
+/// `targets` and `feedforward` index `projections`, as `MethodConfig::t5_targets` gives them.
+fn adapters(
+    method: &MethodConfig,
+    projections: &[(String, usize, usize)],
+    targets: &[usize],
+    feedforward: &[usize],
+    ne: f64,
+    nd: f64,
+) -> f64 {
+    targets
         .iter()
         .map(|&i| {
             let (name, fan_in, fan_out) = &projections[i];
@@ -155,5 +161,5 @@ fn adapters(cfg: &T5Config, method: &MethodConfig, ne: f64, nd: f64) -> Result<f
                 _ => fo,
             }
         })
-        .sum())
+        .sum()
 }
