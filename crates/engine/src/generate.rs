@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::model::t5::T5Model;
+use crate::model::fused::decode::{unsupported, Decoder, RowAdapter};
 use crate::model::{ForwardCtx, KvCache, LlamaModel};
 use crate::ops::SplitMix64;
 
@@ -30,6 +31,27 @@ impl Default for GenerateOptions {
             top_p: 1.0,
             seed: 0,
         }
+    }
+}
+
+/// A sequence's decoding settings with its own random stream.
+pub struct Sampler {
+    opts: GenerateOptions,
+    rng: SplitMix64,
+}
+
+impl Sampler {
+    /// Seeded by `opts.seed`.
+    pub fn new(opts: &GenerateOptions) -> Self {
+        Self {
+            opts: opts.clone(),
+            rng: SplitMix64::new(opts.seed),
+        }
+    }
+
+    /// The next token for last-position `logits`.
+    pub fn pick(&mut self, logits: &[f32]) -> u32 {
+        pick(logits, &self.opts, &mut self.rng)
     }
 }
 
@@ -116,27 +138,47 @@ pub fn generate_until(
             ),
         ));
     }
+    let steps = opts.max_new_tokens.min(limit - prompt.len());
+    if unsupported(model).is_none() {
+        let decoder = Decoder::new(model)?;
+        let mut seq = decoder.sequence(prompt.len() + steps, RowAdapter::of(model)?)?;
+        let mut sampler = Sampler::new(opts);
+        let mut input = prompt.to_vec();
+        let mut out = Vec::new();
+        for _ in 0..steps {
+            let logits = decoder.step(&mut [(&mut seq, &input)])?;
+            let next = sampler.pick(&logits[0]);
+            if eos.contains(&next) || !keep(next, &mut out, &mut on_token) {
+                break;
+            }
+            input = vec![next];
+        }
+        return Ok(out);
+    }
+    // Prompt and prefix tuning, bottleneck adapters, DoRA, IA³, a GPU: the model itself.
     let device: &Device = model.device();
     let mut cache = KvCache::default();
-    let mut rng = SplitMix64::new(opts.seed);
+    let mut sampler = Sampler::new(opts);
     let mut input = Tensor::new(prompt, device)?.unsqueeze(0)?;
     let mut out = Vec::new();
-    for _ in 0..opts.max_new_tokens.min(limit - prompt.len()) {
+    for _ in 0..steps {
         let logits: Vec<f32> = model
             .last_logits(&input, &mut cache)?
             .squeeze(0)?
             .to_vec1()?;
-        let next = pick(&logits, opts, &mut rng);
-        if eos.contains(&next) {
-            break;
-        }
-        out.push(next);
-        if !on_token(next) {
+        let next = sampler.pick(&logits);
+        if eos.contains(&next) || !keep(next, &mut out, &mut on_token) {
             break;
         }
         input = Tensor::new(&[next], device)?.unsqueeze(0)?;
     }
     Ok(out)
+}
+
+/// Records a new token and tells whether to go on (`on_token` may stop it).
+fn keep(next: u32, out: &mut Vec<u32>, on_token: &mut impl FnMut(u32) -> bool) -> bool {
+    out.push(next);
+    on_token(next)
 }
 
 /// Continues `source` with a T5 model and returns the new ids (EOS excluded): the encoder runs
@@ -156,7 +198,7 @@ pub fn generate_seq2seq(
     let mask = Tensor::ones((1, source.len()), DType::F32, device)?;
     let (memory, memory_mask) = model.encode(&ids, &mask, &ForwardCtx::eval())?;
     let mut cache = model.cache_for(&memory.detach(), &memory_mask)?;
-    let mut rng = SplitMix64::new(opts.seed);
+    let mut sampler = Sampler::new(opts);
     let eos = model.config().eos_token_id;
     let mut next = model.config().decoder_start_token_id;
     let mut out = Vec::new();
@@ -167,7 +209,7 @@ pub fn generate_seq2seq(
             .squeeze(0)?
             .to_dtype(DType::F32)?
             .to_vec1()?;
-        next = pick(&logits, opts, &mut rng);
+        next = sampler.pick(&logits);
         if next == eos {
             break;
         }

@@ -56,13 +56,13 @@ impl KvCache {
 /// Input projections of a sublayer: apart (q, k, v; gate, up), or one fused matrix whose
 /// output rows are theirs in that order (Phi-3's `qkv_proj`, `gate_up_proj`).
 #[derive(Debug, Clone)]
-enum Inputs<const N: usize> {
+pub(super) enum Inputs<const N: usize> {
     Apart([Linear; N]),
     Fused(Linear),
 }
 
 impl<const N: usize> Inputs<N> {
-    fn linears(&self) -> Vec<&Linear> {
+    pub(super) fn linears(&self) -> Vec<&Linear> {
         match self {
             Inputs::Apart(all) => all.iter().collect(),
             Inputs::Fused(one) => vec![one],
@@ -111,20 +111,20 @@ impl<const N: usize> Inputs<N> {
 }
 
 #[derive(Debug, Clone)]
-struct Block {
-    input_layernorm: Tensor,
+pub(super) struct Block {
+    pub(super) input_layernorm: Tensor,
     /// q, k and v.
-    attn_in: Inputs<3>,
-    o_proj: Linear,
+    pub(super) attn_in: Inputs<3>,
+    pub(super) o_proj: Linear,
     /// Llama: the MLP's input norm; Gemma: the attention output's norm.
-    post_attention_layernorm: Tensor,
+    pub(super) post_attention_layernorm: Tensor,
     /// gate and up.
-    mlp_in: Inputs<2>,
-    down_proj: Linear,
+    pub(super) mlp_in: Inputs<2>,
+    pub(super) down_proj: Linear,
     /// RMSNorm of each query and key head (Qwen3, Gemma 3).
-    qk_norm: Option<(Tensor, Tensor)>,
+    pub(super) qk_norm: Option<(Tensor, Tensor)>,
     /// Gemma's MLP input and output norms.
-    feedforward_norms: Option<(Tensor, Tensor)>,
+    pub(super) feedforward_norms: Option<(Tensor, Tensor)>,
 }
 
 /// A block's norm weights' names below `model.layers.{i}.`, in `Block::norms` order.
@@ -149,7 +149,7 @@ fn named<T>(norms: [Option<T>; 6]) -> Vec<(&'static str, T)> {
 impl Block {
     /// The block's linear layers in transformers' order (q, k, v or qkv; o; gate, up or
     /// gate_up; down).
-    fn linears(&self) -> Vec<&Linear> {
+    pub(super) fn linears(&self) -> Vec<&Linear> {
         let mut out = self.attn_in.linears();
         out.push(&self.o_proj);
         out.extend(self.mlp_in.linears());
@@ -265,23 +265,23 @@ pub enum BasePart<'a> {
 /// A causal language model of the Llama family.
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
-    cfg: LlamaConfig,
-    embed_tokens: BaseWeight,
-    layers: Vec<Block>,
-    norm: Tensor,
+    pub(super) cfg: LlamaConfig,
+    pub(super) embed_tokens: BaseWeight,
+    pub(super) layers: Vec<Block>,
+    pub(super) norm: Tensor,
     /// `lm_head`; its weight is `embed_tokens` itself when embeddings are tied.
-    lm_head: Linear,
-    rope: Rope,
+    pub(super) lm_head: Linear,
+    pub(super) rope: Rope,
     /// Sliding-window layers' rotary embedding, where its base differs (Gemma 3).
-    local_rope: Option<Rope>,
-    dtype: DType,
-    device: Device,
+    pub(super) local_rope: Option<Rope>,
+    pub(super) dtype: DType,
+    pub(super) device: Device,
     /// Prompt tuning's virtual-token embeddings [tokens, hidden], put before the input.
-    prompt: Option<Tensor>,
+    pub(super) prompt: Option<Tensor>,
     /// Prefix tuning's keys and values [tokens, layers·2·kv_heads·head_dim] (PEFT's layout).
-    prefix: Option<Tensor>,
+    pub(super) prefix: Option<Tensor>,
     /// Bottleneck adapters per decoder layer (empty when none).
-    adapters: Vec<LayerAdapters>,
+    pub(super) adapters: Vec<LayerAdapters>,
 }
 
 /// Takes named weights out of a map, checking each shape against the config.
@@ -795,7 +795,7 @@ impl LlamaModel {
     }
 
     /// How layer `l`'s queries attend: the model's score factor and cap, the layer's window.
-    fn attend(&self, l: usize) -> Attend {
+    pub(super) fn attend(&self, l: usize) -> Attend {
         let c = &self.cfg;
         Attend {
             scale: c.attention_scale,

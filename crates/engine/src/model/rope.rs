@@ -85,6 +85,15 @@ impl Rope {
         dtype: DType,
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
+        let (cos, sin) = self.rows(start, len);
+        let width = cos.len() / len.max(1);
+        let cos = Tensor::from_vec(cos, (len, width), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (len, width), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+
+    /// [`Self::tables`]' elements in f32, row after row (the decoder's own kernels read them).
+    pub fn rows(&self, start: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
         let inv_freq = match &self.long {
             Some((long, original)) if start + len > *original => long,
             _ => &self.inv_freq,
@@ -101,9 +110,7 @@ impl Rope {
                 }
             }
         }
-        let cos = Tensor::from_vec(cos, (len, half * 2), device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (len, half * 2), device)?.to_dtype(dtype)?;
-        Ok((cos, sin))
+        (cos, sin)
     }
 }
 

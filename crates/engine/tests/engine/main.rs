@@ -3,6 +3,7 @@
 
 mod common;
 mod data;
+mod decode;
 mod errors;
 mod export;
 mod fused;

@@ -28,6 +28,7 @@ pub mod swiglu;
 mod timing;
 pub(crate) mod view;
 mod weight;
+pub mod decode;
 
 use std::sync::OnceLock;
 

@@ -116,6 +116,26 @@ pub(super) fn weight_view(t: &Tensor) -> candle_core::Result<WeightView<'_>> {
     Ok(WeightView::Floats(view(t)?))
 }
 
+/// A linear layer's weight as decoding reads it (`decode`): as [`base_weight_view`], but a
+/// bf16 weight always borrowed as stored, since its dot products widen it in registers on
+/// any CPU (a widened copy would double the model's memory).
+pub(super) fn decode_view(w: &BaseWeight) -> candle_core::Result<WeightView<'_>> {
+    if let BaseWeight::Dense(t) = w {
+        cpu_only()?;
+        let (guard, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::BF16(_)), Some((start, end))) =
+            (&*guard, layout.contiguous_offsets())
+        {
+            return Ok(WeightView::Bf16 {
+                guard,
+                start,
+                len: end - start,
+            });
+        }
+    }
+    base_weight_view(w)
+}
+
 /// A linear layer's weight for [`Weight`]'s products: a contiguous CPU tensor as
 /// [`weight_view`] takes it, or quantized blocks on the CPU as they are.
 pub(super) fn base_weight_view(w: &BaseWeight) -> candle_core::Result<WeightView<'_>> {

@@ -15,6 +15,15 @@ const DOT_ROWS: usize = 4;
 /// Outputs per parallel task of those dot products.
 const DOT_OUTPUTS: usize = 64;
 
+/// One weight row as a dot product reads it.
+#[derive(Clone, Copy)]
+enum Row<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    /// A quantized row that failed to widen (never: its blocks were checked).
+    Nan,
+}
+
 /// A frozen weight [out, in]: f32, bf16 multiplied as it is (`bf16_matmul`), or rows
 /// `first..first + rows` of a quantized weight, widened a tile at a time (`fused::quantized`).
 #[derive(Clone, Copy)]
@@ -81,8 +90,11 @@ impl<'a> Weight<'a> {
 
     /// [`Self::forward`] for a few rows (decoding: one token per sequence) as one dot product
     /// per output: the weight's rows are read as they lie, where a matrix product would pack
-    /// the whole weight for one row (OpenBLAS spent 60% of decoding in that packing).
-    fn forward_by_dots(
+    /// the whole weight for one row (OpenBLAS spent 60% of decoding in that packing). Each
+    /// weight row is read once for all of `x`'s rows, and each output is the same dot
+    /// product whatever the other rows are: a sequence decodes the same tokens alone or
+    /// batched with others.
+    pub fn forward_by_dots(
         &self,
         x: &[f32],
         y: &mut [f32],
@@ -100,36 +112,47 @@ impl<'a> Weight<'a> {
                 &rounded
             }
         };
-        let dots = |(j0, ys): (usize, &mut [f32]), xr: &[f32]| {
-            let mut row = Vec::new();
-            for (j, yj) in (j0..).zip(ys) {
-                *yj += match self {
-                    Weight::F32(w) => math::dot(xr, &w[j * fan_in..][..fan_in]),
-                    Weight::Bf16(w) => math::dot_bf16(xr, &w[j * fan_in..][..fan_in]),
+        // One task per block of outputs: its weight rows against every row of `x`, written
+        // into a [rows, block] scratch and then added to `y` (whose rows are `out` apart).
+        let block = |c: usize| -> Vec<f32> {
+            let j0 = c * DOT_OUTPUTS;
+            let n = DOT_OUTPUTS.min(out - j0);
+            let mut sums = vec![0.0f32; rows * n];
+            let mut widened = Vec::new();
+            for j in 0..n {
+                let w = match self {
+                    Weight::F32(w) => Row::F32(&w[(j0 + j) * fan_in..][..fan_in]),
+                    Weight::Bf16(w) => Row::Bf16(&w[(j0 + j) * fan_in..][..fan_in]),
                     Weight::Quantized { weight, first, .. } => {
-                        row.resize(fan_in, 0.0);
-                        match weight.rows_to_f32(first + j, &mut row) {
-                            Ok(()) => math::dot(xr, &row),
+                        widened.resize(fan_in, 0.0);
+                        match weight.rows_to_f32(first + j0 + j, &mut widened) {
+                            Ok(()) => Row::F32(&widened),
                             // The blocks were checked when the weight was made.
-                            Err(_) => f32::NAN,
+                            Err(_) => Row::Nan,
                         }
                     }
                 };
+                for (r, xr) in x.chunks_exact(fan_in).take(rows).enumerate() {
+                    sums[r * n + j] = match w {
+                        Row::F32(w) => math::dot(xr, w),
+                        Row::Bf16(w) => math::dot_bf16(xr, w),
+                        Row::Nan => f32::NAN,
+                    };
+                }
             }
+            sums
         };
-        for (xr, yr) in x
-            .chunks_exact(fan_in)
-            .zip(y.chunks_exact_mut(out))
-            .take(rows)
-        {
-            if parallel {
-                yr.par_chunks_mut(DOT_OUTPUTS)
-                    .enumerate()
-                    .for_each(|(c, ys)| dots((c * DOT_OUTPUTS, ys), xr));
-            } else {
-                yr.chunks_mut(DOT_OUTPUTS)
-                    .enumerate()
-                    .for_each(|(c, ys)| dots((c * DOT_OUTPUTS, ys), xr));
+        let blocks = out.div_ceil(DOT_OUTPUTS);
+        let sums: Vec<Vec<f32>> = if parallel {
+            (0..blocks).into_par_iter().map(block).collect()
+        } else {
+            (0..blocks).map(block).collect()
+        };
+        for (c, sums) in sums.iter().enumerate() {
+            let j0 = c * DOT_OUTPUTS;
+            let n = sums.len() / rows.max(1);
+            for (yr, s) in y.chunks_exact_mut(out).zip(sums.chunks_exact(n.max(1))) {
+                yr[j0..j0 + n].iter_mut().zip(s).for_each(|(y, s)| *y += s);
             }
         }
     }
