@@ -24,6 +24,7 @@ pub mod models;
 pub mod plan;
 pub mod playground;
 pub mod runs;
+pub mod serve;
 pub mod worker;
 
 use std::path::PathBuf;

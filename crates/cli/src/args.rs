@@ -47,6 +47,9 @@ pub enum Command {
     Export(ExportArgs),
     /// Generate text with a base model, optionally with an adapter.
     Generate(GenerateArgs),
+    /// Serve the base model and adapters over an OpenAI-compatible API (chat, completions,
+    /// streaming; each request picks the base or an adapter by `model`).
+    Serve(ServeArgs),
     /// Write the logits of token ids (base model, or with an adapter) to a safetensors file,
     /// for comparing with other tools.
     Logits(LogitsArgs),
@@ -211,6 +214,23 @@ pub enum ModelsCommand {
 pub enum AdaptersCommand {
     /// List the adapters in the catalog.
     List,
+    /// Load an adapter folder into a running `serve` under a name (requests then pick it
+    /// with `model: NAME`).
+    Load {
+        /// The name requests will use.
+        name: String,
+        /// The PEFT adapter folder (a path on the server's machine).
+        path: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Unload an adapter from a running `serve`.
+    Unload {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Check a shared adapter and add it to the catalog: a PEFT or adapters-library folder, or
     /// a llama.cpp GGUF LoRA file (converted to a PEFT folder; needs --model).
     Import {
@@ -515,6 +535,50 @@ pub struct GenerateArgs {
     /// bench/generate).
     #[arg(long)]
     pub timing: bool,
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The base model: an installed model's name or a folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// An adapter to serve, as NAME=DIR (repeat for several); requests pick it with
+    /// `model: NAME`.
+    #[arg(long = "adapter", value_name = "NAME=DIR")]
+    pub adapters: Vec<String>,
+    /// The address to listen on: loopback unless you name another (then set --api-key).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The port (0: any free one, printed at start).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on every request (default: PEFT_STUDIO_API_KEY).
+    #[arg(long, env = "PEFT_STUDIO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The number format the base is held in: f32, or bf16 (half the bytes per token).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// Hold the base's projections quantized (q4_k, nf4, …).
+    #[arg(long)]
+    pub quantize: Option<Quantization>,
+    /// Requests decoded together at most.
+    #[arg(long, default_value_t = peft_studio_app::serve::DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    /// Requests waiting or being answered at most; more get 503 at once.
+    #[arg(long, default_value_t = peft_studio_app::serve::DEFAULT_MAX_WAITING)]
+    pub max_waiting: usize,
+}
+
+/// Which running server `adapters load` and `adapters unload` ask.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The server's address.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub server: String,
+    /// Its API key, if it has one (default: PEFT_STUDIO_API_KEY).
+    #[arg(long, env = "PEFT_STUDIO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// `bench`.

@@ -19,6 +19,7 @@ use toml::{Table, Value};
 
 use crate::args::{
     AdaptersCommand, BenchArgs, Cli, Command, ExportArgs, GenerateArgs, LogitsArgs, PlanArgs,
+    ServeArgs,
     TrainArgs,
 };
 
@@ -55,6 +56,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Compare(a) => crate::runs::compare(&catalog, &a),
         Command::Export(a) => export(&catalog, a),
         Command::Generate(a) => generate_cmd(a),
+        Command::Serve(a) => serve_cmd(a),
         Command::Logits(a) => logits_cmd(a),
         Command::Bench(a) => bench_cmd(&a),
         Command::Demo(a) => {
@@ -202,8 +204,26 @@ fn export(catalog: &Path, a: ExportArgs) -> Result<()> {
 }
 
 fn adapters(catalog: &Path, c: AdaptersCommand) -> Result<()> {
+    use peft_studio_app::serve::remote;
+    // Loading into a server needs no catalog.
+    match &c {
+        AdaptersCommand::Load { name, path, server } => {
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            let path = path.display().to_string();
+            remote::load_adapter(&server.server, server.api_key.as_deref(), name, &path)?;
+            println!("{}: serving adapter `{name}` from {path}", server.server);
+            return Ok(());
+        }
+        AdaptersCommand::Unload { name, server } => {
+            remote::unload_adapter(&server.server, server.api_key.as_deref(), name)?;
+            println!("{}: adapter `{name}` unloaded", server.server);
+            return Ok(());
+        }
+        _ => {}
+    }
     let catalog = crate::runs::open(catalog)?;
     match c {
+        AdaptersCommand::Load { .. } | AdaptersCommand::Unload { .. } => {}
         AdaptersCommand::List => {
             for a in catalog.adapters(None)? {
                 let run = a.run_id.map_or_else(|| "-".into(), |r| r.to_string());
@@ -222,6 +242,55 @@ fn adapters(catalog: &Path, c: AdaptersCommand) -> Result<()> {
             println!("imported adapter {} at {}", done.id, done.path.display());
         }
     }
+    Ok(())
+}
+
+fn serve_cmd(a: ServeArgs) -> Result<()> {
+    use peft_studio_app::serve::{RequestLine, ServeOptions, Server};
+    let adapters = a
+        .adapters
+        .iter()
+        .map(|spec| match spec.split_once('=') {
+            Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+                Ok((name.to_string(), PathBuf::from(dir)))
+            }
+            _ => Err(EngineError::config(
+                "adapter",
+                format!("`{spec}` is not NAME=DIR"),
+            )),
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let opts = ServeOptions {
+        model: a.model,
+        adapters,
+        host: a.host,
+        port: a.port,
+        api_key: a.api_key,
+        precision: a.precision,
+        quantize: a.quantize,
+        max_batch: a.max_batch,
+        max_waiting: a.max_waiting,
+    };
+    let print = |l: &RequestLine| {
+        eprintln!(
+            "{} {} {} prompt={} new={} {} ms{}",
+            l.status,
+            l.path,
+            l.model,
+            l.prompt_tokens,
+            l.completion_tokens,
+            l.ms,
+            if l.stream { " (stream)" } else { "" }
+        );
+    };
+    let server = Server::start(&opts, Some(Box::new(print)))?;
+    let names: Vec<String> = server.registry().models().into_iter().map(|m| m.id).collect();
+    // The address on stdout (scripts read it: --port 0 picks a free one).
+    println!("serving {} on http://{}", names.join(", "), server.addr());
+    if opts.api_key.is_none() && !server.addr().ip().is_loopback() {
+        eprintln!("warning: listening beyond this machine without --api-key: anyone who reaches it can use it");
+    }
+    server.wait();
     Ok(())
 }
 
