@@ -119,13 +119,21 @@ fn a_sequence_decodes_the_same_alone_and_batched() {
         peft_studio_engine::model::load_model(&path, DType::F32, &Device::Cpu).expect("load");
     let one = adapted(&base, &lora_method(4, "q_proj,v_proj"), 5);
     let two = adapted(&base, &lora_method(8, "o_proj,down_proj,gate_proj"), 9);
-    let adapters = [
+    let (one, two) = (
         RowAdapter::of(&one).expect("one"),
         RowAdapter::of(&two).expect("two"),
-        None,
-    ];
+    );
+    // Six rows: a group of four sharing each weight read, and two on their own.
+    let adapters = [one.clone(), two.clone(), None, one, None, two];
     let decoder = Decoder::new(&base).expect("decoder");
-    let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5, 6, 7], &[40, 41], &[200, 100, 50, 25, 12]];
+    let prompts: [&[u32]; 6] = [
+        &[1, 2, 3, 4, 5, 6, 7],
+        &[40, 41],
+        &[200, 100, 50, 25, 12],
+        &[9],
+        &[1, 2, 3, 4, 5, 6, 7],
+        &[77, 78, 79],
+    ];
     let steps = 10;
     let seqs = || -> Vec<Sequence> {
         adapters
@@ -142,9 +150,9 @@ fn a_sequence_decodes_the_same_alone_and_batched() {
     // Together: the third joins two steps late (continuous batching).
     let mut seqs = seqs();
     let mut inputs: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
-    let mut got: Vec<Vec<u32>> = vec![Vec::new(); 3];
+    let mut got: Vec<Vec<u32>> = vec![Vec::new(); 6];
     for step in 0..steps + 2 {
-        let live: Vec<usize> = (0..3)
+        let live: Vec<usize> = (0..6)
             .filter(|&i| got[i].len() < steps && (i < 2 || step >= 2))
             .collect();
         let mut batch: Vec<(&mut Sequence, &[u32])> = seqs

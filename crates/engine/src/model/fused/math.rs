@@ -173,6 +173,76 @@ fn dot_with<T: Copy>(a: &[f32], b: &[T], widen: impl Fn(T) -> f32, fma: bool) ->
     acc.iter().sum::<f32>() + tail
 }
 
+/// [`dot_with`] of `R` rows against one `b`, each row's sums formed exactly as `dot_with`
+/// forms them (the same lanes, in the same order): bitwise the same results, with `b` read
+/// once and `R` independent chains of multiply-adds in flight instead of one.
+#[inline(always)]
+fn dots_with<T: Copy, const R: usize>(
+    xs: [&[f32]; R],
+    b: &[T],
+    widen: impl Fn(T) -> f32,
+    fma: bool,
+) -> [f32; R] {
+    let whole = b.len() / 16 * 16;
+    let mut acc = [[0.0f32; 16]; R];
+    for c in (0..whole).step_by(16) {
+        let w: [f32; 16] = std::array::from_fn(|i| widen(b[c + i]));
+        for (acc, x) in acc.iter_mut().zip(&xs) {
+            let x = &x[c..c + 16];
+            for i in 0..16 {
+                acc[i] = if fma {
+                    x[i].mul_add(w[i], acc[i])
+                } else {
+                    acc[i] + x[i] * w[i]
+                };
+            }
+        }
+    }
+    std::array::from_fn(|r| {
+        let tail: f32 = xs[r][whole..]
+            .iter()
+            .zip(&b[whole..])
+            .map(|(x, y)| x * widen(*y))
+            .sum();
+        acc[r].iter().sum::<f32>() + tail
+    })
+}
+
+/// Rows [`dots`] takes together.
+pub const DOT_GROUP: usize = 4;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dots_fma(xs: [&[f32]; DOT_GROUP], b: &[f32]) -> [f32; DOT_GROUP] {
+    dots_with(xs, b, |v| v, true)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dots_bf16_fma(xs: [&[f32]; DOT_GROUP], b: &[half::bf16]) -> [f32; DOT_GROUP] {
+    dots_with(xs, b, widen_bf16, true)
+}
+
+/// [`dot`] of [`DOT_GROUP`] rows against `b`, each bitwise equal to its own [`dot`].
+pub fn dots(xs: [&[f32]; DOT_GROUP], b: &[f32]) -> [f32; DOT_GROUP] {
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { dots_fma(xs, b) };
+    }
+    dots_with(xs, b, |v| v, false)
+}
+
+/// [`dots`] with `b` in bf16, each bitwise equal to its own [`dot_bf16`].
+pub fn dots_bf16(xs: [&[f32]; DOT_GROUP], b: &[half::bf16]) -> [f32; DOT_GROUP] {
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { dots_bf16_fma(xs, b) };
+    }
+    dots_with(xs, b, widen_bf16, false)
+}
+
 /// bf16 bits to f32: the bits shifted into place (what the compiler vectorises).
 #[inline(always)]
 fn widen_bf16(b: half::bf16) -> f32 {
@@ -222,6 +292,23 @@ pub fn dot_bf16(a: &[f32], b: &[half::bf16]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grouped_dot_products_equal_single_ones_bitwise() {
+        for n in [5, 16, 37, 64, 129] {
+            let rows: Vec<Vec<f32>> = (0..DOT_GROUP)
+                .map(|r| (0..n).map(|i| ((i * 7 + r * 13) as f32 * 0.37).sin()).collect())
+                .collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let hb: Vec<half::bf16> = b.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let xs: [&[f32]; DOT_GROUP] = std::array::from_fn(|r| rows[r].as_slice());
+            let (got, got_bf16) = (dots(xs, &b), dots_bf16(xs, &hb));
+            for r in 0..DOT_GROUP {
+                assert_eq!(got[r].to_bits(), dot(xs[r], &b).to_bits(), "n={n} row {r}");
+                assert_eq!(got_bf16[r].to_bits(), dot_bf16(xs[r], &hb).to_bits(), "n={n} row {r}");
+            }
+        }
+    }
 
     #[test]
     fn dot_products_equal_plain_sums() {

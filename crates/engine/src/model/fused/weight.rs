@@ -132,7 +132,23 @@ impl<'a> Weight<'a> {
                         }
                     }
                 };
-                for (r, xr) in x.chunks_exact(fan_in).take(rows).enumerate() {
+                // Rows in groups sharing each read of `w` (each sum as its own `dot` forms it).
+                let x = &x[..rows * fan_in];
+                let mut groups = x.chunks_exact(fan_in * math::DOT_GROUP);
+                for (g, xg) in groups.by_ref().enumerate() {
+                    let xs: [&[f32]; math::DOT_GROUP] =
+                        std::array::from_fn(|r| &xg[r * fan_in..][..fan_in]);
+                    let got = match w {
+                        Row::F32(w) => math::dots(xs, w),
+                        Row::Bf16(w) => math::dots_bf16(xs, w),
+                        Row::Nan => [f32::NAN; math::DOT_GROUP],
+                    };
+                    for (r, v) in got.into_iter().enumerate() {
+                        sums[(g * math::DOT_GROUP + r) * n + j] = v;
+                    }
+                }
+                let first = rows / math::DOT_GROUP * math::DOT_GROUP;
+                for (r, xr) in (first..).zip(groups.remainder().chunks_exact(fan_in)) {
                     sums[r * n + j] = match w {
                         Row::F32(w) => math::dot(xr, w),
                         Row::Bf16(w) => math::dot_bf16(xr, w),
