@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up and runs every test: formatting, clippy with warnings denied, the whole
 # workspace's tests (engine, catalog, app, CLI, desktop shell), the web UI's unit tests, the
-# desktop end-to-end suite under Xvfb, and the interop harness against PyTorch + PEFT, the
-# adapters library and llama.cpp.
+# desktop end-to-end suite under Xvfb, the interop harness against PyTorch + PEFT, the
+# adapters library and llama.cpp, and the server against the `openai` client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -f "$HOME/.cargo/env" ]] && source "$HOME/.cargo/env"
@@ -61,6 +61,10 @@ bash tests/desktop/run.sh
 # the studio (its Python environment is made once, outside the clone).
 phase "interop"
 PEFT_STUDIO_CLI="$PWD/target/release/peft-studio-cli" bash tests/interop/run
+# The server with the official `openai` client: answers equal to `generate`, hostile requests,
+# 32 streaming clients mixing three adapters (batched against one request at a time).
+phase "serve"
+PEFT_STUDIO_CLI="$PWD/target/release/peft-studio-cli" bash tests/serve/run
 # The GPU build compiles (candle's CUDA kernels through nvcc, for an H100's sm_90), with a
 # CUDA toolkit made from the package registry's wheels and cached outside the clone; no GPU
 # is needed to build. About 6 minutes from cold on two cores.

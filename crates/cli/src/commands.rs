@@ -19,8 +19,7 @@ use toml::{Table, Value};
 
 use crate::args::{
     AdaptersCommand, BenchArgs, Cli, Command, ExportArgs, GenerateArgs, LogitsArgs, PlanArgs,
-    ServeArgs,
-    TrainArgs,
+    ServeArgs, TrainArgs,
 };
 
 /// Runs one subcommand.
@@ -284,7 +283,12 @@ fn serve_cmd(a: ServeArgs) -> Result<()> {
         );
     };
     let server = Server::start(&opts, Some(Box::new(print)))?;
-    let names: Vec<String> = server.registry().models().into_iter().map(|m| m.id).collect();
+    let names: Vec<String> = server
+        .registry()
+        .models()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
     // The address on stdout (scripts read it: --port 0 picks a free one).
     println!("serving {} on http://{}", names.join(", "), server.addr());
     if opts.api_key.is_none() && !server.addr().ip().is_loopback() {

@@ -4,8 +4,8 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
-use crate::model::t5::T5Model;
 use crate::model::fused::decode::{unsupported, Decoder, RowAdapter};
+use crate::model::t5::T5Model;
 use crate::model::{ForwardCtx, KvCache, LlamaModel};
 use crate::ops::SplitMix64;
 

@@ -4,8 +4,8 @@
 //! (`routes`, axum on tokio) parses, checks and streams. Loopback only unless the user
 //! names another address; with an API key, requests without it get 401.
 
-pub mod remote;
 mod openai;
+pub mod remote;
 mod routes;
 mod scheduler;
 mod text;
@@ -203,7 +203,8 @@ impl Server {
                 dir.display()
             )));
         }
-        let model = load_model_quantized(&dir, opts.precision.dtype(), &Device::Cpu, opts.quantize)?;
+        let model =
+            load_model_quantized(&dir, opts.precision.dtype(), &Device::Cpu, opts.quantize)?;
         Decoder::new(&model)?;
         let tok = Arc::new(TextTokenizer::load(&dir, &model.config().eos_token_ids)?);
         let template = tok.compiled_chat_template().ok().map(Arc::new);

@@ -64,7 +64,9 @@ fn request(
     let message = json["error"]["message"]
         .as_str()
         .map_or_else(|| body.trim().to_string(), str::to_string);
-    Err(AppError::Invalid(format!("{server} answered {status}: {message}")))
+    Err(AppError::Invalid(format!(
+        "{server} answered {status}: {message}"
+    )))
 }
 
 /// Loads the adapter folder `path` into the server as `name`.
@@ -81,5 +83,12 @@ pub fn load_adapter(server: &str, api_key: Option<&str>, name: &str, path: &str)
 
 /// Unloads the adapter `name` from the server.
 pub fn unload_adapter(server: &str, api_key: Option<&str>, name: &str) -> Result<()> {
-    request(server, api_key, "DELETE", &format!("/v1/adapters/{name}"), None).map(|_| ())
+    request(
+        server,
+        api_key,
+        "DELETE",
+        &format!("/v1/adapters/{name}"),
+        None,
+    )
+    .map(|_| ())
 }

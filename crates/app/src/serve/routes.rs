@@ -23,8 +23,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::openai::{
-    ApiError, ChatRequest, CompletionRequest, Content, Finish, LoadAdapter, Prompt, Sampling,
-    Stop, Usage,
+    ApiError, ChatRequest, CompletionRequest, Content, Finish, LoadAdapter, Prompt, Sampling, Stop,
+    Usage,
 };
 use super::scheduler::{unknown, Command, Event, Job};
 use super::{unix_seconds, Registry, RequestLine, DEFAULT_MAX_TOKENS, MAX_BODY_BYTES};
@@ -91,7 +91,12 @@ async fn authorize(Axum(state): Axum<State>, request: Request, next: Next) -> Re
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(g) if g == key => next.run(request).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", "Incorrect API key provided").into_response(),
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "Incorrect API key provided",
+        )
+        .into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_api_key",
@@ -106,7 +111,13 @@ async fn models(Axum(state): Axum<State>) -> Response {
 }
 
 async fn model(Axum(state): Axum<State>, UrlPath(id): UrlPath<String>) -> Response {
-    match state.shared.registry.models().into_iter().find(|m| m.id == id) {
+    match state
+        .shared
+        .registry
+        .models()
+        .into_iter()
+        .find(|m| m.id == id)
+    {
         Some(card) => Json(card).into_response(),
         None => unknown(&id).into_response(),
     }
@@ -114,7 +125,9 @@ async fn model(Axum(state): Axum<State>, UrlPath(id): UrlPath<String>) -> Respon
 
 /// The body as JSON of type `T`, or the error that says why not (too large, not UTF-8, not
 /// JSON, a field of the wrong type: with its line and column).
-fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
         let status = r.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -122,10 +135,17 @@ fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) ->
         } else {
             "invalid_body"
         };
-        ApiError::new(status, code, format!("the request body could not be read: {}", r.body_text()))
+        ApiError::new(
+            status,
+            code,
+            format!("the request body could not be read: {}", r.body_text()),
+        )
     })?;
     serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::invalid("body", format!("the request body is not a valid request: {e}"))
+        ApiError::invalid(
+            "body",
+            format!("the request body is not a valid request: {e}"),
+        )
     })
 }
 
@@ -215,15 +235,24 @@ fn settings(
     prompt_field: &'static str,
 ) -> Result<(GenerateOptions, usize, Vec<String>), ApiError> {
     if let Some(n) = s.n.filter(|&n| n != 1) {
-        return Err(ApiError::invalid("n", format!("only n = 1 is served, got {n}")));
+        return Err(ApiError::invalid(
+            "n",
+            format!("only n = 1 is served, got {n}"),
+        ));
     }
     let temperature = s.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid("temperature", format!("must be between 0 and 2, got {temperature}")));
+        return Err(ApiError::invalid(
+            "temperature",
+            format!("must be between 0 and 2, got {temperature}"),
+        ));
     }
     let top_p = s.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid("top_p", format!("must be in (0, 1], got {top_p}")));
+        return Err(ApiError::invalid(
+            "top_p",
+            format!("must be in (0, 1], got {top_p}"),
+        ));
     }
     let too_long = |asked: usize| {
         let mut e = ApiError::new(
@@ -242,7 +271,10 @@ fn settings(
     }
     let max_tokens = match s.max_completion_tokens.or(s.max_tokens) {
         Some(m) if m < 1 => {
-            return Err(ApiError::invalid("max_tokens", format!("must be at least 1, got {m}")));
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!("must be at least 1, got {m}"),
+            ));
         }
         Some(m) => {
             let m = usize::try_from(m).unwrap_or(usize::MAX);
@@ -259,7 +291,10 @@ fn settings(
         None => Vec::new(),
         Some(Stop::One(s)) => vec![s.clone()],
         Some(Stop::Many(v)) if v.len() > 4 => {
-            return Err(ApiError::invalid("stop", format!("at most 4 stop strings, got {}", v.len())));
+            return Err(ApiError::invalid(
+                "stop",
+                format!("at most 4 stop strings, got {}", v.len()),
+            ));
         }
         Some(Stop::Many(v)) => v.clone(),
     };
@@ -275,7 +310,10 @@ fn settings(
 /// The chat's messages rendered by the model's template, as the playground renders them.
 fn chat_prompt(state: &State, request: &ChatRequest) -> Result<Vec<u32>, ApiError> {
     let template = state.shared.template.as_ref().ok_or_else(|| {
-        ApiError::invalid("messages", "this model has no chat template: use /v1/completions")
+        ApiError::invalid(
+            "messages",
+            "this model has no chat template: use /v1/completions",
+        )
     })?;
     if request.messages.is_empty() {
         return Err(ApiError::invalid("messages", "is empty"));
@@ -336,7 +374,15 @@ async fn chat(Axum(state): Axum<State>, body: Result<Bytes, BytesRejection>) -> 
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    answer(state, Kind::Chat, request.model, prompt, &request.sampling, started).await
+    answer(
+        state,
+        Kind::Chat,
+        request.model,
+        prompt,
+        &request.sampling,
+        started,
+    )
+    .await
 }
 
 async fn completions(Axum(state): Axum<State>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -348,18 +394,33 @@ async fn completions(Axum(state): Axum<State>, body: Result<Bytes, BytesRejectio
     let text = match &request.prompt {
         Prompt::One(p) => Ok(p.as_str()),
         Prompt::Many(v) if v.len() == 1 => Ok(v[0].as_str()),
-        Prompt::Many(v) => Err(ApiError::invalid("prompt", format!("one prompt per request, got {}", v.len()))),
+        Prompt::Many(v) => Err(ApiError::invalid(
+            "prompt",
+            format!("one prompt per request, got {}", v.len()),
+        )),
     };
-    let prompt = known(&state, &request.model).and_then(|()| text).and_then(|t| {
-        state
-            .shared
-            .tok
-            .encode(t, true)
-            .map_err(|e| ApiError::invalid("prompt", e.to_string()))
-    });
+    let prompt = known(&state, &request.model)
+        .and_then(|()| text)
+        .and_then(|t| {
+            state
+                .shared
+                .tok
+                .encode(t, true)
+                .map_err(|e| ApiError::invalid("prompt", e.to_string()))
+        });
     match prompt {
         Ok(p) if p.is_empty() => ApiError::invalid("prompt", "is empty").into_response(),
-        Ok(p) => answer(state, Kind::Completion, request.model, p, &request.sampling, started).await,
+        Ok(p) => {
+            answer(
+                state,
+                Kind::Completion,
+                request.model,
+                p,
+                &request.sampling,
+                started,
+            )
+            .await
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -498,7 +559,10 @@ async fn answer(
         prompt_tokens,
     };
     if sampling.stream {
-        let usage = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let usage = sampling
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
         return stream(frame, receive, usage, log, slot);
     }
     let mut text = String::new();

@@ -257,8 +257,7 @@ impl Scheduler {
                 l.input = vec![next];
                 self.emit(l, next)
             };
-            let Some(end) = end.or((l.produced >= l.job.max_tokens).then_some(End::Length))
-            else {
+            let Some(end) = end.or((l.produced >= l.job.max_tokens).then_some(End::Length)) else {
                 continue;
             };
             // Text held back (an unfinished character, a possible stop string's start)

@@ -30,8 +30,13 @@ fn adapted(model: &LlamaModel, method: &MethodConfig, seed: u64) -> LlamaModel {
 
 /// The model's own last-position logits for `ids`.
 fn reference(model: &LlamaModel, ids: &[u32]) -> Vec<f32> {
-    let input = Tensor::new(ids, &Device::Cpu).expect("ids").unsqueeze(0).expect("b");
-    let logits = model.forward(&input, None, &ForwardCtx::eval()).expect("forward");
+    let input = Tensor::new(ids, &Device::Cpu)
+        .expect("ids")
+        .unsqueeze(0)
+        .expect("b");
+    let logits = model
+        .forward(&input, None, &ForwardCtx::eval())
+        .expect("forward");
     logits
         .squeeze(0)
         .expect("s")
@@ -45,13 +50,19 @@ fn reference(model: &LlamaModel, ids: &[u32]) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn argmax(v: &[f32]) -> u32 {
     v.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
         .0 as u32
 }
 
@@ -70,12 +81,16 @@ fn decoder_logits_equal_the_models_for_every_family() {
     for spec in specs {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = tiny_model(dir.path(), &spec);
-        let base = peft_studio_engine::model::load_model(&path, DType::F32, &Device::Cpu)
-            .expect("load");
+        let base =
+            peft_studio_engine::model::load_model(&path, DType::F32, &Device::Cpu).expect("load");
         let model = adapted(&base, &for_family(&method, &spec), 3);
         let decoder = Decoder::new(&model).expect("decoder");
         let adapter = RowAdapter::of(&model).expect("adapter");
-        assert!(adapter.is_some(), "{}: the LoRA is taken", spec.architecture);
+        assert!(
+            adapter.is_some(),
+            "{}: the LoRA is taken",
+            spec.architecture
+        );
         let mut seq = decoder.sequence(12, adapter).expect("sequence");
         // Past the fixtures' 4-position window: the sliding layers drop early keys.
         let mut ids = vec![5u32, 9, 14, 3, 7, 2];
@@ -84,7 +99,11 @@ fn decoder_logits_equal_the_models_for_every_family() {
             let got = decoder.step(&mut [(&mut seq, &input)]).expect("step");
             let want = reference(&model, &ids);
             let diff = max_diff(&got[0], &want);
-            assert!(diff < 1e-4, "{} step {step}: logits differ by {diff}", spec.architecture);
+            assert!(
+                diff < 1e-4,
+                "{} step {step}: logits differ by {diff}",
+                spec.architecture
+            );
             let next = argmax(&want);
             ids.push(next);
             input = vec![next];

@@ -15,6 +15,7 @@ pub mod attention;
 pub mod bf16_matmul;
 mod blas;
 pub mod cross_entropy;
+pub mod decode;
 pub mod layer;
 pub mod linear;
 mod math;
@@ -28,7 +29,6 @@ pub mod swiglu;
 mod timing;
 pub(crate) mod view;
 mod weight;
-pub mod decode;
 
 use std::sync::OnceLock;
 

@@ -66,9 +66,8 @@ fn branch(linear: &Linear) -> Result<Option<Lora>> {
     let Some(l) = &linear.lora else {
         return Ok(None);
     };
-    let floats = |t: &Tensor| -> Result<Vec<f32>> {
-        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
-    };
+    let floats =
+        |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
     Ok(Some(Lora {
         a: floats(&l.a)?,
         b: floats(&l.b)?,

@@ -4,9 +4,10 @@
 //! written in place into buffers sized when it starts (`Sequence`: no concatenation per
 //! token, no autograd graph) and its own LoRA adapter or none (`RowAdapter`).
 //!
-//! A sequence decodes the same tokens alone or batched: one-token rows share each weight row
-//! through dot products whose every output is the same sum whatever the other rows are
-//! (`Weight::forward_by_dots`), and a prompt runs on its own, through the matrix products.
+//! A sequence decodes the same tokens alone or batched: decoding rows and short prompts share
+//! each weight row through dot products whose every output is the same sum whatever the
+//! other rows are (`Weight::forward_by_dots`), and a long prompt runs on its own, through the
+//! matrix products.
 //! It computes what `LlamaModel::forward` does, for every family in its parts table; what a
 //! row cannot hold (`unsupported`) decodes through the model itself.
 
@@ -18,8 +19,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-pub use adapter::RowAdapter;
 use adapter::Lora;
+pub use adapter::RowAdapter;
 use attention::{head_output, Cached};
 
 use super::view::{decode_view, WeightView};
@@ -46,7 +47,11 @@ pub fn unsupported(model: &LlamaModel) -> Option<String> {
     if model.prefix.is_some() {
         return why("prefix tuning's keys and values are not decoded in batches");
     }
-    if model.adapters.iter().any(|a| a.attention.is_some() || a.output.is_some()) {
+    if model
+        .adapters
+        .iter()
+        .any(|a| a.attention.is_some() || a.output.is_some())
+    {
         return why("bottleneck adapters are not decoded in batches");
     }
     let linears = model.layers.iter().flat_map(|b| b.linears());
@@ -98,8 +103,14 @@ struct LayerWeights<'m> {
     attn_in: usize,
 }
 
-/// How a step's products run: one-token rows through per-output dot products (the same
-/// sums however many rows), a prompt alone through the matrix products.
+/// A prompt of at most this many tokens joins the step's shared dot products; a longer one
+/// runs alone through the matrix products (faster for many rows, but their sums depend on
+/// the rows). Either way, what a sequence computes depends on its own tokens only.
+const SHARED_TOKENS: usize = 64;
+
+/// How a step's products run: decoding rows and short prompts through per-output dot
+/// products (the same sums however many rows), a long prompt alone through the matrix
+/// products.
 #[derive(Clone, Copy, PartialEq)]
 enum Products {
     Dots,
@@ -175,7 +186,11 @@ impl<'m> Decoder<'m> {
                     post_attention_norm: norm(&b.post_attention_layernorm)?,
                     feedforward_norms: b.feedforward_norms.as_ref().map(pair).transpose()?,
                     qk_norm: b.qk_norm.as_ref().map(pair).transpose()?,
-                    projs: b.linears().into_iter().map(Proj::of).collect::<Result<_>>()?,
+                    projs: b
+                        .linears()
+                        .into_iter()
+                        .map(Proj::of)
+                        .collect::<Result<_>>()?,
                     attn_in: b.attn_in.linears().len(),
                 })
             })
@@ -203,7 +218,10 @@ impl<'m> Decoder<'m> {
         }
         if let Some(a) = &adapter {
             let fits = a.layers.len() == self.layers.len()
-                && a.layers.iter().zip(&self.layers).all(|(a, w)| a.len() == w.projs.len());
+                && a.layers
+                    .iter()
+                    .zip(&self.layers)
+                    .all(|(a, w)| a.len() == w.projs.len());
             if !fits {
                 return Err(EngineError::config(
                     "adapter",
@@ -241,11 +259,11 @@ impl<'m> Decoder<'m> {
             }
         }
         let mut logits: Vec<Option<Vec<f32>>> = vec![None; batch.len()];
-        // One-token rows together; each prompt on its own.
+        // Decoding rows and short prompts together; each long prompt on its own.
         let (mut ones, mut many) = (Vec::new(), Vec::new());
         for (i, (s, t)) in batch.iter_mut().enumerate() {
             let row = (&mut **s, *t);
-            if t.len() == 1 {
+            if t.len() <= SHARED_TOKENS {
                 ones.push((i, row));
             } else {
                 many.push((i, row));
@@ -333,7 +351,13 @@ impl<'m> Decoder<'m> {
             }
             let attn = self.attention(l, &q, &rows, batch, attend);
             let o = w.attn_in;
-            let mut a = self.project(&w.projs[o], |ad| ad.layers[l][o].as_ref(), &attn, &rows, products);
+            let mut a = self.project(
+                &w.projs[o],
+                |ad| ad.layers[l][o].as_ref(),
+                &attn,
+                &rows,
+                products,
+            );
             let mlp_norm = match &w.feedforward_norms {
                 Some((pre, _)) => {
                     a = rms(&a, &w.post_attention_norm, eps);
@@ -347,7 +371,13 @@ impl<'m> Decoder<'m> {
             let [g, u] = self.inputs(l, o + 1..w.projs.len() - 1, &h, &rows, products, [i, i])?;
             let act = swiglu::forward(c.activation, &g, &u);
             let down = w.projs.len() - 1;
-            let mut m = self.project(&w.projs[down], |ad| ad.layers[l][down].as_ref(), &act, &rows, products);
+            let mut m = self.project(
+                &w.projs[down],
+                |ad| ad.layers[l][down].as_ref(),
+                &act,
+                &rows,
+                products,
+            );
             if let Some((_, post)) = &w.feedforward_norms {
                 m = rms(&m, post, eps);
             }
