@@ -102,12 +102,15 @@ pub struct RequestLine {
     pub stream: bool,
 }
 
+/// What sees every answered request (the CLI prints it).
+pub type OnRequest = Box<dyn Fn(&RequestLine) + Send + Sync>;
+
 /// What the server serves, shared by the HTTP side, the model thread and the front ends.
 pub struct Registry {
     base: ModelCard,
     adapters: RwLock<BTreeMap<String, ModelCard>>,
     log: Mutex<VecDeque<RequestLine>>,
-    on_request: Option<Box<dyn Fn(&RequestLine) + Send + Sync>>,
+    on_request: Option<OnRequest>,
 }
 
 fn unix_seconds() -> u64 {
@@ -192,10 +195,7 @@ pub struct Server {
 impl Server {
     /// Loads the model and the adapters, binds the address and starts serving; returns once
     /// requests are accepted. `on_request` sees every answered request (the CLI prints it).
-    pub fn start(
-        opts: &ServeOptions,
-        on_request: Option<Box<dyn Fn(&RequestLine) + Send + Sync>>,
-    ) -> Result<Self> {
+    pub fn start(opts: &ServeOptions, on_request: Option<OnRequest>) -> Result<Self> {
         let dir = resolve_model(&opts.model)?;
         if is_t5(&dir) {
             return Err(AppError::Invalid(format!(

@@ -399,15 +399,13 @@ async fn completions(Axum(state): Axum<State>, body: Result<Bytes, BytesRejectio
             format!("one prompt per request, got {}", v.len()),
         )),
     };
-    let prompt = known(&state, &request.model)
-        .and_then(|()| text)
-        .and_then(|t| {
-            state
-                .shared
-                .tok
-                .encode(t, true)
-                .map_err(|e| ApiError::invalid("prompt", e.to_string()))
-        });
+    let prompt = known(&state, &request.model).and(text).and_then(|t| {
+        state
+            .shared
+            .tok
+            .encode(t, true)
+            .map_err(|e| ApiError::invalid("prompt", e.to_string()))
+    });
     match prompt {
         Ok(p) if p.is_empty() => ApiError::invalid("prompt", "is empty").into_response(),
         Ok(p) => {

@@ -175,12 +175,15 @@ impl Scheduler {
 
     fn handle(&mut self, command: Command, decoder: &Decoder, live: &mut Vec<Live>) {
         match command {
-            Command::Generate(job) => match self.admit(job, decoder) {
-                Ok(l) => live.push(l),
-                Err((job, e)) => {
-                    let _ = job.events.send(Event::Failed(e));
+            Command::Generate(job) => {
+                let events = job.events.clone();
+                match self.admit(job, decoder) {
+                    Ok(l) => live.push(l),
+                    Err(e) => {
+                        let _ = events.send(Event::Failed(e));
+                    }
                 }
-            },
+            }
             Command::Load { name, dir, reply } => {
                 let _ = reply.send(self.load(&name, &dir));
             }
@@ -199,22 +202,19 @@ impl Scheduler {
 
     /// A request's sequence, with its adapter; refused when the adapter is gone (unloaded
     /// after the request was checked).
-    fn admit(&self, job: Job, decoder: &Decoder) -> Result<Live, (Job, ApiError)> {
+    fn admit(&self, job: Job, decoder: &Decoder) -> Result<Live, ApiError> {
         let adapter = if job.model == self.registry.base_name() {
             None
         } else {
             match self.adapters.get(&job.model) {
                 Some(a) => Some(a.clone()),
-                None => {
-                    let e = unknown(&job.model);
-                    return Err((job, e));
-                }
+                None => return Err(unknown(&job.model)),
             }
         };
         let capacity = job.prompt.len() + job.max_tokens;
         let seq = match decoder.sequence(capacity, adapter) {
             Ok(s) => s,
-            Err(e) => return Err((job, ApiError::invalid("max_tokens", e.to_string()))),
+            Err(e) => return Err(ApiError::invalid("max_tokens", e.to_string())),
         };
         Ok(Live {
             sampler: Sampler::new(&job.options),

@@ -225,8 +225,7 @@ fn what_a_row_cannot_hold_is_named() {
     let mut seq = decoder.sequence(3, None).expect("sequence");
     let err = decoder
         .step(&mut [(&mut seq, &[1, 2, 3, 4])])
-        .err()
-        .expect("too many")
+        .expect_err("too many")
         .to_string();
     assert!(err.contains("room"), "{err}");
 }

@@ -466,8 +466,9 @@ impl<'m> Decoder<'m> {
         let mut y = vec![0.0f32; n * p.out];
         let weight = p.view.weight();
         let dims = (n, p.fan_in, p.out);
-        let matrix = products == Products::Matrix
-            && !(matches!(weight, Weight::Bf16(_)) && !bf16_matmul::available());
+        // bf16 matrix products need the CPU's bf16 kernels; dot products widen anywhere.
+        let bf16_products = !matches!(weight, Weight::Bf16(_)) || bf16_matmul::available();
+        let matrix = products == Products::Matrix && bf16_products;
         if matrix {
             weight.forward(x, &mut y, dims, true);
         } else {
