@@ -2,7 +2,8 @@
 # Sets up and runs every test: formatting, clippy with warnings denied, the whole
 # workspace's tests (engine, catalog, app, CLI, desktop shell), the web UI's unit tests, the
 # desktop end-to-end suite under Xvfb, the interop harness against PyTorch + PEFT, the
-# adapters library and llama.cpp, and the server against the `openai` client.
+# adapters library and llama.cpp, the server against the `openai` client, and `eval` against
+# PyTorch and lm-evaluation-harness.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -f "$HOME/.cargo/env" ]] && source "$HOME/.cargo/env"
@@ -65,6 +66,9 @@ PEFT_STUDIO_CLI="$PWD/target/release/peft-studio-cli" bash tests/interop/run
 # 32 streaming clients mixing three adapters (batched against one request at a time).
 phase "serve"
 PEFT_STUDIO_CLI="$PWD/target/release/peft-studio-cli" bash tests/serve/run
+# `eval` against PyTorch (perplexity) and lm-evaluation-harness (multiple choice).
+phase "eval"
+PEFT_STUDIO_CLI="$PWD/target/release/peft-studio-cli" bash tests/eval/run
 # The GPU build compiles (candle's CUDA kernels through nvcc, for an H100's sm_90), with a
 # CUDA toolkit made from the package registry's wheels and cached outside the clone; no GPU
 # is needed to build. About 6 minutes from cold on two cores.

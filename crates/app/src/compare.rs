@@ -18,6 +18,8 @@ pub struct Comparison {
     pub series: Vec<RunSeries>,
     /// Config fields whose values differ, one value (or none) per run.
     pub config_diff: BTreeMap<String, Vec<Option<serde_json::Value>>>,
+    /// The runs' evaluations (`eval`), oldest first.
+    pub evaluations: Vec<peft_studio_catalog::Evaluation>,
 }
 
 /// Compares `runs` with curves built as `opts` asks.
@@ -43,8 +45,10 @@ pub fn compare(catalog: &Catalog, runs: Vec<Run>, opts: &SeriesOptions) -> Resul
             c
         })
         .collect();
+    let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
     Ok(Comparison {
         config_diff: config_diff(&configs),
+        evaluations: catalog.evaluations(&ids)?,
         runs,
         series,
     })

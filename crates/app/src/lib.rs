@@ -16,6 +16,7 @@ pub mod demo;
 pub mod describe;
 pub mod device;
 mod error;
+pub mod eval;
 pub mod export;
 pub mod follow;
 pub mod launch;
@@ -25,6 +26,7 @@ pub mod plan;
 pub mod playground;
 pub mod runs;
 pub mod serve;
+pub mod text;
 pub mod worker;
 
 use std::path::PathBuf;

@@ -28,6 +28,7 @@ use crate::error::{AppError, Result};
 use crate::models::resolve_model;
 use crate::plan::Quantization;
 use crate::runs::Precision;
+use crate::text::TextStream;
 
 /// A decoder-only model, or an encoder-decoder one (T5).
 enum Net {
@@ -115,29 +116,26 @@ impl Loaded {
             Net::Decoder(_) => self.tok.encode(&prompt, !request.chat)?,
         };
         let start = Instant::now();
-        let (mut produced, mut sent) = (Vec::new(), 0usize);
+        let mut stream = TextStream::default();
         let mut first_token = None;
         let tok = &self.tok;
         let on_token = |id| {
             first_token.get_or_insert_with(|| start.elapsed());
-            produced.push(id);
-            // Send only whole characters: a token may end inside a multi-byte one.
-            if let Ok(text) = tok.decode(&produced) {
-                if text.len() > sent && text.is_char_boundary(sent) && !text.ends_with('\u{fffd}') {
-                    on_text(&text[sent..]);
-                    sent = text.len();
-                }
+            // Whole characters only: a token may end inside a multi-byte one.
+            if let Ok(Some(piece)) = stream.push(tok, id) {
+                on_text(&piece);
             }
             !stop.load(Ordering::Relaxed)
         };
-        match &self.model {
+        let produced = match &self.model {
             Net::Decoder(m) => generate_until(m, &ids, tok.eos_ids(), &request.options, on_token)?,
             Net::Seq2Seq(m) => generate_seq2seq(m, &ids, &request.options, on_token)?,
         };
-        let text = tok.decode(&produced)?;
-        if let Some(rest) = text.get(sent..).filter(|r| !r.is_empty()) {
-            on_text(rest);
+        let rest = stream.rest(tok)?;
+        if !rest.is_empty() {
+            on_text(&rest);
         }
+        let text = tok.decode(&produced)?;
         Ok(Generation {
             text,
             tokens: produced.len(),

@@ -15,8 +15,14 @@ use sqlx::SqlitePool;
 use crate::error::{CatalogError, Result};
 
 /// Every schema version in order; a new schema is a new file here, never an edit.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "evaluations",
+        include_str!("../migrations/0002_evaluations.sql"),
+    ),
+];
 
 /// How long a statement waits for another process's write lock before failing. Writers hold
 /// it for milliseconds (a batch of metrics), so this is only reached by a stuck process.

@@ -15,6 +15,7 @@
 mod bulk;
 mod db;
 mod error;
+mod evaluations;
 pub mod liveness;
 mod metrics;
 mod records;
@@ -28,6 +29,7 @@ use sqlx::SqlitePool;
 
 pub use db::schema_version;
 pub use error::{CatalogError, Result};
+pub use evaluations::{Evaluation, NewEvaluation};
 pub use metrics::MetricRow;
 pub use records::{AdapterRecord, NewAdapter};
 pub use runs::{NewRun, Run, RunFilter, RunStatus};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use peft_studio_catalog::series::{config_diff, merge_to, smooth, Point, SeriesOptions, XAxis};
 use peft_studio_catalog::{
-    schema_version, Catalog, MetricRow, NewAdapter, NewRun, RunFilter, RunStatus,
+    schema_version, Catalog, MetricRow, NewAdapter, NewEvaluation, NewRun, RunFilter, RunStatus,
 };
 
 fn new_run(name: &str, device: &str) -> NewRun {
@@ -54,7 +54,7 @@ fn migrates_from_empty_and_reopens() {
     // Reopening applies nothing twice and keeps the data.
     let c = open(dir.path());
     assert_eq!(c.run(id).unwrap().name, "a");
-    assert_eq!(schema_version(), 1);
+    assert_eq!(schema_version(), 2);
     // A file that is not a database is an error naming it, not a panic.
     let junk = dir.path().join("junk.sqlite");
     std::fs::write(
@@ -67,6 +67,45 @@ fn migrates_from_empty_and_reopens() {
         .expect("junk is refused")
         .to_string();
     assert!(err.contains("junk.sqlite"), "{err}");
+}
+
+#[test]
+fn evaluations_are_kept_against_their_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let (a, b) = (
+        c.add_run(&new_run("a", "cpu")).unwrap(),
+        c.add_run(&new_run("b", "cpu")).unwrap(),
+    );
+    let eval = |run_id: Option<i64>, ppl: f64| NewEvaluation {
+        run_id,
+        model: "tiny".into(),
+        adapter: run_id.map(|r| format!("/runs/{r}/adapter")),
+        task: "perplexity".into(),
+        dataset: "/data/heldout.jsonl".into(),
+        dataset_sha256: "cd".repeat(32),
+        items: 10,
+        metrics: [("perplexity".to_string(), ppl)].into(),
+    };
+    c.add_evaluation(&eval(Some(a), 3.5)).unwrap();
+    c.add_evaluation(&eval(Some(b), 2.5)).unwrap();
+    c.add_evaluation(&eval(None, 9.0)).unwrap();
+    assert_eq!(c.evaluations(&[]).unwrap().len(), 3);
+    let of_b = c.evaluations(&[b]).unwrap();
+    assert_eq!(of_b.len(), 1);
+    assert_eq!(of_b[0].metrics["perplexity"], 2.5);
+    assert_eq!(
+        of_b[0].adapter.as_deref(),
+        Some(format!("/runs/{b}/adapter").as_str())
+    );
+    // A task the schema does not know is refused by the database itself.
+    let mut bad = eval(None, 1.0);
+    bad.task = "vibes".into();
+    assert!(c.add_evaluation(&bad).is_err());
+    // Deleting a run deletes its evaluations.
+    c.finish(a, RunStatus::Cancelled, None).unwrap();
+    c.delete_run(a).unwrap();
+    assert_eq!(c.evaluations(&[]).unwrap().len(), 2);
 }
 
 #[test]

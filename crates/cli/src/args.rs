@@ -50,6 +50,9 @@ pub enum Command {
     /// Serve the base model and adapters over an OpenAI-compatible API (chat, completions,
     /// streaming; each request picks the base or an adapter by `model`).
     Serve(ServeArgs),
+    /// Evaluate a base model and adapters on a file: perplexity, generation metrics against
+    /// references, or multiple-choice accuracy (recorded in the catalog against the runs).
+    Eval(EvalArgs),
     /// Write the logits of token ids (base model, or with an adapter) to a safetensors file,
     /// for comparing with other tools.
     Logits(LogitsArgs),
@@ -81,6 +84,7 @@ impl Command {
                 | Self::Generate(_)
                 | Self::Logits(_)
                 | Self::Bench(_)
+                | Self::Eval(_)
         )
     }
 }
@@ -535,6 +539,47 @@ pub struct GenerateArgs {
     /// bench/generate).
     #[arg(long)]
     pub timing: bool,
+}
+
+/// `eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The base model (folder or library name); default: the model of the first --run.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// An adapter folder to measure (repeat for several).
+    #[arg(long = "adapter")]
+    pub adapters: Vec<PathBuf>,
+    /// A run whose final adapter to measure, by id (repeat for several); results are kept
+    /// against the run and appear in `compare`.
+    #[arg(long = "run")]
+    pub runs: Vec<i64>,
+    /// Leave out the base model alone (measured first otherwise).
+    #[arg(long)]
+    pub no_base: bool,
+    /// perplexity, generation or choice.
+    #[arg(long, default_value = "perplexity")]
+    pub task: String,
+    /// The file: a dataset (perplexity, generation) or `{"context", "choices", "gold"}` lines
+    /// (choice).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// How the dataset's records are read (auto, text, prompt-completion, alpaca, messages,
+    /// sharegpt).
+    #[arg(long, default_value = "auto")]
+    pub format: String,
+    /// New tokens per answer (generation).
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// The number format the model is held in.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// Print one JSON object per target instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write every item's figures (JSON lines with the target's label) to this file.
+    #[arg(long)]
+    pub items_out: Option<PathBuf>,
 }
 
 /// `serve`.

@@ -18,8 +18,8 @@ use peft_studio_app::{EngineError, Result};
 use toml::{Table, Value};
 
 use crate::args::{
-    AdaptersCommand, BenchArgs, Cli, Command, ExportArgs, GenerateArgs, LogitsArgs, PlanArgs,
-    ServeArgs, TrainArgs,
+    AdaptersCommand, BenchArgs, Cli, Command, EvalArgs, ExportArgs, GenerateArgs, LogitsArgs,
+    PlanArgs, ServeArgs, TrainArgs,
 };
 
 /// Runs one subcommand.
@@ -56,6 +56,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export(&catalog, a),
         Command::Generate(a) => generate_cmd(a),
         Command::Serve(a) => serve_cmd(a),
+        Command::Eval(a) => eval_cmd(&catalog, a),
         Command::Logits(a) => logits_cmd(a),
         Command::Bench(a) => bench_cmd(&a),
         Command::Demo(a) => {
@@ -240,6 +241,90 @@ fn adapters(catalog: &Path, c: AdaptersCommand) -> Result<()> {
             }
             println!("imported adapter {} at {}", done.id, done.path.display());
         }
+    }
+    Ok(())
+}
+
+fn eval_cmd(catalog: &Path, a: EvalArgs) -> Result<()> {
+    use peft_studio_app::eval::{evaluate, EvalRequest, Target};
+    use std::io::Write;
+    let catalog = crate::runs::open(catalog)?;
+    let task = a
+        .task
+        .parse()
+        .map_err(|e: String| EngineError::config("task", e))?;
+    let format: peft_studio_app::eval::Format = a.format.parse()?;
+    let mut targets = Vec::new();
+    if !a.no_base {
+        targets.push(Target::Base);
+    }
+    targets.extend(a.adapters.into_iter().map(Target::Adapter));
+    targets.extend(a.runs.into_iter().map(Target::Run));
+    if targets.is_empty() {
+        return Err(EngineError::config(
+            "eval",
+            "nothing to measure: drop --no-base or add --adapter/--run",
+        )
+        .into());
+    }
+    let request = EvalRequest {
+        model: a.model,
+        targets,
+        task,
+        data: a.data,
+        format,
+        max_new_tokens: a.max_new_tokens,
+        precision: a.precision,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>24} {bar:32} {pos}/{len} items  eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let results = evaluate(&catalog, &request, &mut |label, done, total| {
+        if bar.length() != Some(total as u64) || bar.message() != label {
+            bar.set_length(total as u64);
+            bar.set_message(label.to_string());
+            bar.reset_eta();
+        }
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let results = results?;
+    if let Some(path) = &a.items_out {
+        let mut lines = String::new();
+        for r in &results {
+            for item in &r.report.per_item {
+                lines.push_str(&serde_json::json!({"label": r.label, "item": item}).to_string());
+                lines.push('\n');
+            }
+        }
+        std::fs::write(path, lines).map_err(|e| EngineError::bad_file(path, e.to_string()))?;
+    }
+    let mut stdout = std::io::stdout();
+    if a.json {
+        for r in &results {
+            let line = serde_json::json!({"label": r.label, "evaluation": r.record});
+            let _ = writeln!(stdout, "{line}");
+        }
+        return Ok(());
+    }
+    let names: Vec<&String> = results
+        .first()
+        .map(|r| r.record.metrics.keys().collect())
+        .unwrap_or_default();
+    let _ = write!(stdout, "{:<24}", "target");
+    for n in &names {
+        let _ = write!(stdout, " {n:>14}");
+    }
+    let _ = writeln!(stdout, "  items  (catalog id)");
+    for r in &results {
+        let _ = write!(stdout, "{:<24}", r.label);
+        for n in &names {
+            let v = r.record.metrics.get(*n).copied().unwrap_or(f64::NAN);
+            let _ = write!(stdout, " {v:>14.6}");
+        }
+        let _ = writeln!(stdout, "  {:>5}  ({})", r.record.items, r.record.id);
     }
     Ok(())
 }

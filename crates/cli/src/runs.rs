@@ -351,11 +351,14 @@ pub fn compare(catalog_path: &Path, a: &CompareArgs) -> Result<()> {
         runs,
         series,
         config_diff: diff,
+        evaluations,
     } = compare_runs(&catalog, runs, &opts)?;
     if a.json {
         println!(
             "{}",
-            json_line(&serde_json::json!({"series": series, "config_diff": diff}))?
+            json_line(
+                &serde_json::json!({"series": series, "config_diff": diff, "evaluations": evaluations})
+            )?
         );
     } else {
         println!(
@@ -384,6 +387,24 @@ pub fn compare(catalog_path: &Path, a: &CompareArgs) -> Result<()> {
                     .map(|v| v.as_ref().map_or("-".into(), |v| v.to_string()))
                     .collect();
                 println!("  {field}: {}", vals.join(" | "));
+            }
+        }
+        if !evaluations.is_empty() {
+            println!("\nevaluations (`eval`):");
+            for e in &evaluations {
+                let figures: Vec<String> = e
+                    .metrics
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "tokens")
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect();
+                println!(
+                    "  run {:>3}  {:<10} {}  on {}",
+                    e.run_id.unwrap_or(0),
+                    e.task,
+                    figures.join("  "),
+                    e.dataset
+                );
             }
         }
     }

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod export;
 pub mod fixtures;
 pub mod fsutil;

@@ -141,6 +141,16 @@ impl TextTokenizer {
             .map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 
+    /// The token that stands for an empty context (lm-evaluation-harness's prefix token): the
+    /// tokenizer's BOS when it names one, else its EOS.
+    pub fn prefix_id(&self) -> Option<u32> {
+        [&self.bos_token, &self.eos_token]
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .find_map(|t| self.inner.token_to_id(t))
+            .or(self.eos_ids.first().copied())
+    }
+
     /// A hash of the tokenizer files and chat template: equal fingerprints tokenize alike.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint

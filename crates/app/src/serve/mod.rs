@@ -24,7 +24,6 @@ use peft_studio_engine::tokenizer::TextTokenizer;
 use serde::Serialize;
 
 pub use openai::ModelCard;
-pub use text::TextStream;
 
 use crate::error::{AppError, Result};
 use crate::models::resolve_model;

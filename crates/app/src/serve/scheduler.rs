@@ -16,8 +16,9 @@ use peft_studio_engine::tokenizer::TextTokenizer;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use super::openai::{ApiError, Finish};
-use super::text::{Stops, TextStream};
+use super::text::Stops;
 use super::Registry;
+use crate::text::TextStream;
 
 /// What the model thread is asked.
 pub enum Command {
