@@ -31,6 +31,10 @@ const COMMANDS: &[&str] = &[
     "import_adapter",
     "reveal_adapter",
     "save_compare_chart",
+    "serve_start",
+    "serve_stop",
+    "serve_status",
+    "eval_run",
 ];
 
 fn main() {

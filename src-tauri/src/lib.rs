@@ -25,6 +25,7 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
         })
         .manage(commands::playground::Shared::default())
         .manage(commands::runs::Follows::default())
+        .manage(commands::serve::Served::default())
         .invoke_handler(tauri::generate_handler![
             commands::about::app_info,
             commands::dialogs::choose_path,
@@ -54,7 +55,11 @@ pub fn builder_for<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Buil
             commands::adapters::delete_adapter,
             commands::adapters::import_adapter,
             commands::adapters::reveal_adapter,
-            commands::runs::save_compare_chart
+            commands::runs::save_compare_chart,
+            commands::serve::serve_start,
+            commands::serve::serve_stop,
+            commands::serve::serve_status,
+            commands::eval::eval_run
         ])
 }
 

@@ -5,10 +5,12 @@ pub mod adapters;
 pub mod datasets;
 pub mod demo;
 pub mod dialogs;
+pub mod eval;
 pub mod methods;
 pub mod models;
 pub mod playground;
 pub mod runs;
+pub mod serve;
 
 use peft_studio_app::catalog::Catalog;
 

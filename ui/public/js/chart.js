@@ -98,3 +98,34 @@ export function renderChart(series, { width = 720, height = 300, logY = false, x
   }
   return svg;
 }
+
+// Horizontal bars, one per target: `bars` is [{label, value}]; pure geometry (tested).
+export function barLayout(bars, { width = 720, rowHeight = 28, pad = { l: 180, r: 80, t: 8, b: 8 } } = {}) {
+  const max = Math.max(0, ...bars.map((b) => (Number.isFinite(b.value) ? b.value : 0)));
+  const span = width - pad.l - pad.r;
+  return {
+    height: pad.t + pad.b + rowHeight * bars.length,
+    rows: bars.map((b, i) => ({
+      label: b.label,
+      value: b.value,
+      y: pad.t + i * rowHeight,
+      x: pad.l,
+      w: max > 0 && Number.isFinite(b.value) ? Math.max(1, (b.value / max) * span) : 0,
+      h: rowHeight - 8,
+    })),
+  };
+}
+
+// An SVG bar chart of `bars` ([{label, value}]), `title` naming the measure.
+export function renderBars(bars, { width = 720, title = "" } = {}) {
+  const L = barLayout(bars, { width });
+  const svg = el("svg", { viewBox: `0 0 ${width} ${L.height}`, class: "chart bars", role: "img", "aria-label": `${title}: ${bars.map((b) => `${b.label} ${b.value}`).join(", ")}` });
+  L.rows.forEach((r, i) => {
+    const g = el("g", { class: "bar", "data-label": r.label });
+    g.append(el("text", { x: r.x - 8, y: r.y + r.h / 2 + 4, "text-anchor": "end" }, r.label));
+    g.append(el("rect", { x: r.x, y: r.y, width: r.w, height: r.h, fill: COLORS[i % COLORS.length] }));
+    g.append(el("text", { x: r.x + r.w + 6, y: r.y + r.h / 2 + 4 }, Number.isFinite(r.value) ? label(r.value) : "–"));
+    svg.append(g);
+  });
+  return svg;
+}

@@ -10,6 +10,8 @@ import { datasets } from "./views/datasets.js";
 import { playground } from "./views/playground.js";
 import { adaptersView } from "./views/adapters.js";
 import { modelsView } from "./views/models.js";
+import { serveView } from "./views/serve.js";
+import { evaluateView } from "./views/evaluate.js";
 
 const main = document.getElementById("main");
 let generation = 0;
@@ -41,6 +43,8 @@ async function route() {
     else if (path === "/playground") await playground(root);
     else if (path === "/adapters") await adaptersView(root);
     else if (path === "/models") await modelsView(root);
+    else if (path === "/serve") await serveView(root, onLeave);
+    else if (path === "/evaluate") await evaluateView(root);
     else await home(root);
   } catch (e) {
     root.append(errorBox(describeError(e)));

@@ -11,6 +11,7 @@ export async function compareView(root, params) {
   const chart = h("div", { class: "chart-box", id: "compare-chart" });
   const legend = h("div", { class: "legend", id: "compare-legend" });
   const diff = h("div", { id: "config-diff" });
+  const evals = h("div", { id: "compare-evaluations" });
   const errorArea = h("div", {});
   const xSel = h("select", { id: "compare-x", onchange: (e) => { opts.x = e.target.value; load(); } },
     ["step", "epoch", "tokens", "time"].map((x) => h("option", { value: x }, x)));
@@ -30,7 +31,7 @@ export async function compareView(root, params) {
   } }, dest, browseButton(dest, { save: true, filters: [{ name: "Chart", extensions: ["png", "svg"] }] }), h("button", { type: "submit", id: "compare-save" }, "Save chart"), saved);
   root.append(h("h1", {}, "Compare runs"),
     h("div", { class: "toolbar" }, h("label", {}, "x axis ", xSel), h("label", {}, "smoothing ", smooth), h("label", {}, logY, " log scale")),
-    errorArea, chart, legend, save, h("h2", {}, "Config fields that differ"), diff);
+    errorArea, chart, legend, save, h("h2", {}, "Config fields that differ"), diff, evals);
   let data = null;
 
   function seriesList() {
@@ -60,6 +61,11 @@ export async function compareView(root, params) {
         h("tbody", {}, entries.map(([k, vals]) => h("tr", {}, h("td", {}, k), vals.map((v) => h("td", {}, v === null ? "–" : JSON.stringify(v))))),
           h("tr", { class: "final" }, h("td", {}, "final loss"), data.runs.map((r) => h("td", {}, formatLoss(r.last_loss))))))
         : h("p", {}, "The configs are identical."));
+      evals.replaceChildren(...(data.evaluations.length ? [h("h2", {}, "Evaluations"), h("table", { class: "diff", id: "compare-evals" },
+        h("thead", {}, h("tr", {}, ["run", "task", "metrics", "items", "file"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, data.evaluations.map((e) => h("tr", {}, h("td", {}, String(e.run_id)), h("td", {}, e.task),
+          h("td", {}, Object.entries(e.metrics).filter(([k]) => k !== "tokens").map(([k, v]) => `${k} ${Number(v).toPrecision(4)}`).join("  ")),
+          h("td", {}, String(e.items)), h("td", {}, e.dataset.split("/").pop())))))] : []));
     } catch (e) {
       errorArea.replaceChildren(errorBox(describeError(e)));
     }
