@@ -37,5 +37,5 @@ done
 shots=$root/target/e2e-screenshots
 rm -rf "$shots"
 cd ui
-APP=$app WEBDRIVER=http://127.0.0.1:$port SHOTS=$shots BROKEN=$work/broken.jsonl EXPORTS=$work/exports MODEL_DIR=$work/demo/model OUTSIDE_DATASET=$outside/picked.jsonl \
+APP=$app WEBDRIVER=http://127.0.0.1:$port SHOTS=$shots BROKEN=$work/broken.jsonl EXPORTS=$work/exports MODEL_DIR=$work/demo/model OUTSIDE_DATASET=$outside/picked.jsonl DATASET=$work/demo/dataset.jsonl \
   node e2e/run.mjs

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { execFileSync } from "node:child_process";
 import { Session, sleep } from "./webdriver.mjs";
 
-const { APP, WEBDRIVER = "http://127.0.0.1:4444", SHOTS = "screenshots", BROKEN, EXPORTS, MODEL_DIR, OUTSIDE_DATASET } = process.env;
+const { APP, WEBDRIVER = "http://127.0.0.1:4444", SHOTS = "screenshots", BROKEN, EXPORTS, MODEL_DIR, OUTSIDE_DATASET, DATASET } = process.env;
 mkdirSync(SHOTS, { recursive: true });
 const results = [];
 
@@ -193,6 +193,41 @@ try {
     await (await s.find("#import-adapter")).click();
     await s.waitFor(async () => (await s.findAll("#adapters-table tbody tr")).length === before + 1, 20000, "the imported adapter listed");
     await shot("adapters");
+  });
+
+  await step("(f) evaluate the base and two adapters: a table and a bar chart", async () => {
+    await go("#/evaluate");
+    await (await s.find("#eval-data")).type(DATASET);
+    await (await s.find("#eval-run")).click();
+    await s.waitFor(async () => (await s.findAll("#eval-table tbody tr")).length >= 3, 180000, "three evaluated targets");
+    const bars = (await s.findAll("#eval-chart g.bar")).length;
+    if (bars < 3) throw new Error(`${bars} bars for three targets`);
+    const text = await (await s.find("#eval-table")).text();
+    if (!/perplexity/.test(text)) throw new Error(`no perplexity column: ${text.slice(0, 80)}`);
+    await shot("evaluate");
+  });
+
+  await step("(g) serve the base and an adapter; an HTTP client gets an answer from the adapter", async () => {
+    await go("#/serve");
+    await (await s.find("#serve-port")).type("0");
+    await (await s.find(".serve-pick")).click();
+    const name = await s.exec("return document.querySelector('.serve-name').value");
+    await (await s.find("#serve-start")).click();
+    const url = await s.waitFor(async () => s.exec("return document.querySelector('#serve-url')?.textContent || ''"), 60000, "the server's address");
+    const models = await (await fetch(`${url}/models`)).json();
+    const ids = models.data.map((m) => m.id);
+    if (!ids.includes(name)) throw new Error(`${name} not served: ${ids}`);
+    const answer = await fetch(`${url}/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: name, messages: [{ role: "user", content: "hello" }], max_tokens: 8, temperature: 0 }),
+    });
+    const body = await answer.json();
+    if (answer.status !== 200 || !body.choices?.[0]?.message) throw new Error(`answer ${answer.status}: ${JSON.stringify(body).slice(0, 200)}`);
+    await s.waitFor(async () => (await s.findAll("#serve-log tr")).length >= 1, 10000, "the request in the log");
+    await shot("serve");
+    await (await s.find("#serve-stop")).click();
+    await s.waitFor(async () => !(await s.exec("return document.querySelector('#serve-url')?.textContent || ''")), 20000, "the server to stop");
   });
 
   await step("a typed path the user never chose is refused; picked in the native dialog, it is read", async () => {

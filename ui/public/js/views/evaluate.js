@@ -70,7 +70,7 @@ export async function evaluateView(root) {
     runBtn.disabled = false;
   }
 
-  root.append(h("h1", {}, "Evaluate"),
+  root.append(...[h("h1", {}, "Evaluate"),
     models.length ? null : errorBox("No models are installed yet."),
     h("form", { onsubmit: run, id: "eval-form" },
       h("div", { class: "row" }, h("label", {}, "Base model ", model), h("label", {}, base, " the base alone")),
@@ -80,5 +80,5 @@ export async function evaluateView(root) {
       h("div", { class: "row" }, h("label", {}, "Task ", task), h("label", {}, "records ", format), h("label", {}, "max new tokens ", maxNew)),
       h("div", { class: "row" }, h("label", {}, "File ", data), browseButton(data, { filters: [{ name: "Data", extensions: ["jsonl", "json", "csv", "tsv", "txt"] }] })),
       h("div", { class: "actions" }, runBtn, progress, progressText)),
-    errorArea, results);
+    errorArea, results].filter(Boolean));
 }

@@ -8,9 +8,13 @@ export async function serveView(root, onLeave) {
   const [models, adapters, first] = await Promise.all([invoke("list_models"), invoke("list_adapters"), invoke("serve_status")]);
   const usable = adapters.filter((a) => a.present);
   const model = h("select", { id: "serve-model" }, models.map((m) => h("option", { value: m.name }, m.name)));
+  // Default names: the run's, or the adapter's id where a run has several adapters.
+  const taken = new Set();
   const picks = usable.map((a) => {
     const box = h("input", { type: "checkbox", "data-id": a.id, class: "serve-pick" });
-    const name = h("input", { type: "text", class: "serve-name", value: a.run_id ? `run-${a.run_id}` : `adapter-${a.id}`, "aria-label": "name requests use" });
+    const wanted = a.run_id && !taken.has(`run-${a.run_id}`) ? `run-${a.run_id}` : `adapter-${a.id}`;
+    taken.add(wanted);
+    const name = h("input", { type: "text", class: "serve-name", value: wanted, "aria-label": "name requests use" });
     return { a, box, name, row: h("label", { class: "row" }, box, ` ${a.method} · ${a.path.split("/").slice(-2).join("/")} as `, name) };
   });
   const port = h("input", { type: "number", id: "serve-port", value: 8000, min: 0, max: 65535 });
@@ -72,7 +76,7 @@ export async function serveView(root, onLeave) {
   }, 1000);
   onLeave(() => clearInterval(timer));
 
-  root.append(h("h1", {}, "Serve"),
+  root.append(...[h("h1", {}, "Serve"),
     models.length ? null : errorBox("No models are installed yet."),
     h("form", { onsubmit: start, id: "serve-form" },
       h("div", { class: "row" }, h("label", {}, "Base model ", model), h("label", {}, "port ", port), h("label", {}, "API key ", key), h("label", {}, "precision ", precision)),
@@ -81,6 +85,6 @@ export async function serveView(root, onLeave) {
       h("div", { class: "actions" }, startBtn, stopBtn)),
     errorArea, state,
     h("h2", {}, "Requests"),
-    h("table", { class: "log" }, h("thead", {}, h("tr", {}, ["time", "status", "endpoint", "model", "prompt", "new", "took"].map((t) => h("th", {}, t)))), log));
+    h("table", { class: "log" }, h("thead", {}, h("tr", {}, ["time", "status", "endpoint", "model", "prompt", "new", "took"].map((t) => h("th", {}, t)))), log)].filter(Boolean));
   show(first);
 }
