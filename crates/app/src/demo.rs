@@ -118,6 +118,7 @@ pub fn write_demo(out: &Path, model: Option<&Path>) -> Result<String> {
         method,
         train,
         data: Default::default(),
+        eval: Default::default(),
     };
     write_atomic(&out.join("run.toml"), cfg.to_toml()?.as_bytes())?;
     Ok(format!(

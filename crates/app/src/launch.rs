@@ -285,6 +285,7 @@ impl RunRequest {
                 format: self.format.unwrap_or_default(),
                 ..DataConfig::default()
             },
+            eval: Default::default(),
         })
     }
 }

@@ -69,10 +69,11 @@ pub fn method_with_overrides(method: &MethodConfig, fields: &Table) -> Result<Me
 pub fn with_overrides(cfg: &RunConfig, overrides: &Table) -> Result<RunConfig> {
     let mut merged = Table::try_from(cfg).map_err(invalid)?;
     for (name, fields) in overrides {
-        let (Some(fields), Some(target)) = (
-            fields.as_table(),
-            merged.get_mut(name).and_then(toml::Value::as_table_mut),
-        ) else {
+        // A table the config leaves out when unused (`[eval]`) starts empty.
+        let target = merged
+            .entry(name.clone())
+            .or_insert_with(|| toml::Value::Table(Table::new()));
+        let (Some(fields), Some(target)) = (fields.as_table(), target.as_table_mut()) else {
             return Err(invalid(format!("`{name}` is not a table of settings")));
         };
         match name.as_str() {

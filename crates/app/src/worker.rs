@@ -240,6 +240,13 @@ fn record(
                         }
                     }
                     TrainEvent::Checkpoint { .. } => checkpoints_changed = true,
+                    TrainEvent::Evaluated { .. } => {
+                        if let Err(e) = record_evaluation(&catalog, run_id, &event, checkpoints) {
+                            eprintln!(
+                                "warning: could not record the evaluation of run {run_id}: {e}"
+                            );
+                        }
+                    }
                     _ => {}
                 }
                 pending.extend(metric_of(&event, wall_offset));
@@ -275,6 +282,38 @@ fn record(
             return last_error.map_or(Ok(()), Err);
         }
     }
+}
+
+/// Keeps the `[eval]` result against the run, with the adapter it measured (the run's
+/// `adapter/`, beside `checkpoints/`).
+fn record_evaluation(
+    catalog: &Catalog,
+    run_id: i64,
+    event: &TrainEvent,
+    checkpoints: &Path,
+) -> Result<()> {
+    let TrainEvent::Evaluated {
+        task,
+        dataset,
+        items,
+        metrics,
+    } = event
+    else {
+        return Ok(());
+    };
+    let run = catalog.run(run_id)?;
+    let adapter = checkpoints.parent().map(|out| out.join("adapter"));
+    catalog.add_evaluation(&peft_studio_catalog::NewEvaluation {
+        run_id: Some(run_id),
+        model: run.model_path.unwrap_or_default(),
+        adapter: adapter.map(|a| a.display().to_string()),
+        task: task.clone(),
+        dataset: dataset.clone(),
+        dataset_sha256: peft_studio_engine::hash::sha256_file(Path::new(dataset))?.0,
+        items: *items,
+        metrics: metrics.clone(),
+    })?;
+    Ok(())
 }
 
 fn flush(

@@ -282,6 +282,7 @@ fn trained_tiny_lora(dir: &std::path::Path) -> (std::path::PathBuf, std::path::P
             ..Default::default()
         },
         data: Default::default(),
+        eval: Default::default(),
     };
     let mut sink = peft_studio_engine::train::Recorder::default();
     peft_studio_engine::run::train(&cfg, false, &mut sink, &Default::default()).unwrap();

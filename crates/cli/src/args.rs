@@ -337,6 +337,13 @@ pub struct TrainArgs {
     /// Train on the remaining records when some cannot be used (they are still listed).
     #[arg(long)]
     pub skip_bad_records: bool,
+    /// Measure the trained adapter at the end (`[eval]`): perplexity, generation or choice;
+    /// the result is kept against the run and shown by `compare`.
+    #[arg(long)]
+    pub eval_task: Option<String>,
+    /// The held-out file `--eval-task` reads.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
     /// Output style.
     #[command(flatten)]
     pub output: OutputArgs,

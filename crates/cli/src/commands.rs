@@ -146,6 +146,7 @@ fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
                 method: MethodConfig::default(),
                 train: Default::default(),
                 data: Default::default(),
+                eval: Default::default(),
             }
         }
     };
@@ -169,10 +170,19 @@ fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
     if a.skip_bad_records {
         data.insert("on_bad_records".into(), "skip".into());
     }
+    let mut eval = Table::new();
+    if let Some(t) = &a.eval_task {
+        eval.insert("task".into(), t.clone().into());
+    }
+    if let Some(d) = &a.eval_data {
+        let d = std::path::absolute(d).unwrap_or_else(|_| d.clone());
+        eval.insert("data".into(), d.display().to_string().into());
+    }
     let overrides = Table::from_iter([
         ("method".to_string(), Value::Table(a.method.0.clone())),
         ("train".to_string(), Value::Table(a.train.0.clone())),
         ("data".to_string(), Value::Table(data)),
+        ("eval".to_string(), Value::Table(eval)),
     ]);
     let mut cfg = with_overrides(&cfg, &overrides)?;
     let reserved = cfg.out.as_os_str().is_empty();

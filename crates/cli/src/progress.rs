@@ -58,6 +58,19 @@ impl TrainSink for Bar {
             TrainEvent::Checkpoint { step, path } => {
                 self.println(&format!("step {step}: checkpoint {path}"))
             }
+            TrainEvent::Evaluated {
+                task,
+                dataset,
+                metrics,
+                ..
+            } => {
+                let figures: Vec<String> = metrics
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "tokens")
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect();
+                self.println(&format!("{task} on {dataset}: {}", figures.join(", ")))
+            }
             TrainEvent::Finished {
                 steps,
                 final_loss,

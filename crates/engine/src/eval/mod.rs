@@ -71,6 +71,51 @@ pub struct Report {
     pub per_item: Vec<serde_json::Value>,
 }
 
+/// `[eval]` of a run config: the trained adapter measured at the end of training, the result
+/// recorded against the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// perplexity, generation or choice; none: no evaluation.
+    pub task: Option<Task>,
+    /// The held-out file (a dataset, or multiple-choice items).
+    pub data: Option<std::path::PathBuf>,
+    /// New tokens per answer (generation).
+    pub max_new_tokens: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            task: None,
+            data: None,
+            max_new_tokens: 64,
+        }
+    }
+}
+
+impl EvalConfig {
+    /// Whether no evaluation is asked for (the table is then left out of `run.toml`).
+    pub fn is_off(&self) -> bool {
+        self.task.is_none()
+    }
+
+    /// The task and its file, checked: a task needs a file that exists.
+    pub fn checked(&self) -> Result<Option<(Task, &Path)>> {
+        match (self.task, &self.data) {
+            (None, _) => Ok(None),
+            (Some(_), None) => Err(EngineError::config(
+                "eval.data",
+                "an [eval] task needs a file",
+            )),
+            (Some(_), Some(d)) if !d.is_file() => {
+                Err(EngineError::bad_file(d, "[eval] data: no such file"))
+            }
+            (Some(t), Some(d)) => Ok(Some((t, d.as_path()))),
+        }
+    }
+}
+
 /// Settings of an evaluation.
 #[derive(Debug, Clone)]
 pub struct Settings {

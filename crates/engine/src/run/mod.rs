@@ -153,6 +153,12 @@ fn read_datasets(
 /// (tokenized once; the worker then finds them in the token cache).
 pub fn preflight(cfg: &RunConfig) -> Result<()> {
     cfg.train.validate()?;
+    if cfg.eval.checked()?.is_some() && is_t5(&cfg.model) {
+        return Err(EngineError::config(
+            "eval.task",
+            "an evaluation at the end measures decoder-only models; T5 is not evaluated yet",
+        ));
+    }
     let (tok, data) = if is_t5(&cfg.model) {
         no_quantization(cfg.train.quantize)?;
         let summary = crate::library::weights::check_t5_folder(&cfg.model)?;
@@ -198,7 +204,8 @@ pub fn train(
     }
     write_atomic(&run_toml, cfg.to_toml()?.as_bytes())?;
     // The model must outlive its trainer: both kinds are held here, one of them used.
-    let (decoder, seq2seq);
+    let (decoder, seq2seq): (LlamaModel, _);
+    let mut decoder_model = None;
     let (objective, trainables, train, val, reports): (&dyn Objective, _, _, _, _) =
         if is_t5(&cfg.model) {
             let p = prepare_t5(cfg)?;
@@ -207,6 +214,7 @@ pub fn train(
         } else {
             let p = prepare(cfg)?;
             decoder = p.model;
+            decoder_model = Some(&decoder);
             (&decoder, p.trainables, p.train, p.val, p.reports)
         };
     let mut trainer = Trainer::new(objective, trainables, cfg.train.clone(), train, val)?;
@@ -231,5 +239,19 @@ pub fn train(
         return Err(EngineError::Cancelled);
     }
     export_params(cfg, &trainer.params(), None, &cfg.adapter_dir())?;
+    if let (Some((task, data)), Some(model)) = (cfg.eval.checked()?, decoder_model) {
+        let tok = TextTokenizer::load(&cfg.model, &model.config().eos_token_ids)?;
+        let settings = crate::eval::Settings {
+            data: cfg.data.clone(),
+            max_new_tokens: cfg.eval.max_new_tokens,
+        };
+        let report = crate::eval::evaluate(model, &tok, task, data, &settings, &mut |_, _| {})?;
+        fan.event(&TrainEvent::Evaluated {
+            task: task.name().into(),
+            dataset: data.display().to_string(),
+            items: report.items,
+            metrics: report.metrics,
+        });
+    }
     Ok(cfg.adapter_dir())
 }

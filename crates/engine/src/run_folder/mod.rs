@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::DataConfig;
 use crate::error::{EngineError, Result};
+use crate::eval::EvalConfig;
 use crate::peft::MethodConfig;
 use crate::train::TrainConfig;
 
@@ -39,6 +40,9 @@ pub struct RunConfig {
     /// Record format, masking, bad-record policy, validation file, truncation side.
     #[serde(default)]
     pub data: DataConfig,
+    /// An evaluation of the trained adapter at the end (none by default).
+    #[serde(default, skip_serializing_if = "EvalConfig::is_off")]
+    pub eval: EvalConfig,
 }
 
 impl RunConfig {
@@ -50,9 +54,11 @@ impl RunConfig {
         // Relative paths in a config file are relative to the file.
         let base = path.parent().unwrap_or(Path::new("."));
         let val = cfg.data.val_dataset.as_mut();
+        let eval = cfg.eval.data.as_mut();
         for p in [&mut cfg.model, &mut cfg.dataset, &mut cfg.out]
             .into_iter()
             .chain(val)
+            .chain(eval)
         {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -71,6 +71,17 @@ pub enum TrainEvent {
         /// Where.
         path: String,
     },
+    /// The trained adapter measured as `[eval]` asks (after its export).
+    Evaluated {
+        /// perplexity, generation or choice.
+        task: String,
+        /// The file.
+        dataset: String,
+        /// Items evaluated.
+        items: usize,
+        /// Metric name → value.
+        metrics: std::collections::BTreeMap<String, f64>,
+    },
     /// The run ended; `cancelled` when stopped on request.
     Finished {
         /// Steps completed.

@@ -54,6 +54,7 @@ pub fn run_config(
         method,
         train,
         data: Default::default(),
+        eval: Default::default(),
     }
 }
 
