@@ -243,6 +243,12 @@ impl<'m> Decoder<'m> {
     /// Takes each sequence's new tokens and returns each one's logits [vocab] at its last
     /// new position (soft-capped where the model caps them).
     pub fn step(&self, batch: &mut [(&mut Sequence, &[u32])]) -> Result<Vec<Vec<f32>>> {
+        // Inside the thread pool: a step forks and joins some ten times per layer, which from
+        // a thread outside the pool each cost a hand-over and a wake-up.
+        rayon::scope(|_| self.step_in_pool(batch))
+    }
+
+    fn step_in_pool(&self, batch: &mut [(&mut Sequence, &[u32])]) -> Result<Vec<Vec<f32>>> {
         for (s, tokens) in batch.iter() {
             if tokens.is_empty() {
                 return Err(EngineError::config("prompt", "is empty"));
