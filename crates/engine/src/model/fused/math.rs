@@ -228,17 +228,25 @@ unsafe fn dots_avx2<T: Copy>(
     unsafe {
         let n = b.len();
         let whole = n / 16 * 16;
-        let mut acc = [[_mm256_setzero_ps(); 2]; DOT_GROUP];
+        let [x0, x1, x2, x3] = xs.map(<[f32]>::as_ptr);
+        // Eight named accumulators (two per row) stay in registers; an array of them did not.
+        let z = _mm256_setzero_ps();
+        let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) =
+            (z, z, z, z, z, z, z, z);
         let mut c = 0;
         while c < whole {
             let (w0, w1) = (load(b.as_ptr().add(c)), load(b.as_ptr().add(c + 8)));
-            for (acc, x) in acc.iter_mut().zip(&xs) {
-                let x = x.as_ptr().add(c);
-                acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(x), w0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(8)), w1, acc[1]);
-            }
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0.add(c)), w0, a0);
+            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0.add(c + 8)), w1, b0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x1.add(c)), w0, a1);
+            b1 = _mm256_fmadd_ps(_mm256_loadu_ps(x1.add(c + 8)), w1, b1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x2.add(c)), w0, a2);
+            b2 = _mm256_fmadd_ps(_mm256_loadu_ps(x2.add(c + 8)), w1, b2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x3.add(c)), w0, a3);
+            b3 = _mm256_fmadd_ps(_mm256_loadu_ps(x3.add(c + 8)), w1, b3);
             c += 16;
         }
+        let acc = [[a0, b0], [a1, b1], [a2, b2], [a3, b3]];
         std::array::from_fn(|r| {
             let mut lanes = [0.0f32; 16];
             _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][0]);
