@@ -305,6 +305,133 @@ pub fn dots_bf16(xs: [&[f32]; DOT_GROUP], b: &[half::bf16]) -> [f32; DOT_GROUP] 
     dots_with(xs, b, widen_bf16, false)
 }
 
+/// Weight rows [`dots_pair`] takes together (with [`DOT_GROUP`] rows of activations).
+pub const DOT_PAIR: usize = 2;
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512vl() -> bool {
+    static VL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VL.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && has_fma()
+    })
+}
+
+/// `dot(xs[r], ws[k])` for two weight rows against four activation rows with AVX2's
+/// operations on AVX-512's 32 registers: sixteen accumulators (two per product, `dot_with`'s
+/// sixteen sums lane for lane, so every result is bitwise its own `dot`), each weight load
+/// serving four products and each activation load two.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+unsafe fn pair_vl<T: Copy>(
+    xs: [&[f32]; DOT_GROUP],
+    ws: [&[T]; DOT_PAIR],
+    load: impl Fn(*const T) -> std::arch::x86_64::__m256,
+    widen: impl Fn(T) -> f32,
+) -> [[f32; DOT_GROUP]; DOT_PAIR] {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller enabled these features and gives rows all as long as the weight
+    // rows: every load and store below stays inside its slice.
+    unsafe {
+        let n = ws[0].len();
+        let whole = n / 16 * 16;
+        let [x0, x1, x2, x3] = xs.map(<[f32]>::as_ptr);
+        let [p, q] = ws.map(<[T]>::as_ptr);
+        let z = _mm256_setzero_ps();
+        let (mut a0, mut b0, mut a1, mut b1, mut a2, mut b2, mut a3, mut b3) =
+            (z, z, z, z, z, z, z, z);
+        let (mut c0, mut d0, mut c1, mut d1, mut c2, mut d2, mut c3, mut d3) =
+            (z, z, z, z, z, z, z, z);
+        let mut i = 0;
+        while i < whole {
+            let (p0, p1, q0, q1) = (
+                load(p.add(i)),
+                load(p.add(i + 8)),
+                load(q.add(i)),
+                load(q.add(i + 8)),
+            );
+            let (u, v) = (_mm256_loadu_ps(x0.add(i)), _mm256_loadu_ps(x0.add(i + 8)));
+            a0 = _mm256_fmadd_ps(u, p0, a0);
+            b0 = _mm256_fmadd_ps(v, p1, b0);
+            c0 = _mm256_fmadd_ps(u, q0, c0);
+            d0 = _mm256_fmadd_ps(v, q1, d0);
+            let (u, v) = (_mm256_loadu_ps(x1.add(i)), _mm256_loadu_ps(x1.add(i + 8)));
+            a1 = _mm256_fmadd_ps(u, p0, a1);
+            b1 = _mm256_fmadd_ps(v, p1, b1);
+            c1 = _mm256_fmadd_ps(u, q0, c1);
+            d1 = _mm256_fmadd_ps(v, q1, d1);
+            let (u, v) = (_mm256_loadu_ps(x2.add(i)), _mm256_loadu_ps(x2.add(i + 8)));
+            a2 = _mm256_fmadd_ps(u, p0, a2);
+            b2 = _mm256_fmadd_ps(v, p1, b2);
+            c2 = _mm256_fmadd_ps(u, q0, c2);
+            d2 = _mm256_fmadd_ps(v, q1, d2);
+            let (u, v) = (_mm256_loadu_ps(x3.add(i)), _mm256_loadu_ps(x3.add(i + 8)));
+            a3 = _mm256_fmadd_ps(u, p0, a3);
+            b3 = _mm256_fmadd_ps(v, p1, b3);
+            c3 = _mm256_fmadd_ps(u, q0, c3);
+            d3 = _mm256_fmadd_ps(v, q1, d3);
+            i += 16;
+        }
+        let acc = [
+            [[a0, b0], [a1, b1], [a2, b2], [a3, b3]],
+            [[c0, d0], [c1, d1], [c2, d2], [c3, d3]],
+        ];
+        std::array::from_fn(|k| {
+            std::array::from_fn(|r| {
+                let mut lanes = [0.0f32; 16];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[k][r][0]);
+                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[k][r][1]);
+                let tail: f32 = xs[r][whole..n]
+                    .iter()
+                    .zip(&ws[k][whole..])
+                    .map(|(x, y)| x * widen(*y))
+                    .sum();
+                lanes.iter().sum::<f32>() + tail
+            })
+        })
+    }
+}
+
+/// [`dot`] of each of two weight rows with each of [`DOT_GROUP`] activation rows
+/// (`[weight row][activation row]`), each bitwise its own [`dot`]; `None` where the CPU lacks
+/// AVX-512VL (the caller takes [`dots`] per weight row).
+pub fn dots_pair(
+    xs: [&[f32]; DOT_GROUP],
+    ws: [&[f32]; DOT_PAIR],
+) -> Option<[[f32; DOT_GROUP]; DOT_PAIR]> {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512vl() && xs.iter().chain(&ws).all(|r| r.len() == ws[0].len()) {
+        // SAFETY: the CPU has the features (checked above); every row has the same length.
+        return Some(unsafe { pair_vl(xs, ws, |p| std::arch::x86_64::_mm256_loadu_ps(p), |v| v) });
+    }
+    None
+}
+
+/// [`dots_pair`] with bf16 weight rows, each bitwise its own [`dot_bf16`].
+pub fn dots_pair_bf16(
+    xs: [&[f32]; DOT_GROUP],
+    ws: [&[half::bf16]; DOT_PAIR],
+) -> Option<[[f32; DOT_GROUP]; DOT_PAIR]> {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512vl()
+        && xs.iter().all(|r| r.len() == ws[0].len())
+        && ws.iter().all(|w| w.len() == ws[0].len())
+    {
+        use std::arch::x86_64::*;
+        let load = |p: *const half::bf16| {
+            // SAFETY: called by `pair_vl` (AVX2 on) with 8 elements at `p`.
+            unsafe {
+                let bits = _mm_loadu_si128(p.cast());
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16))
+            }
+        };
+        // SAFETY: as in `dots_pair`.
+        return Some(unsafe { pair_vl(xs, ws, load, widen_bf16) });
+    }
+    None
+}
+
 /// bf16 bits to f32: the bits shifted into place (what the compiler vectorises).
 #[inline(always)]
 fn widen_bf16(b: half::bf16) -> f32 {
@@ -354,6 +481,45 @@ pub fn dot_bf16(a: &[f32], b: &[half::bf16]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paired_dot_products_equal_single_ones_bitwise() {
+        for n in [5, 16, 37, 64, 129, 576] {
+            let row = |seed: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|i| ((i * 7 + seed * 13) as f32 * 0.37).sin())
+                    .collect()
+            };
+            let xrows: Vec<Vec<f32>> = (0..4).map(row).collect();
+            let wrows: Vec<Vec<f32>> = (4..6).map(row).collect();
+            let hw: Vec<Vec<half::bf16>> = wrows
+                .iter()
+                .map(|w| w.iter().map(|&v| half::bf16::from_f32(v)).collect())
+                .collect();
+            let xs: [&[f32]; DOT_GROUP] = std::array::from_fn(|r| xrows[r].as_slice());
+            let ws: [&[f32]; DOT_PAIR] = std::array::from_fn(|k| wrows[k].as_slice());
+            let hs: [&[half::bf16]; DOT_PAIR] = std::array::from_fn(|k| hw[k].as_slice());
+            let Some(got) = dots_pair(xs, ws) else {
+                eprintln!("skipped: this CPU has no AVX-512VL");
+                return;
+            };
+            let got_bf16 = dots_pair_bf16(xs, hs).expect("AVX-512VL");
+            for k in 0..DOT_PAIR {
+                for r in 0..DOT_GROUP {
+                    assert_eq!(
+                        got[k][r].to_bits(),
+                        dot(xs[r], ws[k]).to_bits(),
+                        "n={n} {k},{r}"
+                    );
+                    assert_eq!(
+                        got_bf16[k][r].to_bits(),
+                        dot_bf16(xs[r], hs[k]).to_bits(),
+                        "n={n} {k},{r}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn grouped_dot_products_equal_single_ones_bitwise() {

@@ -24,6 +24,17 @@ enum Row<'a> {
     Nan,
 }
 
+impl Row<'_> {
+    /// The dot product with one activation row.
+    fn dot(self, x: &[f32]) -> f32 {
+        match self {
+            Row::F32(w) => math::dot(x, w),
+            Row::Bf16(w) => math::dot_bf16(x, w),
+            Row::Nan => f32::NAN,
+        }
+    }
+}
+
 /// A frozen weight [out, in]: f32, bf16 multiplied as it is (`bf16_matmul`), or rows
 /// `first..first + rows` of a quantized weight, widened a tile at a time (`fused::quantized`).
 #[derive(Clone, Copy)]
@@ -65,6 +76,15 @@ impl<'a> Weight<'a> {
                 first: first + r0,
                 rows: n,
             },
+        }
+    }
+
+    /// Row `j` as it lies (`None` for a quantized weight, whose rows are widened first).
+    fn row(&self, j: usize, fan_in: usize) -> Option<Row<'a>> {
+        match *self {
+            Weight::F32(w) => Some(Row::F32(&w[j * fan_in..][..fan_in])),
+            Weight::Bf16(w) => Some(Row::Bf16(&w[j * fan_in..][..fan_in])),
+            Weight::Quantized { .. } => None,
         }
     }
 
@@ -119,11 +139,49 @@ impl<'a> Weight<'a> {
             let n = DOT_OUTPUTS.min(out - j0);
             let mut sums = vec![0.0f32; rows * n];
             let mut widened = Vec::new();
-            for j in 0..n {
-                let w = match self {
-                    Weight::F32(w) => Row::F32(&w[(j0 + j) * fan_in..][..fan_in]),
-                    Weight::Bf16(w) => Row::Bf16(&w[(j0 + j) * fan_in..][..fan_in]),
-                    Weight::Quantized { weight, first, .. } => {
+            let x = &x[..rows * fan_in];
+            let groups = rows / math::DOT_GROUP;
+            let group = |g: usize| -> [&[f32]; math::DOT_GROUP] {
+                std::array::from_fn(|r| &x[(g * math::DOT_GROUP + r) * fan_in..][..fan_in])
+            };
+            let mut j = 0;
+            while j < n {
+                // Two weight rows at a time where the CPU has the registers for it: each
+                // activation load serves both (each sum still as its own `dot` forms it).
+                if j + 1 < n && groups > 0 {
+                    let pair =
+                        |g: usize| match (self.row(j0 + j, fan_in), self.row(j0 + j + 1, fan_in)) {
+                            (Some(Row::F32(a)), Some(Row::F32(b))) => {
+                                math::dots_pair(group(g), [a, b])
+                            }
+                            (Some(Row::Bf16(a)), Some(Row::Bf16(b))) => {
+                                math::dots_pair_bf16(group(g), [a, b])
+                            }
+                            _ => None,
+                        };
+                    if let Some(first) = pair(0) {
+                        for g in 0..groups {
+                            let got = if g == 0 { Some(first) } else { pair(g) };
+                            for (k, got) in got.into_iter().flatten().enumerate() {
+                                for (r, v) in got.into_iter().enumerate() {
+                                    sums[(g * math::DOT_GROUP + r) * n + j + k] = v;
+                                }
+                            }
+                        }
+                        for k in 0..2 {
+                            if let Some(w) = self.row(j0 + j + k, fan_in) {
+                                for r in groups * math::DOT_GROUP..rows {
+                                    sums[r * n + j + k] = w.dot(&x[r * fan_in..][..fan_in]);
+                                }
+                            }
+                        }
+                        j += 2;
+                        continue;
+                    }
+                }
+                let w = match (self.row(j0 + j, fan_in), *self) {
+                    (Some(w), _) => w,
+                    (None, Weight::Quantized { weight, first, .. }) => {
                         widened.resize(fan_in, 0.0);
                         match weight.rows_to_f32(first + j0 + j, &mut widened) {
                             Ok(()) => Row::F32(&widened),
@@ -131,30 +189,23 @@ impl<'a> Weight<'a> {
                             Err(_) => Row::Nan,
                         }
                     }
+                    (None, _) => Row::Nan,
                 };
                 // Rows in groups sharing each read of `w` (each sum as its own `dot` forms it).
-                let x = &x[..rows * fan_in];
-                let mut groups = x.chunks_exact(fan_in * math::DOT_GROUP);
-                for (g, xg) in groups.by_ref().enumerate() {
-                    let xs: [&[f32]; math::DOT_GROUP] =
-                        std::array::from_fn(|r| &xg[r * fan_in..][..fan_in]);
+                for g in 0..groups {
                     let got = match w {
-                        Row::F32(w) => math::dots(xs, w),
-                        Row::Bf16(w) => math::dots_bf16(xs, w),
+                        Row::F32(w) => math::dots(group(g), w),
+                        Row::Bf16(w) => math::dots_bf16(group(g), w),
                         Row::Nan => [f32::NAN; math::DOT_GROUP],
                     };
                     for (r, v) in got.into_iter().enumerate() {
                         sums[(g * math::DOT_GROUP + r) * n + j] = v;
                     }
                 }
-                let first = rows / math::DOT_GROUP * math::DOT_GROUP;
-                for (r, xr) in (first..).zip(groups.remainder().chunks_exact(fan_in)) {
-                    sums[r * n + j] = match w {
-                        Row::F32(w) => math::dot(xr, w),
-                        Row::Bf16(w) => math::dot_bf16(xr, w),
-                        Row::Nan => f32::NAN,
-                    };
+                for r in groups * math::DOT_GROUP..rows {
+                    sums[r * n + j] = w.dot(&x[r * fan_in..][..fan_in]);
                 }
+                j += 1;
             }
             sums
         };
