@@ -591,6 +591,10 @@ fn hostile_inputs_over_ipc(home: &std::path::Path, dataset: &str, broken: &std::
         serde_json::json!({"request": {"model": model, "dataset": data,
             "method": {"kind": "lora", "r": r}, "train": {"lr": lr, "max_steps": 1}}})
     };
+    let with_eval = |mut request: serde_json::Value, task: &str, data: Option<&str>| {
+        request["request"]["eval"] = serde_json::json!({"task": task, "data": data});
+        request
+    };
     let cases = [
         (
             "start_run",
@@ -604,6 +608,22 @@ fn hostile_inputs_over_ipc(home: &std::path::Path, dataset: &str, broken: &std::
         ),
         ("start_run", run("tiny", dataset, -1.0, 4), "lr"),
         ("start_run", run("tiny", dataset, 1e-3, 0), "rank"),
+        // The file of the evaluation at the end is a read source like the dataset, and a task
+        // needs one.
+        (
+            "start_run",
+            with_eval(
+                run("tiny", dataset, 1e-3, 4),
+                "perplexity",
+                Some("/etc/passwd"),
+            ),
+            "system folder",
+        ),
+        (
+            "start_run",
+            with_eval(run("tiny", dataset, 1e-3, 4), "perplexity", None),
+            "eval.data",
+        ),
         (
             "import_adapter",
             serde_json::json!({"path": pickle, "model": "tiny"}),

@@ -63,7 +63,7 @@ function safetensorsKeys(path) {
 }
 
 // Trains the demo by clicks from the first screen: returns the run id.
-async function trainDemo({ epochs, lr, quantize }) {
+async function trainDemo({ epochs, lr, quantize, evalData }) {
   await go("#/");
   await (await s.find("#train-demo")).click();
   await s.find("#model-choices input:checked");
@@ -86,6 +86,11 @@ async function trainDemo({ epochs, lr, quantize }) {
   await shot("new-run-4-hyperparameters");
   await (await s.find("#step-next")).click();
   await s.find("#review");
+  if (evalData) {
+    // Measured when the run ends: perplexity on a held-out file.
+    await (await s.find("#eval-at-end option[value=perplexity]")).click();
+    await (await s.find("#eval-at-end-data")).type(evalData);
+  }
   await shot("new-run-5-review");
   await (await s.find("#start-run")).click();
   const hash = await s.waitFor(async () => {
@@ -138,7 +143,7 @@ try {
 
   await step("(b) compare two runs", async () => {
     // The second run trains on a base held in Q8_0.
-    const second = await trainDemo({ epochs: 2, lr: 0.005, quantize: "q8_0" });
+    const second = await trainDemo({ epochs: 2, lr: 0.005, quantize: "q8_0", evalData: DATASET });
     await s.waitFor(async () => (await statusOf()) === "completed", 600000, "the second run to complete");
     await go("#/runs");
     await (await s.find(`input[type=checkbox][data-run="${first}"]`)).click();
@@ -148,6 +153,9 @@ try {
     await s.waitFor(async () => (await s.findAll("#compare-chart path")).length >= 2, 20000, "two curves");
     const diff = await (await s.find("#config-diff")).text();
     if (!/train\.lr/.test(diff) || !/train\.epochs/.test(diff) || !/train\.quantize/.test(diff)) throw new Error(`config diff lacks lr/epochs/quantize: ${diff}`);
+    // The second run's evaluation at its end is listed with it.
+    const evals = await (await s.find("#compare-evals")).text();
+    if (!/perplexity/.test(evals)) throw new Error(`no evaluation of the second run: ${evals}`);
     await (await s.find("#compare-log")).click();
     await shot("compare");
     const png = join(EXPORTS, "compare.png");

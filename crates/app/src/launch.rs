@@ -270,6 +270,9 @@ pub struct RunRequest {
     pub train: TrainConfig,
     /// The record format (detected per record when absent).
     pub format: Option<Format>,
+    /// An evaluation of the adapter when the run ends (`[eval]`; none by default).
+    #[serde(default)]
+    pub eval: crate::runs::EvalConfig,
 }
 
 impl RunRequest {
@@ -285,7 +288,7 @@ impl RunRequest {
                 format: self.format.unwrap_or_default(),
                 ..DataConfig::default()
             },
-            eval: Default::default(),
+            eval: self.eval,
         })
     }
 }

@@ -26,9 +26,24 @@ pub async fn start_run(
 ) -> CommandResult<i64> {
     // The page's path is checked before anything else is looked up or opened.
     let dataset = crate::paths::read_source(&request.dataset, crate::paths::DATASET, &chosen)?;
+    let mut eval = request.eval.clone();
+    if let Some(data) = &eval.data {
+        eval.data = Some(crate::paths::read_source(
+            data,
+            crate::paths::DATASET,
+            &chosen,
+        )?);
+    }
     blocking(move || {
         let catalog = open_catalog()?;
-        let id = create_requested(&catalog, RunRequest { dataset, ..request })?;
+        let id = create_requested(
+            &catalog,
+            RunRequest {
+                dataset,
+                eval,
+                ..request
+            },
+        )?;
         start_in_background(catalog.path(), id)?;
         Ok(id)
     })

@@ -22,6 +22,8 @@ export async function newRun(root, params) {
     preset: firstPreset.name,
     train: { ...defaultValues(trainInfo), ...formValues(settings.start), ...formValues(firstPreset.train) },
     name: "",
+    evalTask: "",
+    evalData: "",
   };
   if (params.get("demo")) {
     const demo = await invoke("demo_setup");
@@ -69,6 +71,7 @@ export async function newRun(root, params) {
           method: methodConfig(state.kind, infoOf(state.kind), state.values[state.kind]),
           train: settingsTable(settings.train, state.train),
           format: state.format,
+          eval: { task: state.evalTask || null, data: state.evalTask ? state.evalData.trim() || null : null, max_new_tokens: 64 },
         },
       });
       location.hash = `#/runs/${id}`;
@@ -195,7 +198,15 @@ export async function newRun(root, params) {
     const rows = [["Model", state.model], ["Dataset", state.dataset], ["Record format", state.format], ["Method", infoOf(state.kind).name],
       ...Object.entries(method).filter(([k]) => k !== "kind").map(([k, v]) => [k, JSON.stringify(v)]),
       ...Object.entries(train).map(([k, v]) => [k, String(v)])];
-    return [h("table", { class: "review", id: "review" }, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))))];
+    // The adapter measured when the run ends (`[eval]`), kept against the run for Compare.
+    const evalTask = h("select", { id: "eval-at-end", onchange: (e) => { state.evalTask = e.target.value; } },
+      [["", "no"], ["perplexity", "perplexity"], ["generation", "generation metrics"], ["choice", "multiple choice"]]
+        .map(([v, label]) => h("option", { value: v, selected: v === state.evalTask }, label)));
+    const evalData = h("input", { type: "text", id: "eval-at-end-data", value: state.evalData, placeholder: "/path/to/heldout.jsonl", oninput: (e) => { state.evalData = e.target.value; } });
+    return [h("table", { class: "review", id: "review" }, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))))),
+      h("fieldset", {}, h("legend", {}, "Evaluate the adapter when the run ends"),
+        h("div", { class: "row" }, h("label", {}, "task ", evalTask), h("label", {}, "file ", evalData),
+          browseButton(evalData, { filters: [{ name: "Data", extensions: ["jsonl", "json", "csv", "tsv", "txt"] }] })))];
   }
 
   render();
