@@ -74,7 +74,7 @@ fn resolve(catalog: &Catalog, target: &Target) -> Result<(String, Option<PathBuf
         }
         Target::Run(id) => {
             let run = catalog.run(*id)?;
-            let dir = Path::new(&run.out_dir).join("adapter");
+            let dir = crate::runs::adapter_dir(Path::new(&run.out_dir));
             if !dir.join("adapter_config.json").is_file() {
                 return Err(AppError::Invalid(format!(
                     "run {id} has no final adapter in {}: export a checkpoint (`export --run {id}`) and pass it with --adapter",
@@ -149,15 +149,9 @@ pub fn evaluate(
             items: report.items,
             metrics: report.metrics.clone(),
         };
-        let id = catalog.add_evaluation(&new)?;
-        let record = catalog
-            .evaluations(&[])?
-            .into_iter()
-            .find(|e| e.id == id)
-            .ok_or_else(|| AppError::Invalid("the evaluation just recorded is gone".into()))?;
         out.push(Evaluated {
             label,
-            record,
+            record: catalog.add_evaluation(&new)?,
             report,
         });
     }

@@ -12,7 +12,7 @@ pub use peft_studio_engine::data::{DataConfig, OnBadRecords};
 pub use peft_studio_engine::eval::EvalConfig;
 pub use peft_studio_engine::peft::target::parse_layers;
 pub use peft_studio_engine::peft::{MethodConfig, MethodKind, PromptInit, TargetModules};
-pub use peft_studio_engine::run_folder::RunConfig;
+pub use peft_studio_engine::run_folder::{adapter_dir, RunConfig};
 pub use peft_studio_engine::train::{Precision, Schedule, TrainConfig, TrainEvent, TrainSink};
 
 use crate::error::{AppError, Result};

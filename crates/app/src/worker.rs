@@ -241,7 +241,7 @@ fn record(
                     }
                     TrainEvent::Checkpoint { .. } => checkpoints_changed = true,
                     TrainEvent::Evaluated { .. } => {
-                        if let Err(e) = record_evaluation(&catalog, run_id, &event, checkpoints) {
+                        if let Err(e) = record_evaluation(&catalog, run_id, &event) {
                             eprintln!(
                                 "warning: could not record the evaluation of run {run_id}: {e}"
                             );
@@ -284,15 +284,10 @@ fn record(
     }
 }
 
-/// Keeps the `[eval]` result against the run, with the adapter it measured (the run's
-/// `adapter/`, beside `checkpoints/`).
-fn record_evaluation(
-    catalog: &Catalog,
-    run_id: i64,
-    event: &TrainEvent,
-    checkpoints: &Path,
-) -> Result<()> {
+/// Keeps the `[eval]` result against the run, with the adapter it measured.
+fn record_evaluation(catalog: &Catalog, run_id: i64, event: &TrainEvent) -> Result<()> {
     let TrainEvent::Evaluated {
+        adapter,
         task,
         dataset,
         items,
@@ -302,11 +297,10 @@ fn record_evaluation(
         return Ok(());
     };
     let run = catalog.run(run_id)?;
-    let adapter = checkpoints.parent().map(|out| out.join("adapter"));
     catalog.add_evaluation(&peft_studio_catalog::NewEvaluation {
         run_id: Some(run_id),
         model: run.model_path.unwrap_or_default(),
-        adapter: adapter.map(|a| a.display().to_string()),
+        adapter: Some(adapter.clone()),
         task: task.clone(),
         dataset: dataset.clone(),
         dataset_sha256: peft_studio_engine::hash::sha256_file(Path::new(dataset))?.0,

@@ -93,9 +93,9 @@ fn evaluations_are_kept_against_their_runs() {
     assert_eq!(c.evaluations(&[]).unwrap().len(), 3);
     let of_b = c.evaluations(&[b]).unwrap();
     assert_eq!(of_b.len(), 1);
-    assert_eq!(of_b[0].metrics["perplexity"], 2.5);
+    assert_eq!(of_b[0].fields.metrics["perplexity"], 2.5);
     assert_eq!(
-        of_b[0].adapter.as_deref(),
+        of_b[0].fields.adapter.as_deref(),
         Some(format!("/runs/{b}/adapter").as_str())
     );
     // A task the schema does not know is refused by the database itself.

@@ -321,7 +321,7 @@ fn eval_cmd(catalog: &Path, a: EvalArgs) -> Result<()> {
     }
     let names: Vec<&String> = results
         .first()
-        .map(|r| r.record.metrics.keys().collect())
+        .map(|r| r.record.fields.metrics.keys().collect())
         .unwrap_or_default();
     let _ = write!(stdout, "{:<24}", "target");
     for n in &names {
@@ -331,10 +331,10 @@ fn eval_cmd(catalog: &Path, a: EvalArgs) -> Result<()> {
     for r in &results {
         let _ = write!(stdout, "{:<24}", r.label);
         for n in &names {
-            let v = r.record.metrics.get(*n).copied().unwrap_or(f64::NAN);
+            let v = r.record.fields.metrics.get(*n).copied().unwrap_or(f64::NAN);
             let _ = write!(stdout, " {v:>14.6}");
         }
-        let _ = writeln!(stdout, "  {:>5}  ({})", r.record.items, r.record.id);
+        let _ = writeln!(stdout, "  {:>5}  ({})", r.record.fields.items, r.record.id);
     }
     Ok(())
 }

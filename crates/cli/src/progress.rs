@@ -63,14 +63,10 @@ impl TrainSink for Bar {
                 dataset,
                 metrics,
                 ..
-            } => {
-                let figures: Vec<String> = metrics
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != "tokens")
-                    .map(|(k, v)| format!("{k} {v:.4}"))
-                    .collect();
-                self.println(&format!("{task} on {dataset}: {}", figures.join(", ")))
-            }
+            } => self.println(&format!(
+                "{task} on {dataset}: {}",
+                crate::runs::figures(metrics)
+            )),
             TrainEvent::Finished {
                 steps,
                 final_loss,

@@ -102,7 +102,7 @@ fn report_end(run: &Run) -> Result<()> {
         RunStatus::Completed => {
             eprintln!(
                 "run {id} completed; adapter in {}",
-                Path::new(&run.out_dir).join("adapter").display()
+                peft_studio_app::runs::adapter_dir(Path::new(&run.out_dir)).display()
             );
             Ok(())
         }
@@ -334,6 +334,16 @@ fn watch(catalog: &Catalog, id: i64, json: bool) -> Result<()> {
     report_end(&run)
 }
 
+/// An evaluation's figures on one line (the token count left out: it is not a score).
+pub fn figures(metrics: &std::collections::BTreeMap<String, f64>) -> String {
+    metrics
+        .iter()
+        .filter(|(k, _)| k.as_str() != "tokens")
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
 /// `compare`.
 pub fn compare(catalog_path: &Path, a: &CompareArgs) -> Result<()> {
     let catalog = open(catalog_path)?;
@@ -391,18 +401,12 @@ pub fn compare(catalog_path: &Path, a: &CompareArgs) -> Result<()> {
         }
         if !evaluations.is_empty() {
             println!("\nevaluations (`eval`):");
-            for e in &evaluations {
-                let figures: Vec<String> = e
-                    .metrics
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != "tokens")
-                    .map(|(k, v)| format!("{k} {v:.4}"))
-                    .collect();
+            for e in evaluations.iter().map(|e| &e.fields) {
                 println!(
                     "  run {:>3}  {:<10} {}  on {}",
                     e.run_id.unwrap_or(0),
                     e.task,
-                    figures.join("  "),
+                    figures(&e.metrics),
                     e.dataset
                 );
             }

@@ -438,6 +438,40 @@ enum Kind {
     Completion,
 }
 
+impl Kind {
+    /// Its endpoint, for the log.
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Chat => "/v1/chat/completions",
+            Kind::Completion => "/v1/completions",
+        }
+    }
+
+    /// The request field that holds the prompt, for errors about its length.
+    fn prompt_field(self) -> &'static str {
+        match self {
+            Kind::Chat => "messages",
+            Kind::Completion => "prompt",
+        }
+    }
+
+    /// The start of its answers' ids.
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        }
+    }
+
+    /// Its streamed chunks' `object`.
+    fn chunk_object(self) -> &'static str {
+        match self {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completion => "text_completion",
+        }
+    }
+}
+
 /// How an answer is framed: its id, time and model, and the endpoint's shapes.
 struct Frame {
     kind: Kind,
@@ -475,13 +509,13 @@ impl Frame {
                     None => json!({}),
                 };
                 json!({
-                    "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                    "id": self.id, "object": self.kind.chunk_object(), "created": self.created,
                     "model": self.model,
                     "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
                 })
             }
             Kind::Completion => json!({
-                "id": self.id, "object": "text_completion", "created": self.created,
+                "id": self.id, "object": self.kind.chunk_object(), "created": self.created,
                 "model": self.model,
                 "choices": [{"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}],
             }),
@@ -490,12 +524,8 @@ impl Frame {
 
     /// The usage chunk `stream_options.include_usage` asks for.
     fn usage_chunk(&self, usage: Usage) -> serde_json::Value {
-        let object = match self.kind {
-            Kind::Chat => "chat.completion.chunk",
-            Kind::Completion => "text_completion",
-        };
-        json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
-               "choices": [], "usage": usage})
+        json!({"id": self.id, "object": self.kind.chunk_object(), "created": self.created,
+               "model": self.model, "choices": [], "usage": usage})
     }
 }
 
@@ -508,19 +538,15 @@ async fn answer(
     sampling: &Sampling,
     started: Instant,
 ) -> Response {
-    let path = match kind {
-        Kind::Chat => "/v1/chat/completions",
-        Kind::Completion => "/v1/completions",
+    let (options, max_tokens, stop) = match settings(
+        sampling,
+        prompt.len(),
+        state.shared.context,
+        kind.prompt_field(),
+    ) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
     };
-    let field = match kind {
-        Kind::Chat => "messages",
-        Kind::Completion => "prompt",
-    };
-    let (options, max_tokens, stop) =
-        match settings(sampling, prompt.len(), state.shared.context, field) {
-            Ok(s) => s,
-            Err(e) => return e.into_response(),
-        };
     let slot = match Slot::take(&state) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
@@ -538,19 +564,19 @@ async fn answer(
     if state.shared.commands.send(Command::Generate(job)).is_err() {
         return stopped().into_response();
     }
-    let prefix = match kind {
-        Kind::Chat => "chatcmpl",
-        Kind::Completion => "cmpl",
-    };
     let frame = Frame {
         kind,
-        id: format!("{prefix}-{}", state.ids.fetch_add(1, Ordering::Relaxed)),
+        id: format!(
+            "{}-{}",
+            kind.id_prefix(),
+            state.ids.fetch_add(1, Ordering::Relaxed)
+        ),
         created: unix_seconds(),
         model: model.clone(),
     };
     let log = Log {
         registry: state.shared.registry.clone(),
-        path,
+        path: kind.path(),
         model,
         started,
         stream: sampling.stream,

@@ -247,6 +247,7 @@ pub fn train(
         };
         let report = crate::eval::evaluate(model, &tok, task, data, &settings, &mut |_, _| {})?;
         fan.event(&TrainEvent::Evaluated {
+            adapter: cfg.adapter_dir().display().to_string(),
             task: task.name().into(),
             dataset: data.display().to_string(),
             items: report.items,

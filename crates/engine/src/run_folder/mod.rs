@@ -79,8 +79,13 @@ impl RunConfig {
 
     /// Where the final adapter is written.
     pub fn adapter_dir(&self) -> PathBuf {
-        self.out.join("adapter")
+        adapter_dir(&self.out)
     }
+}
+
+/// Where the final adapter of the run in `out` is written.
+pub fn adapter_dir(out: &Path) -> PathBuf {
+    out.join("adapter")
 }
 
 /// Reads `run.toml` of a run folder.

@@ -73,6 +73,8 @@ pub enum TrainEvent {
     },
     /// The trained adapter measured as `[eval]` asks (after its export).
     Evaluated {
+        /// The adapter measured.
+        adapter: String,
         /// perplexity, generation or choice.
         task: String,
         /// The file.

@@ -5,9 +5,8 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Tensor};
-
 use super::super::weight::Weight;
+use super::floats;
 use crate::error::{EngineError, Result};
 use crate::model::linear::Linear;
 use crate::model::LlamaModel;
@@ -66,8 +65,6 @@ fn branch(linear: &Linear) -> Result<Option<Lora>> {
     let Some(l) = &linear.lora else {
         return Ok(None);
     };
-    let floats =
-        |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
     Ok(Some(Lora {
         a: floats(&l.a)?,
         b: floats(&l.b)?,
