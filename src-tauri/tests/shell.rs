@@ -149,6 +149,7 @@ fn commands_over_ipc_in_a_fresh_home() {
         train: Default::default(),
         data: Default::default(),
         eval: Default::default(),
+        target: Default::default(),
     };
     let id = peft_studio_app::launch::create_run(&catalog, &cfg, Some("one")).expect("run");
     let rows: Vec<peft_studio_app::catalog::MetricRow> = (0..5)

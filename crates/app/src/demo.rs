@@ -119,6 +119,7 @@ pub fn write_demo(out: &Path, model: Option<&Path>) -> Result<String> {
         train,
         data: Default::default(),
         eval: Default::default(),
+        target: Default::default(),
     };
     write_atomic(&out.join("run.toml"), cfg.to_toml()?.as_bytes())?;
     Ok(format!(

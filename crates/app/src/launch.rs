@@ -41,7 +41,9 @@ pub fn device_name() -> String {
 /// elsewhere), the dataset hashed, nothing overwritten. Returns the run id.
 pub fn create_run(catalog: &Catalog, cfg: &RunConfig, name: Option<&str>) -> Result<i64> {
     peft_studio_engine::run::preflight(cfg)?;
-    peft_studio_engine::device::check_device()?;
+    if cfg.target.is_local() {
+        peft_studio_engine::device::check_device()?;
+    }
     let mut cfg = cfg.clone();
     cfg.model = existing(&cfg.model, "model")?;
     cfg.dataset = existing(&cfg.dataset, "dataset")?;
@@ -79,7 +81,11 @@ pub fn create_run(catalog: &Catalog, cfg: &RunConfig, name: Option<&str>) -> Res
         method,
         config,
         out_dir: cfg.out.display().to_string(),
-        device: device_name(),
+        // Runs queue per device; a hand-off's device is its target.
+        device: match cfg.target.is_local() {
+            true => device_name(),
+            false => cfg.target.describe(),
+        },
     })?)
 }
 
@@ -289,6 +295,7 @@ impl RunRequest {
                 ..DataConfig::default()
             },
             eval: self.eval,
+            target: Default::default(),
         })
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peft_studio_catalog::{Catalog, MetricRow, RunStatus};
-use peft_studio_engine::run;
+use peft_studio_engine::{handoff, run};
 use peft_studio_engine::run_folder::events::train_events;
 use peft_studio_engine::train::{checkpoint, TrainEvent, TrainSink};
 use peft_studio_engine::EngineError;
@@ -97,11 +97,14 @@ fn train_claimed(
 ) -> Result<()> {
     let run_id = run.id;
     let cfg = crate::runs::stored_config(run)?;
-    // Continue from the newest complete checkpoint; the steps after it are trained again,
-    // so their old metrics go.
-    let resume_from = checkpoint::list(&cfg.checkpoints_dir())
-        .last()
-        .map(|(s, _)| *s as i64);
+    // Continue from the newest complete checkpoint (the job's own, for a hand-off); the steps
+    // after it are trained again, so their old metrics go.
+    let resume_from = match cfg.target.is_local() {
+        true => checkpoint::list(&cfg.checkpoints_dir())
+            .last()
+            .map(|(s, _)| *s as i64),
+        false => handoff::latest_checkpoint(&cfg).map(|s| s as i64),
+    };
     let kept_until = resume_from.unwrap_or(-1);
     let wall_offset = catalog
         .metrics(run_id, kept_until - 1)?
@@ -122,7 +125,11 @@ fn train_claimed(
         std::thread::spawn(move || record(&path, run_id, rx, &cancel, wall_offset, &ckpt_dir))
     };
     let mut sink = WorkerSink { tx };
-    let trained = run::train(&cfg, resume_from.is_some(), &mut sink, &cancel);
+    let train = match cfg.target.is_local() {
+        true => run::train,
+        false => handoff::train,
+    };
+    let trained = train(&cfg, resume_from.is_some(), &mut sink, &cancel);
     drop(sink);
     let recorded = recorder
         .join()

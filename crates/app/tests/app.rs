@@ -283,6 +283,7 @@ fn trained_tiny_lora(dir: &std::path::Path) -> (std::path::PathBuf, std::path::P
         },
         data: Default::default(),
         eval: Default::default(),
+        target: Default::default(),
     };
     let mut sink = peft_studio_engine::train::Recorder::default();
     peft_studio_engine::run::train(&cfg, false, &mut sink, &Default::default()).unwrap();

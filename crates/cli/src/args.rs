@@ -344,6 +344,22 @@ pub struct TrainArgs {
     /// The held-out file `--eval-task` reads.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
+    /// Where the run trains (`[target]`): local (this machine's engine, the default), or
+    /// accelerate (a job for transformers + PEFT under accelerate; docs/HANDOFF.md).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Processes of a hand-off job (one per GPU).
+    #[arg(long)]
+    pub processes: Option<usize>,
+    /// What a hand-off job's processes compute on: gpu or cpu.
+    #[arg(long)]
+    pub job_device: Option<String>,
+    /// How a hand-off job's processes share the model: ddp, fsdp, zero2 or zero3.
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// The Python that runs a hand-off job (torch, transformers, peft and accelerate).
+    #[arg(long)]
+    pub python: Option<String>,
     /// Output style.
     #[command(flatten)]
     pub output: OutputArgs,

@@ -147,6 +147,7 @@ fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
                 train: Default::default(),
                 data: Default::default(),
                 eval: Default::default(),
+                target: Default::default(),
             }
         }
     };
@@ -183,6 +184,7 @@ fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
         ("train".to_string(), Value::Table(a.train.0.clone())),
         ("data".to_string(), Value::Table(data)),
         ("eval".to_string(), Value::Table(eval)),
+        ("target".to_string(), Value::Table(target_flags(a, &cfg)?)),
     ]);
     let mut cfg = with_overrides(&cfg, &overrides)?;
     let reserved = cfg.out.as_os_str().is_empty();
@@ -190,6 +192,32 @@ fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
         cfg.out = peft_studio_app::launch::reserve_out_dir(cfg.method.kind.as_str())?;
     }
     Ok((cfg, reserved))
+}
+
+/// The `[target]` fields `train`'s flags set.
+fn target_flags(a: &TrainArgs, cfg: &RunConfig) -> Result<Table> {
+    let mut target = Table::new();
+    if let Some(text) = &a.target {
+        let mut parsed = cfg.target.clone();
+        parsed.parse_kind(text)?;
+        target.insert("kind".into(), parsed.kind.as_str().into());
+        if let Some(host) = parsed.host {
+            target.insert("host".into(), host.into());
+        }
+    }
+    if let Some(n) = a.processes {
+        target.insert("processes".into(), Value::Integer(n as i64));
+    }
+    for (field, value) in [
+        ("device", &a.job_device),
+        ("strategy", &a.strategy),
+        ("python", &a.python),
+    ] {
+        if let Some(v) = value {
+            target.insert(field.into(), v.clone().into());
+        }
+    }
+    Ok(target)
 }
 
 fn export(catalog: &Path, a: ExportArgs) -> Result<()> {

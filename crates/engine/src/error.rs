@@ -51,6 +51,15 @@ pub enum EngineError {
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A job handed to another trainer (accelerate, ssh, Slurm) failed; the message says how
+    /// and where its log is.
+    #[error("{target} job: {message}")]
+    Job {
+        /// The target, as `[target]` names it.
+        target: String,
+        /// What happened.
+        message: String,
+    },
     /// Training was cancelled on request.
     #[error("cancelled")]
     Cancelled,

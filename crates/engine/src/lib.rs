@@ -13,6 +13,7 @@ pub mod fixtures;
 pub mod fsutil;
 pub mod generate;
 pub mod gguf;
+pub mod handoff;
 pub mod hash;
 pub mod library;
 pub mod memory;

@@ -199,6 +199,17 @@ impl Examples {
     /// The `index`-th batch of the whole run (epochs follow one another, each in its own
     /// seeded order). Depends on nothing but `index`, which makes resume exact.
     pub fn batch_at(&self, index: usize, device: &Device) -> Result<Batch> {
+        let members: Vec<&Example> = self
+            .members_of(index)
+            .into_iter()
+            .map(|i| &self.examples[i])
+            .collect();
+        make_batch(&members, device)
+    }
+
+    /// The positions (in [`Examples::iter`] order) of the examples of the `index`-th batch of
+    /// the whole run: what [`Examples::batch_at`] pads into a batch.
+    pub fn members_of(&self, index: usize) -> Vec<usize> {
         let per_epoch = self.batches_per_epoch();
         let (epoch, pos) = (index / per_epoch, index % per_epoch);
         let order = permutation(
@@ -206,11 +217,7 @@ impl Examples {
             SplitMix64::mix(self.seed, epoch as u64),
         );
         let end = ((pos + 1) * self.batch_size).min(order.len());
-        let members: Vec<&Example> = order[pos * self.batch_size..end]
-            .iter()
-            .map(|&i| &self.examples[i])
-            .collect();
-        make_batch(&members, device)
+        order[pos * self.batch_size..end].to_vec()
     }
 
     /// Batches of the set in file order, for evaluation.

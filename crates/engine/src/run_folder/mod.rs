@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::DataConfig;
 use crate::error::{EngineError, Result};
 use crate::eval::EvalConfig;
+use crate::handoff::TargetConfig;
 use crate::peft::MethodConfig;
 use crate::train::TrainConfig;
 
@@ -43,6 +44,9 @@ pub struct RunConfig {
     /// An evaluation of the trained adapter at the end (none by default).
     #[serde(default, skip_serializing_if = "EvalConfig::is_off")]
     pub eval: EvalConfig,
+    /// Where it trains: this machine's engine (the default), or a job handed to accelerate.
+    #[serde(default, skip_serializing_if = "TargetConfig::is_local")]
+    pub target: TargetConfig,
 }
 
 impl RunConfig {

@@ -216,6 +216,12 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// Optimiser steps of a run whose epoch has `batches_per_epoch` micro-batches.
+    pub fn total_steps(&self, batches_per_epoch: usize) -> usize {
+        self.max_steps
+            .unwrap_or_else(|| (self.epochs * batches_per_epoch).div_ceil(self.grad_accum))
+    }
+
     /// Warm-up length for a run of `total` steps.
     pub fn warmup(&self, total: usize) -> usize {
         if self.warmup_steps > 0 {

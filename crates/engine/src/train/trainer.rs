@@ -111,9 +111,7 @@ impl<'a> Trainer<'a> {
 
     /// Optimiser steps the run will take.
     pub fn total_steps(&self) -> usize {
-        self.cfg.max_steps.unwrap_or_else(|| {
-            (self.cfg.epochs * self.train.batches_per_epoch()).div_ceil(self.cfg.grad_accum)
-        })
+        self.cfg.total_steps(self.train.batches_per_epoch())
     }
 
     /// Steps completed.

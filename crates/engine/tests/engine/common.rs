@@ -55,6 +55,7 @@ pub fn run_config(
         train,
         data: Default::default(),
         eval: Default::default(),
+        target: Default::default(),
     }
 }
 

@@ -1,0 +1,213 @@
+//! Launching a job and following it: its event lines go to the run's sinks as the studio's
+//! own trainer's would; everything else it prints goes to `job.log` in the bundle, the last
+//! lines of which explain a job that dies. A cancel becomes the bundle's STOP file (the job
+//! checkpoints and stops between steps); a job that does not stop is killed.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use super::bundle::{ACCELERATE_CONFIG, ENTRY_POINT, STOP_FILE};
+use super::target::TargetConfig;
+use crate::error::{EngineError, Result};
+use crate::train::{TrainEvent, TrainSink};
+
+/// How long a job may take to stop after its STOP file appears before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(120);
+/// Lines of the job's own output kept to explain a failure that printed no exception.
+const TAIL_LINES: usize = 6;
+/// The job log's name inside the bundle.
+pub const JOB_LOG: &str = "job.log";
+
+/// How a job that ran to its end finished.
+pub struct Finished {
+    /// Whether it stopped on request.
+    pub cancelled: bool,
+}
+
+/// Launches the job of the bundle in `bundle` and follows it to its end.
+pub fn run_job(
+    target: &TargetConfig,
+    bundle: &Path,
+    resume: bool,
+    sink: &mut dyn TrainSink,
+    cancel: &AtomicBool,
+) -> Result<Finished> {
+    let fail = |message: String| EngineError::Job {
+        target: target.kind.as_str().into(),
+        message,
+    };
+    let mut child = launch(target, bundle, resume)
+        .map_err(|e| fail(format!("cannot start `{}`: {e}", target.python)))?;
+    let log_path = bundle.join(JOB_LOG);
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| EngineError::io(&log_path, e))?;
+    let lines = read_lines(&mut child);
+    let (mut finished, mut tail) = (None, std::collections::VecDeque::new());
+    let mut first_error: Option<String> = None;
+    let mut stop_asked: Option<Instant> = None;
+    loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => match serde_json::from_str::<TrainEvent>(&line) {
+                Ok(event) => {
+                    if let TrainEvent::Finished { cancelled, .. } = &event {
+                        finished = Some(Finished {
+                            cancelled: *cancelled,
+                        });
+                    }
+                    sink.event(&event);
+                }
+                Err(_) => {
+                    let _ = writeln!(log, "{line}");
+                    if first_error.is_none() && is_exception(&line) {
+                        first_error = Some(line.clone());
+                    }
+                    if tail.len() == TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            },
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if cancel.load(Ordering::Relaxed) && stop_asked.is_none() {
+            let stop = bundle.join(STOP_FILE);
+            std::fs::write(&stop, b"").map_err(|e| EngineError::io(&stop, e))?;
+            stop_asked = Some(Instant::now());
+        }
+        if stop_asked.is_some_and(|t| t.elapsed() > STOP_GRACE) {
+            kill_group(&child);
+        }
+    }
+    let status = child.wait().map_err(|e| EngineError::io(bundle, e))?;
+    match finished {
+        // A job that said it finished has written its adapter; how its launcher then exits
+        // (a teardown warning) does not undo that.
+        Some(f) => Ok(f),
+        None => {
+            let said = first_error.unwrap_or_else(|| {
+                let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
+                tail.join(" | ")
+            });
+            Err(fail(format!(
+                "{} before finishing the run: {}; the whole log: {}",
+                describe(status),
+                said.trim(),
+                log_path.display()
+            )))
+        }
+    }
+}
+
+/// Whether a line of the job's output is a Python exception's (`ValueError: …`), the launcher's
+/// report that a process failed excepted: the first one is the root cause.
+fn is_exception(line: &str) -> bool {
+    // Past the launcher's `[rank1]: ` prefix.
+    let line = match line.split_once("]: ") {
+        Some((rank, rest)) if rank.starts_with("[rank") => rest,
+        _ => line,
+    };
+    let head = line.split(": ").next().unwrap_or("");
+    let name = head.rsplit([' ', '.']).next().unwrap_or("");
+    line.contains(": ")
+        && (name.ends_with("Error") || name.ends_with("Exception"))
+        && name != "ChildFailedError"
+}
+
+/// Starts `python -m accelerate.commands.launch` on the bundle, in a process group of its own
+/// (so that the job's processes can be stopped together), its output on pipes.
+fn launch(target: &TargetConfig, bundle: &Path, resume: bool) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&target.python);
+    cmd.args(["-m", "accelerate.commands.launch", "--config_file"])
+        .arg(bundle.join(ACCELERATE_CONFIG))
+        .arg("--main_process_port")
+        .arg(free_port()?.to_string())
+        .arg(bundle.join(ENTRY_POINT))
+        .arg(bundle);
+    if resume {
+        cmd.arg("--resume");
+    }
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.current_dir(bundle)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+}
+
+/// A port for the processes' rendezvous that nothing listens on now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Every line the job prints, stdout and stderr interleaved as they come.
+fn read_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let pipes: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+        child.stdout.take().map(|p| Box::new(p) as _),
+        child.stderr.take().map(|p| Box::new(p) as _),
+    ];
+    for pipe in pipes.into_iter().flatten() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// Ends the job's whole process group (the launcher and every process it started).
+fn kill_group(child: &Child) {
+    #[cfg(unix)]
+    // SAFETY: kill(2) with a negative pid signals that process group; no memory is touched.
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
+}
+
+/// Words for how the job's launcher ended.
+fn describe(status: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return format!("the job was killed by signal {sig}");
+        }
+    }
+    match status.code() {
+        Some(0) => "the job exited".into(),
+        Some(code) => format!("the job exited with status {code}"),
+        None => format!("the job ended ({status})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_exception;
+
+    #[test]
+    fn the_root_cause_is_an_exception_line() {
+        assert!(is_exception("[rank1]: ValueError: When using DeepSpeed, …"));
+        assert!(is_exception("torch.OutOfMemoryError: CUDA out of memory."));
+        assert!(!is_exception(
+            "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: "
+        ));
+        assert!(!is_exception("  error_file: <N/A>"));
+    }
+}

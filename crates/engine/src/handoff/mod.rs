@@ -1,0 +1,148 @@
+//! Handing a run to another trainer: Hugging Face accelerate driving transformers + PEFT, for
+//! runs that outgrow this machine's engine (several GPUs, DeepSpeed, FSDP). The studio writes
+//! the job's bundle (`bundle.rs`) from the run's own tokens, order and initial adapter, checks
+//! the job's Python (`environment.rs`), launches it and follows its event lines into the same
+//! sinks a local run feeds (`follow.rs`), and brings the trained adapter home. docs/HANDOFF.md.
+
+pub mod bundle;
+mod environment;
+mod follow;
+pub mod target;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+pub use target::{JobDevice, Strategy, TargetConfig, TargetKind};
+
+use crate::error::{EngineError, Result};
+use crate::export::card::{write_model_card, Exported};
+use crate::peft::MethodKind;
+use crate::run_folder::events::{EventLog, EVENTS_FILE};
+use crate::run_folder::RunConfig;
+use crate::train::{TrainEvent, TrainSink};
+
+/// Refuses, naming the field, a hand-off the job cannot train as the studio would; called by
+/// `run::preflight`, before the run is recorded.
+pub fn check(cfg: &RunConfig) -> Result<()> {
+    let target = &cfg.target;
+    target.validate()?;
+    if matches!(target.kind, TargetKind::Ssh | TargetKind::Slurm) {
+        return Err(EngineError::config(
+            "target.kind",
+            format!(
+                "`{}` jobs are not started by the studio yet; use `accelerate` on the machine \
+                 that trains, or take the bundle this target writes there by hand",
+                target.kind.as_str()
+            ),
+        ));
+    }
+    if !matches!(
+        cfg.method.kind,
+        MethodKind::Lora | MethodKind::Ia3 | MethodKind::PromptTuning | MethodKind::PrefixTuning
+    ) {
+        return Err(EngineError::config(
+            "method",
+            format!(
+                "`{}` trains here only; a hand-off trains PEFT's methods (lora, ia3, \
+                 prompt-tuning, prefix-tuning)",
+                cfg.method.kind
+            ),
+        ));
+    }
+    if crate::model::t5::is_t5(&cfg.model) || !cfg.model.is_dir() {
+        return Err(EngineError::config(
+            "model",
+            "a hand-off trains a decoder-only Hugging Face folder (safetensors)",
+        ));
+    }
+    if cfg.train.quantize.is_some() {
+        return Err(EngineError::config(
+            "quantize",
+            "a hand-off trains the base as stored; leave `quantize` unset",
+        ));
+    }
+    if cfg.eval.checked()?.is_some() {
+        return Err(EngineError::config(
+            "eval.task",
+            "an evaluation at the end follows local training; evaluate the imported adapter \
+             (`eval --run N`) when the job has finished",
+        ));
+    }
+    if !cfg.train.grad_accum.is_multiple_of(target.processes) {
+        return Err(EngineError::config(
+            "grad_accum",
+            format!(
+                "{} micro-batches a step do not split evenly between {} processes; make it a \
+                 multiple of target.processes",
+                cfg.train.grad_accum, target.processes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The step of the job's newest complete checkpoint, which a resumed hand-off continues from.
+pub fn latest_checkpoint(cfg: &RunConfig) -> Option<usize> {
+    let root = bundle::job_out(&bundle::bundle_dir(&cfg.out)).join("checkpoints");
+    std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .filter(|d| d.path().join("studio_state.json").exists())
+        .filter_map(|d| d.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+        .max()
+}
+
+/// Trains `cfg` on its target: writes the bundle (kept when resuming: the same tokens, order
+/// and initial adapter), checks the job's Python, launches the job and follows it — events to
+/// `sink` and the run's event log — asking it to stop when `cancel` is set, then imports its
+/// adapter into the run folder. Returns the adapter folder.
+pub fn train(
+    cfg: &RunConfig,
+    resume: bool,
+    sink: &mut dyn TrainSink,
+    cancel: &AtomicBool,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(&cfg.out).map_err(|e| EngineError::io(&cfg.out, e))?;
+    crate::fsutil::write_atomic(&cfg.out.join("run.toml"), cfg.to_toml()?.as_bytes())?;
+    let dir = bundle::bundle_dir(&cfg.out);
+    let mut log = EventLog::open(&cfg.out.join(EVENTS_FILE))?;
+    let mut fan = crate::train::events::Fanout(vec![sink, &mut log]);
+    if !(resume && dir.join("job.json").exists()) {
+        // The model is loaded to make the initial adapter as a local run would, then dropped
+        // before the job needs the memory.
+        let prepared = crate::run::prepare(cfg)?;
+        for report in &prepared.reports {
+            fan.event(&TrainEvent::Data {
+                summary: report.summary(),
+                problems: report.problem_lines(),
+            });
+        }
+        bundle::write(cfg, &prepared, &dir)?;
+    }
+    environment::check(&cfg.target, &dir)?;
+    let _ = std::fs::remove_file(dir.join(bundle::STOP_FILE));
+    let finished = follow::run_job(&cfg.target, &dir, resume, &mut fan, cancel)?;
+    if finished.cancelled {
+        return Err(EngineError::Cancelled);
+    }
+    import_adapter(cfg, &bundle::job_out(&dir).join("adapter"))?;
+    Ok(cfg.adapter_dir())
+}
+
+/// Copies the job's PEFT adapter into the run's adapter folder, with the studio's model card.
+fn import_adapter(cfg: &RunConfig, from: &Path) -> Result<()> {
+    let to = cfg.adapter_dir();
+    std::fs::create_dir_all(&to).map_err(|e| EngineError::io(&to, e))?;
+    for name in ["adapter_config.json", "adapter_model.safetensors"] {
+        let src = from.join(name);
+        if !src.exists() {
+            return Err(EngineError::bad_file(
+                from,
+                format!("the job finished without writing {name}"),
+            ));
+        }
+        std::fs::copy(&src, to.join(name)).map_err(|e| EngineError::io(&src, e))?;
+    }
+    let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
+    write_model_card(cfg, &base.display().to_string(), Exported::Adapter, None, &to)
+}
