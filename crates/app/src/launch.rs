@@ -89,6 +89,15 @@ pub fn create_run(catalog: &Catalog, cfg: &RunConfig, name: Option<&str>) -> Res
     })?)
 }
 
+/// The scripts a hand-off's bundle starts its job with: by hand, and on a Slurm node.
+pub use peft_studio_engine::handoff::bundle::{LAUNCH_SCRIPT, SBATCH_SCRIPT};
+
+/// Writes a hand-off's bundle alone, not recorded as a run (to take to a machine the studio
+/// does not reach); returns its folder.
+pub fn write_bundle(cfg: &RunConfig) -> Result<PathBuf> {
+    Ok(peft_studio_engine::handoff::write_bundle(cfg)?)
+}
+
 /// Starts `program worker --catalog … --run …`, the worker of a queued run: with its events
 /// on a pipe to follow with [`attach_child`], or `detached` with its output discarded (it
 /// records everything in the catalog and outlives the caller either way).

@@ -360,6 +360,10 @@ pub struct TrainArgs {
     /// The Python that runs a hand-off job (torch, transformers, peft and accelerate).
     #[arg(long)]
     pub python: Option<String>,
+    /// Write the hand-off job's bundle into <out>/job and say how to start it, without
+    /// recording or starting a run (to take it to a machine the studio does not reach).
+    #[arg(long)]
+    pub bundle_only: bool,
     /// Output style.
     #[command(flatten)]
     pub output: OutputArgs,

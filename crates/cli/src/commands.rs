@@ -44,6 +44,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(a) => {
             let (cfg, reserved) = train_config(&a)?;
+            if a.bundle_only {
+                return write_bundle(&cfg);
+            }
             let catalog = crate::runs::open(&catalog)?;
             let id = create_reserved(&catalog, &cfg, a.name.as_deref(), reserved)?;
             crate::runs::start(&catalog, id, a.detach, &a.output)
@@ -192,6 +195,18 @@ fn train_config(a: &TrainArgs) -> Result<(RunConfig, bool)> {
         cfg.out = peft_studio_app::launch::reserve_out_dir(cfg.method.kind.as_str())?;
     }
     Ok((cfg, reserved))
+}
+
+/// `train --bundle-only`: the bundle alone, with how to start it.
+fn write_bundle(cfg: &RunConfig) -> Result<()> {
+    use peft_studio_app::launch::{LAUNCH_SCRIPT, SBATCH_SCRIPT};
+    let dir = peft_studio_app::launch::write_bundle(cfg)?;
+    let python = &cfg.target.python;
+    println!("bundle written to {}", dir.display());
+    println!("start it there:       PYTHON={python} sh {LAUNCH_SCRIPT}");
+    println!("or on a Slurm node:   cd BUNDLE && sbatch {SBATCH_SCRIPT}");
+    println!("its events: out/events.jsonl; its adapter: out/adapter; stop it: touch STOP");
+    Ok(())
 }
 
 /// The `[target]` fields `train`'s flags set.

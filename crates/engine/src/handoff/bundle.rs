@@ -21,6 +21,10 @@ pub const ENTRY_POINT: &str = "train.py";
 pub const CHECK_SCRIPT: &str = "check_env.py";
 /// The accelerate config (JSON: accelerate reads a `.json` config file as JSON).
 pub const ACCELERATE_CONFIG: &str = "accelerate.json";
+/// The script that starts the job (what the studio runs, and a person by hand).
+pub const LAUNCH_SCRIPT: &str = "launch.sh";
+/// The Slurm batch script that runs the launch script on one node.
+pub const SBATCH_SCRIPT: &str = "job.sbatch";
 /// The file whose appearance asks the job to stop after its current step.
 pub const STOP_FILE: &str = "STOP";
 
@@ -79,6 +83,8 @@ pub fn write(cfg: &RunConfig, prepared: &Prepared, dir: &Path) -> Result<()> {
     )?;
     write_atomic(&dir.join(ENTRY_POINT), include_str!("train.py").as_bytes())?;
     write_atomic(&dir.join(CHECK_SCRIPT), include_str!("check_env.py").as_bytes())?;
+    write_atomic(&dir.join(LAUNCH_SCRIPT), include_str!("launch.sh").as_bytes())?;
+    write_atomic(&dir.join(SBATCH_SCRIPT), sbatch_script(&cfg.target).as_bytes())?;
     let requirements: String = requirements(&cfg.target)
         .iter()
         .map(|(name, version)| format!("{name}>={version}\n"))
@@ -94,7 +100,7 @@ fn job_spec(cfg: &RunConfig, train: &Examples, total: usize) -> Result<Value> {
         "model": model.display().to_string(),
         "device": match cfg.target.device { JobDevice::Gpu => "gpu", JobDevice::Cpu => "cpu" },
         "precision": t.precision.to_string(),
-        "deepspeed": cfg.target.strategy.zero_stage().is_some(),
+        "strategy": cfg.target.strategy.as_str(),
         "total_steps": total,
         "batches_per_epoch": train.batches_per_epoch(),
         "dropped_examples": train.dropped(),
@@ -147,20 +153,47 @@ pub fn accelerate_config(target: &TargetConfig, cfg: &RunConfig) -> Value {
             "zero3_save_16bit_model": stage == 3,
         });
     } else if target.strategy == Strategy::Fsdp {
+        // Loading on rank 0 alone and broadcasting the weights needs GPUs (FSDP refuses
+        // `sync_module_states` on the CPU); CPU processes each load the model.
+        let on_gpus = target.device == JobDevice::Gpu;
         config["distributed_type"] = json!("FSDP");
         config["fsdp_config"] = json!({
             "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "fsdp_backward_prefetch": "BACKWARD_PRE",
-            "fsdp_cpu_ram_efficient_loading": true,
+            "fsdp_cpu_ram_efficient_loading": on_gpus,
             "fsdp_forward_prefetch": false,
             "fsdp_offload_params": false,
             "fsdp_sharding_strategy": "FULL_SHARD",
             "fsdp_state_dict_type": "SHARDED_STATE_DICT",
-            "fsdp_sync_module_states": true,
+            "fsdp_sync_module_states": on_gpus,
             "fsdp_use_orig_params": false,
         });
     }
     config
+}
+
+/// `job.sbatch`: one node, the target's GPUs (or CPU cores), the launch script from the folder
+/// it is submitted in (`cd BUNDLE && sbatch job.sbatch`).
+pub fn sbatch_script(target: &TargetConfig) -> String {
+    let n = target.processes;
+    let mut lines = vec![
+        "#!/bin/sh".to_string(),
+        "#SBATCH --job-name=peft-studio".into(),
+        "#SBATCH --nodes=1".into(),
+        "#SBATCH --ntasks=1".into(),
+        match target.device {
+            JobDevice::Gpu => format!("#SBATCH --gpus={n}"),
+            JobDevice::Cpu => format!("#SBATCH --cpus-per-task={n}"),
+        },
+        "#SBATCH --output=job.log".into(),
+    ];
+    lines.extend(target.partition.iter().map(|p| format!("#SBATCH --partition={p}")));
+    lines.extend(target.time_limit.iter().map(|t| format!("#SBATCH --time={t}")));
+    lines.push(format!(
+        "cd \"${{SLURM_SUBMIT_DIR:-.}}\" && PYTHON=\"${{PYTHON:-{}}}\" exec sh ./{LAUNCH_SCRIPT} \"$@\"",
+        target.python
+    ));
+    lines.join("\n") + "\n"
 }
 
 fn write_examples(path: &Path, examples: &Examples) -> Result<()> {

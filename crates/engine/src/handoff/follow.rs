@@ -10,15 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::bundle::{ACCELERATE_CONFIG, ENTRY_POINT, STOP_FILE};
+use super::bundle::{LAUNCH_SCRIPT, STOP_FILE};
 use super::target::TargetConfig;
 use crate::error::{EngineError, Result};
 use crate::train::{TrainEvent, TrainSink};
 
 /// How long a job may take to stop after its STOP file appears before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(120);
-/// Lines of the job's own output kept to explain a failure that printed no exception.
-const TAIL_LINES: usize = 6;
 /// The job log's name inside the bundle.
 pub const JOB_LOG: &str = "job.log";
 
@@ -49,8 +47,9 @@ pub fn run_job(
         .open(&log_path)
         .map_err(|e| EngineError::io(&log_path, e))?;
     let lines = read_lines(&mut child);
-    let (mut finished, mut tail) = (None, std::collections::VecDeque::new());
-    let mut first_error: Option<String> = None;
+    let mut finished = None;
+    // The first exception the job printed, and its last line: what explains a failure.
+    let (mut first_error, mut last_line): (Option<String>, Option<String>) = (None, None);
     let mut stop_asked: Option<Instant> = None;
     loop {
         match lines.recv_timeout(Duration::from_millis(100)) {
@@ -68,10 +67,7 @@ pub fn run_job(
                     if first_error.is_none() && is_exception(&line) {
                         first_error = Some(line.clone());
                     }
-                    if tail.len() == TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line);
+                    last_line = Some(line);
                 }
             },
             Err(RecvTimeoutError::Timeout) => {}
@@ -92,14 +88,16 @@ pub fn run_job(
         // (a teardown warning) does not undo that.
         Some(f) => Ok(f),
         None => {
-            let said = first_error.unwrap_or_else(|| {
-                let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
-                tail.join(" | ")
+            // The root cause where Python printed one; a killed job's last lines are
+            // whatever it was doing, not why it ended.
+            let said = first_error.or_else(|| match killed(status) {
+                true => None,
+                false => last_line,
             });
+            let said = said.map(|s| format!(": {}", s.trim())).unwrap_or_default();
             Err(fail(format!(
-                "{} before finishing the run: {}; the whole log: {}",
+                "{} before finishing the run{said}; the whole log: {}",
                 describe(status),
-                said.trim(),
                 log_path.display()
             )))
         }
@@ -121,22 +119,20 @@ fn is_exception(line: &str) -> bool {
         && name != "ChildFailedError"
 }
 
-/// Starts `python -m accelerate.commands.launch` on the bundle, in a process group of its own
-/// (so that the job's processes can be stopped together), its output on pipes.
+/// Starts the bundle's launch script (`accelerate launch` of the entry point) with the
+/// target's Python, in a process group of its own (so that the job's processes can be stopped
+/// together), its output on pipes.
 fn launch(target: &TargetConfig, bundle: &Path, resume: bool) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&target.python);
-    cmd.args(["-m", "accelerate.commands.launch", "--config_file"])
-        .arg(bundle.join(ACCELERATE_CONFIG))
-        .arg("--main_process_port")
-        .arg(free_port()?.to_string())
-        .arg(bundle.join(ENTRY_POINT))
-        .arg(bundle);
+    let mut cmd = Command::new("sh");
+    cmd.arg(bundle.join(LAUNCH_SCRIPT));
     if resume {
         cmd.arg("--resume");
     }
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.current_dir(bundle)
+        .env("PYTHON", &target.python)
+        .env("MAIN_PROCESS_PORT", free_port()?.to_string())
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -181,13 +177,29 @@ fn kill_group(child: &Child) {
     }
 }
 
+/// Whether a signal ended the job's launcher.
+fn killed(status: ExitStatus) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        status.signal().is_some()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = status;
+        false
+    }
+}
+
 /// Words for how the job's launcher ended.
 fn describe(status: ExitStatus) -> String {
     #[cfg(unix)]
     {
         use std::os::unix::process::ExitStatusExt;
-        if let Some(sig) = status.signal() {
-            return format!("the job was killed by signal {sig}");
+        match status.signal() {
+            Some(9) => return "the job was killed (SIGKILL: the out-of-memory killer sends this)".into(),
+            Some(sig) => return format!("the job was killed by signal {sig}"),
+            None => {}
         }
     }
     match status.code() {

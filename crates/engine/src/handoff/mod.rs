@@ -21,21 +21,43 @@ use crate::run_folder::events::{EventLog, EVENTS_FILE};
 use crate::run_folder::RunConfig;
 use crate::train::{TrainEvent, TrainSink};
 
-/// Refuses, naming the field, a hand-off the job cannot train as the studio would; called by
-/// `run::preflight`, before the run is recorded.
+/// Refuses, naming the field, a hand-off the studio cannot start or whose job could not train
+/// as the studio would; called by `run::preflight`, before the run is recorded.
 pub fn check(cfg: &RunConfig) -> Result<()> {
-    let target = &cfg.target;
-    target.validate()?;
-    if matches!(target.kind, TargetKind::Ssh | TargetKind::Slurm) {
+    check_bundle(cfg)?;
+    if matches!(cfg.target.kind, TargetKind::Ssh | TargetKind::Slurm) {
         return Err(EngineError::config(
             "target.kind",
             format!(
-                "`{}` jobs are not started by the studio yet; use `accelerate` on the machine \
-                 that trains, or take the bundle this target writes there by hand",
-                target.kind.as_str()
+                "`{}` jobs are not started by the studio yet; write the bundle with \
+                 `train --bundle-only` and start its launch.sh (or job.sbatch) there",
+                cfg.target.kind.as_str()
             ),
         ));
     }
+    Ok(())
+}
+
+/// Writes the bundle of `cfg` alone, to take to a machine the studio does not reach; returns
+/// its folder (`<out>/job`).
+pub fn write_bundle(cfg: &RunConfig) -> Result<PathBuf> {
+    if cfg.target.is_local() {
+        return Err(EngineError::config(
+            "target",
+            "a bundle is written for a hand-off; choose --target accelerate, ssh:HOST or slurm",
+        ));
+    }
+    check_bundle(cfg)?;
+    let prepared = crate::run::prepare(cfg)?;
+    let dir = bundle::bundle_dir(&cfg.out);
+    bundle::write(cfg, &prepared, &dir)?;
+    Ok(dir)
+}
+
+/// What every bundle needs: a method, model and settings the entry point trains as the studio.
+fn check_bundle(cfg: &RunConfig) -> Result<()> {
+    let target = &cfg.target;
+    target.validate()?;
     if !matches!(
         cfg.method.kind,
         MethodKind::Lora | MethodKind::Ia3 | MethodKind::PromptTuning | MethodKind::PrefixTuning

@@ -94,12 +94,16 @@ pub struct TargetConfig {
     /// The Python that has torch, transformers, PEFT and accelerate (on the job's machine).
     pub python: String,
     /// `ssh`: the machine, as ssh takes it (`user@host`, or a name from `~/.ssh/config`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// `ssh`: the folder on that machine the job's bundle is copied into.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_dir: Option<String>,
     /// `slurm`: the partition to submit to (the cluster's default when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
     /// `slurm`: the job's time limit as sbatch takes it (`HH:MM:SS`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub time_limit: Option<String>,
 }
 
@@ -133,6 +137,12 @@ impl TargetConfig {
         }
         if self.python.trim().is_empty() {
             return Err(EngineError::config(field("python"), "names no Python"));
+        }
+        if self.device == JobDevice::Cpu && self.strategy == Strategy::Fsdp {
+            return Err(EngineError::config(
+                field("strategy"),
+                "`fsdp` shards the model across GPUs; CPU processes train with ddp, zero2 or zero3",
+            ));
         }
         match self.kind {
             TargetKind::Ssh if self.host.as_deref().is_none_or(str::is_empty) => Err(
@@ -201,6 +211,13 @@ mod tests {
         assert_eq!((t.kind, t.host.as_deref()), (TargetKind::Ssh, Some("me@box")));
         t.validate().unwrap();
         assert!(t.parse_kind("cluster").unwrap_err().to_string().contains("`cluster`"));
+        let cpu_fsdp = TargetConfig {
+            kind: TargetKind::Accelerate,
+            device: JobDevice::Cpu,
+            strategy: Strategy::Fsdp,
+            ..Default::default()
+        };
+        assert!(cpu_fsdp.validate().unwrap_err().to_string().contains("target.strategy"));
         let none = TargetConfig {
             processes: 0,
             ..Default::default()

@@ -1,7 +1,7 @@
 """A PEFT Studio run handed to Hugging Face accelerate: transformers + PEFT train the bundle's
 tokens from its initial adapter with the studio's loop, and print the studio's event lines.
 
-    accelerate launch --config_file BUNDLE/accelerate.yaml BUNDLE/train.py BUNDLE [--resume]
+    BUNDLE/launch.sh [--resume]     (accelerate launch … train.py BUNDLE)
 
 The studio wrote everything this reads (see the studio's docs/HANDOFF.md): `job.json` (settings,
 the learning rate of every step), `data/train.jsonl` (token ids and loss masks, rendered with
@@ -55,7 +55,7 @@ class Job:
     """The bundle's files, and where the job writes."""
 
     def __init__(self, bundle):
-        self.bundle = bundle
+        self.bundle = bundle = os.path.abspath(bundle)
         with open(os.path.join(bundle, "job.json"), encoding="utf-8") as f:
             self.spec = json.load(f)
         self.train = self.spec["train"]
@@ -164,7 +164,7 @@ def latest_checkpoint(job):
 
 def main():
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
     import transformers as tf
     from peft import PeftModel
 
@@ -175,9 +175,9 @@ def main():
     if t["grad_accum"] % procs.world:
         raise SystemExit(f"grad_accum {t['grad_accum']} does not split between {procs.world} processes")
     local = t["grad_accum"] // procs.world
-    # A CPU job under DeepSpeed keeps accelerate's default device choice (DeepSpeed's own CPU
-    # accelerator); plain CPU processes are asked for.
-    cpu = job.spec["device"] == "cpu" and not job.spec["deepspeed"]
+    # Plain CPU processes are asked for; under DeepSpeed or FSDP accelerate's own choice stands
+    # (asking for the CPU would turn them into plain data parallelism).
+    cpu = job.spec["device"] == "cpu" and job.spec["strategy"] == "ddp"
     acc = Accelerator(cpu=cpu, gradient_accumulation_steps=local)
     if acc.state.deepspeed_plugin is not None:
         # No dataloader goes through prepare() for DeepSpeed to read the batch size from.
@@ -185,12 +185,17 @@ def main():
         ds["train_micro_batch_size_per_gpu"] = t["batch_size"]
         ds["train_batch_size"] = t["batch_size"] * local * procs.world
     print(f"job: {acc.distributed_type} with {procs.world} processes on {acc.device}", file=sys.stderr, flush=True)
+    if procs.world > 1 and acc.distributed_type == DistributedType.NO:
+        raise SystemExit(f"accelerate did not join the {procs.world} processes on {acc.device} "
+                         f"(strategy {job.spec['strategy']}): each would train alone")
     set_seed(t["seed"])
     os.makedirs(job.out, exist_ok=True)
     emit = Events(procs, job.out)
 
     dtype = torch.bfloat16 if job.spec["precision"] == "bf16" else torch.float32
-    base = tf.AutoModelForCausalLM.from_pretrained(job.spec["model"], dtype=dtype)
+    # Where the bundle is taken to another machine, the model's folder there.
+    model_dir = os.environ.get("PEFT_STUDIO_MODEL") or job.spec["model"]
+    base = tf.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     if t["gradient_checkpointing"]:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
