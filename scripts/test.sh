@@ -69,6 +69,10 @@ PEFT_STUDIO_CLI="$PWD/target/release/peft-studio-cli" bash tests/serve/run
 # `eval` against PyTorch (perplexity) and lm-evaluation-harness (multiple choice).
 phase "eval"
 PEFT_STUDIO_CLI="$PWD/target/release/peft-studio-cli" bash tests/eval/run
+# Runs handed to accelerate (2 CPU processes: DDP, DeepSpeed ZeRO-2 and ZeRO-3) train the
+# studio's losses, are followed into the catalog, killed, stopped and resumed.
+phase "handoff"
+PEFT_STUDIO_CLI="$PWD/target/release/peft-studio-cli" bash tests/handoff/run
 # The GPU build compiles (candle's CUDA kernels through nvcc, for an H100's sm_90), with a
 # CUDA toolkit made from the package registry's wheels and cached outside the clone; no GPU
 # is needed to build. About 6 minutes from cold on two cores.

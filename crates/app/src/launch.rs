@@ -288,6 +288,9 @@ pub struct RunRequest {
     /// An evaluation of the adapter when the run ends (`[eval]`; none by default).
     #[serde(default)]
     pub eval: crate::runs::EvalConfig,
+    /// Where it trains (`[target]`; this machine's engine by default).
+    #[serde(default)]
+    pub target: crate::runs::TargetConfig,
 }
 
 impl RunRequest {
@@ -304,7 +307,7 @@ impl RunRequest {
                 ..DataConfig::default()
             },
             eval: self.eval,
-            target: Default::default(),
+            target: self.target,
         })
     }
 }

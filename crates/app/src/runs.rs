@@ -10,6 +10,7 @@ use toml::Table;
 pub use peft_studio_engine::data::format::Format;
 pub use peft_studio_engine::data::{DataConfig, OnBadRecords};
 pub use peft_studio_engine::eval::EvalConfig;
+pub use peft_studio_engine::handoff::TargetConfig;
 pub use peft_studio_engine::peft::target::parse_layers;
 pub use peft_studio_engine::peft::{MethodConfig, MethodKind, PromptInit, TargetModules};
 pub use peft_studio_engine::run_folder::{adapter_dir, RunConfig};

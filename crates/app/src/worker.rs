@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peft_studio_catalog::{Catalog, MetricRow, RunStatus};
-use peft_studio_engine::{handoff, run};
 use peft_studio_engine::run_folder::events::train_events;
 use peft_studio_engine::train::{checkpoint, TrainEvent, TrainSink};
 use peft_studio_engine::EngineError;
+use peft_studio_engine::{handoff, run};
 use serde_json::json;
 
 use crate::error::{AppError, Result};

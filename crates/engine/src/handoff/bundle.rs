@@ -82,9 +82,18 @@ pub fn write(cfg: &RunConfig, prepared: &Prepared, dir: &Path) -> Result<()> {
         &accelerate_config(&cfg.target, cfg),
     )?;
     write_atomic(&dir.join(ENTRY_POINT), include_str!("train.py").as_bytes())?;
-    write_atomic(&dir.join(CHECK_SCRIPT), include_str!("check_env.py").as_bytes())?;
-    write_atomic(&dir.join(LAUNCH_SCRIPT), include_str!("launch.sh").as_bytes())?;
-    write_atomic(&dir.join(SBATCH_SCRIPT), sbatch_script(&cfg.target).as_bytes())?;
+    write_atomic(
+        &dir.join(CHECK_SCRIPT),
+        include_str!("check_env.py").as_bytes(),
+    )?;
+    write_atomic(
+        &dir.join(LAUNCH_SCRIPT),
+        include_str!("launch.sh").as_bytes(),
+    )?;
+    write_atomic(
+        &dir.join(SBATCH_SCRIPT),
+        sbatch_script(&cfg.target).as_bytes(),
+    )?;
     let requirements: String = requirements(&cfg.target)
         .iter()
         .map(|(name, version)| format!("{name}>={version}\n"))
@@ -187,8 +196,18 @@ pub fn sbatch_script(target: &TargetConfig) -> String {
         },
         "#SBATCH --output=job.log".into(),
     ];
-    lines.extend(target.partition.iter().map(|p| format!("#SBATCH --partition={p}")));
-    lines.extend(target.time_limit.iter().map(|t| format!("#SBATCH --time={t}")));
+    lines.extend(
+        target
+            .partition
+            .iter()
+            .map(|p| format!("#SBATCH --partition={p}")),
+    );
+    lines.extend(
+        target
+            .time_limit
+            .iter()
+            .map(|t| format!("#SBATCH --time={t}")),
+    );
     lines.push(format!(
         "cd \"${{SLURM_SUBMIT_DIR:-.}}\" && PYTHON=\"${{PYTHON:-{}}}\" exec sh ./{LAUNCH_SCRIPT} \"$@\"",
         target.python

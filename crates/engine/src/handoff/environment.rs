@@ -44,11 +44,13 @@ pub fn check(target: &TargetConfig, bundle: &Path) -> Result<()> {
         })?;
     let problems: Vec<String> = needed
         .iter()
-        .filter_map(|(name, min)| match report.packages.get(*name).cloned().flatten() {
-            None => Some(format!("{name} is not installed")),
-            Some(v) if older(&v, min) => Some(format!("{name} is {v}")),
-            Some(_) => None,
-        })
+        .filter_map(
+            |(name, min)| match report.packages.get(*name).cloned().flatten() {
+                None => Some(format!("{name} is not installed")),
+                Some(v) if older(&v, min) => Some(format!("{name} is {v}")),
+                Some(_) => None,
+            },
+        )
         .collect();
     if problems.is_empty() {
         return Ok(());

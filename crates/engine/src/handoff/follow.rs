@@ -130,6 +130,18 @@ fn launch(target: &TargetConfig, bundle: &Path, resume: bool) -> std::io::Result
     }
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    #[cfg(target_os = "linux")]
+    // SAFETY: between fork and exec only prctl(2) runs, which is async-signal-safe. The
+    // launcher gets SIGTERM when the thread that started it (the worker's) dies, and torchrun
+    // passes it to the processes: a killed worker leaves no job behind.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd.current_dir(bundle)
         .env("PYTHON", &target.python)
         .env("MAIN_PROCESS_PORT", free_port()?.to_string())
@@ -197,7 +209,9 @@ fn describe(status: ExitStatus) -> String {
     {
         use std::os::unix::process::ExitStatusExt;
         match status.signal() {
-            Some(9) => return "the job was killed (SIGKILL: the out-of-memory killer sends this)".into(),
+            Some(9) => {
+                return "the job was killed (SIGKILL: the out-of-memory killer sends this)".into()
+            }
             Some(sig) => return format!("the job was killed by signal {sig}"),
             None => {}
         }

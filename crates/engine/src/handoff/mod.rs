@@ -166,5 +166,11 @@ fn import_adapter(cfg: &RunConfig, from: &Path) -> Result<()> {
         std::fs::copy(&src, to.join(name)).map_err(|e| EngineError::io(&src, e))?;
     }
     let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
-    write_model_card(cfg, &base.display().to_string(), Exported::Adapter, None, &to)
+    write_model_card(
+        cfg,
+        &base.display().to_string(),
+        Exported::Adapter,
+        None,
+        &to,
+    )
 }

@@ -133,7 +133,10 @@ impl TargetConfig {
     pub fn validate(&self) -> Result<()> {
         let field = |name: &str| format!("target.{name}");
         if self.processes == 0 {
-            return Err(EngineError::config(field("processes"), "must be at least 1"));
+            return Err(EngineError::config(
+                field("processes"),
+                "must be at least 1",
+            ));
         }
         if self.python.trim().is_empty() {
             return Err(EngineError::config(field("python"), "names no Python"));
@@ -208,20 +211,35 @@ mod tests {
         let mut t = TargetConfig::default();
         assert!(t.is_local());
         t.parse_kind("ssh:me@box").unwrap();
-        assert_eq!((t.kind, t.host.as_deref()), (TargetKind::Ssh, Some("me@box")));
+        assert_eq!(
+            (t.kind, t.host.as_deref()),
+            (TargetKind::Ssh, Some("me@box"))
+        );
         t.validate().unwrap();
-        assert!(t.parse_kind("cluster").unwrap_err().to_string().contains("`cluster`"));
+        assert!(t
+            .parse_kind("cluster")
+            .unwrap_err()
+            .to_string()
+            .contains("`cluster`"));
         let cpu_fsdp = TargetConfig {
             kind: TargetKind::Accelerate,
             device: JobDevice::Cpu,
             strategy: Strategy::Fsdp,
             ..Default::default()
         };
-        assert!(cpu_fsdp.validate().unwrap_err().to_string().contains("target.strategy"));
+        assert!(cpu_fsdp
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("target.strategy"));
         let none = TargetConfig {
             processes: 0,
             ..Default::default()
         };
-        assert!(none.validate().unwrap_err().to_string().contains("target.processes"));
+        assert!(none
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("target.processes"));
     }
 }

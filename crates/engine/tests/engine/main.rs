@@ -10,6 +10,7 @@ mod fused;
 mod fuzz_replay;
 mod generate;
 mod gradients;
+mod handoff;
 mod library;
 mod model;
 mod model_export;

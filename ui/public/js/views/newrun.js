@@ -24,6 +24,8 @@ export async function newRun(root, params) {
     name: "",
     evalTask: "",
     evalData: "",
+    // Where it trains (`[target]`): this machine's engine, or a job for accelerate.
+    target: { kind: "local", processes: 2, device: "gpu", strategy: "ddp", python: "python3" },
   };
   if (params.get("demo")) {
     const demo = await invoke("demo_setup");
@@ -72,6 +74,7 @@ export async function newRun(root, params) {
           train: settingsTable(settings.train, state.train),
           format: state.format,
           eval: { task: state.evalTask || null, data: state.evalTask ? state.evalData.trim() || null : null, max_new_tokens: 64 },
+          target: { ...state.target, processes: Number(state.target.processes) },
         },
       });
       location.hash = `#/runs/${id}`;
@@ -206,7 +209,8 @@ export async function newRun(root, params) {
     return [h("table", { class: "review", id: "review" }, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))))),
       h("fieldset", {}, h("legend", {}, "Evaluate the adapter when the run ends"),
         h("div", { class: "row" }, h("label", {}, "task ", evalTask), h("label", {}, "file ", evalData),
-          browseButton(evalData, { filters: [{ name: "Data", extensions: ["jsonl", "json", "csv", "tsv", "txt"] }] })))];
+          browseButton(evalData, { filters: [{ name: "Data", extensions: ["jsonl", "json", "csv", "tsv", "txt"] }] }))),
+      targetFields(state.target)];
   }
 
   render();
@@ -232,6 +236,22 @@ function quantizeField(p, t, quantizations, stored) {
       h("option", { value: "", selected: !t[p.field] }, "not quantized"),
       quantizations.map((q) => h("option", { value: q.name, selected: t[p.field] === q.name }, `${q.name} (${q.bits_per_weight.toFixed(1)} bits per weight)`)));
   return h("label", { class: "param" }, h("span", {}, p.label), select, h("small", {}, p.help));
+}
+
+// Where the run trains: the studio's engine here, or a job handed to accelerate (transformers +
+// PEFT) on this machine's GPUs or CPU processes, followed like a local run (docs/HANDOFF.md).
+function targetFields(t) {
+  const job = h("div", { class: "row", hidden: t.kind === "local" },
+    h("label", {}, "processes ", h("input", { type: "number", id: "target-processes", min: 1, step: 1, value: t.processes, oninput: (e) => { t.processes = e.target.value; } })),
+    h("label", {}, "on ", h("select", { id: "target-device", onchange: (e) => { t.device = e.target.value; } },
+      [["gpu", "GPUs (one per process)"], ["cpu", "CPU processes"]].map(([v, label]) => h("option", { value: v, selected: v === t.device }, label)))),
+    h("label", {}, "sharing ", h("select", { id: "target-strategy", onchange: (e) => { t.strategy = e.target.value; } },
+      [["ddp", "DDP (a model per process)"], ["fsdp", "FSDP"], ["zero2", "DeepSpeed ZeRO-2"], ["zero3", "DeepSpeed ZeRO-3"]].map(([v, label]) => h("option", { value: v, selected: v === t.strategy }, label)))),
+    h("label", {}, "Python ", h("input", { type: "text", id: "target-python", value: t.python, oninput: (e) => { t.python = e.target.value.trim(); } })));
+  const kind = h("select", { id: "target-kind", onchange: (e) => { t.kind = e.target.value; job.hidden = t.kind === "local"; } },
+    [["local", "this machine, the studio's engine"], ["accelerate", "accelerate on this machine (transformers + PEFT)"]].map(([v, label]) => h("option", { value: v, selected: v === t.kind }, label)));
+  return h("fieldset", { id: "target" }, h("legend", {}, "Where it trains"), h("div", { class: "row" }, h("label", {}, "trainer ", kind)), job,
+    h("small", {}, "A hand-off trains the same tokens from the same initial adapter; its steps, checkpoints and adapter come back here. The micro-batches of a step (grad_accum) are split between the processes."));
 }
 
 function debounce(f, ms) {
