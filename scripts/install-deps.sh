@@ -18,8 +18,9 @@ packages=(
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3 python3-pip)
 # The interop harness makes a virtual environment for PyTorch, PEFT and the adapters library.
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || packages+=(python3-venv)
-# DeepSpeed compiles its CPU communication op against Python's headers (the hand-off test).
-packages+=(python3-dev)
+# DeepSpeed compiles its CPU communication op against Python's headers, and an ssh server on
+# a spare port takes a job over ssh (the hand-off test).
+packages+=(python3-dev openssh-server openssh-client)
 # Node runs the web UI's unit tests (vitest) and the end-to-end driver.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()

@@ -344,8 +344,9 @@ pub struct TrainArgs {
     /// The held-out file `--eval-task` reads.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
-    /// Where the run trains (`[target]`): local (this machine's engine, the default), or
-    /// accelerate (a job for transformers + PEFT under accelerate; docs/HANDOFF.md).
+    /// Where the run trains (`[target]`): local (this machine's engine, the default),
+    /// accelerate (a job for transformers + PEFT under accelerate here), or ssh:HOST (the same
+    /// job on another machine); docs/HANDOFF.md.
     #[arg(long)]
     pub target: Option<String>,
     /// Processes of a hand-off job (one per GPU).
@@ -360,6 +361,15 @@ pub struct TrainArgs {
     /// The Python that runs a hand-off job (torch, transformers, peft and accelerate).
     #[arg(long)]
     pub python: Option<String>,
+    /// `ssh:HOST`: more arguments for ssh, in one string (`-p 2222 -i KEY`, `-F CONFIG`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub ssh_options: Option<String>,
+    /// `ssh:HOST`: the folder there for the job's bundles (default: ~/peft-studio-jobs).
+    #[arg(long)]
+    pub remote_dir: Option<String>,
+    /// `ssh:HOST`: the base model's folder there (default: the model is sent with the bundle).
+    #[arg(long)]
+    pub remote_model: Option<String>,
     /// Write the hand-off job's bundle into <out>/job and say how to start it, without
     /// recording or starting a run (to take it to a machine the studio does not reach).
     #[arg(long)]

@@ -223,10 +223,16 @@ fn target_flags(a: &TrainArgs, cfg: &RunConfig) -> Result<Table> {
     if let Some(n) = a.processes {
         target.insert("processes".into(), Value::Integer(n as i64));
     }
+    if let Some(options) = &a.ssh_options {
+        let list = options.split_whitespace().map(Value::from).collect();
+        target.insert("ssh_options".into(), Value::Array(list));
+    }
     for (field, value) in [
         ("device", &a.job_device),
         ("strategy", &a.strategy),
         ("python", &a.python),
+        ("remote_dir", &a.remote_dir),
+        ("remote_model", &a.remote_model),
     ] {
         if let Some(v) = value {
             target.insert(field.into(), v.clone().into());

@@ -2,12 +2,12 @@
 //! bundle needs, at least at the version the entry point is written for; otherwise the run
 //! fails at once saying what is missing and how to install it.
 
-use std::path::Path;
-use std::process::Command;
+use std::process::Stdio;
 
 use serde::Deserialize;
 
 use super::bundle::{requirements, CHECK_SCRIPT};
+use super::place::{quote, Place};
 use super::target::TargetConfig;
 use crate::error::{EngineError, Result};
 
@@ -17,17 +17,23 @@ struct Report {
     packages: std::collections::BTreeMap<String, Option<String>>,
 }
 
-/// Runs the bundle's check script with the target's Python and compares its versions.
-pub fn check(target: &TargetConfig, bundle: &Path) -> Result<()> {
+/// Runs the bundle's check script with the target's Python where the job runs, and compares
+/// its versions.
+pub fn check(target: &TargetConfig, place: &Place) -> Result<()> {
     let needed = requirements(target);
     let fail = |message: String| EngineError::Job {
         target: target.kind.as_str().into(),
         message,
     };
-    let out = Command::new(&target.python)
-        .arg(bundle.join(CHECK_SCRIPT))
-        .args(needed.iter().map(|(name, _)| name))
-        .current_dir(bundle)
+    let names: Vec<&str> = needed.iter().map(|(name, _)| *name).collect();
+    let line = format!(
+        "{} {CHECK_SCRIPT} {}",
+        quote(&target.python),
+        names.join(" ")
+    );
+    let out = place
+        .shell(&line, false)
+        .stdin(Stdio::null())
         .output()
         .map_err(|e| fail(format!("cannot run its Python `{}`: {e}", target.python)))?;
     let text = String::from_utf8_lossy(&out.stdout);

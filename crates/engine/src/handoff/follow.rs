@@ -4,13 +4,13 @@
 //! checkpoints and stops between steps); a job that does not stop is killed.
 
 use std::io::{BufRead, Write};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::bundle::{LAUNCH_SCRIPT, STOP_FILE};
+use super::place::{quote, Place};
 use super::target::TargetConfig;
 use crate::error::{EngineError, Result};
 use crate::train::{TrainEvent, TrainSink};
@@ -26,10 +26,10 @@ pub struct Finished {
     pub cancelled: bool,
 }
 
-/// Launches the job of the bundle in `bundle` and follows it to its end.
+/// Launches the job where `place` says and follows it to its end.
 pub fn run_job(
     target: &TargetConfig,
-    bundle: &Path,
+    place: &Place,
     resume: bool,
     sink: &mut dyn TrainSink,
     cancel: &AtomicBool,
@@ -38,9 +38,9 @@ pub fn run_job(
         target: target.kind.as_str().into(),
         message,
     };
-    let mut child = launch(target, bundle, resume)
+    let mut child = launch(target, place, resume)
         .map_err(|e| fail(format!("cannot start `{}`: {e}", target.python)))?;
-    let log_path = bundle.join(JOB_LOG);
+    let log_path = place.local_bundle().join(JOB_LOG);
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -53,7 +53,8 @@ pub fn run_job(
     let mut stop_asked: Option<Instant> = None;
     loop {
         match lines.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) => match serde_json::from_str::<TrainEvent>(&line) {
+            // A remote job's terminal ends its lines with CR LF.
+            Ok(line) => match serde_json::from_str::<TrainEvent>(line.trim_end_matches('\r')) {
                 Ok(event) => {
                     if let TrainEvent::Finished { cancelled, .. } = &event {
                         finished = Some(Finished {
@@ -74,30 +75,38 @@ pub fn run_job(
             Err(RecvTimeoutError::Disconnected) => break,
         }
         if cancel.load(Ordering::Relaxed) && stop_asked.is_none() {
-            let stop = bundle.join(STOP_FILE);
-            std::fs::write(&stop, b"").map_err(|e| EngineError::io(&stop, e))?;
+            place.ask_stop()?;
             stop_asked = Some(Instant::now());
         }
         if stop_asked.is_some_and(|t| t.elapsed() > STOP_GRACE) {
             kill_group(&child);
         }
     }
-    let status = child.wait().map_err(|e| EngineError::io(bundle, e))?;
+    let status = child
+        .wait()
+        .map_err(|e| EngineError::io(place.local_bundle(), e))?;
     match finished {
         // A job that said it finished has written its adapter; how its launcher then exits
         // (a teardown warning) does not undo that.
         Some(f) => Ok(f),
         None => {
-            // The root cause where Python printed one; a killed job's last lines are
-            // whatever it was doing, not why it ended.
-            let said = first_error.or_else(|| match killed(status) {
+            // ssh's own failures (a cut connection) exit with 255.
+            let cut = place
+                .host()
+                .filter(|_| killed(status) || status.code() == Some(255));
+            // The root cause where Python printed one; a killed job's or cut connection's last
+            // lines are whatever the job was doing, not why it ended.
+            let said = first_error.or_else(|| match killed(status) || cut.is_some() {
                 true => None,
                 false => last_line,
             });
             let said = said.map(|s| format!(": {}", s.trim())).unwrap_or_default();
+            let how = match cut {
+                Some(host) => format!("the ssh connection to {host} was cut"),
+                None => describe(status),
+            };
             Err(fail(format!(
-                "{} before finishing the run{said}; the whole log: {}",
-                describe(status),
+                "{how} before finishing the run{said}; the whole log: {}",
                 log_path.display()
             )))
         }
@@ -120,20 +129,27 @@ fn is_exception(line: &str) -> bool {
 }
 
 /// Starts the bundle's launch script (`accelerate launch` of the entry point) with the
-/// target's Python, in a process group of its own (so that the job's processes can be stopped
-/// together), its output on pipes.
-fn launch(target: &TargetConfig, bundle: &Path, resume: bool) -> std::io::Result<Child> {
-    let mut cmd = Command::new("sh");
-    cmd.arg(bundle.join(LAUNCH_SCRIPT));
-    if resume {
-        cmd.arg("--resume");
-    }
+/// target's Python where the job runs, in a process group of its own (so that the job's
+/// processes, or its ssh connection, can be stopped together), its output on pipes.
+fn launch(target: &TargetConfig, place: &Place, resume: bool) -> std::io::Result<Child> {
+    let model = place
+        .model_override()
+        .map(|m| format!("PEFT_STUDIO_MODEL={m} "))
+        .unwrap_or_default();
+    let line = format!(
+        "rm -f {STOP_FILE} && PYTHON={} MAIN_PROCESS_PORT={} PYTHONUNBUFFERED=1 {model}exec sh {LAUNCH_SCRIPT}{}",
+        quote(&target.python),
+        free_port()?,
+        if resume { " --resume" } else { "" }
+    );
+    let mut cmd = place.shell(&line, true);
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     #[cfg(target_os = "linux")]
     // SAFETY: between fork and exec only prctl(2) runs, which is async-signal-safe. The
     // launcher gets SIGTERM when the thread that started it (the worker's) dies, and torchrun
-    // passes it to the processes: a killed worker leaves no job behind.
+    // passes it to the processes (over ssh, the connection ends and the terminal's hang-up
+    // ends the job there): a killed worker leaves no job behind.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
@@ -142,11 +158,7 @@ fn launch(target: &TargetConfig, bundle: &Path, resume: bool) -> std::io::Result
             Ok(())
         });
     }
-    cmd.current_dir(bundle)
-        .env("PYTHON", &target.python)
-        .env("MAIN_PROCESS_PORT", free_port()?.to_string())
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -7,11 +7,13 @@
 pub mod bundle;
 mod environment;
 mod follow;
+pub mod place;
 pub mod target;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+use place::Place;
 pub use target::{JobDevice, Strategy, TargetConfig, TargetKind};
 
 use crate::error::{EngineError, Result};
@@ -25,7 +27,7 @@ use crate::train::{TrainEvent, TrainSink};
 /// as the studio would; called by `run::preflight`, before the run is recorded.
 pub fn check(cfg: &RunConfig) -> Result<()> {
     check_bundle(cfg)?;
-    if matches!(cfg.target.kind, TargetKind::Ssh | TargetKind::Slurm) {
+    if cfg.target.kind == TargetKind::Slurm {
         return Err(EngineError::config(
             "target.kind",
             format!(
@@ -103,15 +105,10 @@ fn check_bundle(cfg: &RunConfig) -> Result<()> {
     Ok(())
 }
 
-/// The step of the job's newest complete checkpoint, which a resumed hand-off continues from.
+/// The step of the job's newest complete checkpoint (where the job is), which a resumed
+/// hand-off continues from.
 pub fn latest_checkpoint(cfg: &RunConfig) -> Option<usize> {
-    let root = bundle::job_out(&bundle::bundle_dir(&cfg.out)).join("checkpoints");
-    std::fs::read_dir(root)
-        .ok()?
-        .flatten()
-        .filter(|d| d.path().join("studio_state.json").exists())
-        .filter_map(|d| d.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
-        .max()
+    Place::of(&cfg.target, &bundle::bundle_dir(&cfg.out)).latest_checkpoint()
 }
 
 /// Trains `cfg` on its target: writes the bundle (kept when resuming: the same tokens, order
@@ -141,12 +138,16 @@ pub fn train(
         }
         bundle::write(cfg, &prepared, &dir)?;
     }
-    environment::check(&cfg.target, &dir)?;
-    let _ = std::fs::remove_file(dir.join(bundle::STOP_FILE));
-    let finished = follow::run_job(&cfg.target, &dir, resume, &mut fan, cancel)?;
+    let place = Place::of(&cfg.target, &dir);
+    if !resume {
+        place.send(&cfg.model)?;
+    }
+    environment::check(&cfg.target, &place)?;
+    let finished = follow::run_job(&cfg.target, &place, resume, &mut fan, cancel)?;
     if finished.cancelled {
         return Err(EngineError::Cancelled);
     }
+    place.fetch_adapter()?;
     import_adapter(cfg, &bundle::job_out(&dir).join("adapter"))?;
     Ok(cfg.adapter_dir())
 }

@@ -96,9 +96,16 @@ pub struct TargetConfig {
     /// `ssh`: the machine, as ssh takes it (`user@host`, or a name from `~/.ssh/config`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// `ssh`: the folder on that machine the job's bundle is copied into.
+    /// `ssh`: more arguments for ssh (a port, a key, `-F CONFIG`), before the host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ssh_options: Vec<String>,
+    /// `ssh`: the folder on that machine the job's bundles are copied into
+    /// (`peft-studio-jobs` in the home folder when unset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_dir: Option<String>,
+    /// `ssh`: the base model's folder on that machine; unset, the model is sent with the bundle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_model: Option<String>,
     /// `slurm`: the partition to submit to (the cluster's default when unset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
@@ -116,7 +123,9 @@ impl Default for TargetConfig {
             strategy: Strategy::Ddp,
             python: "python3".into(),
             host: None,
+            ssh_options: Vec::new(),
             remote_dir: None,
+            remote_model: None,
             partition: None,
             time_limit: None,
         }
