@@ -18,9 +18,12 @@ packages=(
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3 python3-pip)
 # The interop harness makes a virtual environment for PyTorch, PEFT and the adapters library.
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || packages+=(python3-venv)
-# DeepSpeed compiles its CPU communication op against Python's headers, and an ssh server on
-# a spare port takes a job over ssh (the hand-off test).
-packages+=(python3-dev openssh-server openssh-client)
+# --tests: what only the test command needs. The hand-off test compiles DeepSpeed's CPU
+# communication op against Python's headers, sends a job over ssh to a server of its own on a
+# spare port, and submits one to a one-node Slurm cluster it starts (munge for its keys).
+if [[ ${1:-} == --tests ]]; then
+  packages+=(python3-dev openssh-server openssh-client slurmctld slurmd slurm-client munge)
+fi
 # Node runs the web UI's unit tests (vitest) and the end-to-end driver.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()

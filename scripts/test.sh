@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -f "$HOME/.cargo/env" ]] && source "$HOME/.cargo/env"
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --tests
 
 export CARGO_TERM_COLOR=never
 # A fresh CI clone gains nothing from incremental caches, which cost gigabytes of disk.

@@ -25,6 +25,8 @@ pub const ACCELERATE_CONFIG: &str = "accelerate.json";
 pub const LAUNCH_SCRIPT: &str = "launch.sh";
 /// The Slurm batch script that runs the launch script on one node.
 pub const SBATCH_SCRIPT: &str = "job.sbatch";
+/// The script that submits the batch script and prints the job's output until it ends.
+pub const SUBMIT_SCRIPT: &str = "submit.sh";
 /// The file whose appearance asks the job to stop after its current step.
 pub const STOP_FILE: &str = "STOP";
 
@@ -93,6 +95,10 @@ pub fn write(cfg: &RunConfig, prepared: &Prepared, dir: &Path) -> Result<()> {
     write_atomic(
         &dir.join(SBATCH_SCRIPT),
         sbatch_script(&cfg.target).as_bytes(),
+    )?;
+    write_atomic(
+        &dir.join(SUBMIT_SCRIPT),
+        include_str!("submit.sh").as_bytes(),
     )?;
     let requirements: String = requirements(&cfg.target)
         .iter()
@@ -194,7 +200,7 @@ pub fn sbatch_script(target: &TargetConfig) -> String {
             JobDevice::Gpu => format!("#SBATCH --gpus={n}"),
             JobDevice::Cpu => format!("#SBATCH --cpus-per-task={n}"),
         },
-        "#SBATCH --output=job.log".into(),
+        "#SBATCH --output=slurm.log".into(),
     ];
     lines.extend(
         target

@@ -9,14 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::bundle::{LAUNCH_SCRIPT, STOP_FILE};
+use super::bundle::STOP_FILE;
 use super::place::{quote, Place};
 use super::target::TargetConfig;
 use crate::error::{EngineError, Result};
 use crate::train::{TrainEvent, TrainSink};
 
-/// How long a job may take to stop after its STOP file appears before it is killed.
+/// How long a job may take to stop after its STOP file appears before it is terminated (a
+/// Slurm job's follower cancels it then), and then before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(120);
+const KILL_GRACE: Duration = Duration::from_secs(30);
 /// The job log's name inside the bundle.
 pub const JOB_LOG: &str = "job.log";
 
@@ -78,8 +80,10 @@ pub fn run_job(
             place.ask_stop()?;
             stop_asked = Some(Instant::now());
         }
-        if stop_asked.is_some_and(|t| t.elapsed() > STOP_GRACE) {
-            kill_group(&child);
+        match stop_asked.map(|t| t.elapsed()) {
+            Some(t) if t > STOP_GRACE + KILL_GRACE => signal_group(&child, libc::SIGKILL),
+            Some(t) if t > STOP_GRACE => signal_group(&child, libc::SIGTERM),
+            _ => {}
         }
     }
     let status = child
@@ -137,9 +141,10 @@ fn launch(target: &TargetConfig, place: &Place, resume: bool) -> std::io::Result
         .map(|m| format!("PEFT_STUDIO_MODEL={m} "))
         .unwrap_or_default();
     let line = format!(
-        "rm -f {STOP_FILE} && PYTHON={} MAIN_PROCESS_PORT={} PYTHONUNBUFFERED=1 {model}exec sh {LAUNCH_SCRIPT}{}",
+        "rm -f {STOP_FILE} && PYTHON={} MAIN_PROCESS_PORT={} PYTHONUNBUFFERED=1 {model}exec sh {}{}",
         quote(&target.python),
         free_port()?,
+        place.start_script(),
         if resume { " --resume" } else { "" }
     );
     let mut cmd = place.shell(&line, true);
@@ -192,12 +197,12 @@ fn read_lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
-/// Ends the job's whole process group (the launcher and every process it started).
-fn kill_group(child: &Child) {
+/// Signals the job's whole process group (the launcher and every process it started).
+fn signal_group(child: &Child, signal: i32) {
     #[cfg(unix)]
     // SAFETY: kill(2) with a negative pid signals that process group; no memory is touched.
     unsafe {
-        libc::kill(-(child.id() as i32), libc::SIGKILL);
+        libc::kill(-(child.id() as i32), signal);
     }
 }
 

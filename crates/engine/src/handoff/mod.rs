@@ -23,23 +23,6 @@ use crate::run_folder::events::{EventLog, EVENTS_FILE};
 use crate::run_folder::RunConfig;
 use crate::train::{TrainEvent, TrainSink};
 
-/// Refuses, naming the field, a hand-off the studio cannot start or whose job could not train
-/// as the studio would; called by `run::preflight`, before the run is recorded.
-pub fn check(cfg: &RunConfig) -> Result<()> {
-    check_bundle(cfg)?;
-    if cfg.target.kind == TargetKind::Slurm {
-        return Err(EngineError::config(
-            "target.kind",
-            format!(
-                "`{}` jobs are not started by the studio yet; write the bundle with \
-                 `train --bundle-only` and start its launch.sh (or job.sbatch) there",
-                cfg.target.kind.as_str()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Writes the bundle of `cfg` alone, to take to a machine the studio does not reach; returns
 /// its folder (`<out>/job`).
 pub fn write_bundle(cfg: &RunConfig) -> Result<PathBuf> {
@@ -49,15 +32,16 @@ pub fn write_bundle(cfg: &RunConfig) -> Result<PathBuf> {
             "a bundle is written for a hand-off; choose --target accelerate, ssh:HOST or slurm",
         ));
     }
-    check_bundle(cfg)?;
+    check(cfg)?;
     let prepared = crate::run::prepare(cfg)?;
     let dir = bundle::bundle_dir(&cfg.out);
     bundle::write(cfg, &prepared, &dir)?;
     Ok(dir)
 }
 
-/// What every bundle needs: a method, model and settings the entry point trains as the studio.
-fn check_bundle(cfg: &RunConfig) -> Result<()> {
+/// Refuses, naming the field, a hand-off whose job could not train as the studio would; called
+/// by `run::preflight`, before the run is recorded.
+pub fn check(cfg: &RunConfig) -> Result<()> {
     let target = &cfg.target;
     target.validate()?;
     if !matches!(

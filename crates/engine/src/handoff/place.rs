@@ -6,16 +6,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::bundle::STOP_FILE;
+use super::bundle::{LAUNCH_SCRIPT, STOP_FILE, SUBMIT_SCRIPT};
 use super::target::{TargetConfig, TargetKind};
 use crate::error::{EngineError, Result};
 
 /// The folder the job's bundle is in, and the machine it is on.
 pub enum Place<'a> {
-    /// This machine: the run's own bundle folder.
+    /// This machine's folder: the run's own bundle, launched here or, for a Slurm target,
+    /// submitted from here to a cluster whose nodes see the folder.
     Here {
         /// The bundle.
         bundle: PathBuf,
+        /// Whether the job is submitted to Slurm.
+        slurm: bool,
     },
     /// Another machine, over ssh.
     Ssh {
@@ -52,8 +55,9 @@ impl<'a> Place<'a> {
                     local: bundle.to_path_buf(),
                 }
             }
-            _ => Place::Here {
+            (kind, _) => Place::Here {
                 bundle: bundle.to_path_buf(),
+                slurm: kind == TargetKind::Slurm,
             },
         }
     }
@@ -62,7 +66,7 @@ impl<'a> Place<'a> {
     /// terminal, so that the job there ends when the connection does.
     pub fn shell(&self, line: &str, tty: bool) -> Command {
         match self {
-            Place::Here { bundle } => {
+            Place::Here { bundle, .. } => {
                 let mut cmd = Command::new("sh");
                 cmd.args(["-c", line]).current_dir(bundle);
                 cmd
@@ -146,7 +150,7 @@ impl<'a> Place<'a> {
     /// Asks the job to stop after its current step.
     pub fn ask_stop(&self) -> Result<()> {
         match self {
-            Place::Here { bundle } => {
+            Place::Here { bundle, .. } => {
                 let stop = bundle.join(STOP_FILE);
                 std::fs::write(&stop, b"").map_err(|e| EngineError::io(&stop, e))
             }
@@ -167,7 +171,7 @@ impl<'a> Place<'a> {
     /// The step of the job's newest complete checkpoint, if any.
     pub fn latest_checkpoint(&self) -> Option<usize> {
         let listing = match self {
-            Place::Here { bundle } => std::fs::read_dir(bundle.join("out").join("checkpoints"))
+            Place::Here { bundle, .. } => std::fs::read_dir(bundle.join("out").join("checkpoints"))
                 .ok()?
                 .flatten()
                 .filter(|d| d.path().join("studio_state.json").exists())
@@ -191,10 +195,19 @@ impl<'a> Place<'a> {
             .max()
     }
 
+    /// The script that starts the job and prints its output until it ends: the launch script,
+    /// or for Slurm the one that submits the batch script and follows it.
+    pub fn start_script(&self) -> &'static str {
+        match self {
+            Place::Here { slurm: true, .. } => SUBMIT_SCRIPT,
+            _ => LAUNCH_SCRIPT,
+        }
+    }
+
     /// The bundle on this machine (its log, its adapter once fetched).
     pub fn local_bundle(&self) -> &Path {
         match self {
-            Place::Here { bundle } => bundle,
+            Place::Here { bundle, .. } => bundle,
             Place::Ssh { local, .. } => local,
         }
     }

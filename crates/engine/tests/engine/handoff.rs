@@ -113,7 +113,6 @@ fn what_a_job_cannot_train_is_refused_by_field() {
     };
     assert!(refused(&|c| c.train.grad_accum = 3).contains("`grad_accum`"));
     assert!(refused(&|c| c.method.kind = MethodKind::Houlsby).contains("`method`"));
-    assert!(refused(&|c| c.target.kind = TargetKind::Slurm).contains("--bundle-only"));
     assert!(refused(&|c| c.target.processes = 0).contains("target.processes"));
     assert!(refused(&|c| c.target.strategy = Strategy::Fsdp).contains("target.strategy"));
     peft_studio_engine::run::preflight(&base).unwrap();
