@@ -12,7 +12,6 @@ use super::target::{JobDevice, Strategy, TargetConfig};
 use crate::data::Examples;
 use crate::error::{EngineError, Result};
 use crate::fsutil::write_atomic;
-use crate::run::Prepared;
 use crate::run_folder::RunConfig;
 
 /// The entry point accelerate launches.
@@ -57,14 +56,24 @@ pub fn requirements(target: &TargetConfig) -> Vec<(&'static str, &'static str)> 
     all
 }
 
-/// Writes the bundle of `cfg` into `dir` from the prepared model, method and data; the model
-/// itself is named by its path (the job loads it there).
-pub fn write(cfg: &RunConfig, prepared: &Prepared, dir: &Path) -> Result<()> {
+/// What a bundle starts from: the run's examples and its method's initial values.
+pub struct Start {
+    /// Training examples.
+    pub train: Examples,
+    /// Validation examples.
+    pub val: Option<Examples>,
+    /// The trainable tensors before training, by their names in the studio.
+    pub initial: Vec<(String, candle_core::Tensor)>,
+}
+
+/// Writes the bundle of `cfg` into `dir` from its start; the model itself is named by its
+/// path (the job loads it there).
+pub fn write(cfg: &RunConfig, start: &Start, dir: &Path) -> Result<()> {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).map_err(|e| EngineError::io(&data, e))?;
-    let train = &prepared.train;
+    let train = &start.train;
     write_examples(&data.join("train.jsonl"), train)?;
-    if let Some(val) = &prepared.val {
+    if let Some(val) = &start.val {
         write_examples(&data.join("val.jsonl"), val)?;
     }
     let total = cfg.train.total_steps(train.batches_per_epoch());
@@ -72,12 +81,7 @@ pub fn write(cfg: &RunConfig, prepared: &Prepared, dir: &Path) -> Result<()> {
         &data.join("order.jsonl"),
         (0..total * cfg.train.grad_accum).map(|i| json!(train.members_of(i))),
     )?;
-    let params: Vec<(String, candle_core::Tensor)> = prepared
-        .trainables
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    crate::run::export_params(cfg, &params, None, &dir.join("initial_adapter"))?;
+    crate::run::export_params(cfg, &start.initial, None, &dir.join("initial_adapter"))?;
     write_json(&dir.join("job.json"), &job_spec(cfg, train, total)?)?;
     write_json(
         &dir.join(ACCELERATE_CONFIG),

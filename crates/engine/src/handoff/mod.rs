@@ -33,9 +33,9 @@ pub fn write_bundle(cfg: &RunConfig) -> Result<PathBuf> {
         ));
     }
     check(cfg)?;
-    let prepared = crate::run::prepare(cfg)?;
+    let (start, _) = start(cfg)?;
     let dir = bundle::bundle_dir(&cfg.out);
-    bundle::write(cfg, &prepared, &dir)?;
+    bundle::write(cfg, &start, &dir)?;
     Ok(dir)
 }
 
@@ -111,16 +111,14 @@ pub fn train(
     let mut log = EventLog::open(&cfg.out.join(EVENTS_FILE))?;
     let mut fan = crate::train::events::Fanout(vec![sink, &mut log]);
     if !(resume && dir.join("job.json").exists()) {
-        // The model is loaded to make the initial adapter as a local run would, then dropped
-        // before the job needs the memory.
-        let prepared = crate::run::prepare(cfg)?;
-        for report in &prepared.reports {
+        let (start, reports) = start(cfg)?;
+        for report in &reports {
             fan.event(&TrainEvent::Data {
                 summary: report.summary(),
                 problems: report.problem_lines(),
             });
         }
-        bundle::write(cfg, &prepared, &dir)?;
+        bundle::write(cfg, &start, &dir)?;
     }
     let place = Place::of(&cfg.target, &dir);
     if !resume {
@@ -134,6 +132,38 @@ pub fn train(
     place.fetch_adapter()?;
     import_adapter(cfg, &bundle::job_out(&dir).join("adapter"))?;
     Ok(cfg.adapter_dir())
+}
+
+/// The run's examples and its method's initial values, from config.json and the tokenizer
+/// where the method allows (a base larger than this machine's memory is never loaded here);
+/// otherwise the model is loaded, the method applied as a local run does, and dropped before
+/// the job needs the memory.
+fn start(cfg: &RunConfig) -> Result<(bundle::Start, Vec<crate::data::DataReport>)> {
+    let config = crate::model::LlamaConfig::from_path(&cfg.model)?;
+    let dtype = cfg.train.precision.dtype();
+    if let Some(initial) = cfg.method.initial_values(&config, cfg.train.seed, dtype)? {
+        let (train, val, reports) = crate::run::prepare_data(cfg)?;
+        return Ok((
+            bundle::Start {
+                train,
+                val,
+                initial,
+            },
+            reports,
+        ));
+    }
+    let p = crate::run::prepare(cfg)?;
+    let initial = p
+        .trainables
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let start = bundle::Start {
+        train: p.train,
+        val: p.val,
+        initial,
+    };
+    Ok((start, p.reports))
 }
 
 /// Copies the job's PEFT adapter into the run's adapter folder, with the studio's model card.

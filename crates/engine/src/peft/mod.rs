@@ -5,6 +5,7 @@
 //! names a method.
 
 pub mod freeze;
+mod initial;
 pub mod load;
 pub mod merge;
 pub mod prompt;

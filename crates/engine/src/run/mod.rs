@@ -60,6 +60,15 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     })
 }
 
+/// The training and validation examples of a decoder-only run and what reading each file
+/// found, without loading the weights (the tokenizer and config.json suffice).
+pub fn prepare_data(cfg: &RunConfig) -> Result<(Examples, Option<Examples>, Vec<DataReport>)> {
+    cfg.train.validate()?;
+    let config = crate::model::LlamaConfig::from_path(&cfg.model)?;
+    let tok = TextTokenizer::load(&cfg.model, &config.eos_token_ids)?;
+    read_datasets(cfg, &tok, &cfg.data)
+}
+
 /// A T5 model with its method applied and the data read as sources and targets.
 pub struct PreparedT5 {
     /// The wrapped model.

@@ -117,3 +117,38 @@ fn what_a_job_cannot_train_is_refused_by_field() {
     assert!(refused(&|c| c.target.strategy = Strategy::Fsdp).contains("target.strategy"));
     peft_studio_engine::run::preflight(&base).unwrap();
 }
+
+/// The bundle's starting point from config.json alone equals the method applied to the loaded
+/// model, value for value: a base too large for this machine need not be loaded to hand it off.
+#[test]
+fn the_start_from_the_config_alone_is_the_loaded_models() {
+    use peft_studio_engine::model::{load_model, LlamaConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = tiny_model(dir.path(), &TinySpec::default());
+    let config = LlamaConfig::from_path(&model_dir).unwrap();
+    let mut rslora = lora_method(4, "all-linear");
+    rslora.use_rslora = true;
+    let ia3 = peft_studio_engine::peft::MethodConfig {
+        kind: MethodKind::Ia3,
+        ..Default::default()
+    };
+    for method in [lora_method(4, "q_proj,v_proj"), rslora, ia3] {
+        for dtype in [candle_core::DType::F32, candle_core::DType::BF16] {
+            let mut model = load_model(&model_dir, dtype, &candle_core::Device::Cpu).unwrap();
+            let applied = method.apply(&mut model, 7).unwrap();
+            let start = method.initial_values(&config, 7, dtype).unwrap().unwrap();
+            assert_eq!(applied.len(), start.len(), "{:?}", method.kind);
+            for ((name, var), (start_name, value)) in applied.iter().zip(&start) {
+                assert_eq!(name, start_name);
+                let var = var.as_tensor().to_dtype(candle_core::DType::F32).unwrap();
+                assert_eq!(max_abs_diff(&var, value), 0.0, "{name} in {dtype:?}");
+            }
+        }
+    }
+    let mut dora = lora_method(4, "q_proj");
+    dora.use_dora = true;
+    assert!(dora
+        .initial_values(&config, 7, candle_core::DType::F32)
+        .unwrap()
+        .is_none());
+}

@@ -25,7 +25,7 @@ export async function newRun(root, params) {
     evalTask: "",
     evalData: "",
     // Where it trains (`[target]`): this machine's engine, or a job for accelerate.
-    target: { kind: "local", processes: 2, device: "gpu", strategy: "ddp", python: "python3" },
+    target: { kind: "local", processes: 2, device: "gpu", strategy: "ddp", python: "python3", host: "" },
   };
   if (params.get("demo")) {
     const demo = await invoke("demo_setup");
@@ -74,7 +74,7 @@ export async function newRun(root, params) {
           train: settingsTable(settings.train, state.train),
           format: state.format,
           eval: { task: state.evalTask || null, data: state.evalTask ? state.evalData.trim() || null : null, max_new_tokens: 64 },
-          target: { ...state.target, processes: Number(state.target.processes) },
+          target: { ...state.target, processes: Number(state.target.processes), host: state.target.kind === "ssh" ? state.target.host : null },
         },
       });
       location.hash = `#/runs/${id}`;
@@ -239,8 +239,10 @@ function quantizeField(p, t, quantizations, stored) {
 }
 
 // Where the run trains: the studio's engine here, or a job handed to accelerate (transformers +
-// PEFT) on this machine's GPUs or CPU processes, followed like a local run (docs/HANDOFF.md).
+// PEFT) here, on a machine over ssh or on a Slurm cluster, followed like a local run
+// (docs/HANDOFF.md).
 function targetFields(t) {
+  const host = h("label", { hidden: t.kind !== "ssh" }, "host ", h("input", { type: "text", id: "target-host", value: t.host, placeholder: "me@gpu-box", oninput: (e) => { t.host = e.target.value.trim(); } }));
   const job = h("div", { class: "row", hidden: t.kind === "local" },
     h("label", {}, "processes ", h("input", { type: "number", id: "target-processes", min: 1, step: 1, value: t.processes, oninput: (e) => { t.processes = e.target.value; } })),
     h("label", {}, "on ", h("select", { id: "target-device", onchange: (e) => { t.device = e.target.value; } },
@@ -248,9 +250,10 @@ function targetFields(t) {
     h("label", {}, "sharing ", h("select", { id: "target-strategy", onchange: (e) => { t.strategy = e.target.value; } },
       [["ddp", "DDP (a model per process)"], ["fsdp", "FSDP"], ["zero2", "DeepSpeed ZeRO-2"], ["zero3", "DeepSpeed ZeRO-3"]].map(([v, label]) => h("option", { value: v, selected: v === t.strategy }, label)))),
     h("label", {}, "Python ", h("input", { type: "text", id: "target-python", value: t.python, oninput: (e) => { t.python = e.target.value.trim(); } })));
-  const kind = h("select", { id: "target-kind", onchange: (e) => { t.kind = e.target.value; job.hidden = t.kind === "local"; } },
-    [["local", "this machine, the studio's engine"], ["accelerate", "accelerate on this machine (transformers + PEFT)"]].map(([v, label]) => h("option", { value: v, selected: v === t.kind }, label)));
-  return h("fieldset", { id: "target" }, h("legend", {}, "Where it trains"), h("div", { class: "row" }, h("label", {}, "trainer ", kind)), job,
+  const kind = h("select", { id: "target-kind", onchange: (e) => { t.kind = e.target.value; job.hidden = t.kind === "local"; host.hidden = t.kind !== "ssh"; } },
+    [["local", "this machine, the studio's engine"], ["accelerate", "accelerate on this machine (transformers + PEFT)"], ["ssh", "accelerate on another machine, over ssh"], ["slurm", "a Slurm cluster (sbatch from here)"]]
+      .map(([v, label]) => h("option", { value: v, selected: v === t.kind }, label)));
+  return h("fieldset", { id: "target" }, h("legend", {}, "Where it trains"), h("div", { class: "row" }, h("label", {}, "trainer ", kind), host), job,
     h("small", {}, "A hand-off trains the same tokens from the same initial adapter; its steps, checkpoints and adapter come back here. The micro-batches of a step (grad_accum) are split between the processes."));
 }
 

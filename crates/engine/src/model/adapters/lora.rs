@@ -107,6 +107,16 @@ pub struct LoraVars {
     pub magnitude: Option<Var>,
 }
 
+/// LoRA's A of an `r × fan_in` projection before training: uniform in ±1/√fan_in (PyTorch's
+/// Kaiming-uniform bound with a = √5, as PEFT initialises it), drawn from `seed`.
+pub(crate) fn initial_a(r: usize, fan_in: usize, seed: u64) -> Vec<f32> {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let mut rng = SplitMix64::new(seed);
+    (0..r * fan_in)
+        .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+        .collect()
+}
+
 impl LoraAdapter {
     /// PEFT's default initialisation: A ~ U(-1/√in, 1/√in) (Kaiming-uniform with a = √5),
     /// B = 0, and with DoRA the magnitude = row norms of the base `weight` [out, in].
@@ -118,11 +128,7 @@ impl LoraAdapter {
         device: &Device,
     ) -> Result<(Self, LoraVars)> {
         let (fan_out, fan_in) = weight.dims();
-        let bound = 1.0 / (fan_in as f64).sqrt();
-        let mut rng = SplitMix64::new(seed);
-        let a: Vec<f32> = (0..settings.r * fan_in)
-            .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
-            .collect();
+        let a = initial_a(settings.r, fan_in, seed);
         let a =
             Var::from_tensor(&Tensor::from_vec(a, (settings.r, fan_in), device)?.to_dtype(dtype)?)?;
         let b = Var::zeros((fan_out, settings.r), dtype, device)?;
