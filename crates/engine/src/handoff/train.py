@@ -139,12 +139,28 @@ def should_stop(acc, procs, job):
     return procs.sum(flag).item() > 0
 
 
-def save_checkpoint(acc, procs, job, state, emit):
-    """accelerate's state (adapter, optimiser, RNG) and the counters, under
-    out/checkpoints/step-N; only the newest `keep_checkpoints` are kept."""
+def sharded(acc):
+    """Whether DeepSpeed or FSDP hold the model and optimiser in shards (only accelerate's own
+    state files can save and restore them)."""
+    from accelerate.utils import DistributedType
+    return acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def save_checkpoint(acc, procs, model, opt, job, state, emit):
+    """The adapter and the optimiser state under out/checkpoints/step-N — their own weights,
+    not the frozen base's; accelerate's save_state where DeepSpeed or FSDP shard them — and
+    the counters last (a checkpoint without them is incomplete); the newest
+    `keep_checkpoints` are kept."""
+    from peft import get_peft_model_state_dict
     root = os.path.join(job.out, "checkpoints")
     path = os.path.join(root, f"step-{state['step']:08d}")
-    acc.save_state(path)
+    if sharded(acc):
+        acc.save_state(path)
+    elif procs.main:
+        os.makedirs(path, exist_ok=True)
+        torch.save(get_peft_model_state_dict(acc.unwrap_model(model)), os.path.join(path, "adapter.pt"))
+        torch.save(opt.state_dict(), os.path.join(path, "optimizer.pt"))
+    procs.barrier()
     if procs.main:
         with open(os.path.join(path, "studio_state.json"), "w", encoding="utf-8") as f:
             json.dump(state, f)
@@ -154,6 +170,19 @@ def save_checkpoint(acc, procs, job, state, emit):
             shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     procs.barrier()
     emit("checkpoint", step=state["step"], path=path)
+
+
+def load_checkpoint(acc, model, opt, path):
+    """Restores what save_checkpoint saved; returns its counters."""
+    from peft import set_peft_model_state_dict
+    adapter = os.path.join(path, "adapter.pt")
+    if os.path.exists(adapter):
+        set_peft_model_state_dict(acc.unwrap_model(model), torch.load(adapter, map_location="cpu"))
+        opt.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu"))
+    else:
+        acc.load_state(path)
+    with open(os.path.join(path, "studio_state.json"), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def latest_checkpoint(job):
@@ -209,9 +238,7 @@ def main():
     total = job.spec["total_steps"]
     state = {"step": 0, "tokens_seen": 0, "seed": t["seed"], "last_loss": None}
     if resume and (ckpt := latest_checkpoint(job)):
-        acc.load_state(ckpt)
-        with open(os.path.join(ckpt, "studio_state.json"), encoding="utf-8") as f:
-            state = json.load(f)
+        state = load_checkpoint(acc, model, opt, ckpt)
     emit("started", total_steps=total, start_step=state["step"], trainable_params=trainable,
          train_examples=len(job.examples), val_examples=len(job.val),
          dropped_examples=job.spec["dropped_examples"], truncated_examples=job.spec["truncated_examples"])
@@ -261,12 +288,12 @@ def main():
             if loss is not None:
                 emit("eval", step=state["step"], eval_loss=loss)
         if every(t["checkpoint_every"]):
-            save_checkpoint(acc, procs, job, state, emit)
+            save_checkpoint(acc, procs, model, opt, job, state, emit)
     if not cancelled:
         loss = evaluate(acc, procs, model, job)
         if loss is not None:
             emit("eval", step=state["step"], eval_loss=loss)
-    save_checkpoint(acc, procs, job, state, emit)
+    save_checkpoint(acc, procs, model, opt, job, state, emit)
     if not cancelled:
         adapter = os.path.join(job.out, "adapter")
         state_dict = acc.get_state_dict(model)
