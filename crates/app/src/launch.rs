@@ -43,6 +43,8 @@ pub fn create_run(catalog: &Catalog, cfg: &RunConfig, name: Option<&str>) -> Res
     peft_studio_engine::run::preflight(cfg)?;
     if cfg.target.is_local() {
         peft_studio_engine::device::check_device()?;
+    } else {
+        peft_studio_engine::handoff::check(cfg)?;
     }
     let mut cfg = cfg.clone();
     cfg.model = existing(&cfg.model, "model")?;

@@ -40,7 +40,7 @@ pub fn write_bundle(cfg: &RunConfig) -> Result<PathBuf> {
 }
 
 /// Refuses, naming the field, a hand-off whose job could not train as the studio would; called
-/// by `run::preflight`, before the run is recorded.
+/// beside `run::preflight` before the run is recorded.
 pub fn check(cfg: &RunConfig) -> Result<()> {
     let target = &cfg.target;
     target.validate()?;

@@ -162,9 +162,6 @@ fn read_datasets(
 /// (tokenized once; the worker then finds them in the token cache).
 pub fn preflight(cfg: &RunConfig) -> Result<()> {
     cfg.train.validate()?;
-    if !cfg.target.is_local() {
-        crate::handoff::check(cfg)?;
-    }
     if cfg.eval.checked()?.is_some() && is_t5(&cfg.model) {
         return Err(EngineError::config(
             "eval.task",

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::DataConfig;
 use crate::error::{EngineError, Result};
 use crate::eval::EvalConfig;
-use crate::handoff::TargetConfig;
+use crate::handoff::target::TargetConfig;
 use crate::peft::MethodConfig;
 use crate::train::TrainConfig;
 

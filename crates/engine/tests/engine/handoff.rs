@@ -108,6 +108,7 @@ fn what_a_job_cannot_train_is_refused_by_field() {
         let mut cfg = base.clone();
         change(&mut cfg);
         peft_studio_engine::run::preflight(&cfg)
+            .and_then(|()| handoff::check(&cfg))
             .unwrap_err()
             .to_string()
     };
@@ -116,6 +117,7 @@ fn what_a_job_cannot_train_is_refused_by_field() {
     assert!(refused(&|c| c.target.processes = 0).contains("target.processes"));
     assert!(refused(&|c| c.target.strategy = Strategy::Fsdp).contains("target.strategy"));
     peft_studio_engine::run::preflight(&base).unwrap();
+    handoff::check(&base).unwrap();
 }
 
 /// The bundle's starting point from config.json alone equals the method applied to the loaded
