@@ -98,18 +98,25 @@ impl<'a> Place<'a> {
         }
     }
 
+    /// The target, host, remote folder and local bundle of a place over ssh.
+    fn over_ssh(&self) -> Option<(&TargetConfig, &str, &str, &Path)> {
+        match self {
+            Place::Here { .. } => None,
+            Place::Ssh {
+                target,
+                host,
+                remote,
+                local,
+            } => Some((target, host, remote, local)),
+        }
+    }
+
     /// Copies the bundle (and the model, unless the machine has it) to the place.
     pub fn send(&self, model: &Path) -> Result<()> {
-        let Place::Ssh {
-            target,
-            host,
-            remote,
-            local,
-        } = self
-        else {
+        let Some((target, host, remote, local)) = self.over_ssh() else {
             return Ok(());
         };
-        let mut parts = vec![(local.as_path(), remote.clone())];
+        let mut parts = vec![(local, remote.to_string())];
         if target.remote_model.is_none() {
             parts.push((model, format!("{remote}/model")));
         }
@@ -128,13 +135,7 @@ impl<'a> Place<'a> {
 
     /// Brings the job's `out/adapter` into the bundle here.
     pub fn fetch_adapter(&self) -> Result<()> {
-        let Place::Ssh {
-            target,
-            host,
-            remote,
-            local,
-        } = self
-        else {
+        let Some((target, host, remote, local)) = self.over_ssh() else {
             return Ok(());
         };
         let out = local.join("out");
