@@ -105,18 +105,14 @@ pub fn train(
     sink: &mut dyn TrainSink,
     cancel: &AtomicBool,
 ) -> Result<PathBuf> {
-    std::fs::create_dir_all(&cfg.out).map_err(|e| EngineError::io(&cfg.out, e))?;
-    crate::fsutil::write_atomic(&cfg.out.join("run.toml"), cfg.to_toml()?.as_bytes())?;
+    cfg.write_to_folder()?;
     let dir = bundle::bundle_dir(&cfg.out);
     let mut log = EventLog::open(&cfg.out.join(EVENTS_FILE))?;
     let mut fan = crate::train::events::Fanout(vec![sink, &mut log]);
     if !(resume && dir.join("job.json").exists()) {
         let (start, reports) = start(cfg)?;
         for report in &reports {
-            fan.event(&TrainEvent::Data {
-                summary: report.summary(),
-                problems: report.problem_lines(),
-            });
+            fan.event(&TrainEvent::data(report));
         }
         bundle::write(cfg, &start, &dir)?;
     }

@@ -11,7 +11,6 @@ use std::sync::atomic::AtomicBool;
 use crate::data::{load_examples_cached, DataConfig, DataReport, Examples, TokenCache};
 use crate::device::default_device;
 use crate::error::{EngineError, Result};
-use crate::fsutil::write_atomic;
 use crate::model::load::load_model_quantized;
 use crate::model::t5::{is_t5, no_quantization, T5Model};
 use crate::model::LlamaModel;
@@ -203,15 +202,13 @@ pub fn train(
     sink: &mut dyn TrainSink,
     cancel: &AtomicBool,
 ) -> Result<PathBuf> {
-    std::fs::create_dir_all(&cfg.out).map_err(|e| EngineError::io(&cfg.out, e))?;
-    let run_toml = cfg.out.join("run.toml");
     if !resume && checkpoint::list(&cfg.checkpoints_dir()).last().is_some() {
         return Err(EngineError::bad_file(
             &cfg.out,
             "already holds a run with checkpoints; resume it or choose another folder",
         ));
     }
-    write_atomic(&run_toml, cfg.to_toml()?.as_bytes())?;
+    cfg.write_to_folder()?;
     // The model must outlive its trainer: both kinds are held here, one of them used.
     let (decoder, seq2seq): (LlamaModel, _);
     let mut decoder_model = None;
@@ -238,10 +235,7 @@ pub fn train(
     let mut log = EventLog::open(&cfg.out.join(EVENTS_FILE))?;
     let mut fan = crate::train::events::Fanout(vec![sink, &mut log]);
     for report in &reports {
-        fan.event(&TrainEvent::Data {
-            summary: report.summary(),
-            problems: report.problem_lines(),
-        });
+        fan.event(&TrainEvent::data(report));
     }
     trainer.run(&mut fan, cancel, Some(&cfg.checkpoints_dir()))?;
     if trainer.step() < trainer.total_steps() {

@@ -76,6 +76,12 @@ impl RunConfig {
         toml::to_string_pretty(self).map_err(|e| EngineError::config("run config", e.to_string()))
     }
 
+    /// Creates the run folder and writes this config into it as `run.toml` (what resume reads).
+    pub fn write_to_folder(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.out).map_err(|e| EngineError::io(&self.out, e))?;
+        crate::fsutil::write_atomic(&self.out.join(RUN_TOML), self.to_toml()?.as_bytes())
+    }
+
     /// Checkpoints folder of the run.
     pub fn checkpoints_dir(&self) -> PathBuf {
         self.out.join("checkpoints")
@@ -92,9 +98,12 @@ pub fn adapter_dir(out: &Path) -> PathBuf {
     out.join("adapter")
 }
 
+/// The config's file name inside a run folder.
+const RUN_TOML: &str = "run.toml";
+
 /// Reads `run.toml` of a run folder.
 pub fn load_run(dir: &Path) -> Result<RunConfig> {
-    let path = dir.join("run.toml");
+    let path = dir.join(RUN_TOML);
     let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
     toml::from_str(&text).map_err(|e| EngineError::bad_file(&path, e.to_string()))
 }

@@ -95,6 +95,16 @@ pub enum TrainEvent {
     },
 }
 
+impl TrainEvent {
+    /// What reading a dataset found, as a run reports it before training.
+    pub fn data(report: &crate::data::DataReport) -> Self {
+        Self::Data {
+            summary: report.summary(),
+            problems: report.problem_lines(),
+        }
+    }
+}
+
 /// Receives training events.
 pub trait TrainSink {
     /// Called for every event, in order.
