@@ -18,7 +18,7 @@ prints one `max_abs_diff=<x>` line (and, for llama.cpp, `top5=<equal|differ>`).
   gguf-read MODEL_GGUF LORA_GGUF|-           the gguf reader: the keys and shapes llama.cpp needs
                                              (prints `structure=ok`)
   make-tiny FAMILY TOKENIZER_DIR OUT         transformers writes a tiny random checkpoint of
-                                             FAMILY (gemma3, gemma2, qwen3, mistral, phi3) with the tokenizer
+                                             FAMILY (gemma3, gemma3-vision, gemma2, qwen3, mistral, phi3) with the tokenizer
                                              of TOKENIZER_DIR
   base      BASE STUDIO_LOGITS IDS           transformers' logits of the base alone
   peft-t5   BASE ADAPTER STUDIO_LOGITS IDS   a studio T5 LoRA loaded by PEFT: its logits
@@ -142,6 +142,7 @@ def peft_config(kind, base_dir):
         "dora": LoraConfig(**lora, use_dora=True),
         "ia3": IA3Config(),
         "ia3-fused": IA3Config(target_modules=["qkv_proj", "down_proj"], feedforward_modules=["down_proj"]),
+        "ia3-named": IA3Config(target_modules=["q_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]),
         "prompt": PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
         "prefix": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
     }[kind]
@@ -208,12 +209,22 @@ def tiny_config(family):
     sizes = dict(vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                  bos_token_id=256, eos_token_id=256, pad_token_id=None)
-    if family == "gemma3":
-        return tf.Gemma3ForCausalLM, tf.Gemma3TextConfig(
+    if family in ("gemma3", "gemma3-vision"):
+        text = tf.Gemma3TextConfig(
             **sizes, head_dim=8, query_pre_attn_scalar=16, sliding_window=4,
             layer_types=["sliding_attention", "sliding_attention", "full_attention"],
             rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
                              "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+            tie_word_embeddings=True)
+        if family == "gemma3":
+            return tf.Gemma3ForCausalLM, text
+        # Gemma 3 4B-27B's shape: a (tiny) SigLIP vision tower and projector around the decoder;
+        # its q_proj/v_proj/out_proj are what a bare `target_modules` would reach too.
+        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, image_size=28, patch_size=14)
+        return tf.Gemma3ForConditionalGeneration, tf.Gemma3Config(
+            text_config=text.to_dict(), vision_config=vision, mm_tokens_per_image=4,
+            image_token_index=259, boi_token_index=257, eoi_token_index=258,
             tie_word_embeddings=True)
     if family == "gemma2":
         return tf.Gemma2ForCausalLM, tf.Gemma2Config(
@@ -277,13 +288,25 @@ def cmd_logits(studio_file, reference_file):
         print(f"f64_error_reference={np.abs(reference['logits'].astype(np.float64) - exact).max():.3e}")
 
 
+def safetensors_folder(folder):
+    """Every tensor of a model folder's safetensors files, by name, in f32."""
+    from safetensors.torch import load_file as load_torch
+    index = os.path.join(folder, "model.safetensors.index.json")
+    shards = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) else ["model.safetensors"]
+    return {k: v.float().numpy() for f in shards for k, v in load_torch(os.path.join(folder, f)).items()}
+
+
 def cmd_merged(base_dir, adapter_dir, merged_dir):
+    """The studio's merged folder against what transformers' save_pretrained writes for PEFT's
+    merge_and_unload: the same tensor names (a multimodal checkpoint's included, in the naming
+    transformers saves) and values."""
+    import tempfile
     from peft import PeftModel
     merged = PeftModel.from_pretrained(base_model(base_dir), adapter_dir).merge_and_unload()
-    reference = {k: v.numpy() for k, v in merged.state_dict().items()}
-    index = os.path.join(merged_dir, "model.safetensors.index.json")
-    shards = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) else ["model.safetensors"]
-    studio = {k: v for f in shards for k, v in load_file(os.path.join(merged_dir, f)).items()}
+    with tempfile.TemporaryDirectory() as saved:
+        merged.save_pretrained(saved, safe_serialization=True)
+        reference = safetensors_folder(saved)
+    studio = safetensors_folder(merged_dir)
     # Tied weights are saved once: a tied head, and a T5's per-stack copies of `shared`.
     for k in ("lm_head.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
         if k not in studio:
@@ -292,8 +315,8 @@ def cmd_merged(base_dir, adapter_dir, merged_dir):
         sys.exit(f"tensor names differ: {sorted(set(reference) ^ set(studio))[:5]}")
     worst = max(float(np.abs(reference[k] - studio[k]).max()) for k in reference)
     # The adapter must have moved some weight, or the comparison proves nothing.
-    base = base_model(base_dir).state_dict()
-    if max(float((base[k].numpy() - studio[k]).__abs__().max()) for k in studio) == 0:
+    base = safetensors_folder(base_dir)
+    if max(float(np.abs(base[k] - studio[k]).max()) for k in studio if k in base) == 0:
         sys.exit("the merged weights equal the base model's: the adapter did nothing")
     # The merged folder must load in transformers as any model does, and compute the same.
     loaded = base_model(merged_dir)

@@ -125,13 +125,19 @@ fn list(json: bool) -> Result<()> {
         );
         return Ok(());
     }
+    let family = all
+        .iter()
+        .map(|m| m.family.len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
     println!(
-        "{:<28} {:<10} {:>12} {:>6} {:>8} {:>10}  SOURCE",
+        "{:<28} {:<family$} {:>12} {:>6} {:>8} {:>10}  SOURCE",
         "NAME", "FAMILY", "PARAMETERS", "DTYPE", "CONTEXT", "SIZE"
     );
     for m in &all {
         println!(
-            "{:<28} {:<10} {:>12} {:>6} {:>8} {:>9.1}M  {}",
+            "{:<28} {:<family$} {:>12} {:>6} {:>8} {:>9.1}M  {}",
             m.name,
             m.family,
             m.parameters,

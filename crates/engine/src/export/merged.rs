@@ -4,13 +4,15 @@
 //! transformers writes them — so that transformers, llama.cpp's converter and Ollama take it
 //! as any other model.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::fsutil::{write_atomic, write_safetensors_streaming};
 use crate::model::llama::BasePart;
+use crate::model::load::weight_files;
+use crate::model::multimodal::{Multimodal, Naming};
 use crate::model::t5::T5Model;
 use crate::model::LlamaModel;
 use crate::peft::merge::{check_mergeable, merged_weight};
@@ -32,6 +34,8 @@ pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
 /// folder it was loaded from) to `out`, in shards of at most `max_shard_bytes`; the model
 /// itself is left as it is. Each weight is merged as it is written, so a quantized base is
 /// never widened whole.
+/// A multimodal base (`model::multimodal`) keeps its vision tower: the decoder's weights are
+/// written under the multimodal model's names and every other tensor is copied over.
 pub fn write_merged_model(
     model: &LlamaModel,
     base_dir: &Path,
@@ -39,7 +43,78 @@ pub fn write_merged_model(
     max_shard_bytes: usize,
 ) -> Result<()> {
     check_mergeable(model)?;
-    write_merged_parts(&model.base_parts(), base_dir, out, max_shard_bytes)
+    let mut parts: Vec<(String, Part)> = model
+        .base_parts()
+        .into_iter()
+        .map(|(name, part)| (name, Part::Model(part)))
+        .collect();
+    if model.config().multimodal.is_some() {
+        let (outside, naming) = outside_decoder(model, base_dir)?;
+        for (name, _) in &mut parts {
+            *name = Multimodal::stored_name_as(name, naming);
+        }
+        parts.extend(outside);
+    }
+    write_merged_parts(&parts, base_dir, out, max_shard_bytes)
+}
+
+/// One tensor of a merged model.
+enum Part<'a> {
+    /// The model's, its adapters folded in.
+    Model(BasePart<'a>),
+    /// Copied from the base's `file` as it is (a vision tower's).
+    Stored { file: PathBuf, shape: Vec<usize> },
+}
+
+/// The tensors of the base's files that are not the decoder's, named as stored, and how the
+/// files name the decoder's.
+fn outside_decoder<'a>(
+    model: &LlamaModel,
+    base_dir: &Path,
+) -> Result<(Vec<(String, Part<'a>)>, Naming)> {
+    let (mut out, mut decoder) = (Vec::new(), Vec::new());
+    for file in weight_files(base_dir)? {
+        with_tensors(&file, |st| {
+            for (name, view) in st.tensors() {
+                if model.config().text_tensor(&name).is_some() {
+                    decoder.push(name);
+                } else {
+                    let (file, shape) = (file.clone(), view.shape().to_vec());
+                    out.push((name, Part::Stored { file, shape }));
+                }
+            }
+            Ok(())
+        })?;
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((out, Naming::of(decoder.iter().map(String::as_str))))
+}
+
+/// Runs `f` on the safetensors file `path`, mapped.
+fn with_tensors<T>(
+    path: &Path,
+    f: impl FnOnce(&safetensors::SafeTensors) -> Result<T>,
+) -> Result<T> {
+    let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    // SAFETY: read-only private mapping, only read (as `model::load` maps weights).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&map)
+        .map_err(|e| EngineError::bad_file(path, format!("not a valid safetensors file: {e}")))?;
+    f(&st)
+}
+
+/// The tensor `name` of the safetensors file `path`, in f32.
+fn stored_tensor(path: &Path, name: &str) -> Result<Tensor> {
+    use candle_core::safetensors::Load;
+    with_tensors(path, |st| {
+        let view = st
+            .tensor(name)
+            .map_err(|e| EngineError::bad_file(path, format!("tensor `{name}`: {e}")))?;
+        let t = view
+            .load(&candle_core::Device::Cpu)
+            .map_err(|e| EngineError::bad_file(path, format!("tensor `{name}`: {e}")))?;
+        Ok(t.to_dtype(DType::F32)?)
+    })
 }
 
 /// [`write_merged_model`] for a T5 (LoRA, DoRA or IA³ folded in).
@@ -50,13 +125,18 @@ pub fn write_merged_t5(
     max_shard_bytes: usize,
 ) -> Result<()> {
     model.check_mergeable()?;
-    write_merged_parts(&model.base_parts(), base_dir, out, max_shard_bytes)
+    let parts: Vec<(String, Part)> = model
+        .base_parts()
+        .into_iter()
+        .map(|(name, part)| (name, Part::Model(part)))
+        .collect();
+    write_merged_parts(&parts, base_dir, out, max_shard_bytes)
 }
 
 /// Writes the weights `parts` (adapters folded in as each is written) with the files of
 /// `base_dir` to `out`.
 fn write_merged_parts(
-    parts: &[(String, BasePart)],
+    parts: &[(String, Part)],
     base_dir: &Path,
     out: &Path,
     max_shard_bytes: usize,
@@ -71,20 +151,22 @@ fn write_merged_parts(
     }
     // Each weight is merged when it is written and dropped after it: a quantized base is
     // widened one layer at a time, never whole.
-    let shape = |part: &BasePart| match part {
-        BasePart::Tensor(t) => t.dims().to_vec(),
-        BasePart::Weight(w) => vec![w.dims().0, w.dims().1],
-        BasePart::Linear(l) => vec![l.out_features(), l.in_features()],
-        BasePart::Bias(l) => vec![l.out_features()],
+    let shape = |part: &Part| match part {
+        Part::Model(BasePart::Tensor(t)) => t.dims().to_vec(),
+        Part::Model(BasePart::Weight(w)) => vec![w.dims().0, w.dims().1],
+        Part::Model(BasePart::Linear(l)) => vec![l.out_features(), l.in_features()],
+        Part::Model(BasePart::Bias(l)) => vec![l.out_features()],
+        Part::Stored { shape, .. } => shape.clone(),
     };
-    let merged = |part: &BasePart| -> Result<Tensor> {
+    let merged = |name: &str, part: &Part| -> Result<Tensor> {
         Ok(match part {
-            BasePart::Tensor(t) => (*t).clone(),
-            BasePart::Weight(w) => w.dense()?.into_owned(),
-            BasePart::Linear(l) => merged_weight(l)?.0,
-            BasePart::Bias(l) => merged_weight(l)?.1.ok_or_else(|| {
+            Part::Model(BasePart::Tensor(t)) => (*t).clone(),
+            Part::Model(BasePart::Weight(w)) => w.dense()?.into_owned(),
+            Part::Model(BasePart::Linear(l)) => merged_weight(l)?.0,
+            Part::Model(BasePart::Bias(l)) => merged_weight(l)?.1.ok_or_else(|| {
                 EngineError::config("merge", format!("`{}` lost its bias", l.name))
             })?,
+            Part::Stored { file, .. } => stored_tensor(file, name)?,
         })
     };
     let weights: Vec<(String, Vec<usize>)> =
@@ -117,9 +199,8 @@ fn write_merged_parts(
         let shapes: Vec<(String, Vec<usize>)> =
             members.iter().map(|&i| weights[i].clone()).collect();
         write_safetensors_streaming(&out.join(file_of(k)), &shapes, |j| {
-            Ok(merged(&parts[members[j]].1)?
-                .detach()
-                .to_dtype(DType::F32)?)
+            let (name, part) = &parts[members[j]];
+            Ok(merged(name, part)?.detach().to_dtype(DType::F32)?)
         })?;
         for (name, _) in &shapes {
             weight_map.insert(name.clone(), file_of(k).into());

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::error::{EngineError, Result};
 use crate::fsutil::{safetensors_bytes, write_atomic};
+use crate::model::multimodal::Multimodal;
 use crate::peft::prompt::PROMPT_EMBEDDINGS;
 use crate::peft::{MethodConfig, MethodKind, PromptInit, TargetModules};
 
@@ -23,6 +24,10 @@ pub struct ExportInfo {
     pub base_model: String,
     /// PEFT's `task_type`: `CAUSAL_LM`, or `SEQ_2_SEQ_LM` for an encoder-decoder model (T5).
     pub task_type: &'static str,
+    /// The decoder's layer count when it sits in a multimodal checkpoint (Gemma 3 4B–27B):
+    /// modules are then named as that model names them, and `target_modules` is a pattern
+    /// that reaches the decoder's modules alone (`model::multimodal`).
+    pub multimodal_layers: Option<usize>,
 }
 
 impl ExportInfo {
@@ -37,8 +42,16 @@ impl ExportInfo {
 }
 
 /// `target_modules` as PEFT records it: a regex as given, otherwise the sorted names of the
-/// modules actually wrapped (PEFT expands `all-linear` and stores names, not paths).
-fn recorded_targets(targets: &Option<TargetModules>, wrapped: &[String]) -> Value {
+/// modules actually wrapped (PEFT expands `all-linear` and stores names, not paths). In a
+/// multimodal model, a pattern matching exactly the wrapped modules' paths there.
+fn recorded_targets(
+    targets: &Option<TargetModules>,
+    wrapped: &[String],
+    info: &ExportInfo,
+) -> Value {
+    if let Some(layers) = info.multimodal_layers {
+        return json!(Multimodal::target_pattern(wrapped, layers));
+    }
     match targets {
         Some(TargetModules::Pattern(p)) if p != "all-linear" => json!(p),
         _ => {
@@ -100,7 +113,7 @@ pub fn adapter_config(
             ("rank_pattern", json!({})),
             (
                 "target_modules",
-                recorded_targets(&method.target_modules, trained_modules),
+                recorded_targets(&method.target_modules, trained_modules, info),
             ),
             ("use_dora", json!(method.use_dora)),
             ("use_rslora", json!(method.use_rslora)),
@@ -122,12 +135,12 @@ pub fn ia3_adapter_config(
             ("fan_in_fan_out", json!(false)),
             (
                 "feedforward_modules",
-                recorded_targets(&Some(method.feedforward()), feedforward_modules),
+                recorded_targets(&Some(method.feedforward()), feedforward_modules, info),
             ),
             ("init_ia3_weights", json!(true)),
             (
                 "target_modules",
-                recorded_targets(&method.target_modules, trained_modules),
+                recorded_targets(&method.target_modules, trained_modules, info),
             ),
         ],
     )
@@ -235,6 +248,10 @@ pub fn write_peft_dir(
             prompt_shape = Some(t.dims2()?);
             named.push((name.clone(), t.to_dtype(DType::F32)?));
         } else {
+            let name = match info.multimodal_layers {
+                Some(_) => Multimodal::stored_name(name),
+                None => name.clone(),
+            };
             named.push((format!("base_model.model.{name}"), t.to_dtype(DType::F32)?));
         }
     }

@@ -132,6 +132,7 @@ pub fn gguf_lora_to_peft(path: &Path, base_dir: &Path, out: &Path) -> Result<()>
     let info = ExportInfo {
         base_model: base_dir.display().to_string(),
         task_type: "CAUSAL_LM",
+        multimodal_layers: base.multimodal_layers(),
     };
     write_peft_dir(out, &method, &info, &lora.params)
 }

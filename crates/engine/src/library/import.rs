@@ -27,7 +27,7 @@ pub fn describe_folder(dir: &Path, name: &str, source: &str) -> Result<ModelEntr
         name: name.to_string(),
         path,
         source: source.to_string(),
-        architecture: summary.config.architecture.clone(),
+        architecture: summary.config.checkpoint_architecture().to_string(),
         family: String::new(),
         encoder_decoder: false,
         parameters: summary.parameters,

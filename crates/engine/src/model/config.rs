@@ -7,6 +7,7 @@ use candle_core::DType;
 use serde::Deserialize;
 
 use super::family::{self, Activation, Family, LayerKind, SlidingLayers};
+use super::multimodal::{self, Multimodal};
 use crate::error::{EngineError, Result};
 
 /// Llama 3 style frequency scaling (`rope_scaling.rope_type = "llama3"`).
@@ -140,6 +141,9 @@ pub struct LlamaConfig {
     /// The dtype the weights files hold (`torch_dtype`, `dtype` in transformers 5): what
     /// loading reads before converting. f32 when absent or unknown.
     pub stored_dtype: DType,
+    /// The multimodal checkpoint this text decoder sits in (Gemma 3 4B–27B), if any: its
+    /// tensors and its adapters' modules are named below the language model there.
+    pub multimodal: Option<Multimodal>,
 }
 
 /// `float32`, `bfloat16`, `float16` (with or without `torch.`) as a dtype.
@@ -424,8 +428,20 @@ impl LlamaConfig {
 
     /// Parses and validates the text of a config.json.
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text)
+        let json: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| EngineError::config("config.json", e.to_string()))?;
+        let (json, multimodal) = match multimodal::text_config(&json)? {
+            Some((text, outer)) => (text, Some(outer)),
+            None => (json, None),
+        };
+        let raw: RawConfig = serde_json::from_value(json).map_err(|e| {
+            let field = if multimodal.is_some() {
+                "text_config"
+            } else {
+                "config.json"
+            };
+            EngineError::config(field, e.to_string())
+        })?;
         let architecture = raw
             .architectures
             .as_ref()
@@ -612,7 +628,31 @@ impl LlamaConfig {
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
             eos_token_ids: token_ids(&raw.eos_token_id),
             stored_dtype: stored_dtype(raw.torch_dtype.as_deref().or(raw.dtype.as_deref())),
+            multimodal,
         })
+    }
+
+    /// The checkpoint's `architectures[0]`: the multimodal model's where the decoder sits in
+    /// one, else the decoder's.
+    pub fn checkpoint_architecture(&self) -> &str {
+        self.multimodal
+            .as_ref()
+            .map_or(&self.architecture, |m| &m.architecture)
+    }
+
+    /// The decoder's layer count where it sits in a multimodal checkpoint (what an adapter
+    /// export needs to name its modules there), else `None`.
+    pub fn multimodal_layers(&self) -> Option<usize> {
+        self.multimodal.as_ref().map(|_| self.num_hidden_layers)
+    }
+
+    /// The decoder's name of a tensor stored as `stored` in this checkpoint; `None` for a
+    /// tensor outside the decoder (a vision tower's).
+    pub fn text_tensor(&self, stored: &str) -> Option<String> {
+        match self.multimodal {
+            Some(_) => Multimodal::text_name(stored),
+            None => Some(stored.to_string()),
+        }
     }
 
     /// Whether every layer is Llama's: the shape the whole-layer ops compute (RMSNorm with

@@ -210,8 +210,12 @@ pub fn family(architecture: &str) -> Option<Family> {
         .map(|(_, f)| *f)
 }
 
-/// The family name people know `architecture` by (`Gemma 3`), or the architecture itself.
+/// The family name people know `architecture` by (`Gemma 3`; `Gemma 3 (vision)` for a
+/// multimodal checkpoint, whose text decoder the studio trains), or the architecture itself.
 pub fn label(architecture: &str) -> String {
+    if let Some(text) = super::multimodal::text_architecture(architecture) {
+        return format!("{} (vision)", label(text));
+    }
     family(architecture).map_or_else(|| architecture.to_string(), |f| f.label.to_string())
 }
 
@@ -220,6 +224,7 @@ pub fn supported() -> String {
     FAMILIES
         .iter()
         .map(|(a, _)| *a)
+        .chain(super::multimodal::architectures())
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -99,8 +99,11 @@ type Loaded = (HashMap<String, Tensor>, HashMap<String, QuantizedWeight>);
 /// mapped, each tensor copied out and converted (and moved to a GPU at once), and the pages
 /// it came from released from this process as soon as it is copied. Loading's peak is the
 /// weights plus one tensor, not the file's bytes next to the weights. With `quantize`, the
-/// decoder's projections are quantized from the file's values as they are read.
+/// decoder's projections are quantized from the file's values as they are read. Tensors
+/// outside the decoder (a multimodal checkpoint's vision tower) are not read; the others get
+/// the decoder's names.
 fn read_safetensors_as(
+    cfg: &LlamaConfig,
     path: &Path,
     dtype: DType,
     device: &Device,
@@ -115,7 +118,10 @@ fn read_safetensors_as(
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| not_safetensors(path, e))?;
     let base = map.as_ptr() as usize;
-    for (name, view) in st.tensors() {
+    for (stored, view) in st.tensors() {
+        let Some(name) = cfg.text_tensor(&stored) else {
+            continue;
+        };
         let t = view
             .load(&Device::Cpu)
             .map_err(|e| not_safetensors(path, e))?;
@@ -197,7 +203,7 @@ pub fn load_model_quantized(
     let cfg = LlamaConfig::from_path(&config_path)?;
     let mut loaded = (HashMap::new(), HashMap::new());
     for f in &files {
-        read_safetensors_as(f, dtype, device, quantize, &mut loaded)?;
+        read_safetensors_as(&cfg, f, dtype, device, quantize, &mut loaded)?;
     }
     let origin = files
         .iter()

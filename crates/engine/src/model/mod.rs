@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod linear;
 pub mod llama;
 pub mod load;
+pub mod multimodal;
 pub mod quantized;
 pub mod reentry;
 pub mod rope;

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::error::{EngineError, Result};
 use crate::model::load::read_safetensors;
+use crate::model::multimodal::Multimodal;
 use crate::model::t5::T5Model;
 use crate::model::LlamaModel;
 
@@ -70,12 +71,19 @@ struct ModuleTensors {
     magnitude: Option<Tensor>,
 }
 
-/// Strips PEFT's `base_model.model.` prefix and a stray adapter name (`.default`).
-fn module_key(key: &str) -> String {
-    key.strip_prefix("base_model.model.")
+/// Strips PEFT's `base_model.model.` prefix and a stray adapter name (`.default`); in an
+/// adapter of a multimodal model, names the module as the decoder does, and gives `None` for
+/// the vision tower's modules (the decoder computes text alone: they change nothing).
+fn module_key(key: &str, multimodal: bool) -> Option<String> {
+    let key = key
+        .strip_prefix("base_model.model.")
         .unwrap_or(key)
         .replace(".default.", ".")
-        .replace(".default", "")
+        .replace(".default", "");
+    match multimodal {
+        true => Multimodal::text_name(&key),
+        false => Some(key),
+    }
 }
 
 /// Reads adapter_config.json from `dir`.
@@ -321,7 +329,8 @@ fn attach_prompt_t5(
 /// feed-forward module, [1, in] (scales the input).
 fn attach_ia3(model: &mut LlamaModel, dir: &Path) -> Result<Trainables> {
     let (dtype, device) = (model.dtype(), model.device().clone());
-    attach_ia3_to(model.linears_mut(), dtype, &device, dir)
+    let multimodal = model.config().multimodal.is_some();
+    attach_ia3_to(model.linears_mut(), dtype, &device, dir, multimodal)
 }
 
 /// The IA³ adapter in `dir` attached to the `linears` its module names name.
@@ -330,6 +339,7 @@ fn attach_ia3_to(
     dtype: candle_core::DType,
     device: &candle_core::Device,
     dir: &Path,
+    multimodal: bool,
 ) -> Result<Trainables> {
     let weights_path = dir.join("adapter_model.safetensors");
     let tensors = read_safetensors(&weights_path)?;
@@ -339,7 +349,9 @@ fn attach_ia3_to(
     keys.sort();
     let mut out = Vec::new();
     for key in keys {
-        let k = module_key(key);
+        let Some(k) = module_key(key, multimodal) else {
+            continue;
+        };
         let m = k.strip_suffix(".ia3_l").ok_or_else(|| {
             EngineError::bad_file(
                 &weights_path,
@@ -377,7 +389,15 @@ fn attach_ia3_to(
 /// (named as in training) so that training can continue from them.
 pub fn attach_lora(model: &mut LlamaModel, dir: &Path, dropout: Option<f64>) -> Result<Trainables> {
     let (dtype, device) = (model.dtype(), model.device().clone());
-    attach_lora_to(model.linears_mut(), dtype, &device, dir, dropout)
+    let multimodal = model.config().multimodal.is_some();
+    attach_lora_to(
+        model.linears_mut(),
+        dtype,
+        &device,
+        dir,
+        dropout,
+        multimodal,
+    )
 }
 
 /// A PEFT LoRA (or DoRA), IA³, prompt- or prefix-tuning adapter for T5 (`task_type`
@@ -390,8 +410,8 @@ pub fn attach_adapter_t5(
     let cfg = read_adapter_config(dir)?;
     let (dtype, device) = (model.dtype(), model.device().clone());
     match cfg.peft_type.as_str() {
-        "LORA" => attach_lora_to(model.linears_mut(), dtype, &device, dir, dropout),
-        "IA3" => attach_ia3_to(model.linears_mut(), dtype, &device, dir),
+        "LORA" => attach_lora_to(model.linears_mut(), dtype, &device, dir, dropout, false),
+        "IA3" => attach_ia3_to(model.linears_mut(), dtype, &device, dir, false),
         "PROMPT_TUNING" => attach_prompt_t5(model, dir, &cfg, false),
         "PREFIX_TUNING" => attach_prompt_t5(model, dir, &cfg, true),
         other => Err(EngineError::bad_file(
@@ -418,6 +438,7 @@ fn attach_lora_to(
     device: &candle_core::Device,
     dir: &Path,
     dropout: Option<f64>,
+    multimodal: bool,
 ) -> Result<Trainables> {
     let cfg = read_adapter_config(dir)?;
     if cfg.peft_type != "LORA" {
@@ -430,7 +451,9 @@ fn attach_lora_to(
     let tensors = read_safetensors(&weights_path)?;
     let mut by_module: HashMap<String, ModuleTensors> = HashMap::new();
     for (key, t) in tensors {
-        let k = module_key(&key);
+        let Some(k) = module_key(&key, multimodal) else {
+            continue;
+        };
         if let Some(m) = k.strip_suffix(".lora_A.weight") {
             by_module.entry(m.to_string()).or_default().a = Some(t);
         } else if let Some(m) = k.strip_suffix(".lora_B.weight") {

@@ -34,13 +34,17 @@ pub fn export_params(
         | MethodKind::Ia3
         | MethodKind::PromptTuning
         | MethodKind::PrefixTuning => {
-            let (method, task_type) = match is_t5(&cfg.model) {
-                true => (cfg.method.with_t5_defaults()?, "SEQ_2_SEQ_LM"),
-                false => (cfg.method.clone(), "CAUSAL_LM"),
+            let (method, task_type, multimodal_layers) = match is_t5(&cfg.model) {
+                true => (cfg.method.with_t5_defaults()?, "SEQ_2_SEQ_LM", None),
+                false => {
+                    let model = crate::model::LlamaConfig::from_path(&cfg.model)?;
+                    (cfg.method.clone(), "CAUSAL_LM", model.multimodal_layers())
+                }
             };
             let info = ExportInfo {
                 base_model: base.clone(),
                 task_type,
+                multimodal_layers,
             };
             write_peft_dir(out, &method, &info, params)?
         }

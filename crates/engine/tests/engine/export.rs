@@ -25,6 +25,7 @@ fn write_adapter(out: &Path, method: &MethodConfig, vars: &[(String, Var)]) {
         &ExportInfo {
             base_model: "tiny".into(),
             task_type: "CAUSAL_LM",
+            multimodal_layers: None,
         },
         &params,
     )

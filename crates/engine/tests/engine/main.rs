@@ -14,6 +14,7 @@ mod handoff;
 mod library;
 mod model;
 mod model_export;
+mod multimodal;
 mod plan;
 mod precision;
 mod quantized;
