@@ -165,6 +165,26 @@ fn architecture_metadata(
             u(l.original_max_position_embeddings),
         ));
     }
+    // llama.cpp's rope scaling keys (convert_hf_to_gguf.py: `add_rope_scaling_type`,
+    // `_factor`, `_orig_ctx_len`); it derives YaRN's ramp and attention factor itself.
+    let scaling = match (&cfg.yarn, cfg.rope_linear_factor) {
+        (Some(y), _) => Some(("yarn", y.factor, Some(y.original_max_position_embeddings))),
+        (None, f) if f != 1.0 => Some(("linear", f, None)),
+        _ => None,
+    };
+    if let Some((kind, factor, original)) = scaling {
+        meta.push((
+            format!("{arch}.rope.scaling.type"),
+            Value::String(kind.into()),
+        ));
+        meta.push((
+            format!("{arch}.rope.scaling.factor"),
+            Value::F32(factor as f32),
+        ));
+        if let Some(o) = original {
+            meta.push((format!("{arch}.rope.scaling.original_context_length"), u(o)));
+        }
+    }
     for (key, cap) in [
         ("attn_logit_softcapping", cfg.attn_softcap),
         ("final_logit_softcapping", cfg.final_softcap),
@@ -187,6 +207,21 @@ fn architecture_metadata(
 /// computed as another model there: refused, naming the setting.
 fn check_llama_cpp_assumptions(cfg: &LlamaConfig, arch: &str) -> Result<()> {
     use crate::model::family::LayerKind;
+    // llama.cpp's YaRN (ggml's `rope_yarn`) takes the ramp between 32 and 1 rotations,
+    // rounded outwards, and the attention factor `1 + 0.1 · ln(factor)`.
+    if let Some(y) = &cfg.yarn {
+        let mscale = 1.0 + 0.1 * y.factor.ln();
+        let default = y.beta_fast == 32.0
+            && y.beta_slow == 1.0
+            && y.truncate
+            && (y.factor <= 1.0 || (y.attention_factor - mscale).abs() < 1e-6);
+        if !default {
+            return Err(EngineError::config(
+                "rope_scaling",
+                "llama.cpp's yarn takes beta_fast 32, beta_slow 1, truncation and the attention factor 0.1·ln(factor) + 1; this model sets others, so a GGUF of it would compute another model",
+            ));
+        }
+    }
     let kinds = |sliding: &dyn Fn(usize) -> bool| -> Vec<LayerKind> {
         (0..cfg.num_hidden_layers)
             .map(|i| {

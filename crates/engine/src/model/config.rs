@@ -38,6 +38,26 @@ pub struct LongRope {
     pub attention_factor: f64,
 }
 
+/// YaRN (`rope_type` `yarn`: Qwen2.5/Qwen3 past 32k, transformers `_compute_yarn_parameters`):
+/// frequencies blended between the given ones and ones divided by `factor` along a ramp over
+/// the dimensions, and cos/sin multiplied by `attention_factor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Yarn {
+    /// How far the context is stretched.
+    pub factor: f64,
+    /// The context the model was pretrained with.
+    pub original_max_position_embeddings: usize,
+    /// Rotations past which a dimension keeps its frequency (32 by default).
+    pub beta_fast: f64,
+    /// Rotations below which a dimension takes the divided frequency (1 by default).
+    pub beta_slow: f64,
+    /// The factor on cos and sin: given, or YaRN's `0.1 · ln(factor) + 1` (with DeepSeek's
+    /// `mscale` / `mscale_all_dim` where both are given).
+    pub attention_factor: f64,
+    /// Whether the ramp's ends are rounded outwards to whole dimensions (true by default).
+    pub truncate: bool,
+}
+
 /// Raw config.json: both the transformers-4 and transformers-5 spellings are read.
 #[derive(Debug, Deserialize)]
 struct RawConfig {
@@ -113,6 +133,8 @@ pub struct LlamaConfig {
     pub local_rope_theta: Option<f64>,
     /// LongRoPE's factors (Phi-3), when present.
     pub longrope: Option<LongRope>,
+    /// YaRN scaling of the full-attention layers, when present.
+    pub yarn: Option<Yarn>,
     /// The leading dimensions of each head the rotary embedding turns (`partial_rotary_factor`
     /// × head_dim; all of them but in Phi-4-mini-like models).
     pub rotary_dim: usize,
@@ -185,6 +207,7 @@ struct RopeFields {
     linear_factor: f64,
     local_theta: Option<f64>,
     longrope: Option<LongRope>,
+    yarn: Option<Yarn>,
     partial_factor: f64,
 }
 
@@ -213,7 +236,7 @@ impl RopeFields {
                 return Err(EngineError::config(field, "must be a positive number"));
             }
         }
-        let (mut llama3, mut linear_factor, mut longrope) = (None, 1.0, None);
+        let (mut llama3, mut linear_factor, mut longrope, mut yarn) = (None, 1.0, None, None);
         if let Some(p) = full {
             let kind = p
                 .get("rope_type")
@@ -241,10 +264,11 @@ impl RopeFields {
                         })?
                 }
                 "longrope" | "su" => longrope = Some(LongRope::parse(raw, p)?),
+                "yarn" => yarn = Some(Yarn::parse(raw, p)?),
                 other => {
                     return Err(EngineError::config(
                         "rope_scaling",
-                        format!("rope_type `{other}` is not supported; supported: default, linear, llama3, longrope"),
+                        format!("rope_type `{other}` is not supported; supported: default, linear, llama3, longrope, yarn"),
                     ))
                 }
             }
@@ -268,7 +292,73 @@ impl RopeFields {
             linear_factor,
             local_theta,
             longrope,
+            yarn,
             partial_factor,
+        })
+    }
+}
+
+impl Yarn {
+    /// Read as transformers 5 reads it: `original_max_position_embeddings` from the config's
+    /// top level first (`standardize_rope_params`), then the scaling's, then the context;
+    /// a missing `factor` is the context over the original one; a zero or missing beta takes
+    /// its default (Python's `or`).
+    fn parse(raw: &RawConfig, p: &serde_json::Value) -> Result<Self> {
+        let number = |key: &str| p.get(key).and_then(|v| v.as_f64());
+        let original = raw
+            .original_max_position_embeddings
+            .or_else(|| {
+                p.get("original_max_position_embeddings")
+                    .and_then(|v| v.as_u64())
+                    .map(|v| v as usize)
+            })
+            .or(raw.max_position_embeddings)
+            .filter(|o| *o > 1)
+            .ok_or_else(|| {
+                EngineError::config(
+                    "original_max_position_embeddings",
+                    "yarn needs the pretraining context",
+                )
+            })?;
+        let factor = number("factor")
+            .unwrap_or(raw.max_position_embeddings.unwrap_or(original) as f64 / original as f64);
+        if !(factor.is_finite() && factor > 0.0) {
+            return Err(EngineError::config(
+                "rope_scaling",
+                "yarn's `factor` must be a positive number",
+            ));
+        }
+        // YaRN's Eq. 21 (transformers `yarn_get_mscale`).
+        let mscale = |scale: f64, m: f64| {
+            if scale <= 1.0 {
+                1.0
+            } else {
+                0.1 * m * scale.ln() + 1.0
+            }
+        };
+        let attention_factor = match (
+            number("attention_factor"),
+            number("mscale").filter(|m| *m != 0.0),
+            number("mscale_all_dim").filter(|m| *m != 0.0),
+        ) {
+            (Some(a), _, _) => a,
+            (None, Some(m), Some(all)) => mscale(factor, m) / mscale(factor, all),
+            _ => mscale(factor, 1.0),
+        };
+        if !(attention_factor.is_finite() && attention_factor > 0.0) {
+            return Err(EngineError::config(
+                "rope_scaling",
+                "yarn's `attention_factor` must be a positive number",
+            ));
+        }
+        let beta = |key: &str, default: f64| number(key).filter(|b| *b != 0.0).unwrap_or(default);
+        Ok(Self {
+            factor,
+            original_max_position_embeddings: original,
+            beta_fast: beta("beta_fast", 32.0),
+            beta_slow: beta("beta_slow", 1.0),
+            attention_factor,
+            truncate: p.get("truncate").and_then(|v| v.as_bool()).unwrap_or(true),
         })
     }
 }
@@ -616,6 +706,7 @@ impl LlamaConfig {
             local_rope_theta: rope.local_theta,
             rotary_dim,
             longrope: rope.longrope,
+            yarn: rope.yarn,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(family.tied_embeddings),
             qkv_bias,
             family,

@@ -1,9 +1,9 @@
-//! Rotary position embeddings in transformers' "rotate half" layout, with Llama 3, linear and
-//! LongRoPE scaling, over all of a head or its leading `rotary_dim` dimensions.
+//! Rotary position embeddings in transformers' "rotate half" layout, with Llama 3, linear,
+//! LongRoPE and YaRN scaling, over all of a head or its leading `rotary_dim` dimensions.
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::config::LlamaConfig;
+use super::config::{LlamaConfig, Yarn};
 use crate::error::Result;
 
 /// Inverse frequencies of the rotary embedding, one per pair of head dimensions.
@@ -12,16 +12,20 @@ pub struct Rope {
     inv_freq: Vec<f64>,
     /// LongRoPE's frequencies past the pretraining context, and that context.
     long: Option<(Vec<f64>, usize)>,
-    /// The factor on cos and sin (LongRoPE's attention factor; 1 otherwise).
+    /// The factor on cos and sin (LongRoPE's and YaRN's attention factor; 1 otherwise).
     scale: f64,
 }
 
 impl Rope {
     /// The full-attention layers' frequencies: from `rope_theta`, adjusted by Llama 3
-    /// `rope_scaling` (transformers `_compute_llama3_parameters`) or linear scaling
-    /// (`_compute_linear_scaling_rope_parameters`) when present.
+    /// `rope_scaling` (transformers `_compute_llama3_parameters`), linear scaling
+    /// (`_compute_linear_scaling_rope_parameters`), LongRoPE or YaRN when present.
     pub fn new(cfg: &LlamaConfig) -> Self {
         let mut rope = Self::plain(cfg.rotary_dim, cfg.rope_theta);
+        if let Some(y) = &cfg.yarn {
+            rope.inv_freq = yarn_frequencies(y, cfg.rotary_dim, cfg.rope_theta);
+            rope.scale = y.attention_factor;
+        }
         if let Some(l) = &cfg.longrope {
             let divided = |factors: &[f64]| -> Vec<f64> {
                 rope.inv_freq
@@ -112,6 +116,34 @@ impl Rope {
         }
         (cos, sin)
     }
+}
+
+/// YaRN's frequencies (transformers `_compute_yarn_parameters`): dimension `i` of `dim`
+/// blends its own frequency with it divided by `factor`, by a ramp that runs from the
+/// dimension where the pretraining context makes `beta_fast` rotations to the one where it
+/// makes `beta_slow`.
+fn yarn_frequencies(y: &Yarn, dim: usize, base: f64) -> Vec<f64> {
+    let d = dim as f64;
+    let original = y.original_max_position_embeddings as f64;
+    let correction_dim = |rotations: f64| {
+        d * (original / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+    };
+    let (mut low, mut high) = (correction_dim(y.beta_fast), correction_dim(y.beta_slow));
+    if y.truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, mut high) = (low.max(0.0), high.min(d - 1.0));
+    if low == high {
+        high += 0.001;
+    }
+    (0..dim / 2)
+        .map(|i| {
+            let freq = 1.0 / base.powf((2 * i) as f64 / d);
+            let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+            let kept = 1.0 - ramp;
+            freq / y.factor * (1.0 - kept) + freq * kept
+        })
+        .collect()
 }
 
 /// Applies the rotation to `x` [batch, heads, seq, head_dim]: `x·cos + rotate_half(x)·sin`.

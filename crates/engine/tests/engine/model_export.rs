@@ -157,6 +157,60 @@ fn f32_gguf_models_import_back_to_the_same_model() {
     }
 }
 
+/// Rope scaling as llama.cpp stores it (`rope.scaling.type`, `.factor`,
+/// `.original_context_length`): YaRN on Qwen3 and linear on Llama survive a GGUF round trip
+/// (same config, same logits); YaRN settings llama.cpp does not read are refused.
+#[test]
+fn rope_scaling_survives_a_gguf_round_trip() {
+    let yarn = serde_json::json!({"rope_type": "yarn", "factor": 4.0,
+        "original_max_position_embeddings": 16});
+    let linear = serde_json::json!({"rope_type": "linear", "factor": 2.0});
+    for (architecture, scaling) in [("Qwen3ForCausalLM", yarn), ("LlamaForCausalLM", linear)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = TinySpec {
+            architecture,
+            ..TinySpec::default()
+        };
+        let path = tiny_model(dir.path(), &spec);
+        let cfg_path = path.join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg_path).expect("read")).expect("json");
+        cfg["rope_scaling"] = scaling;
+        std::fs::write(&cfg_path, cfg.to_string()).expect("write config");
+        let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+        let file = dir.path().join("model.gguf");
+        write_gguf_model(&mut model, &path, "tiny", GgufType::F32, &file).expect("write");
+        let entry = import_gguf(
+            &file,
+            &dir.path().join("home"),
+            "back",
+            GgufWeights::Converted,
+            &mut |_, _| {},
+        )
+        .expect("import");
+        let back = load_model(&entry.path, DType::F32, &Device::Cpu).expect("load back");
+        let (a, b) = (back.config(), model.config());
+        assert_eq!(
+            (&a.yarn, a.rope_linear_factor),
+            (&b.yarn, b.rope_linear_factor),
+            "{architecture}"
+        );
+        assert!(b.yarn.is_some() || b.rope_linear_factor == 2.0);
+        let diff = max_abs_diff(&logits(&model), &logits(&back));
+        assert!(diff < 1e-5, "{architecture}: logits differ by {diff}");
+        if b.yarn.is_some() {
+            let mut cfg = cfg.clone();
+            cfg["rope_scaling"]["beta_fast"] = serde_json::json!(16.0);
+            std::fs::write(&cfg_path, cfg.to_string()).expect("write config");
+            let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
+            let err = write_gguf_model(&mut model, &path, "tiny", GgufType::F32, &file)
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains("llama.cpp's yarn"), "{err}");
+        }
+    }
+}
+
 /// F16 and Q8_0 files: every matrix within its format's rounding of the original (Q8_0: half
 /// a step of its block's scale, amax / 127), vectors kept in F32, and the file type recorded.
 #[test]

@@ -61,6 +61,7 @@ fn every_architecture_matches_transformers_logits() {
         "tinyllama",
         "mistral_sliding",
         "qwen3",
+        "qwen3_yarn",
         "gemma3",
         "gemma2",
         "phi3",

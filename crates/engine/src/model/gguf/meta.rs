@@ -261,15 +261,24 @@ impl<'a> Metadata<'a> {
             }
         }
         if arch == "gemma3" {
-            // Every 6th layer global, the local layers' rotary base 10,000, linear scaling of
-            // the global ones where stored.
+            // Every 6th layer global, the local layers' rotary base 10,000.
             cfg["rope_local_base_freq"] = json!(10_000.0);
-            let scaling = self.string(&key("rope.scaling.type"))?;
-            if let (Some("linear"), Some(factor)) =
-                (scaling.as_deref(), self.float(&key("rope.scaling.factor"))?)
-            {
+        }
+        // Linear and YaRN scaling as llama.cpp stores them (of Gemma 3's global layers only).
+        let factor = self.float(&key("rope.scaling.factor"))?;
+        match (self.string(&key("rope.scaling.type"))?.as_deref(), factor) {
+            (Some("linear"), Some(factor)) => {
                 cfg["rope_scaling"] = json!({"rope_type": "linear", "factor": factor});
             }
+            (Some("yarn"), Some(factor)) => {
+                let original = self.uint(&key("rope.scaling.original_context_length"))?;
+                cfg["rope_scaling"] = json!({"rope_type": "yarn", "factor": factor,
+                    "original_max_position_embeddings": original});
+            }
+            (Some(kind @ ("linear" | "yarn")), None) => return Err(self.file_error(format!(
+                "`{arch}.rope.scaling.type` is {kind} but `{arch}.rope.scaling.factor` is missing"
+            ))),
+            _ => {}
         }
         for (name, k) in [
             ("bos_token_id", "tokenizer.ggml.bos_token_id"),
