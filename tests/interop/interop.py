@@ -18,7 +18,7 @@ prints one `max_abs_diff=<x>` line (and, for llama.cpp, `top5=<equal|differ>`).
   gguf-read MODEL_GGUF LORA_GGUF|-           the gguf reader: the keys and shapes llama.cpp needs
                                              (prints `structure=ok`)
   make-tiny FAMILY TOKENIZER_DIR OUT         transformers writes a tiny random checkpoint of
-                                             FAMILY (gemma3, gemma3-vision, gemma2, qwen3, mistral, phi3) with the tokenizer
+                                             FAMILY (gemma3, gemma3-vision, gemma2, qwen3, qwen3-yarn, mistral, phi3) with the tokenizer
                                              of TOKENIZER_DIR
   base      BASE STUDIO_LOGITS IDS           transformers' logits of the base alone
   peft-t5   BASE ADAPTER STUDIO_LOGITS IDS   a studio T5 LoRA loaded by PEFT: its logits
@@ -239,6 +239,12 @@ def tiny_config(family):
             tie_word_embeddings=False)
     if family == "qwen3":
         return tf.Qwen3ForCausalLM, tf.Qwen3Config(**sizes, head_dim=8, tie_word_embeddings=True)
+    if family == "qwen3-yarn":
+        # YaRN with a 16-position pretraining context: its ramp falls inside an 8-wide head.
+        return tf.Qwen3ForCausalLM, tf.Qwen3Config(
+            **sizes, head_dim=8, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                             "original_max_position_embeddings": 16})
     if family == "mistral":
         return tf.MistralForCausalLM, tf.MistralConfig(**sizes, sliding_window=4,
                                                        tie_word_embeddings=False)

@@ -17,6 +17,10 @@ pub fn gguf_tensor(t: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
     )?)
 }
 
+/// GGUF's type codes for an array and a string.
+const ARRAY: u32 = 9;
+const STRING: u32 = 8;
+
 /// Writes `metadata` and `tensors` (in the order given) to the GGUF file `out`.
 pub fn write_gguf(
     out: &Path,
@@ -31,5 +35,23 @@ pub fn write_gguf(
     // candle writes version 2; versions 2 and 3 lay out little-endian files identically, and
     // 3 is what llama.cpp's converters write.
     bytes[4..8].copy_from_slice(&3u32.to_le_bytes());
+    // candle types an empty array's elements U32; llama.cpp requires a string array (an
+    // empty `tokenizer.ggml.merges`, a byte-level vocabulary without merges) to be typed
+    // STRING whatever its length.
+    for (key, value) in &metadata {
+        if matches!(value, Value::Array(v) if v.is_empty()) {
+            let mut entry = (key.len() as u64).to_le_bytes().to_vec();
+            entry.extend(key.as_bytes());
+            entry.extend(ARRAY.to_le_bytes());
+            let header = bytes.len().min(1 << 26);
+            if let Some(at) = bytes[..header]
+                .windows(entry.len())
+                .position(|w| w == entry.as_slice())
+            {
+                let ty = at + entry.len();
+                bytes[ty..ty + 4].copy_from_slice(&STRING.to_le_bytes());
+            }
+        }
+    }
     write_atomic(out, &bytes)
 }

@@ -275,9 +275,11 @@ impl<'a> Metadata<'a> {
                 cfg["rope_scaling"] = json!({"rope_type": "yarn", "factor": factor,
                     "original_max_position_embeddings": original});
             }
-            (Some(kind @ ("linear" | "yarn")), None) => return Err(self.file_error(format!(
+            (Some(kind @ ("linear" | "yarn")), None) => {
+                return Err(self.file_error(format!(
                 "`{arch}.rope.scaling.type` is {kind} but `{arch}.rope.scaling.factor` is missing"
-            ))),
+            )))
+            }
             _ => {}
         }
         for (name, k) in [
