@@ -253,8 +253,20 @@ pub fn estimate(
         // checkpointing only the input, and one layer's worth while it is recomputed. Once,
         // the backward pass's temporaries of the layer at hand and one attention block.
         let e = elem as f64;
-        // (A prefix's keys and values are kept with the layer's own.)
-        let inside = e * (2.0 * (n * q + n * k + n * i) + n * d + 2.0 * b * extra_keys as f64 * k);
+        // (A prefix's keys and values are kept with the layer's own.) Where the family norms
+        // them, the q/k heads before their norms and the two sublayers' outputs before theirs.
+        let qk_raw = if cfg.family.qk_norm { n * (q + k) } else { 0.0 };
+        let outputs = if cfg.family.sandwich_norms {
+            2.0 * n * d
+        } else {
+            0.0
+        };
+        let inside = e
+            * (2.0 * (n * q + n * k + n * i)
+                + n * d
+                + 2.0 * b * extra_keys as f64 * k
+                + qk_raw
+                + outputs);
         let input = n * d * e;
 
         // DoRA's row norms take `W + s·BA` of the widest projection in f32, twice.
@@ -408,10 +420,14 @@ fn generic_head(cfg: &LlamaConfig, role: HeadRole, n: f64, elem: f64) -> f64 {
     n * d * elem + GENERIC_HEAD_TENSORS * chunk.min(n * vocab) * 4.0 + weight_grad
 }
 
-/// Whether the decoder layers run as one op each (`LlamaModel::layer_parts`): frozen layers
-/// with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped) or none
+/// Whether the decoder layers run as one op each (`LlamaModel::layer_parts`): layers with
+/// seven projections that rotate whole heads, frozen, with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped) or none
 /// at all, and on the `generic` layer DoRA, IA³ scales and prefix tuning as well.
 fn runs_whole_layers(cfg: &LlamaConfig, method: &MethodConfig, generic: bool) -> Result<bool> {
+    // Neither whole-layer op takes fused projections or a partly rotated head (Phi-3).
+    if cfg.family.fused_projections || cfg.rotary_dim != cfg.head_dim {
+        return Ok(false);
+    }
     Ok(match method.kind {
         MethodKind::Lora => !method.use_dora || generic,
         // The generic layer serves DoRA, IA³ and prefix tuning too.

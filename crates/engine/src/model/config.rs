@@ -746,22 +746,6 @@ impl LlamaConfig {
         }
     }
 
-    /// Whether every layer is Llama's: the shape the whole-layer ops compute (RMSNorm with
-    /// plain weights, two norms, SwiGLU, no q/k norms, `head_dim^-½`; a sliding window is
-    /// the caller's to check against the keys, see [`Self::window`]).
-    pub fn llama_shaped(&self) -> bool {
-        let f = &self.family;
-        f.norm_offset == 0.0
-            && !f.qk_norm
-            && !f.sandwich_norms
-            && !f.scaled_embeddings
-            && self.activation == Activation::Silu
-            && self.attention_scale == 1.0 / (self.head_dim as f64).sqrt()
-            && self.attn_softcap.is_none()
-            && !f.fused_projections
-            && self.rotary_dim == self.head_dim
-    }
-
     /// Whether layer `l` attends through a sliding window, and how wide.
     pub fn window(&self, l: usize) -> Option<usize> {
         match self.layer_kinds.get(l) {

@@ -840,8 +840,8 @@ impl LlamaModel {
     /// The layer `index` as one op's parts, where its norms are frozen, it has no
     /// bottleneck adapter and its projections carry plain LoRA or nothing.
     /// `generic`: for the device-generic layer, which also serves DoRA and IA³ and takes a
-    /// prefix's keys and values, but computes Llama's layers only (`llama_shaped`, no
-    /// window); the CPU's fused layer serves every family.
+    /// prefix's keys and values. Both serve every family whose layers have seven
+    /// projections and rotate whole heads (all but Phi-3).
     fn layer_parts<'a>(
         &self,
         b: &'a Block,
@@ -851,11 +851,9 @@ impl LlamaModel {
         generic: Option<super::generic::layer::Extras<'a>>,
     ) -> Option<fused::layer::LayerParts<'a>> {
         let c = &self.cfg;
-        let window = c.window(index);
         // Both whole-layer ops rotate whole heads and take the seven projections apart.
         let seven = b.seven().filter(|_| c.rotary_dim == c.head_dim)?;
-        let plain = (generic.is_none() || (c.llama_shaped() && window.is_none()))
-            && adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
+        let plain = adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
             && b.norms_frozen()
             && (generic.is_some()
                 || seven.iter().all(|l| {

@@ -1,9 +1,11 @@
-//! RMSNorm, rotary embeddings and SwiGLU with their backward passes, from candle tensor
-//! ops (every device). Norms and SwiGLU compute in f32 whatever the model's precision.
+//! RMSNorm, rotary embeddings and the gated activations (SwiGLU, GeGLU) with their backward
+//! passes, from candle tensor ops (every device). Norms and activations compute in f32
+//! whatever the model's precision.
 
 use candle_core::{DType, Tensor, D};
 
 use crate::error::Result;
+use crate::model::family::Activation;
 
 fn f32(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(DType::F32)?)
@@ -67,18 +69,50 @@ impl Rotary {
     }
 }
 
-/// `silu(gate) · up`, in the inputs' dtype.
-pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let y = (f32(gate)?.silu()? * f32(up)?)?;
-    Ok(y.to_dtype(gate.dtype())?)
+/// `act(gate) · up`, in the inputs' dtype: SwiGLU's `silu`, or GeGLU's tanh-approximated
+/// GELU (`gelu_pytorch_tanh`, candle's `gelu`).
+pub fn gated(gate: &Tensor, up: &Tensor, activation: Activation) -> Result<Tensor> {
+    let g = f32(gate)?;
+    let act = match activation {
+        Activation::Silu => g.silu()?,
+        Activation::GeluTanh => g.gelu()?,
+    };
+    Ok((act * f32(up)?)?.to_dtype(gate.dtype())?)
 }
 
-/// dL/dgate and dL/dup of [`swiglu`] for `dy`, with `s = σ(gate)`:
-/// `dy·up·s·(1 + gate·(1 − s))` and `dy·gate·s`.
-pub fn swiglu_backward(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+/// √(2/π), tanh-GELU's factor.
+const GELU_C: f64 = 0.797_884_560_802_865_4;
+/// tanh-GELU's cubic coefficient.
+const GELU_A: f64 = 0.044_715;
+
+/// dL/dgate and dL/dup of [`gated`] for `dy`: `dy·up·act'(gate)` and `dy·act(gate)`. SwiGLU,
+/// with `s = σ(g)`: `act' = s·(1 + g·(1 − s))`; GeGLU, with `t = tanh(c·(g + a·g³))`:
+/// `act = ½·g·(1 + t)`, `act' = ½·(1 + t) + ½·g·(1 − t²)·c·(1 + 3a·g²)`.
+pub fn gated_backward(
+    gate: &Tensor,
+    up: &Tensor,
+    dy: &Tensor,
+    activation: Activation,
+) -> Result<(Tensor, Tensor)> {
     let (g, u, dy) = (f32(gate)?, f32(up)?, f32(dy)?);
-    let s = candle_nn::ops::sigmoid(&g)?;
-    let dgate = ((&dy * &u)? * &s)?.mul(&(&g * s.affine(-1.0, 1.0)?)?.affine(1.0, 1.0)?)?;
-    let dup = ((&dy * &g)? * &s)?;
+    let (act, slope) = match activation {
+        Activation::Silu => {
+            let s = candle_nn::ops::sigmoid(&g)?;
+            let slope = (&s * (&g * s.affine(-1.0, 1.0)?)?.affine(1.0, 1.0)?)?;
+            ((&g * &s)?, slope)
+        }
+        Activation::GeluTanh => {
+            let g2 = g.sqr()?;
+            let inner = ((&g2 * GELU_A)?.affine(1.0, 1.0)? * &g)?.affine(GELU_C, 0.0)?;
+            let t = inner.tanh()?;
+            let half_one_plus_t = t.affine(0.5, 0.5)?;
+            let act = (&g * &half_one_plus_t)?;
+            let d_inner = g2.affine(3.0 * GELU_A * GELU_C, GELU_C)?;
+            let slope = (half_one_plus_t + ((&g * t.sqr()?.affine(-0.5, 0.5)?)? * d_inner)?)?;
+            (act, slope)
+        }
+    };
+    let dgate = ((&dy * &u)? * slope)?;
+    let dup = (dy * act)?;
     Ok((dgate.to_dtype(gate.dtype())?, dup.to_dtype(up.dtype())?))
 }

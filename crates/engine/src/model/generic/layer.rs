@@ -1,25 +1,30 @@
-//! A whole decoder layer as one autograd node on any device: RMSNorm, q/k/v with RoPE,
-//! blocked causal attention, o_proj and the residual sum, RMSNorm, gate/up, SwiGLU,
-//! down_proj and the residual sum, with the LoRA (or DoRA) branches or IA³ scales of any of
-//! the seven projections, or prefix tuning's keys and values before the layer's own.
+//! A whole decoder layer as one autograd node on any device: RMSNorm, q/k/v (with each
+//! head's RMSNorm where the family has one: Qwen3, Gemma 3) and RoPE, blocked attention with
+//! the family's score factor, soft cap and window, o_proj (its output normed in Gemma) and
+//! the residual sum, RMSNorm, gate/up, SwiGLU or GeGLU, down_proj (normed in Gemma) and the
+//! residual sum, with the LoRA (or DoRA) branches or IA³ scales of any of the seven
+//! projections, or prefix tuning's keys and values before the layer's own. Norm weights are
+//! applied as `w + offset` in f32 (Gemma's `1 + w`).
 //!
 //! The forward pass runs outside candle's graph and re-enters it as one op
 //! (`reentry::Precomputed`) whose backward pass is written here. It keeps the roped q and
 //! k, v, the attention output, the residual stream between the sublayers and gate/up
-//! (about 2·hidden + 2·(q+kv width) + 2·intermediate values per token); with gradient
-//! checkpointing only the input, and the backward pass runs the forward pass again. The
-//! norms and SwiGLU are recomputed from what is kept. The LoRA matrices reach it as one
-//! packed tensor, as in `fused::layer`.
+//! (about 2·hidden + 2·(q+kv width) + 2·intermediate values per token), and where the family
+//! has them the q/k heads before their norms and the two sublayers' outputs before theirs;
+//! with gradient checkpointing only the input, and the backward pass runs the forward pass
+//! again. The norms and the activation are recomputed from what is kept. The LoRA matrices
+//! reach it as one packed tensor, as in `fused::layer`.
 
 use std::sync::Mutex;
 
 use candle_core::Tensor;
-use candle_core::{CustomOp1, CustomOp2};
+use candle_core::{CustomOp1, CustomOp2, DType};
 
 use super::attention::Attention;
-use super::elementwise::{rms_norm, rms_norm_backward, swiglu, swiglu_backward, Rotary};
+use super::elementwise::{gated, gated_backward, rms_norm, rms_norm_backward, Rotary};
 use super::projection::{Ia3, Lora, Projection};
 use crate::error::Result;
+use crate::model::family::Activation;
 use crate::model::fused::layer::{LayerParts, DOWN, GATE, K, O, Q, UP, V};
 use crate::model::reentry::{precomputed_forward, Precomputed};
 
@@ -30,8 +35,13 @@ struct Kept {
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    /// The query and key heads before their norms, where the family norms them.
+    qk_raw: Option<(Tensor, Tensor)>,
     /// The attention output [tokens, q_heads · d], o_proj's input.
     attn: Tensor,
+    /// o_proj's and down_proj's outputs [tokens, hidden], where the family norms them.
+    o_out: Option<Tensor>,
+    down_out: Option<Tensor>,
     /// The residual stream after attention [tokens, hidden].
     mid: Tensor,
     /// gate and up [tokens, intermediate].
@@ -46,11 +56,40 @@ pub struct Extras<'a> {
     pub prefix: Option<(&'a Tensor, &'a Tensor)>,
 }
 
+/// A layer's norm weights as applied: `w + offset`, in f32.
+struct Norms {
+    /// Before attention and before the MLP.
+    input: Tensor,
+    mlp: Tensor,
+    /// Of the attention's and the MLP's outputs (Gemma).
+    outputs: Option<(Tensor, Tensor)>,
+    /// Of each query and key head (Qwen3, Gemma 3).
+    qk: Option<(Tensor, Tensor)>,
+}
+
+impl Norms {
+    fn new(parts: &LayerParts) -> Result<Self> {
+        let applied = |w: &Tensor| -> Result<Tensor> {
+            Ok(w.to_dtype(DType::F32)?.affine(1.0, parts.norm_offset)?)
+        };
+        let pair = |p: Option<(&Tensor, &Tensor)>| -> Result<Option<(Tensor, Tensor)>> {
+            p.map(|(a, b)| Ok((applied(a)?, applied(b)?))).transpose()
+        };
+        Ok(Self {
+            input: applied(parts.input_norm)?,
+            mlp: applied(parts.post_norm)?,
+            outputs: pair(parts.output_norms)?,
+            qk: pair(parts.qk_norm)?,
+        })
+    }
+}
+
 struct Layer {
     projections: [Projection; 7],
     /// Prefix tuning's keys and values, seen by every query before its own.
     prefix: Option<(Tensor, Tensor)>,
-    norms: [Tensor; 2],
+    norms: Norms,
+    activation: Activation,
     rotary: Rotary,
     eps: f64,
     attention: Attention,
@@ -62,6 +101,25 @@ struct LayerOp {
     layer: Layer,
     output: Precomputed,
     kept: Mutex<Option<Kept>>,
+}
+
+/// `t` normed by `w` where there is a norm, else `t`.
+fn normed(t: Tensor, w: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    Ok(match w {
+        Some(w) => rms_norm(&t, w, eps)?.0,
+        None => t,
+    })
+}
+
+/// dL/dt of [`normed`] for `dy`, `t` the norm's input.
+fn normed_backward(t: Option<&Tensor>, w: Option<&Tensor>, eps: f64, dy: Tensor) -> Result<Tensor> {
+    Ok(match (t, w) {
+        (Some(t), Some(w)) => {
+            let (_, rstd) = rms_norm(t, w, eps)?;
+            rms_norm_backward(t, w, &rstd, &dy)?
+        }
+        _ => dy,
+    })
 }
 
 impl Layer {
@@ -85,41 +143,73 @@ impl Layer {
             .reshape((self.tokens(), heads * d))?)
     }
 
+    fn output_norm(&self, second: bool) -> Option<&Tensor> {
+        self.norms
+            .outputs
+            .as_ref()
+            .map(|(a, m)| if second { m } else { a })
+    }
+
+    fn qk_norm(&self, key: bool) -> Option<&Tensor> {
+        self.norms.qk.as_ref().map(|(q, k)| if key { k } else { q })
+    }
+
     /// The layer's output for `x` [tokens, hidden], and what the backward pass reads.
     fn forward(&self, x: &Tensor) -> Result<(Tensor, Kept)> {
-        let kept = self.kept(x)?;
-        let act = swiglu(&kept.gate, &kept.up)?;
-        let out = (&kept.mid + self.projections[DOWN].forward(&act)?)?;
+        let mut kept = self.kept(x)?;
+        let down = match kept.down_out.take() {
+            Some(down) => down,
+            None => {
+                self.projections[DOWN].forward(&gated(&kept.gate, &kept.up, self.activation)?)?
+            }
+        };
+        let out = (&kept.mid + normed(down.clone(), self.output_norm(true), self.eps)?)?;
+        if self.norms.outputs.is_some() {
+            kept.down_out = Some(down);
+        }
         Ok((out, kept))
     }
 
     /// What the backward pass reads for `x` [tokens, hidden]: the forward pass up to gate
-    /// and up (what a checkpointed layer recomputes; the down projection it does not need).
+    /// and up (what a checkpointed layer recomputes), and down_proj's output only where it
+    /// is normed (Llama's layer does not need it).
     fn kept(&self, x: &Tensor) -> Result<Kept> {
         let p = &self.projections;
         let a = &self.attention;
-        let (h, _) = rms_norm(x, &self.norms[0], self.eps)?;
-        let q = self
-            .rotary
-            .forward(&self.heads(&p[Q].forward(&h)?, a.q_heads)?)?;
-        let k = self
-            .rotary
-            .forward(&self.heads(&p[K].forward(&h)?, a.kv_heads)?)?;
+        let (h, _) = rms_norm(x, &self.norms.input, self.eps)?;
+        let q = self.heads(&p[Q].forward(&h)?, a.q_heads)?;
+        let k = self.heads(&p[K].forward(&h)?, a.kv_heads)?;
+        let (q_normed, k_normed) = (
+            normed(q.clone(), self.qk_norm(false), self.eps)?,
+            normed(k.clone(), self.qk_norm(true), self.eps)?,
+        );
+        let qk_raw = self.norms.qk.is_some().then_some((q, k));
+        let q = self.rotary.forward(&q_normed)?;
+        let k = self.rotary.forward(&k_normed)?;
         let v = self.heads(&p[V].forward(&h)?, a.kv_heads)?;
         let (k, v) = match &self.prefix {
             Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
             None => (k, v),
         };
         let attn = self.rows(&a.forward(&q, &k, &v)?)?;
-        let mid = (x + p[O].forward(&attn)?)?;
-        let (h, _) = rms_norm(&mid, &self.norms[1], self.eps)?;
+        let o = p[O].forward(&attn)?;
+        let mid = (x + normed(o.clone(), self.output_norm(false), self.eps)?)?;
+        let o_out = self.norms.outputs.is_some().then_some(o);
+        let (h, _) = rms_norm(&mid, &self.norms.mlp, self.eps)?;
         let gate = p[GATE].forward(&h)?;
         let up = p[UP].forward(&h)?;
+        let down_out = match self.norms.outputs {
+            Some(_) => Some(p[DOWN].forward(&gated(&gate, &up, self.activation)?)?),
+            None => None,
+        };
         Ok(Kept {
             q,
             k,
             v,
+            qk_raw,
             attn,
+            o_out,
+            down_out,
             mid,
             gate,
             up,
@@ -132,6 +222,7 @@ impl Layer {
     fn backward(&self, x: &Tensor, kept: &Kept, d_out: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let p = &self.projections;
         let a = &self.attention;
+        let eps = self.eps;
         let mut trained = vec![Vec::new(); 7];
         let mut through = |i: usize, input: &Tensor, dy: &Tensor| -> Result<Tensor> {
             let (dx, grads) = p[i].backward(input, dy)?;
@@ -139,14 +230,26 @@ impl Layer {
             Ok(dx)
         };
         // MLP.
-        let (h2, rstd2) = rms_norm(&kept.mid, &self.norms[1], self.eps)?;
-        let act = swiglu(&kept.gate, &kept.up)?;
-        let d_act = through(DOWN, &act, d_out)?;
-        let (d_gate, d_up) = swiglu_backward(&kept.gate, &kept.up, &d_act)?;
+        let (h2, rstd2) = rms_norm(&kept.mid, &self.norms.mlp, eps)?;
+        let act = gated(&kept.gate, &kept.up, self.activation)?;
+        let d_down = normed_backward(
+            kept.down_out.as_ref(),
+            self.output_norm(true),
+            eps,
+            d_out.clone(),
+        )?;
+        let d_act = through(DOWN, &act, &d_down)?;
+        let (d_gate, d_up) = gated_backward(&kept.gate, &kept.up, &d_act, self.activation)?;
         let d_h2 = (through(GATE, &h2, &d_gate)? + through(UP, &h2, &d_up)?)?;
-        let d_mid = (d_out + rms_norm_backward(&kept.mid, &self.norms[1], &rstd2, &d_h2)?)?;
+        let d_mid = (d_out + rms_norm_backward(&kept.mid, &self.norms.mlp, &rstd2, &d_h2)?)?;
         // Attention.
-        let d_attn = self.heads(&through(O, &kept.attn, &d_mid)?, a.q_heads)?;
+        let d_o = normed_backward(
+            kept.o_out.as_ref(),
+            self.output_norm(false),
+            eps,
+            d_mid.clone(),
+        )?;
+        let d_attn = self.heads(&through(O, &kept.attn, &d_o)?, a.q_heads)?;
         let (dq, dk, dv) = a.backward(&kept.q, &kept.k, &kept.v, &d_attn)?;
         // The prefix's part of the keys' and values' gradients, then the layer's own.
         let earlier = a.keys - a.seq;
@@ -158,12 +261,16 @@ impl Layer {
             None => Vec::new(),
         };
         let (dk, dv) = (dk.narrow(2, earlier, a.seq)?, dv.narrow(2, earlier, a.seq)?);
-        let dq = self.rows(&self.rotary.backward(&dq)?)?;
-        let dk = self.rows(&self.rotary.backward(&dk)?)?;
-        let dv = self.rows(&dv)?;
-        let (h1, rstd1) = rms_norm(x, &self.norms[0], self.eps)?;
+        let (q_raw, k_raw) = match &kept.qk_raw {
+            Some((q, k)) => (Some(q), Some(k)),
+            None => (None, None),
+        };
+        let dq = normed_backward(q_raw, self.qk_norm(false), eps, self.rotary.backward(&dq)?)?;
+        let dk = normed_backward(k_raw, self.qk_norm(true), eps, self.rotary.backward(&dk)?)?;
+        let (dq, dk, dv) = (self.rows(&dq)?, self.rows(&dk)?, self.rows(&dv)?);
+        let (h1, rstd1) = rms_norm(x, &self.norms.input, eps)?;
         let d_h1 = ((through(Q, &h1, &dq)? + through(K, &h1, &dk)?)? + through(V, &h1, &dv)?)?;
-        let dx = (d_mid + rms_norm_backward(x, &self.norms[0], &rstd1, &d_h1)?)?;
+        let dx = (d_mid + rms_norm_backward(x, &self.norms.input, &rstd1, &d_h1)?)?;
         let grads = trained.into_iter().flatten().chain(prefix_grads).collect();
         Ok((dx, grads))
     }
@@ -227,20 +334,8 @@ impl CustomOp2 for LayerOp {
 }
 
 /// The decoder layer for `x` [batch, seq, hidden] on any device; `cos`, `sin` are the
-/// model's rotary tables [seq, head_dim].
+/// layer's rotary tables [seq, head_dim] (a sliding layer's own where the family has them).
 pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    // Llama's layers only: the other families' parts compose single ops on this path.
-    let llama = parts.output_norms.is_none()
-        && parts.qk_norm.is_none()
-        && parts.norm_offset == 0.0
-        && parts.activation == crate::model::family::Activation::Silu
-        && parts.attend == crate::model::attend::Attend::causal(parts.head_dim);
-    if !llama {
-        return Err(crate::error::EngineError::config(
-            "model",
-            "the device-generic layer computes Llama-shaped layers only",
-        ));
-    }
     let (batch, seq, hidden) = x.dims3()?;
     let mut flat = Vec::new();
     let mut projections = Vec::with_capacity(7);
@@ -294,7 +389,8 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
     let layer = Layer {
         projections,
         prefix,
-        norms: [parts.input_norm.clone(), parts.post_norm.clone()],
+        norms: Norms::new(parts)?,
+        activation: parts.activation,
         rotary: Rotary::new(cos, sin)?,
         eps: parts.eps,
         attention: Attention {
@@ -305,7 +401,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             keys: earlier + seq,
             head_dim: parts.head_dim,
             scores_per_block: super::attention::SCORES_PER_BLOCK,
-            attend: crate::model::attend::Attend::causal(parts.head_dim),
+            attend: parts.attend,
         },
     };
     let (out, kept) = layer.forward(&x.detach().reshape((batch * seq, hidden))?)?;
