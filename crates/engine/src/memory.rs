@@ -531,14 +531,18 @@ fn adapter_activations(
 
 /// Loading's peak (`model::load`): each tensor is copied out of the mapped file, converted
 /// and (on a GPU) moved, and its pages released, so at most the largest tensor is in flight
-/// (its copy in the file's dtype and its mapped pages; measured: 290-360 MiB over the
-/// weights for a 1B model whose embedding is 192 MiB) next to the weights
-/// already loaded; on a GPU the weights are in device memory, not the host's. A GGUF base
+/// next to the weights already loaded: its mapped pages, and its copy in the file's dtype
+/// where that copy is not kept as the weight itself (another dtype, or a GPU). Measured:
+/// 290-360 MiB over the weights for a bf16-stored 1B model run in f32 whose embedding is 192
+/// MiB; Gemma 3 270M stored and run in f32 (a 640 MiB embedding), 1.55-1.72 GiB against
+/// 1.74 predicted. On a GPU the weights are in device memory, not the host's. A GGUF base
 /// reads its largest tensor, the embeddings, in their block format.
 fn loading_peak(cfg: &LlamaConfig, weights: u64, step: StepShape) -> u64 {
     let largest = (cfg.vocab_size.max(cfg.intermediate_size) * cfg.hidden_size) as u64;
+    let kept_as_loaded = step.cpu && cfg.stored_dtype == step.dtype;
     let in_flight = match step.quantized.and_then(|f| f.embeddings) {
         Some(f) => 2 * f.bytes(largest),
+        None if kept_as_loaded => largest * cfg.stored_dtype.size_in_bytes() as u64,
         None => 2 * largest * cfg.stored_dtype.size_in_bytes() as u64,
     };
     if step.cpu {

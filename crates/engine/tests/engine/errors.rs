@@ -74,8 +74,16 @@ fn bad_family_fields_are_named() {
         (r#""hidden_activation":"relu""#, "hidden_activation"),
         (r#""query_pre_attn_scalar":0"#, "query_pre_attn_scalar"),
         (
-            r#""rope_scaling":{"rope_type":"yarn","factor":4}"#,
+            r#""rope_scaling":{"rope_type":"dynamic","factor":4}"#,
             "rope_scaling",
+        ),
+        (
+            r#""rope_scaling":{"rope_type":"yarn","factor":-4,"original_max_position_embeddings":16}"#,
+            "rope_scaling",
+        ),
+        (
+            r#""rope_scaling":{"rope_type":"yarn","factor":4}"#,
+            "original_max_position_embeddings",
         ),
     ] {
         let err = LlamaConfig::from_json(&format!("{{{base},{extra}}}"))
