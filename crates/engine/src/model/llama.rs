@@ -101,13 +101,6 @@ impl<const N: usize> Inputs<N> {
             .try_into()
             .map_err(|_| EngineError::config("model", "a split projection lost a part"))
     }
-
-    fn apart(&self) -> Option<&[Linear; N]> {
-        match self {
-            Inputs::Apart(all) => Some(all),
-            Inputs::Fused(_) => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -159,12 +152,6 @@ impl Block {
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {
         self.parts_mut().1
-    }
-
-    /// The seven projections apart, as the whole-layer ops take them (none for fused ones).
-    fn seven(&self) -> Option<[&Linear; 7]> {
-        let ([q, k, v], [gate, up]) = (self.attn_in.apart()?, self.mlp_in.apart()?);
-        Some([q, k, v, &self.o_proj, gate, up, &self.down_proj])
     }
 
     /// The norm weights the block has, each with its name (`NORM_NAMES`).
@@ -839,9 +826,9 @@ impl LlamaModel {
 
     /// The layer `index` as one op's parts, where its norms are frozen, it has no
     /// bottleneck adapter and its projections carry plain LoRA or nothing.
-    /// `generic`: for the device-generic layer, which also serves DoRA and IA³ and takes a
-    /// prefix's keys and values. Both serve every family whose layers have seven
-    /// projections and rotate whole heads (all but Phi-3).
+    /// `generic`: for the device-generic layer, which also serves DoRA and IA³, takes a
+    /// prefix's keys and values, and fused projections and a partly rotated head (Phi-3);
+    /// the CPU's fused layer takes seven projections and rotates whole heads.
     fn layer_parts<'a>(
         &self,
         b: &'a Block,
@@ -851,21 +838,27 @@ impl LlamaModel {
         generic: Option<super::generic::layer::Extras<'a>>,
     ) -> Option<fused::layer::LayerParts<'a>> {
         let c = &self.cfg;
-        // Both whole-layer ops rotate whole heads and take the seven projections apart.
-        let seven = b.seven().filter(|_| c.rotary_dim == c.head_dim)?;
-        let plain = adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
+        let linears = b.linears();
+        let cpu_shaped = linears.len() == 7 && c.rotary_dim == c.head_dim;
+        let plain = (generic.is_some() || cpu_shaped)
+            && adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
             && b.norms_frozen()
             && (generic.is_some()
-                || seven.iter().all(|l| {
+                || linears.iter().all(|l| {
                     l.ia3.is_none() && l.lora.as_ref().is_none_or(|lo| lo.magnitude.is_none())
                 }));
         if !plain {
             return None;
         }
-        let [q, k, v, o, gate, up, down] = seven.map(|l| l.frozen_parts());
-        let linears = [q?, k?, v?, o?, gate?, up?, down?];
+        let parts = linears
+            .iter()
+            .map(|l| l.frozen_parts())
+            .collect::<Option<Vec<_>>>()?;
         // Dropout masks drawn in the order the composed ops draw them: the same masks.
-        let dropout = seven.map(|l| l.lora.as_ref().and_then(|lo| ctx.draw_dropout(lo.dropout)));
+        let dropout = linears
+            .iter()
+            .map(|l| l.lora.as_ref().and_then(|lo| ctx.draw_dropout(lo.dropout)))
+            .collect();
         let (post_norm, output_norms) = match &b.feedforward_norms {
             Some((pre, post)) => (pre, Some((&b.post_attention_layernorm, post))),
             None => (&b.post_attention_layernorm, None),
@@ -878,9 +871,9 @@ impl LlamaModel {
             norm_offset: c.family.norm_offset,
             activation: c.activation,
             attend: self.attend(index),
-            linears,
+            ia3: linears.iter().map(|l| l.ia3.as_ref()).collect(),
+            linears: parts,
             dropout,
-            ia3: seven.map(|l| l.ia3.as_ref()),
             prefix: generic.and_then(|g| g.prefix),
             eps: c.rms_norm_eps,
             q_heads: c.num_attention_heads,

@@ -60,13 +60,14 @@ pub struct LayerParts<'a> {
     pub activation: Activation,
     /// The attention's score factor and window.
     pub attend: Attend,
-    /// q, k, v, o, gate, up and down, in that order.
-    pub linears: [LinearParts<'a>; 7],
+    /// q, k, v, o, gate, up and down, in that order; or, where the family fuses them (Phi-3;
+    /// the device-generic layer only), qkv, o, gate_up and down.
+    pub linears: Vec<LinearParts<'a>>,
     /// The dropout on each one's LoRA input, when active.
-    pub dropout: [Option<DropoutDraw>; 7],
+    pub dropout: Vec<Option<DropoutDraw>>,
     /// Each one's IA³ scale, if any (the device-generic layer only: the CPU's fused layer is
     /// given none).
-    pub ia3: [Option<&'a crate::model::adapters::ia3::Ia3Scale>; 7],
+    pub ia3: Vec<Option<&'a crate::model::adapters::ia3::Ia3Scale>>,
     /// Prefix tuning's keys and values for this layer [batch, kv_heads, prefix, head_dim]
     /// (the device-generic layer only).
     pub prefix: Option<(&'a Tensor, &'a Tensor)>,
@@ -517,7 +518,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
         Ok((offset - n, n))
     };
     let mut linears = Vec::with_capacity(7);
-    for (l, dropout) in parts.linears.iter().zip(parts.dropout) {
+    for (l, dropout) in parts.linears.iter().zip(parts.dropout.iter().copied()) {
         let lora = match l.lora {
             Some(lora) => Some(Packed {
                 a: place(lora.a)?,

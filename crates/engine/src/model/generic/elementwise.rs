@@ -31,9 +31,10 @@ pub fn rms_norm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> 
     Ok(dx.to_dtype(x.dtype())?)
 }
 
-/// Rotary tables for candle's rope kernel: the first half of the model's [seq, head_dim]
+/// Rotary tables for candle's rope kernel: the first half of the model's [seq, rotary_dim]
 /// tables (transformers repeats each frequency twice), and the sine negated for the
-/// backward pass (the rotation's transpose).
+/// backward pass (the rotation's transpose). Where the tables are narrower than a head
+/// (`partial_rotary_factor`), the head's leading dimensions turn and the rest pass through.
 pub struct Rotary {
     cos: Tensor,
     sin: Tensor,
@@ -65,6 +66,12 @@ impl Rotary {
     }
 
     fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (d, rotary) = (x.dim(D::Minus1)?, 2 * cos.dim(D::Minus1)?);
+        if rotary < d {
+            let turned = Self::rotate(&x.narrow(D::Minus1, 0, rotary)?, cos, sin)?;
+            let kept = x.narrow(D::Minus1, rotary, d - rotary)?;
+            return Ok(Tensor::cat(&[&turned, &kept], D::Minus1)?.contiguous()?);
+        }
         Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
     }
 }

@@ -1,9 +1,10 @@
-//! A whole decoder layer as one autograd node on any device: RMSNorm, q/k/v (with each
-//! head's RMSNorm where the family has one: Qwen3, Gemma 3) and RoPE, blocked attention with
+//! A whole decoder layer as one autograd node on any device: RMSNorm, q/k/v (apart, or one
+//! `qkv_proj` split after the product: Phi-3; with each head's RMSNorm where the family has
+//! one: Qwen3, Gemma 3) and RoPE (on a head's leading dimensions only where the family says:
+//! Phi-4-mini), blocked attention with
 //! the family's score factor, soft cap and window, o_proj (its output normed in Gemma) and
-//! the residual sum, RMSNorm, gate/up, SwiGLU or GeGLU, down_proj (normed in Gemma) and the
-//! residual sum, with the LoRA (or DoRA) branches or IA³ scales of any of the seven
-//! projections, or prefix tuning's keys and values before the layer's own. Norm weights are
+//! the residual sum, RMSNorm, gate/up (or one `gate_up_proj`), SwiGLU or GeGLU, down_proj (normed in Gemma) and the
+//! residual sum, with the LoRA (or DoRA) branches or IA³ scales of any of the projections, or prefix tuning's keys and values before the layer's own. Norm weights are
 //! applied as `w + offset` in f32 (Gemma's `1 + w`).
 //!
 //! The forward pass runs outside candle's graph and re-enters it as one op
@@ -84,8 +85,34 @@ impl Norms {
     }
 }
 
+/// Where each projection sits: seven apart (`fused::layer`'s order), or four with q/k/v and
+/// gate/up fused (Phi-3: qkv, o, gate_up, down).
+#[derive(Clone, Copy)]
+struct Slots {
+    fused: bool,
+}
+
+impl Slots {
+    fn o(self) -> usize {
+        if self.fused {
+            1
+        } else {
+            O
+        }
+    }
+
+    fn down(self) -> usize {
+        if self.fused {
+            3
+        } else {
+            DOWN
+        }
+    }
+}
+
 struct Layer {
-    projections: [Projection; 7],
+    projections: Vec<Projection>,
+    slots: Slots,
     /// Prefix tuning's keys and values, seen by every query before its own.
     prefix: Option<(Tensor, Tensor)>,
     norms: Norms,
@@ -154,14 +181,46 @@ impl Layer {
         self.norms.qk.as_ref().map(|(q, k)| if key { k } else { q })
     }
 
+    /// q, k and v [tokens, width] of the normed input `h`.
+    fn attention_inputs(&self, h: &Tensor) -> Result<[Tensor; 3]> {
+        let p = &self.projections;
+        if !self.slots.fused {
+            return Ok([p[Q].forward(h)?, p[K].forward(h)?, p[V].forward(h)?]);
+        }
+        let a = &self.attention;
+        let (q, kv) = (a.q_heads * a.head_dim, a.kv_heads * a.head_dim);
+        let qkv = p[0].forward(h)?;
+        let part = |at: usize, width: usize| -> Result<Tensor> {
+            Ok(qkv.narrow(1, at, width)?.contiguous()?)
+        };
+        Ok([part(0, q)?, part(q, kv)?, part(q + kv, kv)?])
+    }
+
+    /// gate and up [tokens, intermediate] of the normed input `h` (gate_up_proj: gate's rows
+    /// first).
+    fn mlp_inputs(&self, h: &Tensor) -> Result<[Tensor; 2]> {
+        let p = &self.projections;
+        if !self.slots.fused {
+            return Ok([p[GATE].forward(h)?, p[UP].forward(h)?]);
+        }
+        let both = p[2].forward(h)?;
+        let i = both.dim(1)? / 2;
+        Ok([
+            both.narrow(1, 0, i)?.contiguous()?,
+            both.narrow(1, i, i)?.contiguous()?,
+        ])
+    }
+
     /// The layer's output for `x` [tokens, hidden], and what the backward pass reads.
     fn forward(&self, x: &Tensor) -> Result<(Tensor, Kept)> {
         let mut kept = self.kept(x)?;
         let down = match kept.down_out.take() {
             Some(down) => down,
-            None => {
-                self.projections[DOWN].forward(&gated(&kept.gate, &kept.up, self.activation)?)?
-            }
+            None => self.projections[self.slots.down()].forward(&gated(
+                &kept.gate,
+                &kept.up,
+                self.activation,
+            )?)?,
         };
         let out = (&kept.mid + normed(down.clone(), self.output_norm(true), self.eps)?)?;
         if self.norms.outputs.is_some() {
@@ -177,8 +236,9 @@ impl Layer {
         let p = &self.projections;
         let a = &self.attention;
         let (h, _) = rms_norm(x, &self.norms.input, self.eps)?;
-        let q = self.heads(&p[Q].forward(&h)?, a.q_heads)?;
-        let k = self.heads(&p[K].forward(&h)?, a.kv_heads)?;
+        let [q, k, v] = self.attention_inputs(&h)?;
+        let q = self.heads(&q, a.q_heads)?;
+        let k = self.heads(&k, a.kv_heads)?;
         let (q_normed, k_normed) = (
             normed(q.clone(), self.qk_norm(false), self.eps)?,
             normed(k.clone(), self.qk_norm(true), self.eps)?,
@@ -186,20 +246,19 @@ impl Layer {
         let qk_raw = self.norms.qk.is_some().then_some((q, k));
         let q = self.rotary.forward(&q_normed)?;
         let k = self.rotary.forward(&k_normed)?;
-        let v = self.heads(&p[V].forward(&h)?, a.kv_heads)?;
+        let v = self.heads(&v, a.kv_heads)?;
         let (k, v) = match &self.prefix {
             Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
             None => (k, v),
         };
         let attn = self.rows(&a.forward(&q, &k, &v)?)?;
-        let o = p[O].forward(&attn)?;
+        let o = p[self.slots.o()].forward(&attn)?;
         let mid = (x + normed(o.clone(), self.output_norm(false), self.eps)?)?;
         let o_out = self.norms.outputs.is_some().then_some(o);
         let (h, _) = rms_norm(&mid, &self.norms.mlp, self.eps)?;
-        let gate = p[GATE].forward(&h)?;
-        let up = p[UP].forward(&h)?;
+        let [gate, up] = self.mlp_inputs(&h)?;
         let down_out = match self.norms.outputs {
-            Some(_) => Some(p[DOWN].forward(&gated(&gate, &up, self.activation)?)?),
+            Some(_) => Some(p[self.slots.down()].forward(&gated(&gate, &up, self.activation)?)?),
             None => None,
         };
         Ok(Kept {
@@ -223,7 +282,8 @@ impl Layer {
         let p = &self.projections;
         let a = &self.attention;
         let eps = self.eps;
-        let mut trained = vec![Vec::new(); 7];
+        let slots = self.slots;
+        let mut trained = vec![Vec::new(); p.len()];
         let mut through = |i: usize, input: &Tensor, dy: &Tensor| -> Result<Tensor> {
             let (dx, grads) = p[i].backward(input, dy)?;
             trained[i] = grads;
@@ -238,9 +298,12 @@ impl Layer {
             eps,
             d_out.clone(),
         )?;
-        let d_act = through(DOWN, &act, &d_down)?;
+        let d_act = through(slots.down(), &act, &d_down)?;
         let (d_gate, d_up) = gated_backward(&kept.gate, &kept.up, &d_act, self.activation)?;
-        let d_h2 = (through(GATE, &h2, &d_gate)? + through(UP, &h2, &d_up)?)?;
+        let d_h2 = match slots.fused {
+            true => through(2, &h2, &Tensor::cat(&[&d_gate, &d_up], 1)?)?,
+            false => (through(GATE, &h2, &d_gate)? + through(UP, &h2, &d_up)?)?,
+        };
         let d_mid = (d_out + rms_norm_backward(&kept.mid, &self.norms.mlp, &rstd2, &d_h2)?)?;
         // Attention.
         let d_o = normed_backward(
@@ -249,7 +312,7 @@ impl Layer {
             eps,
             d_mid.clone(),
         )?;
-        let d_attn = self.heads(&through(O, &kept.attn, &d_o)?, a.q_heads)?;
+        let d_attn = self.heads(&through(slots.o(), &kept.attn, &d_o)?, a.q_heads)?;
         let (dq, dk, dv) = a.backward(&kept.q, &kept.k, &kept.v, &d_attn)?;
         // The prefix's part of the keys' and values' gradients, then the layer's own.
         let earlier = a.keys - a.seq;
@@ -269,7 +332,10 @@ impl Layer {
         let dk = normed_backward(k_raw, self.qk_norm(true), eps, self.rotary.backward(&dk)?)?;
         let (dq, dk, dv) = (self.rows(&dq)?, self.rows(&dk)?, self.rows(&dv)?);
         let (h1, rstd1) = rms_norm(x, &self.norms.input, eps)?;
-        let d_h1 = ((through(Q, &h1, &dq)? + through(K, &h1, &dk)?)? + through(V, &h1, &dv)?)?;
+        let d_h1 = match slots.fused {
+            true => through(0, &h1, &Tensor::cat(&[&dq, &dk, &dv], 1)?)?,
+            false => ((through(Q, &h1, &dq)? + through(K, &h1, &dk)?)? + through(V, &h1, &dv)?)?,
+        };
         let dx = (d_mid + rms_norm_backward(x, &self.norms.input, &rstd1, &d_h1)?)?;
         let grads = trained.into_iter().flatten().chain(prefix_grads).collect();
         Ok((dx, grads))
@@ -338,8 +404,13 @@ impl CustomOp2 for LayerOp {
 pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (batch, seq, hidden) = x.dims3()?;
     let mut flat = Vec::new();
-    let mut projections = Vec::with_capacity(7);
-    for ((l, dropout), ia3) in parts.linears.iter().zip(parts.dropout).zip(parts.ia3) {
+    let mut projections = Vec::with_capacity(parts.linears.len());
+    for ((l, dropout), ia3) in parts
+        .linears
+        .iter()
+        .zip(parts.dropout.iter().copied())
+        .zip(parts.ia3.iter().copied())
+    {
         let ia3 = match ia3 {
             Some(scale) => {
                 flat.push(scale.l.flatten_all()?);
@@ -374,9 +445,16 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             ia3,
         });
     }
-    let projections: [Projection; 7] = projections
-        .try_into()
-        .map_err(|_| candle_core::Error::Msg("decoder layer: seven projections".into()))?;
+    let slots = match projections.len() {
+        7 => Slots { fused: false },
+        4 => Slots { fused: true },
+        n => {
+            return Err(crate::error::EngineError::config(
+                "model",
+                format!("a decoder layer has seven projections, or four fused ones; not {n}"),
+            ))
+        }
+    };
     let prefix = match parts.prefix {
         Some((k, v)) => {
             flat.push(k.flatten_all()?);
@@ -388,6 +466,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
     let earlier = prefix.as_ref().map_or(Ok(0), |(k, _)| k.dim(2))?;
     let layer = Layer {
         projections,
+        slots,
         prefix,
         norms: Norms::new(parts)?,
         activation: parts.activation,
