@@ -420,14 +420,10 @@ fn generic_head(cfg: &LlamaConfig, role: HeadRole, n: f64, elem: f64) -> f64 {
     n * d * elem + GENERIC_HEAD_TENSORS * chunk.min(n * vocab) * 4.0 + weight_grad
 }
 
-/// Whether the decoder layers run as one op each (`LlamaModel::layer_parts`; on the CPU's
-/// fused layer, layers with seven projections that rotate whole heads): frozen, with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped) or none
+/// Whether the decoder layers run as one op each (`LlamaModel::layer_parts`): frozen layers
+/// with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped) or none
 /// at all, and on the `generic` layer DoRA, IA³ scales and prefix tuning as well.
 fn runs_whole_layers(cfg: &LlamaConfig, method: &MethodConfig, generic: bool) -> Result<bool> {
-    // The CPU's fused layer takes neither fused projections nor a partly rotated head (Phi-3).
-    if !generic && (cfg.family.fused_projections || cfg.rotary_dim != cfg.head_dim) {
-        return Ok(false);
-    }
     Ok(match method.kind {
         MethodKind::Lora => !method.use_dora || generic,
         // The generic layer serves DoRA, IA³ and prefix tuning too.

@@ -826,9 +826,8 @@ impl LlamaModel {
 
     /// The layer `index` as one op's parts, where its norms are frozen, it has no
     /// bottleneck adapter and its projections carry plain LoRA or nothing.
-    /// `generic`: for the device-generic layer, which also serves DoRA and IA³, takes a
-    /// prefix's keys and values, and fused projections and a partly rotated head (Phi-3);
-    /// the CPU's fused layer takes seven projections and rotates whole heads.
+    /// `generic`: for the device-generic layer, which also serves DoRA and IA³ and takes a
+    /// prefix's keys and values. Both serve every family.
     fn layer_parts<'a>(
         &self,
         b: &'a Block,
@@ -839,9 +838,7 @@ impl LlamaModel {
     ) -> Option<fused::layer::LayerParts<'a>> {
         let c = &self.cfg;
         let linears = b.linears();
-        let cpu_shaped = linears.len() == 7 && c.rotary_dim == c.head_dim;
-        let plain = (generic.is_some() || cpu_shaped)
-            && adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
+        let plain = adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
             && b.norms_frozen()
             && (generic.is_some()
                 || linears.iter().all(|l| {

@@ -223,3 +223,19 @@ pub fn central_difference(
 pub fn relative_error(a: f64, b: f64) -> f64 {
     (a - b).abs() / (a.abs() + b.abs()).max(1e-7)
 }
+
+/// Every LoRA B matrix among `vars` set to values in ±0.1 (B starts at zero, where an
+/// adapter changes nothing and an export proves nothing).
+pub fn randomise_b(vars: &[(String, candle_core::Var)]) {
+    use candle_core::{Device, Tensor};
+    let mut rng = peft_studio_engine::ops::SplitMix64::new(5);
+    for (name, var) in vars {
+        if name.ends_with("lora_B.weight") {
+            let data: Vec<f32> = (0..var.elem_count())
+                .map(|_| (rng.next_f64() * 0.2 - 0.1) as f32)
+                .collect();
+            var.set(&Tensor::from_vec(data, var.shape().clone(), &Device::Cpu).expect("t"))
+                .expect("set");
+        }
+    }
+}

@@ -11,7 +11,7 @@ use peft_studio_engine::ops::SplitMix64;
 use peft_studio_engine::peft::load::attach_lora;
 use peft_studio_engine::peft::MethodConfig;
 
-use crate::common::{lora_method, max_abs_diff, tiny_model};
+use crate::common::{lora_method, max_abs_diff, randomise_b, tiny_model};
 
 /// Writes `vars` as a PEFT directory at `out`.
 fn write_adapter(out: &Path, method: &MethodConfig, vars: &[(String, Var)]) {
@@ -111,19 +111,6 @@ fn peft_keys_shapes_and_config_for_all_seven_targets() {
     sorted.sort();
     assert_eq!(keys, sorted, "keys are written sorted, as PEFT writes them");
     assert!(text.contains("\n  \"alpha_pattern\""), "indent 2");
-}
-
-fn randomise_b(vars: &[(String, candle_core::Var)]) {
-    let mut rng = SplitMix64::new(5);
-    for (name, var) in vars {
-        if name.ends_with("lora_B.weight") {
-            let data: Vec<f32> = (0..var.elem_count())
-                .map(|_| (rng.next_f64() * 0.2 - 0.1) as f32)
-                .collect();
-            var.set(&Tensor::from_vec(data, var.shape().clone(), &Device::Cpu).expect("t"))
-                .expect("set");
-        }
-    }
 }
 
 fn logits(model: &peft_studio_engine::model::LlamaModel) -> Tensor {

@@ -69,6 +69,31 @@ fn merged_folders_shard_like_transformers_and_load_back() {
     assert_eq!(max_abs_diff(&logits_of[0], &logits_of[1]), 0.0);
 }
 
+/// The model in `path` written to the F32 GGUF `file` and imported back (converted) into a
+/// library under `dir`: the model, the library entry, the model loaded back.
+fn f32_gguf_round_trip(
+    path: &std::path::Path,
+    file: &std::path::Path,
+    dir: &std::path::Path,
+) -> (
+    LlamaModel,
+    peft_studio_engine::library::ModelEntry,
+    LlamaModel,
+) {
+    let mut model = load_model(path, DType::F32, &Device::Cpu).expect("load");
+    write_gguf_model(&mut model, path, "tiny", GgufType::F32, file).expect("write");
+    let entry = import_gguf(
+        file,
+        &dir.join("home"),
+        "back",
+        GgufWeights::Converted,
+        &mut |_, _| {},
+    )
+    .expect("import");
+    let back = load_model(&entry.path, DType::F32, &Device::Cpu).expect("load back");
+    (model, entry, back)
+}
+
 /// Llama (q/k rows permuted, GQA), Qwen2 (biases, no permutation), Qwen3, Gemma 3 and Gemma 2
 /// (their norms with llama.cpp's +1, their own tensor names and metadata) and Phi-3 (fused
 /// projections, partial rotary, LongRoPE's factors as tensors) in F32: importing the file
@@ -111,17 +136,7 @@ fn f32_gguf_models_import_back_to_the_same_model() {
             }
             std::fs::write(&cfg_path, cfg.to_string()).expect("write config");
         }
-        let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
-        write_gguf_model(&mut model, &path, "tiny", GgufType::F32, &file).expect("write");
-        let entry = import_gguf(
-            &file,
-            &dir.path().join("home"),
-            "back",
-            GgufWeights::Converted,
-            &mut |_, _| {},
-        )
-        .expect("import");
-        let back = load_model(&entry.path, DType::F32, &Device::Cpu).expect("load back");
+        let (model, entry, back) = f32_gguf_round_trip(&path, &file, dir.path());
         assert_eq!(back.config().model_type, model.config().model_type);
         let (a, b) = (back.config(), model.config());
         assert_eq!(
@@ -177,18 +192,8 @@ fn rope_scaling_survives_a_gguf_round_trip() {
             serde_json::from_str(&std::fs::read_to_string(&cfg_path).expect("read")).expect("json");
         cfg["rope_scaling"] = scaling;
         std::fs::write(&cfg_path, cfg.to_string()).expect("write config");
-        let mut model = load_model(&path, DType::F32, &Device::Cpu).expect("load");
         let file = dir.path().join("model.gguf");
-        write_gguf_model(&mut model, &path, "tiny", GgufType::F32, &file).expect("write");
-        let entry = import_gguf(
-            &file,
-            &dir.path().join("home"),
-            "back",
-            GgufWeights::Converted,
-            &mut |_, _| {},
-        )
-        .expect("import");
-        let back = load_model(&entry.path, DType::F32, &Device::Cpu).expect("load back");
+        let (model, _, back) = f32_gguf_round_trip(&path, &file, dir.path());
         let (a, b) = (back.config(), model.config());
         assert_eq!(
             (&a.yarn, a.rope_linear_factor),

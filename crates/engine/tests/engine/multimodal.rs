@@ -15,10 +15,9 @@ use peft_studio_engine::library::weights::check_folder;
 use peft_studio_engine::model::family;
 use peft_studio_engine::model::load::read_safetensors;
 use peft_studio_engine::model::{load_model, ForwardCtx, LlamaModel};
-use peft_studio_engine::ops::SplitMix64;
 use peft_studio_engine::peft::load::attach_adapter;
 
-use crate::common::{lora_method, max_abs_diff, tiny_model};
+use crate::common::{lora_method, max_abs_diff, randomise_b, tiny_model};
 
 /// transformers 5's module paths, and the hub's original file names (what transformers 5.25's
 /// `save_pretrained` still writes).
@@ -142,16 +141,7 @@ fn adapters_and_merges_of_a_multimodal_checkpoint() {
     let mut model = load_model(&mm, DType::F32, &Device::Cpu).expect("load");
     let method = lora_method(4, "q_proj,v_proj");
     let vars = method.apply(&mut model, 3).expect("apply");
-    let mut rng = SplitMix64::new(5);
-    for (name, var) in &vars {
-        if name.ends_with("lora_B.weight") {
-            let data: Vec<f32> = (0..var.elem_count())
-                .map(|_| (rng.next_f64() * 0.2 - 0.1) as f32)
-                .collect();
-            var.set(&Tensor::from_vec(data, var.shape().clone(), &Device::Cpu).expect("t"))
-                .expect("set");
-        }
-    }
+    randomise_b(&vars);
     let adapted = logits(&model);
     let params: Vec<(String, Tensor)> = vars
         .iter()

@@ -1,8 +1,10 @@
-//! A whole decoder layer as one op: RMSNorm, q/k/v (q/k normed per head where the family
-//! has it) with RoPE, causal attention (a sliding window where the layer has one), o_proj and
-//! the residual sum, RMSNorm, gate/up, SwiGLU or GeGLU, down_proj and the residual sum, with
-//! the LoRA branches of any of the seven projections; Gemma's norms of the two sublayers'
-//! outputs before their residual sums.
+//! A whole decoder layer as one op: RMSNorm, q/k/v (apart, or one `qkv_proj` split after the
+//! product: Phi-3; q/k normed per head where the family has it) with RoPE (on a head's
+//! leading dimensions where the family rotates part of it), causal attention (a sliding
+//! window where the layer has one), o_proj and the residual sum, RMSNorm, gate/up (or one
+//! `gate_up_proj`), SwiGLU or GeGLU, down_proj and the residual sum, with the LoRA branches
+//! of any of the projections; Gemma's norms of the two sublayers' outputs before their
+//! residual sums.
 //!
 //! Built from the single fused ops, a layer is some fifteen autograd nodes, and candle's
 //! backward pass gives every node's gradient a zero-filled slot plus an add (the q, k and v
@@ -40,6 +42,73 @@ pub(crate) const O: usize = 3;
 pub(crate) const GATE: usize = 4;
 pub(crate) const UP: usize = 5;
 pub(crate) const DOWN: usize = 6;
+/// Where the family fuses them (Phi-3), qkv and gate_up take q's and gate's places of four.
+pub(crate) const QKV: usize = 0;
+pub(crate) const GATE_UP: usize = 2;
+
+/// Where each projection sits in a layer's list: seven apart (`Q` … `DOWN`), or four with
+/// q/k/v and gate/up fused (`QKV`, o, `GATE_UP`, down).
+#[derive(Clone, Copy)]
+pub(crate) struct Slots {
+    pub fused: bool,
+}
+
+impl Slots {
+    /// The layout of `count` projections, if it is one.
+    pub fn of(count: usize) -> Option<Self> {
+        match count {
+            7 => Some(Self { fused: false }),
+            4 => Some(Self { fused: true }),
+            _ => None,
+        }
+    }
+
+    pub fn o(self) -> usize {
+        if self.fused {
+            1
+        } else {
+            O
+        }
+    }
+
+    pub fn down(self) -> usize {
+        if self.fused {
+            3
+        } else {
+            DOWN
+        }
+    }
+}
+
+/// The rows of `x` (each `widths`' sum wide) cut into one matrix per width.
+fn columns(x: &[f32], widths: &[usize]) -> Vec<Vec<f32>> {
+    let total: usize = widths.iter().sum();
+    let rows = x.len() / total.max(1);
+    let mut out: Vec<Vec<f32>> = widths
+        .iter()
+        .map(|w| Vec::with_capacity(rows * w))
+        .collect();
+    for row in x.chunks_exact(total.max(1)) {
+        let mut at = 0;
+        for (part, w) in out.iter_mut().zip(widths) {
+            part.extend_from_slice(&row[at..at + w]);
+            at += w;
+        }
+    }
+    out
+}
+
+/// The transpose of [`columns`]: the matrices' rows side by side.
+fn joined(parts: &[&[f32]], rows: usize) -> Vec<f32> {
+    let widths: Vec<usize> = parts.iter().map(|p| p.len() / rows.max(1)).collect();
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for r in 0..rows {
+        for (p, w) in parts.iter().zip(&widths) {
+            out.extend_from_slice(&p[r * w..][..*w]);
+        }
+    }
+    out
+}
 
 /// Everything a decoder layer is made of, borrowed from the model.
 pub struct LayerParts<'a> {
@@ -60,8 +129,8 @@ pub struct LayerParts<'a> {
     pub activation: Activation,
     /// The attention's score factor and window.
     pub attend: Attend,
-    /// q, k, v, o, gate, up and down, in that order; or, where the family fuses them (Phi-3;
-    /// the device-generic layer only), qkv, o, gate_up and down.
+    /// q, k, v, o, gate, up and down, in that order; or, where the family fuses them
+    /// (Phi-3), qkv, o, gate_up and down (`Slots`).
     pub linears: Vec<LinearParts<'a>>,
     /// The dropout on each one's LoRA input, when active.
     pub dropout: Vec<Option<DropoutDraw>>,
@@ -168,7 +237,8 @@ struct Saved {
 }
 
 struct DecoderLayer {
-    linears: [Frozen; 7],
+    linears: Vec<Frozen>,
+    slots: Slots,
     /// The norms as applied (offset added), in f32: before attention and before the MLP.
     norms: [Tensor; 2],
     /// The sublayers' output norms (Gemma), as applied.
@@ -236,7 +306,17 @@ impl DecoderLayer {
             let xd = lora_input(i, x);
             p(i).add_forward_with(x, xd.as_deref().unwrap_or(x), y);
         };
-        let (q, k) = (fresh(Q, &h1), fresh(K, &h1));
+        let (d, tokens) = (self.head_dim, self.batch * self.seq);
+        let [q, k, v] = match self.slots.fused {
+            true => {
+                let widths = [self.q_heads * d, self.kv_heads * d, self.kv_heads * d];
+                let parts = columns(&fresh(QKV, &h1), &widths);
+                let mut parts = parts.into_iter();
+                let mut next = || parts.next().unwrap_or_else(|| vec![0.0; tokens]);
+                [next(), next(), next()]
+            }
+            false => [fresh(Q, &h1), fresh(K, &h1), fresh(V, &h1)],
+        };
         let (q, k, qk) = match &w.qk_norm {
             Some([wq, wk]) => {
                 let d = self.head_dim;
@@ -250,7 +330,7 @@ impl DecoderLayer {
         };
         let q = q_heads.split(&q, Some(tables));
         let k = kv_heads.split(&k, Some(tables));
-        let v = kv_heads.split(&fresh(V, &h1), None);
+        let v = kv_heads.split(&v, None);
         drop(h1);
         let attn = self.attention().forward(&q, &k, &v);
         let mut x2 = x.to_vec();
@@ -269,12 +349,25 @@ impl DecoderLayer {
                 None
             }
         };
-        let attn_out = join(O, &attn, w.output_norms.as_ref().map(|n| &n[0]), &mut x2);
+        let attn_out = join(
+            self.slots.o(),
+            &attn,
+            w.output_norms.as_ref().map(|n| &n[0]),
+            &mut x2,
+        );
 
         let inv_rms2 = norm::inv_rms(&x2, hidden, self.eps);
         let h2 = norm::normalized(&x2, &w.norm2, &inv_rms2);
-        let gate = fresh(GATE, &h2);
-        let up = fresh(UP, &h2);
+        let [gate, up] = match self.slots.fused {
+            true => {
+                let both = fresh(GATE_UP, &h2);
+                let i = both.len() / tokens.max(1) / 2;
+                let mut parts = columns(&both, &[i, i]).into_iter();
+                let mut next = || parts.next().unwrap_or_default();
+                [next(), next()]
+            }
+            false => [fresh(GATE, &h2), fresh(UP, &h2)],
+        };
         drop(h2);
         let mut y = Vec::new();
         let mut outputs = None;
@@ -283,7 +376,12 @@ impl DecoderLayer {
         if output || w.output_norms.is_some() {
             let act = swiglu::forward(self.activation, &gate, &up);
             y = x2.clone();
-            let down_out = join(DOWN, &act, w.output_norms.as_ref().map(|n| &n[1]), &mut y);
+            let down_out = join(
+                self.slots.down(),
+                &act,
+                w.output_norms.as_ref().map(|n| &n[1]),
+                &mut y,
+            );
             outputs = attn_out.zip(down_out);
         }
         let saved = Saved {
@@ -350,14 +448,30 @@ impl DecoderLayer {
         let act = swiglu::forward(self.activation, &s.gate, &s.up);
         let mut dact = vec![0.0f32; act.len()];
         let ddown = through(&down_out, 1, dy);
-        back(DOWN, &act, ddown.as_deref().unwrap_or(dy), Some(&mut dact));
+        let slots = self.slots;
+        back(
+            slots.down(),
+            &act,
+            ddown.as_deref().unwrap_or(dy),
+            Some(&mut dact),
+        );
         drop((act, ddown, down_out));
         let (dgate, dup) = swiglu::backward(self.activation, &s.gate, &s.up, &dact);
         drop((dact, s.gate, s.up));
         let h2 = norm::normalized(&s.x2, &w.norm2, &s.inv_rms2);
         let mut dh2 = vec![0.0f32; h2.len()];
-        back(GATE, &h2, &dgate, Some(&mut dh2));
-        back(UP, &h2, &dup, Some(&mut dh2));
+        let tokens = self.batch * self.seq;
+        if slots.fused {
+            back(
+                GATE_UP,
+                &h2,
+                &joined(&[&dgate, &dup], tokens),
+                Some(&mut dh2),
+            );
+        } else {
+            back(GATE, &h2, &dgate, Some(&mut dh2));
+            back(UP, &h2, &dup, Some(&mut dh2));
+        }
         drop((h2, dgate, dup));
         let mut dx2 = dy.to_vec();
         norm::backward(&s.x2, &w.norm2, &s.inv_rms2, &dh2, &mut dx2, false);
@@ -367,7 +481,7 @@ impl DecoderLayer {
         let mut dattn = vec![0.0f32; s.attn.len()];
         let dout = through(&attn_out, 0, &dx2);
         back(
-            O,
+            slots.o(),
             &s.attn,
             dout.as_deref().unwrap_or(&dx2),
             Some(&mut dattn),
@@ -385,9 +499,14 @@ impl DecoderLayer {
         let dv = kv_heads.merge(&dv, None);
         let h1 = norm::normalized(x, &w.norm1, &s.inv_rms1);
         let mut dh1 = x_grad.then(|| vec![0.0f32; h1.len()]);
-        back(Q, &h1, &dq, dh1.as_deref_mut());
-        back(K, &h1, &dk, dh1.as_deref_mut());
-        back(V, &h1, &dv, dh1.as_deref_mut());
+        if slots.fused {
+            let dqkv = joined(&[&dq, &dk, &dv], tokens);
+            back(QKV, &h1, &dqkv, dh1.as_deref_mut());
+        } else {
+            back(Q, &h1, &dq, dh1.as_deref_mut());
+            back(K, &h1, &dk, dh1.as_deref_mut());
+            back(V, &h1, &dv, dh1.as_deref_mut());
+        }
         let dx = dh1.map(|dh1| {
             norm::backward(x, &w.norm1, &s.inv_rms1, &dh1, &mut dx2, false);
             dx2
@@ -517,7 +636,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
         offset += n;
         Ok((offset - n, n))
     };
-    let mut linears = Vec::with_capacity(7);
+    let mut linears = Vec::with_capacity(parts.linears.len());
     for (l, dropout) in parts.linears.iter().zip(parts.dropout.iter().copied()) {
         let lora = match l.lora {
             Some(lora) => Some(Packed {
@@ -534,9 +653,9 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             dropout: dropout.filter(|_| lora.is_some()),
         });
     }
-    let linears: [Frozen; 7] = linears
-        .try_into()
-        .map_err(|_| candle_core::Error::Msg("fused decoder layer: seven projections".into()))?;
+    let slots = Slots::of(linears.len()).ok_or_else(|| {
+        candle_core::Error::Msg("fused decoder layer: seven projections, or four fused".into())
+    })?;
     let applied = |w: &Tensor| -> Result<Tensor> {
         Ok(crate::model::blocks::applied_norm_weight(w, parts.norm_offset)?.contiguous()?)
     };
@@ -545,6 +664,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
     };
     let op = DecoderLayer {
         linears,
+        slots,
         norms: [applied(parts.input_norm)?, applied(parts.post_norm)?],
         output_norms: pair(parts.output_norms)?,
         qk_norm: pair(parts.qk_norm)?,

@@ -19,7 +19,8 @@ pub(super) struct Heads {
     pub head_dim: usize,
 }
 
-/// cos and sin tables [seq, head_dim] in transformers' rotate-half layout.
+/// cos and sin tables [seq, rotary_dim] in transformers' rotate-half layout: the rotated
+/// part of a head, all of it unless the family turns only its leading dimensions (Phi-4-mini).
 #[derive(Clone, Copy)]
 pub(super) struct Tables<'a> {
     pub cos: &'a [f32],
@@ -27,22 +28,27 @@ pub(super) struct Tables<'a> {
 }
 
 impl<'a> Tables<'a> {
-    fn at(self, position: usize, d: usize) -> (&'a [f32], &'a [f32]) {
+    /// Position `position`'s rows, for tables of `seq` rows.
+    fn at(self, position: usize, seq: usize) -> (&'a [f32], &'a [f32]) {
+        let width = self.cos.len() / seq.max(1);
         (
-            &self.cos[position * d..][..d],
-            &self.sin[position * d..][..d],
+            &self.cos[position * width..][..width],
+            &self.sin[position * width..][..width],
         )
     }
 }
 
-/// `dst = src·cos + sign·rotate_half(src)·sin` for one row; `sign = −1` rotates back
-/// (the backward pass: the transpose of a rotation is its inverse). Without tables, a copy.
+/// `dst = src·cos + sign·rotate_half(src)·sin` for one row's leading `cos.len()` dimensions,
+/// the rest copied; `sign = −1` rotates back (the backward pass: the transpose of a rotation
+/// is its inverse). Without tables, a copy.
 fn rotate(src: &[f32], dst: &mut [f32], tables: Option<(&[f32], &[f32])>, sign: f32) {
     let Some((cos, sin)) = tables else {
         dst.copy_from_slice(src);
         return;
     };
-    let half = src.len() / 2;
+    let turned = cos.len();
+    dst[turned..].copy_from_slice(&src[turned..]);
+    let half = turned / 2;
     for j in 0..half {
         dst[j] = src[j] * cos[j] - sign * src[j + half] * sin[j];
         dst[j + half] = src[j + half] * cos[j + half] + sign * src[j] * sin[j + half];
@@ -60,7 +66,7 @@ impl Heads {
             let (b, head) = (job / h, job % h);
             for (i, row) in dst.chunks_exact_mut(d).enumerate() {
                 let src = &x[((b * s + i) * h + head) * d..][..d];
-                rotate(src, row, tables.map(|t| t.at(i, d)), 1.0);
+                rotate(src, row, tables.map(|t| t.at(i, s)), 1.0);
             }
         });
         y
@@ -76,7 +82,7 @@ impl Heads {
             let (b, i) = (job / s, job % s);
             for (head, row) in dst.chunks_exact_mut(d).enumerate() {
                 let src = &g[((b * h + head) * s + i) * d..][..d];
-                rotate(src, row, tables.map(|t| t.at(i, d)), -1.0);
+                rotate(src, row, tables.map(|t| t.at(i, s)), -1.0);
             }
         });
         dx

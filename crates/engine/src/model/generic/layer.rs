@@ -26,7 +26,7 @@ use super::elementwise::{gated, gated_backward, rms_norm, rms_norm_backward, Rot
 use super::projection::{Ia3, Lora, Projection};
 use crate::error::Result;
 use crate::model::family::Activation;
-use crate::model::fused::layer::{LayerParts, DOWN, GATE, K, O, Q, UP, V};
+use crate::model::fused::layer::{LayerParts, Slots, GATE, GATE_UP, K, Q, QKV, UP, V};
 use crate::model::reentry::{precomputed_forward, Precomputed};
 
 /// What the backward pass reads besides the input.
@@ -82,31 +82,6 @@ impl Norms {
             outputs: pair(parts.output_norms)?,
             qk: pair(parts.qk_norm)?,
         })
-    }
-}
-
-/// Where each projection sits: seven apart (`fused::layer`'s order), or four with q/k/v and
-/// gate/up fused (Phi-3: qkv, o, gate_up, down).
-#[derive(Clone, Copy)]
-struct Slots {
-    fused: bool,
-}
-
-impl Slots {
-    fn o(self) -> usize {
-        if self.fused {
-            1
-        } else {
-            O
-        }
-    }
-
-    fn down(self) -> usize {
-        if self.fused {
-            3
-        } else {
-            DOWN
-        }
     }
 }
 
@@ -189,7 +164,7 @@ impl Layer {
         }
         let a = &self.attention;
         let (q, kv) = (a.q_heads * a.head_dim, a.kv_heads * a.head_dim);
-        let qkv = p[0].forward(h)?;
+        let qkv = p[QKV].forward(h)?;
         let part = |at: usize, width: usize| -> Result<Tensor> {
             Ok(qkv.narrow(1, at, width)?.contiguous()?)
         };
@@ -203,7 +178,7 @@ impl Layer {
         if !self.slots.fused {
             return Ok([p[GATE].forward(h)?, p[UP].forward(h)?]);
         }
-        let both = p[2].forward(h)?;
+        let both = p[GATE_UP].forward(h)?;
         let i = both.dim(1)? / 2;
         Ok([
             both.narrow(1, 0, i)?.contiguous()?,
@@ -301,7 +276,7 @@ impl Layer {
         let d_act = through(slots.down(), &act, &d_down)?;
         let (d_gate, d_up) = gated_backward(&kept.gate, &kept.up, &d_act, self.activation)?;
         let d_h2 = match slots.fused {
-            true => through(2, &h2, &Tensor::cat(&[&d_gate, &d_up], 1)?)?,
+            true => through(GATE_UP, &h2, &Tensor::cat(&[&d_gate, &d_up], 1)?)?,
             false => (through(GATE, &h2, &d_gate)? + through(UP, &h2, &d_up)?)?,
         };
         let d_mid = (d_out + rms_norm_backward(&kept.mid, &self.norms.mlp, &rstd2, &d_h2)?)?;
@@ -333,7 +308,7 @@ impl Layer {
         let (dq, dk, dv) = (self.rows(&dq)?, self.rows(&dk)?, self.rows(&dv)?);
         let (h1, rstd1) = rms_norm(x, &self.norms.input, eps)?;
         let d_h1 = match slots.fused {
-            true => through(0, &h1, &Tensor::cat(&[&dq, &dk, &dv], 1)?)?,
+            true => through(QKV, &h1, &Tensor::cat(&[&dq, &dk, &dv], 1)?)?,
             false => ((through(Q, &h1, &dq)? + through(K, &h1, &dk)?)? + through(V, &h1, &dv)?)?,
         };
         let dx = (d_mid + rms_norm_backward(x, &self.norms.input, &rstd1, &d_h1)?)?;
@@ -445,16 +420,15 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             ia3,
         });
     }
-    let slots = match projections.len() {
-        7 => Slots { fused: false },
-        4 => Slots { fused: true },
-        n => {
-            return Err(crate::error::EngineError::config(
-                "model",
-                format!("a decoder layer has seven projections, or four fused ones; not {n}"),
-            ))
-        }
-    };
+    let slots = Slots::of(projections.len()).ok_or_else(|| {
+        crate::error::EngineError::config(
+            "model",
+            format!(
+                "a decoder layer has seven projections, or four fused ones; not {}",
+                projections.len()
+            ),
+        )
+    })?;
     let prefix = match parts.prefix {
         Some((k, v)) => {
             flat.push(k.flatten_all()?);
