@@ -132,6 +132,10 @@ def perturb(module, seed=0):
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
+# The layers of a multimodal Gemma 3's text decoder, as PEFT sees its module paths.
+TEXT = r"model\.language_model\.layers\.\d+\."
+
+
 def peft_config(kind, base_dir):
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
     lora = dict(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -143,6 +147,9 @@ def peft_config(kind, base_dir):
         "ia3": IA3Config(),
         "ia3-fused": IA3Config(target_modules=["qkv_proj", "down_proj"], feedforward_modules=["down_proj"]),
         "ia3-named": IA3Config(target_modules=["q_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]),
+        # A multimodal Gemma 3's decoder alone (bare names would reach its vision tower too).
+        "lora-text": LoraConfig(r=8, lora_alpha=16, target_modules=TEXT + r"(?:mlp\.(?:down|gate|up)_proj|self_attn\.(?:k|o|q|v)_proj)"),
+        "ia3-text": IA3Config(target_modules=TEXT + r"(?:self_attn\.(?:q|v)_proj|mlp\.down_proj)", feedforward_modules=["down_proj"]),
         "prompt": PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
         "prefix": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
     }[kind]

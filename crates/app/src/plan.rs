@@ -91,7 +91,9 @@ pub fn plan(request: &PlanRequest) -> Result<Plan> {
         false => resolved,
     };
     let method = &request.method;
-    let counts = count_params(&cfg, method)?;
+    let mut counts = count_params(&cfg, method)?;
+    // PEFT's "all params" of a multimodal model includes its vision tower.
+    counts.total += peft_studio_engine::library::weights::outside_decoder_parameters(&cfg, &dir)?;
     let quantized = base_formats(&dir, request.quantize)?;
     let step = step(quantized);
     let stored = match weights_of(&dir) {

@@ -110,6 +110,28 @@ fn expected_shapes(
     Ok((dtype, parameters))
 }
 
+/// The weights of a multimodal checkpoint outside its text decoder (the vision tower, the
+/// projector), counted from the files' headers: PEFT's "all params" includes them. 0 for any
+/// other model, and for a folder without weight files (a config.json planned alone).
+pub fn outside_decoder_parameters(config: &LlamaConfig, dir: &Path) -> Result<u64> {
+    if config.multimodal.is_none() {
+        return Ok(0);
+    }
+    let Ok(files) = weight_files(dir) else {
+        return Ok(0);
+    };
+    let mut count = 0u64;
+    for file in files {
+        for (name, (_, shape)) in header(&file)? {
+            if config.text_tensor(&name).is_none() {
+                let n = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+                count = count.saturating_add(n.unwrap_or(u64::MAX));
+            }
+        }
+    }
+    Ok(count)
+}
+
 /// What a checked T5 folder holds.
 pub struct T5FolderSummary {
     /// The validated configuration.

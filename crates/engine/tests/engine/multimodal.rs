@@ -11,7 +11,7 @@ use peft_studio_engine::export::merged::write_merged_model;
 use peft_studio_engine::export::peft::{write_peft_dir, ExportInfo};
 use peft_studio_engine::fixtures::TinySpec;
 use peft_studio_engine::fsutil::{safetensors_bytes, write_atomic};
-use peft_studio_engine::library::weights::check_folder;
+use peft_studio_engine::library::weights::{check_folder, outside_decoder_parameters};
 use peft_studio_engine::model::family;
 use peft_studio_engine::model::load::read_safetensors;
 use peft_studio_engine::model::{load_model, ForwardCtx, LlamaModel};
@@ -117,6 +117,9 @@ fn a_multimodal_checkpoint_runs_its_text_decoder() {
         assert_eq!(max_abs_diff(&logits(&model), &reference), 0.0, "{root}");
         let summary = check_folder(&mm).expect("check multimodal");
         assert_eq!(summary.parameters, text_summary.parameters);
+        // PEFT's "all params" counts the vision tensors too: 4 × 4 + 4 × 32.
+        let outside = outside_decoder_parameters(&summary.config, &mm).expect("count");
+        assert_eq!(outside, 144);
         assert_eq!(
             summary.config.checkpoint_architecture(),
             "Gemma3ForConditionalGeneration"
