@@ -4,8 +4,9 @@
 //! transformers writes them — so that transformers, llama.cpp's converter and Ollama take it
 //! as any other model.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use candle_core::safetensors::Load;
 use candle_core::{DType, Tensor};
 
 use crate::error::{EngineError, Result};
@@ -34,8 +35,9 @@ pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
 /// folder it was loaded from) to `out`, in shards of at most `max_shard_bytes`; the model
 /// itself is left as it is. Each weight is merged as it is written, so a quantized base is
 /// never widened whole.
+///
 /// A multimodal base (`model::multimodal`) keeps its vision tower: the decoder's weights are
-/// written under the multimodal model's names and every other tensor is copied over.
+/// written under the base's names for them and every other tensor is copied over.
 pub fn write_merged_model(
     model: &LlamaModel,
     base_dir: &Path,
@@ -43,13 +45,31 @@ pub fn write_merged_model(
     max_shard_bytes: usize,
 ) -> Result<()> {
     check_mergeable(model)?;
+    // A multimodal base's files, mapped once for all the tensors copied from them.
+    let maps = match model.config().multimodal {
+        Some(_) => weight_files(base_dir)?
+            .into_iter()
+            .map(|path| map_file(&path).map(|map| (path, map)))
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let files = maps
+        .iter()
+        .map(|(path, map)| {
+            safetensors::SafeTensors::deserialize(map)
+                .map(|st| (path.as_path(), st))
+                .map_err(|e| {
+                    EngineError::bad_file(path, format!("not a valid safetensors file: {e}"))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut parts: Vec<(String, Part)> = model
         .base_parts()
         .into_iter()
         .map(|(name, part)| (name, Part::Model(part)))
         .collect();
     if model.config().multimodal.is_some() {
-        let (outside, naming) = outside_decoder(model, base_dir)?;
+        let (outside, naming) = outside_decoder(model, &files);
         for (name, _) in &mut parts {
             *name = Multimodal::stored_name_as(name, naming);
         }
@@ -63,58 +83,37 @@ enum Part<'a> {
     /// The model's, its adapters folded in.
     Model(BasePart<'a>),
     /// Copied from the base's `file` as it is (a vision tower's).
-    Stored { file: PathBuf, shape: Vec<usize> },
+    Stored {
+        view: safetensors::tensor::TensorView<'a>,
+        file: &'a Path,
+    },
 }
 
-/// The tensors of the base's files that are not the decoder's, named as stored, and how the
+/// The tensors of the base's `files` that are not the decoder's, named as stored, and how the
 /// files name the decoder's.
 fn outside_decoder<'a>(
     model: &LlamaModel,
-    base_dir: &Path,
-) -> Result<(Vec<(String, Part<'a>)>, Naming)> {
+    files: &[(&'a Path, safetensors::SafeTensors<'a>)],
+) -> (Vec<(String, Part<'a>)>, Naming) {
     let (mut out, mut decoder) = (Vec::new(), Vec::new());
-    for file in weight_files(base_dir)? {
-        with_tensors(&file, |st| {
-            for (name, view) in st.tensors() {
-                if model.config().text_tensor(&name).is_some() {
-                    decoder.push(name);
-                } else {
-                    let (file, shape) = (file.clone(), view.shape().to_vec());
-                    out.push((name, Part::Stored { file, shape }));
-                }
+    for (file, st) in files {
+        for (name, view) in st.tensors() {
+            if model.config().text_tensor(&name).is_some() {
+                decoder.push(name);
+            } else {
+                out.push((name, Part::Stored { view, file }));
             }
-            Ok(())
-        })?;
+        }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((out, Naming::of(decoder.iter().map(String::as_str))))
+    (out, Naming::of(decoder.iter().map(String::as_str)))
 }
 
-/// Runs `f` on the safetensors file `path`, mapped.
-fn with_tensors<T>(
-    path: &Path,
-    f: impl FnOnce(&safetensors::SafeTensors) -> Result<T>,
-) -> Result<T> {
+/// The safetensors file `path`, mapped.
+fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
-    // SAFETY: read-only private mapping, only read (as `model::load` maps weights).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&map)
-        .map_err(|e| EngineError::bad_file(path, format!("not a valid safetensors file: {e}")))?;
-    f(&st)
-}
-
-/// The tensor `name` of the safetensors file `path`, in f32.
-fn stored_tensor(path: &Path, name: &str) -> Result<Tensor> {
-    use candle_core::safetensors::Load;
-    with_tensors(path, |st| {
-        let view = st
-            .tensor(name)
-            .map_err(|e| EngineError::bad_file(path, format!("tensor `{name}`: {e}")))?;
-        let t = view
-            .load(&candle_core::Device::Cpu)
-            .map_err(|e| EngineError::bad_file(path, format!("tensor `{name}`: {e}")))?;
-        Ok(t.to_dtype(DType::F32)?)
-    })
+    // SAFETY: a read-only private mapping, only read (as `model::load` maps weights).
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))
 }
 
 /// [`write_merged_model`] for a T5 (LoRA, DoRA or IA³ folded in).
@@ -156,7 +155,7 @@ fn write_merged_parts(
         Part::Model(BasePart::Weight(w)) => vec![w.dims().0, w.dims().1],
         Part::Model(BasePart::Linear(l)) => vec![l.out_features(), l.in_features()],
         Part::Model(BasePart::Bias(l)) => vec![l.out_features()],
-        Part::Stored { shape, .. } => shape.clone(),
+        Part::Stored { view, .. } => view.shape().to_vec(),
     };
     let merged = |name: &str, part: &Part| -> Result<Tensor> {
         Ok(match part {
@@ -166,7 +165,9 @@ fn write_merged_parts(
             Part::Model(BasePart::Bias(l)) => merged_weight(l)?.1.ok_or_else(|| {
                 EngineError::config("merge", format!("`{}` lost its bias", l.name))
             })?,
-            Part::Stored { file, .. } => stored_tensor(file, name)?,
+            Part::Stored { view, file } => view
+                .load(&candle_core::Device::Cpu)
+                .map_err(|e| EngineError::bad_file(file, format!("tensor `{name}`: {e}")))?,
         })
     };
     let weights: Vec<(String, Vec<usize>)> =

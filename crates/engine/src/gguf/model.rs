@@ -210,7 +210,7 @@ fn check_llama_cpp_assumptions(cfg: &LlamaConfig, arch: &str) -> Result<()> {
     // llama.cpp's YaRN (ggml's `rope_yarn`) takes the ramp between 32 and 1 rotations,
     // rounded outwards, and the attention factor `1 + 0.1 · ln(factor)`.
     if let Some(y) = &cfg.yarn {
-        let mscale = 1.0 + 0.1 * y.factor.ln();
+        let mscale = crate::model::config::Yarn::mscale(y.factor, 1.0);
         let default = y.beta_fast == 32.0
             && y.beta_slow == 1.0
             && y.truncate

@@ -299,6 +299,16 @@ impl RopeFields {
 }
 
 impl Yarn {
+    /// YaRN's attention scaling for a stretch of `scale` (its Eq. 21, transformers
+    /// `yarn_get_mscale`): `0.1 · m · ln(scale) + 1`, 1 where nothing is stretched.
+    pub fn mscale(scale: f64, m: f64) -> f64 {
+        if scale <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * scale.ln() + 1.0
+        }
+    }
+
     /// Read as transformers 5 reads it: `original_max_position_embeddings` from the config's
     /// top level first (`standardize_rope_params`), then the scaling's, then the context;
     /// a missing `factor` is the context over the original one; a zero or missing beta takes
@@ -328,22 +338,14 @@ impl Yarn {
                 "yarn's `factor` must be a positive number",
             ));
         }
-        // YaRN's Eq. 21 (transformers `yarn_get_mscale`).
-        let mscale = |scale: f64, m: f64| {
-            if scale <= 1.0 {
-                1.0
-            } else {
-                0.1 * m * scale.ln() + 1.0
-            }
-        };
         let attention_factor = match (
             number("attention_factor"),
             number("mscale").filter(|m| *m != 0.0),
             number("mscale_all_dim").filter(|m| *m != 0.0),
         ) {
             (Some(a), _, _) => a,
-            (None, Some(m), Some(all)) => mscale(factor, m) / mscale(factor, all),
-            _ => mscale(factor, 1.0),
+            (None, Some(m), Some(all)) => Self::mscale(factor, m) / Self::mscale(factor, all),
+            _ => Self::mscale(factor, 1.0),
         };
         if !(attention_factor.is_finite() && attention_factor > 0.0) {
             return Err(EngineError::config(

@@ -9,9 +9,10 @@
 //! `language_model.lm_head`, which transformers renames on load
 //! (`_checkpoint_conversion_mapping`) and turns back when it saves (5.25 still writes the
 //! original names). PEFT names an adapter's modules by the model's own paths, so an adapter
-//! export uses the transformers 5 paths; a merged model keeps its base's file naming. `text_config` may leave out any field
-//! `Gemma3TextConfig` has a default for (the hub's Gemma 3 4B config lists five); those
-//! defaults are copied here. docs/FAMILIES.md has the details.
+//! export uses the transformers 5 paths; a merged model keeps its base's file naming.
+//! `text_config` may leave out any field `Gemma3TextConfig` has a default for (the hub's
+//! Gemma 3 4B config lists five); those defaults are copied here. docs/FAMILIES.md has the
+//! details.
 
 use serde_json::{json, Map, Value};
 
@@ -89,8 +90,6 @@ impl Naming {
 pub struct Multimodal {
     /// The checkpoint's `architectures[0]`, e.g. `Gemma3ForConditionalGeneration`.
     pub architecture: String,
-    /// The checkpoint's `model_type` (`gemma3`).
-    pub model_type: String,
 }
 
 /// The multimodal architectures whose text decoder the studio runs.
@@ -98,12 +97,13 @@ pub fn architectures() -> impl Iterator<Item = &'static str> {
     WRAPPERS.iter().map(|w| w.architecture)
 }
 
+fn wrapper(architecture: &str) -> Option<&'static Wrapper> {
+    WRAPPERS.iter().find(|w| w.architecture == architecture)
+}
+
 /// The text decoder's architecture inside `architecture`, if it is a multimodal one.
 pub fn text_architecture(architecture: &str) -> Option<&'static str> {
-    WRAPPERS
-        .iter()
-        .find(|w| w.architecture == architecture)
-        .map(|w| w.text_architecture)
+    wrapper(architecture).map(|w| w.text_architecture)
 }
 
 /// For a multimodal `config` (a whole config.json): the text decoder's config as a
@@ -117,7 +117,7 @@ pub fn text_config(config: &Value) -> Result<Option<(Value, Multimodal)>> {
         .and_then(|a| a.get(0))
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let Some(wrapper) = WRAPPERS.iter().find(|w| w.architecture == architecture) else {
+    let Some(wrapper) = wrapper(architecture) else {
         return Ok(None);
     };
     let given = match config.get("text_config") {
@@ -147,16 +147,10 @@ pub fn text_config(config: &Value) -> Result<Option<(Value, Multimodal)>> {
     }
     text.extend(given);
     text.insert("architectures".into(), json!([wrapper.text_architecture]));
-    let model_type = config
-        .get("model_type")
-        .and_then(Value::as_str)
-        .unwrap_or("gemma3")
-        .to_string();
     Ok(Some((
         Value::Object(text),
         Multimodal {
             architecture: architecture.to_string(),
-            model_type,
         },
     )))
 }
@@ -357,7 +351,6 @@ mod tests {
         });
         let (text, mm) = text_config(&config).unwrap().unwrap();
         assert_eq!(mm.architecture, "Gemma3ForConditionalGeneration");
-        assert_eq!(mm.model_type, "gemma3");
         assert_eq!(text["architectures"], json!(["Gemma3ForCausalLM"]));
         assert_eq!(text["hidden_size"], 2560);
         assert_eq!(text["num_attention_heads"], 8);

@@ -81,14 +81,11 @@ impl Slots {
 }
 
 /// The rows of `x` (each `widths`' sum wide) cut into one matrix per width.
-fn columns(x: &[f32], widths: &[usize]) -> Vec<Vec<f32>> {
-    let total: usize = widths.iter().sum();
-    let rows = x.len() / total.max(1);
-    let mut out: Vec<Vec<f32>> = widths
-        .iter()
-        .map(|w| Vec::with_capacity(rows * w))
-        .collect();
-    for row in x.chunks_exact(total.max(1)) {
+fn columns<const N: usize>(x: &[f32], widths: [usize; N]) -> [Vec<f32>; N] {
+    let total = widths.iter().sum::<usize>().max(1);
+    let rows = x.len() / total;
+    let mut out: [Vec<f32>; N] = std::array::from_fn(|i| Vec::with_capacity(rows * widths[i]));
+    for row in x.chunks_exact(total) {
         let mut at = 0;
         for (part, w) in out.iter_mut().zip(widths) {
             part.extend_from_slice(&row[at..at + w]);
@@ -310,10 +307,7 @@ impl DecoderLayer {
         let [q, k, v] = match self.slots.fused {
             true => {
                 let widths = [self.q_heads * d, self.kv_heads * d, self.kv_heads * d];
-                let parts = columns(&fresh(QKV, &h1), &widths);
-                let mut parts = parts.into_iter();
-                let mut next = || parts.next().unwrap_or_else(|| vec![0.0; tokens]);
-                [next(), next(), next()]
+                columns(&fresh(QKV, &h1), widths)
             }
             false => [fresh(Q, &h1), fresh(K, &h1), fresh(V, &h1)],
         };
@@ -362,9 +356,7 @@ impl DecoderLayer {
             true => {
                 let both = fresh(GATE_UP, &h2);
                 let i = both.len() / tokens.max(1) / 2;
-                let mut parts = columns(&both, &[i, i]).into_iter();
-                let mut next = || parts.next().unwrap_or_default();
-                [next(), next()]
+                columns(&both, [i, i])
             }
             false => [fresh(GATE, &h2), fresh(UP, &h2)],
         };
