@@ -10,7 +10,7 @@ use peft_studio_engine::data::Batch;
 use peft_studio_engine::device::default_device;
 use peft_studio_engine::model::fused::bf16_matmul::Kernel;
 use peft_studio_engine::model::fused::rates;
-use peft_studio_engine::model::load::load_model_quantized;
+use peft_studio_engine::model::load::load_model_held;
 use peft_studio_engine::model::t5::{is_t5, T5Model};
 use peft_studio_engine::model::ForwardCtx;
 use peft_studio_engine::model::LlamaConfig;
@@ -86,7 +86,8 @@ pub fn bench(a: &BenchRequest, out: &mut dyn FnMut(String)) -> Result<()> {
         };
         return timed(a, &model, &trainables, &batch, out);
     }
-    let mut model = load_model_quantized(&dir, dtype, &device, a.quantize)?;
+    let frozen = a.method.kind.keeps_base_frozen();
+    let mut model = load_model_held(&dir, dtype, &device, a.quantize, frozen)?;
     loaded(out);
     let trainables = a.method.apply(&mut model, 0)?;
     let ids = random_ids(model.config().vocab_size)?;

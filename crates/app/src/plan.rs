@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use peft_studio_engine::memory::{estimate, estimate_t5, gpu_fit, machine_fit, StepShape};
-use peft_studio_engine::model::load::{base_formats, weights_of, WeightFiles};
+use peft_studio_engine::model::load::{base_formats, held_formats, weights_of, WeightFiles};
 use peft_studio_engine::model::t5::{is_t5, T5Config};
 use peft_studio_engine::model::LlamaConfig;
 use peft_studio_engine::plan::{count_params, count_params_t5, ParamCounts};
@@ -94,7 +94,12 @@ pub fn plan(request: &PlanRequest) -> Result<Plan> {
     let mut counts = count_params(&cfg, method)?;
     // PEFT's "all params" of a multimodal model includes its vision tower.
     counts.total += peft_studio_engine::library::weights::outside_decoder_parameters(&cfg, &dir)?;
-    let quantized = base_formats(&dir, request.quantize)?;
+    let held = (
+        request.precision.dtype(),
+        cpu,
+        method.kind.keeps_base_frozen(),
+    );
+    let quantized = held_formats(&cfg, &dir, request.quantize, held)?;
     let step = step(quantized);
     let stored = match weights_of(&dir) {
         Ok(WeightFiles::Gguf(_)) => base_formats(&dir, None)?.map(|f| f.projections.to_string()),

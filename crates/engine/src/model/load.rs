@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
 use super::gguf::GgufModel;
 use super::llama::LlamaModel;
-use super::quantized::{self, BaseFormats, Quantization, QuantizedWeight};
+use super::quantized::{self, BaseFormats, Format, Quantization, QuantizedWeight};
 use crate::error::{EngineError, Result};
 
 pub use super::gguf::GGUF_WEIGHTS;
@@ -81,6 +82,59 @@ pub fn base_formats(dir: &Path, quantize: Option<Quantization>) -> Result<Option
     })
 }
 
+/// The type a frozen projection stored as `stored` is held in by a `dtype` model (on the CPU
+/// when `cpu`), when not its dtype: an f32 model on the CPU keeps a bf16 or f16 file's
+/// projections as stored (every such number is an f32, so the products, which widen a tile
+/// at a time, compute what a widened copy would) in half the memory. Hub checkpoints are
+/// bf16; widened whole, a 1B model's weights alone were 4 GiB.
+fn stored_format(stored: DType, dtype: DType, cpu: bool) -> Option<Format> {
+    let kept = match stored {
+        DType::BF16 => GgmlDType::BF16,
+        DType::F16 => GgmlDType::F16,
+        _ => return None,
+    };
+    (dtype == DType::F32 && cpu).then_some(Format::Ggml(kept))
+}
+
+/// [`base_formats`] as a `dtype` model on the CPU (`cpu`) holds them: a safetensors base's
+/// frozen projections (`frozen`: every method but freeze and full) kept as stored where
+/// [`stored_format`] says so. For the planner.
+pub fn held_formats(
+    cfg: &LlamaConfig,
+    dir: &Path,
+    quantize: Option<Quantization>,
+    (dtype, cpu, frozen): (DType, bool, bool),
+) -> Result<Option<BaseFormats>> {
+    let formats = base_formats(dir, quantize)?;
+    if formats.is_some() || !frozen {
+        return Ok(formats);
+    }
+    let Ok(WeightFiles::Safetensors(files)) = weights_of(dir) else {
+        return Ok(None);
+    };
+    let Some(first) = files.first() else {
+        return Ok(None);
+    };
+    let stored = crate::library::weights::header(first)?
+        .into_iter()
+        .find(|(name, (_, shape))| {
+            cfg.text_tensor(name)
+                .is_some_and(|n| quantized::covers(&n, shape))
+        })
+        .and_then(|(_, (ty, _))| match ty.as_str() {
+            "BF16" => Some(DType::BF16),
+            "F16" => Some(DType::F16),
+            _ => None,
+        });
+    Ok(stored
+        .and_then(|s| stored_format(s, dtype, cpu))
+        .map(|projections| BaseFormats {
+            projections,
+            embeddings: None,
+            head: None,
+        }))
+}
+
 /// Reads every tensor of one safetensors file onto the CPU.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
@@ -99,7 +153,8 @@ type Loaded = (HashMap<String, Tensor>, HashMap<String, QuantizedWeight>);
 /// mapped, each tensor copied out and converted (and moved to a GPU at once), and the pages
 /// it came from released from this process as soon as it is copied. Loading's peak is the
 /// weights plus one tensor, not the file's bytes next to the weights. With `quantize`, the
-/// decoder's projections are quantized from the file's values as they are read. Tensors
+/// decoder's projections are quantized from the file's values as they are read; without it,
+/// `frozen` projections are held as [`stored_format`] says. Tensors
 /// outside the decoder (a multimodal checkpoint's vision tower) are not read; the others get
 /// the decoder's names.
 fn read_safetensors_as(
@@ -107,7 +162,7 @@ fn read_safetensors_as(
     path: &Path,
     dtype: DType,
     device: &Device,
-    quantize: Option<Quantization>,
+    (quantize, frozen): (Option<Quantization>, bool),
     into: &mut Loaded,
 ) -> Result<()> {
     use candle_core::safetensors::Load;
@@ -125,9 +180,15 @@ fn read_safetensors_as(
         let t = view
             .load(&Device::Cpu)
             .map_err(|e| not_safetensors(path, e))?;
-        let format = quantize
-            .filter(|_| quantized::covers(&name, t.dims()))
-            .and_then(|q| quantized::format_for(q.format(), t.dims()[1]));
+        let projection = quantized::covers(&name, t.dims());
+        let format = match quantize {
+            Some(q) => projection
+                .then(|| quantized::format_for(q.format(), t.dims()[1]))
+                .flatten(),
+            None => (projection && frozen)
+                .then(|| stored_format(t.dtype(), dtype, device.is_cpu()))
+                .flatten(),
+        };
         match format {
             Some(f) => {
                 let q = QuantizedWeight::quantize(&t, f, dtype, device)?;
@@ -163,6 +224,18 @@ pub fn load_model_quantized(
     dtype: DType,
     device: &Device,
     quantize: Option<Quantization>,
+) -> Result<LlamaModel> {
+    load_model_held(dir, dtype, device, quantize, false)
+}
+
+/// [`load_model_quantized`] for a model whose projections stay frozen (`frozen`: every method
+/// but freeze and full): without `quantize`, they are held as [`stored_format`] says.
+pub fn load_model_held(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    quantize: Option<Quantization>,
+    frozen: bool,
 ) -> Result<LlamaModel> {
     if !dir.is_dir() {
         return Err(EngineError::bad_file(dir, "model folder not found"));
@@ -203,7 +276,7 @@ pub fn load_model_quantized(
     let cfg = LlamaConfig::from_path(&config_path)?;
     let mut loaded = (HashMap::new(), HashMap::new());
     for f in &files {
-        read_safetensors_as(&cfg, f, dtype, device, quantize, &mut loaded)?;
+        read_safetensors_as(&cfg, f, dtype, device, (quantize, frozen), &mut loaded)?;
     }
     let origin = files
         .iter()

@@ -79,6 +79,12 @@ impl MethodKind {
         }
     }
 
+    /// Whether the base's projections stay frozen (every method but freeze and full), so that
+    /// the loader may hold them in another type (`model::load::load_model_held`).
+    pub fn keeps_base_frozen(self) -> bool {
+        !matches!(self, Self::Freeze | Self::Full)
+    }
+
     /// Whether the method trains an encoder-decoder model (T5) too.
     pub fn on_encoder_decoder(self) -> bool {
         !matches!(self, Self::Houlsby | Self::Pfeiffer)

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use crate::data::{load_examples_cached, DataConfig, DataReport, Examples, TokenCache};
 use crate::device::default_device;
 use crate::error::{EngineError, Result};
-use crate::model::load::load_model_quantized;
+use crate::model::load::load_model_held;
 use crate::model::t5::{is_t5, no_quantization, T5Model};
 use crate::model::LlamaModel;
 use crate::peft::Trainables;
@@ -44,7 +44,8 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     cfg.train.validate()?;
     let device = default_device();
     let dtype = cfg.train.precision.dtype();
-    let mut model = load_model_quantized(&cfg.model, dtype, &device, cfg.train.quantize)?;
+    let frozen = cfg.method.kind.keeps_base_frozen();
+    let mut model = load_model_held(&cfg.model, dtype, &device, cfg.train.quantize, frozen)?;
     let tok = TextTokenizer::load(&cfg.model, &model.config().eos_token_ids)?;
     let trainables = cfg
         .method

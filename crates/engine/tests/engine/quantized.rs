@@ -442,3 +442,66 @@ fn step_losses(run: &std::path::Path) -> Vec<f64> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
         .collect()
 }
+
+/// The tiny model's folder with its weights stored in `dtype` (a hub checkpoint's bf16).
+fn stored_as(dir: &std::path::Path, dtype: DType) -> std::path::PathBuf {
+    let f32_dir = tiny_model(dir, &spec());
+    let out = dir.join(format!("{dtype:?}"));
+    std::fs::create_dir_all(&out).unwrap();
+    for entry in std::fs::read_dir(&f32_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        if name != "model.safetensors" {
+            std::fs::copy(&path, out.join(name)).unwrap();
+        }
+    }
+    let tensors = candle_core::safetensors::load(f32_dir.join("model.safetensors"), &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| (name, t.to_dtype(dtype).unwrap()))
+        .collect::<std::collections::HashMap<_, _>>();
+    candle_core::safetensors::save(&tensors, out.join("model.safetensors")).unwrap();
+    out
+}
+
+/// An f32 model of a bf16 (or f16) checkpoint holds the frozen projections as stored — half
+/// the memory of widened copies — and trains exactly as the widened copy does; a method that
+/// trains them (full, freeze) gets them widened; the planner assumes what the loader does.
+#[test]
+fn an_f32_model_holds_a_half_precision_checkpoints_frozen_projections_as_stored() {
+    use candle_core::quantized::GgmlDType;
+    use peft_studio_engine::model::load::{held_formats, load_model_held};
+    use peft_studio_engine::model::quantized::Format;
+    let dir = tempfile::tempdir().unwrap();
+    for (dtype, ggml) in [(DType::BF16, GgmlDType::BF16), (DType::F16, GgmlDType::F16)] {
+        let path = stored_as(dir.path(), dtype);
+        let label = format!("{dtype:?} checkpoint");
+        let held = load_model_held(&path, DType::F32, &Device::Cpu, None, true).expect("load");
+        assert_eq!(
+            held.base_quantization(),
+            Some(Format::Ggml(ggml)),
+            "{label}"
+        );
+        let trained = load_model_held(&path, DType::F32, &Device::Cpu, None, false).unwrap();
+        assert_eq!(
+            trained.base_quantization(),
+            None,
+            "{label}: trained projections"
+        );
+        let as_run = load_model_held(&path, dtype, &Device::Cpu, None, true).unwrap();
+        assert_eq!(as_run.base_quantization(), None, "{label} in its own dtype");
+        assert_trains_as_dequantized(&label, held);
+        let cfg = peft_studio_engine::model::LlamaConfig::from_path(&path).unwrap();
+        let plan = |frozen| held_formats(&cfg, &path, None, (DType::F32, true, frozen)).unwrap();
+        assert_eq!(
+            plan(true).map(|f| f.projections),
+            Some(Format::Ggml(ggml)),
+            "{label}: plan"
+        );
+        assert_eq!(plan(false), None, "{label}: plan for trained projections");
+    }
+    // An f32 checkpoint is held as it is.
+    let f32_path = tiny_model(&dir.path().join("f32"), &spec());
+    let f32_model = load_model_held(&f32_path, DType::F32, &Device::Cpu, None, true).unwrap();
+    assert_eq!(f32_model.base_quantization(), None);
+}

@@ -29,6 +29,7 @@ pub mod swiglu;
 mod timing;
 pub(crate) mod view;
 mod weight;
+mod widening;
 
 use std::sync::OnceLock;
 

@@ -4,11 +4,13 @@
 //! and never whole. The tile's numbers are the dequantized weight's (rounded to bf16 in a
 //! bf16 model), so a quantized base computes what its dequantized copy would.
 
-use half::bf16;
+use candle_core::quantized::GgmlDType;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::bf16_matmul::{self, Packed};
 use super::matmul::{add_product, Mat};
+use super::widening::{self, Half};
 use crate::model::quantized::QuantizedWeight;
 
 /// Elements of a quantized weight widened per tile, few enough that the tile stays in the
@@ -22,6 +24,37 @@ const TILE_ROWS: usize = 128;
 /// Rows widened per parallel task.
 const WIDEN_ROWS: usize = 16;
 
+/// Calls `f` with rows `first..first + rows` of `weight` as the widening kernels read them,
+/// where they serve it: a bf16 or f16 weight of an f32 model on a CPU that runs them.
+fn as_half<R>(
+    weight: &QuantizedWeight,
+    (first, rows): (usize, usize),
+    f: impl FnOnce(Half) -> R,
+) -> Option<R> {
+    if weight.dtype() != candle_core::DType::F32 || !widening::available() {
+        return None;
+    }
+    let (format, bytes) = weight.ggml_bytes()?;
+    let cols = weight.dims().1;
+    let range = first * cols..(first + rows) * cols;
+    let aligned = (bytes.as_ptr() as usize).is_multiple_of(2);
+    match format {
+        GgmlDType::BF16 if aligned => {
+            // SAFETY: the blocks of a BF16 weight are its bf16 values (aligned, checked).
+            let all: &[bf16] =
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / 2) };
+            Some(f(Half::Bf16(all.get(range)?)))
+        }
+        GgmlDType::F16 if aligned => {
+            // SAFETY: as above, for f16.
+            let all: &[f16] =
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / 2) };
+            Some(f(Half::F16(all.get(range)?)))
+        }
+        _ => None,
+    }
+}
+
 /// `y += x·Wᵀ` for `x` [rows, in], `y` [rows, out] and `W` rows `first..first + out` of
 /// `weight`.
 pub fn forward(
@@ -32,6 +65,14 @@ pub fn forward(
     (rows, fan_in, out): (usize, usize, usize),
     parallel: bool,
 ) {
+    let dims = (rows, fan_in, out);
+    if as_half(weight, (first, out), |w| {
+        widening::forward(w, x, y, dims, parallel)
+    })
+    .is_some()
+    {
+        return;
+    }
     let xm = Mat::rows(x, rows, fan_in, fan_in);
     let mut part = Vec::new();
     tiles(
@@ -69,6 +110,11 @@ pub fn input_gradient(
     (rows, fan_in, out): (usize, usize, usize),
     parallel: bool,
 ) {
+    let dims = (rows, fan_in, out);
+    let product = |w: Half| widening::input_gradient(w, g, dx, dims, parallel);
+    if as_half(weight, (first, out), product).is_some() {
+        return;
+    }
     let mut part = Vec::new();
     tiles(
         weight,

@@ -26,7 +26,8 @@ pub struct ProductRates {
     /// bf16 products per kernel, packing included.
     pub bf16: Vec<(Kernel, f64)>,
     /// Products from a Q4_K weight (or the type llama.cpp falls back to for this width),
-    /// widening included: `q4_k` in an f32 model, `q4_k-bf16` in a bf16 one.
+    /// widening included: `q4_k` in an f32 model, `q4_k-bf16` in a bf16 one; and from a
+    /// bf16 weight an f32 model holds (`bf16-held`).
     pub quantized: Vec<(String, f64)>,
 }
 
@@ -61,7 +62,13 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
     let mut quantized = Vec::new();
     let dense = candle_core::Tensor::from_slice(&w32, (out, fan_in), &Device::Cpu);
     let format = quantized::format_for(Format::Ggml(GgmlDType::Q4K), fan_in);
-    for (suffix, dtype) in [("", DType::F32), ("-bf16", DType::BF16)] {
+    // Q4_K in an f32 and a bf16 model, and a bf16 weight as an f32 model holds a bf16 file's.
+    let held = Some(Format::Ggml(GgmlDType::BF16));
+    for (format, suffix, dtype) in [
+        (format, "", DType::F32),
+        (format, "-bf16", DType::BF16),
+        (held, "-held", DType::F32),
+    ] {
         let q = dense
             .as_ref()
             .ok()

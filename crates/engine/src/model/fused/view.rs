@@ -203,6 +203,22 @@ math::vectorised! {
     }
 }
 
+/// `src` widened into `out` (as long), on vectors: rows of a bf16 weight an f32 model holds.
+pub(crate) fn widen_bf16(src: &[bf16], out: &mut [f32]) {
+    bf16_to_f32(uninit(out), src)
+}
+
+/// [`widen_bf16`] for f16.
+pub(crate) fn widen_f16(src: &[f16], out: &mut [f32]) {
+    f16_to_f32(uninit(out), src)
+}
+
+fn uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has f32's layout, and the callers write only initialised
+    // values through it.
+    unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
 math::vectorised! {
     fn f32_to_bf16(out: &mut [MaybeUninit<bf16>], src: &[f32]) {
         for (o, s) in out.iter_mut().zip(src) {

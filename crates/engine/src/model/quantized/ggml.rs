@@ -8,6 +8,8 @@ use candle_core::quantized::k_quants::{
 use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 
+use crate::model::fused::view::{widen_bf16, widen_f16};
+
 /// Writes rows `r0..r0 + out.len() / cols` of a `[rows, cols]` weight stored as `dtype`
 /// blocks in `bytes` (candle's own CPU storage of a `QTensor`) into `out`, as f32.
 pub fn rows_to_f32(
@@ -20,12 +22,16 @@ pub fn rows_to_f32(
     macro_rules! by_type {
         ($($variant:ident => $block:ty),* $(,)?) => {
             match dtype {
-                $(GgmlDType::$variant => rows_as::<$block>(bytes, cols, r0, out),)*
+                // Half-precision rows widen on vectors (candle's `to_float` runs one element
+                // at a time: a twentieth of a step when an f32 model holds a bf16 weight).
+                GgmlDType::F16 => rows_as::<f16>(bytes, cols, r0, out, widen_f16),
+                GgmlDType::BF16 => rows_as::<bf16>(bytes, cols, r0, out, widen_bf16),
+                $(GgmlDType::$variant => rows_as::<$block>(bytes, cols, r0, out, <$block>::to_float),)*
             }
         };
     }
     by_type!(
-        F32 => f32, F16 => f16, BF16 => bf16,
+        F32 => f32,
         Q4_0 => BlockQ4_0, Q4_1 => BlockQ4_1, Q5_0 => BlockQ5_0, Q5_1 => BlockQ5_1,
         Q8_0 => BlockQ8_0, Q8_1 => BlockQ8_1,
         Q2K => BlockQ2K, Q3K => BlockQ3K, Q4K => BlockQ4K, Q5K => BlockQ5K, Q6K => BlockQ6K,
@@ -38,6 +44,7 @@ fn rows_as<T: GgmlType>(
     cols: usize,
     r0: usize,
     out: &mut [f32],
+    widen: fn(&[T], &mut [f32]),
 ) -> candle_core::Result<()> {
     let size = std::mem::size_of::<T>();
     if !cols.is_multiple_of(T::BLCK_SIZE)
@@ -58,6 +65,6 @@ fn rows_as<T: GgmlType>(
     let Some(wanted) = blocks.get(r0 * per_row..(r0 + rows) * per_row) else {
         candle_core::bail!("quantized weight: rows {r0}..{} out of range", r0 + rows)
     };
-    T::to_float(wanted, out);
+    widen(wanted, out);
     Ok(())
 }

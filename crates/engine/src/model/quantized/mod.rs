@@ -298,6 +298,15 @@ impl QuantizedWeight {
         }
     }
 
+    /// The blocks as stored and their type, for kernels that read them in place (a weight
+    /// in llama.cpp's formats; on the CPU, borrowed).
+    pub fn ggml_bytes(&self) -> Option<(GgmlDType, std::borrow::Cow<'_, [u8]>)> {
+        match &self.blocks {
+            Blocks::Ggml(q) => Some((q.dtype(), q.data().ok()?)),
+            Blocks::Nf4 { .. } => None,
+        }
+    }
+
     /// Rows `r0..r0 + out.len() / cols` widened to f32 into `out` (a CPU weight), not rounded
     /// to the model's dtype: for callers that round them themselves.
     pub fn widen_rows(&self, r0: usize, out: &mut [f32]) -> candle_core::Result<()> {
