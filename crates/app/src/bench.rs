@@ -201,6 +201,12 @@ fn product_rates(config: &LlamaConfig, out: &mut dyn FnMut(String)) {
         "products_gflops shape={rows}x{fan_in}x{outputs} f32={:.0}{bf16}",
         r.f32
     ));
+    let gradients: String = r
+        .gradients
+        .iter()
+        .map(|(label, g)| format!(" {label}={g:.0}"))
+        .collect();
+    out(format!("input_gradient_gflops{gradients}"));
     if let Some(peak) = r.f32_peak {
         out(format!(
             "f32_peak_gflops={peak:.0} f32_products_of_peak={:.2}",

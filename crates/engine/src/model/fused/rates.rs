@@ -29,6 +29,9 @@ pub struct ProductRates {
     /// widening included: `q4_k` in an f32 model, `q4_k-bf16` in a bf16 one; and from a
     /// bf16 weight an f32 model holds (`bf16-held`).
     pub quantized: Vec<(String, f64)>,
+    /// The input gradient `g·W` at the same shape: f32, and from a bf16 weight an f32 model
+    /// holds (`bf16-held`).
+    pub gradients: Vec<(String, f64)>,
 }
 
 /// Times `x·Wᵀ` for `x` [rows, fan_in] and `W` [out, fan_in] on all threads: the best of
@@ -59,6 +62,15 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
             (kernel, flops / s / 1e9)
         })
         .collect();
+    let g: Vec<f32> = (0..rows * out)
+        .map(|i| ((i % 11) as f32 - 5.0) / 16.0)
+        .collect();
+    let mut dx = vec![0.0f32; rows * fan_in];
+    let dims = (rows, fan_in, out);
+    let mut gradients = vec![(
+        "f32".to_string(),
+        flops / best(&mut || Weight::F32(&w32).input_gradient(&g, &mut dx, dims, true)) / 1e9,
+    )];
     let mut quantized = Vec::new();
     let dense = candle_core::Tensor::from_slice(&w32, (out, fan_in), &Device::Cpu);
     let format = quantized::format_for(Format::Ggml(GgmlDType::Q4K), fan_in);
@@ -78,6 +90,10 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
             let w = Weight::quantized(&q);
             let s = best(&mut || w.forward(&x, &mut y, (rows, fan_in, out), true));
             let label = q.format().to_string().to_lowercase() + suffix;
+            if suffix == "-held" {
+                let s = best(&mut || w.input_gradient(&g, &mut dx, dims, true));
+                gradients.push((label.clone(), flops / s / 1e9));
+            }
             quantized.push((label, flops / s / 1e9));
         }
     }
@@ -87,6 +103,7 @@ pub fn measure(rows: usize, fan_in: usize, out: usize, repeats: usize) -> Produc
         f32_peak: f32_peak(),
         bf16,
         quantized,
+        gradients,
     }
 }
 

@@ -37,6 +37,9 @@ const NR: usize = 32;
 const KC: usize = 256;
 /// Weight rows widened per block of the forward product (MC × KC f32 in the L2 cache).
 const MC: usize = 96;
+/// Panels of the weight widened at once for the input gradient (CHUNK × KC × NR f32 in the
+/// L2 cache), so that each of its rows is read in runs of CHUNK · NR, not NR.
+const CHUNK: usize = 8;
 
 /// A pointer handed to the threads, each writing its own columns of the matrix behind it.
 #[derive(Clone, Copy)]
@@ -189,11 +192,11 @@ pub fn input_gradient(
     }
     let out = Shared(dx.as_mut_ptr());
     let run = |(p0, p1): (usize, usize)| {
-        let mut b = vec![0.0f32; KC * NR];
-        let mut tail = vec![0.0f32; MR * KC];
+        let mut b = vec![0.0f32; CHUNK * KC * NR];
+        let mut a = vec![0.0f32; m.div_ceil(MR) * MR * KC];
         // SAFETY: AVX-512 is present (asserted); this task alone writes dx's columns of
         // panels p0..p1.
-        unsafe { gradient_panels(w, g, (m, k, n), (p0, p1), &mut b, &mut tail, out) };
+        unsafe { gradient_panels(w, g, (m, k, n), (p0, p1), &mut b, &mut a, out) };
     };
     let split = tasks(k.div_ceil(NR), parallel);
     match parallel {
@@ -202,11 +205,14 @@ pub fn input_gradient(
     }
 }
 
-/// `dx`'s columns of panels `p0..p1` (NR each): for each depth block of `W`'s rows, each
-/// panel of `W` widened into `b` [kc, NR] and multiplied by every MR rows of `g`.
+/// `dx`'s columns of panels `p0..p1` (NR each): for each depth block of `W`'s rows, `g`'s
+/// columns for it copied into `a` (rows `kc` apart: `g`'s own rows lie a multiple of 4 KiB
+/// apart in real models, and twelve of them at once thrashed one set of the L1 cache), and
+/// each panel of `W` widened into `b` [kc, NR] and multiplied by every MR rows of `a`.
 ///
 /// # Safety
-/// AVX-512F; `b` holds KC × NR and `tail` MR × KC; no other thread writes those columns.
+/// AVX-512F; `b` holds KC × NR and `a` ⌈m / MR⌉ · MR × KC; no other thread writes those
+/// columns.
 #[target_feature(enable = "avx512f")]
 unsafe fn gradient_panels(
     w: Half,
@@ -214,57 +220,77 @@ unsafe fn gradient_panels(
     (m, k, n): (usize, usize, usize),
     (p0, p1): (usize, usize),
     b: &mut [f32],
-    tail: &mut [f32],
+    a: &mut [f32],
     dx: Shared,
 ) {
-    let full = m / MR;
+    let groups = m.div_ceil(MR);
     let mut sums = [0.0f32; MR * NR];
     for o0 in (0..n).step_by(KC) {
         let kc = KC.min(n - o0);
-        // The last rows of g, fewer than MR, copied with zero rows below them.
-        let left = m - full * MR;
-        if left > 0 {
-            tail[..MR * kc].fill(0.0);
-            for r in 0..left {
-                tail[r * kc..][..kc].copy_from_slice(&g[(full * MR + r) * n + o0..][..kc]);
+        for t in 0..groups * MR {
+            let dst = &mut a[t * kc..][..kc];
+            match t < m {
+                true => dst.copy_from_slice(&g[t * n + o0..][..kc]),
+                false => dst.fill(0.0),
             }
         }
-        for p in p0..p1 {
-            let (c0, cols) = (p * NR, NR.min(k - p * NR));
+        for q0 in (p0..p1).step_by(CHUNK) {
+            let q1 = (q0 + CHUNK).min(p1);
+            // The chunk's panels widened row by row of W: each row's part read in one run.
             for d in 0..kc {
-                let dst = &mut b[d * NR..][..NR];
-                // SAFETY: row o0 + d of W has k ≥ c0 + cols elements.
-                unsafe { widen(w, (o0 + d) * k + c0, &mut dst[..cols]) };
-                dst[cols..].fill(0.0);
-            }
-            for grp in 0..full + usize::from(left > 0) {
-                let (a, lda) = match grp < full {
-                    true => (g[grp * MR * n + o0..].as_ptr(), n),
-                    false => (tail.as_ptr(), kc),
-                };
-                let rows = MR.min(m - grp * MR);
-                // dx's MR × NR block through `sums` (whole rows and vectors for the kernel).
-                for r in 0..MR {
-                    let s = &mut sums[r * NR..][..NR];
-                    s.fill(0.0);
-                    if r < rows {
-                        // SAFETY: row grp·MR + r of dx has k ≥ c0 + cols columns.
-                        let src = unsafe {
-                            std::slice::from_raw_parts(dx.0.add((grp * MR + r) * k + c0), cols)
-                        };
-                        s[..cols].copy_from_slice(src);
-                    }
-                }
-                // SAFETY: `a` holds MR rows of kc `lda` apart, `b` kc × NR, sums MR × NR.
-                unsafe { micro(kc, a, lda, b.as_ptr(), sums.as_mut_ptr(), NR) };
-                for r in 0..rows {
-                    // SAFETY: as above; this task alone writes these columns.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(dx.0.add((grp * MR + r) * k + c0), cols)
-                    };
-                    dst.copy_from_slice(&sums[r * NR..][..cols]);
+                for p in q0..q1 {
+                    let (c0, cols) = (p * NR, NR.min(k - p * NR));
+                    let dst = &mut b[(p - q0) * kc * NR + d * NR..][..NR];
+                    // SAFETY: row o0 + d of W has k ≥ c0 + cols elements.
+                    unsafe { widen(w, (o0 + d) * k + c0, &mut dst[..cols]) };
+                    dst[cols..].fill(0.0);
                 }
             }
+            for p in q0..q1 {
+                let (c0, cols) = (p * NR, NR.min(k - p * NR));
+                let b = &b[(p - q0) * kc * NR..][..kc * NR];
+                // SAFETY: AVX-512F (the caller's); this task alone writes these columns.
+                unsafe { gradient_panel((a, kc, m), b, (c0, cols), k, &mut sums, dx) };
+            }
+        }
+    }
+}
+
+/// dx's columns `c0..c0 + cols` += the `m` rows of `a` (`kc` apart, zero rows after them to
+/// a whole MR) times one widened panel `b` [kc, NR].
+///
+/// # Safety
+/// AVX-512F; no other thread writes those columns of dx.
+#[target_feature(enable = "avx512f")]
+unsafe fn gradient_panel(
+    (a, kc, m): (&[f32], usize, usize),
+    b: &[f32],
+    (c0, cols): (usize, usize),
+    k: usize,
+    sums: &mut [f32; MR * NR],
+    dx: Shared,
+) {
+    for grp in 0..m.div_ceil(MR) {
+        let rows = MR.min(m - grp * MR);
+        // dx's MR × NR block through `sums` (whole rows and vectors for the kernel).
+        for r in 0..MR {
+            let s = &mut sums[r * NR..][..NR];
+            s.fill(0.0);
+            if r < rows {
+                // SAFETY: row grp·MR + r of dx has k ≥ c0 + cols columns.
+                let src =
+                    unsafe { std::slice::from_raw_parts(dx.0.add((grp * MR + r) * k + c0), cols) };
+                s[..cols].copy_from_slice(src);
+            }
+        }
+        let rows_a = a[grp * MR * kc..].as_ptr();
+        // SAFETY: `a` holds the group's MR rows of kc, `b` kc × NR, sums MR × NR.
+        unsafe { micro(kc, rows_a, kc, b.as_ptr(), sums.as_mut_ptr(), NR) };
+        for r in 0..rows {
+            // SAFETY: as above; this task alone writes these columns.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(dx.0.add((grp * MR + r) * k + c0), cols) };
+            dst.copy_from_slice(&sums[r * NR..][..cols]);
         }
     }
 }
