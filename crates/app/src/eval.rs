@@ -8,7 +8,7 @@ use peft_studio_catalog::{Catalog, Evaluation, NewEvaluation};
 use peft_studio_engine::device::default_device;
 use peft_studio_engine::eval::{evaluate as run_task, Settings};
 use peft_studio_engine::hash::sha256_file;
-use peft_studio_engine::model::load::load_model;
+use peft_studio_engine::model::load::load_model_held;
 use peft_studio_engine::model::t5::is_t5;
 use peft_studio_engine::peft::load::{attach_adapter, detach_adapters};
 use peft_studio_engine::tokenizer::TextTokenizer;
@@ -115,7 +115,9 @@ pub fn evaluate(
             dir.display()
         )));
     }
-    let mut model = load_model(&dir, request.precision.dtype(), &default_device())?;
+    // Evaluation never trains the projections: an f32 model holds bf16 ones as stored.
+    let dtype = request.precision.dtype();
+    let mut model = load_model_held(&dir, dtype, &default_device(), None, true)?;
     let tok = TextTokenizer::load(&dir, &model.config().eos_token_ids)?;
     let (sha, _) = sha256_file(&request.data)?;
     let settings = Settings {

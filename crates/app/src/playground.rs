@@ -12,7 +12,7 @@ use std::time::Instant;
 use peft_studio_engine::chat::Message;
 use peft_studio_engine::device::default_device;
 use peft_studio_engine::generate::{generate_seq2seq, generate_until};
-use peft_studio_engine::model::load::load_model_quantized;
+use peft_studio_engine::model::load::load_model_held;
 use peft_studio_engine::model::t5::{is_t5, T5Model};
 use peft_studio_engine::model::LlamaModel;
 use peft_studio_engine::peft::load::{
@@ -59,7 +59,8 @@ impl Loaded {
             let eos = vec![t5.config().eos_token_id];
             (Net::Seq2Seq(Box::new(t5)), eos)
         } else {
-            let m = load_model_quantized(&dir, dtype, &default_device(), quantize)?;
+            // Inference never trains the projections: an f32 model holds bf16 ones as stored.
+            let m = load_model_held(&dir, dtype, &default_device(), quantize, true)?;
             let eos = m.config().eos_token_ids.clone();
             (Net::Decoder(Box::new(m)), eos)
         };

@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use candle_core::Device;
 use peft_studio_engine::model::fused::decode::Decoder;
-use peft_studio_engine::model::load::load_model_quantized;
+use peft_studio_engine::model::load::load_model_held;
 use peft_studio_engine::model::t5::is_t5;
 use peft_studio_engine::tokenizer::TextTokenizer;
 use serde::Serialize;
@@ -202,8 +202,9 @@ impl Server {
                 dir.display()
             )));
         }
-        let model =
-            load_model_quantized(&dir, opts.precision.dtype(), &Device::Cpu, opts.quantize)?;
+        let dtype = opts.precision.dtype();
+        // Inference never trains the projections: an f32 model holds bf16 ones as stored.
+        let model = load_model_held(&dir, dtype, &Device::Cpu, opts.quantize, true)?;
         Decoder::new(&model)?;
         let tok = Arc::new(TextTokenizer::load(&dir, &model.config().eos_token_ids)?);
         let template = tok.compiled_chat_template().ok().map(Arc::new);

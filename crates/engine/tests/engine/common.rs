@@ -13,6 +13,30 @@ pub fn tiny_model(dir: &Path, spec: &TinySpec) -> PathBuf {
     p
 }
 
+/// The tiny model's folder with its weights stored in `dtype` (a hub checkpoint's bf16).
+pub fn stored_as(dir: &Path, spec: &TinySpec, dtype: candle_core::DType) -> PathBuf {
+    let f32_dir = tiny_model(dir, spec);
+    let out = dir.join(format!("{dtype:?}"));
+    std::fs::create_dir_all(&out).unwrap();
+    for entry in std::fs::read_dir(&f32_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        if name != "model.safetensors" {
+            std::fs::copy(&path, out.join(name)).unwrap();
+        }
+    }
+    let tensors = candle_core::safetensors::load(
+        f32_dir.join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(name, t)| (name, t.to_dtype(dtype).unwrap()))
+    .collect::<std::collections::HashMap<_, _>>();
+    candle_core::safetensors::save(&tensors, out.join("model.safetensors")).unwrap();
+    out
+}
+
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write file");

@@ -249,3 +249,32 @@ fn what_a_row_cannot_hold_is_named() {
         .to_string();
     assert!(err.contains("room"), "{err}");
 }
+
+/// An f32 model holds a bf16 checkpoint's projections as stored (the playground and serve
+/// load it so); decoding reads their rows in place and gives the widened copy's logits.
+#[test]
+fn an_f32_model_of_a_bf16_checkpoint_decodes_as_its_widened_copy() {
+    use peft_studio_engine::model::load::load_model_held;
+    if !cpu_kernels() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = crate::common::stored_as(dir.path(), &TinySpec::default(), DType::BF16);
+    let held = load_model_held(&path, DType::F32, &Device::Cpu, None, true).expect("load");
+    assert!(held.base_quantization().is_some(), "held as stored");
+    let mut widened = held.clone();
+    widened.dequantize_base().expect("widen");
+    let decoder = Decoder::new(&held).expect("decoder");
+    let mut seq = decoder.sequence(12, None).expect("sequence");
+    let mut ids = vec![5u32, 9, 14, 3];
+    let mut input = ids.clone();
+    for step in 0..5 {
+        let got = decoder.step(&mut [(&mut seq, &input)]).expect("step");
+        let want = reference(&widened, &ids);
+        let diff = max_diff(&got[0], &want);
+        assert!(diff < 1e-4, "step {step}: logits differ by {diff}");
+        let next = argmax(&want);
+        ids.push(next);
+        input = vec![next];
+    }
+}

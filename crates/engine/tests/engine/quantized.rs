@@ -14,7 +14,7 @@ use peft_studio_engine::peft::{MethodConfig, MethodKind, Trainables};
 use peft_studio_engine::train::batch_loss;
 use peft_studio_engine::train::optimizer::{collect_grads, AdamW};
 
-use crate::common::{gradient_examples, lora_method, tiny_model};
+use crate::common::{gradient_examples, lora_method, stored_as, tiny_model};
 use peft_studio_engine::fixtures::TinySpec;
 
 /// Wide enough for every block format (k-quants need rows of 256), GQA like real models.
@@ -443,27 +443,6 @@ fn step_losses(run: &std::path::Path) -> Vec<f64> {
         .collect()
 }
 
-/// The tiny model's folder with its weights stored in `dtype` (a hub checkpoint's bf16).
-fn stored_as(dir: &std::path::Path, dtype: DType) -> std::path::PathBuf {
-    let f32_dir = tiny_model(dir, &spec());
-    let out = dir.join(format!("{dtype:?}"));
-    std::fs::create_dir_all(&out).unwrap();
-    for entry in std::fs::read_dir(&f32_dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_owned();
-        if name != "model.safetensors" {
-            std::fs::copy(&path, out.join(name)).unwrap();
-        }
-    }
-    let tensors = candle_core::safetensors::load(f32_dir.join("model.safetensors"), &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .map(|(name, t)| (name, t.to_dtype(dtype).unwrap()))
-        .collect::<std::collections::HashMap<_, _>>();
-    candle_core::safetensors::save(&tensors, out.join("model.safetensors")).unwrap();
-    out
-}
-
 /// An f32 model of a bf16 (or f16) checkpoint holds the frozen projections as stored — half
 /// the memory of widened copies — and trains exactly as the widened copy does; a method that
 /// trains them (full, freeze) gets them widened; the planner assumes what the loader does.
@@ -474,7 +453,7 @@ fn an_f32_model_holds_a_half_precision_checkpoints_frozen_projections_as_stored(
     use peft_studio_engine::model::quantized::Format;
     let dir = tempfile::tempdir().unwrap();
     for (dtype, ggml) in [(DType::BF16, GgmlDType::BF16), (DType::F16, GgmlDType::F16)] {
-        let path = stored_as(dir.path(), dtype);
+        let path = stored_as(dir.path(), &spec(), dtype);
         let label = format!("{dtype:?} checkpoint");
         let held = load_model_held(&path, DType::F32, &Device::Cpu, None, true).expect("load");
         assert_eq!(

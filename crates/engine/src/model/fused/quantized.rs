@@ -5,7 +5,7 @@
 //! bf16 model), so a quantized base computes what its dequantized copy would.
 
 use candle_core::quantized::GgmlDType;
-use half::{bf16, f16};
+use half::bf16;
 use rayon::prelude::*;
 
 use super::bf16_matmul::{self, Packed};
@@ -24,35 +24,41 @@ const TILE_ROWS: usize = 128;
 /// Rows widened per parallel task.
 const WIDEN_ROWS: usize = 16;
 
-/// Calls `f` with rows `first..first + rows` of `weight` as the widening kernels read them,
-/// where they serve it: a bf16 or f16 weight of an f32 model on a CPU that runs them.
+/// A bf16 or f16 weight of an f32 model (`model::load::stored_format`) as stored, borrowed:
+/// what the widening kernels and decoding's dot products read in place.
+pub(super) fn half(weight: &QuantizedWeight) -> Option<Half<'_>> {
+    if weight.dtype() != candle_core::DType::F32 {
+        return None;
+    }
+    let (format, std::borrow::Cow::Borrowed(bytes)) = weight.ggml_bytes()? else {
+        return None;
+    };
+    if !(bytes.as_ptr() as usize).is_multiple_of(2) {
+        return None;
+    }
+    let len = bytes.len() / 2;
+    // SAFETY: the blocks of a BF16 or F16 weight are its 2-byte values (aligned, checked).
+    match format {
+        GgmlDType::BF16 => Some(Half::Bf16(unsafe {
+            std::slice::from_raw_parts(bytes.as_ptr().cast(), len)
+        })),
+        GgmlDType::F16 => Some(Half::F16(unsafe {
+            std::slice::from_raw_parts(bytes.as_ptr().cast(), len)
+        })),
+        _ => None,
+    }
+}
+
+/// Calls `f` with rows `first..first + rows` of `weight` where the widening kernels serve
+/// it: a [`half`] weight on a CPU that runs them.
 fn as_half<R>(
     weight: &QuantizedWeight,
     (first, rows): (usize, usize),
     f: impl FnOnce(Half) -> R,
 ) -> Option<R> {
-    if weight.dtype() != candle_core::DType::F32 || !widening::available() {
-        return None;
-    }
-    let (format, bytes) = weight.ggml_bytes()?;
     let cols = weight.dims().1;
-    let range = first * cols..(first + rows) * cols;
-    let aligned = (bytes.as_ptr() as usize).is_multiple_of(2);
-    match format {
-        GgmlDType::BF16 if aligned => {
-            // SAFETY: the blocks of a BF16 weight are its bf16 values (aligned, checked).
-            let all: &[bf16] =
-                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / 2) };
-            Some(f(Half::Bf16(all.get(range)?)))
-        }
-        GgmlDType::F16 if aligned => {
-            // SAFETY: as above, for f16.
-            let all: &[f16] =
-                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / 2) };
-            Some(f(Half::F16(all.get(range)?)))
-        }
-        _ => None,
-    }
+    let w = half(weight).filter(|_| widening::available())?;
+    Some(f(w.rows(first * cols, rows * cols)?))
 }
 
 /// `y += x·Wᵀ` for `x` [rows, in], `y` [rows, out] and `W` rows `first..first + out` of

@@ -8,6 +8,7 @@ use super::bf16_matmul;
 use super::math;
 use super::matmul::{add_product, Mat};
 use super::quantized;
+use super::widening::Half;
 use crate::model::quantized::QuantizedWeight;
 
 /// Products with at most this many rows run as dot products (`Weight::forward_by_dots`).
@@ -79,12 +80,16 @@ impl<'a> Weight<'a> {
         }
     }
 
-    /// Row `j` as it lies (`None` for a quantized weight, whose rows are widened first).
+    /// Row `j` as it lies (`None` for a quantized weight, whose rows are widened first; a
+    /// bf16 weight an f32 model holds is read in place, with the activations unrounded).
     fn row(&self, j: usize, fan_in: usize) -> Option<Row<'a>> {
         match *self {
             Weight::F32(w) => Some(Row::F32(&w[j * fan_in..][..fan_in])),
             Weight::Bf16(w) => Some(Row::Bf16(&w[j * fan_in..][..fan_in])),
-            Weight::Quantized { .. } => None,
+            Weight::Quantized { weight, first, .. } => match quantized::half(weight)? {
+                Half::Bf16(w) => Some(Row::Bf16(w.get((first + j) * fan_in..)?.get(..fan_in)?)),
+                Half::F16(_) => None,
+            },
         }
     }
 

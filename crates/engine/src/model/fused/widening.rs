@@ -15,12 +15,20 @@ pub enum Half<'a> {
     F16(&'a [f16]),
 }
 
-impl Half<'_> {
+impl<'a> Half<'a> {
     fn len(self) -> usize {
         match self {
             Half::Bf16(w) => w.len(),
             Half::F16(w) => w.len(),
         }
+    }
+
+    /// Elements `at..at + len`, if there are that many.
+    pub fn rows(self, at: usize, len: usize) -> Option<Half<'a>> {
+        Some(match self {
+            Half::Bf16(w) => Half::Bf16(w.get(at..at.checked_add(len)?)?),
+            Half::F16(w) => Half::F16(w.get(at..at.checked_add(len)?)?),
+        })
     }
 }
 
