@@ -112,20 +112,25 @@ pub fn held_formats(
     let Ok(WeightFiles::Safetensors(files)) = weights_of(dir) else {
         return Ok(None);
     };
-    let Some(first) = files.first() else {
-        return Ok(None);
-    };
-    let stored = crate::library::weights::header(first)?
-        .into_iter()
-        .find(|(name, (_, shape))| {
-            cfg.text_tensor(name)
-                .is_some_and(|n| quantized::covers(&n, shape))
-        })
-        .and_then(|(_, (ty, _))| match ty.as_str() {
-            "BF16" => Some(DType::BF16),
-            "F16" => Some(DType::F16),
-            _ => None,
-        });
+    // The first shard that holds a projection says how they are stored.
+    let mut stored = None;
+    for file in &files {
+        let found =
+            crate::library::weights::header(file)?
+                .into_iter()
+                .find(|(name, (_, shape))| {
+                    cfg.text_tensor(name)
+                        .is_some_and(|n| quantized::covers(&n, shape))
+                });
+        if let Some((_, (ty, _))) = found {
+            stored = match ty.as_str() {
+                "BF16" => Some(DType::BF16),
+                "F16" => Some(DType::F16),
+                _ => None,
+            };
+            break;
+        }
+    }
     Ok(stored
         .and_then(|s| stored_format(s, dtype, cpu))
         .map(|projections| BaseFormats {
