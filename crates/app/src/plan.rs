@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
+use peft_studio_engine::library::weights::held_formats;
 use peft_studio_engine::memory::{estimate, estimate_t5, gpu_fit, machine_fit, StepShape};
-use peft_studio_engine::model::load::{base_formats, held_formats, weights_of, WeightFiles};
+use peft_studio_engine::model::load::{base_formats, weights_of, WeightFiles};
 use peft_studio_engine::model::t5::{is_t5, T5Config};
 use peft_studio_engine::model::LlamaConfig;
 use peft_studio_engine::plan::{count_params, count_params_t5, ParamCounts};

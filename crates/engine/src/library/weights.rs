@@ -8,7 +8,10 @@ use std::path::Path;
 use crate::error::{EngineError, Result};
 use crate::model::config::LlamaConfig;
 use crate::model::gguf::GgufModel;
-use crate::model::load::{weight_files, weights_of, WeightFiles};
+use candle_core::DType;
+
+use crate::model::load::{base_formats, stored_format, weight_files, weights_of, WeightFiles};
+use crate::model::quantized::{self, BaseFormats, Quantization};
 use crate::model::t5::T5Config;
 use crate::tokenizer::TextTokenizer;
 
@@ -70,6 +73,50 @@ pub fn header(path: &Path) -> Result<HashMap<String, (String, Vec<usize>)>> {
         out.insert(name, (dtype, shape));
     }
     Ok(out)
+}
+
+/// [`base_formats`] as a `dtype` model on the CPU (`cpu`) holds them: a safetensors base's
+/// frozen projections (`frozen`: every method but freeze and full) kept as stored where
+/// [`stored_format`] says so, read from the files' headers. For the planner.
+pub fn held_formats(
+    cfg: &LlamaConfig,
+    dir: &Path,
+    quantize: Option<Quantization>,
+    (dtype, cpu, frozen): (DType, bool, bool),
+) -> Result<Option<BaseFormats>> {
+    let formats = base_formats(dir, quantize)?;
+    if formats.is_some() || !frozen {
+        return Ok(formats);
+    }
+    let Ok(WeightFiles::Safetensors(files)) = weights_of(dir) else {
+        return Ok(None);
+    };
+    // The first shard that holds a projection says how they are stored.
+    let mut stored = None;
+    for file in &files {
+        let found =
+            crate::library::weights::header(file)?
+                .into_iter()
+                .find(|(name, (_, shape))| {
+                    cfg.text_tensor(name)
+                        .is_some_and(|n| quantized::covers(&n, shape))
+                });
+        if let Some((_, (ty, _))) = found {
+            stored = match ty.as_str() {
+                "BF16" => Some(DType::BF16),
+                "F16" => Some(DType::F16),
+                _ => None,
+            };
+            break;
+        }
+    }
+    Ok(stored
+        .and_then(|s| stored_format(s, dtype, cpu))
+        .map(|projections| BaseFormats {
+            projections,
+            embeddings: None,
+            head: None,
+        }))
 }
 
 /// Every tensor of `expected` is among the `found` headers with the shape the config implies;

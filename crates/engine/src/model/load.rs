@@ -87,57 +87,13 @@ pub fn base_formats(dir: &Path, quantize: Option<Quantization>) -> Result<Option
 /// projections as stored (every such number is an f32, so the products, which widen a tile
 /// at a time, compute what a widened copy would) in half the memory. Hub checkpoints are
 /// bf16; widened whole, a 1B model's weights alone were 4 GiB.
-fn stored_format(stored: DType, dtype: DType, cpu: bool) -> Option<Format> {
+pub fn stored_format(stored: DType, dtype: DType, cpu: bool) -> Option<Format> {
     let kept = match stored {
         DType::BF16 => GgmlDType::BF16,
         DType::F16 => GgmlDType::F16,
         _ => return None,
     };
     (dtype == DType::F32 && cpu).then_some(Format::Ggml(kept))
-}
-
-/// [`base_formats`] as a `dtype` model on the CPU (`cpu`) holds them: a safetensors base's
-/// frozen projections (`frozen`: every method but freeze and full) kept as stored where
-/// [`stored_format`] says so. For the planner.
-pub fn held_formats(
-    cfg: &LlamaConfig,
-    dir: &Path,
-    quantize: Option<Quantization>,
-    (dtype, cpu, frozen): (DType, bool, bool),
-) -> Result<Option<BaseFormats>> {
-    let formats = base_formats(dir, quantize)?;
-    if formats.is_some() || !frozen {
-        return Ok(formats);
-    }
-    let Ok(WeightFiles::Safetensors(files)) = weights_of(dir) else {
-        return Ok(None);
-    };
-    // The first shard that holds a projection says how they are stored.
-    let mut stored = None;
-    for file in &files {
-        let found =
-            crate::library::weights::header(file)?
-                .into_iter()
-                .find(|(name, (_, shape))| {
-                    cfg.text_tensor(name)
-                        .is_some_and(|n| quantized::covers(&n, shape))
-                });
-        if let Some((_, (ty, _))) = found {
-            stored = match ty.as_str() {
-                "BF16" => Some(DType::BF16),
-                "F16" => Some(DType::F16),
-                _ => None,
-            };
-            break;
-        }
-    }
-    Ok(stored
-        .and_then(|s| stored_format(s, dtype, cpu))
-        .map(|projections| BaseFormats {
-            projections,
-            embeddings: None,
-            head: None,
-        }))
 }
 
 /// Reads every tensor of one safetensors file onto the CPU.

@@ -449,7 +449,8 @@ fn step_losses(run: &std::path::Path) -> Vec<f64> {
 #[test]
 fn an_f32_model_holds_a_half_precision_checkpoints_frozen_projections_as_stored() {
     use candle_core::quantized::GgmlDType;
-    use peft_studio_engine::model::load::{held_formats, load_model_held};
+    use peft_studio_engine::library::weights::held_formats;
+    use peft_studio_engine::model::load::load_model_held;
     use peft_studio_engine::model::quantized::Format;
     let dir = tempfile::tempdir().unwrap();
     for (dtype, ggml) in [(DType::BF16, GgmlDType::BF16), (DType::F16, GgmlDType::F16)] {

@@ -1,6 +1,10 @@
 //! Softmax's inner loops written so the compiler vectorises them: libm's `expf` is called
 //! one value at a time, and a single running sum serialises on the adder's latency.
 
+use std::mem::MaybeUninit;
+
+use half::{bf16, f16};
+
 /// Defines a function whose body is compiled three times — for AVX-512, for AVX2 + FMA and
 /// for the x86-64 baseline — and runs the widest this CPU has, so that its elementwise loops
 /// are vectorised 16 (8) lanes wide instead of the baseline's 4. The body is an
@@ -476,6 +480,40 @@ pub fn dot_bf16(a: &[f32], b: &[half::bf16]) -> f32 {
         return unsafe { dot_bf16_fma(a, b) };
     }
     dot_with(a, b, widen_bf16, false)
+}
+
+vectorised! {
+    /// `src` widened into `out` (as long).
+    pub(crate) fn bf16_to_f32(out: &mut [MaybeUninit<f32>], src: &[bf16]) {
+        for (o, s) in out.iter_mut().zip(src) {
+            o.write(s.to_f32());
+        }
+    }
+}
+
+vectorised! {
+    /// [`bf16_to_f32`] for f16.
+    pub(crate) fn f16_to_f32(out: &mut [MaybeUninit<f32>], src: &[f16]) {
+        for (o, s) in out.iter_mut().zip(src) {
+            o.write(s.to_f32());
+        }
+    }
+}
+
+/// `src` widened into `out` (as long), on vectors: rows of a bf16 weight an f32 model holds.
+pub(crate) fn widen_bf16_into(src: &[bf16], out: &mut [f32]) {
+    bf16_to_f32(uninit(out), src)
+}
+
+/// [`widen_bf16_into`] for f16.
+pub(crate) fn widen_f16_into(src: &[f16], out: &mut [f32]) {
+    f16_to_f32(uninit(out), src)
+}
+
+fn uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has f32's layout, and the callers write only initialised
+    // values through it.
+    unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 #[cfg(test)]

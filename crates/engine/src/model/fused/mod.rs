@@ -18,7 +18,7 @@ pub mod cross_entropy;
 pub mod decode;
 pub mod layer;
 pub mod linear;
-mod math;
+pub(crate) mod math;
 mod matmul;
 pub mod norm;
 mod quantized;

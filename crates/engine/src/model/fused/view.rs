@@ -14,7 +14,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::bf16_matmul;
-use super::math;
+use super::math::{self, bf16_to_f32, f16_to_f32};
 use super::weight::Weight;
 use crate::model::base_weight::BaseWeight;
 use crate::model::quantized::QuantizedWeight;
@@ -186,38 +186,6 @@ pub fn output(data: Vec<f32>, shape: impl Into<Shape>, dtype: DType) -> (CpuStor
 
 /// Elements per parallel task of a conversion between f32 and half precision.
 const CONVERT_CHUNK: usize = 1 << 16;
-
-math::vectorised! {
-    fn bf16_to_f32(out: &mut [MaybeUninit<f32>], src: &[bf16]) {
-        for (o, s) in out.iter_mut().zip(src) {
-            o.write(s.to_f32());
-        }
-    }
-}
-
-math::vectorised! {
-    fn f16_to_f32(out: &mut [MaybeUninit<f32>], src: &[f16]) {
-        for (o, s) in out.iter_mut().zip(src) {
-            o.write(s.to_f32());
-        }
-    }
-}
-
-/// `src` widened into `out` (as long), on vectors: rows of a bf16 weight an f32 model holds.
-pub(crate) fn widen_bf16(src: &[bf16], out: &mut [f32]) {
-    bf16_to_f32(uninit(out), src)
-}
-
-/// [`widen_bf16`] for f16.
-pub(crate) fn widen_f16(src: &[f16], out: &mut [f32]) {
-    f16_to_f32(uninit(out), src)
-}
-
-fn uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: `MaybeUninit<f32>` has f32's layout, and the callers write only initialised
-    // values through it.
-    unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) }
-}
 
 math::vectorised! {
     fn f32_to_bf16(out: &mut [MaybeUninit<bf16>], src: &[f32]) {

@@ -8,7 +8,7 @@ use candle_core::quantized::k_quants::{
 use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 
-use crate::model::fused::view::{widen_bf16, widen_f16};
+use crate::model::fused::math::{widen_bf16_into, widen_f16_into};
 
 /// Writes rows `r0..r0 + out.len() / cols` of a `[rows, cols]` weight stored as `dtype`
 /// blocks in `bytes` (candle's own CPU storage of a `QTensor`) into `out`, as f32.
@@ -24,8 +24,8 @@ pub fn rows_to_f32(
             match dtype {
                 // Half-precision rows widen on vectors (candle's `to_float` runs one element
                 // at a time: a twentieth of a step when an f32 model holds a bf16 weight).
-                GgmlDType::F16 => rows_as::<f16>(bytes, cols, r0, out, widen_f16),
-                GgmlDType::BF16 => rows_as::<bf16>(bytes, cols, r0, out, widen_bf16),
+                GgmlDType::F16 => rows_as::<f16>(bytes, cols, r0, out, widen_f16_into),
+                GgmlDType::BF16 => rows_as::<bf16>(bytes, cols, r0, out, widen_bf16_into),
                 $(GgmlDType::$variant => rows_as::<$block>(bytes, cols, r0, out, <$block>::to_float),)*
             }
         };
