@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
+use candle_core::DType;
+
 use crate::error::{EngineError, Result};
 use crate::model::config::LlamaConfig;
 use crate::model::gguf::GgufModel;
-use candle_core::DType;
-
 use crate::model::load::{base_formats, stored_format, weight_files, weights_of, WeightFiles};
 use crate::model::quantized::{self, BaseFormats, Quantization};
 use crate::model::t5::T5Config;
@@ -94,13 +94,10 @@ pub fn held_formats(
     // The first shard that holds a projection says how they are stored.
     let mut stored = None;
     for file in &files {
-        let found =
-            crate::library::weights::header(file)?
-                .into_iter()
-                .find(|(name, (_, shape))| {
-                    cfg.text_tensor(name)
-                        .is_some_and(|n| quantized::covers(&n, shape))
-                });
+        let found = header(file)?.into_iter().find(|(name, (_, shape))| {
+            cfg.text_tensor(name)
+                .is_some_and(|n| quantized::covers(&n, shape))
+        });
         if let Some((_, (ty, _))) = found {
             stored = match ty.as_str() {
                 "BF16" => Some(DType::BF16),

@@ -84,8 +84,8 @@ pub fn base_formats(dir: &Path, quantize: Option<Quantization>) -> Result<Option
 
 /// The type a frozen projection stored as `stored` is held in by a `dtype` model (on the CPU
 /// when `cpu`), when not its dtype: an f32 model on the CPU keeps a bf16 or f16 file's
-/// projections as stored (every such number is an f32, so the products, which widen a tile
-/// at a time, compute what a widened copy would) in half the memory. Hub checkpoints are
+/// projections as stored (every such number is an f32, so the products, which widen the
+/// weight as they read it, compute what a widened copy would) in half the memory. Hub checkpoints are
 /// bf16; widened whole, a 1B model's weights alone were 4 GiB.
 pub fn stored_format(stored: DType, dtype: DType, cpu: bool) -> Option<Format> {
     let kept = match stored {

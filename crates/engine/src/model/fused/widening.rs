@@ -56,18 +56,20 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
-/// Splits `count` units into one range per task (one task unless `parallel`).
-fn tasks(count: usize, parallel: bool) -> Vec<(usize, usize)> {
+/// Runs `run` on `count` units split into one range per thread (`parallel`), or on all of
+/// them on the calling thread.
+fn on_tasks(count: usize, parallel: bool, run: impl Fn((usize, usize)) + Sync + Send) {
     let threads = if parallel {
         rayon::current_num_threads().max(1)
     } else {
         1
     };
     let per = count.div_ceil(threads).max(1);
-    (0..count)
-        .step_by(per)
-        .map(|a| (a, (a + per).min(count)))
-        .collect()
+    let ranges = (0..count).step_by(per).map(|a| (a, (a + per).min(count)));
+    match parallel {
+        true => ranges.collect::<Vec<_>>().into_par_iter().for_each(run),
+        false => ranges.for_each(run),
+    }
 }
 
 /// `y += x·Wᵀ` for `x` [m, k], `y` [m, n] and `W` [n, k], on every thread (`parallel`) or on
@@ -117,11 +119,7 @@ pub fn forward(
             }
         }
     };
-    let split = tasks(blocks, parallel);
-    match parallel {
-        true => split.into_par_iter().for_each(run),
-        false => split.into_iter().for_each(run),
-    }
+    on_tasks(blocks, parallel, run);
 }
 
 /// Rows `o0..o0 + rows` of `W` against the transposed activations `xt`: their sums
@@ -206,11 +204,7 @@ pub fn input_gradient(
         // panels p0..p1.
         unsafe { gradient_panels(w, g, (m, k, n), (p0, p1), &mut b, &mut a, out) };
     };
-    let split = tasks(k.div_ceil(NR), parallel);
-    match parallel {
-        true => split.into_par_iter().for_each(run),
-        false => split.into_iter().for_each(run),
-    }
+    on_tasks(k.div_ceil(NR), parallel, run);
 }
 
 /// `dx`'s columns of panels `p0..p1` (NR each): for each depth block of `W`'s rows, `g`'s
@@ -303,7 +297,9 @@ unsafe fn gradient_panel(
     }
 }
 
-/// `w[at..at + out.len()]` widened into `out`.
+/// `w[at..at + out.len()]` widened into `out`: `math::widen_bf16_into` written inline, since
+/// the packing loops call it on runs of 32 values and a dispatched call per run would cost
+/// more than the widening.
 ///
 /// # Safety
 /// AVX-512F.
