@@ -10,6 +10,7 @@
 //! SmolLM2-135M (`bench`, see docs/BENCHMARKS.md) account for the backward pass's temporaries
 //! and the allocator's slack.
 
+mod optimizer;
 mod t5;
 
 use candle_core::DType;
@@ -20,6 +21,7 @@ pub use t5::estimate_t5;
 use crate::error::Result;
 use crate::model::quantized::{self, BaseFormats};
 use crate::model::LlamaConfig;
+use crate::peft::target::layer_index;
 use crate::peft::{MethodConfig, MethodKind};
 use crate::plan::count_params;
 
@@ -74,6 +76,9 @@ pub struct MemoryEstimate {
     pub activations: u64,
     /// The language-model head and the cross-entropy over the vocabulary.
     pub loss_head: u64,
+    /// The optimiser step's temporaries (after the backward pass: they take the place of
+    /// the activations and the loss head), large where whole weights are trained.
+    pub step: u64,
     /// Loading, before training (`model::load`: the file mapped, tensor by tensor): the
     /// weights plus the largest tensor in flight; on a GPU, the host's part of it only (the
     /// tensor in flight). With small batches this is the CPU's peak.
@@ -86,7 +91,7 @@ pub struct MemoryEstimate {
 
 impl MemoryEstimate {
     fn training(&self) -> u64 {
-        self.weights + self.optimizer + self.activations + self.loss_head
+        self.weights + self.optimizer + (self.activations + self.loss_head).max(self.step)
     }
 
     /// Whether this is a GPU's estimate (device memory and host memory apart).
@@ -177,7 +182,7 @@ pub fn estimate(
     let q = (cfg.num_attention_heads * cfg.head_dim) as f64;
     let k = (cfg.num_key_value_heads * cfg.head_dim) as f64;
     let scores = b * cfg.num_attention_heads as f64 * t * keys;
-    let layers = cfg.num_hidden_layers as f64;
+    let tracked = layers_with_gradients(cfg, method)? as f64;
     let vocab = cfg.vocab_size as f64;
     // The fused kernels compute in f32 whatever the dtype: in half precision they widen the
     // tensors they read (`model::fused::view`), the weights of the layer at hand and the
@@ -191,7 +196,7 @@ pub fn estimate(
     };
     let path = step.path();
     let (activations, loss_head) = if path == Path::Fused {
-        let acts = if runs_whole_layers(cfg, method, false)? {
+        let acts = if runs_whole_layers(cfg, method)? {
             // Per decoder layer (`model::fused::layer`), in f32: the rotated queries and the
             // attention output, keys and values, the residual stream between the sublayers,
             // gate and up; in the model's dtype, the layer's output (the next one's input).
@@ -207,12 +212,7 @@ pub fn estimate(
                 // of the output (`fused::quantized`).
                 Some(_) => 6.0 * n.max(128.0) * d.max(i) + 4.0 * n * n.max(128.0),
             };
-            let kept = if step.checkpointing {
-                input * layers + inside
-            } else {
-                (inside + input) * layers
-            };
-            kept + temporaries + layer_weights
+            kept_by_layers(inside, input, tracked, step.checkpointing) + temporaries + layer_weights
         } else {
             // Per decoder layer: the two norms' outputs, o_proj's and down_proj's outputs and
             // the two residual sums ([n, d] each); queries through projection, rotation and
@@ -220,7 +220,7 @@ pub fn estimate(
             // head-major copy; the MLP's gate, up and gated product.
             let mut per_layer = 6.0 * n * d + 3.0 * n * q + 4.0 * n * k + 3.0 * n * i;
             per_layer += adapter_activations(cfg, method, n, true)?;
-            FUSED_ACTIVATION_FACTOR * (per_layer * layers + 2.0 * n * d) * elem as f64
+            FUSED_ACTIVATION_FACTOR * (per_layer * tracked + 2.0 * n * d) * elem as f64
         };
         // The fused head keeps the hidden states' gradient and a chunk of logits per thread,
         // and for a trained head its weight's gradient; an adapted head composes its logits.
@@ -246,7 +246,7 @@ pub fn estimate(
             }
         };
         (acts as u64, head as u64)
-    } else if path == Path::Generic && runs_whole_layers(cfg, method, true)? {
+    } else if path == Path::Generic {
         // Per decoder layer (`model::generic::layer`), in the model's dtype: the roped
         // queries and the attention output, keys and values, the residual stream between
         // the sublayers, gate and up, and the layer's output (the next one's input). With
@@ -261,13 +261,28 @@ pub fn estimate(
         } else {
             0.0
         };
+        // A bottleneck adapter reads its sublayer's output, kept where no norm keeps it.
+        let adapter_reads = match method.kind {
+            MethodKind::Houlsby | MethodKind::Pfeiffer if !cfg.family.sandwich_norms => {
+                let houlsby = method.kind == MethodKind::Houlsby;
+                crate::model::adapters::bottleneck::sites(houlsby).len() as f64 * n * d
+            }
+            _ => 0.0,
+        };
         let inside = e
             * (2.0 * (n * q + n * k + n * i)
                 + n * d
                 + 2.0 * b * extra_keys as f64 * k
                 + qk_raw
-                + outputs);
+                + outputs
+                + adapter_reads);
         let input = n * d * e;
+        // A trained weight's gradient, made in the layer's backward pass, next to candle's
+        // zero-filled slot and their sum: the widest projection's, three times.
+        let weight_gradient = match method.kind {
+            MethodKind::Full | MethodKind::Freeze => 3.0 * e * d * i.max(q),
+            _ => 0.0,
+        };
 
         // DoRA's row norms take `W + s·BA` of the widest projection in f32, twice.
         let dora = if method.use_dora {
@@ -278,12 +293,9 @@ pub fn estimate(
         let temporaries = 4.0
             * (GENERIC_INTERMEDIATE_TEMPS * n * i + GENERIC_HIDDEN_TEMPS * n * d + dora)
             + generic_block(scores)
-            + dequantized(step, d * i.max(q));
-        let kept = if step.checkpointing {
-            input * layers + inside
-        } else {
-            (inside + input) * layers
-        };
+            + dequantized(step, d * i.max(q))
+            + weight_gradient;
+        let kept = kept_by_layers(inside, input, tracked, step.checkpointing);
         let head = match head_role(cfg, method)? {
             HeadRole::Adapted => LOSS_HEAD_TENSORS * n * vocab * 4.0,
             role => generic_head(cfg, role, n, e) + widened_head(cfg, step),
@@ -297,29 +309,20 @@ pub fn estimate(
         // projection, head split and RoPE (6.5 each), values (2), scores through scale, mask
         // and softmax (5), the attention output's two copies, o_proj and two residual sums,
         // the MLP's gate, SiLU, up and product ([n, i] each) and down_proj.
-        // On the generic path attention is one op that keeps q, k and v but no scores
-        // (`generic::attention`), and a plain head is the chunked generic loss.
-        let generic = path == Path::Generic;
-        let kept_scores = if generic { 0.0 } else { scores };
         let mut per_layer = 10.0 * n * d + 8.5 * n * (q + k) + 2.0 * n * k + 2.0 * n * q;
-        per_layer += 4.0 * n * i + 5.0 * kept_scores;
+        per_layer += 4.0 * n * i + 5.0 * scores;
         per_layer += adapter_activations(cfg, method, n, false)?;
-        let acts = ACTIVATION_FACTOR * (per_layer * layers + 4.0 * n * d);
-        let block = if generic { generic_block(scores) } else { 0.0 };
-        let block = block + dequantized(step, d * i.max(q));
+        let acts = ACTIVATION_FACTOR * (per_layer * tracked + 4.0 * n * d);
+        let block = dequantized(step, d * i.max(q));
         // Mixed precision's f32 islands, and the head's weight widened to f32 (twice at the
         // peak) for the CPU's products.
         let mixed = if step.dtype == DType::F32 {
             0.0
         } else {
-            layers * (MIXED_SCORE_BYTES * kept_scores + MIXED_HIDDEN_BYTES * n * d)
+            tracked * (MIXED_SCORE_BYTES * scores + MIXED_HIDDEN_BYTES * n * d)
                 + 2.0 * vocab * d * 4.0
         };
-        let head = match head_role(cfg, method)? {
-            HeadRole::Adapted => LOSS_HEAD_TENSORS * n * vocab * 4.0,
-            role if generic => generic_head(cfg, role, n, elem as f64) + widened_head(cfg, step),
-            _ => LOSS_HEAD_TENSORS * n * vocab * 4.0,
-        };
+        let head = LOSS_HEAD_TENSORS * n * vocab * 4.0;
         ((acts * elem as f64 + mixed + block) as u64, head as u64)
     };
     // Trained weights of freeze and full runs are already among the base weights; adapters
@@ -335,10 +338,26 @@ pub fn estimate(
     let weights = (counts.total - adapter_params - quantized_params) * elem
         + quantized_bytes
         + adapter_params * 4;
+    // Freeze and full runs train base tensors in the run's dtype, adapters are f32.
+    let (param_elem, largest) = match method.kind {
+        MethodKind::Full => (
+            elem,
+            optimizer::largest_trained(&cfg.weight_shapes(), |_| true),
+        ),
+        MethodKind::Freeze => {
+            let names = crate::peft::freeze::trainable_weight_names(cfg, method)?;
+            let trained = |name: &str| names.iter().any(|n| n == name);
+            (
+                elem,
+                optimizer::largest_trained(&cfg.weight_shapes(), trained),
+            )
+        }
+        _ => (4, 0),
+    };
     Ok(MemoryEstimate {
         weights,
-        // The gradient, the zero-filled slot candle's backward adds it into, both moments.
-        optimizer: counts.trainable * 4 * 4,
+        optimizer: optimizer::state_bytes(counts.trainable, param_elem),
+        step: optimizer::step_bytes(largest, path == Path::Fused),
         activations,
         loss_head,
         loading: loading_peak(cfg, weights, step),
@@ -420,14 +439,40 @@ fn generic_head(cfg: &LlamaConfig, role: HeadRole, n: f64, elem: f64) -> f64 {
     n * d * elem + GENERIC_HEAD_TENSORS * chunk.min(n * vocab) * 4.0 + weight_grad
 }
 
-/// Whether the decoder layers run as one op each (`LlamaModel::layer_parts`): frozen layers
-/// with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped) or none
-/// at all, and on the `generic` layer DoRA, IA³ scales and prefix tuning as well.
-fn runs_whole_layers(cfg: &LlamaConfig, method: &MethodConfig, generic: bool) -> Result<bool> {
+/// What the whole-layer ops keep: per layer a gradient flows through, its `input` and what
+/// its backward pass reads (`inside`); with checkpointing the inputs, and one layer's inside
+/// while it is recomputed.
+fn kept_by_layers(inside: f64, input: f64, tracked: f64, checkpointing: bool) -> f64 {
+    match checkpointing {
+        true => input * tracked + inside * tracked.min(1.0),
+        false => (inside + input) * tracked,
+    }
+}
+
+/// Decoder layers a gradient flows through: from the first that holds a trained parameter
+/// to the last, or all where the embeddings or virtual tokens are trained. The layers before
+/// build no graph and keep nothing (freeze's last layers, LoRA on `layers_to_transform`).
+fn layers_with_gradients(cfg: &LlamaConfig, method: &MethodConfig) -> Result<usize> {
+    let all = cfg.num_hidden_layers;
+    let trained: Vec<String> = match method.kind {
+        MethodKind::Lora => method.lora_targets(cfg)?.into_iter().map(|t| t.0).collect(),
+        MethodKind::Ia3 => method.ia3_targets(cfg)?.into_iter().map(|t| t.0).collect(),
+        MethodKind::Freeze => crate::peft::freeze::trainable_weight_names(cfg, method)?,
+        _ => return Ok(all),
+    };
+    if trained.iter().any(|name| name.contains("embed_tokens")) {
+        return Ok(all);
+    }
+    let first = trained.iter().filter_map(|name| layer_index(name)).min();
+    Ok(first.map_or(0, |first| all - first))
+}
+
+/// Whether the CPU's decoder layers run as one op each (`LlamaModel::layer_parts`): frozen
+/// layers with LoRA branches (no DoRA; dropout masks are drawn per projection and dropped)
+/// or none at all. (The generic layer serves every method.)
+fn runs_whole_layers(cfg: &LlamaConfig, method: &MethodConfig) -> Result<bool> {
     Ok(match method.kind {
-        MethodKind::Lora => !method.use_dora || generic,
-        // The generic layer serves DoRA, IA³ and prefix tuning too.
-        MethodKind::Ia3 | MethodKind::PrefixTuning => generic,
+        MethodKind::Lora => !method.use_dora,
         MethodKind::PromptTuning => true,
         MethodKind::Freeze => !crate::peft::freeze::trainable_weight_names(cfg, method)?
             .iter()
@@ -644,13 +689,21 @@ impl std::fmt::Display for MemoryEstimate {
         };
         write!(
             f,
-            "estimated peak {place}: {} (weights {}, gradients and optimizer {}, activations {}, loss head {})",
+            "estimated peak {place}: {} (weights {}, gradients and optimizer {}, activations {}, loss head {}",
             human_bytes(self.total()),
             human_bytes(self.weights),
             human_bytes(self.optimizer),
             human_bytes(self.activations),
             human_bytes(self.loss_head)
         )?;
+        if self.step > self.activations + self.loss_head {
+            write!(
+                f,
+                "; the optimiser step's {} after them",
+                human_bytes(self.step)
+            )?;
+        }
+        write!(f, ")")?;
         if self.on_gpu() {
             write!(
                 f,

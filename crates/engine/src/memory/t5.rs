@@ -4,6 +4,7 @@
 
 use candle_core::DType;
 
+use super::optimizer::{largest_trained, state_bytes, step_bytes};
 use super::{MemoryEstimate, Path, StepShape, LOSS_HEAD_TENSORS, PROCESS_BYTES};
 use crate::error::Result;
 use crate::model::t5::{FeedForward, T5Config};
@@ -114,9 +115,19 @@ pub fn estimate_t5(
         true => stored + weights,
         false => stored.max(weights),
     };
+    let (param_elem, largest) = match method.kind {
+        MethodKind::Full => (elem as u64, largest_trained(&cfg.weight_shapes(), |_| true)),
+        MethodKind::Freeze => {
+            let names = crate::peft::freeze::trainable_weight_names_t5(cfg, method)?;
+            let trained = |name: &str| names.iter().any(|n| n == name);
+            (elem as u64, largest_trained(&cfg.weight_shapes(), trained))
+        }
+        _ => (4, 0),
+    };
     Ok(MemoryEstimate {
         weights,
-        optimizer: counts.trainable * 4 * 4,
+        optimizer: state_bytes(counts.trainable, param_elem),
+        step: step_bytes(largest, step.path() == Path::Fused),
         activations: (activations + mixed) as u64,
         loss_head: loss_head as u64,
         loading,

@@ -82,22 +82,27 @@ impl Linear {
     /// what a whole-layer op (`fused::layer` on the CPU, without DoRA; `generic::layer`
     /// elsewhere) takes.
     pub fn frozen_parts(&self) -> Option<LinearParts<'_>> {
-        let frozen =
-            !self.weight.is_variable() && self.bias.as_ref().is_none_or(|b| !b.is_variable());
-        if !frozen {
-            return None;
-        }
+        self.is_frozen().then(|| self.parts())
+    }
+
+    /// Whether neither the weight nor the bias is trained.
+    pub fn is_frozen(&self) -> bool {
+        !self.weight.is_variable() && self.bias.as_ref().is_none_or(|b| !b.is_variable())
+    }
+
+    /// The projection's parts, trained or frozen (`generic::layer` takes trained ones).
+    pub fn parts(&self) -> LinearParts<'_> {
         let lora = self.lora.as_ref().map(|l| LoraParts {
             a: &l.a,
             b: &l.b,
             scale: l.scale,
             magnitude: l.magnitude.as_ref(),
         });
-        Some(LinearParts {
+        LinearParts {
             weight: &self.weight,
             bias: self.bias.as_ref(),
             lora,
-        })
+        }
     }
 
     /// The layer from candle's ops: the base product, the adapter, the bias.

@@ -825,32 +825,38 @@ impl LlamaModel {
     }
 
     /// The layer `index` as one op's parts, where its norms are frozen, it has no
-    /// bottleneck adapter and its projections carry plain LoRA or nothing.
-    /// `generic`: for the device-generic layer, which also serves DoRA and IA³ and takes a
-    /// prefix's keys and values. Both serve every family.
+    /// bottleneck adapter and its projections are frozen with plain LoRA or nothing.
+    /// `generic`: for the device-generic layer, which serves every method: DoRA, IA³, a
+    /// prefix's keys and values, bottleneck adapters, trained weights and norms (a
+    /// projection with an adapter stays frozen). Both serve every family.
     fn layer_parts<'a>(
         &self,
         b: &'a Block,
         index: usize,
-        adapters: Option<&LayerAdapters>,
+        adapters: Option<&'a LayerAdapters>,
         ctx: &ForwardCtx,
         generic: Option<super::generic::layer::Extras<'a>>,
     ) -> Option<fused::layer::LayerParts<'a>> {
         let c = &self.cfg;
         let linears = b.linears();
-        let plain = adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
-            && b.norms_frozen()
-            && (generic.is_some()
-                || linears.iter().all(|l| {
-                    l.ia3.is_none() && l.lora.as_ref().is_none_or(|lo| lo.magnitude.is_none())
-                }));
-        if !plain {
+        let served = match generic {
+            Some(_) => linears
+                .iter()
+                .all(|l| l.is_frozen() || (l.lora.is_none() && l.ia3.is_none())),
+            None => {
+                adapters.is_none_or(|a| a.attention.is_none() && a.output.is_none())
+                    && b.norms_frozen()
+                    && linears.iter().all(|l| {
+                        l.is_frozen()
+                            && l.ia3.is_none()
+                            && l.lora.as_ref().is_none_or(|lo| lo.magnitude.is_none())
+                    })
+            }
+        };
+        if !served {
             return None;
         }
-        let parts = linears
-            .iter()
-            .map(|l| l.frozen_parts())
-            .collect::<Option<Vec<_>>>()?;
+        let parts = linears.iter().map(|l| l.parts()).collect();
         // Dropout masks drawn in the order the composed ops draw them: the same masks.
         let dropout = linears
             .iter()
@@ -872,6 +878,7 @@ impl LlamaModel {
             linears: parts,
             dropout,
             prefix: generic.and_then(|g| g.prefix),
+            adapters: generic.and(adapters),
             eps: c.rms_norm_eps,
             q_heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,

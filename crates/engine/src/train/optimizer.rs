@@ -30,8 +30,10 @@ impl AdamW {
     /// Zero moments for `vars`, and f32 master copies of those in a half-precision type.
     pub fn new(vars: &[&Var], beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
         let zeros = |v: &&Var| v.as_tensor().to_dtype(wide(v.dtype()))?.zeros_like();
+        // Detached: converted from the variable, the copy would record it as its input, and
+        // every update computed from it would chain onto the last step's values.
         let master = |v: &&Var| -> candle_core::Result<Option<Tensor>> {
-            let t = v.as_tensor();
+            let t = v.as_tensor().detach();
             (wide(t.dtype()) != t.dtype())
                 .then(|| t.to_dtype(DType::F32))
                 .transpose()
@@ -63,7 +65,7 @@ impl AdamW {
     /// variable rounded to its type.
     pub fn set_value(&mut self, i: usize, var: &Var, value: &Tensor) -> Result<()> {
         if let Some(m) = &mut self.master[i] {
-            *m = value.to_dtype(DType::F32)?;
+            *m = value.detach().to_dtype(DType::F32)?;
         }
         var.set(&value.to_dtype(var.dtype())?)?;
         Ok(())

@@ -516,7 +516,8 @@ fn assert_gradients_close(
 
 /// One of each way a method reaches the fused ops: LoRA without dropout and prompt tuning
 /// run each decoder layer as one op (`fused::layer`); the others compose the single ops.
-fn fused_methods() -> [MethodConfig; 8] {
+/// The device-generic layer serves every one whole.
+fn fused_methods() -> [MethodConfig; 10] {
     let targets = |s: &str| Some(TargetModules::parse_cli(s));
     [
         MethodConfig {
@@ -562,10 +563,28 @@ fn fused_methods() -> [MethodConfig; 8] {
             ..Default::default()
         },
         MethodConfig {
+            kind: MethodKind::Pfeiffer,
+            reduction_factor: 4,
+            ..Default::default()
+        },
+        MethodConfig {
             kind: MethodKind::Full,
             ..Default::default()
         },
+        // The last layer's weights and norms trained, the others frozen.
+        MethodConfig {
+            kind: MethodKind::Freeze,
+            trainable_last_layers: 1,
+            ..Default::default()
+        },
     ]
+}
+
+/// Whether the family test also runs `method` with gradient checkpointing: one of each kind
+/// of parameter a layer trains (LoRA's, a bottleneck adapter's, base weights and norms).
+fn checkpointed(method: &MethodConfig) -> bool {
+    matches!(method.kind, MethodKind::Houlsby | MethodKind::Full)
+        || (method.kind == MethodKind::Lora && !method.use_dora && method.r == 4)
 }
 
 /// The families' parts through the fused ops — the whole layer (norms with `1 + w`, q/k
@@ -575,7 +594,7 @@ fn fused_methods() -> [MethodConfig; 8] {
 #[test]
 fn every_family_trains_the_same_through_the_fused_ops() {
     for spec in crate::common::family_specs() {
-        for (i, method) in fused_methods().iter().enumerate() {
+        for method in &fused_methods() {
             let run = |dtype, ctx| {
                 let dir = tempfile::tempdir().unwrap();
                 let (model, vars) =
@@ -587,7 +606,7 @@ fn every_family_trains_the_same_through_the_fused_ops() {
             let (l32, g32) = run(DType::F32, ForwardCtx::eval());
             assert!((l32 - l64).abs() < 1e-4, "{label}: loss {l32} vs {l64}");
             assert_gradients_close(&label, &g32, &g64, 1e-3, 1e-3);
-            if i == 0 {
+            if checkpointed(method) {
                 let (lc, gc) = run(DType::F32, ForwardCtx::eval().with_checkpointing(true));
                 assert!(
                     (lc - l64).abs() < 1e-4,
@@ -600,7 +619,13 @@ fn every_family_trains_the_same_through_the_fused_ops() {
                 (l16 - l64).abs() < 1e-2,
                 "{label} bf16: loss {l16} vs {l64}"
             );
-            assert_gradients_close(&format!("{label} bf16"), &g16, &g64, 8e-2, 1e-3);
+            // Pfeiffer's relu: a pre-activation within bf16's rounding of zero flips its
+            // slope, which moves its down projection's gradient by 15-40% of the largest
+            // entry on these tiny models on every path (composed ops included); its loss is
+            // held, its gradients in f32 above.
+            if method.kind != MethodKind::Pfeiffer {
+                assert_gradients_close(&format!("{label} bf16"), &g16, &g64, 8e-2, 1e-3);
+            }
         }
     }
 }

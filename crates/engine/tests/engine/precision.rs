@@ -45,6 +45,23 @@ fn master_values_keep_updates_bf16_rounds_away() {
     );
 }
 
+/// The optimiser's state is plain values: were a master copy to record the variable it was
+/// converted from, each composed update (a GPU's) would chain onto the last step's tensors
+/// and training would grow by several copies of the trained weights per step (measured on
+/// the generic path: +1.2 GB a step for a 100M-parameter bf16 head).
+#[test]
+fn the_optimiser_state_carries_no_graph() {
+    let dev = Device::Cpu;
+    let half = Var::from_tensor(&Tensor::ones(4, DType::BF16, &dev).unwrap()).unwrap();
+    let mut opt = AdamW::new(&[&half], 0.9, 0.999, 1e-8, 0.01).unwrap();
+    let g = Tensor::new(&[1f32, -1.0, 0.5, 2.0], &dev).unwrap();
+    for _ in 0..2 {
+        opt.step(&[&half], std::slice::from_ref(&g), 1e-3).unwrap();
+        assert!(!opt.value(0, &half).track_op(), "the master value records ops");
+        assert!(!opt.m[0].track_op() && !opt.v[0].track_op(), "a moment records ops");
+    }
+}
+
 /// AdamW against `torch.optim.AdamW`'s algorithm computed in f64, over steps with weight
 /// decay and, every other step, gradients scaled (a clipping factor): the one-pass update on
 /// the CPU (and, under `PEFT_STUDIO_FUSED=off`, the composed one) within f32's rounding.

@@ -93,6 +93,16 @@ impl Bottleneck {
         }
     }
 
+    /// The adapter's tensors in [`PARTS`] order.
+    pub fn tensors(&self) -> [&Tensor; 4] {
+        [&self.down_w, &self.down_b, &self.up_w, &self.up_b]
+    }
+
+    /// Houlsby's adapter (swish, reading the sublayer's output) rather than Pfeiffer's.
+    pub fn is_houlsby(&self) -> bool {
+        self.swish
+    }
+
     /// The residual stream after a sublayer whose output is `h` and input `r`.
     pub fn apply(&self, h: &Tensor, r: &Tensor) -> Result<Tensor> {
         let stream = (h + r)?;

@@ -29,6 +29,7 @@ use super::rope::{Heads, Tables};
 use super::swiglu;
 use super::view::{base_weight_view, output, storage_slice, tensor, view, Floats, WeightView};
 use crate::error::Result;
+use crate::model::adapters::bottleneck::LayerAdapters;
 use crate::model::attend::Attend;
 use crate::model::base_weight::BaseWeight;
 use crate::model::family::Activation;
@@ -137,6 +138,8 @@ pub struct LayerParts<'a> {
     /// Prefix tuning's keys and values for this layer [batch, kv_heads, prefix, head_dim]
     /// (the device-generic layer only).
     pub prefix: Option<(&'a Tensor, &'a Tensor)>,
+    /// The layer's bottleneck adapters (the device-generic layer only).
+    pub adapters: Option<&'a LayerAdapters>,
     /// RMSNorm's epsilon.
     pub eps: f64,
     /// Query heads.

@@ -31,6 +31,15 @@ pub fn rms_norm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> 
     Ok(dx.to_dtype(x.dtype())?)
 }
 
+/// dL/dw of [`rms_norm`] for `dy` (a trained norm): `Σ dy·x·rstd` over every row, [last
+/// dim] in f32.
+pub fn rms_norm_weight_gradient(x: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let width = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / width.max(1);
+    let normed = f32(x)?.broadcast_mul(rstd)?;
+    Ok((normed * f32(dy)?)?.reshape((rows, width))?.sum(0)?)
+}
+
 /// Rotary tables for candle's rope kernel: the first half of the model's [seq, rotary_dim]
 /// tables (transformers repeats each frequency twice), and the sine negated for the
 /// backward pass (the rotation's transpose). Where the tables are narrower than a head

@@ -4,8 +4,10 @@
 //! Phi-4-mini), blocked attention with
 //! the family's score factor, soft cap and window, o_proj (its output normed in Gemma) and
 //! the residual sum, RMSNorm, gate/up (or one `gate_up_proj`), SwiGLU or GeGLU, down_proj (normed in Gemma) and the
-//! residual sum, with the LoRA (or DoRA) branches or IA³ scales of any of the projections, or prefix tuning's keys and values before the layer's own. Norm weights are
-//! applied as `w + offset` in f32 (Gemma's `1 + w`).
+//! residual sum, with the LoRA (or DoRA) branches or IA³ scales of any of the projections,
+//! prefix tuning's keys and values before the layer's own, or bottleneck adapters where the
+//! sublayers join the stream; or with its weights and norms trained (freeze, full
+//! fine-tuning). Norm weights are applied as `w + offset` in f32 (Gemma's `1 + w`).
 //!
 //! The forward pass runs outside candle's graph and re-enters it as one op
 //! (`reentry::Precomputed`) whose backward pass is written here. It keeps the roped q and
@@ -13,8 +15,9 @@
 //! (about 2·hidden + 2·(q+kv width) + 2·intermediate values per token), and where the family
 //! has them the q/k heads before their norms and the two sublayers' outputs before theirs;
 //! with gradient checkpointing only the input, and the backward pass runs the forward pass
-//! again. The norms and the activation are recomputed from what is kept. The LoRA matrices
-//! reach it as one packed tensor, as in `fused::layer`.
+//! again. The norms and the activation are recomputed from what is kept. The adapters'
+//! parameters reach it as one packed tensor, as in `fused::layer`; trained base tensors
+//! through `handoff`, without a copy.
 
 use std::sync::Mutex;
 
@@ -22,9 +25,15 @@ use candle_core::Tensor;
 use candle_core::{CustomOp1, CustomOp2, DType};
 
 use super::attention::Attention;
-use super::elementwise::{gated, gated_backward, rms_norm, rms_norm_backward, Rotary};
-use super::projection::{Ia3, Lora, Projection};
+use super::bottleneck::Adapter;
+use super::elementwise::{
+    gated, gated_backward, rms_norm, rms_norm_backward, rms_norm_weight_gradient, Rotary,
+};
+use super::handoff::{self, Sink};
+use super::projection::{Ia3, Lora, Projection, Trained};
 use crate::error::Result;
+use crate::model::adapters::bottleneck::Site;
+use crate::model::base_weight::BaseWeight;
 use crate::model::family::Activation;
 use crate::model::fused::layer::{LayerParts, Slots, GATE, GATE_UP, K, Q, QKV, UP, V};
 use crate::model::reentry::{precomputed_forward, Precomputed};
@@ -40,7 +49,8 @@ struct Kept {
     qk_raw: Option<(Tensor, Tensor)>,
     /// The attention output [tokens, q_heads · d], o_proj's input.
     attn: Tensor,
-    /// o_proj's and down_proj's outputs [tokens, hidden], where the family norms them.
+    /// o_proj's and down_proj's outputs [tokens, hidden], where the family norms them or an
+    /// adapter reads them.
     o_out: Option<Tensor>,
     down_out: Option<Tensor>,
     /// The residual stream after attention [tokens, hidden].
@@ -57,30 +67,64 @@ pub struct Extras<'a> {
     pub prefix: Option<(&'a Tensor, &'a Tensor)>,
 }
 
-/// A layer's norm weights as applied: `w + offset`, in f32.
+/// A norm weight as applied (`w + offset`, in f32), and where its gradient goes if trained.
+struct Norm {
+    w: Tensor,
+    trained: Option<Sink>,
+}
+
+impl Norm {
+    /// The norm of `w`; a trained one's tensor and sink join `trained`.
+    fn new(w: &Tensor, offset: f64, trained: &mut Vec<(Tensor, Sink)>) -> Result<Self> {
+        Ok(Self {
+            w: w.detach().to_dtype(DType::F32)?.affine(1.0, offset)?,
+            trained: handed(w, trained),
+        })
+    }
+
+    /// `x` normed, and `rstd` for the backward pass.
+    fn forward(&self, x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+        rms_norm(x, &self.w, eps)
+    }
+
+    /// dL/dx for `dy`, `x` the norm's input; a trained weight's gradient goes to its sink.
+    fn backward(&self, x: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        if let Some(sink) = &self.trained {
+            sink.put(rms_norm_weight_gradient(x, rstd, dy)?)?;
+        }
+        rms_norm_backward(x, &self.w, rstd, dy)
+    }
+}
+
+/// A layer's norms.
 struct Norms {
     /// Before attention and before the MLP.
-    input: Tensor,
-    mlp: Tensor,
+    input: Norm,
+    mlp: Norm,
     /// Of the attention's and the MLP's outputs (Gemma).
-    outputs: Option<(Tensor, Tensor)>,
+    outputs: Option<(Norm, Norm)>,
     /// Of each query and key head (Qwen3, Gemma 3).
-    qk: Option<(Tensor, Tensor)>,
+    qk: Option<(Norm, Norm)>,
 }
 
 impl Norms {
-    fn new(parts: &LayerParts) -> Result<Self> {
-        let applied = |w: &Tensor| -> Result<Tensor> {
-            Ok(w.to_dtype(DType::F32)?.affine(1.0, parts.norm_offset)?)
+    fn new(parts: &LayerParts, trained: &mut Vec<(Tensor, Sink)>) -> Result<Self> {
+        let offset = parts.norm_offset;
+        let mut pair = |p: Option<(&Tensor, &Tensor)>| -> Result<Option<(Norm, Norm)>> {
+            p.map(|(a, b)| {
+                Ok((
+                    Norm::new(a, offset, trained)?,
+                    Norm::new(b, offset, trained)?,
+                ))
+            })
+            .transpose()
         };
-        let pair = |p: Option<(&Tensor, &Tensor)>| -> Result<Option<(Tensor, Tensor)>> {
-            p.map(|(a, b)| Ok((applied(a)?, applied(b)?))).transpose()
-        };
+        let (outputs, qk) = (pair(parts.output_norms)?, pair(parts.qk_norm)?);
         Ok(Self {
-            input: applied(parts.input_norm)?,
-            mlp: applied(parts.post_norm)?,
-            outputs: pair(parts.output_norms)?,
-            qk: pair(parts.qk_norm)?,
+            input: Norm::new(parts.input_norm, offset, trained)?,
+            mlp: Norm::new(parts.post_norm, offset, trained)?,
+            outputs,
+            qk,
         })
     }
 }
@@ -90,6 +134,8 @@ struct Layer {
     slots: Slots,
     /// Prefix tuning's keys and values, seen by every query before its own.
     prefix: Option<(Tensor, Tensor)>,
+    /// Bottleneck adapters after attention and after the MLP.
+    adapters: [Option<Adapter>; 2],
     norms: Norms,
     activation: Activation,
     rotary: Rotary,
@@ -103,25 +149,40 @@ struct LayerOp {
     layer: Layer,
     output: Precomputed,
     kept: Mutex<Option<Kept>>,
+    /// Whether the pack ends with the token that carries trained base tensors (`handoff`).
+    hands_off: bool,
 }
 
-/// `t` normed by `w` where there is a norm, else `t`.
-fn normed(t: Tensor, w: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    Ok(match w {
-        Some(w) => rms_norm(&t, w, eps)?.0,
+/// `t` normed where there is a norm, else `t`.
+fn normed(t: Tensor, norm: Option<&Norm>, eps: f64) -> Result<Tensor> {
+    Ok(match norm {
+        Some(n) => n.forward(&t, eps)?.0,
         None => t,
     })
 }
 
 /// dL/dt of [`normed`] for `dy`, `t` the norm's input.
-fn normed_backward(t: Option<&Tensor>, w: Option<&Tensor>, eps: f64, dy: Tensor) -> Result<Tensor> {
-    Ok(match (t, w) {
-        (Some(t), Some(w)) => {
-            let (_, rstd) = rms_norm(t, w, eps)?;
-            rms_norm_backward(t, w, &rstd, &dy)?
+fn normed_backward(
+    t: Option<&Tensor>,
+    norm: Option<&Norm>,
+    eps: f64,
+    dy: Tensor,
+) -> Result<Tensor> {
+    Ok(match (t, norm) {
+        (Some(t), Some(n)) => {
+            let (_, rstd) = n.forward(t, eps)?;
+            n.backward(t, &rstd, &dy)?
         }
         _ => dy,
     })
+}
+
+/// The slot of a site's adapter in `Layer::adapters`.
+fn site_index(site: Site) -> usize {
+    match site {
+        Site::Attention => 0,
+        Site::Output => 1,
+    }
 }
 
 impl Layer {
@@ -145,15 +206,55 @@ impl Layer {
             .reshape((self.tokens(), heads * d))?)
     }
 
-    fn output_norm(&self, second: bool) -> Option<&Tensor> {
+    fn output_norm(&self, second: bool) -> Option<&Norm> {
         self.norms
             .outputs
             .as_ref()
             .map(|(a, m)| if second { m } else { a })
     }
 
-    fn qk_norm(&self, key: bool) -> Option<&Tensor> {
+    fn qk_norm(&self, key: bool) -> Option<&Norm> {
         self.norms.qk.as_ref().map(|(q, k)| if key { k } else { q })
+    }
+
+    fn adapter(&self, site: Site) -> Option<&Adapter> {
+        self.adapters[site_index(site)].as_ref()
+    }
+
+    /// Whether the backward pass reads the raw output of the sublayer at `site`: the
+    /// family norms it, or an adapter reads it.
+    fn keeps_output(&self, site: Site) -> bool {
+        self.norms.outputs.is_some() || self.adapter(site).is_some()
+    }
+
+    /// The stream after the sublayer at `site`, whose raw output is `out` and input `r`.
+    fn join(&self, site: Site, out: Tensor, r: &Tensor) -> Result<Tensor> {
+        let h = normed(out, self.output_norm(site == Site::Output), self.eps)?;
+        Ok(match self.adapter(site) {
+            Some(adapter) => adapter.forward(&h, r)?,
+            None => (r + h)?,
+        })
+    }
+
+    /// dL/d(raw output), dL/dr and the adapter's gradients (none without one) of
+    /// [`Self::join`] for `dy`, `out` kept where [`Self::keeps_output`].
+    fn join_backward(
+        &self,
+        site: Site,
+        out: Option<&Tensor>,
+        r: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Vec<Tensor>)> {
+        let norm = self.output_norm(site == Site::Output);
+        let (d_h, d_r, grads) = match (self.adapter(site), out) {
+            (Some(adapter), Some(out)) => {
+                let h = normed(out.clone(), norm, self.eps)?;
+                let (d_h, d_r, grads) = adapter.backward(&h, r, dy)?;
+                (d_h, d_r, grads.into())
+            }
+            _ => (dy.clone(), dy.clone(), Vec::new()),
+        };
+        Ok((normed_backward(out, norm, self.eps, d_h)?, d_r, grads))
     }
 
     /// q, k and v [tokens, width] of the normed input `h`.
@@ -197,8 +298,8 @@ impl Layer {
                 self.activation,
             )?)?,
         };
-        let out = (&kept.mid + normed(down.clone(), self.output_norm(true), self.eps)?)?;
-        if self.norms.outputs.is_some() {
+        let out = self.join(Site::Output, down.clone(), &kept.mid)?;
+        if self.keeps_output(Site::Output) {
             kept.down_out = Some(down);
         }
         Ok((out, kept))
@@ -206,11 +307,11 @@ impl Layer {
 
     /// What the backward pass reads for `x` [tokens, hidden]: the forward pass up to gate
     /// and up (what a checkpointed layer recomputes), and down_proj's output only where it
-    /// is normed (Llama's layer does not need it).
+    /// is normed or an adapter reads it (Llama's layer does not need it).
     fn kept(&self, x: &Tensor) -> Result<Kept> {
         let p = &self.projections;
         let a = &self.attention;
-        let (h, _) = rms_norm(x, &self.norms.input, self.eps)?;
+        let (h, _) = self.norms.input.forward(x, self.eps)?;
         let [q, k, v] = self.attention_inputs(&h)?;
         let q = self.heads(&q, a.q_heads)?;
         let k = self.heads(&k, a.kv_heads)?;
@@ -228,13 +329,13 @@ impl Layer {
         };
         let attn = self.rows(&a.forward(&q, &k, &v)?)?;
         let o = p[self.slots.o()].forward(&attn)?;
-        let mid = (x + normed(o.clone(), self.output_norm(false), self.eps)?)?;
-        let o_out = self.norms.outputs.is_some().then_some(o);
-        let (h, _) = rms_norm(&mid, &self.norms.mlp, self.eps)?;
+        let mid = self.join(Site::Attention, o.clone(), x)?;
+        let o_out = self.keeps_output(Site::Attention).then_some(o);
+        let (h, _) = self.norms.mlp.forward(&mid, self.eps)?;
         let [gate, up] = self.mlp_inputs(&h)?;
-        let down_out = match self.norms.outputs {
-            Some(_) => Some(p[self.slots.down()].forward(&gated(&gate, &up, self.activation)?)?),
-            None => None,
+        let down_out = match self.keeps_output(Site::Output) {
+            true => Some(p[self.slots.down()].forward(&gated(&gate, &up, self.activation)?)?),
+            false => None,
         };
         Ok(Kept {
             q,
@@ -250,9 +351,10 @@ impl Layer {
         })
     }
 
-    /// dL/dx and the gradients of what the projections train (LoRA's A then B, or IA³'s
-    /// scale; projection by projection, in the packed tensor's order) for `d_out`
-    /// [tokens, hidden].
+    /// dL/dx and the gradients of the adapters' parameters, in the packed tensor's order
+    /// (each projection's LoRA A then B, or IA³ scale; the prefix's keys and values; the
+    /// bottleneck adapters after attention and after the MLP), for `d_out` [tokens, hidden].
+    /// Trained base tensors' gradients go to their sinks.
     fn backward(&self, x: &Tensor, kept: &Kept, d_out: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let p = &self.projections;
         let a = &self.attention;
@@ -265,28 +367,20 @@ impl Layer {
             Ok(dx)
         };
         // MLP.
-        let (h2, rstd2) = rms_norm(&kept.mid, &self.norms.mlp, eps)?;
+        let (h2, rstd2) = self.norms.mlp.forward(&kept.mid, eps)?;
         let act = gated(&kept.gate, &kept.up, self.activation)?;
-        let d_down = normed_backward(
-            kept.down_out.as_ref(),
-            self.output_norm(true),
-            eps,
-            d_out.clone(),
-        )?;
+        let (d_down, d_mid, output_adapter) =
+            self.join_backward(Site::Output, kept.down_out.as_ref(), &kept.mid, d_out)?;
         let d_act = through(slots.down(), &act, &d_down)?;
         let (d_gate, d_up) = gated_backward(&kept.gate, &kept.up, &d_act, self.activation)?;
         let d_h2 = match slots.fused {
             true => through(GATE_UP, &h2, &Tensor::cat(&[&d_gate, &d_up], 1)?)?,
             false => (through(GATE, &h2, &d_gate)? + through(UP, &h2, &d_up)?)?,
         };
-        let d_mid = (d_out + rms_norm_backward(&kept.mid, &self.norms.mlp, &rstd2, &d_h2)?)?;
+        let d_mid = (d_mid + self.norms.mlp.backward(&kept.mid, &rstd2, &d_h2)?)?;
         // Attention.
-        let d_o = normed_backward(
-            kept.o_out.as_ref(),
-            self.output_norm(false),
-            eps,
-            d_mid.clone(),
-        )?;
+        let (d_o, d_x, attention_adapter) =
+            self.join_backward(Site::Attention, kept.o_out.as_ref(), x, &d_mid)?;
         let d_attn = self.heads(&through(slots.o(), &kept.attn, &d_o)?, a.q_heads)?;
         let (dq, dk, dv) = a.backward(&kept.q, &kept.k, &kept.v, &d_attn)?;
         // The prefix's part of the keys' and values' gradients, then the layer's own.
@@ -306,13 +400,19 @@ impl Layer {
         let dq = normed_backward(q_raw, self.qk_norm(false), eps, self.rotary.backward(&dq)?)?;
         let dk = normed_backward(k_raw, self.qk_norm(true), eps, self.rotary.backward(&dk)?)?;
         let (dq, dk, dv) = (self.rows(&dq)?, self.rows(&dk)?, self.rows(&dv)?);
-        let (h1, rstd1) = rms_norm(x, &self.norms.input, eps)?;
+        let (h1, rstd1) = self.norms.input.forward(x, eps)?;
         let d_h1 = match slots.fused {
             true => through(QKV, &h1, &Tensor::cat(&[&dq, &dk, &dv], 1)?)?,
             false => ((through(Q, &h1, &dq)? + through(K, &h1, &dk)?)? + through(V, &h1, &dv)?)?,
         };
-        let dx = (d_mid + rms_norm_backward(x, &self.norms.input, &rstd1, &d_h1)?)?;
-        let grads = trained.into_iter().flatten().chain(prefix_grads).collect();
+        let dx = (d_x + self.norms.input.backward(x, &rstd1, &d_h1)?)?;
+        let grads = trained
+            .into_iter()
+            .flatten()
+            .chain(prefix_grads)
+            .chain(attention_adapter)
+            .chain(output_adapter)
+            .collect();
         Ok((dx, grads))
     }
 }
@@ -366,19 +466,33 @@ impl CustomOp2 for LayerOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, grads) = self.gradients(x, grad)?;
-        let flat = grads
+        let mut flat = grads
             .iter()
             .map(|g| g.flatten_all()?.to_dtype(pack.dtype()))
             .collect::<candle_core::Result<Vec<_>>>()?;
+        if self.hands_off {
+            // The token's own gradient: its nodes hand over the real ones.
+            flat.push(Tensor::zeros(1, pack.dtype(), pack.device())?);
+        }
         Ok((Some(dx), Some(Tensor::cat(&flat, 0)?)))
     }
+}
+
+/// `t`'s sink where it is trained, its tensor and sink joining `trained`.
+fn handed(t: &Tensor, trained: &mut Vec<(Tensor, Sink)>) -> Option<Sink> {
+    let sink = t.is_variable().then(Sink::default)?;
+    trained.push((t.clone(), sink.clone()));
+    Some(sink)
 }
 
 /// The decoder layer for `x` [batch, seq, hidden] on any device; `cos`, `sin` are the
 /// layer's rotary tables [seq, head_dim] (a sliding layer's own where the family has them).
 pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (batch, seq, hidden) = x.dims3()?;
+    // What the method trains: the adapters' parameters, packed into one tensor; base
+    // tensors (freeze, full fine-tuning), handed over.
     let mut flat = Vec::new();
+    let mut trained = Vec::new();
     let mut projections = Vec::with_capacity(parts.linears.len());
     for ((l, dropout), ia3) in parts
         .linears
@@ -413,11 +527,28 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
             }
             None => None,
         };
+        let (weight, weight_sink) = match l.weight {
+            BaseWeight::Dense(w) => (BaseWeight::Dense(w.detach()), handed(w, &mut trained)),
+            quantized => (quantized.clone(), None),
+        };
+        let trained_parts = Trained {
+            weight: weight_sink,
+            bias: l.bias.and_then(|b| handed(b, &mut trained)),
+        };
+        if (trained_parts.weight.is_some() || trained_parts.bias.is_some())
+            && (lora.is_some() || ia3.is_some())
+        {
+            return Err(crate::error::EngineError::config(
+                "method",
+                "a projection with an adapter keeps its weight frozen",
+            ));
+        }
         projections.push(Projection {
-            weight: l.weight.clone(),
-            bias: l.bias.cloned(),
+            weight,
+            bias: l.bias.map(Tensor::detach),
             lora,
             ia3,
+            trained: trained_parts,
         });
     }
     let slots = Slots::of(projections.len()).ok_or_else(|| {
@@ -437,12 +568,28 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
         }
         None => None,
     };
+    let mut adapters = [None, None];
+    for site in [Site::Attention, Site::Output] {
+        if let Some(bottleneck) = parts.adapters.and_then(|a| a.at(site)) {
+            let (adapter, tensors) = Adapter::new(bottleneck);
+            for t in tensors {
+                flat.push(t.flatten_all()?);
+            }
+            adapters[site_index(site)] = Some(adapter);
+        }
+    }
+    let norms = Norms::new(parts, &mut trained)?;
+    let dtype = flat.first().map_or(x.dtype(), Tensor::dtype);
+    let token = handoff::token(&trained, dtype)?;
+    let hands_off = token.is_some();
+    flat.extend(token);
     let earlier = prefix.as_ref().map_or(Ok(0), |(k, _)| k.dim(2))?;
     let layer = Layer {
         projections,
         slots,
         prefix,
-        norms: Norms::new(parts)?,
+        adapters,
+        norms,
         activation: parts.activation,
         rotary: Rotary::new(cos, sin)?,
         eps: parts.eps,
@@ -467,6 +614,7 @@ pub fn decoder_layer(x: &Tensor, parts: &LayerParts, cos: &Tensor, sin: &Tensor)
         layer,
         output: Precomputed::new(out),
         kept: Mutex::new((!parts.recompute).then_some(kept)),
+        hands_off,
     };
     Ok(if flat.is_empty() {
         x.apply_op1(op)?

@@ -14,8 +14,10 @@
 //! against the f64 composed reference without a GPU.
 
 pub mod attention;
+mod bottleneck;
 pub mod cross_entropy;
 mod elementwise;
+mod handoff;
 pub mod layer;
 mod projection;
 

@@ -1,9 +1,10 @@
-//! A frozen projection `x·Wᵀ + b` with its LoRA branch `s·(drop(x)·Aᵀ)·Bᵀ`, forward and
-//! backward from candle tensor ops: the input's gradient and the LoRA matrices', never the
-//! frozen weight's.
+//! A projection `x·Wᵀ + b` with its LoRA branch `s·(drop(x)·Aᵀ)·Bᵀ` or IA³ scale, forward
+//! and backward from candle tensor ops: the input's gradient and the adapter's, and the
+//! weight's and bias's where a method trains them (freeze, full fine-tuning).
 
 use candle_core::{DType, Tensor};
 
+use super::handoff::Sink;
 use crate::error::Result;
 use crate::model::adapters::lora::row_norms;
 use crate::model::base_weight::BaseWeight;
@@ -63,12 +64,24 @@ pub struct Ia3 {
     pub feedforward: bool,
 }
 
+/// Where the gradients of a trained weight and bias go.
+#[derive(Default)]
+pub struct Trained {
+    /// The weight's sink, where it is trained.
+    pub weight: Option<Sink>,
+    /// The bias's sink, where it is trained.
+    pub bias: Option<Sink>,
+}
+
 /// One of a layer's seven projections.
 pub struct Projection {
-    /// W [out, in], frozen; a quantized one is widened for each use and dropped after it.
+    /// W [out, in], detached; a quantized one is widened for each use and dropped after it.
     pub weight: BaseWeight,
-    /// b [out], frozen.
+    /// b [out], detached.
     pub bias: Option<Tensor>,
+    /// What of W and b the method trains: never with an adapter on the projection, so W
+    /// sees the input and the output's gradient as they are.
+    pub trained: Trained,
     /// The LoRA branch, if the projection has one.
     pub lora: Option<Lora>,
     /// The IA³ scale, if the projection has one.
@@ -118,7 +131,14 @@ impl Projection {
 
     /// dL/dx for `dy` [rows, out], and the gradients of what the projection trains: (dL/dA,
     /// dL/dB, and DoRA's dL/dm) of a LoRA branch, or dL/dl of an IA³ scale.
+    /// A trained weight's gradient `dyᵀ·x` and a trained bias's go to their sinks.
     pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        if let Some(sink) = &self.trained.weight {
+            sink.put(dy.t()?.matmul(x)?)?;
+        }
+        if let Some(sink) = &self.trained.bias {
+            sink.put(dy.to_dtype(DType::F32)?.sum(0)?)?;
+        }
         match &self.ia3 {
             None => self.unscaled_backward(x, dy),
             Some(Ia3 {
