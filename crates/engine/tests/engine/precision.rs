@@ -57,8 +57,14 @@ fn the_optimiser_state_carries_no_graph() {
     let g = Tensor::new(&[1f32, -1.0, 0.5, 2.0], &dev).unwrap();
     for _ in 0..2 {
         opt.step(&[&half], std::slice::from_ref(&g), 1e-3).unwrap();
-        assert!(!opt.value(0, &half).track_op(), "the master value records ops");
-        assert!(!opt.m[0].track_op() && !opt.v[0].track_op(), "a moment records ops");
+        assert!(
+            !opt.value(0, &half).track_op(),
+            "the master value records ops"
+        );
+        assert!(
+            !opt.m[0].track_op() && !opt.v[0].track_op(),
+            "a moment records ops"
+        );
     }
 }
 

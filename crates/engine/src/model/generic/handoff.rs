@@ -67,6 +67,13 @@ impl CustomOp2 for Handoff {
     }
 }
 
+/// `t`'s sink where it is trained, its tensor and sink joining `trained`.
+pub fn handed(t: &Tensor, trained: &mut Vec<(Tensor, Sink)>) -> Option<Sink> {
+    let sink = t.is_variable().then(Sink::default)?;
+    trained.push((t.clone(), sink.clone()));
+    Some(sink)
+}
+
 /// A one-element zero in `dtype` that carries each trained tensor into the graph, to be
 /// given the gradient its sink receives; `None` when nothing is trained.
 pub fn token(trained: &[(Tensor, Sink)], dtype: DType) -> Result<Option<Tensor>> {

@@ -22,14 +22,13 @@
 use std::sync::Mutex;
 
 use candle_core::Tensor;
-use candle_core::{CustomOp1, CustomOp2, DType};
+use candle_core::{CustomOp1, CustomOp2};
 
 use super::attention::Attention;
 use super::bottleneck::Adapter;
-use super::elementwise::{
-    gated, gated_backward, rms_norm, rms_norm_backward, rms_norm_weight_gradient, Rotary,
-};
-use super::handoff::{self, Sink};
+use super::elementwise::{gated, gated_backward, Rotary};
+use super::handoff::{self, handed};
+use super::norms::{normed, normed_backward, Norm, Norms};
 use super::projection::{Ia3, Lora, Projection, Trained};
 use crate::error::Result;
 use crate::model::adapters::bottleneck::Site;
@@ -67,68 +66,6 @@ pub struct Extras<'a> {
     pub prefix: Option<(&'a Tensor, &'a Tensor)>,
 }
 
-/// A norm weight as applied (`w + offset`, in f32), and where its gradient goes if trained.
-struct Norm {
-    w: Tensor,
-    trained: Option<Sink>,
-}
-
-impl Norm {
-    /// The norm of `w`; a trained one's tensor and sink join `trained`.
-    fn new(w: &Tensor, offset: f64, trained: &mut Vec<(Tensor, Sink)>) -> Result<Self> {
-        Ok(Self {
-            w: w.detach().to_dtype(DType::F32)?.affine(1.0, offset)?,
-            trained: handed(w, trained),
-        })
-    }
-
-    /// `x` normed, and `rstd` for the backward pass.
-    fn forward(&self, x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-        rms_norm(x, &self.w, eps)
-    }
-
-    /// dL/dx for `dy`, `x` the norm's input; a trained weight's gradient goes to its sink.
-    fn backward(&self, x: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        if let Some(sink) = &self.trained {
-            sink.put(rms_norm_weight_gradient(x, rstd, dy)?)?;
-        }
-        rms_norm_backward(x, &self.w, rstd, dy)
-    }
-}
-
-/// A layer's norms.
-struct Norms {
-    /// Before attention and before the MLP.
-    input: Norm,
-    mlp: Norm,
-    /// Of the attention's and the MLP's outputs (Gemma).
-    outputs: Option<(Norm, Norm)>,
-    /// Of each query and key head (Qwen3, Gemma 3).
-    qk: Option<(Norm, Norm)>,
-}
-
-impl Norms {
-    fn new(parts: &LayerParts, trained: &mut Vec<(Tensor, Sink)>) -> Result<Self> {
-        let offset = parts.norm_offset;
-        let mut pair = |p: Option<(&Tensor, &Tensor)>| -> Result<Option<(Norm, Norm)>> {
-            p.map(|(a, b)| {
-                Ok((
-                    Norm::new(a, offset, trained)?,
-                    Norm::new(b, offset, trained)?,
-                ))
-            })
-            .transpose()
-        };
-        let (outputs, qk) = (pair(parts.output_norms)?, pair(parts.qk_norm)?);
-        Ok(Self {
-            input: Norm::new(parts.input_norm, offset, trained)?,
-            mlp: Norm::new(parts.post_norm, offset, trained)?,
-            outputs,
-            qk,
-        })
-    }
-}
-
 struct Layer {
     projections: Vec<Projection>,
     slots: Slots,
@@ -151,30 +88,6 @@ struct LayerOp {
     kept: Mutex<Option<Kept>>,
     /// Whether the pack ends with the token that carries trained base tensors (`handoff`).
     hands_off: bool,
-}
-
-/// `t` normed where there is a norm, else `t`.
-fn normed(t: Tensor, norm: Option<&Norm>, eps: f64) -> Result<Tensor> {
-    Ok(match norm {
-        Some(n) => n.forward(&t, eps)?.0,
-        None => t,
-    })
-}
-
-/// dL/dt of [`normed`] for `dy`, `t` the norm's input.
-fn normed_backward(
-    t: Option<&Tensor>,
-    norm: Option<&Norm>,
-    eps: f64,
-    dy: Tensor,
-) -> Result<Tensor> {
-    Ok(match (t, norm) {
-        (Some(t), Some(n)) => {
-            let (_, rstd) = n.forward(t, eps)?;
-            n.backward(t, &rstd, &dy)?
-        }
-        _ => dy,
-    })
 }
 
 /// The slot of a site's adapter in `Layer::adapters`.
@@ -476,13 +389,6 @@ impl CustomOp2 for LayerOp {
         }
         Ok((Some(dx), Some(Tensor::cat(&flat, 0)?)))
     }
-}
-
-/// `t`'s sink where it is trained, its tensor and sink joining `trained`.
-fn handed(t: &Tensor, trained: &mut Vec<(Tensor, Sink)>) -> Option<Sink> {
-    let sink = t.is_variable().then(Sink::default)?;
-    trained.push((t.clone(), sink.clone()));
-    Some(sink)
 }
 
 /// The decoder layer for `x` [batch, seq, hidden] on any device; `cos`, `sin` are the

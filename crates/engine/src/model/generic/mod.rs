@@ -19,6 +19,7 @@ pub mod cross_entropy;
 mod elementwise;
 mod handoff;
 pub mod layer;
+mod norms;
 mod projection;
 
 use candle_core::{DType, Tensor};
