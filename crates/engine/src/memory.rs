@@ -195,8 +195,34 @@ pub fn estimate(
         (true, true) => params * 2.0,
     };
     let path = step.path();
-    let (activations, loss_head) = if path == Path::Fused {
-        let acts = if runs_whole_layers(cfg, method)? {
+    // On the CPU the layers the fused layer cannot serve run the generic layer where
+    // checkpointing is asked for (`LlamaModel::block_forward`), the single fused ops else.
+    let whole_fused = path == Path::Fused && runs_whole_layers(cfg, method)?;
+    let layer_path = match path {
+        Path::Fused if !whole_fused && step.checkpointing => Path::Generic,
+        p => p,
+    };
+    // The fused head keeps the hidden states' gradient and a chunk of logits per thread,
+    // and for a trained head its weight's gradient.
+    let fused_head = |role: HeadRole| {
+        let weight_grad = if role == HeadRole::Trained {
+            vocab * d * 4.0
+        } else {
+            0.0
+        };
+        // A quantized head is widened a tile per thread at a time (f32 and bf16).
+        let head_weight = match quantized_head(cfg, step) {
+            true => 2.0 * 6.0 * QUANTIZED_HEAD_ROWS * d,
+            false => widened(vocab * d),
+        };
+        // One chunk's logits (`fused::cross_entropy::chunk_rows` rows, or every token where
+        // fewer).
+        let chunk = crate::model::fused::cross_entropy::chunk_rows(cfg.vocab_size, cfg.hidden_size);
+        let rows = n.min(chunk as f64);
+        (n * d + rows * vocab) * 4.0 + head_weight + weight_grad
+    };
+    let (activations, loss_head) = if layer_path == Path::Fused {
+        let acts = if whole_fused {
             // Per decoder layer (`model::fused::layer`), in f32: the rotated queries and the
             // attention output, keys and values, the residual stream between the sublayers,
             // gate and up; in the model's dtype, the layer's output (the next one's input).
@@ -222,31 +248,13 @@ pub fn estimate(
             per_layer += adapter_activations(cfg, method, n, true)?;
             FUSED_ACTIVATION_FACTOR * (per_layer * tracked + 2.0 * n * d) * elem as f64
         };
-        // The fused head keeps the hidden states' gradient and a chunk of logits per thread,
-        // and for a trained head its weight's gradient; an adapted head composes its logits.
+        // An adapted head composes its logits.
         let head = match head_role(cfg, method)? {
             HeadRole::Adapted => LOSS_HEAD_TENSORS * n * vocab * 4.0,
-            role => {
-                let weight_grad = if role == HeadRole::Trained {
-                    vocab * d * 4.0
-                } else {
-                    0.0
-                };
-                // A quantized head is widened a tile per thread at a time (f32 and bf16).
-                let head_weight = match quantized_head(cfg, step) {
-                    true => 2.0 * 6.0 * QUANTIZED_HEAD_ROWS * d,
-                    false => widened(vocab * d),
-                };
-                // One chunk's logits (`fused::cross_entropy::chunk_rows` rows, or every
-                // token where fewer).
-                let chunk =
-                    crate::model::fused::cross_entropy::chunk_rows(cfg.vocab_size, cfg.hidden_size);
-                let rows = n.min(chunk as f64);
-                (n * d + rows * vocab) * 4.0 + head_weight + weight_grad
-            }
+            role => fused_head(role),
         };
         (acts as u64, head as u64)
-    } else if path == Path::Generic {
+    } else if layer_path == Path::Generic {
         // Per decoder layer (`model::generic::layer`), in the model's dtype: the roped
         // queries and the attention output, keys and values, the residual stream between
         // the sublayers, gate and up, and the layer's output (the next one's input). With
@@ -298,6 +306,7 @@ pub fn estimate(
         let kept = kept_by_layers(inside, input, tracked, step.checkpointing);
         let head = match head_role(cfg, method)? {
             HeadRole::Adapted => LOSS_HEAD_TENSORS * n * vocab * 4.0,
+            role if path == Path::Fused => fused_head(role),
             role => generic_head(cfg, role, n, e) + widened_head(cfg, step),
         };
         (

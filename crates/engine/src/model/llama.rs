@@ -908,11 +908,17 @@ impl LlamaModel {
             if let Some(parts) = self.layer_parts(b, index, adapters, ctx, None) {
                 return fused::layer::decoder_layer(x, &parts, cos, sin);
             }
-        } else if (cache.is_none() || prefix_only) && super::generic::applies(x) {
+        }
+        // The generic layer: on a GPU; and on the CPU where checkpointing is asked for and
+        // the fused layer cannot serve the layer (the single fused ops would ignore it).
+        let generic = super::generic::applies(x) || (fused::applies(x) && ctx.checkpointing());
+        if (cache.is_none() || prefix_only) && generic {
             let prefix = cache.as_ref().and_then(|c| c.as_ref()).map(|(k, v)| (k, v));
-            let generic = super::generic::layer::Extras { prefix };
-            if let Some(parts) = self.layer_parts(b, index, adapters, ctx, Some(generic)) {
-                return super::generic::layer::decoder_layer(x, &parts, cos, sin);
+            let extras = super::generic::layer::Extras { prefix };
+            if let Some(parts) = self.layer_parts(b, index, adapters, ctx, Some(extras)) {
+                // In the model's dtype: a fused layer before hands on its stream in f32.
+                let x = x.to_dtype(self.dtype)?;
+                return super::generic::layer::decoder_layer(&x, &parts, cos, sin);
             }
         }
         // The composed ops take the stream in the model's dtype (a fused layer before kept it

@@ -336,6 +336,15 @@ fn memory_estimate_parts() {
         };
         let c = estimate(&cfg, method, checkpointed).expect("checkpointed");
         assert!(c.activations < gpu(method, 4, 512).activations / 2);
+        // On the CPU the generic layer takes the layers the fused one cannot serve when
+        // checkpointing is asked for, which the single fused ops would ignore.
+        let cpu = estimate(&cfg, method, shape(4, 512)).expect("cpu");
+        let cpu_checkpointed = StepShape {
+            checkpointing: true,
+            ..shape(4, 512)
+        };
+        let c = estimate(&cfg, method, cpu_checkpointed).expect("cpu checkpointed");
+        assert!(c.activations < cpu.activations / 2);
     }
     assert!(gpu(&lora, 4, 256).on_gpu() && !l.on_gpu());
     let prompt = MethodConfig {
