@@ -347,22 +347,12 @@ pub fn estimate(
     let weights = (counts.total - adapter_params - quantized_params) * elem
         + quantized_bytes
         + adapter_params * 4;
-    // Freeze and full runs train base tensors in the run's dtype, adapters are f32.
-    let (param_elem, largest) = match method.kind {
-        MethodKind::Full => (
-            elem,
-            optimizer::largest_trained(&cfg.weight_shapes(), |_| true),
-        ),
-        MethodKind::Freeze => {
-            let names = crate::peft::freeze::trainable_weight_names(cfg, method)?;
-            let trained = |name: &str| names.iter().any(|n| n == name);
-            (
-                elem,
-                optimizer::largest_trained(&cfg.weight_shapes(), trained),
-            )
-        }
-        _ => (4, 0),
-    };
+    let (param_elem, largest) = optimizer::trained_tensors(
+        method.kind,
+        elem,
+        || cfg.weight_shapes(),
+        || crate::peft::freeze::trainable_weight_names(cfg, method),
+    )?;
     Ok(MemoryEstimate {
         weights,
         optimizer: optimizer::state_bytes(counts.trainable, param_elem),

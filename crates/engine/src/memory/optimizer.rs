@@ -2,6 +2,9 @@
 //! a step the temporaries of the tensor it is updating, which come after the backward pass
 //! has freed the activations.
 
+use crate::error::Result;
+use crate::peft::MethodKind;
+
 /// f32 tensors the composed update (a GPU, or `PEFT_STUDIO_FUSED=generic`) holds at once
 /// beside the state: both new moments, the update, its two scaled terms and the new value.
 const COMPOSED_STEP_TEMPS: u64 = 6;
@@ -17,14 +20,28 @@ pub fn state_bytes(trainable: u64, param_elem: u64) -> u64 {
     trainable * (2 * param_elem + 8 + half)
 }
 
-/// Parameters of the largest of `shapes` whose name `trained` accepts.
-pub fn largest_trained(shapes: &[(String, Vec<usize>)], trained: impl Fn(&str) -> bool) -> u64 {
-    shapes
+/// The bytes of one trained parameter and the largest trained tensor's parameters: freeze
+/// and full runs train base tensors (of `shapes`; freeze those `freeze_names` gives) in the
+/// run's dtype, `elem` bytes; adapters are f32, their tensors small beside a step's
+/// activations (0).
+pub fn trained_tensors(
+    kind: MethodKind,
+    elem: u64,
+    shapes: impl FnOnce() -> Vec<(String, Vec<usize>)>,
+    freeze_names: impl FnOnce() -> Result<Vec<String>>,
+) -> Result<(u64, u64)> {
+    let names = match kind {
+        MethodKind::Full => None,
+        MethodKind::Freeze => Some(freeze_names()?),
+        _ => return Ok((4, 0)),
+    };
+    let largest = shapes()
         .iter()
-        .filter(|(name, _)| trained(name))
+        .filter(|(name, _)| names.as_ref().is_none_or(|n| n.contains(name)))
         .map(|(_, dims)| dims.iter().product::<usize>() as u64)
         .max()
-        .unwrap_or(0)
+        .unwrap_or(0);
+    Ok((elem, largest))
 }
 
 /// The step's temporaries for a largest tensor of `largest` parameters.

@@ -4,7 +4,7 @@
 
 use candle_core::DType;
 
-use super::optimizer::{largest_trained, state_bytes, step_bytes};
+use super::optimizer::{state_bytes, step_bytes, trained_tensors};
 use super::{MemoryEstimate, Path, StepShape, LOSS_HEAD_TENSORS, PROCESS_BYTES};
 use crate::error::Result;
 use crate::model::t5::{FeedForward, T5Config};
@@ -115,15 +115,12 @@ pub fn estimate_t5(
         true => stored + weights,
         false => stored.max(weights),
     };
-    let (param_elem, largest) = match method.kind {
-        MethodKind::Full => (elem as u64, largest_trained(&cfg.weight_shapes(), |_| true)),
-        MethodKind::Freeze => {
-            let names = crate::peft::freeze::trainable_weight_names_t5(cfg, method)?;
-            let trained = |name: &str| names.iter().any(|n| n == name);
-            (elem as u64, largest_trained(&cfg.weight_shapes(), trained))
-        }
-        _ => (4, 0),
-    };
+    let (param_elem, largest) = trained_tensors(
+        method.kind,
+        elem as u64,
+        || cfg.weight_shapes(),
+        || crate::peft::freeze::trainable_weight_names_t5(cfg, method),
+    )?;
     Ok(MemoryEstimate {
         weights,
         optimizer: state_bytes(counts.trainable, param_elem),
